@@ -1,0 +1,147 @@
+"""``shelfcast`` command line.
+
+Each room contributes its own sub-commands through a ``register(reg)``
+function in a module listed in ``COMMAND_MODULES``; a module that is not
+there yet is skipped. Handlers return an exit code. A user mistake raises
+``UserError`` (or ``ConfigError``) and becomes one clear message on stderr
+with exit code 2 (1 for an invalid config), never a traceback.
+
+Exit codes: 0 ok, 1 invalid config / check failed, 2 usage or user error,
+3 runtime failure, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from edge import __version__
+from edge.config import ConfigError
+
+__all__ = ["COMMAND_MODULES", "CommandRegistry", "UserError", "main"]
+
+log = logging.getLogger("shelfcast")
+
+# Modules that add sub-commands. Order is the order of --help.
+COMMAND_MODULES: tuple[str, ...] = (
+    "edge.commands",  # demo, run, config, version
+    "models.cli",  # model prepare|train|quantize|evaluate|export
+    "edge.ranking.cli",  # bench ranking
+    "firmware_bridge.cli",  # firmware list|flash, bench serial
+    "edge.vision.cli",  # calibrate camera, bench vision
+    "edge.signage.cli",  # report, bench e2e
+    "edge.sync.cli",  # cloud ingest, model publish, bench sync
+    "edge.doctor",  # doctor
+    "edge.provision",  # provision, support-bundle
+)
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class UserError(Exception):
+    """A mistake the user can fix; the message says how."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse would print usage + exit 2; keep that, shorter
+        self.print_usage(sys.stderr)
+        raise UserError(f"{self.prog}: {message}")
+
+
+class CommandRegistry:
+    """Hands out (sub-)sub-parsers so rooms can add commands without touching this file."""
+
+    def __init__(self, parser: argparse.ArgumentParser) -> None:
+        self.parser = parser
+        self._top = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+        self._groups: dict[str, argparse._SubParsersAction[Any]] = {}
+
+    def command(self, name: str, help: str, handler: Handler) -> argparse.ArgumentParser:
+        p = self._top.add_parser(name, help=help, description=help)
+        p.set_defaults(handler=handler)
+        return p
+
+    def group(self, name: str, help: str = "") -> argparse._SubParsersAction[Any]:
+        """``shelfcast NAME SUB ...``: one group shared by several rooms (bench, model, …)."""
+        if name not in self._groups:
+            p = self._top.add_parser(name, help=help, description=help)
+            p.set_defaults(handler=lambda a, _p=p: (_p.print_help(), 2)[1])
+            self._groups[name] = p.add_subparsers(dest=f"{name}_command", metavar="SUBCOMMAND",
+                                                  parser_class=_Parser)
+        return self._groups[name]
+
+    def subcommand(self, group: str, name: str, help: str, handler: Handler) -> argparse.ArgumentParser:
+        p = self.group(group).add_parser(name, help=help, description=help)
+        p.set_defaults(handler=handler)
+        return p
+
+
+_GROUP_HELP = {
+    "bench": "benchmarks; each prints JSON with --json",
+    "model": "train, quantize, evaluate, export and publish the ranking model",
+    "config": "validate a config file or print its JSON schema",
+    "firmware": "list shelf controllers and flash their firmware",
+    "calibrate": "calibrate the camera",
+    "cloud": "reference cloud-side tools",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="shelfcast", description="ShelfCast edge recommender node")
+    parser.add_argument("--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    reg = CommandRegistry(parser)
+    for name, help_ in _GROUP_HELP.items():
+        reg.group(name, help_)
+    for mod in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(mod)
+        except ModuleNotFoundError as exc:
+            if exc.name and (mod == exc.name or mod.startswith(exc.name + ".")):
+                continue  # that room is not built (or not installed) here
+            raise
+        register = getattr(module, "register", None)
+        if register is not None:
+            register(reg)
+    return parser
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, separators=(",", ":"), default=str) + "\n")
+    sys.stdout.flush()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        level = args.log_level or "WARNING"
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                            stream=sys.stderr)
+        handler: Handler | None = getattr(args, "handler", None)
+        if handler is None:
+            parser.print_help()
+            return 2
+        return int(handler(args) or 0)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.code
+    except ConfigError as exc:
+        print(exc.render(), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

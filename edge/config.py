@@ -1,0 +1,500 @@
+"""The node's one validated configuration.
+
+Loaded once (``load_config``), passed down to every room. Unknown keys are
+rejected; every problem is reported at once with its key path, the bad value,
+what is allowed and the YAML line number (``ConfigError``).
+
+Secrets (MQTT password, admin token) may be given literally, as ``env:NAME``
+or as ``file:/path``; they are resolved at load time and never logged
+(``pydantic.SecretStr``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+__all__ = [
+    "ConfigError",
+    "NodeConfig",
+    "Problem",
+    "default_config",
+    "load_config",
+    "parse_config",
+]
+
+ID_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+Id = Annotated[str, Field(pattern=ID_RE)]
+Point = tuple[float, float]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+def _resolve_secret(value: Any) -> Any:
+    """``env:NAME`` / ``file:PATH`` indirection so secrets stay out of the YAML."""
+    if isinstance(value, str):
+        if value.startswith("env:"):
+            name = value[4:]
+            if name not in os.environ:
+                raise ValueError(f"environment variable {name} is not set (export it or give the value)")
+            return os.environ[name]
+        if value.startswith("file:"):
+            p = Path(value[5:])
+            try:
+                return p.read_text().strip()
+            except OSError as exc:
+                raise ValueError(f"cannot read secret file {p}: {exc.strerror}") from None
+    return value
+
+
+class NodeSection(_Strict):
+    store_id: Id = "demo-store"
+    node_id: Id = "node-1"
+    data_dir: Path = Path("/var/lib/shelfcast")
+    timezone: str = "America/New_York"
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("unknown IANA timezone; use a name like 'America/New_York' or 'UTC'") from None
+        return v
+
+
+class Zone(_Strict):
+    id: Id
+    name: str = ""
+    polygon: list[Point]
+
+    @field_validator("polygon")
+    @classmethod
+    def _poly(cls, v: list[Point]) -> list[Point]:
+        if len(v) < 3:
+            raise ValueError(f"a zone polygon needs at least 3 points, got {len(v)}")
+        return v
+
+
+class Slot(_Strict):
+    slot: int = Field(ge=0, le=255)
+    sku: str | None = None
+
+
+class Shelf(_Strict):
+    id: Id
+    zone: Id
+    position: Point
+    controller: str | None = None  # controller id announced in the handshake
+    slots: list[Slot] = Field(default_factory=list)
+    reach_m: float = Field(default=1.2, gt=0, le=5)
+
+
+class Screen(_Strict):
+    id: Id
+    kind: Literal["full", "strip", "shelf_display"] = "full"
+    position: Point
+    zone: Id
+    orientation: Literal["landscape", "portrait"] = "landscape"
+    shelf: Id | None = None
+    slot: int | None = None
+
+
+class LayoutSection(_Strict):
+    zones: list[Zone] = Field(default_factory=list)
+    shelves: list[Shelf] = Field(default_factory=list)
+    screens: list[Screen] = Field(default_factory=list)
+
+
+class SerialPort(_Strict):
+    port: str  # "/dev/serial/by-id/...", "/dev/ttyACM0", or "auto"
+    baudrate: int = Field(default=115200, gt=0)
+
+
+class ShelvesSection(_Strict):
+    enabled: bool = True
+    ports: list[SerialPort] = Field(default_factory=list)
+    usb_ids: list[str] = Field(default_factory=lambda: ["1209:5c5c"])
+    sample_rate_hz: int = Field(default=20, ge=1, le=200)
+    offline_after_s: float = Field(default=3.0, gt=0)
+    reconnect_max_s: float = Field(default=10.0, gt=0)
+
+    @field_validator("usb_ids")
+    @classmethod
+    def _vidpid(cls, v: list[str]) -> list[str]:
+        for s in v:
+            if not re.fullmatch(r"[0-9a-fA-F]{4}:[0-9a-fA-F]{4}", s):
+                raise ValueError(f"{s!r} is not a USB VID:PID like '1209:5c5c'")
+        return v
+
+
+class CameraSection(_Strict):
+    enabled: bool = False
+    source: str | int = "synthetic"  # V4L2 index, /dev/videoN, rtsp://…, http://…, file path, "synthetic"
+    width: int = Field(default=640, gt=0)
+    height: int = Field(default=480, gt=0)
+    fps: float = Field(default=15.0, gt=0, le=120)
+    homography: list[list[float]] | None = None  # 3x3 image->floor (metres)
+    stream_timeout_s: float = Field(default=5.0, gt=0)
+    reconnect_max_s: float = Field(default=30.0, gt=0)
+
+    @field_validator("homography")
+    @classmethod
+    def _h(cls, v: list[list[float]] | None) -> list[list[float]] | None:
+        if v is not None and (len(v) != 3 or any(len(r) != 3 for r in v)):
+            raise ValueError("homography must be a 3x3 matrix (list of 3 lists of 3 numbers)")
+        return v
+
+
+class FusionSection(_Strict):
+    time_tolerance_s: float = Field(default=1.5, gt=0, le=30)
+    ambiguity_margin_m: float = Field(default=0.35, ge=0, le=5)
+    session_idle_s: float = Field(default=300.0, gt=0)
+
+
+class ModelSection(_Strict):
+    path: Path | None = None  # None: the bundled model in models/shipped
+    public_key: Path | None = None  # Ed25519 key that signs releases
+    k: int = Field(default=6, ge=1, le=50)
+    diversity: float = Field(default=0.3, ge=0, le=1)
+    repeat_cap: int = Field(default=3, ge=1)
+
+
+class SignageSection(_Strict):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    admin_token: SecretStr | None = None
+    conversion_window_s: float = Field(default=600.0, gt=0)
+    attract_after_s: float = Field(default=60.0, gt=0)
+
+    @field_validator("admin_token", mode="before")
+    @classmethod
+    def _secret(cls, v: Any) -> Any:
+        return _resolve_secret(v)
+
+
+class BrokerSection(_Strict):
+    url: str | None = None  # mqtt://host:port or mqtts://host:port; None disables
+    client_id: str | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"mqtts?://[^/:\s]+(:\d{1,5})?/?", v):
+            raise ValueError("broker url must look like mqtt://HOST:PORT or mqtts://HOST:PORT")
+        return v
+
+    @field_validator("password", mode="before")
+    @classmethod
+    def _secret(cls, v: Any) -> Any:
+        return _resolve_secret(v)
+
+
+class MqttSection(_Strict):
+    local: BrokerSection = Field(default_factory=BrokerSection)
+    cloud: BrokerSection = Field(default_factory=BrokerSection)
+    topic_prefix: str = "shelfcast/v1"
+
+
+class StoreSection(_Strict):
+    retention_days: float = Field(default=14.0, gt=0)
+    max_events: int = Field(default=2_000_000, ge=1000)
+    max_outbox: int = Field(default=500_000, ge=1000)
+    flush_interval_ms: int = Field(default=50, ge=1, le=5000)
+
+
+class LoggingSection(_Strict):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    json_format: bool = Field(default=False, alias="json")
+
+
+class NodeConfig(_Strict):
+    node: NodeSection = Field(default_factory=NodeSection)
+    layout: LayoutSection = Field(default_factory=LayoutSection)
+    shelves: ShelvesSection = Field(default_factory=ShelvesSection)
+    camera: CameraSection = Field(default_factory=CameraSection)
+    fusion: FusionSection = Field(default_factory=FusionSection)
+    model: ModelSection = Field(default_factory=ModelSection)
+    signage: SignageSection = Field(default_factory=SignageSection)
+    mqtt: MqttSection = Field(default_factory=MqttSection)
+    store: StoreSection = Field(default_factory=StoreSection)
+    logging: LoggingSection = Field(default_factory=LoggingSection)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> NodeConfig:
+        problems = cross_check(self.model_dump(mode="json", by_alias=True))
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    # -- helpers -----------------------------------------------------------
+    def redacted(self) -> dict[str, Any]:
+        """The config as plain JSON data with every secret masked."""
+        return json.loads(self.model_dump_json(by_alias=True))
+
+    def zone_of(self, x: float, y: float) -> str | None:
+        for z in self.layout.zones:
+            if point_in_polygon(x, y, z.polygon):
+                return z.id
+        return None
+
+
+def cross_check(raw: dict[str, Any]) -> list[str]:
+    """Checks across sections, on plain data so they run even when a field is bad."""
+    problems: list[str] = []
+    layout = raw.get("layout") if isinstance(raw, dict) else None
+    if not isinstance(layout, dict):
+        return problems
+
+    def items(name: str) -> list[dict[str, Any]]:
+        v = layout.get(name)
+        return [x for x in v if isinstance(x, dict)] if isinstance(v, list) else []
+
+    for section in ("zones", "shelves", "screens"):
+        seen: set[Any] = set()
+        for i, it in enumerate(items(section)):
+            if it.get("id") in seen:
+                problems.append(
+                    f"layout.{section}.{i}.id: two {section} with id {it.get('id')!r}; ids must be unique"
+                )
+            seen.add(it.get("id"))
+    zones = {z.get("id") for z in items("zones")}
+    shelves = {s.get("id") for s in items("shelves")}
+    for i, sh in enumerate(items("shelves")):
+        if "zone" in sh and sh["zone"] not in zones:
+            problems.append(
+                f"layout.shelves.{i}.zone: shelf {sh.get('id')!r} is in unknown zone {sh['zone']!r}; "
+                f"known zones: {sorted(str(z) for z in zones)}"
+            )
+        slots = [s.get("slot") for s in sh.get("slots") or [] if isinstance(s, dict)]
+        if len(slots) != len(set(slots)):
+            problems.append(f"layout.shelves.{i}.slots: shelf {sh.get('id')!r} lists a slot number twice")
+    for i, sc in enumerate(items("screens")):
+        if "zone" in sc and sc["zone"] not in zones:
+            problems.append(
+                f"layout.screens.{i}.zone: screen {sc.get('id')!r} is in unknown zone {sc['zone']!r}; "
+                f"known zones: {sorted(str(z) for z in zones)}"
+            )
+        if sc.get("shelf") is not None and sc["shelf"] not in shelves:
+            problems.append(f"layout.screens.{i}.shelf: screen {sc.get('id')!r} names unknown shelf {sc['shelf']!r}")
+    return problems
+
+
+def point_in_polygon(x: float, y: float, poly: list[Point]) -> bool:
+    inside = False
+    n = len(poly)
+    j = n - 1
+    for i in range(n):
+        xi, yi = poly[i]
+        xj, yj = poly[j]
+        if (yi > y) != (yj > y) and x < (xj - xi) * (y - yi) / ((yj - yi) or 1e-12) + xi:
+            inside = not inside
+        j = i
+    return inside
+
+
+# -- errors -------------------------------------------------------------------
+
+
+class Problem(BaseModel):
+    path: str
+    message: str
+    value: Any = None
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = f"line {self.line}: " if self.line else ""
+        val = "" if self.value is None else f" (got {self.value!r})"
+        return f"{where}{self.path}: {self.message}{val}"
+
+
+class ConfigError(Exception):
+    """Every problem found in a config file, each with key path and line."""
+
+    def __init__(self, source: str, problems: list[Problem]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        head = f"{self.source}: {len(self.problems)} problem(s) in the configuration"
+        return "\n".join([head, *("  - " + str(p) for p in self.problems)])
+
+
+def _line_index(text: str) -> dict[tuple[str, ...], int]:
+    """Map every key path in the YAML document to its 1-based line number."""
+    index: dict[tuple[str, ...], int] = {}
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return index
+
+    def walk(node: yaml.Node, path: tuple[str, ...]) -> None:
+        index.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                key = (*path, str(k.value))
+                index[key] = k.start_mark.line + 1
+                walk(v, key)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                walk(v, (*path, str(i)))
+
+    if root is not None:
+        walk(root, ())
+    return index
+
+
+_ALLOWED_HINTS = {
+    "extra_forbidden": "unknown key; remove it or check the spelling",
+}
+
+
+def _problems_from(exc: ValidationError, lines: dict[tuple[str, ...], int], raw: Any) -> list[Problem]:
+    out: list[Problem] = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(str(p) for p in err["loc"])
+        # pydantic appends the union member / validator name for some errors; trim unknown tails
+        while loc and loc not in lines and loc[:-1] in lines and not loc[-1].isdigit():
+            if _lookup(raw, loc) is not _MISSING:
+                break
+            loc = loc[:-1]
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            parent = _lookup(raw, loc[:-1])
+            allowed = ""
+            model = _model_at(loc[:-1])
+            if model is not None:
+                allowed = f"; allowed keys: {', '.join(sorted(model.model_fields))}"
+            msg = _ALLOWED_HINTS["extra_forbidden"] + allowed
+            _ = parent
+        elif err["type"] == "literal_error":
+            msg = f"{msg}"
+        elif err["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")
+        line = None
+        probe = loc
+        while probe and line is None:
+            line = lines.get(probe)
+            probe = probe[:-1]
+        value = err.get("input")
+        if isinstance(value, dict | list) or err["type"] == "missing":
+            value = None
+        if loc and loc[-1] in ("password", "admin_token"):
+            value = "***"
+        if err["type"] == "value_error" and not loc and ";" in msg:
+            for part in msg.split("; "):
+                path, _, rest = part.partition(": ")
+                keys = tuple(path.split("."))
+                out.append(Problem(path=path, message=rest, line=lines.get(keys)))
+            continue
+        out.append(Problem(path=".".join(loc) or "(top level)", message=msg, value=value, line=line))
+    return out
+
+
+_MISSING = object()
+
+
+def _lookup(raw: Any, loc: tuple[str, ...]) -> Any:
+    cur = raw
+    for p in loc:
+        if isinstance(cur, dict) and p in cur:
+            cur = cur[p]
+        elif isinstance(cur, list) and p.isdigit() and int(p) < len(cur):
+            cur = cur[int(p)]
+        else:
+            return _MISSING
+    return cur
+
+
+def _model_at(loc: tuple[str, ...]) -> type[BaseModel] | None:
+    model: Any = NodeConfig
+    for p in loc:
+        if p.isdigit():
+            continue
+        field = getattr(model, "model_fields", {}).get(p)
+        if field is None:
+            # alias lookup
+            for f in getattr(model, "model_fields", {}).values():
+                if f.alias == p:
+                    field = f
+                    break
+        if field is None:
+            return None
+        ann = field.annotation
+        args = getattr(ann, "__args__", ())
+        cand = [a for a in (ann, *args) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not cand:
+            return None
+        model = cand[0]
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def parse_config(text: str, source: str = "<config>") -> NodeConfig:
+    """Validate YAML text; raises ``ConfigError`` listing every problem."""
+    try:
+        raw = yaml.safe_load(text) if text.strip() else {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        raise ConfigError(source, [Problem(path="(yaml)", message=f"not valid YAML: {exc}", line=line)]) from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(source, [Problem(path="(top level)", message="the config must be a mapping of sections")])
+    try:
+        return NodeConfig.model_validate(raw)
+    except ValidationError as exc:
+        lines = _line_index(text)
+        problems = _problems_from(exc, lines, raw)
+        known = {p.path for p in problems}
+        for msg in cross_check(raw):
+            path, _, rest = msg.partition(": ")
+            if path not in known:
+                problems.append(Problem(path=path, message=rest, line=lines.get(tuple(path.split(".")))))
+        raise ConfigError(source, problems) from None
+
+
+def load_config(path: str | os.PathLike[str]) -> NodeConfig:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise ConfigError(str(p), [Problem(path="(file)", message="file not found; check the path")]) from None
+    except OSError as exc:
+        raise ConfigError(str(p), [Problem(path="(file)", message=f"cannot read: {exc.strerror}")]) from None
+    return parse_config(text, str(p))
+
+
+def default_config(**overrides: Any) -> NodeConfig:
+    """The embedded defaults (no layout): what ``shelfcast run`` uses without a file."""
+    return NodeConfig.model_validate(overrides)
+
+
+def json_schema() -> dict[str, Any]:
+    return NodeConfig.model_json_schema(by_alias=True)

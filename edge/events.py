@@ -1,0 +1,251 @@
+"""Plain data passed between the rooms of the node.
+
+Every event is a small frozen dataclass with ``slots`` (cheap to create on the
+hot path) and one compact JSON form, used unchanged on MQTT and HTTP. The JSON
+form always carries ``"type"`` so a consumer can dispatch without context.
+
+Conventions:
+- ``t`` is a Unix timestamp in seconds (float, UTC). Local time is derived
+  from the node's configured timezone where it matters (ranking context).
+- ``id`` is a uuid4 hex string: the idempotency key the cloud dedupes on.
+- ``delta_units`` on a shelf is the change of units *on the shelf*:
+  ``-1`` means one unit was picked up, ``+2`` means two were put back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, TypeVar
+
+__all__ = [
+    "EVENT_TYPES",
+    "CheckIn",
+    "Conversion",
+    "Impression",
+    "RecItem",
+    "RecommendationSet",
+    "ShelfEvent",
+    "ShopperEvent",
+    "TrackUpdate",
+    "ZoneEvent",
+    "from_dict",
+    "from_json",
+    "new_id",
+]
+
+
+def new_id() -> str:
+    """A fresh idempotency id (uuid4, 32 hex chars)."""
+    return uuid.uuid4().hex
+
+
+def _now() -> float:
+    return time.time()
+
+
+@dataclass(frozen=True, slots=True)
+class _Event:
+    TYPE: ClassVar[str] = "event"
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"type": self.TYPE}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, tuple):
+                v = [x.to_dict() if isinstance(x, _Event) else x for x in v]
+            elif isinstance(v, _Event):
+                v = v.to_dict()
+            d[f.name] = v
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ShelfEvent(_Event):
+    """A pick-up or put-back detected by a shelf controller's load cells."""
+
+    TYPE: ClassVar[str] = "shelf"
+    shelf: str
+    slot: int
+    sku: str | None
+    delta_units: int
+    confidence: float = 1.0
+    t: float = field(default_factory=_now)
+    controller: str = ""
+    id: str = field(default_factory=new_id)
+
+    @property
+    def action(self) -> Literal["pick", "put"]:
+        return "pick" if self.delta_units < 0 else "put"
+
+    @property
+    def units(self) -> int:
+        return abs(self.delta_units)
+
+
+@dataclass(frozen=True, slots=True)
+class TrackUpdate(_Event):
+    """Where one tracked shopper stands on the floor (metres), from the camera."""
+
+    TYPE: ClassVar[str] = "track"
+    track: int
+    x: float
+    y: float
+    zone: str | None
+    dwell: float = 0.0
+    t: float = field(default_factory=_now)
+
+
+@dataclass(frozen=True, slots=True)
+class ZoneEvent(_Event):
+    """A track entered or left a zone; ``dwell`` is seconds spent (on exit)."""
+
+    TYPE: ClassVar[str] = "zone"
+    track: int
+    zone: str
+    kind: Literal["enter", "exit"]
+    dwell: float = 0.0
+    t: float = field(default_factory=_now)
+
+
+@dataclass(frozen=True, slots=True)
+class ShopperEvent(_Event):
+    """A shelf event attributed to one shopper's visit (session)."""
+
+    TYPE: ClassVar[str] = "shopper"
+    session: str
+    sku: str
+    action: Literal["pick", "put"]
+    zone: str | None
+    units: int = 1
+    shelf: str = ""
+    slot: int = -1
+    t: float = field(default_factory=_now)
+    attributed: bool = True
+    id: str = field(default_factory=new_id)
+
+
+@dataclass(frozen=True, slots=True)
+class CheckIn(_Event):
+    """A loyalty scan or app check-in linking a visit to a known customer.
+
+    ``customer`` is always the *hashed* customer key; raw ids never enter here.
+    """
+
+    TYPE: ClassVar[str] = "checkin"
+    customer: str
+    session: str | None = None
+    track: int | None = None
+    screen: str | None = None
+    t: float = field(default_factory=_now)
+    id: str = field(default_factory=new_id)
+
+
+@dataclass(frozen=True, slots=True)
+class RecItem(_Event):
+    TYPE: ClassVar[str] = "item"
+    sku: str
+    name: str
+    price: float | None
+    score: float
+    reason: str
+    category: str = ""
+    department: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RecommendationSet(_Event):
+    """What one screen should show now, and why."""
+
+    TYPE: ClassVar[str] = "recommendations"
+    screen: str
+    session: str | None
+    items: tuple[RecItem, ...]
+    model_version: str
+    zone: str | None = None
+    t: float = field(default_factory=_now)
+    seq: int = 0
+    id: str = field(default_factory=new_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Impression(_Event):
+    """Items shown to a session on a screen (the feedback loop's first half)."""
+
+    TYPE: ClassVar[str] = "impression"
+    screen: str
+    session: str | None
+    skus: tuple[str, ...]
+    model_version: str
+    t: float = field(default_factory=_now)
+    id: str = field(default_factory=new_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Conversion(_Event):
+    """A shown item picked up by the same session within the attribution window."""
+
+    TYPE: ClassVar[str] = "conversion"
+    impression: str
+    screen: str
+    session: str
+    sku: str
+    model_version: str
+    t: float = field(default_factory=_now)
+    id: str = field(default_factory=new_id)
+
+
+EVENT_TYPES: dict[str, type[_Event]] = {
+    cls.TYPE: cls
+    for cls in (
+        ShelfEvent,
+        TrackUpdate,
+        ZoneEvent,
+        ShopperEvent,
+        CheckIn,
+        RecItem,
+        RecommendationSet,
+        Impression,
+        Conversion,
+    )
+}
+
+E = TypeVar("E", bound=_Event)
+
+
+def from_dict(d: dict[str, Any]) -> _Event:
+    """Rebuild an event from its JSON form; raises ``ValueError`` naming the problem."""
+    if not isinstance(d, dict):
+        raise ValueError(f"event must be a JSON object, got {type(d).__name__}")
+    kind = d.get("type")
+    cls = EVENT_TYPES.get(str(kind))
+    if cls is None:
+        raise ValueError(f"unknown event type {kind!r}; expected one of {sorted(EVENT_TYPES)}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - names - {"type"}
+    if unknown:
+        raise ValueError(f"{kind}: unknown field(s) {sorted(unknown)}")
+    kwargs = {k: v for k, v in d.items() if k != "type"}
+    if cls is RecommendationSet:
+        kwargs["items"] = tuple(from_dict({"type": "item", **{k: v for k, v in i.items() if k != "type"}})
+                                for i in kwargs.get("items", []))
+    elif cls is Impression:
+        kwargs["skus"] = tuple(kwargs.get("skus", ()))
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ValueError(f"{kind}: {exc}") from None
+
+
+def from_json(s: str | bytes) -> _Event:
+    try:
+        d = json.loads(s)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"event is not valid JSON: {exc}") from None
+    return from_dict(d)

@@ -1,0 +1,1 @@
+"""Node side of the shelf-controller serial link: protocol, driver, simulator, flashing."""

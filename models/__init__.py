@@ -1,0 +1,1 @@
+"""Offline side: data preparation, training, quantization, evaluation and the shipped model."""
