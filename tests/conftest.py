@@ -1,0 +1,152 @@
+"""Shared fixtures: real services, cleaned up afterwards.
+
+- ``mosquitto``: a real Mosquitto broker on a free loopback port, with its own
+  config and persistence dir (``autosave_interval 1`` so broker-crash tests
+  keep queued messages). It can be stopped, killed and restarted on the same
+  port.
+- ``pty_pair``: a real pseudo-terminal pair (master fd, slave path), raw mode.
+
+Fixtures skip only when the binary is missing on a developer's machine; CI sets
+``SHELFCAST_REQUIRE_SERVICES=1`` which turns that skip into a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import tty
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+
+def require_or_skip(what: str, fix: str) -> None:
+    if os.environ.get("SHELFCAST_REQUIRE_SERVICES") == "1":
+        pytest.fail(f"{what} is required in CI: {fix}")
+    pytest.skip(f"{what} not available: {fix}")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, host: str = "127.0.0.1", timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.01)
+    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
+
+
+@dataclass
+class Mosquitto:
+    """A real broker process we own. ``extra`` lines go into its config (TLS listeners, …)."""
+
+    workdir: Path
+    port: int
+    extra: list[str] = field(default_factory=list)
+    proc: subprocess.Popen[bytes] | None = None
+    host: str = "127.0.0.1"
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    def write_config(self) -> Path:
+        data = self.workdir / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        conf = self.workdir / "mosquitto.conf"
+        lines = [
+            "user root",
+            f"listener {self.port} 127.0.0.1",
+            "allow_anonymous true",
+            "persistence true",
+            f"persistence_location {data}/",
+            "autosave_interval 1",
+            "max_queued_messages 1000000",
+            "max_inflight_messages 0",
+            f"log_dest file {self.workdir / 'mosquitto.log'}",
+            *self.extra,
+        ]
+        conf.write_text("\n".join(lines) + "\n")
+        return conf
+
+    def start(self) -> None:
+        conf = self.write_config()
+        self.proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        try:
+            wait_port(self.port)
+        except TimeoutError:
+            log = (self.workdir / "mosquitto.log")
+            raise RuntimeError(f"mosquitto did not start: {log.read_text() if log.exists() else ''}") from None
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    if shutil.which("mosquitto") is None:
+        require_or_skip("mosquitto", "install it: sudo apt-get install -y mosquitto")
+    broker = Mosquitto(workdir=tmp_path / "mosquitto", port=free_port())
+    broker.workdir.mkdir(parents=True, exist_ok=True)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.kill()
+
+
+@dataclass
+class PtyPair:
+    master_fd: int
+    slave_fd: int
+    slave_path: str
+
+    def close(self) -> None:
+        for fd in (self.master_fd, self.slave_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+@pytest.fixture
+def pty_pair() -> Iterator[PtyPair]:
+    master, slave = os.openpty()
+    tty.setraw(master)
+    tty.setraw(slave)
+    pair = PtyPair(master, slave, os.ttyname(slave))
+    try:
+        yield pair
+    finally:
+        pair.close()
