@@ -20,7 +20,6 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from edge import __version__
 from edge.config import ConfigError
 
 __all__ = ["COMMAND_MODULES", "CommandRegistry", "UserError", "main"]
@@ -143,5 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":  # python -m edge.cli: use the importable module so exception classes match
+    from edge.cli import main as _main
+
+    raise SystemExit(_main())

@@ -155,6 +155,9 @@ class CameraSection(_Strict):
     homography: list[list[float]] | None = None  # 3x3 image->floor (metres)
     stream_timeout_s: float = Field(default=5.0, gt=0)
     reconnect_max_s: float = Field(default=30.0, gt=0)
+    detect_width: int = Field(default=320, ge=80, le=1920)  # frames are downscaled to this for detection
+    synthetic_shoppers: int = Field(default=3, ge=0, le=30)  # source "synthetic": simulated shoppers
+    synthetic_seed: int = 0
 
     @field_validator("homography")
     @classmethod
@@ -168,6 +171,14 @@ class FusionSection(_Strict):
     time_tolerance_s: float = Field(default=1.5, gt=0, le=30)
     ambiguity_margin_m: float = Field(default=0.35, ge=0, le=5)
     session_idle_s: float = Field(default=300.0, gt=0)
+    handoff_s: float = Field(default=2.0, ge=0, le=30)  # a lost track re-found this soon continues its session
+    handoff_m: float = Field(default=1.0, ge=0, le=5)  # ... this close to where it was lost
+    customer_salt: SecretStr = SecretStr("shelfcast-demo-salt")  # chain-wide salt for hashed customer ids
+
+    @field_validator("customer_salt", mode="before")
+    @classmethod
+    def _salt(cls, v: Any) -> Any:
+        return _resolve_secret(v)
 
 
 class ModelSection(_Strict):
@@ -405,7 +416,7 @@ def _problems_from(exc: ValidationError, lines: dict[tuple[str, ...], int], raw:
         value = err.get("input")
         if isinstance(value, dict | list) or err["type"] == "missing":
             value = None
-        if loc and loc[-1] in ("password", "admin_token"):
+        if loc and loc[-1] in ("password", "admin_token", "customer_salt"):
             value = "***"
         if err["type"] == "value_error" and not loc and ";" in msg:
             for part in msg.split("; "):

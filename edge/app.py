@@ -1,0 +1,205 @@
+"""The composition root: builds the rooms from one config, starts them in
+order and stops them in mirror order (as Frigate's ``app.py`` does).
+
+Start order follows the data: store → recommend (ranking) → shelves →
+vision → fusion → signage → sync. Each room is an object with
+``async start()``, ``async stop()`` and ``health() -> dict``; rooms talk only
+through the bus (plain events) and the store's public API.
+
+A room that fails to start because a link is missing (no serial port, no
+camera, no broker) must not stop the node: rooms own their reconnect loops
+and report the fault in ``health()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import logging
+import time
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any, Protocol
+
+from edge import __version__
+from edge.bus import Bus
+from edge.config import NodeConfig
+from edge.events import RecommendationSet
+from edge.recommend import Recommender
+from edge.store import Product, Store
+
+__all__ = ["Node", "Room", "ScreenBoard", "bundled_catalogue"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STOCK_UNITS = 24
+
+
+class Room(Protocol):
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def health(self) -> dict[str, Any]: ...
+
+
+def bundled_catalogue() -> list[Product]:
+    """The catalogue sample shipped with the node (real Complete Journey products)."""
+    text = resources.files("edge").joinpath("data/catalogue.csv").read_text()
+    out = []
+    for r in csv.DictReader(text.splitlines()):
+        out.append(Product(
+            sku=r["sku"], name=r["name"], department=r["department"], category=r["category"],
+            product_type=r["product_type"], brand=r["brand"], price=float(r["price"]) if r["price"] else None,
+            package_size=r["package_size"],
+            unit_weight_g=float(r["unit_weight_g"]) if r["unit_weight_g"] else None,
+            sales_heat=float(r["sales_heat"] or 0),
+        ))
+    return out
+
+
+class ScreenBoard:
+    """The latest set per screen, in memory. Signage renders from it; tests read it."""
+
+    name = "screens"
+
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self.latest: dict[str, RecommendationSet] = {}
+        self.pushed = 0
+        self.listeners: list[Callable[[RecommendationSet], None]] = []
+
+    async def start(self) -> None:
+        self.bus.subscribe(RecommendationSet, self.on_set)
+
+    async def stop(self) -> None:
+        self.bus.unsubscribe(RecommendationSet, self.on_set)
+
+    def on_set(self, rs: RecommendationSet) -> None:
+        prev = self.latest.get(rs.screen)
+        if prev is not None and prev.seq > rs.seq:
+            return  # stale: a newer set already went out
+        self.latest[rs.screen] = rs
+        self.pushed += 1
+        for fn in self.listeners:
+            fn(rs)
+
+    def health(self) -> dict[str, Any]:
+        return {"status": "ok", "screens": len(self.latest), "pushed": self.pushed}
+
+
+class StoreRoom:
+    """Opens the SQLite cache and seeds a fresh node from the bundled catalogue (cold start 3)."""
+
+    name = "store"
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        c = config.store
+        self.store = Store(Path(config.node.data_dir) / "shelfcast.db", flush_interval_ms=c.flush_interval_ms,
+                           retention_days=c.retention_days, max_events=c.max_events)
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.store.open)
+        if not self.store.products():
+            catalogue = bundled_catalogue()
+            self.store.upsert_products(catalogue)
+            self.store.set_stock({p.sku: DEFAULT_STOCK_UNITS for p in catalogue})
+        entries = [(sh.id, sl.slot, sl.sku) for sh in self.config.layout.shelves for sl in sh.slots]
+        if entries:
+            self.store.set_planogram(entries)
+        await asyncio.to_thread(self.store.flush)
+
+    async def stop(self) -> None:
+        await asyncio.to_thread(self.store.close)
+
+    def health(self) -> dict[str, Any]:
+        return self.store.health()
+
+
+class Node:
+    """One ShelfCast node. ``await node.start()`` … ``await node.stop()``."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.bus = Bus()
+        self.started_at: float | None = None
+        self.store_room = StoreRoom(config)
+        self.rooms: list[Room] = [self.store_room]
+        self.recommender: Recommender | None = None
+        self.screens = ScreenBoard(self.bus)
+        self._housekeeping: asyncio.Task[None] | None = None
+
+    @property
+    def store(self) -> Store:
+        return self.store_room.store
+
+    def _build_rooms(self) -> None:
+        """Rooms that need an open store are built after it starts."""
+        self.recommender = Recommender(self.config, self.store, self.bus, model=load_model_scorer(self.config))
+        self.rooms.append(self.recommender)
+        self.rooms.append(self.screens)
+
+    async def start(self) -> None:
+        self.started_at = time.time()
+        await self.store_room.start()
+        self._build_rooms()
+        for room in self.rooms[1:]:
+            log.info("starting %s", room.name)
+            await room.start()
+        self._housekeeping = asyncio.create_task(self._housekeep(), name="housekeeping")
+
+    async def stop(self) -> None:
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+            try:
+                await self._housekeeping
+            except asyncio.CancelledError:
+                pass
+        for room in reversed(self.rooms):
+            log.info("stopping %s", room.name)
+            try:
+                await room.stop()
+            except Exception:
+                log.exception("room %s failed to stop cleanly", room.name)
+
+    async def _housekeep(self) -> None:
+        while True:
+            await asyncio.sleep(5.0)
+            if self.recommender is not None:
+                self.recommender.expire_visits(self.config.fusion.session_idle_s)
+
+    def health(self) -> dict[str, Any]:
+        rooms = {}
+        for r in self.rooms:
+            try:
+                rooms[r.name] = r.health()
+            except Exception as exc:  # health must never take the node down
+                rooms[r.name] = {"status": "error", "detail": str(exc)}
+        statuses = {str(h.get("status", "ok")) for h in rooms.values()}
+        overall = "failed" if "failed" in statuses else "degraded" if statuses - {"ok", "closed"} else "ok"
+        return {
+            "status": overall,
+            "version": __version__,
+            "store_id": self.config.node.store_id,
+            "node_id": self.config.node.node_id,
+            "uptime_s": round(time.time() - (self.started_at or time.time()), 1),
+            "rooms": rooms,
+            "bus": self.bus.health(),
+        }
+
+
+def load_model_scorer(config: NodeConfig) -> Any:
+    """The model ranker adapter, or None (fallback only) when no model can be loaded."""
+    try:
+        from edge.ranking.adapter import load_scorer
+    except ImportError:
+        return None
+    try:
+        return load_scorer(config)
+    except Exception as exc:
+        log.warning("no model loaded (%s); serving popularity by zone and hour", exc)
+        return None

@@ -1,0 +1,110 @@
+"""Core commands: ``demo``, ``run``, ``config validate|schema``, ``version``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from edge import __version__
+from edge.cli import CommandRegistry, UserError, print_json
+from edge.config import ConfigError, json_schema, load_config
+
+log = logging.getLogger("shelfcast")
+
+
+def register(reg: CommandRegistry) -> None:
+    p = reg.command("demo", "run a whole simulated store on embedded defaults", _demo)
+    p.add_argument("--duration", type=float, default=None, metavar="SECONDS",
+                   help="stop after this many seconds (default: run until Ctrl-C)")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="random seed for the shoppers")
+    p.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
+                   help="keep the node's SQLite cache here (default: a temp dir, removed at exit)")
+    p.add_argument("--port", type=int, default=None, metavar="PORT",
+                   help="serve the signage pages on http://127.0.0.1:PORT/")
+    p.add_argument("--shoppers", type=int, default=6, metavar="N", help="shoppers in the store at once")
+    p.add_argument("--cloud-broker", default=None, metavar="URL",
+                   help="sync events upstream to this MQTT broker (mqtt://HOST:PORT)")
+    p.add_argument("--quiet", action="store_true", help="print only the summary line")
+
+    p = reg.command("run", "run the node from a config file", _run)
+    p.add_argument("--config", type=Path, required=True, metavar="FILE")
+
+    reg.subcommand("config", "validate", "check a config file; report every problem at once",
+                   _config_validate).add_argument("file", type=Path, metavar="FILE")
+    reg.subcommand("config", "schema", "print the config's JSON schema", _config_schema)
+    reg.command("version", "print the ShelfCast version", _version)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from edge.demo import DemoOptions, main
+
+    if args.duration is not None and args.duration <= 0:
+        raise UserError("--duration must be a positive number of seconds")
+    if args.shoppers < 1 or args.shoppers > 200:
+        raise UserError("--shoppers must be between 1 and 200")
+    if args.port is not None and not 0 <= args.port <= 65535:
+        raise UserError("--port must be between 0 and 65535")
+    if args.data_dir is not None:
+        try:
+            args.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(
+                f"cannot use --data-dir {args.data_dir}: {exc.strerror}; pick a writable directory") from None
+    return main(DemoOptions(duration=args.duration, seed=args.seed, data_dir=args.data_dir, port=args.port,
+                            shoppers=args.shoppers, quiet=args.quiet, cloud_broker=args.cloud_broker))
+
+
+def _run(args: argparse.Namespace) -> int:
+    from edge.app import Node
+
+    config = load_config(args.config)
+    logging.getLogger().setLevel(config.logging.level)
+    try:
+        Path(config.node.data_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"node.data_dir {config.node.data_dir} is not usable ({exc.strerror}); create it and "
+                        "give the service user write access: `sudo chown shelfcast: DIR`") from None
+
+    async def main() -> None:
+        node = Node(config)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        await node.start()
+        log.warning("node %s/%s running", config.node.store_id, config.node.node_id)
+        try:
+            await stop.wait()
+        finally:
+            await node.stop()
+
+    asyncio.run(main())
+    return 0
+
+
+def _config_validate(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.file)
+    except ConfigError as exc:
+        print(exc.render(), file=sys.stderr)
+        return 1
+    print(f"{args.file}: valid ({len(cfg.layout.zones)} zones, {len(cfg.layout.shelves)} shelves, "
+          f"{len(cfg.layout.screens)} screens)")
+    return 0
+
+
+def _config_schema(args: argparse.Namespace) -> int:
+    sys.stdout.write(json.dumps(json_schema(), indent=2) + "\n")
+    return 0
+
+
+def _version(args: argparse.Namespace) -> int:
+    print_json({"shelfcast": __version__, "python": sys.version.split()[0]})
+    return 0

@@ -1,0 +1,111 @@
+"""Popularity by zone × hour: the permanent cold-start fallback.
+
+Used when no model is loaded, when the model refuses a request, and for a
+screen with nobody in front of it. It needs nothing but the catalogue: a prior
+from each product's sales heat (boosted in the product's home zone) plus the
+picks this node has seen, bucketed by zone and local hour and decayed so the
+store's rhythm shows through (coffee in the morning, beer in the evening).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+__all__ = ["FallbackItem", "PopularityRanker"]
+
+
+@dataclass(frozen=True, slots=True)
+class FallbackItem:
+    sku: str
+    score: float
+    reason: str
+
+
+class PopularityRanker:
+    """``observe`` picks, ``top`` the most popular in-stock items for a zone and hour."""
+
+    HOURS = 24
+
+    def __init__(
+        self,
+        items: Iterable[tuple[str, float, str | None]],
+        *,
+        live_weight: float = 5.0,
+        home_zone_boost: float = 3.0,
+        half_life_s: float = 7 * 86400.0,
+    ) -> None:
+        """``items``: (sku, sales_heat, home zone or None)."""
+        self._prior: dict[str, float] = {}
+        self._home: dict[str, str | None] = {}
+        for sku, heat, zone in items:
+            self._prior[sku] = math.log1p(max(0.0, float(heat)))
+            self._home[sku] = zone
+        self.live_weight = live_weight
+        self.home_zone_boost = home_zone_boost
+        self.half_life_s = half_life_s
+        # (zone, hour) -> sku -> (count, last t)
+        self._live: dict[tuple[str | None, int], dict[str, list[float]]] = defaultdict(dict)
+        self._cache: dict[tuple[str | None, int], list[tuple[str, float]]] = {}
+        norm = max(self._prior.values(), default=1.0) or 1.0
+        for k in self._prior:
+            self._prior[k] /= norm
+
+    @property
+    def skus(self) -> list[str]:
+        return list(self._prior)
+
+    def observe(self, sku: str, zone: str | None, hour: int, t: float, units: int = 1) -> None:
+        bucket = self._live[(zone, hour % self.HOURS)]
+        cur = bucket.get(sku)
+        if cur is None:
+            bucket[sku] = [float(units), t]
+        else:
+            decay = 0.5 ** ((t - cur[1]) / self.half_life_s) if t > cur[1] else 1.0
+            cur[0] = cur[0] * decay + units
+            cur[1] = max(cur[1], t)
+        self._cache.pop((zone, hour % self.HOURS), None)
+
+    def _ranked(self, zone: str | None, hour: int) -> list[tuple[str, float]]:
+        key = (zone, hour % self.HOURS)
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        live = self._live.get(key, {})
+        total = sum(c for c, _ in live.values()) or 1.0
+        scores = []
+        for sku, prior in self._prior.items():
+            s = prior
+            if zone is not None and self._home.get(sku) == zone:
+                s *= self.home_zone_boost
+            c = live.get(sku)
+            if c is not None:
+                s += self.live_weight * c[0] / total
+            scores.append((sku, s))
+        scores.sort(key=lambda x: -x[1])
+        self._cache[key] = scores
+        return scores
+
+    def top(
+        self,
+        zone: str | None,
+        hour: int,
+        k: int = 10,
+        *,
+        exclude: Sequence[str] | set[str] = (),
+        in_stock: Callable[[str], bool] | None = None,
+    ) -> list[FallbackItem]:
+        excl = set(exclude)
+        out: list[FallbackItem] = []
+        live = self._live.get((zone, hour % self.HOURS), {})
+        for sku, score in self._ranked(zone, hour):
+            if sku in excl or (in_stock is not None and not in_stock(sku)):
+                continue
+            reason = "popular here at this hour" if sku in live else (
+                "popular in this aisle" if zone is not None and self._home.get(sku) == zone else "popular in store")
+            out.append(FallbackItem(sku, round(score, 6), reason))
+            if len(out) >= k:
+                break
+        return out

@@ -1,0 +1,206 @@
+"""Where a shopper event becomes a recommendation set.
+
+The hot path: ``ShopperEvent`` (a pick or put attributed to a visit) →
+recorded in the store (and queued upstream) → the visit's state updated →
+the catalogue scored for that visit → a ``RecommendationSet`` published for
+the screen that serves it. Screens, SSE and MQTT pushes subscribe to
+``RecommendationSet`` on the bus; this room knows nothing about them.
+
+Scoring goes through the model ranker when one is loaded (``edge.ranking``)
+and falls back to popularity by zone × hour (``edge.ranking.fallback``)
+otherwise, or when the model has nothing to say.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+from zoneinfo import ZoneInfo
+
+from edge.bus import Bus
+from edge.config import NodeConfig
+from edge.events import CheckIn, RecItem, RecommendationSet, ShopperEvent
+from edge.ranking.fallback import PopularityRanker
+from edge.store import Store
+
+__all__ = ["ModelScorer", "Recommender", "VisitState"]
+
+log = logging.getLogger(__name__)
+
+
+class ModelScorer(Protocol):
+    """What this room needs from a model ranker (``edge.ranking``'s adapter provides it)."""
+
+    version: str
+
+    def score(self, visit: VisitState, when: datetime, k: int, exclude: set[str]) -> list[tuple[str, float, str]]:
+        ...
+
+
+@dataclass
+class VisitState:
+    """What the node knows about one visit right now."""
+
+    session: str
+    zone: str | None = None
+    customer: str | None = None
+    picked: list[str] = field(default_factory=list)
+    put_back: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.time)
+    last_seen: float = field(default_factory=time.time)
+    shown: dict[str, int] = field(default_factory=dict)  # sku -> times shown (frequency cap)
+
+
+class Recommender:
+    """The ranking room. Start order: after the store, before signage."""
+
+    name = "recommend"
+
+    def __init__(self, config: NodeConfig, store: Store, bus: Bus, *, model: ModelScorer | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.store = store
+        self.bus = bus
+        self.model = model
+        self.clock = clock
+        self.tz = ZoneInfo(config.node.timezone)
+        self.k = config.model.k
+        self.visits: dict[str, VisitState] = {}
+        self.fallback = PopularityRanker(
+            (p.sku, p.sales_heat, _home_zone(config, p.sku)) for p in store.products().values()
+        )
+        self._screens_by_zone: dict[str, list[str]] = {}
+        for sc in config.layout.screens:
+            if sc.kind != "shelf_display":
+                self._screens_by_zone.setdefault(sc.zone, []).append(sc.id)
+        self._seq = 0
+        self.stats = {"events": 0, "recommendations": 0, "model": 0, "fallback": 0, "unknown_sku": 0}
+        self.upstream_topic = f"{config.mqtt.topic_prefix}/{config.node.store_id}/{config.node.node_id}/events"
+
+    async def start(self) -> None:
+        self.bus.subscribe(ShopperEvent, self.on_shopper_event)
+        self.bus.subscribe(CheckIn, self.on_check_in)
+
+    async def stop(self) -> None:
+        self.bus.unsubscribe(ShopperEvent, self.on_shopper_event)
+        self.bus.unsubscribe(CheckIn, self.on_check_in)
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "model": self.model.version if self.model is not None else None,
+            "active_visits": len(self.visits),
+            **self.stats,
+        }
+
+    # -- events -------------------------------------------------------------
+    def on_check_in(self, ev: CheckIn) -> None:
+        if ev.session is None:
+            return
+        v = self.visits.setdefault(ev.session, VisitState(ev.session))
+        v.customer = ev.customer
+        self.store.append_event(ev, upstream=self.upstream_topic)
+
+    def on_shopper_event(self, ev: ShopperEvent) -> None:
+        self.stats["events"] += 1
+        self.store.append_event(ev, upstream=self.upstream_topic)
+        self.store.adjust_stock(ev.sku, -ev.units if ev.action == "pick" else ev.units)
+        v = self.visits.get(ev.session)
+        if v is None:
+            v = self.visits[ev.session] = VisitState(ev.session, started=ev.t)
+        v.zone = ev.zone or v.zone
+        v.last_seen = ev.t
+        if self.store.product(ev.sku) is None:
+            self.stats["unknown_sku"] += 1
+        if ev.action == "pick":
+            v.picked.append(ev.sku)
+            hour = datetime.fromtimestamp(ev.t, self.tz).hour
+            self.fallback.observe(ev.sku, ev.zone, hour, ev.t, ev.units)
+        else:
+            v.put_back.append(ev.sku)
+        screen = self.screen_for(v.zone)
+        if screen is not None:
+            self.bus.publish(self.recommend(v, screen))
+
+    # -- ranking -------------------------------------------------------------
+    def screen_for(self, zone: str | None) -> str | None:
+        screens = self._screens_by_zone.get(zone or "", ())
+        return screens[0] if screens else None
+
+    def in_stock(self, sku: str) -> bool:
+        units = self.store.stock(sku)
+        return units is None or units > 0
+
+    def recommend(self, v: VisitState | None, screen: str, zone: str | None = None) -> RecommendationSet:
+        now = self.clock()
+        when = datetime.fromtimestamp(now, self.tz)
+        zone = zone if v is None else (v.zone or zone)
+        exclude: set[str] = set() if v is None else set(v.picked[-20:])
+        if v is not None:
+            exclude.update(s for s, n in v.shown.items() if n >= self.config.model.repeat_cap)
+        scored: list[tuple[str, float, str]] = []
+        version = "fallback"
+        if self.model is not None and v is not None:
+            try:
+                scored = self.model.score(v, when, self.k, exclude)
+                version = self.model.version
+            except Exception:
+                log.exception("model scoring failed; serving the popularity fallback")
+                scored = []
+        if scored:
+            self.stats["model"] += 1
+        else:
+            version = "fallback"
+            self.stats["fallback"] += 1
+            scored = self._diverse([(i.sku, i.score, i.reason) for i in self.fallback.top(
+                zone, when.hour, self.k * 4, exclude=exclude, in_stock=self.in_stock)])
+        items = []
+        for sku, score, reason in scored[: self.k]:
+            p = self.store.product(sku)
+            items.append(RecItem(sku=sku, name=p.name if p else sku, price=p.price if p else None,
+                                 score=round(float(score), 6), reason=reason,
+                                 category=p.category if p else "", department=p.department if p else ""))
+            if v is not None:
+                v.shown[sku] = v.shown.get(sku, 0) + 1
+        self._seq += 1
+        self.stats["recommendations"] += 1
+        return RecommendationSet(screen=screen, session=None if v is None else v.session, items=tuple(items),
+                                 model_version=version, zone=zone, t=now, seq=self._seq)
+
+    def _diverse(self, scored: list[tuple[str, float, str]], per_type: int = 1) -> list[tuple[str, float, str]]:
+        """At most ``per_type`` items of one product type or name, so a screen never shows three milks."""
+        seen: dict[str, int] = {}
+        names: set[str] = set()
+        out, rest = [], []
+        for item in scored:
+            p = self.store.product(item[0])
+            key = p.product_type if p is not None and p.product_type else item[0]
+            name = p.name if p is not None else item[0]
+            if seen.get(key, 0) >= per_type or name in names:
+                rest.append(item)
+                continue
+            seen[key] = seen.get(key, 0) + 1
+            names.add(name)
+            out.append(item)
+        return out + rest
+
+    def expire_visits(self, idle_s: float) -> int:
+        now = self.clock()
+        old = [s for s, v in self.visits.items() if now - v.last_seen > idle_s]
+        for s in old:
+            v = self.visits.pop(s)
+            self.store.save_session(s, started=v.started, ended=v.last_seen, zone=v.zone, customer=v.customer,
+                                    items=v.picked)
+        return len(old)
+
+
+def _home_zone(config: NodeConfig, sku: str) -> str | None:
+    for sh in config.layout.shelves:
+        for sl in sh.slots:
+            if sl.sku == sku:
+                return sh.zone
+    return None

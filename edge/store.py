@@ -1,0 +1,604 @@
+"""The node's SQLite cache: products, planogram, stock, profiles, sessions,
+events, outbox, impressions and the model registry.
+
+Why it looks like this:
+- One writer thread owns the only writing connection and commits in batches
+  (every ``flush_interval_ms`` or 500 operations). No caller ever sees
+  "database is locked", and the SD card sees few, larger writes.
+- WAL journal with ``synchronous=NORMAL``: a committed batch survives a
+  ``kill -9``; a power cut loses at most the last batch, which the writer has
+  not acknowledged yet (futures resolve only after COMMIT).
+- Hot-path reads (product, stock, planogram slot, profile) come from in-memory
+  dicts kept in step by the writer, so they answer in microseconds without a
+  query. Slower reads use a per-thread read connection.
+- Forward-only migrations keyed on ``PRAGMA user_version``, with a backup copy
+  of the file before any migration of an existing database.
+- ``PRAGMA integrity_check`` at open; a corrupt file is moved aside, reported
+  in ``health()`` and replaced by a fresh one so the node keeps serving.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import shutil
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlite_utils
+
+from edge.events import _Event
+
+__all__ = ["SCHEMA_VERSION", "Product", "Profile", "Store", "StoreError"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class StoreError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Product:
+    sku: str
+    name: str
+    department: str = ""
+    category: str = ""
+    product_type: str = ""
+    brand: str = ""
+    price: float | None = None
+    package_size: str = ""
+    unit_weight_g: float | None = None
+    sales_heat: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """A known shopper. ``customer`` is the salted hash, never the raw id."""
+
+    customer: str
+    demographics: dict[str, Any] = field(default_factory=dict)
+    history: tuple[tuple[str, float, float], ...] = ()  # (sku, unix time, quantity)
+    visits: int = 0
+    updated: float = 0.0
+
+
+# Forward-only migrations: index i brings user_version from i to i+1.
+MIGRATIONS: list[list[str]] = [
+    [
+        """CREATE TABLE IF NOT EXISTS products (
+            sku TEXT PRIMARY KEY, name TEXT NOT NULL, department TEXT, category TEXT,
+            product_type TEXT, brand TEXT, price REAL, package_size TEXT,
+            unit_weight_g REAL, sales_heat REAL DEFAULT 0, updated REAL)""",
+        """CREATE TABLE IF NOT EXISTS planogram (
+            shelf TEXT NOT NULL, slot INTEGER NOT NULL, sku TEXT, updated REAL,
+            PRIMARY KEY (shelf, slot))""",
+        "CREATE TABLE IF NOT EXISTS stock (sku TEXT PRIMARY KEY, units INTEGER NOT NULL, updated REAL)",
+        """CREATE TABLE IF NOT EXISTS profiles (
+            customer TEXT PRIMARY KEY, demographics TEXT NOT NULL DEFAULT '{}',
+            history TEXT NOT NULL DEFAULT '[]', visits INTEGER DEFAULT 0, updated REAL)""",
+        """CREATE TABLE IF NOT EXISTS sessions (
+            id TEXT PRIMARY KEY, started REAL, ended REAL, zone TEXT, customer TEXT,
+            items TEXT NOT NULL DEFAULT '[]')""",
+        """CREATE TABLE IF NOT EXISTS events (
+            id TEXT PRIMARY KEY, type TEXT NOT NULL, t REAL NOT NULL, session TEXT,
+            payload TEXT NOT NULL)""",
+        "CREATE INDEX IF NOT EXISTS events_t ON events (t)",
+        """CREATE TABLE IF NOT EXISTS outbox (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, topic TEXT NOT NULL,
+            payload TEXT NOT NULL, created REAL NOT NULL, priority INTEGER NOT NULL DEFAULT 1,
+            attempts INTEGER NOT NULL DEFAULT 0)""",
+        """CREATE TABLE IF NOT EXISTS impressions (
+            id TEXT PRIMARY KEY, screen TEXT, session TEXT, skus TEXT, model_version TEXT, t REAL)""",
+        "CREATE INDEX IF NOT EXISTS impressions_session ON impressions (session, t)",
+        """CREATE TABLE IF NOT EXISTS models (
+            version TEXT PRIMARY KEY, path TEXT, sha256 TEXT, installed REAL, status TEXT,
+            active INTEGER DEFAULT 0, detail TEXT)""",
+        "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)",
+    ],
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_STOP = object()
+
+
+@dataclass
+class _Op:
+    fn: Callable[[sqlite3.Connection], Any]
+    future: Future[Any] | None
+
+
+class Store:
+    """Open with ``Store(path).open()``; always ``close()`` (flushes the last batch)."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        flush_interval_ms: int = 50,
+        retention_days: float = 14.0,
+        max_events: int = 2_000_000,
+        max_batch: int = 500,
+    ) -> None:
+        self.path = Path(path)
+        self.flush_interval = flush_interval_ms / 1000.0
+        self.retention_s = retention_days * 86400.0
+        self.max_events = max_events
+        self.max_batch = max_batch
+        self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._local = threading.local()
+        self._products: dict[str, Product] = {}
+        self._stock: dict[str, int] = {}
+        self._planogram: dict[tuple[str, int], str | None] = {}
+        self._profiles: dict[str, Profile] = {}
+        self._health: dict[str, Any] = {"status": "closed", "recovered_from": None, "migrated_from": None}
+        self._counters = {"batches": 0, "ops": 0, "errors": 0}
+        self._last_maintenance = 0.0
+        self._closed = True
+
+    # -- lifecycle ---------------------------------------------------------
+    def open(self) -> Store:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._check_integrity()
+        conn = self._connect()
+        self._migrate(conn)
+        self._load_caches(conn)
+        self._closed = False
+        self._writer = threading.Thread(target=self._write_loop, args=(conn,), name="store-writer", daemon=True)
+        self._writer.start()
+        self._health["status"] = "ok"
+        self.submit(self._maintenance)
+        return self
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._q.put(_STOP)
+        if self._writer is not None:
+            self._writer.join(timeout=10)
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+        self._health["status"] = "closed"
+
+    def __enter__(self) -> Store:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _connect(self, readonly: bool = False) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA busy_timeout=30000")
+        if readonly:
+            conn.execute("PRAGMA query_only=ON")
+        return conn
+
+    def _check_integrity(self) -> None:
+        if not self.path.exists():
+            return
+        problem: str | None = None
+        try:
+            conn = sqlite3.connect(self.path, timeout=30)
+            try:
+                rows = conn.execute("PRAGMA integrity_check").fetchall()
+                if [r[0] for r in rows] != ["ok"]:
+                    problem = "; ".join(str(r[0]) for r in rows[:5])
+            finally:
+                conn.close()
+        except sqlite3.DatabaseError as exc:
+            problem = str(exc)
+        if problem is None:
+            return
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(str(self.path) + suffix)
+            if src.exists():
+                shutil.move(src, Path(str(aside) + suffix))
+        log.error("database %s failed its integrity check (%s); moved aside to %s and started fresh",
+                  self.path, problem, aside)
+        self._health["recovered_from"] = {"path": str(aside), "problem": problem, "t": time.time()}
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} has schema version {version}, newer than this ShelfCast ({SCHEMA_VERSION}); "
+                "upgrade ShelfCast or point node.data_dir at another directory"
+            )
+        if version == SCHEMA_VERSION:
+            return
+        if version > 0:
+            backup = self.path.with_name(f"{self.path.name}.v{version}.bak")
+            dst = sqlite3.connect(backup)
+            with dst:
+                conn.backup(dst)
+            dst.close()
+            self._health["migrated_from"] = {"version": version, "backup": str(backup)}
+        for v in range(version, SCHEMA_VERSION):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for stmt in MIGRATIONS[v]:
+                    conn.execute(stmt)
+                conn.execute(f"PRAGMA user_version={v + 1}")
+                conn.execute("COMMIT")
+            except Exception:
+                conn.execute("ROLLBACK")
+                raise
+
+    def _load_caches(self, conn: sqlite3.Connection) -> None:
+        db = sqlite_utils.Database(conn)
+        for r in db.query("SELECT * FROM products"):
+            self._products[r["sku"]] = _product_from_row(r)
+        for r in db.query("SELECT sku, units FROM stock"):
+            self._stock[r["sku"]] = int(r["units"])
+        for r in db.query("SELECT shelf, slot, sku FROM planogram"):
+            self._planogram[(r["shelf"], int(r["slot"]))] = r["sku"]
+        for r in db.query("SELECT * FROM profiles"):
+            self._profiles[r["customer"]] = _profile_from_row(r)
+
+    # -- the single writer -------------------------------------------------
+    def _write_loop(self, conn: sqlite3.Connection) -> None:
+        stop = False
+        while not stop:
+            first = self._q.get()
+            if first is _STOP:
+                break
+            batch: list[_Op] = [first]
+            deadline = time.monotonic() + self.flush_interval
+            while len(batch) < self.max_batch:
+                timeout = deadline - time.monotonic()
+                if timeout <= 0:
+                    break
+                try:
+                    item = self._q.get(timeout=timeout)
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stop = True
+                    break
+                batch.append(item)
+            self._run_batch(conn, batch)
+            if time.monotonic() - self._last_maintenance > 3600:
+                self._run_batch(conn, [_Op(self._maintenance, None)])
+        # drain anything queued after STOP was requested
+        rest: list[_Op] = []
+        while True:
+            try:
+                item = self._q.get_nowait()
+            except queue.Empty:
+                break
+            if item is not _STOP:
+                rest.append(item)
+        if rest:
+            self._run_batch(conn, rest)
+        try:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            pass
+        conn.close()
+
+    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
+        results: list[tuple[_Op, Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for op in batch:
+                conn.execute("SAVEPOINT op")
+                try:
+                    res = op.fn(conn)
+                    conn.execute("RELEASE op")
+                    results.append((op, res, None))
+                except Exception as exc:  # one bad op must not sink the batch
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    self._counters["errors"] += 1
+                    results.append((op, None, exc))
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            self._counters["errors"] += len(batch)
+            self._health["last_error"] = str(exc)
+            self._health["status"] = "degraded"
+            log.error("store batch of %d failed: %s", len(batch), exc)
+            for op in batch:
+                if op.future is not None and not op.future.done():
+                    op.future.set_exception(StoreError(f"write failed: {exc}"))
+            return
+        self._counters["batches"] += 1
+        self._counters["ops"] += len(batch)
+        if self._health["status"] == "degraded":
+            self._health["status"] = "ok"
+        for op, res, err in results:
+            if op.future is None:
+                if err is not None:
+                    log.warning("store write failed: %s", err)
+                continue
+            if err is not None:
+                op.future.set_exception(err)
+            else:
+                op.future.set_result(res)
+
+    def submit(self, fn: Callable[[sqlite3.Connection], T]) -> Future[T]:
+        """Run ``fn(conn)`` inside the writer's next batch; the future resolves after COMMIT."""
+        if self._closed and self._writer is not None:
+            raise StoreError("store is closed")
+        fut: Future[T] = Future()
+        self._q.put(_Op(fn, fut))
+        return fut
+
+    def _fire(self, fn: Callable[[sqlite3.Connection], Any]) -> None:
+        self._q.put(_Op(fn, None))
+
+    def flush(self, timeout: float = 10.0) -> None:
+        """Block until everything submitted so far is committed."""
+        self.submit(lambda c: None).result(timeout)
+
+    # -- reads: a connection per thread -------------------------------------
+    def read(self) -> sqlite_utils.Database:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect(readonly=True)
+            self._local.conn = conn
+        return sqlite_utils.Database(conn)
+
+    def query(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[dict[str, Any]]:
+        return list(self.read().query(sql, params))
+
+    # -- products / planogram / stock (hot-path reads from memory) ----------
+    def product(self, sku: str) -> Product | None:
+        return self._products.get(sku)
+
+    def products(self) -> dict[str, Product]:
+        return self._products
+
+    def stock(self, sku: str) -> int | None:
+        """Units on hand, or None when the node has no stock figure for it."""
+        return self._stock.get(sku)
+
+    def planogram_slot(self, shelf: str, slot: int) -> str | None:
+        return self._planogram.get((shelf, slot))
+
+    def planogram(self) -> dict[tuple[str, int], str | None]:
+        return self._planogram
+
+    def upsert_products(self, products: Iterable[Product]) -> Future[int]:
+        rows = [
+            {**{k: getattr(p, k) for k in Product.__slots__}, "updated": time.time()}
+            for p in products
+        ]
+        for p in rows:
+            self._products[p["sku"]] = _product_from_row(p)
+
+        def write(conn: sqlite3.Connection) -> int:
+            sqlite_utils.Database(conn)["products"].upsert_all(rows, pk="sku")  # type: ignore[union-attr]
+            return len(rows)
+
+        return self.submit(write)
+
+    def set_planogram(self, entries: Iterable[tuple[str, int, str | None]]) -> Future[int]:
+        now = time.time()
+        items = [(str(s), int(n), sku) for s, n, sku in entries]
+        for s, n, sku in items:
+            self._planogram[(s, n)] = sku
+        rows = [{"shelf": s, "slot": n, "sku": sku, "updated": now} for s, n, sku in items]
+
+        def write(conn: sqlite3.Connection) -> int:
+            sqlite_utils.Database(conn)["planogram"].upsert_all(rows, pk=("shelf", "slot"))  # type: ignore[union-attr]
+            return len(rows)
+
+        return self.submit(write)
+
+    def set_stock(self, levels: dict[str, int]) -> Future[int]:
+        now = time.time()
+        self._stock.update({k: int(v) for k, v in levels.items()})
+        rows = [{"sku": k, "units": int(v), "updated": now} for k, v in levels.items()]
+
+        def write(conn: sqlite3.Connection) -> int:
+            sqlite_utils.Database(conn)["stock"].upsert_all(rows, pk="sku")  # type: ignore[union-attr]
+            return len(rows)
+
+        return self.submit(write)
+
+    def adjust_stock(self, sku: str, delta: int) -> None:
+        """A pick (-n) or put-back (+n) seen by the shelf; never below zero."""
+        if sku not in self._stock:
+            return
+        units = max(0, self._stock[sku] + delta)
+        self._stock[sku] = units
+        now = time.time()
+        self._fire(lambda c: c.execute("UPDATE stock SET units=?, updated=? WHERE sku=?", (units, now, sku)))
+
+    # -- profiles --------------------------------------------------------------
+    def profile(self, customer: str) -> Profile | None:
+        return self._profiles.get(customer)
+
+    def profile_count(self) -> int:
+        return len(self._profiles)
+
+    def upsert_profiles(self, profiles: Iterable[Profile]) -> Future[int]:
+        rows = []
+        for p in profiles:
+            self._profiles[p.customer] = p
+            rows.append({
+                "customer": p.customer,
+                "demographics": json.dumps(p.demographics),
+                "history": json.dumps([list(h) for h in p.history]),
+                "visits": p.visits,
+                "updated": p.updated or time.time(),
+            })
+
+        def write(conn: sqlite3.Connection) -> int:
+            sqlite_utils.Database(conn)["profiles"].upsert_all(rows, pk="customer")  # type: ignore[union-attr]
+            return len(rows)
+
+        return self.submit(write)
+
+    # -- sessions --------------------------------------------------------------
+    def save_session(self, session_id: str, *, started: float, ended: float | None, zone: str | None,
+                     customer: str | None, items: Sequence[str]) -> None:
+        row = {"id": session_id, "started": started, "ended": ended, "zone": zone, "customer": customer,
+               "items": json.dumps(list(items))}
+        self._fire(lambda c: sqlite_utils.Database(c)["sessions"].upsert(row, pk="id"))  # type: ignore[union-attr]
+
+    # -- events + outbox ---------------------------------------------------------
+    def append_event(self, event: _Event, *, session: str | None = None, upstream: str | None = None,
+                     priority: int = 1) -> Future[None]:
+        """Append an event (and, with ``upstream`` topic, queue it in the outbox) in one transaction.
+
+        The future resolves once both rows are committed: only then is the event
+        "accepted" in the sense of the reliability promise.
+        """
+        payload = event.to_json()
+        eid = getattr(event, "id", None) or _event_key(event)
+        t = float(getattr(event, "t", time.time()))
+        sess: str | None = session if session is not None else getattr(event, "session", None)
+        etype = event.TYPE
+        now = time.time()
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT OR IGNORE INTO events (id, type, t, session, payload) VALUES (?,?,?,?,?)",
+                         (eid, etype, t, sess, payload))
+            if upstream is not None:
+                conn.execute(
+                    "INSERT OR IGNORE INTO outbox (id, topic, payload, created, priority) VALUES (?,?,?,?,?)",
+                    (eid, upstream, payload, now, priority),
+                )
+
+        return self.submit(write)
+
+    def enqueue(self, topic: str, payload: str, *, id: str, priority: int = 1) -> Future[None]:
+        now = time.time()
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT OR IGNORE INTO outbox (id, topic, payload, created, priority) VALUES (?,?,?,?,?)",
+                         (id, topic, payload, now, priority))
+
+        return self.submit(write)
+
+    def outbox_pending(self) -> int:
+        return int(self.read().execute("SELECT count(*) FROM outbox").fetchone()[0])
+
+    def outbox_peek(self, limit: int = 100, after_seq: int = 0) -> list[dict[str, Any]]:
+        return self.query("SELECT seq, id, topic, payload, created, priority, attempts FROM outbox "
+                          "WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit))
+
+    def outbox_ack(self, seqs: Sequence[int]) -> Future[int]:
+        ids = list(seqs)
+
+        def write(conn: sqlite3.Connection) -> int:
+            n = 0
+            for i in range(0, len(ids), 500):
+                chunk = ids[i:i + 500]
+                cur = conn.execute(f"DELETE FROM outbox WHERE seq IN ({','.join('?' * len(chunk))})", chunk)
+                n += cur.rowcount
+            return n
+
+        return self.submit(write)
+
+    def event_count(self) -> int:
+        return int(self.read().execute("SELECT count(*) FROM events").fetchone()[0])
+
+    # -- impressions / models ------------------------------------------------------
+    def record_impression(self, id: str, screen: str, session: str | None, skus: Sequence[str],
+                          model_version: str, t: float) -> None:
+        row = (id, screen, session, json.dumps(list(skus)), model_version, t)
+        self._fire(lambda c: c.execute("INSERT OR IGNORE INTO impressions VALUES (?,?,?,?,?,?)", row))
+
+    def register_model(self, version: str, path: str, sha256: str, status: str, *, active: bool,
+                       detail: str = "") -> Future[None]:
+        now = time.time()
+
+        def write(conn: sqlite3.Connection) -> None:
+            if active:
+                conn.execute("UPDATE models SET active=0")
+            conn.execute(
+                "INSERT INTO models (version, path, sha256, installed, status, active, detail) "
+                "VALUES (?,?,?,?,?,?,?) ON CONFLICT(version) DO UPDATE SET path=excluded.path, "
+                "sha256=excluded.sha256, status=excluded.status, active=excluded.active, detail=excluded.detail",
+                (version, path, sha256, now, status, int(active), detail),
+            )
+
+        return self.submit(write)
+
+    def meta_get(self, key: str, default: str | None = None) -> str | None:
+        row = self.read().execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return default if row is None else str(row[0])
+
+    def meta_set(self, key: str, value: str) -> Future[None]:
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT INTO meta (key, value) VALUES (?,?) "
+                         "ON CONFLICT(key) DO UPDATE SET value=excluded.value", (key, value))
+
+        return self.submit(write)
+
+    # -- housekeeping --------------------------------------------------------------
+    def _maintenance(self, conn: sqlite3.Connection) -> dict[str, int]:
+        """Retention by age and a row cap on events; the outbox is the sync room's to bound."""
+        self._last_maintenance = time.monotonic()
+        cutoff = time.time() - self.retention_s
+        aged = conn.execute("DELETE FROM events WHERE t < ?", (cutoff,)).rowcount
+        n = conn.execute("SELECT count(*) FROM events").fetchone()[0]
+        capped = 0
+        if n > self.max_events:
+            capped = conn.execute(
+                "DELETE FROM events WHERE rowid IN (SELECT rowid FROM events ORDER BY t LIMIT ?)",
+                (n - self.max_events,),
+            ).rowcount
+        conn.execute("DELETE FROM impressions WHERE t < ?", (cutoff,))
+        return {"aged_out": aged, "capped": capped}
+
+    def run_maintenance(self) -> dict[str, int]:
+        return self.submit(self._maintenance).result(30)
+
+    def health(self) -> dict[str, Any]:
+        h = dict(self._health)
+        h.update(self._counters)
+        h["path"] = str(self.path)
+        h["queue"] = self._q.qsize()
+        h["products"] = len(self._products)
+        h["profiles"] = len(self._profiles)
+        try:
+            h["size_bytes"] = self.path.stat().st_size + (
+                Path(str(self.path) + "-wal").stat().st_size if Path(str(self.path) + "-wal").exists() else 0)
+        except OSError:
+            h["size_bytes"] = None
+        return h
+
+
+def _event_key(event: _Event) -> str:
+    import hashlib
+
+    return hashlib.sha256(event.to_json().encode()).hexdigest()[:32]
+
+
+def _product_from_row(r: dict[str, Any]) -> Product:
+    return Product(
+        sku=str(r["sku"]), name=str(r.get("name") or r["sku"]), department=r.get("department") or "",
+        category=r.get("category") or "", product_type=r.get("product_type") or "", brand=r.get("brand") or "",
+        price=None if r.get("price") is None else float(r["price"]), package_size=r.get("package_size") or "",
+        unit_weight_g=None if r.get("unit_weight_g") is None else float(r["unit_weight_g"]),
+        sales_heat=float(r.get("sales_heat") or 0.0),
+    )
+
+
+def _profile_from_row(r: dict[str, Any]) -> Profile:
+    hist = tuple((str(s), float(t), float(q)) for s, t, q in json.loads(r.get("history") or "[]"))
+    return Profile(customer=r["customer"], demographics=json.loads(r.get("demographics") or "{}"),
+                   history=hist, visits=int(r.get("visits") or 0), updated=float(r.get("updated") or 0))
