@@ -150,3 +150,14 @@ def pty_pair() -> Iterator[PtyPair]:
         yield pair
     finally:
         pair.close()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """In CI a skipped test is a failure: nothing may pass by not running."""
+    if os.environ.get("SHELFCAST_REQUIRE_SERVICES") != "1":
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = len(reporter.stats.get("skipped", [])) if reporter is not None else 0
+    if skipped and session.exitstatus == 0:
+        print(f"\nCI: {skipped} test(s) skipped; every test must run in CI")
+        session.exitstatus = 1
