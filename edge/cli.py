@@ -106,11 +106,24 @@ def build_parser() -> argparse.ArgumentParser:
         except ModuleNotFoundError as exc:
             if exc.name and (mod == exc.name or mod.startswith(exc.name + ".")):
                 continue  # that room is not built (or not installed) here
-            raise
+            _broken_module(mod, exc)
+            continue
+        except Exception as exc:  # one broken room must not take every command down
+            _broken_module(mod, exc)
+            continue
         register = getattr(module, "register", None)
         if register is not None:
             register(reg)
     return parser
+
+
+BROKEN_MODULES: dict[str, str] = {}
+
+
+def _broken_module(mod: str, exc: BaseException) -> None:
+    BROKEN_MODULES[mod] = f"{type(exc).__name__}: {exc}"
+    print(f"warning: commands from {mod} are unavailable ({type(exc).__name__}: {exc}); "
+          "reinstall ShelfCast or run `shelfcast doctor`", file=sys.stderr)
 
 
 def print_json(obj: Any) -> None:

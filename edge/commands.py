@@ -40,6 +40,12 @@ def register(reg: CommandRegistry) -> None:
     reg.subcommand("config", "schema", "print the config's JSON schema", _config_schema)
     reg.command("version", "print the ShelfCast version", _version)
 
+    p = reg.subcommand("bench", "store", "SQLite cache write/read latency", _bench_store)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--events", type=int, default=5000)
+    p.add_argument("--rate", type=float, default=1000.0, help="events per second offered")
+    p.add_argument("--flush-interval-ms", type=int, default=500, help="the writer's batch interval")
+
 
 def _demo(args: argparse.Namespace) -> int:
     from edge.demo import DemoOptions, main
@@ -72,7 +78,10 @@ def _run(args: argparse.Namespace) -> int:
                         "give the service user write access: `sudo chown shelfcast: DIR`") from None
 
     async def main() -> None:
+        from edge.systemd import Notifier
+
         node = Node(config)
+        notifier = Notifier()  # no-op outside systemd
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -80,10 +89,17 @@ def _run(args: argparse.Namespace) -> int:
                 loop.add_signal_handler(sig, stop.set)
         await node.start()
         log.warning("node %s/%s running", config.node.store_id, config.node.node_id)
+        notifier.ready(f"serving {config.node.store_id}/{config.node.node_id}")  # after every room started
+        watchdog = asyncio.create_task(notifier.watchdog_loop(), name="sd-watchdog")
         try:
             await stop.wait()
         finally:
+            notifier.stopping("stopping rooms")
+            watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watchdog
             await node.stop()
+            notifier.close()
 
     asyncio.run(main())
     return 0
@@ -103,6 +119,12 @@ def _config_validate(args: argparse.Namespace) -> int:
 def _config_schema(args: argparse.Namespace) -> int:
     sys.stdout.write(json.dumps(json_schema(), indent=2) + "\n")
     return 0
+
+
+def _bench_store(args: argparse.Namespace) -> int:
+    from edge.bench_store import main
+
+    return main(args)
 
 
 def _version(args: argparse.Namespace) -> int:

@@ -173,6 +173,7 @@ class FusionSection(_Strict):
     session_idle_s: float = Field(default=300.0, gt=0)
     handoff_s: float = Field(default=2.0, ge=0, le=30)  # a lost track re-found this soon continues its session
     handoff_m: float = Field(default=1.0, ge=0, le=5)  # ... this close to where it was lost
+    anonymous_idle_s: float = Field(default=60.0, gt=0)  # shelf-only session ends after this quiet time
     customer_salt: SecretStr = SecretStr("shelfcast-demo-salt")  # chain-wide salt for hashed customer ids
 
     @field_validator("customer_salt", mode="before")
@@ -236,7 +237,7 @@ class StoreSection(_Strict):
     retention_days: float = Field(default=14.0, gt=0)
     max_events: int = Field(default=2_000_000, ge=1000)
     max_outbox: int = Field(default=500_000, ge=1000)
-    flush_interval_ms: int = Field(default=50, ge=1, le=5000)
+    flush_interval_ms: int = Field(default=500, ge=1, le=5000)  # SD wear: one commit per interval at most
 
 
 class LoggingSection(_Strict):

@@ -64,3 +64,17 @@ def test_demo_runs_end_to_end_and_recommendations_change(tmp_path: Path) -> None
 def test_version() -> None:
     r = sc("version")
     assert r.returncode == 0 and json.loads(r.stdout)["shelfcast"]
+
+
+def test_every_command_module_loads() -> None:
+    import importlib
+
+    from edge import cli
+
+    cli.build_parser()
+    assert cli.BROKEN_MODULES == {}
+    for mod in cli.COMMAND_MODULES:
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as exc:
+            assert exc.name is not None and mod.startswith(exc.name), f"{mod}: {exc}"
