@@ -1,0 +1,75 @@
+"""Bridge from the node's recommend room (``edge.recommend.ModelScorer``) to ``Ranker``.
+
+The room hands over a visit; this looks up the shopper's profile (history +
+demographics) and stock in the store cache, builds a ``RecRequest`` and
+returns (sku, score, reason) triples. Hot swap: ``swap(new_ranker)`` replaces
+the ranker reference atomically; requests in flight finish on the old one.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any
+
+from edge.ranking.ranker import Ranker, RecRequest, RerankConfig
+
+__all__ = ["RankerScorer", "load_scorer"]
+
+log = logging.getLogger("shelfcast.ranking")
+
+
+class RankerScorer:
+    """``ModelScorer`` for ``edge.recommend.Recommender``."""
+
+    def __init__(self, ranker: Ranker, store: Any = None, store_id: str | None = None) -> None:
+        self.ranker = ranker
+        self.store = store
+        self.store_id = store_id
+        if store is not None:
+            self.attach_store(store)
+
+    @property
+    def version(self) -> str:
+        return self.ranker.version
+
+    def attach_store(self, store: Any) -> None:
+        """Use the store cache for stock, product attributes (new items) and profiles."""
+        self.store = store
+        self._configure(self.ranker)
+
+    def _configure(self, ranker: Ranker) -> None:
+        if self.store is None:
+            return
+        ranker.set_stock_lookup(self.store.stock)
+        try:
+            ranker.set_products(self.store.products().values(), catalogue_only=True)
+        except Exception as exc:  # a broken catalogue must not stop ranking
+            log.warning("could not load product attributes into the ranker: %s", exc)
+
+    def swap(self, ranker: Ranker) -> Ranker:
+        """Install a new (already verified) ranker; returns the old one."""
+        self._configure(ranker)
+        old, self.ranker = self.ranker, ranker
+        return old
+
+    def score(self, visit: Any, when: datetime, k: int, exclude: set[str]) -> list[tuple[str, float, str]]:
+        history: tuple[tuple[str, float, float], ...] = ()
+        profile = None
+        customer = getattr(visit, "customer", None)
+        if customer and self.store is not None:
+            p = self.store.profile(customer)
+            if p is not None:
+                history, profile = p.history, (p.demographics or None)
+        req = RecRequest(history=history, session=list(getattr(visit, "picked", ())), store_id=self.store_id,
+                         zone=getattr(visit, "zone", None), when=when, profile=profile, exclude=tuple(exclude),
+                         k=k, session_id=getattr(visit, "session", None))
+        return [(r.sku, r.score, r.reason) for r in self.ranker.recommend(req)]
+
+
+def load_scorer(config: Any, store: Any = None) -> RankerScorer:
+    """The bundled (or configured) model, verified; raises ModelError if it must be refused."""
+    m = config.model
+    ranker = Ranker.load(m.path, timezone=config.node.timezone,
+                         rerank=RerankConfig(diversity=m.diversity, repeat_cap=m.repeat_cap))
+    return RankerScorer(ranker, store=store, store_id=config.node.store_id)

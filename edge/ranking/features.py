@@ -1,0 +1,227 @@
+"""Features shared by training (models/) and the node (edge/ranking).
+
+One implementation on purpose: the model sees exactly the same numbers at
+training time and on the node. Everything here is plain numpy, no TensorFlow.
+
+Inputs of the model (names are the manifest's feature spec):
+
+- ``hist_items`` int32 [1, HIST_LEN]: the shopper's top history items (vocab
+  index + 1; 0 pads), ranked by time-decayed purchase share.
+- ``hist_weights`` float [1, HIST_LEN]: their decayed shares, normalised to sum 1.
+- ``session_items`` int32 [1, SESSION_LEN]: items picked up in this visit.
+- ``session_weights`` float [1, SESSION_LEN]: 1/n for each real session item.
+- ``context`` float [1, C]: local hour and weekday one-hots, store one-hot,
+  demographic one-hots (with an "unknown" slot each), history/session sizes.
+- ``repeat_share`` / ``repeat_recency`` / ``repeat_decayed`` float [1, V]: the
+  shopper's own repeat-purchase signal per vocab item (share of baskets
+  containing it, exp(-days since last purchase / 21), 90-day decayed share).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "DEMOGRAPHIC_FIELDS",
+    "HIST_LEN",
+    "INPUT_NAMES",
+    "MAX_REPEAT_ITEMS",
+    "SESSION_LEN",
+    "ContextSpec",
+    "RepeatFeatures",
+    "history_inputs",
+    "repeat_features",
+    "session_inputs",
+]
+
+HIST_LEN = 32
+SESSION_LEN = 16
+MAX_REPEAT_ITEMS = 256  # cap on distinct history items fed to the repeat path (lowest decayed share dropped)
+RECENCY_DAYS = 21.0
+DECAY_DAYS = 90.0
+
+INPUT_NAMES: tuple[str, ...] = (
+    "hist_items",
+    "hist_weights",
+    "session_items",
+    "session_weights",
+    "context",
+    "repeat_share",
+    "repeat_recency",
+    "repeat_decayed",
+)
+
+DEMOGRAPHIC_FIELDS: tuple[str, ...] = (
+    "age",
+    "income",
+    "home_ownership",
+    "marital_status",
+    "household_size",
+    "household_comp",
+    "kids_count",
+)
+
+
+@dataclass(frozen=True)
+class ContextSpec:
+    """Layout of the ``context`` input; serialised into the manifest."""
+
+    stores: tuple[str, ...] = ()
+    demographics: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return 24 + 7 + len(self.stores) + 1 + sum(len(v) + 1 for v in self.demographics.values()) + 3
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "layout": ["hour[24]", "weekday[7]", f"store[{len(self.stores)}+other]",
+                       *[f"{k}[{len(v)}+unknown]" for k, v in self.demographics.items()],
+                       "log1p_baskets/5", "has_history", "session_len/16"],
+            "size": self.size,
+            "stores": list(self.stores),
+            "demographics": {k: list(v) for k, v in self.demographics.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ContextSpec:
+        return cls(stores=tuple(str(s) for s in d.get("stores", ())),
+                   demographics={str(k): tuple(str(x) for x in v)
+                                 for k, v in dict(d.get("demographics", {})).items()})
+
+    def encode(self, out: np.ndarray, hour: float, weekday: float, store_id: str | None,
+               profile: Mapping[str, Any] | None, n_baskets: int, n_session: int) -> int:
+        """Fill ``out`` (zeroed float32 [size]); return how many values were clamped or unknown."""
+        bad = 0
+        h = _clamp_int(hour, 0, 23)
+        w = _clamp_int(weekday, 0, 6)
+        bad += (h is None or h != hour) + (w is None or w != weekday)
+        out[0 if h is None else h] = 1.0
+        out[24 + (0 if w is None else w)] = 1.0
+        pos = 31
+        sidx = len(self.stores)
+        if store_id is not None:
+            try:
+                sidx = self.stores.index(str(store_id))
+            except ValueError:
+                sidx = len(self.stores)
+        out[pos + sidx] = 1.0
+        pos += len(self.stores) + 1
+        for name, cats in self.demographics.items():
+            v = None if profile is None else profile.get(name)
+            j = len(cats)
+            if v is not None:
+                sv = str(v)
+                if sv in cats:
+                    j = cats.index(sv)
+                elif _is_number(v) and str(int(float(v))) in cats:  # e.g. household_size 2 vs "2"
+                    j = cats.index(str(int(float(v))))
+                else:
+                    bad += 1
+            out[pos + j] = 1.0
+            pos += len(cats) + 1
+        out[pos] = min(math.log1p(max(n_baskets, 0)) / 5.0, 2.0)
+        out[pos + 1] = 1.0 if n_baskets > 0 else 0.0
+        out[pos + 2] = min(n_session, SESSION_LEN) / SESSION_LEN
+        return bad
+
+
+def _is_number(v: Any) -> bool:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return False
+    return math.isfinite(f)
+
+
+def _clamp_int(v: float, lo: int, hi: int) -> int | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    if not math.isfinite(f):
+        return None
+    return int(min(max(int(f), lo), hi))
+
+
+@dataclass(frozen=True, slots=True)
+class RepeatFeatures:
+    """Per-item repeat signal of one shopper (vocab indices, 0-based)."""
+
+    items: np.ndarray  # int64 [n]
+    share: np.ndarray  # float32 [n]
+    recency: np.ndarray  # float32 [n]
+    decayed: np.ndarray  # float32 [n]
+    n_baskets: int
+
+
+_EMPTY_I = np.zeros(0, np.int64)
+_EMPTY_F = np.zeros(0, np.float32)
+EMPTY_REPEAT = RepeatFeatures(_EMPTY_I, _EMPTY_F, _EMPTY_F, _EMPTY_F, 0)
+
+
+def repeat_features(idx: np.ndarray, t_days: np.ndarray, now_days: float,
+                    max_items: int = MAX_REPEAT_ITEMS) -> RepeatFeatures:
+    """Repeat signal from history lines.
+
+    ``idx``: vocab index per line (-1 = not in vocabulary); ``t_days``: line time
+    in days; lines with the same time form one basket. Lines after ``now_days``
+    count as age 0.
+    """
+    if len(t_days) == 0:
+        return EMPTY_REPEAT
+    tb, binv = np.unique(t_days, return_inverse=True)
+    n_b = len(tb)
+    age = np.maximum(now_days - tb, 0.0)
+    wb = np.exp(-age / DECAY_DAYS)
+    valid = idx >= 0
+    if not valid.any():
+        return RepeatFeatures(_EMPTY_I, _EMPTY_F, _EMPTY_F, _EMPTY_F, n_b)
+    pair = np.unique(idx[valid].astype(np.int64) * n_b + binv[valid])
+    items_all = pair // n_b
+    bk = pair % n_b
+    items, inv = np.unique(items_all, return_inverse=True)
+    count = np.bincount(inv, minlength=len(items))
+    decayed = np.bincount(inv, weights=wb[bk], minlength=len(items)) / wb.sum()
+    last = np.full(len(items), np.inf)
+    np.minimum.at(last, inv, age[bk])
+    share = count / n_b
+    recency = np.exp(-last / RECENCY_DAYS)
+    if len(items) > max_items:
+        keep = np.argsort(-decayed, kind="stable")[:max_items]
+        items, share, recency, decayed = items[keep], share[keep], recency[keep], decayed[keep]
+    return RepeatFeatures(items, share.astype(np.float32), recency.astype(np.float32),
+                          decayed.astype(np.float32), n_b)
+
+
+def history_inputs(rep: RepeatFeatures, out_items: np.ndarray, out_w: np.ndarray) -> None:
+    """Fill hist_items / hist_weights (zeroed, [HIST_LEN]) from the repeat features."""
+    n = len(rep.items)
+    if n == 0:
+        return
+    top = np.argpartition(-rep.decayed, HIST_LEN - 1)[:HIST_LEN] if n > HIST_LEN else np.arange(n)
+    w = rep.decayed[top].astype(np.float64)
+    s = w.sum()
+    m = len(top)
+    out_items[:m] = rep.items[top] + 1
+    out_w[:m] = (w / s) if s > 0 else 1.0 / m
+
+
+def session_inputs(session_idx: list[int] | np.ndarray, out_items: np.ndarray, out_w: np.ndarray) -> int:
+    """Fill session_items / session_weights (zeroed) with the latest distinct items; return count."""
+    seen: list[int] = []
+    for i in reversed(list(session_idx)):
+        if i >= 0 and i not in seen:
+            seen.append(int(i))
+            if len(seen) == SESSION_LEN:
+                break
+    n = len(seen)
+    if n:
+        out_items[:n] = np.asarray(seen) + 1
+        out_w[:n] = 1.0 / n
+    return n

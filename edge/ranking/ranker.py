@@ -1,0 +1,619 @@
+"""The node's ranker: int8 TFLite scoring of the whole catalogue, then re-ranking.
+
+Stable API (the evaluation harness, signage, sync and the demo call only this)::
+
+    r = Ranker.load()                       # bundled model; Ranker.load(path) for another release
+    r.vocabulary                            # skus the model scores
+    r.version                               # manifest version
+    r.recommend(RecRequest(history=[(sku, when, quantity), ...], session=[sku, ...],
+                           store_id=None, zone=None, when=None, profile=None, exclude=(), k=10))
+    -> [Recommendation(sku, score, reason), ...]
+
+``Ranker.load`` verifies the manifest, the sha256 of the model (and side file)
+and that the interpreter's inputs match the manifest's feature spec; any
+mismatch raises ``ModelError`` naming it, so a bad release never replaces a
+good one (build the new instance, then swap the reference).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import numpy as np
+
+from edge.ranking.features import (
+    HIST_LEN,
+    INPUT_NAMES,
+    SESSION_LEN,
+    ContextSpec,
+    history_inputs,
+    repeat_features,
+    session_inputs,
+)
+
+__all__ = [
+    "DEFAULT_MODEL_DIR",
+    "ModelError",
+    "Ranker",
+    "RecRequest",
+    "Recommendation",
+    "RerankConfig",
+    "make_interpreter",
+]
+
+log = logging.getLogger("shelfcast.ranking")
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "shipped"
+MANIFEST_FORMAT = "shelfcast-ranker/1"
+
+
+class ModelError(ValueError):
+    """A model release the node must refuse; the message names the problem."""
+
+
+@dataclass(frozen=True, slots=True)
+class RecRequest:
+    """What the node knows about one shopper right now.
+
+    ``history``: (sku, when, quantity) lines of past baskets; lines with the same
+    ``when`` form one basket; ``when`` is a datetime or Unix seconds.
+    ``session``: skus picked up in this visit, oldest first. ``when``: local
+    datetime of the request (None = now). ``profile``: demographic field -> value.
+    ``screen`` / ``session_id``: key for frequency capping (optional).
+    """
+
+    history: Sequence[tuple[str, Any, float]] = ()
+    session: Sequence[str] = ()
+    store_id: str | None = None
+    zone: str | None = None
+    when: datetime | float | None = None
+    profile: Mapping[str, Any] | None = None
+    exclude: Collection[str] = ()
+    k: int = 10
+    screen: str | None = None
+    session_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Recommendation:
+    sku: str
+    score: float
+    reason: str
+
+
+@dataclass
+class RerankConfig:
+    """Re-ranking knobs. ``diversity`` is the MMR weight (0 = pure score)."""
+
+    diversity: float = 0.3
+    repeat_cap: int = 3  # times one sku is shown to one (screen, session) before it is capped
+    drop_session_items: bool = True  # just picked up: the shopper has it already
+    new_items: bool = True  # score products outside the vocabulary from their attributes
+    catalogue_only: bool = False  # only recommend skus given via set_products
+    candidates: int = 60
+
+
+def make_interpreter(model_bytes: bytes, threads: int = 1) -> Any:
+    """LiteRT interpreter (``ai_edge_litert``), falling back to ``tflite_runtime``."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:  # pragma: no cover - old images
+        from tflite_runtime.interpreter import Interpreter  # type: ignore[no-redef]
+    return Interpreter(model_content=model_bytes, num_threads=threads)
+
+
+def sha256_bytes(b: bytes) -> str:
+    return hashlib.sha256(b).hexdigest()
+
+
+def _norm(v: Any) -> str:
+    return str(v).strip().upper() if v is not None else ""
+
+
+class Ranker:
+    """Scores the vocabulary with the int8 model and re-ranks; thread-safe (one lock around invoke)."""
+
+    def __init__(self, model_bytes: bytes, manifest: Mapping[str, Any], side: Mapping[str, np.ndarray], *,
+                 path: Path | None = None, timezone: str = "America/New_York",
+                 rerank: RerankConfig | None = None,
+                 stock: Callable[[str], int | None] | None = None,
+                 fallback: Any = None) -> None:
+        self.manifest = dict(manifest)
+        self.path = path
+        self.version: str = str(manifest.get("version", "unknown"))
+        self.vocabulary: tuple[str, ...] = tuple(str(s) for s in manifest["vocabulary"])
+        self._index = {s: i for i, s in enumerate(self.vocabulary)}
+        spec = manifest["feature_spec"]
+        self.context_spec = ContextSpec.from_dict(spec["context"])
+        self.tz = ZoneInfo(timezone)
+        self.rerank = rerank or RerankConfig()
+        self.stock = stock
+        self.fallback = fallback  # optional PopularityRanker (zone × hour); else model popularity
+        self.stats: dict[str, int] = {"requests": 0, "unknown_sku": 0, "clamped": 0, "fallback": 0,
+                                      "bad_lines": 0, "new_item_recs": 0, "capped": 0, "out_of_stock": 0}
+        self._warned: set[str] = set()
+        self._lock = threading.Lock()
+        self._caps: OrderedDict[tuple[str | None, str | None], dict[str, int]] = OrderedDict()
+        self._promote: dict[str, float] = {}
+        self._suppress: set[str] = set()
+        self._suppress_cat: set[str] = set()
+        self._names: dict[str, str] = {}
+        self._catalogue: set[str] | None = None
+        self._catalogue_idx: np.ndarray | None = None
+
+        try:
+            self._it = make_interpreter(model_bytes)
+            self._it.allocate_tensors()
+        except Exception as exc:
+            raise ModelError(f"not a valid TFLite model ({type(exc).__name__}: {str(exc)[:120]}); "
+                             "the file is truncated or corrupted: re-fetch the release") from None
+        self._check_io(spec)
+        V = len(self.vocabulary)
+        self.V = V
+        # side data
+        self.category = np.asarray(side["category"], np.int32)
+        self.popularity = np.asarray(side["popularity"], np.float32)
+        emb = np.asarray(side["item_emb"], np.float32)
+        emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-6)
+        self.item_emb = emb
+        self.attr_values: dict[str, list[str]] = {k: list(v) for k, v in manifest["attributes"].items()
+                                                  if k != "price_band_edges"}
+        self.price_edges = np.asarray(manifest["attributes"].get("price_band_edges", []), np.float64)
+        self._attr_out = {k: np.asarray(side[f"attr_out_{k}"], np.float32) for k in
+                          ("dept", "cat", "ptype", "brand", "price_band")}
+        self._attr_b = {k: np.asarray(side[f"attr_b_{k}"], np.float32) for k in
+                        ("dept", "cat", "ptype", "brand", "price_band")}
+        self._cat_names = list(manifest["attributes"].get("category", []))
+        self._new_skus: list[str] = []
+        self._new_W = np.zeros((0, emb.shape[1]), np.float32)
+        self._new_b = np.zeros(0, np.float32)
+        self._new_cat = np.zeros(0, np.int32)
+        self._tie = -np.linspace(0.0, 1e-3, V, dtype=np.float32)
+
+    # -- loading -----------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | Path | None = None, manifest: str | Path | None = None, **kw: Any) -> Ranker:
+        """Load and verify a model: ``path`` = .tflite file or a directory holding model.tflite + manifest.json."""
+        p = Path(path) if path is not None else DEFAULT_MODEL_DIR
+        model_path = p / "model.tflite" if p.is_dir() else p
+        man_path = Path(manifest) if manifest is not None else model_path.with_name("manifest.json")
+        if not model_path.exists():
+            raise ModelError(f"model file {model_path} not found: install a release or point model.path at one")
+        try:
+            man = json.loads(man_path.read_text())
+        except FileNotFoundError:
+            raise ModelError(f"manifest {man_path} not found: a model ships with its manifest.json") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ModelError(f"manifest {man_path} is not valid JSON ({exc}): re-fetch the release") from None
+        if man.get("format") != MANIFEST_FORMAT:
+            raise ModelError(f"manifest format {man.get('format')!r} is not {MANIFEST_FORMAT!r}: "
+                             "this node cannot run that release")
+        for key in ("sha256", "vocabulary", "feature_spec", "attributes", "side_file"):
+            if key not in man:
+                raise ModelError(f"manifest {man_path} lacks {key!r}: re-export the model")
+        data = model_path.read_bytes()
+        digest = sha256_bytes(data)
+        if digest != man["sha256"]:
+            raise ModelError(f"sha256 mismatch for {model_path.name}: file {digest[:12]}…, manifest "
+                             f"{str(man['sha256'])[:12]}… (truncated or corrupted; re-fetch the release)")
+        side_path = model_path.with_name(man["side_file"])
+        try:
+            side_bytes = side_path.read_bytes()
+        except FileNotFoundError:
+            raise ModelError(f"side file {side_path} not found: it ships with the model") from None
+        if sha256_bytes(side_bytes) != man.get("side_sha256"):
+            raise ModelError(f"sha256 mismatch for {side_path.name} (truncated or corrupted; re-fetch)")
+        import io
+
+        with np.load(io.BytesIO(side_bytes)) as z:
+            side = {k: z[k] for k in z.files}
+        return cls(data, man, side, path=model_path, **kw)
+
+    def _check_io(self, spec: Mapping[str, Any]) -> None:
+        try:
+            details = self._it.get_input_details()
+            outs = self._it.get_output_details()
+        except Exception as exc:  # pragma: no cover
+            raise ModelError(f"cannot read the model's inputs: {exc}") from None
+        by_name: dict[str, Any] = {}
+        for d in details:
+            for n in INPUT_NAMES:
+                if d["name"] == n or d["name"].endswith(f"_{n}:0") or d["name"].startswith(f"serving_default_{n}"):
+                    by_name[n] = d
+        self._in: dict[str, tuple[int, np.ndarray, float, int]] = {}
+        want = {d["name"]: d for d in spec["inputs"]}
+        for n in INPUT_NAMES:
+            if n not in want:
+                raise ModelError(f"feature spec lacks input {n!r}: re-export the model")
+            d = by_name.get(n)
+            if d is None:
+                raise ModelError(f"model has no input {n!r} (has {[x['name'] for x in details]})")
+            w = want[n]
+            if list(d["shape"]) != list(w["shape"]):
+                raise ModelError(f"input {n!r} has shape {list(d['shape'])} but the feature spec says "
+                                 f"{list(w['shape'])}")
+            if np.dtype(d["dtype"]).name != w["dtype"]:
+                raise ModelError(f"input {n!r} has dtype {np.dtype(d['dtype']).name} but the feature spec "
+                                 f"says {w['dtype']}")
+            scale, zp = d["quantization"]
+            buf = np.zeros(d["shape"], d["dtype"])
+            self._in[n] = (d["index"], buf, float(scale), int(zp))
+        V = len(self.vocabulary)
+        if self._in["repeat_share"][1].shape[-1] != V:
+            raise ModelError(f"model scores {self._in['repeat_share'][1].shape[-1]} items but the manifest "
+                             f"vocabulary has {V}")
+        if self._in["context"][1].shape[-1] != self.context_spec.size:
+            raise ModelError(f"input 'context' has {self._in['context'][1].shape[-1]} values but the context "
+                             f"spec describes {self.context_spec.size}")
+        out_scores: dict[str, Any] | None = None
+        out_user: dict[str, Any] | None = None
+        for o in outs:
+            if list(o["shape"]) == [1, V]:
+                out_scores = o
+            elif len(o["shape"]) == 2:
+                out_user = o
+        if out_scores is None or out_user is None:
+            raise ModelError(f"model outputs {[list(o['shape']) for o in outs]} do not include scores [1, {V}] "
+                             "and a user vector")
+        self._out_scores: dict[str, Any] = out_scores
+        self._out_user: dict[str, Any] = out_user
+        # templates for the sparse repeat inputs (zero point everywhere)
+        self._rep_tmpl = {n: np.full_like(self._in[n][1], self._in[n][3]) for n in
+                          ("repeat_share", "repeat_recency", "repeat_decayed")}
+        self.quantized = np.dtype(self._in["context"][1].dtype) == np.int8
+
+    # -- configuration ------------------------------------------------------
+    def set_stock_lookup(self, fn: Callable[[str], int | None] | None) -> None:
+        """Units on the shelf per sku (None = unknown, kept); <= 0 is removed."""
+        self.stock = fn
+
+    def set_rules(self, promote: Mapping[str, float] | None = None, suppress: Iterable[str] = (),
+                  suppress_categories: Iterable[str] = ()) -> None:
+        """Promote skus (score boost in logit units) and suppress skus or whole categories."""
+        self._promote = dict(promote or {})
+        self._suppress = set(suppress)
+        self._suppress_cat = {_norm(c) for c in suppress_categories}
+
+    def set_products(self, products: Iterable[Mapping[str, Any] | Any], *, catalogue_only: bool | None = None) -> int:
+        """Product attributes (sku, name, department, category, product_type, brand, price).
+
+        Skus outside the vocabulary become new items scored from their attributes.
+        Returns how many new items were added.
+        """
+        new_skus, rows = [], []
+        catalogue = set()
+        for p in products:
+            g = p.get if isinstance(p, Mapping) else (lambda k, _p=p: getattr(_p, k, None))
+            sku = str(g("sku"))
+            catalogue.add(sku)
+            if g("name"):
+                self._names[sku] = str(g("name"))
+            if sku in self._index:
+                continue
+            codes = {
+                "dept": self._code("department", g("department")),
+                "cat": self._code("category", g("category")),
+                "ptype": self._code("product_type", g("product_type")),
+                "brand": self._code("brand", g("brand")),
+                "price_band": self._price_band(g("price")),
+            }
+            new_skus.append(sku)
+            rows.append(codes)
+        D = self.item_emb.shape[1]
+        W = np.zeros((len(rows), D), np.float32)
+        b = np.zeros(len(rows), np.float32)
+        for i, c in enumerate(rows):
+            for k, code in c.items():
+                W[i] += self._attr_out[k][code]
+                b[i] += self._attr_b[k][code]
+        self._new_skus, self._new_W, self._new_b = new_skus, W, b
+        self._new_cat = np.array([c["cat"] - 1 for c in rows], np.int32)
+        if catalogue_only is not None:
+            self.rerank.catalogue_only = catalogue_only
+        self._catalogue = catalogue
+        self._catalogue_idx = np.array(sorted(self._index[x] for x in catalogue if x in self._index), np.int64)
+        return len(new_skus)
+
+    def _code(self, attr: str, value: Any) -> int:
+        vals = self.attr_values.get(attr, [])
+        try:
+            return vals.index(_norm(value)) + 1
+        except ValueError:
+            return 0
+
+    def _price_band(self, price: Any) -> int:
+        try:
+            f = float(price)
+        except (TypeError, ValueError):
+            return len(self.price_edges) + 1
+        if not math.isfinite(f):
+            return len(self.price_edges) + 1
+        return int(np.searchsorted(self.price_edges, f))
+
+    # -- scoring ------------------------------------------------------------
+    def _warn_once(self, key: str, msg: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning(msg)
+
+    def _when(self, when: datetime | float | None) -> tuple[float, int, int]:
+        """(unix seconds, local hour, local weekday); bad values clamp to now."""
+        if isinstance(when, datetime):
+            dt = when if when.tzinfo is not None else when.replace(tzinfo=self.tz)
+            return dt.timestamp(), when.hour, when.weekday()
+        t = time.time()
+        if when is not None:
+            try:
+                f = float(when)
+                if math.isfinite(f):
+                    t = f
+                else:
+                    raise ValueError
+            except (TypeError, ValueError):
+                self.stats["clamped"] += 1
+                self._warn_once("when", f"request time {when!r} is not a time; using now")
+        dt = datetime.fromtimestamp(t, self.tz)
+        return t, dt.hour, dt.weekday()
+
+    def _history(self, history: Sequence[tuple[str, Any, float]]) -> tuple[np.ndarray, np.ndarray]:
+        n = len(history)
+        idx = np.empty(n, np.int64)
+        td = np.empty(n, np.float64)
+        get = self._index.get
+        m = 0
+        unknown = 0
+        for line in history:
+            try:
+                sku, when = line[0], line[1]
+                if isinstance(when, datetime):
+                    w = (when if when.tzinfo is not None else when.replace(tzinfo=self.tz)).timestamp()
+                else:
+                    w = float(when)
+                if not math.isfinite(w):
+                    raise ValueError
+            except (TypeError, ValueError, IndexError):
+                self.stats["bad_lines"] += 1
+                continue
+            i = get(sku if isinstance(sku, str) else str(sku), -1)
+            if i < 0:
+                unknown += 1
+            idx[m] = i
+            td[m] = w / 86400.0
+            m += 1
+        self.stats["unknown_sku"] += unknown
+        return idx[:m], td[:m]
+
+    def _set(self, name: str, values: np.ndarray) -> None:
+        index, buf, scale, zp = self._in[name]
+        if buf.dtype == np.int8:
+            np.clip(np.rint(values / scale) + zp, -128, 127, out=values)
+            buf[0] = values.astype(np.int8)
+        else:
+            buf[0] = values
+        self._it.set_tensor(index, buf)
+
+    def _set_sparse(self, name: str, items: np.ndarray, values: np.ndarray) -> None:
+        index, buf, scale, zp = self._in[name]
+        if buf.dtype == np.int8:
+            np.copyto(buf, self._rep_tmpl[name])
+            buf[0, items] = np.clip(np.rint(values / scale) + zp, -128, 127).astype(np.int8)
+        else:
+            buf.fill(0.0)
+            buf[0, items] = values
+        self._it.set_tensor(index, buf)
+
+    def _invoke(self, req: RecRequest) -> tuple[np.ndarray, np.ndarray, Any, list[int]]:
+        t, hour, wd = self._when(req.when)
+        idx, td = self._history(req.history)
+        rep = repeat_features(idx, td, t / 86400.0)
+        sess_idx: list[int] = []
+        for s in req.session:
+            i = self._index.get(s if isinstance(s, str) else str(s), -1)
+            if i < 0:
+                self.stats["unknown_sku"] += 1
+            else:
+                sess_idx.append(i)
+        hi = np.zeros(HIST_LEN, np.int32)
+        hw = np.zeros(HIST_LEN, np.float32)
+        history_inputs(rep, hi, hw)
+        si = np.zeros(SESSION_LEN, np.int32)
+        sw = np.zeros(SESSION_LEN, np.float32)
+        ns = session_inputs(sess_idx, si, sw)
+        ctx = np.zeros(self.context_spec.size, np.float32)
+        bad = self.context_spec.encode(ctx, hour, wd, req.store_id, req.profile, rep.n_baskets, ns)
+        if bad:
+            self.stats["clamped"] += bad
+            self._warn_once("context", "unknown or out-of-range context values (profile/hour/weekday) "
+                                       "were clamped to 'unknown'")
+        with self._lock:
+            self._it.set_tensor(self._in["hist_items"][0], hi[None, :])
+            self._set("hist_weights", hw)
+            self._it.set_tensor(self._in["session_items"][0], si[None, :])
+            self._set("session_weights", sw)
+            self._set("context", ctx)
+            self._set_sparse("repeat_share", rep.items, rep.share)
+            self._set_sparse("repeat_recency", rep.items, rep.recency)
+            self._set_sparse("repeat_decayed", rep.items, rep.decayed)
+            self._it.invoke()
+            out = self._it.get_tensor(self._out_scores["index"])[0]
+            user = self._it.get_tensor(self._out_user["index"])[0]
+        scale, zp = self._out_scores["quantization"]
+        scores = (out.astype(np.float32) - zp) * scale if scale else out.astype(np.float32)
+        uscale, uzp = self._out_user["quantization"]
+        u = (user.astype(np.float32) - uzp) * uscale if uscale else user.astype(np.float32)
+        return scores, u, rep, sess_idx
+
+    def scores(self, req: RecRequest) -> np.ndarray:
+        """Raw model scores over the vocabulary (for evaluation and diagnostics)."""
+        return self._invoke(req)[0]
+
+    def invoke_only(self) -> None:
+        """One interpreter invoke on the current inputs (benchmarks)."""
+        with self._lock:
+            self._it.invoke()
+
+    # -- recommend ------------------------------------------------------------
+    def recommend(self, req: RecRequest) -> list[Recommendation]:
+        self.stats["requests"] += 1
+        k = max(1, min(int(req.k), 100))
+        known_session = [s for s in req.session if s in self._index]
+        if not req.history and not known_session and not req.profile and req.store_id is None:
+            for s in req.session:
+                if s not in self._index:
+                    self.stats["unknown_sku"] += 1
+            return self._fallback(req, k)
+        scores, u, rep, sess_idx = self._invoke(req)
+        scores = scores + self._tie
+        excl = set(req.exclude)
+        if self.rerank.drop_session_items:
+            excl.update(req.session)
+        cap_key = (req.screen, req.session_id) if (req.screen or req.session_id) else None
+        capped = self._caps.get(cap_key) if cap_key else None
+
+        pool = self._catalogue_idx if (self.rerank.catalogue_only and self._catalogue_idx is not None) else None
+        if pool is not None:
+            M = min(len(pool), self.rerank.candidates + len(excl) + k)
+            top = pool[np.argpartition(-scores[pool], M - 1)[:M]] if M > 0 else pool[:0]
+        else:
+            M = min(self.V, self.rerank.candidates + len(excl) + k)
+            top = np.argpartition(-scores, M - 1)[:M]
+        cand: list[tuple[str, float, int, int]] = []  # sku, score, category, vocab index (-1 new)
+        for i in top[np.argsort(-scores[top], kind="stable")]:
+            cand.append((self.vocabulary[i], float(scores[i]), int(self.category[i]), int(i)))
+        if self._promote:  # promoted items compete even when the model ranks them low
+            have = {c[0] for c in cand}
+            for sku in self._promote:
+                i = self._index.get(sku, -1)
+                if i >= 0 and sku not in have:
+                    cand.append((sku, float(scores[i]), int(self.category[i]), i))
+        if self.rerank.new_items and len(self._new_skus):
+            ns = self._new_W @ u + self._new_b
+            nt = np.argsort(-ns)[: k]
+            cand.extend((self._new_skus[j], float(ns[j]), int(self._new_cat[j]), -1) for j in nt)
+            cand.sort(key=lambda c: -c[1])
+
+        kept: list[tuple[str, float, int, int]] = []
+        for c in cand:
+            sku = c[0]
+            if sku in excl or sku in self._suppress:
+                continue
+            if self._suppress_cat and 0 <= c[2] < len(self._cat_names) and self._cat_names[c[2]] in self._suppress_cat:
+                continue
+            if self.rerank.catalogue_only and self._catalogue is not None and sku not in self._catalogue:
+                continue
+            if capped is not None and capped.get(sku, 0) >= self.rerank.repeat_cap:
+                self.stats["capped"] += 1
+                continue
+            if self.stock is not None:
+                units = self.stock(sku)
+                if units is not None and units <= 0:
+                    self.stats["out_of_stock"] += 1
+                    continue
+            boost = self._promote.get(sku)
+            kept.append(c if boost is None else (sku, c[1] + boost, c[2], c[3]))
+        kept.sort(key=lambda c: -c[1])
+        chosen = self._mmr(kept, k)
+        if not chosen:
+            return self._fallback(req, k)
+        rep_set = dict(zip(rep.items.tolist(), rep.share.tolist(), strict=True)) if len(rep.items) else {}
+        out = [Recommendation(c[0], round(c[1], 4), self._reason(c, rep_set, sess_idx, req)) for c in chosen]
+        self.stats["new_item_recs"] += sum(1 for c in chosen if c[3] < 0)
+        if cap_key is not None:
+            self._remember(cap_key, out)
+        return out
+
+    def _mmr(self, kept: list[tuple[str, float, int, int]], k: int) -> list[tuple[str, float, int, int]]:
+        lam = self.rerank.diversity
+        if lam <= 0 or len(kept) <= k:
+            return kept[:k]
+        s = np.array([c[1] for c in kept], np.float64)
+        span = float(s.max() - s.min()) or 1.0
+        rel = (s - s.min()) / span
+        cats = [c[2] for c in kept]
+        chosen: list[int] = []
+        used: dict[int, int] = {}
+        remaining = list(range(len(kept)))
+        while remaining and len(chosen) < k:
+            best, best_v = remaining[0], -1e9
+            for j in remaining:
+                v = (1 - lam) * rel[j] - lam * (1.0 if used.get(cats[j], 0) else 0.0)
+                if v > best_v:
+                    best, best_v = j, v
+            chosen.append(best)
+            used[cats[best]] = used.get(cats[best], 0) + 1
+            remaining.remove(best)
+        return [kept[j] for j in chosen]
+
+    def _name(self, sku: str) -> str:
+        return self._names.get(sku, sku)
+
+    def _reason(self, c: tuple[str, float, int, int], rep: Mapping[int, float], sess_idx: list[int],
+                req: RecRequest) -> str:
+        i = c[3]
+        if i < 0:
+            return "new in store"
+        share = rep.get(i)
+        if share is not None:
+            return "you buy this often" if share >= 0.2 else "bought before"
+        if sess_idx:
+            sims = self.item_emb[sess_idx] @ self.item_emb[i]
+            j = int(np.argmax(sims))
+            if sims[j] > 0.2:
+                return f"because you picked up {self._name(self.vocabulary[sess_idx[j]])}"
+        if not req.history:
+            return "popular here at this hour"
+        return "picked for you"
+
+    def _remember(self, key: tuple[str | None, str | None], recs: list[Recommendation]) -> None:
+        d = self._caps.get(key)
+        if d is None:
+            d = self._caps[key] = {}
+            if len(self._caps) > 4096:
+                self._caps.popitem(last=False)
+        else:
+            self._caps.move_to_end(key)
+        for r in recs:
+            d[r.sku] = d.get(r.sku, 0) + 1
+
+    def _fallback(self, req: RecRequest, k: int) -> list[Recommendation]:
+        """Nothing known: popularity by zone × hour (lead's PopularityRanker) or the model's popularity."""
+        self.stats["fallback"] += 1
+        _, hour, _ = self._when(req.when)
+        excl = set(req.exclude) | set(req.session) | self._suppress
+
+        def in_stock(sku: str) -> bool:
+            if self.stock is None:
+                return True
+            units = self.stock(sku)
+            return units is None or units > 0
+
+        if self.fallback is not None:
+            items = self.fallback.top(req.zone, hour, k, exclude=excl, in_stock=in_stock)
+            return [Recommendation(i.sku, float(i.score), i.reason) for i in items]
+        out: list[Recommendation] = []
+        for i in np.argsort(-self.popularity, kind="stable"):
+            sku = self.vocabulary[i]
+            if sku in excl or not in_stock(sku):
+                continue
+            if self.rerank.catalogue_only and self._catalogue is not None and sku not in self._catalogue:
+                continue
+            out.append(Recommendation(sku, round(float(self.popularity[i]), 4), "popular in store"))
+            if len(out) >= k:
+                break
+        return out
+
+    def health(self) -> dict[str, Any]:
+        return {"version": self.version, "items": len(self.vocabulary), "new_items": len(self._new_skus),
+                **self.stats}

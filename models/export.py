@@ -1,0 +1,111 @@
+"""Export: model.tflite + items.npz (side data) + manifest.json, verified by loading it back."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.ranking.features import (
+    DECAY_DAYS,
+    HIST_LEN,
+    MAX_REPEAT_ITEMS,
+    RECENCY_DAYS,
+    SESSION_LEN,
+)
+from edge.ranking.ranker import MANIFEST_FORMAT, make_interpreter
+from models.data import Prepared
+from models.dataset import context_spec
+from models.train import ATTRS
+
+ATTR_NAMES = {"dept": "department", "cat": "category", "ptype": "product_type", "brand": "brand"}
+
+
+def _io_spec(details: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for d in details:
+        name = d["name"]
+        for pre in ("serving_default_",):
+            if name.startswith(pre):
+                name = name[len(pre):]
+        name = name.split(":")[0]
+        scale, zp = d["quantization"]
+        out.append({"name": name, "tensor": d["name"], "shape": [int(x) for x in d["shape"]],
+                    "dtype": np.dtype(d["dtype"]).name, "quantization": {"scale": float(scale),
+                                                                          "zero_point": int(zp)}})
+    return out
+
+
+def side_data(prep: Prepared, weights: Path) -> bytes:
+    with np.load(weights) as z:
+        w = {k: z[k] for k in z.files}
+    v = prep.a["vocab"]
+    arrays: dict[str, np.ndarray] = {
+        "category": (prep.a["cat"][v] - 1).astype(np.int32),
+        "popularity": prep.a["train_count"][v].astype(np.float32),
+        "item_emb": w["out_table"].astype(np.float16),
+    }
+    for k in ATTRS:
+        arrays[f"attr_out_{k}"] = w[f"attr_out_{k}"].astype(np.float32)
+        arrays[f"attr_b_{k}"] = w[f"attr_b_{k}"].astype(np.float32)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)  # type: ignore[arg-type]
+    return buf.getvalue()
+
+
+def export(prep: Prepared, run_dir: Path, out_dir: Path, *, version: str | None = None,
+           metrics: dict[str, Any] | None = None, source: str = "Dunnhumby The Complete Journey",
+           which: str = "int8") -> Path:
+    """Write ``out_dir``/{model.tflite, items.npz, manifest.json}; returns the manifest path."""
+    model_bytes = (run_dir / f"model_{which}.tflite").read_bytes()
+    side = side_data(prep, run_dir / "weights.npz")
+    it = make_interpreter(model_bytes)
+    it.allocate_tensors()
+    now = datetime.now(UTC)
+    train_info = json.loads((run_dir / "train.json").read_text()) if (run_dir / "train.json").exists() else {}
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "version": version or now.strftime("%Y.%m.%d-%H%M"),
+        "created": now.isoformat(timespec="seconds"),
+        "model_file": "model.tflite",
+        "sha256": hashlib.sha256(model_bytes).hexdigest(),
+        "bytes": len(model_bytes),
+        "side_file": "items.npz",
+        "side_sha256": hashlib.sha256(side).hexdigest(),
+        "quantization": "full-integer int8 (post-training, representative dataset); id inputs int32"
+        if which == "int8" else "float32",
+        "training_data": {"source": source, **prep.meta["data_range"], "split": prep.meta["split"],
+                          "cleaning": prep.meta["stats"]},
+        "train": train_info,
+        "feature_spec": {
+            "inputs": _io_spec(it.get_input_details()),
+            "outputs": _io_spec(it.get_output_details()),
+            "context": context_spec(prep).to_dict(),
+            "hist_len": HIST_LEN, "session_len": SESSION_LEN, "max_repeat_items": MAX_REPEAT_ITEMS,
+            "recency_days": RECENCY_DAYS, "decay_days": DECAY_DAYS,
+        },
+        "attributes": {**{ATTR_NAMES[k]: prep.meta["attribute_values"][ATTR_NAMES[k]] for k in ATTR_NAMES},
+                       "price_band_edges": prep.meta["price_band_edges"]},
+        "metrics": metrics or {},
+        "vocabulary": prep.vocab_skus(),
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "model.tflite").write_bytes(model_bytes)
+    (out_dir / "items.npz").write_bytes(side)
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, separators=(",", ":")))
+    from edge.ranking.ranker import Ranker
+
+    Ranker.load(out_dir)  # refuses its own output if anything is inconsistent
+    return out_dir / "manifest.json"
+
+
+def copy_release(src: Path, dst: Path) -> None:
+    dst.mkdir(parents=True, exist_ok=True)
+    for n in ("model.tflite", "items.npz", "manifest.json"):
+        shutil.copy2(src / n, dst / n)

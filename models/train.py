@@ -1,0 +1,278 @@
+"""The ranking network (Keras) and its training loop.
+
+Architecture (justified in docs/model-card.md):
+
+- item tables: every vocab item's input and output embedding is an id
+  embedding plus attribute embeddings (department, category, product type,
+  brand, price band); a product never seen in training is scored from the
+  attribute part alone (``user · Σ attr_out + Σ attr_bias``).
+- shopper tower: decay-weighted mean of history item embeddings, mean of
+  session item embeddings, context (hour, weekday, store, demographics,
+  history size) → MLP → user vector ``u`` (an output, for the new-item path).
+- scores = u · out_table + bias + gate(u) · Σ_k A_k ⊙ repeat_k: a learned,
+  per-item mix of the shopper's own repeat signal (share, recency, decayed
+  share) with a per-shopper gate. Grocery is repeat-dominated; this is the
+  part personal top-frequency gets right and the network learns to weigh.
+
+Training: softmax cross-entropy against the next basket (uniform over its
+items), with session reveals and dropped histories so one network serves
+P1, P2 and cold-start shoppers. Deterministic for a seed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.data import Prepared
+from models.dataset import Examples
+
+log = logging.getLogger("shelfcast.models.train")
+
+ATTRS = ("dept", "cat", "ptype", "brand", "price_band")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    dim: int = 64
+    hidden: int = 256
+    epochs: int = 4
+    batch: int = 512
+    lr: float = 2e-3
+    l2_item: float = 1e-6
+    id_dropout: float = 0.1
+    per_household: int = 30
+    seed: int = 0
+
+
+def _tf() -> Any:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    return tf
+
+
+def attr_codes(prep: Prepared) -> dict[str, np.ndarray]:
+    """Attribute codes of the vocab items (0 = unknown)."""
+    v = prep.a["vocab"]
+    return {k: prep.a[k][v].astype(np.int32) for k in ATTRS}
+
+
+def attr_sizes(prep: Prepared) -> dict[str, int]:
+    return {k: int(prep.a[k].max()) + 1 for k in ATTRS}
+
+
+def build_model(V: int, C: int, codes: dict[str, np.ndarray], sizes: dict[str, int], cfg: TrainConfig) -> Any:
+    """The training-time Keras model (item tables computed from id + attribute parts)."""
+    tf = _tf()
+    import keras
+
+    D = cfg.dim
+
+    class Ranking(keras.Model):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            init = keras.initializers.RandomNormal(stddev=0.05, seed=cfg.seed)
+            reg = keras.regularizers.L2(cfg.l2_item)
+            self.id_in = self.add_weight(shape=(V, D), initializer=init, regularizer=reg, name="id_in")
+            self.id_out = self.add_weight(shape=(V, D), initializer=init, regularizer=reg, name="id_out")
+            self.b_id = self.add_weight(shape=(V,), initializer="zeros", name="b_id")
+            self.attr_in = {k: self.add_weight(shape=(n, D), initializer=init, name=f"{k}_in")
+                            for k, n in sizes.items()}
+            self.attr_out = {k: self.add_weight(shape=(n, D), initializer=init, name=f"{k}_out")
+                             for k, n in sizes.items()}
+            self.attr_b = {k: self.add_weight(shape=(n,), initializer="zeros", name=f"{k}_b")
+                           for k, n in sizes.items()}
+            self.rep_global = self.add_weight(shape=(3, 1), name="rep_global",
+                                              initializer=keras.initializers.Constant([[2.0], [1.0], [4.0]]))
+            self.rep_item = self.add_weight(shape=(3, V), initializer="zeros", name="rep_item",
+                                            regularizer=keras.regularizers.L2(1e-5))
+            self.d1 = keras.layers.Dense(cfg.hidden, activation="relu", name="tower1")
+            self.d2 = keras.layers.Dense(cfg.hidden // 2, activation="relu", name="tower2")
+            self.du = keras.layers.Dense(D, name="user")
+            self.dg = keras.layers.Dense(1, activation="softplus", name="repeat_gate",
+                                         bias_initializer=keras.initializers.Constant(0.55))
+            self.codes = {k: tf.constant(v) for k, v in codes.items()}
+
+        def in_table(self) -> Any:
+            t = self.id_in
+            for k in ATTRS:
+                t = t + tf.gather(self.attr_in[k], self.codes[k])
+            return tf.concat([tf.zeros((1, D)), t], axis=0)
+
+        def out_table(self, mask: Any = None) -> tuple[Any, Any]:
+            t = self.id_out if mask is None else self.id_out * mask[:, None]
+            b = self.b_id if mask is None else self.b_id * mask
+            for k in ATTRS:
+                t = t + tf.gather(self.attr_out[k], self.codes[k])
+                b = b + tf.gather(self.attr_b[k], self.codes[k])
+            return t, b
+
+        def rep_weights(self) -> Any:
+            return self.rep_global + self.rep_item  # [3, V]
+
+        def call(self, x: dict[str, Any], training: bool = False, mask: Any = None) -> tuple[Any, Any]:
+            tin = self.in_table()
+            eh = tf.gather(tin, x["hist_items"])
+            h = tf.reduce_sum(eh * x["hist_weights"][..., None], axis=1)
+            es = tf.gather(tin, x["session_items"])
+            s = tf.reduce_sum(es * x["session_weights"][..., None], axis=1)
+            z = tf.concat([h, s, x["context"]], axis=1)
+            z = self.d2(self.d1(z))
+            u = self.du(z)
+            g = self.dg(z)
+            tout, b = self.out_table(mask)
+            neural = tf.matmul(u, tout, transpose_b=True) + b
+            A = self.rep_weights()
+            rep = x["repeat_share"] * A[0] + x["repeat_recency"] * A[1] + x["repeat_decayed"] * A[2]
+            return neural + g * rep, u
+
+    m = Ranking()
+    return m
+
+
+def dense_batch(ex: Examples, sel: np.ndarray, V: int) -> dict[str, np.ndarray]:
+    """Dense numpy inputs for the selected examples (repeat vectors scattered)."""
+    n = len(sel)
+    out = {
+        "hist_items": ex.hist_items[sel], "hist_weights": ex.hist_weights[sel],
+        "session_items": ex.session_items[sel], "session_weights": ex.session_weights[sel],
+        "context": ex.context[sel],
+    }
+    rep = np.zeros((n, V + 1, 3), np.float32)
+    rows = np.repeat(np.arange(n), ex.rep_idx.shape[1])
+    rep[rows, ex.rep_idx[sel].ravel()] = ex.rep_val[sel].reshape(-1, 3)
+    out["repeat_share"] = rep[:, :V, 0]
+    out["repeat_recency"] = rep[:, :V, 1]
+    out["repeat_decayed"] = rep[:, :V, 2]
+    return out
+
+
+def train(prep: Prepared, ex: Examples, cfg: TrainConfig, progress: Any = None) -> Any:
+    tf = _tf()
+    import keras
+
+    keras.utils.set_random_seed(cfg.seed)
+    tf.config.experimental.enable_op_determinism()
+    V = prep.vocab_size
+    C = ex.context.shape[1]
+    model = build_model(V, C, attr_codes(prep), attr_sizes(prep), cfg)
+    opt = keras.optimizers.Adam(cfg.lr)
+
+    R = ex.rep_idx.shape[1]
+    T = ex.target.shape[1]
+
+    def scatter(idx: Any, val: Any, B: Any, width: int) -> Any:
+        rows = tf.repeat(tf.range(B), width)
+        seg = rows * (V + 1) + tf.reshape(idx, [-1])
+        d = tf.math.unsorted_segment_sum(tf.reshape(val, [B * width, -1]), seg, B * (V + 1))
+        return tf.reshape(d, [B, V + 1, -1])[:, :V, :]
+
+    @tf.function(reduce_retracing=True)
+    def step(hi: Any, hw: Any, si: Any, sw: Any, ctx: Any, ridx: Any, rval: Any, tgt: Any, seed: Any) -> Any:
+        B = tf.shape(ctx)[0]
+        rep = scatter(ridx, rval, B, R)
+        t = scatter(tgt, tf.ones_like(tgt, tf.float32)[..., None], B, T)[..., 0]
+        t = t / tf.maximum(tf.reduce_sum(t, axis=1, keepdims=True), 1.0)
+        mask = tf.cast(tf.random.stateless_uniform([V], seed) >= cfg.id_dropout, tf.float32)
+        x = {"hist_items": hi, "hist_weights": hw, "session_items": si, "session_weights": sw,
+             "context": ctx, "repeat_share": rep[..., 0], "repeat_recency": rep[..., 1],
+             "repeat_decayed": rep[..., 2]}
+        with tf.GradientTape() as tape:
+            logits, _ = model(x, training=True, mask=mask)
+            loss = -tf.reduce_mean(tf.reduce_sum(t * tf.nn.log_softmax(logits), axis=1))
+            total = loss + tf.add_n(model.losses) if model.losses else loss
+        grads = tape.gradient(total, model.trainable_variables)
+        opt.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+        return loss
+
+    rng = np.random.default_rng(cfg.seed)
+    N = len(ex)
+    steps = 0
+    for epoch in range(cfg.epochs):
+        order = rng.permutation(N)
+        batches = range(0, N, cfg.batch)
+        it = progress(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}") if progress else batches
+        losses = []
+        for s in it:
+            sel = order[s : s + cfg.batch]
+            loss = step(ex.hist_items[sel], ex.hist_weights[sel], ex.session_items[sel],
+                        ex.session_weights[sel], ex.context[sel], ex.rep_idx[sel], ex.rep_val[sel],
+                        ex.target[sel], tf.constant([cfg.seed, steps], tf.int32))
+            steps += 1
+            losses.append(float(loss))
+        log.info("epoch %d loss %.4f", epoch + 1, float(np.mean(losses)))
+    return model
+
+
+def save_weights(model: Any, out: Path, cfg: TrainConfig, meta: dict[str, Any]) -> None:
+    """Baked numpy weights (item tables folded) + config; what quantize/export need."""
+    tin = model.in_table().numpy()
+    tout, b = model.out_table()
+    w: dict[str, np.ndarray] = {
+        "in_table": tin, "out_table": tout.numpy(), "out_bias": b.numpy(), "rep_A": model.rep_weights().numpy(),
+    }
+    for name, layer in (("tower1", model.d1), ("tower2", model.d2), ("user", model.du), ("gate", model.dg)):
+        k, bb = layer.get_weights()
+        w[f"{name}_kernel"] = k
+        w[f"{name}_bias"] = bb
+    for k in ATTRS:
+        w[f"attr_out_{k}"] = model.attr_out[k].numpy()
+        w[f"attr_b_{k}"] = model.attr_b[k].numpy()
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez(out / "weights.npz", **w)  # type: ignore[arg-type]
+    (out / "train.json").write_text(json.dumps({"config": asdict(cfg), **meta}))
+
+
+def inference_model(w: dict[str, np.ndarray], C: int) -> Any:
+    """The node's Keras model: same math as training, item tables baked in."""
+    _tf()
+    import keras
+    from keras import ops
+
+    from edge.ranking.features import HIST_LEN, SESSION_LEN
+
+    V1, D = w["in_table"].shape
+    V = V1 - 1
+    hi = keras.Input((HIST_LEN,), dtype="int32", name="hist_items")
+    hw = keras.Input((HIST_LEN,), name="hist_weights")
+    si = keras.Input((SESSION_LEN,), dtype="int32", name="session_items")
+    sw = keras.Input((SESSION_LEN,), name="session_weights")
+    ctx = keras.Input((C,), name="context")
+    rs = keras.Input((V,), name="repeat_share")
+    rr = keras.Input((V,), name="repeat_recency")
+    rd = keras.Input((V,), name="repeat_decayed")
+    emb = keras.layers.Embedding(V1, D, name="item_in", embeddings_initializer=keras.initializers.Constant(
+        w["in_table"]))
+    # one GATHER for history and session: a second lookup would duplicate the table in the .tflite
+    e = emb(keras.layers.Concatenate(axis=1)([hi, si]))
+    w_all = ops.expand_dims(keras.layers.Concatenate(axis=1)([hw, sw]), -1)
+    ew = e * w_all
+    h = ops.sum(ew[:, :HIST_LEN, :], axis=1)
+    s = ops.sum(ew[:, HIST_LEN:, :], axis=1)
+    z = keras.layers.Concatenate()([h, s, ctx])
+    d1 = keras.layers.Dense(w["tower1_bias"].shape[0], activation="relu", name="tower1")
+    d2 = keras.layers.Dense(w["tower2_bias"].shape[0], activation="relu", name="tower2")
+    du = keras.layers.Dense(D, name="user")
+    dg = keras.layers.Dense(1, activation="softplus", name="repeat_gate")
+    dout = keras.layers.Dense(V, name="item_out")
+    z = d2(d1(z))
+    u = du(z)
+    g = dg(z)
+    A = w["rep_A"]
+    rep = rs * ops.convert_to_tensor(A[0][None, :]) + rr * ops.convert_to_tensor(A[1][None, :]) + \
+        rd * ops.convert_to_tensor(A[2][None, :])
+    scores = dout(u) + g * rep
+    model = keras.Model([hi, hw, si, sw, ctx, rs, rr, rd], [scores, u], name="shelfcast_ranker")
+    d1.set_weights([w["tower1_kernel"], w["tower1_bias"]])
+    d2.set_weights([w["tower2_kernel"], w["tower2_bias"]])
+    du.set_weights([w["user_kernel"], w["user_bias"]])
+    dg.set_weights([w["gate_kernel"], w["gate_bias"]])
+    dout.set_weights([w["out_table"].T.copy(), w["out_bias"]])
+    return model
