@@ -131,6 +131,7 @@ class Node:
         self.rooms: list[Room] = [self.store_room]
         self.recommender: Recommender | None = None
         self.screens = ScreenBoard(self.bus)
+        self.signage: Any = None  # edge.signage.SignageRoom once built (HTTP, SSE, MQTT, shelf displays)
         self._housekeeping: asyncio.Task[None] | None = None
 
     @property
@@ -142,6 +143,13 @@ class Node:
         self.recommender = Recommender(self.config, self.store, self.bus, model=load_model_scorer(self.config))
         self.rooms.append(self.recommender)
         self.rooms.append(self.screens)
+        if self.config.signage.enabled:
+            from edge.signage import SignageRoom
+
+            self.signage = SignageRoom(
+                self.config, self.store, self.bus, self.screens, self.recommender, health=self.health,
+                displays=lambda: next((r for r in self.rooms if callable(getattr(r, "show", None))), None))
+            self.rooms.append(self.signage)
 
     async def start(self) -> None:
         self.started_at = time.time()

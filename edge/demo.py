@@ -53,6 +53,8 @@ def demo_config(opts: DemoOptions, data_dir: Path) -> NodeConfig:
     raw["node"]["data_dir"] = str(data_dir)
     if opts.port is not None:
         raw["signage"]["port"] = opts.port
+    else:  # no --port: still serve (a free port), never clash with a running node on the configured one
+        raw["signage"]["port"] = 0
     if opts.cloud_broker is not None:
         raw["mqtt"]["cloud"]["url"] = opts.cloud_broker
     raw["store"]["flush_interval_ms"] = 50

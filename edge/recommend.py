@@ -13,7 +13,9 @@ otherwise, or when the model has nothing to say.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,6 +55,15 @@ class VisitState:
     started: float = field(default_factory=time.time)
     last_seen: float = field(default_factory=time.time)
     shown: dict[str, int] = field(default_factory=dict)  # sku -> times shown (frequency cap)
+    x: float | None = None  # last known floor position (metres): the shelf touched last, or fusion's
+    y: float | None = None
+
+
+class SessionLocator(Protocol):
+    """Who stands nearest a floor point (``edge.fusion`` provides it when the camera is on)."""
+
+    def session_near(self, x: float, y: float, zone: str | None) -> str | None:
+        ...
 
 
 class Recommender:
@@ -77,6 +88,11 @@ class Recommender:
         for sc in config.layout.screens:
             if sc.kind != "shelf_display":
                 self._screens_by_zone.setdefault(sc.zone, []).append(sc.id)
+        # screen assignment: each screen serves the nearest present shopper in its zone
+        self._screen_at = {sc.id: (sc.position, sc.zone) for sc in config.layout.screens}
+        self._shelf_at = {sh.id: sh.position for sh in config.layout.shelves}
+        self.locator: SessionLocator | None = None  # set by the composition root when fusion runs
+        self.present_s = 90.0  # a visit counts as "in front of" screens this long after its last action
         self._seq = 0
         self.stats = {"events": 0, "recommendations": 0, "model": 0, "fallback": 0, "unknown_sku": 0}
         self.upstream_topic = f"{config.mqtt.topic_prefix}/{config.node.store_id}/{config.node.node_id}/events"
@@ -91,10 +107,10 @@ class Recommender:
 
     def health(self) -> dict[str, Any]:
         return {
+            **self.stats,  # first: its "model" counter must not hide the model version below
             "status": "ok",
             "model": self.model.version if self.model is not None else None,
             "active_visits": len(self.visits),
-            **self.stats,
         }
 
     # -- events -------------------------------------------------------------
@@ -114,6 +130,9 @@ class Recommender:
             v = self.visits[ev.session] = VisitState(ev.session, started=ev.t)
         v.zone = ev.zone or v.zone
         v.last_seen = ev.t
+        pos = self._shelf_at.get(ev.shelf)
+        if pos is not None:
+            v.x, v.y = pos
         if self.store.product(ev.sku) is None:
             self.stats["unknown_sku"] += 1
         if ev.action == "pick":
@@ -122,14 +141,62 @@ class Recommender:
             self.fallback.observe(ev.sku, ev.zone, hour, ev.t, ev.units)
         else:
             v.put_back.append(ev.sku)
-        screen = self.screen_for(v.zone)
-        if screen is not None:
-            self.bus.publish(self.recommend(v, screen))
+        screens = self.screens_for(v)
+        if screens:
+            rs = self.recommend(v, screens[0])
+            self.bus.publish(rs)
+            for other in screens[1:]:  # one ranking, several screens (the same shopper is nearest to each)
+                self._seq += 1
+                self.bus.publish(dataclasses.replace(rs, screen=other, seq=self._seq))
 
     # -- ranking -------------------------------------------------------------
     def screen_for(self, zone: str | None) -> str | None:
         screens = self._screens_by_zone.get(zone or "", ())
         return screens[0] if screens else None
+
+    def screens_for(self, v: VisitState) -> list[str]:
+        """The screens of ``v``'s zone that ``v`` is the nearest present shopper to."""
+        screens = self._screens_by_zone.get(v.zone or "")
+        if not screens:
+            return []
+        return [s for s in screens if self._nearest_session(s, v) == v.session]
+
+    def serving(self, screen: str) -> VisitState | None:
+        """The visit ``screen`` serves now, or None (nobody there: the zone's popular items)."""
+        s = self._nearest_session(screen)
+        return None if s is None else self.visits.get(s)
+
+    def refresh(self, screen: str) -> RecommendationSet:
+        """A fresh set for ``screen``: for the shopper it serves, or the zone's fallback."""
+        at = self._screen_at.get(screen)
+        zone = at[1] if at is not None else None
+        return self.recommend(self.serving(screen), screen, zone)
+
+    def _nearest_session(self, screen: str, acting: VisitState | None = None) -> str | None:
+        at = self._screen_at.get(screen)
+        if at is None:
+            return None
+        (sx, sy), zone = at
+        if self.locator is not None:
+            try:
+                s = self.locator.session_near(sx, sy, zone)
+            except Exception:
+                log.exception("session_near failed; using the shelf positions of recent picks")
+            else:
+                if s is not None and s not in self.visits:
+                    self.visits[s] = VisitState(s, zone=zone, started=self.clock(), last_seen=self.clock())
+                return s
+        now = self.clock()
+        best: VisitState | None = None
+        best_d = math.inf
+        for v in self.visits.values():
+            if v.zone != zone or (v is not acting and now - v.last_seen > self.present_s):
+                continue
+            d = math.hypot(v.x - sx, v.y - sy) if v.x is not None and v.y is not None else 1e6
+            # nearer by more than half a metre wins; within that margin, the one who acted last
+            if best is None or d < best_d - 0.5 or (d <= best_d + 0.5 and v.last_seen > best.last_seen):
+                best, best_d = v, d
+        return None if best is None else best.session
 
     def in_stock(self, sku: str) -> bool:
         units = self.store.stock(sku)

@@ -1,0 +1,68 @@
+"""Signage commands: ``shelfcast report`` and ``shelfcast bench e2e``."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from edge.cli import CommandRegistry, UserError, print_json
+
+
+def register(reg: CommandRegistry) -> None:
+    p = reg.command("report", "conversion rates per screen and per model version (impressions → pick-ups)",
+                    _report)
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--config", type=Path, metavar="FILE", help="the node's config (its node.data_dir is read)")
+    src.add_argument("--data-dir", type=Path, metavar="DIR", help="the node's data dir (holds shelfcast.db)")
+    p.add_argument("--since-hours", type=float, default=None, metavar="H", help="only the last H hours")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = reg.subcommand("bench", "e2e", "pick-ups through pty, driver, fusion, ranking and SSE + MQTT push",
+                       _bench)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--rate", type=float, default=1000.0, metavar="R", help="pick-ups per second (default 1000)")
+    p.add_argument("--duration", type=float, default=10.0, metavar="SECONDS", help="measured seconds (default 10)")
+    p.add_argument("--screens", type=int, default=50, metavar="N", help="connected SSE screens (default 50)")
+    p.add_argument("--no-mqtt", action="store_true", help="skip the local Mosquitto broker")
+
+
+def _report(args: argparse.Namespace) -> int:
+    from edge.config import default_config, load_config
+    from edge.signage.report import conversion_report, format_report
+
+    if args.data_dir is not None:
+        data_dir = args.data_dir
+    else:
+        cfg = load_config(args.config) if args.config is not None else default_config()
+        data_dir = Path(cfg.node.data_dir)
+    db = data_dir / "shelfcast.db"
+    if not db.exists():
+        raise UserError(f"no node database at {db}; point --data-dir (or --config) at the node's node.data_dir")
+    if args.since_hours is not None and args.since_hours <= 0:
+        raise UserError("--since-hours must be a positive number of hours")
+    since = time.time() - args.since_hours * 3600 if args.since_hours is not None else None
+    r = conversion_report(db, since)
+    if args.json:
+        print_json(r)
+    else:
+        print(format_report(r))
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from edge.signage.bench import BenchOptions, run
+
+    if not 1 <= args.rate <= 20000:
+        raise UserError("--rate must be between 1 and 20000 pick-ups per second")
+    if not 0 < args.duration <= 600:
+        raise UserError("--duration must be between 0 and 600 seconds")
+    if not 0 <= args.screens <= 500:
+        raise UserError("--screens must be between 0 and 500")
+    result = run(BenchOptions(rate=args.rate, duration=args.duration, screens=args.screens, mqtt=not args.no_mqtt))
+    if args.json:
+        print_json(result)
+    else:
+        for k, v in result.items():
+            print(f"{k:>24}: {v}")
+    return 0

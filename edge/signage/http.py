@@ -1,0 +1,339 @@
+"""The signage HTTP server (aiohttp): kiosk pages, JSON, SSE, health and metrics.
+
+Read-only without a token. Every non-GET request is an admin action and needs
+``Authorization: Bearer <signage.admin_token>``; with no token configured,
+admin actions are off.
+
+Routes::
+
+    GET  /                                   the screens, with links
+    GET  /screens/<id>[?orientation=auto|landscape|portrait&attract=SECONDS]
+    GET  /api/screens                        the screens (JSON)
+    GET  /api/screens/<id>/recommendations[?limit=1..50]
+    GET  /api/screens/<id>/stream            Server-Sent Events ("recommendations", "ping")
+    GET  /api/health                         the node's health
+    GET  /metrics                            Prometheus text format
+    POST /api/checkin                        {"customer": raw id, "screen" | "session": ...}   (admin)
+    POST /api/screens/<id>/refresh           re-rank and push now                             (admin)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import html
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from edge.events import CheckIn
+from edge.signage.hub import Client
+from edge.signage.payload import ICONS
+
+if TYPE_CHECKING:
+    from edge.signage.room import SignageRoom
+
+__all__ = ["build_app"]
+
+STATIC = Path(__file__).parent / "static"
+ROOM: web.AppKey[SignageRoom] = web.AppKey("signage_room")
+KIND_LABEL = {"full": "full screen", "strip": "shelf-edge strip", "shelf_display": "shelf display"}
+
+
+class BadParam(ValueError):
+    pass
+
+
+def _int_param(request: web.Request, name: str, lo: int, hi: int, default: int | None) -> int | None:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        v = int(raw)
+    except ValueError:
+        raise BadParam(f"query parameter {name}={raw!r} is not a whole number; use {lo}..{hi}") from None
+    if not lo <= v <= hi:
+        raise BadParam(f"query parameter {name}={v} is out of range; use {lo}..{hi}")
+    return v
+
+
+def _choice_param(request: web.Request, name: str, choices: tuple[str, ...], default: str) -> str:
+    raw = request.query.get(name, default)
+    if raw not in choices:
+        raise BadParam(f"query parameter {name}={raw!r} is not allowed; use one of {', '.join(choices)}")
+    return raw
+
+
+def _page(title: str, body: str, status: int = 200) -> web.Response:
+    doc = (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>"
+           "<meta name=viewport content='width=device-width,initial-scale=1'>"
+           "<link rel=stylesheet href='/static/site.css'></head><body class=site>"
+           f"<main>{body}</main></body></html>")
+    return web.Response(text=doc, content_type="text/html", status=status,
+                        headers={"Cache-Control": "no-store"})
+
+
+def _screen_list_html(room: SignageRoom) -> str:
+    rows = []
+    for sid, sc in room.screens.items():
+        cur = room.current.get(sid)
+        who = "—"
+        if cur is not None:
+            who = html.escape(cur[0].session or "nobody: popular items")
+        rows.append(f"<li><a href='/screens/{html.escape(sid)}'>{html.escape(sid)}</a>"
+                    f"<span>{KIND_LABEL.get(sc.kind, sc.kind)} · zone {html.escape(sc.zone)} · "
+                    f"{sc.orientation}</span><span class=who>{who}</span></li>")
+    return "<ul class=screens>" + "".join(rows) + "</ul>"
+
+
+def _not_found_screen(room: SignageRoom, sid: str, as_json: bool) -> web.Response:
+    known = list(room.screens)
+    msg = (f"there is no screen {sid!r} on this node; known screens: {', '.join(known) or 'none'} "
+           "(screens are configured under layout.screens)")
+    if as_json:
+        return web.json_response({"error": msg, "screens": known}, status=404)
+    body = (f"<h1>No screen “{html.escape(sid)}”</h1><p>This node has no screen with that id. "
+            "Screens are configured under <code>layout.screens</code> in the node's config. Pick one:</p>"
+            + _screen_list_html(room))
+    return _page("Unknown screen", body, status=404)
+
+
+def _bad_request(msg: str, as_json: bool) -> web.Response:
+    if as_json:
+        return web.json_response({"error": msg}, status=400)
+    return _page("Bad request", f"<h1>Bad request</h1><p>{html.escape(msg)}</p>", status=400)
+
+
+@web.middleware
+async def _errors_and_auth(request: web.Request, handler: Any) -> web.StreamResponse:
+    room = request.app[ROOM]
+    as_json = request.path.startswith("/api/")
+    if request.method not in ("GET", "HEAD", "OPTIONS"):
+        token = room.cfg.admin_token
+        if token is None:
+            return web.json_response({"error": "admin actions are disabled on this node; set signage.admin_token "
+                                               "(e.g. admin_token: env:SHELFCAST_ADMIN_TOKEN) to enable them"},
+                                     status=403)
+        got = request.headers.get("Authorization", "")
+        if not got.startswith("Bearer "):
+            return web.json_response({"error": "this is an admin action: send 'Authorization: Bearer <token>' "
+                                               "with signage.admin_token"}, status=401,
+                                     headers={"WWW-Authenticate": "Bearer"})
+        if not hmac.compare_digest(got[7:].strip().encode(), token.get_secret_value().encode()):
+            return web.json_response({"error": "wrong admin token"}, status=403)
+    try:
+        return await handler(request)
+    except BadParam as exc:
+        return _bad_request(str(exc), as_json)
+    except web.HTTPNotFound:
+        if as_json:
+            return web.json_response({"error": f"no such endpoint {request.path}; see GET /"}, status=404)
+        return _page("Not found", "<h1>Not found</h1><p>Nothing here. The screens:</p>" + _screen_list_html(room),
+                     status=404)
+
+
+async def index(request: web.Request) -> web.Response:
+    room = request.app[ROOM]
+    body = (f"<h1>ShelfCast signage</h1><p class=sub>store {html.escape(room.store_id)} · node "
+            f"{html.escape(room.node_id)}</p>" + _screen_list_html(room)
+            + "<p class=foot>JSON: <a href='/api/screens'>/api/screens</a> · "
+              "<a href='/api/health'>/api/health</a> · <a href='/metrics'>/metrics</a></p>")
+    return _page("ShelfCast signage", body)
+
+
+async def screen_page(request: web.Request) -> web.Response:
+    room = request.app[ROOM]
+    sid = request.match_info["id"]
+    sc = room.screens.get(sid)
+    if sc is None:
+        return _not_found_screen(room, sid, as_json=False)
+    orientation = _choice_param(request, "orientation", ("auto", "landscape", "portrait"), "auto")
+    attract = _int_param(request, "attract", 5, 3600, int(room.cfg.attract_after_s))
+    _rs, data = room.set_for(sid)
+    boot = {"screen": sid, "kind": sc.kind, "zone": sc.zone, "orientation": orientation,
+            "configured_orientation": sc.orientation, "attract_after_s": attract, "icons": list(ICONS),
+            "initial": json.loads(data), "store": room.store_id}
+    text = (STATIC / "screen.html").read_text()
+    text = text.replace("__SCREEN__", html.escape(sid)).replace(
+        "__BOOT__", json.dumps(boot, ensure_ascii=False).replace("</", "<\\/"))
+    return web.Response(text=text, content_type="text/html", headers={"Cache-Control": "no-store"})
+
+
+async def api_screens(request: web.Request) -> web.Response:
+    room = request.app[ROOM]
+    out = []
+    for sid, sc in room.screens.items():
+        cur = room.current.get(sid)
+        out.append({"id": sid, "kind": sc.kind, "zone": sc.zone, "position": list(sc.position),
+                    "orientation": sc.orientation, "shelf": sc.shelf, "slot": sc.slot,
+                    "session": cur[0].session if cur else None, "clients": room.hub.count(sid),
+                    "page": f"/screens/{sid}", "recommendations": f"/api/screens/{sid}/recommendations",
+                    "stream": f"/api/screens/{sid}/stream", "mqtt_topic": room.mqtt.topic(sid)})
+    return web.json_response({"screens": out})
+
+
+async def api_recommendations(request: web.Request) -> web.Response:
+    room = request.app[ROOM]
+    sid = request.match_info["id"]
+    if sid not in room.screens:
+        return _not_found_screen(room, sid, as_json=True)
+    limit = _int_param(request, "limit", 1, 50, None)
+    _rs, data = room.set_for(sid)
+    if limit is not None:
+        obj = json.loads(data)
+        obj["items"] = obj["items"][:limit]
+        return web.json_response(obj)
+    return web.Response(text=data, content_type="application/json", headers={"Cache-Control": "no-store"})
+
+
+async def api_stream(request: web.Request) -> web.StreamResponse:
+    room = request.app[ROOM]
+    sid = request.match_info["id"]
+    if sid not in room.screens:
+        return _not_found_screen(room, sid, as_json=True)
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store",
+                                       "X-Accel-Buffering": "no"})
+    await resp.prepare(request)
+    transport = request.transport
+    room.tune_socket(transport.get_extra_info("socket") if transport is not None else None)
+    await resp.write(b"retry: 2000\n\n")
+    client = Client(screen=sid, peer=str(request.remote))
+    room.hub.add(client)
+    rs, data = room.set_for(sid)
+    from edge.signage.payload import sse_frame
+
+    client.pending = sse_frame("recommendations", data, rs.seq)
+    client.pending_t = -1.0
+    client.wake.set()
+
+    def buffered() -> int:
+        return transport.get_write_buffer_size() if transport is not None else 0
+
+    why = await room.hub.serve(client, resp.write, buffered)
+    if why == "slow" and transport is not None:
+        transport.abort()  # drop it: it was not reading; the others never waited
+    return resp
+
+
+async def api_health(request: web.Request) -> web.Response:
+    room = request.app[ROOM]
+    h = room.node_health() if room.node_health is not None else {"status": "ok", "rooms": {"signage": room.health()}}
+    return web.json_response(h, status=200 if h.get("status") != "failed" else 503, dumps=_dumps)
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, default=str)
+
+
+def _esc(v: str) -> str:
+    return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+async def metrics(request: web.Request) -> web.Response:
+    room = request.app[ROOM]
+    lines: list[str] = []
+
+    def metric(name: str, kind: str, help_: str, samples: list[tuple[dict[str, str], float]]) -> None:
+        lines.append(f"# HELP {name} {help_}")
+        lines.append(f"# TYPE {name} {kind}")
+        for labels, v in samples:
+            lab = ",".join(f'{k}="{_esc(str(x))}"' for k, x in labels.items())
+            lines.append(f"{name}{{{lab}}} {v}" if lab else f"{name} {v}")
+
+    st, hs = room.stats, room.hub.stats
+    metric("shelfcast_signage_sets_total", "counter", "recommendation sets received from the board",
+           [({}, st["sets"])])
+    metric("shelfcast_signage_pushes_total", "counter", "sets pushed after coalescing", [({}, st["pushes"])])
+    metric("shelfcast_signage_coalesced_total", "counter", "sets replaced by a newer one in the same tick",
+           [({}, st["coalesced"])])
+    metric("shelfcast_signage_sse_clients", "gauge", "connected SSE clients per screen",
+           [({"screen": s}, room.hub.count(s)) for s in room.screens])
+    metric("shelfcast_signage_sse_frames_total", "counter", "SSE frames written", [({}, hs["frames_sent"])])
+    metric("shelfcast_signage_sse_superseded_total", "counter", "SSE frames replaced before a slow client took them",
+           [({}, hs["superseded"])])
+    metric("shelfcast_signage_sse_dropped_clients_total", "counter", "clients dropped for not reading",
+           [({}, hs["dropped_slow"])])
+    q = room.push_quantiles()
+    metric("shelfcast_signage_push_latency_seconds", "summary", "set accepted to SSE transport write",
+           [({"quantile": "0.5"}, (q["p50_ms"] or 0) / 1e3), ({"quantile": "0.99"}, (q["p99_ms"] or 0) / 1e3)])
+    mq = room.mqtt
+    metric("shelfcast_signage_mqtt_connected", "gauge", "1 when the local broker is connected",
+           [({}, 1 if mq.connected else 0)])
+    metric("shelfcast_signage_mqtt_published_total", "counter", "retained screen payloads published",
+           [({}, mq.stats["published"])])
+    fb = room.feedback.stats
+    metric("shelfcast_impressions_total", "counter", "distinct sets shown", [({}, fb["impressions"])])
+    metric("shelfcast_conversions_total", "counter", "shown items picked up in the window", [({}, fb["conversions"])])
+    metric("shelfcast_shelf_display_shows_total", "counter", "SHOW frames acknowledged",
+           [({}, st["display_shows"])])
+    rec = room.recommender.stats
+    metric("shelfcast_recommend_events_total", "counter", "shopper events ranked", [({}, rec.get("events", 0))])
+    metric("shelfcast_recommend_sets_total", "counter", "sets by source",
+           [({"source": "model"}, rec.get("model", 0)), ({"source": "fallback"}, rec.get("fallback", 0))])
+    metric("shelfcast_active_visits", "gauge", "visits the recommender tracks", [({}, len(room.recommender.visits))])
+    metric("shelfcast_store_queue", "gauge", "operations waiting for the SQLite writer",
+           [({}, room.store.health().get("queue", 0))])
+    metric("shelfcast_up", "gauge", "the signage server answers", [({}, 1)])
+    return web.Response(text="\n".join(lines) + "\n", content_type="text/plain",
+                        headers={"Cache-Control": "no-store"}, charset="utf-8")
+
+
+def hash_customer(salt: str, raw: str) -> str:
+    """The stored form of a customer id: keyed hash, never the raw id."""
+    return hmac.new(salt.encode(), raw.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+async def checkin(request: web.Request) -> web.Response:
+    room = request.app[ROOM]
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise BadParam("the body must be JSON like {\"customer\": \"<loyalty id>\", \"screen\": \"<screen id>\"}")\
+            from None
+    if not isinstance(body, dict) or not isinstance(body.get("customer"), str) or not body["customer"].strip():
+        raise BadParam("'customer' (the loyalty id as a string) is required")
+    session = body.get("session")
+    screen = body.get("screen")
+    if session is None and screen is not None:
+        if screen not in room.screens:
+            return _not_found_screen(room, str(screen), as_json=True)
+        v = room.recommender.serving(screen)
+        session = v.session if v is not None else None
+    if session is not None and not isinstance(session, str):
+        raise BadParam("'session' must be a string")
+    salt = room.config.fusion.customer_salt.get_secret_value()
+    ev = CheckIn(customer=hash_customer(salt, body["customer"].strip()), session=session,
+                 screen=screen if isinstance(screen, str) else None, t=time.time())
+    room.bus.publish(ev)
+    if screen in room.screens:
+        room.bus.publish(room.recommender.refresh(screen))
+    return web.json_response({"ok": True, "session": session, "customer": ev.customer, "id": ev.id})
+
+
+async def refresh(request: web.Request) -> web.Response:
+    room = request.app[ROOM]
+    sid = request.match_info["id"]
+    if sid not in room.screens:
+        return _not_found_screen(room, sid, as_json=True)
+    rs = room.recommender.refresh(sid)
+    room.bus.publish(rs)
+    return web.json_response({"ok": True, "screen": sid, "session": rs.session, "seq": rs.seq})
+
+
+def build_app(room: SignageRoom) -> web.Application:
+    app = web.Application(middlewares=[_errors_and_auth], client_max_size=64 * 1024)
+    app[ROOM] = room
+    app.router.add_get("/", index)
+    app.router.add_get("/screens/{id}", screen_page)
+    app.router.add_get("/api/screens", api_screens)
+    app.router.add_get("/api/screens/{id}/recommendations", api_recommendations)
+    app.router.add_get("/api/screens/{id}/stream", api_stream)
+    app.router.add_get("/api/health", api_health)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_post("/api/checkin", checkin)
+    app.router.add_post("/api/screens/{id}/refresh", refresh)
+    app.router.add_static("/static", STATIC, show_index=False)
+    return app

@@ -1,0 +1,120 @@
+"""Fan-out of encoded screen updates to connected SSE clients.
+
+Each client has a one-slot mailbox: a new frame *replaces* one the client has
+not taken yet (latest wins; stale sets are dropped, never queued), so memory
+per client is bounded by one frame plus the transport's write buffer. A
+client whose socket stops draining (its write is stuck longer than
+``write_timeout_s``, or the transport buffer grows past ``max_buffer``) is
+disconnected and counted; the others never wait for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Client", "Hub"]
+
+
+@dataclass(eq=False, slots=True)
+class Client:
+    screen: str
+    peer: str
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    pending: bytes | None = None
+    pending_t: float = 0.0  # perf_counter when ``pending`` was set (push latency)
+    closed: bool = False
+    sent: int = 0
+    superseded: int = 0
+    connected: float = field(default_factory=time.time)
+
+
+class Hub:
+    def __init__(self, *, write_timeout_s: float = 5.0, max_buffer: int = 256 * 1024,
+                 on_sent: Callable[[float], None] | None = None) -> None:
+        self.clients: dict[str, set[Client]] = {}
+        self.write_timeout_s = write_timeout_s
+        self.max_buffer = max_buffer
+        self.on_sent = on_sent  # called with seconds from offer() to the transport write
+        self.stats = {"connected_total": 0, "dropped_slow": 0, "disconnected": 0, "frames_sent": 0,
+                      "superseded": 0}
+
+    def count(self, screen: str | None = None) -> int:
+        if screen is not None:
+            return len(self.clients.get(screen, ()))
+        return sum(len(s) for s in self.clients.values())
+
+    def add(self, client: Client) -> None:
+        self.clients.setdefault(client.screen, set()).add(client)
+        self.stats["connected_total"] += 1
+
+    def remove(self, client: Client) -> None:
+        client.closed = True
+        group = self.clients.get(client.screen)
+        if group is not None:
+            group.discard(client)
+            if not group:
+                del self.clients[client.screen]
+
+    def offer(self, screen: str, frame: bytes, t: float) -> int:
+        """Hand ``frame`` to every client of ``screen``; returns how many got it. Never blocks."""
+        group = self.clients.get(screen)
+        if not group:
+            return 0
+        for c in group:
+            if c.pending is not None and c.pending_t >= 0:
+                c.superseded += 1
+                self.stats["superseded"] += 1
+            else:
+                c.pending_t = t
+            c.pending = frame
+            c.wake.set()
+        return len(group)
+
+    def broadcast(self, frame: bytes) -> None:
+        """A frame for everyone (heartbeats): only to clients with nothing pending."""
+        for group in self.clients.values():
+            for c in group:
+                if c.pending is None:
+                    c.pending = frame
+                    c.pending_t = -1.0  # not a screen update: no latency sample
+                    c.wake.set()
+
+    async def serve(self, client: Client, write: Callable[[bytes], Any], buffered: Callable[[], int]) -> str:
+        """Write ``client``'s frames until it goes away; returns why it ended."""
+        try:
+            while not client.closed:
+                await client.wake.wait()
+                client.wake.clear()
+                frame = client.pending
+                if frame is None:
+                    continue
+                t0 = client.pending_t
+                client.pending = None
+                if buffered() > self.max_buffer:
+                    self.stats["dropped_slow"] += 1
+                    return "slow"
+                try:
+                    await asyncio.wait_for(write(frame), self.write_timeout_s)
+                except TimeoutError:
+                    self.stats["dropped_slow"] += 1
+                    return "slow"
+                except (ConnectionError, RuntimeError):
+                    self.stats["disconnected"] += 1
+                    return "gone"
+                client.sent += 1
+                self.stats["frames_sent"] += 1
+                if self.on_sent is not None and t0 >= 0:
+                    self.on_sent(time.perf_counter() - t0)
+            return "closed"
+        finally:
+            self.remove(client)
+
+    def close_all(self) -> None:
+        for group in list(self.clients.values()):
+            for c in list(group):
+                c.closed = True
+                c.wake.set()

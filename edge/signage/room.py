@@ -1,0 +1,330 @@
+"""``SignageRoom``: recommendation sets out to screens, shelf displays and players.
+
+The hot path (all on the event loop, nothing blocks, nothing logged per set):
+``ScreenBoard`` accepts a set → ``on_set`` keeps it as the screen's latest and
+schedules one ``_flush`` for this loop tick (a burst for one screen becomes
+one push) → ``_flush`` encodes it once and hands the bytes to the SSE hub
+(latest wins per client), the MQTT publisher (retained), the shelf display
+(rate-limited, latest wins) and the feedback loop (impressions).
+
+Screens are assigned by the ``Recommender`` (nearest present shopper in the
+zone); this room re-asks it every second so a screen whose shopper left goes
+back to the zone's popular items, and asks once per screen at start so no
+screen is ever blank.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from edge.bus import Bus
+from edge.config import NodeConfig, Screen
+from edge.events import RecommendationSet, ShopperEvent
+from edge.recommend import Recommender
+from edge.signage.feedback import Feedback
+from edge.signage.hub import Hub
+from edge.signage.mqtt import ScreenPublisher
+from edge.signage.payload import dumps, payload, sse_frame
+from edge.store import Store
+
+if TYPE_CHECKING:
+    from edge.app import ScreenBoard
+
+__all__ = ["SignageRoom"]
+
+log = logging.getLogger("shelfcast.signage")
+
+HEARTBEAT = b"event: ping\ndata: {}\n\n"
+
+
+class SignageRoom:
+    name = "signage"
+
+    def __init__(self, config: NodeConfig, store: Store, bus: Bus, board: ScreenBoard, recommender: Recommender,
+                 *, health: Callable[[], dict[str, Any]] | None = None,
+                 displays: Callable[[], Any] | None = None,
+                 write_timeout_s: float = 5.0, max_buffer: int = 256 * 1024, sndbuf: int = 64 * 1024,
+                 heartbeat_s: float = 15.0, display_interval_s: float = 0.5, serve_http: bool = True) -> None:
+        self.config = config
+        self.cfg = config.signage
+        self.store = store
+        self.bus = bus
+        self.board = board
+        self.recommender = recommender
+        self.node_health = health
+        self.displays = displays  # returns the shelf room (with ``show``) or None
+        self.screens: dict[str, Screen] = {s.id: s for s in config.layout.screens}
+        self._displays_in_zone: dict[str, list[Screen]] = {}
+        for s in config.layout.screens:
+            if s.kind == "shelf_display":
+                self._displays_in_zone.setdefault(s.zone, []).append(s)
+        self.store_id, self.node_id = config.node.store_id, config.node.node_id
+        self.latencies: deque[float] = deque(maxlen=4096)  # seconds, on_set → SSE transport write
+        self.hub = Hub(write_timeout_s=write_timeout_s, max_buffer=max_buffer, on_sent=self.latencies.append)
+        self.sndbuf = sndbuf
+        self.heartbeat_s = heartbeat_s
+        self.display_interval_s = display_interval_s
+        loc = config.mqtt.local
+        self.mqtt = ScreenPublisher(
+            loc.url, prefix=config.mqtt.topic_prefix, store=self.store_id, node=self.node_id,
+            client_id=loc.client_id, username=loc.username,
+            password=loc.password.get_secret_value() if loc.password else None, keepalive_s=loc.keepalive_s,
+            ca_file=str(loc.ca_file) if loc.ca_file else None, cert_file=str(loc.cert_file) if loc.cert_file else None,
+            key_file=str(loc.key_file) if loc.key_file else None)
+        self.feedback = Feedback(store, window_s=self.cfg.conversion_window_s,
+                                 upstream_topic=recommender.upstream_topic)
+        self.current: dict[str, tuple[RecommendationSet, str]] = {}  # screen -> (set, its JSON)
+        self.serve_http = serve_http
+        self.port: int | None = None  # the bound port (config port 0 picks a free one)
+        self.http_error: str | None = None
+        self._dirty: dict[str, RecommendationSet] = {}
+        self._dirty_t: dict[str, float] = {}
+        self._scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+        self._runner: web.AppRunner | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._display_last: dict[str, float] = {}
+        self._display_pending: dict[str, RecommendationSet] = {}
+        self._display_timer: dict[str, asyncio.TimerHandle] = {}
+        self._display_tasks: set[asyncio.Task[Any]] = set()
+        self.stats = {"sets": 0, "pushes": 0, "coalesced": 0, "display_shows": 0, "display_failed": 0,
+                      "display_unwired": 0, "handovers": 0}
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self.board.listeners.append(self.on_set)
+        self.bus.subscribe(ShopperEvent, self._on_shopper)
+        self.mqtt.start()
+        if self.serve_http and self.cfg.enabled:
+            await self._start_http()
+        for sid, sc in self.screens.items():  # never blank: every screen has a set from the first second
+            if sc.kind != "shelf_display" or not self._zone_screens(sc.zone):
+                self.bus.publish(self.recommender.refresh(sid))
+        self._tasks.append(asyncio.create_task(self._housekeep(), name="signage-housekeeping"))
+        self._tasks.append(asyncio.create_task(self._heartbeat(), name="signage-heartbeat"))
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        self._tasks.clear()
+        for h in self._display_timer.values():
+            h.cancel()
+        self._display_timer.clear()
+        with contextlib.suppress(ValueError):
+            self.board.listeners.remove(self.on_set)
+        self.bus.unsubscribe(ShopperEvent, self._on_shopper)
+        self.hub.close_all()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        await asyncio.to_thread(self.mqtt.stop)
+
+    async def _start_http(self) -> None:
+        from edge.signage.http import build_app
+
+        app = build_app(self)
+        self._runner = web.AppRunner(app, handle_signals=False, access_log=None, handler_cancellation=True,
+                                     shutdown_timeout=1.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.cfg.host, self.cfg.port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            self.http_error = (f"cannot listen on {self.cfg.host}:{self.cfg.port}: {exc.strerror}; pick a free "
+                               "signage.port or stop what uses it (`ss -ltnp`)")
+            log.error("%s; retrying every 10 s, MQTT and displays keep working", self.http_error)
+            self._tasks.append(asyncio.create_task(self._retry_http(site), name="signage-http-retry"))
+            return
+        self._bound(site)
+
+    def _bound(self, site: web.TCPSite) -> None:
+        server = site._server
+        socks = getattr(server, "sockets", None) or []
+        self.port = socks[0].getsockname()[1] if socks else self.cfg.port
+        self.http_error = None
+        log.info("signage on http://%s:%s/", self.cfg.host, self.port)
+
+    async def _retry_http(self, site: web.TCPSite) -> None:
+        delay = 1.0
+        while True:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+            try:
+                await site.start()
+            except OSError:
+                continue
+            self._bound(site)
+            return
+
+    # -- the hot path -----------------------------------------------------------------------------
+    def on_set(self, rs: RecommendationSet) -> None:
+        """ScreenBoard accepted ``rs``: keep it, push at the end of this loop tick (coalescing)."""
+        if rs.screen in self._dirty:
+            self.stats["coalesced"] += 1
+        else:
+            self._dirty_t[rs.screen] = time.perf_counter()
+        self._dirty[rs.screen] = rs
+        self.stats["sets"] += 1
+        if not self._scheduled and self._loop is not None:
+            self._scheduled = True
+            if threading.get_ident() == self._loop_thread:
+                self._loop.call_soon(self._flush)
+            else:
+                self._loop.call_soon_threadsafe(self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        dirty, self._dirty = self._dirty, {}
+        for screen, rs in dirty.items():
+            t = self._dirty_t.pop(screen, 0.0)
+            sc = self.screens.get(screen)
+            kind = sc.kind if sc is not None else "full"
+            data = dumps(payload(rs, kind=kind, store=self.store_id, node=self.node_id))
+            self.current[screen] = (rs, data)
+            self.hub.offer(screen, sse_frame("recommendations", data, rs.seq), t)
+            self.mqtt.publish(screen, data.encode())
+            self.feedback.shown(rs)
+            self.stats["pushes"] += 1
+            if kind == "shelf_display":
+                self._queue_display(screen, rs)
+            elif rs.zone is not None:
+                for d in self._displays_in_zone.get(rs.zone, ()):
+                    self.bus.publish(dataclasses.replace(rs, screen=d.id))
+
+    def _on_shopper(self, ev: ShopperEvent) -> None:
+        self.feedback.on_shopper_event(ev)
+
+    # -- shelf displays ----------------------------------------------------------------------------
+    def _zone_screens(self, zone: str) -> list[str]:
+        return [s.id for s in self.screens.values() if s.zone == zone and s.kind != "shelf_display"]
+
+    def _queue_display(self, screen: str, rs: RecommendationSet) -> None:
+        """At most one SHOW per display per ``display_interval_s``; the latest set wins."""
+        assert self._loop is not None
+        self._display_pending[screen] = rs
+        if screen in self._display_timer:
+            return
+        wait = self._display_last.get(screen, 0.0) + self.display_interval_s - time.monotonic()
+        if wait <= 0:
+            self._send_display(screen)
+        else:
+            self._display_timer[screen] = self._loop.call_later(wait, self._send_display, screen)
+
+    def _send_display(self, screen: str) -> None:
+        self._display_timer.pop(screen, None)
+        rs = self._display_pending.pop(screen, None)
+        sc = self.screens.get(screen)
+        if rs is None or sc is None or not rs.items:
+            return
+        self._display_last[screen] = time.monotonic()
+        room = self.displays() if self.displays is not None else None
+        show = getattr(room, "show", None)
+        if show is None or sc.shelf is None:
+            self.stats["display_unwired"] += 1
+            return
+        top = rs.items[0]
+        try:
+            res = show(sc.shelf, sc.slot or 0, top.name, top.price, top.reason)
+        except Exception:
+            self.stats["display_failed"] += 1
+            log.debug("show on %s failed", screen, exc_info=True)
+            return
+        if asyncio.iscoroutine(res):
+            task = asyncio.ensure_future(res)
+            self._display_tasks.add(task)
+            task.add_done_callback(self._display_done)
+        else:
+            self.stats["display_shows" if res else "display_failed"] += 1
+
+    def _display_done(self, task: asyncio.Task[Any]) -> None:
+        self._display_tasks.discard(task)
+        ok = not task.cancelled() and task.exception() is None and bool(task.result())
+        self.stats["display_shows" if ok else "display_failed"] += 1
+
+    # -- periodic ----------------------------------------------------------------------------------
+    async def _housekeep(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                self.handover()
+                self.feedback.prune()
+            except Exception:
+                log.exception("signage housekeeping failed; retrying in 1 s")
+
+    def handover(self) -> int:
+        """Screens whose shopper left (or changed) get a fresh set; idle ones refresh each minute."""
+        now = time.time()
+        n = 0
+        for sid, sc in self.screens.items():
+            if sc.kind == "shelf_display":
+                continue
+            latest = self.board.latest.get(sid)
+            v = self.recommender.serving(sid)
+            want = None if v is None else v.session
+            if latest is None or latest.session != want or (want is None and now - latest.t > 60.0):
+                self.bus.publish(self.recommender.refresh(sid))
+                n += 1
+        self.stats["handovers"] += n
+        return n
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            self.hub.broadcast(HEARTBEAT)
+
+    # -- reads for the HTTP side --------------------------------------------------------------------
+    def set_for(self, screen: str) -> tuple[RecommendationSet, str]:
+        cur = self.current.get(screen)
+        if cur is None:  # not pushed yet (first tick): compute it now rather than show nothing
+            rs = self.recommender.refresh(screen)
+            sc = self.screens.get(screen)
+            data = dumps(payload(rs, kind=sc.kind if sc else "full", store=self.store_id, node=self.node_id))
+            cur = (rs, data)
+        return cur
+
+    def tune_socket(self, sock: socket.socket | None) -> None:
+        """A small kernel send buffer per SSE client: a stuck reader is noticed early and costs little."""
+        if sock is not None and self.sndbuf:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.sndbuf)
+
+    def push_quantiles(self) -> dict[str, float | None]:
+        xs = sorted(self.latencies)
+        if not xs:
+            return {"p50_ms": None, "p99_ms": None, "max_ms": None}
+        return {"p50_ms": round(xs[len(xs) // 2] * 1e3, 3), "p99_ms": round(xs[min(len(xs) - 1, int(len(xs) * .99))]
+                * 1e3, 3), "max_ms": round(xs[-1] * 1e3, 3)}
+
+    def health(self) -> dict[str, Any]:
+        http_ok = self._runner is not None and self.http_error is None
+        mq = self.mqtt.health()
+        status = "ok"
+        if (self.serve_http and self.cfg.enabled and not http_ok) or mq["status"] == "degraded":
+            status = "degraded"
+        return {
+            "status": status,
+            "http": {"listening": http_ok, "host": self.cfg.host, "port": self.port, "error": self.http_error},
+            "sse": {"clients": self.hub.count(), **self.hub.stats},
+            "mqtt": mq,
+            "feedback": self.feedback.health(),
+            "push_latency": self.push_quantiles(),
+            "screens": len(self.screens),
+            **self.stats,
+        }
