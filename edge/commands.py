@@ -68,9 +68,12 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from edge.app import Node
+    from edge.logs import setup_logging
 
     config = load_config(args.config)
-    logging.getLogger().setLevel(config.logging.level)
+    setup_logging(config.logging)
+    if args.log_level:
+        logging.getLogger().setLevel(args.log_level)
     try:
         Path(config.node.data_dir).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
