@@ -87,7 +87,8 @@ class ShelfBridge:
         self.detector_cfg = detector or DetectorConfig()
         self.extra_ports = list(ports or [])
         self.controllers: dict[str, ControllerHealth] = {}  # by port
-        self.trace: Callable[[ShelfEvent, str, int], None] | None = None  # (event, port, arrival_ns)
+        # benchmark hook: (event, port, arrival perf_counter_ns, t_ms of the deciding SAMPLES frame)
+        self.trace: Callable[[ShelfEvent, str, int, int], None] | None = None
         self.events = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
@@ -327,7 +328,7 @@ class ShelfBridge:
             except Exception:
                 log.exception("shelf event handler failed for %s", ev)
             if self.trace is not None:
-                self.trace(ev, c.port, ns)
+                self.trace(ev, c.port, ns, s.t_ms)
 
     # -- commands ------------------------------------------------------------------------------
     def _send(self, c: ControllerHealth, msg: P.Message) -> int:

@@ -170,6 +170,7 @@ class ControllerSim:
         self._next_hb = now + 1.0
         self._pending.clear()
         self.displays.clear()  # display RAM is lost on reboot; the node re-sends on HELLO
+        self.write(b"\x00")  # flush whatever half frame the node may hold
         self._send(self.hello())
 
     # -- periodic ------------------------------------------------------------------------------
@@ -217,6 +218,10 @@ class ControllerSim:
                 msg = P.decode_message(fr)
             except P.ProtocolError:
                 self._ack(fr.seq, P.Status.BAD_ARG)
+                continue
+            if isinstance(msg, P.HelloRequest):  # idempotent; starts a session: forget the last command
+                self._last_cmd = None
+                self._handle(fr.seq, msg)
                 continue
             key = (fr.type, fr.seq)
             if key == self._last_cmd and self._last_ack:

@@ -1,0 +1,172 @@
+"""``shelfcast firmware list|flash|pack`` and ``shelfcast bench serial``."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+from pathlib import Path
+
+from edge.cli import CommandRegistry, UserError, print_json
+
+__all__ = ["register"]
+
+
+def register(reg: CommandRegistry) -> None:
+    p = reg.subcommand("firmware", "list", "shelf controllers found: port, id, hardware, firmware", _list)
+    p.add_argument("--port", action="append", default=[], metavar="PORT",
+                   help="query this port (repeatable); default: shelves.ports from --config, else USB discovery")
+    p.add_argument("--config", type=Path, default=None, metavar="FILE")
+    p.add_argument("--json", action="store_true")
+
+    p = reg.subcommand("firmware", "flash", "flash a controller's firmware image (resumes after a cable pull)",
+                       _flash)
+    p.add_argument("--port", required=True, metavar="PORT")
+    p.add_argument("image", type=Path, metavar="IMAGE")
+    p.add_argument("--json", action="store_true", help="print the result as JSON (no progress bar)")
+    p.add_argument("--reconnect-timeout", type=float, default=60.0, metavar="S",
+                   help="how long to wait for the port to come back after a cable pull")
+
+    p = reg.subcommand("firmware", "pack", "wrap a raw firmware binary into a .scfw image", _pack)
+    p.add_argument("payload", type=Path, metavar="BINARY")
+    p.add_argument("--hardware", required=True, help="hardware id, e.g. SC-LC8-r2")
+    p.add_argument("--version", required=True, help="MAJOR.MINOR.PATCH")
+    p.add_argument("--out", type=Path, required=True)
+
+    p = reg.subcommand("bench", "serial", "shelf serial link: throughput, latency, detection quality", _bench)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--shelf-hours", type=float, default=24.0,
+                   help="simulated shelf-hours fed straight to the detector (default 24)")
+    p.add_argument("--pty-seconds", type=float, default=20.0,
+                   help="seconds of scripted picks through a real pty (default 20)")
+    p.add_argument("--frames", type=int, default=50_000, help="frames for the throughput run")
+    p.add_argument("--seed", type=int, default=1)
+
+
+def _ports(args: argparse.Namespace) -> list[str]:
+    if args.port:
+        return list(args.port)
+    from firmware_bridge.driver import discover
+
+    usb_ids = ["1209:5c5c"]
+    explicit: list[str] = []
+    if args.config is not None:
+        from edge.config import load_config
+
+        cfg = load_config(args.config)
+        usb_ids = cfg.shelves.usb_ids
+        explicit = [p.port for p in cfg.shelves.ports if p.port != "auto"]
+    return list(dict.fromkeys(explicit + [f.path for f in discover(usb_ids)]))
+
+
+def _list(args: argparse.Namespace) -> int:
+    from firmware_bridge.flash import FlashError, query
+    from firmware_bridge.protocol import BOOT_REASONS, MODE_BOOTLOADER
+
+    ports = _ports(args)
+    rows = []
+    for port in ports:
+        try:
+            h = query(port)
+            rows.append({"port": port, "controller": h.controller_id, "hardware": h.hardware_id,
+                         "firmware": h.firmware_str, "slots": h.slot_count,
+                         "mode": "bootloader" if h.mode == MODE_BOOTLOADER else "app",
+                         "boot_reason": BOOT_REASONS.get(h.boot_reason, str(h.boot_reason)), "error": None})
+        except FlashError as exc:
+            rows.append({"port": port, "controller": None, "hardware": None, "firmware": None, "slots": None,
+                         "mode": None, "boot_reason": None, "error": str(exc)})
+    if args.json:
+        print_json({"controllers": rows})
+    elif not rows:
+        print("no shelf controllers found (USB ids checked; pass --port PORT to query a port directly)")
+    else:
+        print(f"{'PORT':<44} {'CONTROLLER':<18} {'HARDWARE':<12} {'FIRMWARE':<9} {'SLOTS':>5} MODE")
+        for r in rows:
+            if r["error"]:
+                print(f"{r['port']:<44} error: {r['error']}")
+            else:
+                print(f"{r['port']:<44} {r['controller']:<18} {r['hardware']:<12} {r['firmware']:<9} "
+                      f"{r['slots']:>5} {r['mode']}")
+    return 0 if rows and all(r["error"] is None for r in rows) else (1 if rows else 0)
+
+
+class _Bar:
+    """A small progress bar on stderr (no dependency; tqdm is not a runtime requirement)."""
+
+    def __init__(self, width: int = 30) -> None:
+        self.width = width
+        self.t0 = time.monotonic()
+        self.last = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and now - self.last < 0.05:
+            return
+        self.last = now
+        frac = done / total if total else 1.0
+        fill = int(frac * self.width)
+        rate = done / max(1e-6, now - self.t0) / 1024
+        sys.stderr.write(f"\rflashing [{'#' * fill}{'.' * (self.width - fill)}] {frac * 100:5.1f}% "
+                         f"{done / 1024:7.1f}/{total / 1024:.1f} KiB {rate:6.1f} KiB/s")
+        if done >= total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def _flash(args: argparse.Namespace) -> int:
+    from firmware_bridge.flash import FlashError, flash
+    from firmware_bridge.image import ImageError, read_image
+
+    try:
+        image = read_image(args.image)
+    except ImageError as exc:
+        raise UserError(f"{args.image}: {exc}; nothing was written") from None
+    try:
+        res = flash(args.port, image, None if args.json else _Bar(), reconnect_timeout=args.reconnect_timeout)
+    except FlashError as exc:
+        raise UserError(str(exc), code=3) from None
+    if args.json:
+        print_json({"ok": True, "controller": res.controller_id, "hardware": res.hardware_id,
+                    "old_version": res.old_version, "new_version": res.new_version, "bytes": res.bytes_sent,
+                    "retries": res.retries, "reconnects": res.reconnects, "resumed_from": res.resumed_from,
+                    "seconds": round(res.seconds, 3)})
+    else:
+        print(f"controller {res.controller_id}: {res.old_version} -> {res.new_version} "
+              f"({res.bytes_sent} bytes, {res.retries} retries, {res.reconnects} reconnects, {res.seconds:.1f} s)")
+    return 0
+
+
+def _pack(args: argparse.Namespace) -> int:
+    from firmware_bridge.image import ImageError, build_image
+
+    m = re.fullmatch(r"(\d+)\.(\d+)\.(\d+)", args.version)
+    if not m:
+        raise UserError(f"--version {args.version!r} must look like 1.4.2")
+    ma, mi, pa = (int(x) for x in m.groups())
+    if ma > 255 or mi > 255 or pa > 65535:
+        raise UserError("--version: major and minor go up to 255, patch up to 65535")
+    try:
+        data = args.payload.read_bytes()
+    except OSError as exc:
+        raise UserError(f"{args.payload}: cannot read ({exc.strerror})") from None
+    try:
+        img = build_image(data, args.hardware, (ma, mi, pa))
+    except ImageError as exc:
+        raise UserError(str(exc)) from None
+    args.out.write_bytes(img)
+    print(f"{args.out}: {args.hardware} {args.version}, {len(data)} bytes payload")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from firmware_bridge.bench import run_bench
+
+    res = run_bench(shelf_hours=args.shelf_hours, pty_seconds=args.pty_seconds, frames=args.frames,
+                    seed=args.seed)
+    if args.json:
+        print_json(res)
+    else:
+        for k, v in res.items():
+            print(f"{k:34} {v}")
+    return 0
