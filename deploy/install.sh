@@ -1,0 +1,271 @@
+#!/usr/bin/env bash
+# ShelfCast node installer for Raspberry Pi OS Bookworm 64-bit and Debian 12.
+#
+#   sudo deploy/install.sh                      # install or upgrade this checkout (idempotent)
+#   sudo deploy/install.sh --source shelfcast-0.1.0-py3-none-any.whl
+#   deploy/install.sh --destdir /tmp/root       # into a scratch root; nothing outside it is touched
+#   sudo /opt/shelfcast/lib/install.sh --firstboot [--boot-dir /boot/firmware]
+#
+# What it does: apt packages (python3-venv, mosquitto, chromium, cage); the `shelfcast` service user in
+# the dialout and video groups; a venv with ShelfCast and the node's runtime dependencies only (no
+# TensorFlow: plain `pip install SOURCE`, no extras); /etc/shelfcast (config, keys) and /var/lib/shelfcast
+# (data); udev rules naming shelf controllers /dev/shelfcast/shelf-<serial> (from shelves.usb_ids);
+# a loopback Mosquitto with a bridge to the cloud broker (from mqtt.cloud); journald size limits; /tmp
+# and the node's caches on tmpfs; the systemd units. Running it again changes nothing that is already
+# right and never overwrites an existing config (a newer template lands beside it as *.dist).
+#
+# --destdir DIR: every file goes under DIR; apt-get, useradd, usermod, chown, systemctl and udevadm are
+# not run but recorded, one per line, in DIR/<prefix>/install-actions.log (an image builder replays them
+# in a chroot). Exit codes: 0 ok, 1 failed, 2 bad usage.
+set -euo pipefail
+
+PREFIX=/opt/shelfcast
+CONFDIR=/etc/shelfcast
+DATADIR=/var/lib/shelfcast
+DESTDIR=""
+SOURCE=""
+CONFIG_IN=""
+PYTHON=python3
+VENV_OPTS=""
+PIP_OPTS=""
+INHERIT_SITE=""
+WITH_KIOSK=1
+WITH_APT=1
+FIRSTBOOT=0
+BOOT_DIR=/boot/firmware
+SERVICE_USER=shelfcast
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+
+usage() {
+    sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'
+    cat <<EOF
+
+Options:
+  --destdir DIR        install into a scratch root (no effect outside DIR)
+  --prefix DIR         program files (default $PREFIX)
+  --source PATH        what pip installs: a checkout or a wheel (default: the checkout holding this script)
+  --config FILE        node config to install when none is there yet (default: deploy/etc/shelfcast.yaml)
+  --python EXE         interpreter for the venv (default python3; Python >= 3.11)
+  --venv-options STR   extra options for 'python -m venv' (e.g. --system-site-packages)
+  --pip-options STR    extra options for pip install (e.g. '--no-index --find-links /media/wheels')
+  --inherit-site DIR   add DIR (a site-packages) to the venv's path: CI and offline images only
+  --no-kiosk           do not install or enable the Chromium kiosk unit
+  --no-apt             do not install Debian packages (they are there already)
+  --firstboot          consume the provisioning bundle on the boot partition, then exit
+  --boot-dir DIR       the mounted boot partition (default $BOOT_DIR)
+EOF
+}
+
+die() { echo "install.sh: $*" >&2; exit 1; }
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --destdir) DESTDIR="${2:?--destdir needs a directory}"; shift 2 ;;
+        --prefix) PREFIX="${2:?--prefix needs a directory}"; shift 2 ;;
+        --source) SOURCE="${2:?--source needs a path}"; shift 2 ;;
+        --config) CONFIG_IN="${2:?--config needs a file}"; shift 2 ;;
+        --python) PYTHON="${2:?--python needs an interpreter}"; shift 2 ;;
+        --venv-options) VENV_OPTS="${2-}"; shift 2 ;;
+        --pip-options) PIP_OPTS="${2-}"; shift 2 ;;
+        --inherit-site) INHERIT_SITE="${2:?--inherit-site needs a directory}"; shift 2 ;;
+        --no-kiosk) WITH_KIOSK=0; shift ;;
+        --no-apt) WITH_APT=0; shift ;;
+        --firstboot) FIRSTBOOT=1; shift ;;
+        --boot-dir) BOOT_DIR="${2:?--boot-dir needs a directory}"; shift 2 ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "install.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+    esac
+done
+
+case "$PREFIX" in /*) ;; *) echo "install.sh: --prefix must be an absolute path" >&2; exit 2 ;; esac
+if [ -n "$DESTDIR" ]; then
+    mkdir -p "$DESTDIR" || die "cannot create --destdir $DESTDIR"
+    DESTDIR="$(cd "$DESTDIR" && pwd)"
+    [ "$DESTDIR" != "/" ] || DESTDIR=""
+fi
+if [ -z "$DESTDIR" ] && [ "$(id -u)" -ne 0 ]; then
+    die "run it as root (sudo $0 $*), or use --destdir DIR to install into a scratch root"
+fi
+
+VENV="$PREFIX/venv"
+R="$DESTDIR"  # the root every path is written under
+LOG="$R$PREFIX/install-actions.log"
+MANIFEST="$R$PREFIX/install-manifest.txt"
+
+say() { echo "==> $*"; }
+
+# run CMD...: system-wide actions; in destdir mode recorded instead of run
+run() {
+    if [ -n "$DESTDIR" ]; then
+        mkdir -p "$(dirname "$LOG")"
+        printf '%s\n' "$*" >>"$LOG"
+    else
+        "$@"
+    fi
+}
+
+# put SRC DEST MODE: install a file (DEST without DESTDIR) only if its content or mode differs
+put() {
+    local src="$1" dest="$2" mode="$3" target="$R$2"
+    mkdir -p "$(dirname "$target")"
+    if [ -f "$target" ] && cmp -s "$src" "$target" && [ "$(stat -c %a "$target")" = "$mode" ]; then
+        :
+    else
+        install -m "$mode" "$src" "$target"
+        echo "    wrote $dest"
+    fi
+    grep -qxF "$dest" "$MANIFEST" 2>/dev/null || echo "$dest" >>"$MANIFEST"
+}
+
+# put_text DEST MODE <<< text
+put_text() {
+    local tmp
+    tmp="$(mktemp)"
+    cat >"$tmp"
+    put "$tmp" "$1" "$2"
+    rm -f "$tmp"
+}
+
+# unit_text FILE: a unit with the default paths rewritten for this prefix/config dir
+unit_text() {
+    sed -e "s#/opt/shelfcast#$PREFIX#g" -e "s#/etc/shelfcast#$CONFDIR#g" -e "s#/var/lib/shelfcast#$DATADIR#g" "$1"
+}
+
+SHELFCAST="$R$VENV/bin/shelfcast"
+PY="$R$VENV/bin/python"
+CONFIG="$CONFDIR/shelfcast.yaml"
+
+render_broker_and_udev() {
+    # udev rules and the local broker (with its cloud bridge) come from the node config
+    local tmp
+    tmp="$(mktemp)"
+    "$PY" -m edge.deployment udev --config "$R$CONFIG" >"$tmp" || die "cannot render udev rules from $R$CONFIG"
+    put "$tmp" /etc/udev/rules.d/99-shelfcast.rules 644
+    "$PY" -m edge.deployment mosquitto --config "$R$CONFIG" >"$tmp" || die "cannot render the broker config"
+    put "$tmp" /etc/mosquitto/conf.d/shelfcast.conf 644
+    rm -f "$tmp"
+    local certdir=/etc/mosquitto/certs/shelfcast src name
+    while read -r src name; do
+        [ -n "$src" ] || continue
+        [ -f "$R$src" ] || die "mqtt.cloud names $src but it does not exist; run \`shelfcast provision\` again"
+        put "$R$src" "$certdir/$name" 600
+        run chown mosquitto:mosquitto "$certdir/$name"
+    done < <("$PY" -m edge.deployment tls-files --config "$R$CONFIG")
+    run udevadm control --reload-rules
+    run udevadm trigger --subsystem-match=tty --action=add
+}
+
+if [ "$FIRSTBOOT" = 1 ]; then
+    BUNDLE="$R$BOOT_DIR/shelfcast"
+    [ -f "$BUNDLE/firstboot.json" ] || { say "no first-boot bundle in $BUNDLE; nothing to do"; exit 0; }
+    say "provisioning from $BUNDLE"
+    "$SHELFCAST" provision --from-bundle "$BUNDLE" --config "$R$CONFIG" --keys-dir "$R$CONFDIR/keys" \
+        || die "the first-boot bundle was refused; see the journal: journalctl -u shelfcast-firstboot"
+    run chown -R "root:$SERVICE_USER" "$CONFDIR"
+    render_broker_and_udev
+    run systemctl restart mosquitto.service
+    say "first boot done"
+    exit 0
+fi
+
+[ -n "$SOURCE" ] || SOURCE="$(cd "$HERE/.." && pwd)"
+[ -e "$SOURCE" ] || die "--source $SOURCE does not exist"
+[ -n "$CONFIG_IN" ] || CONFIG_IN="$HERE/etc/shelfcast.yaml"
+[ -f "$CONFIG_IN" ] || die "--config $CONFIG_IN does not exist"
+command -v "$PYTHON" >/dev/null 2>&1 || die "$PYTHON not found: sudo apt-get install -y python3 python3-venv"
+"$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+    || die "ShelfCast needs Python >= 3.11 (Raspberry Pi OS Bookworm / Debian 12 ship 3.11)"
+
+mkdir -p "$R$PREFIX"
+rm -f "$LOG"  # the actions log describes the last run only
+
+say "system packages"
+if [ "$WITH_APT" = 1 ]; then
+    PKGS="python3-venv python3-pip mosquitto mosquitto-clients ca-certificates"
+    [ "$WITH_KIOSK" = 0 ] || PKGS="$PKGS chromium cage"
+    # shellcheck disable=SC2086
+    run env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $PKGS
+fi
+
+say "service user $SERVICE_USER (groups dialout, video)"
+if [ -n "$DESTDIR" ] || ! id -u "$SERVICE_USER" >/dev/null 2>&1; then
+    run useradd --system --home-dir "$DATADIR" --no-create-home --shell /usr/sbin/nologin \
+        --user-group "$SERVICE_USER"
+fi
+run usermod -aG dialout,video "$SERVICE_USER"
+if [ "$WITH_KIOSK" = 1 ]; then
+    run usermod -aG render,input,tty "$SERVICE_USER"
+fi
+
+say "directories"
+mkdir -p "$R$CONFDIR/keys" "$R$DATADIR" "$R$PREFIX/bin" "$R$PREFIX/lib" "$R$PREFIX/share/doc"
+chmod 750 "$R$CONFDIR" "$R$DATADIR"
+chmod 700 "$R$CONFDIR/keys"
+run chown "root:$SERVICE_USER" "$CONFDIR"
+run chown "$SERVICE_USER:$SERVICE_USER" "$CONFDIR/keys" "$DATADIR"
+
+say "venv $VENV (ShelfCast + runtime dependencies, no extras)"
+if [ ! -x "$PY" ]; then
+    # shellcheck disable=SC2086
+    "$PYTHON" -m venv $VENV_OPTS "$R$VENV" || die "cannot create the venv: sudo apt-get install -y python3-venv"
+fi
+if [ -n "$INHERIT_SITE" ]; then
+    SITE="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+    echo "$INHERIT_SITE" >"$SITE/shelfcast-inherit.pth"
+fi
+# shellcheck disable=SC2086
+"$PY" -m pip install --quiet --disable-pip-version-check --no-warn-script-location $PIP_OPTS "$SOURCE" \
+    || die "pip could not install $SOURCE; check the network or pass --pip-options '--no-index --find-links DIR'"
+"$PY" -c 'import importlib.util as u, sys; sys.exit(u.find_spec("tensorflow") is not None and not __import__("os").environ.get("SHELFCAST_ALLOW_TF"))' \
+    || echo "    note: tensorflow is importable in the venv; a node does not need it"
+ln -sfn "$VENV/bin/shelfcast" "$R$PREFIX/bin/shelfcast"
+grep -qxF "$PREFIX/bin/shelfcast" "$MANIFEST" 2>/dev/null || echo "$PREFIX/bin/shelfcast" >>"$MANIFEST"
+mkdir -p "$R/usr/local/bin"
+ln -sfn "$VENV/bin/shelfcast" "$R/usr/local/bin/shelfcast"
+grep -qxF /usr/local/bin/shelfcast "$MANIFEST" || echo /usr/local/bin/shelfcast >>"$MANIFEST"
+
+say "config $CONFIG"
+if [ -f "$R$CONFIG" ]; then
+    tmp="$(mktemp)"; cp "$CONFIG_IN" "$tmp"
+    if ! cmp -s "$tmp" "$R$CONFIG"; then install -m 640 "$tmp" "$R$CONFIG.dist"; fi
+    rm -f "$tmp"
+    echo "    kept the existing config (template beside it as $CONFIG.dist when different)"
+else
+    install -m 640 "$CONFIG_IN" "$R$CONFIG"
+    echo "    wrote $CONFIG"
+fi
+run chown "root:$SERVICE_USER" "$CONFIG"
+"$PY" -m edge.deployment validate --config "$R$CONFIG" >/dev/null \
+    || die "the config $CONFIG is not valid; fix what is listed above, then run the installer again"
+
+say "helper scripts and docs"
+put "$HERE/install.sh" "$PREFIX/lib/install.sh" 755
+put "$HERE/uninstall.sh" "$PREFIX/lib/uninstall.sh" 755
+put "$HERE/shelfcast-kiosk" "$PREFIX/bin/shelfcast-kiosk" 755
+if [ -f "$HERE/../docs/technician-guide.md" ]; then
+    put "$HERE/../docs/technician-guide.md" "$PREFIX/share/doc/technician-guide.md" 644
+fi
+
+say "udev rules and local broker"
+render_broker_and_udev
+
+say "journald limits, tmpfs"
+put "$HERE/etc/journald-shelfcast.conf" /etc/systemd/journald.conf.d/shelfcast.conf 644
+run systemctl enable /usr/share/systemd/tmp.mount  # /tmp on tmpfs (Debian ships the unit, disabled)
+
+say "systemd units"
+for u in shelfcast.service shelfcast-firstboot.service; do
+    unit_text "$HERE/systemd/$u" | put_text "/etc/systemd/system/$u" 644
+done
+if [ "$WITH_KIOSK" = 1 ]; then
+    unit_text "$HERE/systemd/shelfcast-kiosk.service" | put_text /etc/systemd/system/shelfcast-kiosk.service 644
+fi
+run systemctl daemon-reload
+run systemctl restart systemd-journald.service
+run systemctl enable mosquitto.service shelfcast-firstboot.service shelfcast.service
+run systemctl restart mosquitto.service
+[ "$WITH_KIOSK" = 0 ] || run systemctl enable shelfcast-kiosk.service
+run systemctl restart shelfcast.service
+
+say "done: ShelfCast $("$PY" -c 'import edge; print(edge.__version__)') in $R$VENV"
+echo "    next: sudo shelfcast provision, then shelfcast doctor (docs: $PREFIX/share/doc/technician-guide.md)"
