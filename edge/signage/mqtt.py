@@ -48,6 +48,7 @@ class ScreenPublisher:
         self._keepalive = keepalive_s
         self._reconnect_max = max(1, int(reconnect_max_s))
         self._topic_cache: dict[str, str] = {}
+        self._stopping = False
         if url is None:
             return
         u = urlparse(url)
@@ -86,6 +87,7 @@ class ScreenPublisher:
         c = self._client
         if c is None:
             return
+        self._stopping = True
         try:
             if self.connected:
                 c.publish(self.status_topic, b"offline", qos=1, retain=True).wait_for_publish(1.0)
@@ -130,12 +132,12 @@ class ScreenPublisher:
         log.info("local broker %s connected; %d screen topics republished", self.url, len(latest))
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        if self.connected:
+        if self.connected and not self._stopping:
             self.stats["disconnects"] += 1
             log.warning("local broker %s lost (%s); reconnecting with backoff", self.url, reason)
         self.connected = False
         self.last_error = f"disconnected: {reason}"
-        self._since = time.time()
+        self.since = time.time()
 
     def health(self) -> dict[str, Any]:
         if self._client is None:

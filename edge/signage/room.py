@@ -130,20 +130,29 @@ class SignageRoom:
         with contextlib.suppress(ValueError):
             self.board.listeners.remove(self.on_set)
         self.bus.unsubscribe(ShopperEvent, self._on_shopper)
+        await self.stop_http()
+        await asyncio.to_thread(self.mqtt.stop)
+
+    async def stop_http(self) -> None:
+        """Close the HTTP side (clients see the link drop; MQTT and displays go on)."""
         self.hub.close_all()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        await asyncio.to_thread(self.mqtt.stop)
 
-    async def _start_http(self) -> None:
+    async def start_http(self) -> None:
+        """(Re)open the HTTP side on the port it had (or the configured one)."""
+        if self._runner is None:
+            await self._start_http(self.port)
+
+    async def _start_http(self, port: int | None = None) -> None:
         from edge.signage.http import build_app
 
         app = build_app(self)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None, handler_cancellation=True,
                                      shutdown_timeout=1.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.cfg.host, self.cfg.port, reuse_address=True)
+        site = web.TCPSite(self._runner, self.cfg.host, self.cfg.port if port is None else port, reuse_address=True)
         try:
             await site.start()
         except OSError as exc:

@@ -22,10 +22,11 @@ from edge.app import Node
 from edge.config import NodeConfig, parse_config
 
 
-def demo_config(tmp: Path, **signage: Any) -> NodeConfig:
+def demo_config(tmp: Path, mqtt_url: str | None = None, **signage: Any) -> NodeConfig:
     raw = parse_config(resources.files("edge").joinpath("data/demo_store.yaml").read_text()).model_dump(by_alias=True)
     raw["node"]["data_dir"] = str(tmp)
     raw["signage"].update({"port": 0, **signage})
+    raw["mqtt"]["local"]["url"] = mqtt_url
     raw["store"]["flush_interval_ms"] = 20
     return NodeConfig.model_validate(raw)
 
@@ -87,8 +88,8 @@ class RunningNode:
 def make_node(tmp_path: Path) -> Iterator[Callable[..., RunningNode]]:
     nodes: list[RunningNode] = []
 
-    def make(config: NodeConfig | None = None, **signage: Any) -> RunningNode:
-        n = RunningNode(config or demo_config(tmp_path / f"node{len(nodes)}", **signage))
+    def make(config: NodeConfig | None = None, mqtt_url: str | None = None, **signage: Any) -> RunningNode:
+        n = RunningNode(config or demo_config(tmp_path / f"node{len(nodes)}", mqtt_url, **signage))
         nodes.append(n)
         return n
 

@@ -1,0 +1,102 @@
+"""The kiosk page in real headless Chromium (Debian's, driven by Playwright; no downloads)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge.events import ShopperEvent
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not os.path.exists(CHROMIUM) or shutil.which("chromium") is None:
+        if os.environ.get("SHELFCAST_REQUIRE_SERVICES") == "1":
+            pytest.fail("chromium is required in CI: sudo apt-get install -y chromium")
+        pytest.skip("chromium not available: sudo apt-get install -y chromium")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def title(s: str) -> str:  # what the page does to SHOUTING catalogue names
+    import re
+
+    return re.sub(r"\b\w", lambda m: m.group(0).upper(), s.lower()) if s == s.upper() else s
+
+
+def test_page_shows_the_items_pushed_after_a_pickup(make_node: Callable[..., Any], browser: Any,
+                                                    tmp_path: Path) -> None:
+    n = make_node()
+    page = browser.new_page(viewport={"width": 1920, "height": 1080})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(n.base + "/screens/dairy-screen")
+    page.wait_for_selector("#app[data-mode='live']")
+    assert page.inner_text("#hero .name").strip(), "never blank"
+    page.wait_for_function("window.__shelfcast.messages >= 1")  # the stream is up
+    n.publish(ShopperEvent(session="browser-1", sku="1029743", action="pick", zone="dairy", shelf="dairy-1", slot=0))
+    page.wait_for_function("document.getElementById('app').dataset.session === 'browser-1'", timeout=5000)
+    want = n.json("/api/screens/dairy-screen/recommendations")
+    assert want["session"] == "browser-1"
+    skus = [want["items"][0]["sku"], *page.eval_on_selector_all("#more li", "els => els.map(e => e.dataset.sku)")]
+    assert skus == [i["sku"] for i in want["items"][:5]]
+    assert page.inner_text("#hero .name").strip() == title(want["items"][0]["name"])
+    price = want["items"][0]["price"]
+    if price is not None:
+        assert page.inner_text("#hero .price").strip() == f"${price:.2f}"
+    assert page.inner_text("#hero .reason").strip() == want["items"][0]["reason"]
+    assert "for you" in page.inner_text("#headline")
+    # readable at 3 m: product name at least 5 % of the screen height
+    px = page.eval_on_selector("#hero .name", "e => parseFloat(getComputedStyle(e).fontSize)")
+    assert px >= 0.05 * 1080
+    assert not errors, errors
+
+
+def test_page_reconnects_after_the_server_goes_away(make_node: Callable[..., Any], browser: Any) -> None:
+    n = make_node()
+    page = browser.new_page(viewport={"width": 1280, "height": 720})
+    page.goto(n.base + "/screens/dairy-screen")
+    page.wait_for_function("window.__shelfcast.messages >= 1")
+    n.call(n.node.signage.stop_http())  # the link drops: the page keeps what it shows
+    page.wait_for_function("document.getElementById('app').dataset.link === 'down'", timeout=5000)
+    assert page.inner_text("#hero .name").strip()
+    n.publish(ShopperEvent(session="while-down", sku="1029743", action="pick", zone="dairy", shelf="dairy-1",
+                           slot=0))
+    time.sleep(0.5)
+    n.call(n.node.signage.start_http())
+    page.wait_for_function("document.getElementById('app').dataset.session === 'while-down'", timeout=15000)
+    assert page.evaluate("window.__shelfcast.connects") >= 1
+    assert page.get_attribute("#app", "data-link") == "live"
+
+
+def test_portrait_and_attract_loop(make_node: Callable[..., Any], browser: Any) -> None:
+    n = make_node()
+    page = browser.new_page(viewport={"width": 1080, "height": 1920})
+    page.goto(n.base + "/screens/bakery-screen?attract=5")
+    page.wait_for_selector("#app[data-mode='live']")
+    cols = page.eval_on_selector("#stage", "e => getComputedStyle(e).gridTemplateColumns.split(' ').length")
+    assert cols == 1  # portrait: stacked, not side by side
+    page.wait_for_selector("#app[data-mode='attract']", timeout=10000)  # nobody there: the attract loop
+    first = page.get_attribute("#attract", "data-sku")
+    page.wait_for_function(f"document.getElementById('attract').dataset.sku !== '{first}'", timeout=10000)
+    # a shopper arrives: back to live, for them
+    n.publish(ShopperEvent(session="b-1", sku="883404", action="pick", zone="bakery", shelf="bakery-1", slot=0))
+    page.wait_for_selector("#app[data-mode='live'][data-session='b-1']", timeout=5000)
