@@ -29,6 +29,7 @@ log = logging.getLogger("shelfcast.shelves")
 
 Planogram = Callable[[str, int], tuple[str | None, float | None]]
 DISCOVERY_INTERVAL_S = 5.0
+STARTUP_GRACE_S = 15.0  # USB enumeration + controller boot: not "missing" before this
 HELLO_RETRY_S = 1.0
 
 
@@ -79,7 +80,7 @@ class ShelfBridge:
 
     def __init__(self, config: NodeConfig, on_event: Callable[[ShelfEvent], None],
                  planogram: Planogram | None = None, detector: DetectorConfig | None = None,
-                 ports: list[str] | None = None) -> None:
+                 ports: list[str] | None = None, startup_grace_s: float = STARTUP_GRACE_S) -> None:
         self.config = config
         self.cfg = config.shelves
         self.on_event = on_event
@@ -95,11 +96,14 @@ class ShelfBridge:
         self._shelf_of = {s.controller: s.id for s in config.layout.shelves if s.controller}
         self._layout_sku = {(s.id, sl.slot): sl.sku for s in config.layout.shelves for sl in s.slots}
         self._started = False
+        self.startup_grace_s = startup_grace_s
+        self._t_start = 0.0
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._started = True
+        self._t_start = time.monotonic()
         if not self.cfg.enabled:
             return
         for port in self._configured_ports():
@@ -436,13 +440,18 @@ class ShelfBridge:
             }
             online += c.online
             ctrls[c.controller_id or c.port] = entry
+        seen = {c.controller_id for c in self.controllers.values()}
+        missing = sorted(cid for cid in self._shelf_of if cid not in seen)
+        lost = [c for c in self.controllers.values() if not c.online and (c.hello is not None or c.frames)]
+        waiting = [c for c in self.controllers.values() if c.hello is None and not c.frames]
+        in_grace = now - self._t_start < self.startup_grace_s
         if not self.cfg.enabled:
             status = "disabled"
-        elif not self.controllers:
+        elif (lost or any(c.protocol_error for c in self.controllers.values())
+              or ((missing or waiting) and not in_grace)):
             status = "degraded"
-        elif online == len(self.controllers):
-            status = "ok"
         else:
-            status = "degraded"
+            status = "ok"
         return {"status": status, "online": online, "offline": len(self.controllers) - online,
+                "missing": missing, "starting": in_grace and bool(missing or waiting),
                 "events": self.events, "controllers": ctrls}

@@ -43,7 +43,7 @@ async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
 
 def started(sim: SimulatedStore, events: list[ShelfEvent], **shelves: Any) -> ShelfBridge:
     ports = [sim.port(cid) for cid in sim.controllers]
-    return ShelfBridge(config(ports, **shelves), events.append, planogram)
+    return ShelfBridge(config(ports, **shelves), events.append, planogram, startup_grace_s=0.0)
 
 
 def test_picks_become_shelf_events_and_displays_show_text() -> None:
@@ -191,13 +191,15 @@ def test_unknown_protocol_version_is_an_error_for_that_controller_only() -> None
 
 def test_missing_port_is_reported_and_retried_without_exiting(tmp_path: Any) -> None:
     async def main() -> None:
-        br = ShelfBridge(config([str(tmp_path / "ttyACM9")], reconnect_max_s=0.1), lambda e: None)
+        br = ShelfBridge(config([str(tmp_path / "ttyACM9")], reconnect_max_s=0.1), lambda e: None,
+                         startup_grace_s=0.3)
         await br.start()
         try:
             await asyncio.sleep(0.5)
             h = br.health()
             c = next(iter(h["controllers"].values()))
             assert c["link"] == "missing" and "plugged in" in c["error"] and h["status"] == "degraded"
+            assert h["missing"] == ["ctrl-a"]  # the layout expects it
         finally:
             await br.stop()
 
