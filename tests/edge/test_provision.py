@@ -1,0 +1,239 @@
+"""``shelfcast provision`` and ``shelfcast support-bundle`` as a technician runs them (real subprocesses)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import pytest
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.x509.oid import NameOID
+
+from edge.cli import main as cli_main
+from edge.config import load_config
+from edge.provision import apply_bundle
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def sc(capsys: pytest.CaptureFixture[str]) -> Callable[..., Result]:
+    """The CLI in-process (the same ``main`` the console script runs; a subprocess per call costs seconds
+    of imports): exit code, stdout, stderr. stdin is not a terminal here, as in a script."""
+
+    def run(*args: str) -> Result:
+        capsys.readouterr()
+        code = cli_main(list(args))
+        out = capsys.readouterr()
+        return Result(code, out.out, out.err)
+
+    return run
+
+
+def decode_qr(png: Path) -> dict[str, Any]:
+    img = cv2.imread(str(png))
+    assert img is not None
+    # the ArUco-based detector decodes every label we make; the classic one misses ~1 in 10 (seen here)
+    text = cv2.QRCodeDetectorAruco().detectAndDecode(img)[0] or cv2.QRCodeDetector().detectAndDecode(img)[0]
+    assert text, "QR code not decodable"
+    return dict(json.loads(text))
+
+
+def ed25519_pub(path: Path) -> Path:
+    k = ed25519.Ed25519PrivateKey.generate().public_key()
+    path.write_bytes(k.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    return path
+
+
+def sign_csr(csr_path: Path, tmp: Path) -> tuple[Path, Path]:
+    """A fleet CA signing the node's CSR, as store ops would."""
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ShelfCast fleet CA")])
+    now = dt.datetime.now(dt.UTC)
+    ca = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(ca_key.public_key())
+          .serial_number(1).not_valid_before(now).not_valid_after(now + dt.timedelta(days=365))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(ca_key, hashes.SHA256()))
+    csr = x509.load_pem_x509_csr(csr_path.read_bytes())
+    assert csr.is_signature_valid
+    cert = (x509.CertificateBuilder().subject_name(csr.subject).issuer_name(name).public_key(csr.public_key())
+            .serial_number(2).not_valid_before(now).not_valid_after(now + dt.timedelta(days=365))
+            .sign(ca_key, hashes.SHA256()))
+    (tmp / "node-signed.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp / "fleet-ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    return tmp / "node-signed.crt", tmp / "fleet-ca.crt"
+
+
+def test_provision_with_flags_writes_config_keys_csr_and_qr(tmp_path: Path, sc: Callable[..., Result]) -> None:
+    cfg = tmp_path / "etc" / "shelfcast.yaml"
+    mk = ed25519_pub(tmp_path / "release-signing.pub")
+    r = sc("provision", "--config", str(cfg), "--store-id", "store-0042", "--node-id", "node-3",
+           "--cloud-broker", "mqtts://broker.example.com:8883", "--model-key", str(mk))
+    assert r.returncode == 0, r.stderr
+    assert "store-0042" in r.stdout and "node-3" in r.stdout and "CSR" in r.stdout
+    conf = load_config(cfg)
+    assert (conf.node.store_id, conf.node.node_id) == ("store-0042", "node-3")
+    assert conf.mqtt.cloud.url == "mqtts://broker.example.com:8883"
+    assert conf.mqtt.cloud.client_id == "shelfcast-store-0042-node-3"
+    assert conf.mqtt.cloud.cert_file is None  # no certificate yet: only the CSR
+    assert conf.model.public_key == tmp_path / "etc" / "keys" / "model-signing.pub"
+    keys = tmp_path / "etc" / "keys"
+    key = serialization.load_pem_private_key((keys / "node.key").read_bytes(), password=None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp256r1"
+    assert (keys / "node.key").stat().st_mode & 0o077 == 0  # private to its owner
+    csr = x509.load_pem_x509_csr((keys / "node.csr").read_bytes())
+    assert csr.is_signature_valid
+    assert csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "shelfcast-store-0042-node-3"
+    qr = decode_qr(tmp_path / "etc" / "label.png")
+    assert qr["store"] == "store-0042" and qr["node"] == "node-3" and len(qr["key"]) == 16
+
+    # idempotent: the key is kept; --renew makes a new one
+    fp = qr["key"]
+    assert sc("provision", "--config", str(cfg), "--store-id", "store-0042", "--node-id", "node-3").returncode == 0
+    assert decode_qr(tmp_path / "etc" / "label.png")["key"] == fp
+    assert load_config(cfg).mqtt.cloud.url == "mqtts://broker.example.com:8883"  # kept from before
+    assert sc("provision", "--config", str(cfg), "--renew", "--json").returncode == 0
+    assert decode_qr(tmp_path / "etc" / "label.png")["key"] != fp
+
+
+def test_signed_certificate_and_wrong_certificate(tmp_path: Path, sc: Callable[..., Result]) -> None:
+    cfg = tmp_path / "shelfcast.yaml"
+    assert sc("provision", "--config", str(cfg), "--store-id", "s1", "--node-id", "n1",
+              "--cloud-broker", "mqtts://127.0.0.1:8883", "--no-qr").returncode == 0
+    crt, ca = sign_csr(tmp_path / "keys" / "node.csr", tmp_path)
+    r = sc("provision", "--config", str(cfg), "--cert", str(crt), "--ca-file", str(ca), "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["cert"].endswith("node.crt") and out["ca"].endswith("ca.crt")
+    c = load_config(cfg).mqtt.cloud
+    assert c.cert_file == tmp_path / "keys" / "node.crt" and c.key_file == tmp_path / "keys" / "node.key"
+    assert c.ca_file == tmp_path / "keys" / "ca.crt"
+    # a certificate for some other key (the classic swapped-file mistake) is refused, nothing changes
+    other = tmp_path / "other"
+    other.mkdir()
+    assert sc("provision", "--config", str(other / "c.yaml"), "--store-id", "s2", "--node-id", "n2",
+              "--no-qr").returncode == 0
+    wrong, _ = sign_csr(other / "keys" / "node.csr", other)
+    r = sc("provision", "--config", str(cfg), "--cert", str(wrong))
+    assert r.returncode == 2 and "another key" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bad_input_is_refused_with_the_fix(tmp_path: Path, sc: Callable[..., Result]) -> None:
+    cfg = tmp_path / "c.yaml"
+    r = sc("provision", "--config", str(cfg), "--store-id", "bad store!", "--node-id", "n1")
+    assert r.returncode == 2 and "store id" in r.stderr
+    r = sc("provision", "--config", str(cfg), "--store-id", "s", "--node-id", "n", "--cloud-broker", "http://x")
+    assert r.returncode == 2 and "mqtts://HOST:8883" in r.stderr
+    ec_pub = ec.generate_private_key(ec.SECP256R1()).public_key()
+    bad_key = tmp_path / "ec.pub"
+    bad_key.write_bytes(ec_pub.public_bytes(serialization.Encoding.PEM,
+                                            serialization.PublicFormat.SubjectPublicKeyInfo))
+    r = sc("provision", "--config", str(cfg), "--store-id", "s", "--node-id", "n", "--model-key", str(bad_key))
+    assert r.returncode == 2 and "Ed25519" in r.stderr
+    r = sc("provision", "--config", str(cfg))  # no terminal to ask in, no flags
+    assert r.returncode == 2 and "--store-id" in r.stderr
+    assert not cfg.exists()
+
+
+def test_interactive_prompts_on_a_terminal(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    master, slave = os.openpty()
+    p = subprocess.Popen([sys.executable, "-m", "edge", "provision", "--config", str(cfg), "--no-qr"],
+                         stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    os.close(slave)
+    try:
+        # canonical-mode tty: the line discipline holds the answers until input() reads them, one line each
+        os.write(master, b"store-7\n\nmqtt://127.0.0.1:1883\n")  # node id: take the offered default
+        _out, err = p.communicate(timeout=120)
+    finally:
+        os.close(master)
+    assert p.returncode == 0, err
+    conf = load_config(cfg)
+    assert conf.node.store_id == "store-7" and conf.node.node_id == "node-1"
+    assert conf.mqtt.cloud.url == "mqtt://127.0.0.1:1883"
+
+
+def test_boot_partition_bundle_provisions_a_fresh_card(tmp_path: Path, sc: Callable[..., Result]) -> None:
+    boot = tmp_path / "bootfs"
+    boot.mkdir()
+    mk = ed25519_pub(tmp_path / "m.pub")
+    r = sc("provision", "--boot-partition", str(boot), "--store-id", "store-9", "--node-id", "node-1",
+           "--cloud-broker", "mqtts://cloud.example.com:8883", "--model-key", str(mk))
+    assert r.returncode == 0, r.stderr
+    bundle = boot / "shelfcast"
+    man = json.loads((bundle / "firstboot.json").read_text())
+    assert man["store_id"] == "store-9" and "keys/node.key" in man["files"]
+    assert decode_qr(bundle / "label.png")["store"] == "store-9"
+    raw = yaml.safe_load((bundle / "shelfcast.yaml").read_text())
+    assert raw["model"]["public_key"] == "/etc/shelfcast/keys/model-signing.pub"  # paths as on the node
+
+    # tampering is caught before anything is installed
+    csr = bundle / "keys" / "node.csr"
+    good = csr.read_bytes()
+    csr.write_bytes(good + b"\n")
+    etc = tmp_path / "etc"
+    with pytest.raises(Exception, match="damaged"):
+        apply_bundle(bundle, etc / "shelfcast.yaml", etc / "keys")
+    csr.write_bytes(good)
+
+    info = apply_bundle(bundle, etc / "shelfcast.yaml", etc / "keys")
+    assert info["node_id"] == "node-1"
+    conf = load_config(etc / "shelfcast.yaml")
+    assert conf.node.store_id == "store-9" and conf.model.public_key == etc / "keys" / "model-signing.pub"
+    assert (etc / "keys" / "node.key").stat().st_mode & 0o077 == 0
+    assert not list(bundle.glob("keys/*.key"))  # the private key left the FAT partition
+    assert not (bundle / "firstboot.json").exists() and (bundle / "firstboot.done.json").exists()
+
+
+def test_support_bundle_masks_secrets_and_holds_no_shopper_data(tmp_path: Path) -> None:
+    from edge.store import Profile, Store
+
+    data = tmp_path / "data"
+    secret_hash = "c0ffee" * 10
+    with Store(data / "shelfcast.db") as st:
+        st.upsert_profiles([Profile(customer=secret_hash, demographics={"age": "45-54"})]).result(10)
+    cfg = tmp_path / "node.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "node": {"store_id": "s1", "node_id": "n1", "data_dir": str(data)},
+        "mqtt": {"cloud": {"url": "mqtt://127.0.0.1:1", "username": "node", "password": "hunter2-secret"}},
+        "signage": {"admin_token": "tok-XYZZY-123"},
+        "fusion": {"customer_salt": "pepper-salt-987"},
+    }))
+    log = tmp_path / "node.log"
+    log.write_text("2026-11-28 node started\n")
+    out = tmp_path / "bundle.tar.gz"
+    r = subprocess.run([sys.executable, "-m", "edge", "support-bundle", "--config", str(cfg), "--out", str(out),
+                        "--log-file", str(log)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    with tarfile.open(out) as tar:
+        members = {m.name.split("/", 1)[1]: tar.extractfile(m).read() for m in tar.getmembers()  # type: ignore[union-attr]
+                   if m.isfile()}
+    for name in ("config.yaml", "doctor.json", "doctor.txt", "versions.json", "database.json", "logs/journal.txt",
+                 "logs/node.log"):
+        assert name in members, sorted(members)
+    blob = b"\n".join(members.values())
+    for secret in (b"hunter2-secret", b"tok-XYZZY-123", b"pepper-salt-987", secret_hash.encode(), b"45-54"):
+        assert secret not in blob
+    assert not any(n.endswith((".db", ".key", "-wal")) for n in members)
+    stats = json.loads(members["database.json"])
+    assert stats["rows"]["profiles"] == 1 and stats["rows"]["products"] == 0
+    assert json.loads(members["versions.json"])["shelfcast"]
+    checks = json.loads(members["doctor.json"])["checks"]
+    assert any(c["name"] == "cloud_broker" and c["status"] == "fail" for c in checks)
+    assert yaml.safe_load(members["config.yaml"])["node"]["store_id"] == "s1"
