@@ -1,0 +1,269 @@
+"""``shelfcast bench sync``: events through the outbox, a broker outage, and a real ingest.
+
+A real Mosquitto (started here, persistence on) and ``shelfcast cloud ingest``
+in its own process; the node side (store + sync room) runs in this process so
+``/proc/self/io`` ``write_bytes`` is the node's own storage traffic (SD wear).
+Timeline: send at ``events_per_s`` for ``before_s``; SIGKILL the broker;
+keep sending for ``outage_s``; restart it; keep sending for ``after_s``; wait
+for the outbox to drain; stop the ingest with SIGTERM and compare the ids it
+wrote to Parquet with the ids the store accepted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+__all__ = ["BrokerProcess", "run_bench"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class BrokerProcess:
+    """A Mosquitto we own (persistence on, autosave every second)."""
+
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        self.workdir = workdir
+        self.port = port or _free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        if shutil.which("mosquitto") is None:
+            raise RuntimeError("mosquitto is not installed: sudo apt-get install -y mosquitto")
+        data = self.workdir / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        conf = self.workdir / "mosquitto.conf"
+        lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true", "persistence true",
+                 f"persistence_location {data}/", "autosave_interval 1", "max_queued_messages 1000000",
+                 "max_inflight_messages 0", f"log_dest file {self.workdir / 'mosquitto.log'}"]
+        if os.geteuid() == 0:
+            lines.insert(0, "user root")
+        conf.write_text("\n".join(lines) + "\n")
+        self.proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.01)
+        raise RuntimeError("mosquitto did not start")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.proc = None
+
+
+def _io_written() -> int:
+    try:
+        for line in Path("/proc/self/io").read_text().splitlines():
+            if line.startswith("write_bytes:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return -1
+
+
+def _wait_ready(proc: subprocess.Popen[str], timeout: float) -> bool:
+    """The ingest says ``subscribed`` on stderr once its subscription is in place."""
+    assert proc.stderr is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            return False
+        if "subscribed" in line:
+            return True
+    return False
+
+
+def _read_ids(out: Path) -> set[str]:
+    import pyarrow.parquet as pq
+
+    ids: set[str] = set()
+    for f in sorted(out.glob("*.parquet")):
+        try:
+            ids.update(pq.read_table(f, columns=["id"]).column("id").to_pylist())
+        except Exception:
+            pass
+    return ids
+
+
+def _wait_ingested(out: Path, want: set[str], timeout: float) -> set[str]:
+    deadline = time.monotonic() + timeout
+    ids: set[str] = set()
+    while time.monotonic() < deadline:
+        ids = _read_ids(out)
+        if want <= ids:
+            break
+        time.sleep(0.5)
+    return ids
+
+
+def run_bench(*, events_per_s: float = 500.0, outage_s: float = 30.0, before_s: float = 5.0, after_s: float = 5.0,
+              progress: TextIO | None = None, workdir: Path | None = None) -> dict[str, Any]:
+    tmp = None
+    if workdir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="shelfcast-bench-sync-")
+        workdir = Path(tmp.name)
+    try:
+        return asyncio.run(_run(events_per_s, outage_s, before_s, after_s, progress, workdir))
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+
+def _say(progress: TextIO | None, msg: str) -> None:
+    if progress is not None:
+        print(f"bench sync: {msg}", file=progress, flush=True)
+
+
+async def _run(rate: float, outage_s: float, before_s: float, after_s: float, progress: TextIO | None,
+               workdir: Path) -> dict[str, Any]:
+    from edge.bus import Bus
+    from edge.config import NodeConfig
+    from edge.events import ShopperEvent
+    from edge.store import Store
+    from edge.sync.room import SyncOptions, SyncRoom
+
+    broker = BrokerProcess(workdir / "broker")
+    broker.start()
+    out = workdir / "ingest"
+    ingest = subprocess.Popen([sys.executable, "-m", "edge", "cloud", "ingest", "--broker", broker.url, "--out",
+                               str(out), "--client-id", "bench-ingest"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    cfg = NodeConfig.model_validate({"node": {"data_dir": str(workdir / "node"), "store_id": "bench",
+                                              "node_id": "node-1"},
+                                     "mqtt": {"cloud": {"url": broker.url}}})
+    store = Store(workdir / "node" / "shelfcast.db", flush_interval_ms=cfg.store.flush_interval_ms).open()
+    opts = SyncOptions(backoff_max_s=2.0)
+    room = SyncRoom(cfg, store, Bus(), options=opts)
+    room.link.s.backoff_min_s = 0.2
+    await room.start()
+    await asyncio.to_thread(room.link.wait_connected, 10)
+    if not await asyncio.to_thread(_wait_ready, ingest, 20.0):
+        raise RuntimeError("shelfcast cloud ingest did not subscribe within 20 s")
+    accepted: list[str] = []
+    failed = 0
+    topic = room.topics.events
+    written0 = _io_written()
+    t0 = time.monotonic()
+    phases = (before_s, before_s + outage_s, before_s + outage_s + after_s)
+    killed = restarted = False
+    t_restart = 0.0
+    backlog_at_restart = 0
+    drained_at: float | None = None
+    reconnected_at: float | None = None
+    acked_at_reconnect = 0
+    sent = 0
+    pending_futs: list[tuple[str, Any]] = []
+    _say(progress, f"sending {rate:.0f} events/s; broker outage of {outage_s:.0f} s after {before_s:.0f} s")
+    while True:
+        now = time.monotonic() - t0
+        if now >= phases[2]:
+            break
+        if not killed and now >= phases[0]:
+            broker.kill()
+            killed = True
+            _say(progress, "broker SIGKILLed")
+        if killed and not restarted and now >= phases[1]:
+            await asyncio.to_thread(store.flush)
+            backlog_at_restart = store.outbox_pending()
+            broker.start()
+            restarted = True
+            t_restart = time.monotonic()
+            _say(progress, f"broker restarted; backlog {backlog_at_restart} events")
+        due = int(now * rate) - sent
+        for _ in range(max(0, due)):
+            ev = ShopperEvent(session=f"s{sent % 50}", sku=f"sku-{sent % 300}", action="pick", zone="dairy",
+                              shelf="d1", slot=sent % 6)
+            pending_futs.append((ev.id, store.append_event(ev, upstream=topic)))
+            sent += 1
+        if restarted and drained_at is None and room.link.connected.is_set():
+            if reconnected_at is None:
+                reconnected_at = time.monotonic()
+                acked_at_reconnect = room.drainer.stats["acked_events"]
+            if room.drainer.stats["acked_events"] - acked_at_reconnect >= backlog_at_restart:
+                drained_at = time.monotonic()
+        keep = []
+        for eid, f in pending_futs:
+            if f.done():
+                if f.exception() is None:
+                    accepted.append(eid)
+                else:
+                    failed += 1
+            else:
+                keep.append((eid, f))
+        pending_futs = keep
+        await asyncio.sleep(0.01)
+    for eid, f in pending_futs:
+        try:
+            await asyncio.wrap_future(f)
+            accepted.append(eid)
+        except Exception:
+            failed += 1
+    ok = await asyncio.to_thread(room.drain, 120.0)
+    t_end = time.monotonic()
+    if drained_at is None:
+        drained_at = t_end
+    written = _io_written() - written0 if written0 >= 0 else -1
+    _say(progress, f"outbox drained: {ok}")
+    await room.stop()
+    store.close()
+    acc = set(accepted)
+    received_ids = await asyncio.to_thread(_wait_ingested, out, acc, 60.0)
+    ingest.send_signal(signal.SIGTERM)
+    try:
+        stdout, _ = ingest.communicate(timeout=30)
+        summary = json.loads(stdout.strip().splitlines()[-1])
+    except Exception as exc:
+        ingest.kill()
+        summary = {"error": f"ingest did not report: {exc}"}
+    broker.kill()
+    received_ids = _read_ids(out)
+    lost = len(acc - received_ids)
+    start = reconnected_at if reconnected_at is not None else t_restart
+    drain_s = max(1e-6, drained_at - start)
+    drained_events = backlog_at_restart
+    return {
+        "events": len(acc),
+        "outage_s": outage_s,
+        "events_per_s": rate,
+        "received": summary.get("received"),
+        "received_unique": len(acc & received_ids),
+        "lost": lost,
+        "duplicates_delivered": (summary.get("received") or 0) - (summary.get("unique") or 0),
+        "rejected_by_store": failed,
+        "backlog_at_reconnect": backlog_at_restart,
+        "reconnect_s": round(start - t_restart, 3),
+        "drain_s": round(drain_s, 3),
+        "drain_events_per_s": round(drained_events / drain_s, 1),
+        "bytes_written": written,
+        "bytes_written_per_1000_events": round(written / len(acc) * 1000) if acc and written >= 0 else None,
+        "mqtt_bytes_per_1000_events": round(room.drainer.stats["bytes"] / max(1, room.drainer.stats["events"]) * 1000),
+        "batches": room.drainer.stats["batches"],
+        "resent_events": room.drainer.stats["resends"],
+        "drained": ok,
+        "total_s": round(t_end - t0, 2),
+    }

@@ -1,0 +1,160 @@
+"""Commands: ``cloud ingest``, ``model publish``, ``model keygen``, ``bench sync``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from edge.cli import CommandRegistry, UserError, print_json
+
+__all__ = ["register"]
+
+
+def _tls_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ca-file", type=Path, default=None, help="CA certificate (PEM) for mqtts://")
+    p.add_argument("--cert-file", type=Path, default=None, help="client certificate (PEM)")
+    p.add_argument("--key-file", type=Path, default=None, help="client private key (PEM)")
+    p.add_argument("--username", default=None)
+    p.add_argument("--password-env", default=None, metavar="NAME",
+                   help="read the broker password from this environment variable (never on the command line)")
+
+
+def register(reg: CommandRegistry) -> None:
+    p = reg.subcommand("cloud", "ingest", "subscribe to node batches, dedupe by id, write Parquet", _ingest)
+    p.add_argument("--broker", required=True, metavar="URL", help="mqtt://HOST:PORT or mqtts://HOST:PORT")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="directory for Parquet files")
+    p.add_argument("--topic", default="shelfcast/v1/#", help="subscription filter (default: shelfcast/v1/#)")
+    p.add_argument("--client-id", default="shelfcast-ingest", help="persistent-session client id")
+    p.add_argument("--duration", type=float, default=None, metavar="SECONDS", help="stop after this long")
+    p.add_argument("--expect", type=int, default=None, metavar="N", help="stop once N unique items arrived")
+    _tls_args(p)
+
+    p = reg.subcommand("model", "publish", "sign (Ed25519) and publish a release: manifest + chunks ≤ 128 KB",
+                       _publish)
+    p.add_argument("--broker", required=True, metavar="URL")
+    p.add_argument("--store", required=True, help="store id of the target node(s)")
+    p.add_argument("--node", default="_all", help="node id, or _all for every node of the store (default)")
+    p.add_argument("--model", type=Path, required=True, metavar="PATH",
+                   help="model directory (model.tflite + manifest.json), a .tflite file, or a JSON snapshot")
+    p.add_argument("--kind", default="model", choices=["model", "catalogue", "planogram", "stock", "profiles"])
+    p.add_argument("--version", default=None, help="release version (default: the model manifest's, or a hash)")
+    p.add_argument("--sign-key", type=Path, required=True, metavar="FILE",
+                   help="Ed25519 private key (PEM) from `shelfcast model keygen`")
+    p.add_argument("--chunk-size", type=int, default=120 * 1024, metavar="BYTES")
+    p.add_argument("--client-id", default="shelfcast-publisher")
+    _tls_args(p)
+
+    p = reg.subcommand("model", "keygen", "make an Ed25519 key pair for signing releases", _keygen)
+    p.add_argument("--out", type=Path, required=True, metavar="DIR")
+    p.add_argument("--name", default="release-signing")
+
+    p = reg.subcommand("bench", "sync", "outbox → broker → ingest through a broker outage", _bench)
+    p.add_argument("--json", action="store_true", help="print one JSON line")
+    p.add_argument("--events-per-s", type=float, default=500.0)
+    p.add_argument("--outage-s", type=float, default=30.0)
+    p.add_argument("--before-s", type=float, default=5.0, help="sending time before the outage")
+    p.add_argument("--after-s", type=float, default=5.0, help="sending time after the broker returns")
+
+
+def _settings(args: argparse.Namespace, client_id: str):  # type: ignore[no-untyped-def]
+    import os
+    import re
+
+    from edge.sync.link import LinkSettings
+
+    if not re.fullmatch(r"mqtts?://[^/:\s]+(:\d{1,5})?/?", args.broker):
+        raise UserError(f"--broker {args.broker!r} must look like mqtt://HOST:PORT or mqtts://HOST:PORT")
+    pw = None
+    if args.password_env:
+        if args.password_env not in os.environ:
+            raise UserError(f"environment variable {args.password_env} is not set; export it first")
+        pw = os.environ[args.password_env]
+    return LinkSettings(url=args.broker.rstrip("/"), client_id=client_id, username=args.username, password=pw,
+                        ca_file=args.ca_file, cert_file=args.cert_file, key_file=args.key_file,
+                        config_key="--ca-file/--cert-file/--key-file", connack_timeout_s=10.0)
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    from edge.sync.ingest import Ingest
+
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot use --out {args.out}: {exc.strerror}; pick a writable directory") from None
+    ing = Ingest(_settings(args, args.client_id), args.out, topic=args.topic)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    ing.start()
+    t0 = time.monotonic()
+    announced = False
+    last_error = None
+    while not stop.is_set():
+        if args.duration is not None and time.monotonic() - t0 >= args.duration:
+            break
+        if args.expect is not None and ing.stats["unique"] >= args.expect:
+            break
+        if not announced and ing.link.subscribed.is_set():
+            announced = True
+            print(f"ingest: subscribed to {args.topic} on {args.broker}", file=sys.stderr, flush=True)
+        if ing.link.last_error and ing.link.last_error != last_error:
+            last_error = ing.link.last_error  # the link retries by itself; say why it is down
+            print(f"ingest: {last_error}", file=sys.stderr, flush=True)
+        stop.wait(0.05)
+    stats = ing.stop()
+    stats["out"] = str(args.out)
+    stats["error"] = ing.link.last_error
+    print_json(stats)
+    return 0
+
+
+def _publish(args: argparse.Namespace) -> int:
+    from edge.sync.publish import build_release, load_private_key, publish_release
+    from edge.sync.topics import Topics
+
+    if not args.model.exists():
+        raise UserError(f"--model {args.model} does not exist")
+    try:
+        key = load_private_key(args.sign_key)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot use --sign-key {args.sign_key}: {exc}") from None
+    try:
+        rel = build_release(args.kind, args.model, args.version, key, chunk_size=args.chunk_size)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    topics = Topics("shelfcast/v1", args.store, args.node)
+    try:
+        out = publish_release(_settings(args, args.client_id), topics, rel)
+    except RuntimeError as exc:
+        raise UserError(str(exc), code=3) from None
+    print_json(out)
+    return 0
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    from edge.sync.publish import keygen
+
+    priv, pub = keygen(args.out, args.name)
+    print_json({"private_key": str(priv), "public_key": str(pub),
+                "hint": "copy the .pub file to each node and set model.public_key to its path; keep the .key "
+                        "offline"})
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from edge.sync.bench import run_bench
+
+    if args.outage_s < 0 or args.events_per_s <= 0:
+        raise UserError("--outage-s must be ≥ 0 and --events-per-s > 0")
+    res = run_bench(events_per_s=args.events_per_s, outage_s=args.outage_s, before_s=args.before_s,
+                    after_s=args.after_s, progress=None if args.json else sys.stderr)
+    if args.json:
+        print_json(res)
+    else:
+        print(json.dumps(res, indent=2))
+    return 0 if res.get("lost", 1) == 0 else 3

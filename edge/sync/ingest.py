@@ -1,0 +1,137 @@
+"""The reference cloud side: ``shelfcast cloud ingest --broker URL --out DIR``.
+
+Subscribes to every node's upstream batches (persistent session, QoS 1),
+dedupes items by their idempotency ``id`` (also against Parquet files already
+in ``DIR``), and writes new items to Parquet. Messages are acknowledged to
+the broker only after the Parquet file holding them is written, so a crash
+of this process loses nothing either (the broker re-sends; dedupe absorbs it).
+On exit (SIGTERM included) it prints one JSON line: ``received``, ``unique``,
+``duplicates``, ``written``, ``messages``, ``bad``, ``other``, ``files``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from edge.sync.link import LinkSettings, MqttLink
+from edge.sync.outbox import decode_payload
+
+__all__ = ["Ingest"]
+
+log = logging.getLogger(__name__)
+
+
+class Ingest:
+    def __init__(self, settings: LinkSettings, out: Path, *, topic: str = "shelfcast/v1/#",
+                 flush_s: float = 0.5, max_buffer: int = 20_000) -> None:
+        settings.manual_ack = True
+        settings.backoff_max_s = min(settings.backoff_max_s, 5.0)  # one cloud process: come back quickly
+        self.out = Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.topic = topic
+        self.flush_s = flush_s
+        self.max_buffer = max_buffer
+        self.link = MqttLink(settings, on_message=self._on_message, on_tick=self._tick,
+                             on_disconnected=self._on_disconnected, subscriptions=[topic], name="ingest-link")
+        self.seen: set[str] = set()
+        self.run_ids: set[str] = set()
+        self._buffer: list[dict[str, Any]] = []
+        self._acks: list[tuple[int, int]] = []
+        self._last_flush = time.monotonic()
+        self._files = 0
+        self._lock = threading.Lock()
+        self.stats = {"received": 0, "unique": 0, "duplicates": 0, "written": 0, "messages": 0, "bad": 0,
+                      "other": 0, "files": 0}
+        self._load_seen()
+
+    def _load_seen(self) -> None:
+        import pyarrow.parquet as pq
+
+        for f in sorted(self.out.glob("*.parquet")):
+            try:
+                self.seen.update(pq.read_table(f, columns=["id"]).column("id").to_pylist())
+            except Exception as exc:
+                log.warning("cannot read ids from %s: %s", f, exc)
+            self._files += 1
+
+    def start(self) -> None:
+        self.link.start()
+
+    def stop(self) -> dict[str, Any]:
+        self.link.stop()
+        with self._lock:
+            self._flush()
+        return dict(self.stats)
+
+    # -- link thread ---------------------------------------------------------------------
+    def _on_disconnected(self) -> None:
+        with self._lock:
+            self._flush()
+            self._acks.clear()  # those message ids belonged to the old connection; the broker re-sends
+
+    def _on_message(self, topic: str, payload: bytes, msg: Any) -> None:
+        self.stats["messages"] += 1
+        try:
+            env = decode_payload(payload, getattr(msg, "properties", None))
+        except ValueError:  # availability, state, downstream traffic: not ours to store
+            self.stats["other"] += 1
+            self._acks.append((msg.mid, msg.qos))
+            return
+        now = time.time()
+        with self._lock:
+            for item in env["items"]:
+                if not isinstance(item, dict) or not isinstance(item.get("id"), str):
+                    self.stats["bad"] += 1
+                    continue
+                self.stats["received"] += 1
+                iid = item["id"]
+                if iid in self.run_ids:
+                    self.stats["duplicates"] += 1
+                    continue
+                self.run_ids.add(iid)
+                self.stats["unique"] += 1
+                if iid in self.seen:
+                    continue
+                self.seen.add(iid)
+                self._buffer.append({
+                    "id": iid, "type": str(item.get("type", "")), "t": float(item.get("t") or 0.0),
+                    "session": None if item.get("session") is None else str(item.get("session")),
+                    "topic": topic, "store": str(env.get("store", "")), "node": str(env.get("node", "")),
+                    "boot": str(env.get("boot", "")), "payload": json.dumps(item, separators=(",", ":")),
+                    "received_at": now,
+                })
+            self._acks.append((msg.mid, msg.qos))
+
+    def _tick(self) -> None:
+        if not self._acks:
+            return
+        if len(self._buffer) < self.max_buffer and time.monotonic() - self._last_flush < self.flush_s:
+            return
+        with self._lock:
+            self._flush()
+            acks, self._acks = self._acks, []
+        for mid, qos in acks:
+            if qos > 0:
+                self.link.ack(mid, qos)
+
+    def _flush(self) -> None:
+        self._last_flush = time.monotonic()
+        if not self._buffer:
+            return
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        rows, self._buffer = self._buffer, []
+        table = pa.Table.from_pylist(rows)
+        self._files += 1
+        name = self.out / f"events-{time.strftime('%Y%m%dT%H%M%S')}-{self._files:06d}.parquet"
+        tmp = name.with_suffix(".tmp")
+        pq.write_table(table, tmp)
+        tmp.replace(name)
+        self.stats["written"] += len(rows)
+        self.stats["files"] += 1

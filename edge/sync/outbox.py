@@ -1,0 +1,261 @@
+"""Drains the SQLite outbox to the cloud broker, in order, at least once.
+
+Every upstream event is in the outbox (``Store.append_event(ev, upstream=…)``)
+before anything else happens to it. This drainer, running on the link thread:
+
+- reads rows in ``seq`` order and packs consecutive rows of one topic into a
+  batch envelope (``shelfcast.batch/1``), bounded by ``batch_max_events`` and
+  by age (a partial batch leaves once its oldest row is ``batch_max_age_ms``
+  old);
+- compresses a batch with zlib when that saves ≥ 20 %, and keeps every MQTT
+  message ≤ ``max_message_bytes`` (128 KB: AWS IoT Core's cap) by splitting;
+- publishes QoS 1 with at most ``window`` batches in flight, deletes rows only
+  when the broker's PUBACK arrives, and after a reconnect (or a refused
+  PUBACK, after a backoff with jitter) starts again from the oldest row not
+  acknowledged, so order is kept and nothing is skipped. Duplicates are
+  possible (at-least-once); every item carries its idempotency ``id``.
+
+``evict()`` bounds the backlog (row and age caps): the oldest low-priority
+rows go first, and every eviction is counted (``meta`` key ``sync.evicted``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+import zlib
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edge.store import Store
+
+__all__ = ["DrainOptions", "OutboxDrainer", "decode_payload", "encode_batch"]
+
+log = logging.getLogger(__name__)
+
+ENVELOPE = "shelfcast.batch/1"
+TOPIC_OVERHEAD = 512  # topic, properties and fixed header, generously
+
+
+@dataclass
+class DrainOptions:
+    batch_max_events: int = 500
+    batch_max_age_ms: int = 200
+    max_message_bytes: int = 128 * 1024
+    window: int = 8
+    compress_min_bytes: int = 1024
+    retry_min_s: float = 0.5
+    retry_max_s: float = 30.0
+    poll_s: float = 0.02
+
+
+@dataclass
+class _Batch:
+    seqs: list[int]
+    topic: str
+    n: int
+    size: int
+    t: float
+
+
+def encode_batch(store_id: str, node_id: str, boot: str, rows: list[tuple[int, str]], *,
+                 compress_min_bytes: int = 1024) -> tuple[bytes, bool]:
+    """(payload bytes, compressed?) for rows of (seq, event JSON)."""
+    head = (f'{{"schema":"{ENVELOPE}","store":{json.dumps(store_id)},"node":{json.dumps(node_id)},'
+            f'"boot":"{boot}","first_seq":{rows[0][0]},"last_seq":{rows[-1][0]},"items":[')
+    raw = (head + ",".join(p for _, p in rows) + "]}").encode()
+    if len(raw) >= compress_min_bytes:
+        packed = zlib.compress(raw, 6)
+        if len(packed) <= 0.8 * len(raw):
+            return packed, True
+    return raw, False
+
+
+def decode_payload(payload: bytes, properties: Any = None) -> dict[str, Any]:
+    """The envelope dict from a message (zlib or plain JSON); raises ValueError on garbage."""
+    compressed = False
+    if properties is not None:
+        for k, v in getattr(properties, "UserProperty", []) or []:
+            if k == "encoding" and v == "zlib":
+                compressed = True
+    if not compressed and payload[:1] == b"\x78":  # zlib header, for brokers that drop user properties
+        compressed = True
+    try:
+        data = zlib.decompress(payload) if compressed else payload
+        obj = json.loads(data)
+    except (zlib.error, ValueError) as exc:
+        raise ValueError(f"not a batch envelope: {exc}") from None
+    if not isinstance(obj, dict) or obj.get("schema") != ENVELOPE or not isinstance(obj.get("items"), list):
+        raise ValueError("not a batch envelope (schema shelfcast.batch/1 with items[])")
+    return obj
+
+
+class OutboxDrainer:
+    def __init__(self, store: Store, publish: Callable[..., int | None], *, store_id: str, node_id: str,
+                 boot: str, options: DrainOptions | None = None,
+                 max_packet: Callable[[], int | None] = lambda: None,
+                 receive_max: Callable[[], int] = lambda: 65535,
+                 on_error: Callable[[str, str], None] | None = None) -> None:
+        self.store = store
+        self.publish = publish
+        self.store_id = store_id
+        self.node_id = node_id
+        self.boot = boot
+        self.o = options or DrainOptions()
+        self.max_packet = max_packet
+        self.receive_max = receive_max
+        self.on_error = on_error
+        self.inflight: dict[int, _Batch] = {}
+        self.cursor = 0
+        self._acked: set[int] = set()
+        self._acked_lock = threading.Lock()
+        self._retry_at = 0.0
+        self._retries = 0
+        self._next_poll = 0.0
+        self.flushing = False
+        self.stats = {"batches": 0, "events": 0, "bytes": 0, "compressed": 0, "acked_events": 0,
+                      "refused": 0, "resends": 0, "oversize": 0}
+
+    # -- connection events (link thread) -------------------------------------------
+    def reset(self) -> None:
+        """After a (re)connect or a refusal: forget what was in flight, start from the oldest unacked row."""
+        if self.inflight:
+            self.stats["resends"] += sum(b.n for b in self.inflight.values())
+        self.inflight.clear()
+        self.cursor = 0
+        self._next_poll = 0.0
+
+    def on_publish(self, mid: int, ok: bool, reason: str) -> None:
+        b = self.inflight.pop(mid, None)
+        if b is None:
+            return
+        if not ok:
+            self.stats["refused"] += 1
+            self._retries += 1
+            delay = random.uniform(self.o.retry_min_s, min(self.o.retry_max_s, self.o.retry_min_s * 2 ** self._retries))
+            log.warning("broker refused a batch of %d events on %s (%s); retrying in %.1f s", b.n, b.topic,
+                        reason, delay)
+            self._retry_at = time.monotonic() + delay
+            self.reset()
+            return
+        self._retries = 0
+        self.stats["acked_events"] += b.n
+        with self._acked_lock:
+            self._acked.update(b.seqs)
+        fut = self.store.outbox_ack(b.seqs)
+        seqs = b.seqs
+        fut.add_done_callback(lambda f: self._forget(seqs, f))
+
+    def _forget(self, seqs: list[int], fut: Future[int]) -> None:
+        if fut.exception() is not None:  # not deleted: keep skipping nothing, the next reset re-sends them
+            log.warning("outbox ack failed: %s", fut.exception())
+        with self._acked_lock:
+            self._acked.difference_update(seqs)
+
+    # -- the pump (link thread, connected) --------------------------------------------
+    def _limit(self) -> int:
+        mp = self.max_packet()
+        cap = self.o.max_message_bytes if mp is None else min(self.o.max_message_bytes, int(mp))
+        return cap - TOPIC_OVERHEAD
+
+    def pump(self) -> int:
+        """Publish what may go now; returns the number of events sent."""
+        now = time.monotonic()
+        if now < self._retry_at or now < self._next_poll:
+            return 0
+        window = max(1, min(self.o.window, self.receive_max()))
+        sent = 0
+        while len(self.inflight) < window:
+            rows = self.store.outbox_peek(limit=self.o.batch_max_events, after_seq=self.cursor)
+            with self._acked_lock:
+                if self._acked:
+                    rows = [r for r in rows if r["seq"] not in self._acked]
+            if not rows:
+                self._next_poll = now + self.o.poll_s
+                break
+            if (len(rows) < self.o.batch_max_events and not self.flushing
+                    and time.time() - float(rows[0]["created"]) < self.o.batch_max_age_ms / 1000.0):
+                self._next_poll = now + self.o.poll_s  # a young partial batch: let it fill up
+                break
+            topic = rows[0]["topic"]
+            run = []
+            for r in rows:
+                if r["topic"] != topic:
+                    break
+                run.append(r)
+            n = self._send(topic, run)
+            if n < 0:
+                break
+            sent += n
+        return sent
+
+    def _send(self, topic: str, rows: list[dict[str, Any]]) -> int:
+        limit = self._limit()
+        items = [(int(r["seq"]), str(r["payload"])) for r in rows]
+        while True:
+            payload, packed = encode_batch(self.store_id, self.node_id, self.boot, items,
+                                           compress_min_bytes=self.o.compress_min_bytes)
+            if len(payload) <= limit:
+                break
+            if len(items) == 1:  # one event larger than a message: it can never go; say so and drop it
+                self.stats["oversize"] += 1
+                seq = items[0][0]
+                log.error("outbox row %d (%d bytes) exceeds the %d-byte message cap; dropped", seq,
+                          len(payload), limit)
+                if self.on_error is not None:
+                    self.on_error(topic, f"event of {len(payload)} bytes exceeds the message cap; dropped")
+                self.store.outbox_ack([seq])
+                self.cursor = max(self.cursor, seq)
+                return 0
+            items = items[: len(items) // 2]
+        props = Properties(PacketTypes.PUBLISH)
+        props.ContentType = "application/json"
+        if packed:
+            props.UserProperty = ("encoding", "zlib")
+            props.PayloadFormatIndicator = 0
+        else:
+            props.PayloadFormatIndicator = 1
+        mid = self.publish(topic, payload, qos=1, retain=False, properties=props)
+        if mid is None:
+            return -1
+        seqs = [s for s, _ in items]
+        self.inflight[mid] = _Batch(seqs=seqs, topic=topic, n=len(seqs), size=len(payload), t=time.monotonic())
+        self.cursor = max(self.cursor, seqs[-1])
+        self.stats["batches"] += 1
+        self.stats["events"] += len(seqs)
+        self.stats["bytes"] += len(payload)
+        self.stats["compressed"] += int(packed)
+        return len(seqs)
+
+    def health(self) -> dict[str, Any]:
+        return {"inflight_batches": len(self.inflight), **self.stats}
+
+
+def evict(store: Store, *, max_rows: int, max_age_s: float) -> Future[dict[str, int]]:
+    """Bound the backlog: rows older than ``max_age_s`` go, then the lowest-priority oldest over ``max_rows``."""
+    import sqlite3
+
+    def run(conn: sqlite3.Connection) -> dict[str, int]:
+        aged = conn.execute("DELETE FROM outbox WHERE created < ?", (time.time() - max_age_s,)).rowcount
+        n = conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
+        capped = 0
+        if n > max_rows:
+            capped = conn.execute(
+                "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox ORDER BY priority ASC, seq ASC LIMIT ?)",
+                (n - max_rows,)).rowcount
+        if aged or capped:
+            row = conn.execute("SELECT value FROM meta WHERE key='sync.evicted'").fetchone()
+            total = (int(row[0]) if row else 0) + aged + capped
+            conn.execute("INSERT INTO meta (key, value) VALUES ('sync.evicted', ?) "
+                         "ON CONFLICT(key) DO UPDATE SET value=excluded.value", (str(total),))
+        return {"aged": aged, "capped": capped}
+
+    return store.submit(run)

@@ -1,0 +1,152 @@
+"""The publisher's side of releases: keys, packaging, signing and chunked publishing.
+
+A model release is a directory (``model.tflite`` + ``manifest.json``, sent as
+a tar) or a single ``.tflite`` file; catalogue, planogram, stock and profile
+snapshots are JSON documents (sent zlib-compressed). The manifest (version,
+sha256, size, chunk count, Ed25519 signature) and every chunk are published
+retained, QoS 1, so a node that joins or comes back later still gets them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edge.sync.link import LinkSettings, _tls_context, explain_connect_error
+from edge.sync.release import pack_chunk, sign_manifest
+from edge.sync.schemas import MAX_MESSAGE_BYTES, ReleaseManifest
+from edge.sync.topics import Topics
+
+__all__ = ["Release", "build_release", "keygen", "load_private_key", "publish_release"]
+
+DEFAULT_CHUNK = 120 * 1024  # + header + topic stays under 128 KB
+
+
+@dataclass(frozen=True)
+class Release:
+    manifest: dict[str, Any]
+    blob: bytes
+    chunk_size: int
+
+    def chunks(self) -> list[bytes]:
+        m = self.manifest
+        size = self.chunk_size
+        return [pack_chunk(m["kind"], m["version"], i, m["chunks"], self.blob[i * size:(i + 1) * size])
+                for i in range(m["chunks"])]
+
+
+def keygen(out_dir: Path, name: str = "release-signing") -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    key = Ed25519PrivateKey.generate()
+    priv = out_dir / f"{name}.key"
+    pub = out_dir / f"{name}.pub"
+    fd = os.open(priv, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                  serialization.PublicFormat.SubjectPublicKeyInfo))
+    return priv, pub
+
+
+def load_private_key(path: Path) -> Ed25519PrivateKey:
+    key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ValueError(f"{path} is not an Ed25519 private key (make one with `shelfcast model keygen`)")
+    return key
+
+
+def _tar_dir(d: Path) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for p in sorted(d.iterdir()):
+            if p.is_file():
+                info = tf.gettarinfo(str(p), arcname=p.name)
+                info.mtime = 0
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                with open(p, "rb") as f:
+                    tf.addfile(info, f)
+    return buf.getvalue()
+
+
+def build_release(kind: str, source: Path | bytes, version: str | None, key: Ed25519PrivateKey | None, *,
+                  chunk_size: int = DEFAULT_CHUNK, fmt: str | None = None) -> Release:
+    """Package, hash and sign. ``key=None`` builds an unsigned release (for tests of refusal)."""
+    if isinstance(source, bytes):
+        blob, fmt = source, fmt or ("file" if kind == "model" else "json")
+    elif Path(source).is_dir():
+        if kind != "model":
+            raise ValueError("only a model release can be a directory")
+        blob, fmt = _tar_dir(Path(source)), "tar"
+        if version is None:
+            mf = Path(source) / "manifest.json"
+            if mf.exists():
+                version = str(json.loads(mf.read_text()).get("version") or "") or None
+    elif kind == "model":
+        blob, fmt = Path(source).read_bytes(), "file"
+    else:
+        raw = Path(source).read_bytes()
+        json.loads(raw)  # a snapshot must at least be JSON
+        blob, fmt = zlib.compress(raw, 9), "json+zlib"
+    if not 1024 <= chunk_size <= MAX_MESSAGE_BYTES - 1024:
+        raise ValueError(f"chunk size must be between 1024 and {MAX_MESSAGE_BYTES - 1024} bytes")
+    sha = hashlib.sha256(blob).hexdigest()
+    version = version or sha[:12]
+    fields: dict[str, Any] = {"kind": kind, "version": version, "sha256": sha, "size": len(blob),
+                              "chunks": max(1, -(-len(blob) // chunk_size)), "chunk_size": chunk_size,
+                              "format": fmt, "created": time.time()}
+    if key is not None:
+        fields = sign_manifest(fields, key)
+    else:
+        fields["signature"] = None
+    ReleaseManifest.model_validate({**fields, "signature": fields["signature"] or "unsigned"})
+    return Release(manifest=fields, blob=blob, chunk_size=chunk_size)
+
+
+def publish_release(settings: LinkSettings, topics: Topics, release: Release, *, everyone: bool = False,
+                    chunks: list[bytes] | None = None, manifest: dict[str, Any] | bytes | None = None,
+                    chunk_interval_s: float = 0.0, retain: bool = True, timeout: float = 30.0) -> dict[str, Any]:
+    """Publish manifest then chunks (QoS 1, retained), waiting for every PUBACK. Raises RuntimeError."""
+    kind = release.manifest["kind"]
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=settings.client_id, protocol=mqtt.MQTTv5)
+    if settings.username is not None:
+        c.username_pw_set(settings.username, settings.password)
+    if settings.tls:
+        c.tls_set_context(_tls_context(settings))
+    try:
+        c.connect(settings.host, settings.port, keepalive=30)
+    except Exception as exc:
+        raise RuntimeError(explain_connect_error(exc, settings)) from None
+    c.loop_start()
+    try:
+        body = manifest if isinstance(manifest, bytes) else json.dumps(manifest or release.manifest).encode()
+        infos = [c.publish(topics.release_manifest(kind, everyone=everyone), body, qos=1, retain=retain)]
+        for i, payload in enumerate(chunks if chunks is not None else release.chunks()):
+            if chunk_interval_s:
+                time.sleep(chunk_interval_s)
+            infos.append(c.publish(topics.release_chunk(kind, i, everyone=everyone), payload, qos=1, retain=retain))
+        deadline = time.monotonic() + timeout
+        for info in infos:
+            info.wait_for_publish(max(0.1, deadline - time.monotonic()))
+            if not info.is_published():
+                raise RuntimeError(f"broker {settings.host}:{settings.port} did not acknowledge the release in "
+                                   f"{timeout:.0f} s")
+    finally:
+        c.disconnect()
+        c.loop_stop()
+    return {"kind": kind, "version": release.manifest["version"], "sha256": release.manifest["sha256"],
+            "size": release.manifest["size"], "chunks": release.manifest["chunks"],
+            "topic": topics.release_manifest(kind, everyone=everyone)}

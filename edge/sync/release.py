@@ -1,0 +1,556 @@
+"""Signed releases (models, catalogue/planogram/stock/profile snapshots) from MQTT to serving.
+
+The path of a release, each step reported upstream (``…/release/status``):
+
+1. ``manifest`` (retained, JSON: kind, version, sha256, size, chunks,
+   signature) arrives; so do chunks (≤ 128 KB each, a JSON header + bytes).
+2. ``staging``: each chunk is checked against its own sha256 and written to
+   disk (temp file, fsync, rename) *before* the broker's PUBACK goes out, so a
+   ``kill -9`` loses nothing: staged chunks stay on disk and unacknowledged
+   ones are re-sent by the broker (persistent session). Staging resumes.
+3. ``verified``: the chunks are joined, size and sha256 checked, and the
+   Ed25519 signature over (kind, version, sha256, size) checked against the key
+   provisioned on the node (``model.public_key``). Unsigned, other key, wrong
+   hash, truncated: refused.
+4. models: unpacked into ``models/<version>/`` (temp dir, then one rename),
+   ``loaded`` beside the serving model by the candidate loader (which refuses
+   wrong input shapes), ``canary`` run (``edge.sync.canary``), then
+   ``swapped``: one reference assignment (``recommender.model = new``) — no
+   request is dropped, requests already scoring finish on the old model. The
+   pointer ``models/active.json`` is replaced atomically, naming the previous
+   model too, so a ``kill -9`` at any step leaves it pointing at a complete,
+   verified model. After a swap the new model is on probation: scoring errors
+   roll it back automatically; a ``rollback`` command does the same.
+   Snapshots are validated against their schema and ``applied`` to the store.
+
+A refused release leaves the serving model untouched and is remembered, so a
+retained manifest re-delivered after a reconnect is not processed again.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+import struct
+import tarfile
+import threading
+import time
+import zlib
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from pydantic import BaseModel, ValidationError
+
+from edge.sync.canary import CanaryOptions, CanarySet, run_canary
+from edge.sync.schemas import SNAPSHOTS, ChunkHeader, ReleaseManifest, describe_error
+
+__all__ = [
+    "CHUNK_MAGIC",
+    "CandidateLoader",
+    "GuardedScorer",
+    "ReleaseError",
+    "ReleaseManager",
+    "key_id",
+    "load_public_key",
+    "pack_chunk",
+    "parse_chunk",
+    "sign_manifest",
+]
+
+log = logging.getLogger(__name__)
+
+CHUNK_MAGIC = b"SCC1"
+CandidateLoader = Callable[[Path], Any]
+Reporter = Callable[[str, str, str, bool, str], None]  # kind, version, step, ok, detail
+
+
+class ReleaseError(Exception):
+    pass
+
+
+# -- keys and signatures ------------------------------------------------------------
+def load_public_key(path: Path) -> Ed25519PublicKey:
+    """PEM (SubjectPublicKeyInfo) or the raw 32-byte key as base64/hex text."""
+    data = Path(path).read_bytes()
+    if b"BEGIN" in data:
+        key = serialization.load_pem_public_key(data)
+        if not isinstance(key, Ed25519PublicKey):
+            raise ReleaseError(f"{path} is not an Ed25519 public key")
+        return key
+    text = data.strip().decode()
+    raw = bytes.fromhex(text) if len(text) == 64 else base64.b64decode(text)
+    return Ed25519PublicKey.from_public_bytes(raw)
+
+
+def key_id(pub: Ed25519PublicKey) -> str:
+    raw = pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def sign_manifest(fields: dict[str, Any], private: Ed25519PrivateKey) -> dict[str, Any]:
+    """Return ``fields`` with ``signature`` and ``key_id`` (the publisher's side)."""
+    unsigned = ReleaseManifest.model_validate({**fields, "signature": "x"})
+    sig = private.sign(unsigned.signed_message())
+    return {**fields, "signature": base64.b64encode(sig).decode(), "key_id": key_id(private.public_key())}
+
+
+# -- chunks -------------------------------------------------------------------------
+def pack_chunk(kind: str, version: str, index: int, count: int, data: bytes) -> bytes:
+    header = json.dumps({"kind": kind, "version": version, "index": index, "count": count,
+                         "sha256": hashlib.sha256(data).hexdigest()}, separators=(",", ":")).encode()
+    return CHUNK_MAGIC + struct.pack(">H", len(header)) + header + data
+
+
+def parse_chunk(payload: bytes) -> tuple[ChunkHeader, bytes]:
+    if len(payload) < 6 or payload[:4] != CHUNK_MAGIC:
+        raise ReleaseError("not a release chunk (missing SCC1 header)")
+    (hlen,) = struct.unpack(">H", payload[4:6])
+    try:
+        header = ChunkHeader.model_validate_json(payload[6:6 + hlen])
+    except ValidationError as exc:
+        raise ReleaseError(f"bad chunk header: {describe_error(exc)}") from None
+    data = payload[6 + hlen:]
+    if hashlib.sha256(data).hexdigest() != header.sha256:
+        raise ReleaseError(f"chunk {header.index} of {header.kind} {header.version} is corrupt (sha256 mismatch)")
+    return header, data
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def _tree_digest(root: Path) -> dict[str, str]:
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and p.name != "files.json":
+            out[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+class GuardedScorer:
+    """Wraps a freshly swapped model: scoring errors during probation trigger a rollback."""
+
+    def __init__(self, inner: Any, on_failure: Callable[[str], None], *, max_errors: int = 3,
+                 probation_s: float = 600.0) -> None:
+        self.inner = inner
+        self.version: str = getattr(inner, "version", "unknown")
+        self._on_failure = on_failure
+        self._max_errors = max_errors
+        self._until = time.monotonic() + probation_s
+        self.errors = 0
+        self._tripped = False
+
+    def score(self, *args: Any, **kw: Any) -> Any:
+        try:
+            return self.inner.score(*args, **kw)
+        except Exception as exc:
+            self.errors += 1
+            if not self._tripped and self.errors >= self._max_errors and time.monotonic() < self._until:
+                self._tripped = True
+                self._on_failure(f"{self.errors} scoring errors during probation (last: {type(exc).__name__}: {exc})")
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+@dataclass
+class ModelSlot:
+    version: str
+    path: Path
+    scorer: Any
+
+
+class ReleaseManager:
+    """Owns staging, verification, canary, swap and rollback. Thread-safe; heavy steps run on one worker."""
+
+    def __init__(self, data_dir: Path, *, public_key: Path | None, loader: CandidateLoader | None,
+                 get_model: Callable[[], Any], set_model: Callable[[Any], None], report: Reporter,
+                 canary: CanarySet | None = None, canary_options: CanaryOptions | None = None,
+                 apply_snapshot: Callable[[str, BaseModel], None] | None = None,
+                 on_registered: Callable[[str, str, str, str, bool, str], None] | None = None) -> None:
+        self.root = Path(data_dir)
+        self.staging = self.root / "sync" / "staging"
+        self.models_dir = self.root / "models"
+        self.public_key_path = public_key
+        self.loader = loader
+        self.get_model = get_model
+        self.set_model = set_model
+        self.report = report
+        self.canary = canary
+        self.canary_options = canary_options or CanaryOptions()
+        self.apply_snapshot = apply_snapshot
+        self.on_registered = on_registered
+        self._lock = threading.RLock()
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sync-release")
+        self._busy: set[tuple[str, str]] = set()
+        self.previous: ModelSlot | None = None
+        self.current: ModelSlot | None = None
+        self.stats = {"chunks": 0, "chunks_skipped": 0, "refused": 0, "applied": 0, "rollbacks": 0}
+        self.staging.mkdir(parents=True, exist_ok=True)
+        self.models_dir.mkdir(parents=True, exist_ok=True)
+        self._done = self._load_done()
+
+    # -- bookkeeping of what was already handled -------------------------------------------
+    def _done_path(self) -> Path:
+        return self.root / "sync" / "releases.json"
+
+    def _load_done(self) -> dict[str, dict[str, Any]]:
+        try:
+            return dict(json.loads(self._done_path().read_text()))
+        except (OSError, ValueError):
+            return {}
+
+    def _mark_done(self, kind: str, version: str, sha: str, outcome: str) -> None:
+        with self._lock:
+            self._done[f"{kind}/{version}/{sha}"] = {"outcome": outcome, "t": time.time()}
+            if len(self._done) > 200:
+                for k in sorted(self._done, key=lambda k: self._done[k]["t"])[:-200]:
+                    del self._done[k]
+            _atomic_write(self._done_path(), json.dumps(self._done).encode())
+
+    def _seen(self, kind: str, version: str, sha: str | None = None) -> bool:
+        if sha is not None:
+            return f"{kind}/{version}/{sha}" in self._done
+        return any(k.startswith(f"{kind}/{version}/") for k in self._done)
+
+    def close(self) -> None:
+        self._worker.shutdown(wait=True, cancel_futures=False)
+
+    # -- messages (link thread; must be quick and durable before returning) -----------------
+    def on_manifest(self, kind: str, payload: bytes) -> None:
+        if not payload:
+            return  # a cleared retained manifest
+        try:
+            m = ReleaseManifest.model_validate_json(payload)
+        except ValidationError as exc:
+            raise ReleaseError(f"malformed {kind} manifest: {describe_error(exc)}") from None
+        if m.kind != kind:
+            raise ReleaseError(f"manifest for {m.kind!r} arrived on the {kind!r} topic")
+        if self._seen(kind, m.version, m.sha256):
+            return
+        d = self.staging / kind / m.version
+        d.mkdir(parents=True, exist_ok=True)
+        self._prune_staging(kind, keep=m.version)
+        _atomic_write(d / "manifest.json", payload)
+        self.report(kind, m.version, "manifest", True, f"{m.size} bytes in {m.chunks} chunks")
+        self._maybe_complete(kind, m.version)
+
+    def on_chunk(self, kind: str, index: int, payload: bytes) -> None:
+        if not payload:
+            return
+        header, data = parse_chunk(payload)
+        if header.kind != kind or header.index != index:
+            raise ReleaseError(f"chunk header ({header.kind} #{header.index}) does not match its topic "
+                               f"({kind} #{index})")
+        if self._seen(kind, header.version):
+            self.stats["chunks_skipped"] += 1
+            return
+        d = self.staging / kind / header.version
+        d.mkdir(parents=True, exist_ok=True)
+        path = d / f"{index:06d}.chunk"
+        if path.exists():
+            self.stats["chunks_skipped"] += 1
+        else:
+            _atomic_write(path, data)
+            self.stats["chunks"] += 1
+        self._maybe_complete(kind, header.version)
+
+    def _prune_staging(self, kind: str, keep: str) -> None:
+        base = self.staging / kind
+        for d in base.iterdir() if base.exists() else []:
+            if d.name != keep and d.is_dir() and (d / "manifest.json").exists():
+                shutil.rmtree(d, ignore_errors=True)
+
+    def staged(self, kind: str, version: str) -> tuple[ReleaseManifest | None, int]:
+        d = self.staging / kind / version
+        mp = d / "manifest.json"
+        m = ReleaseManifest.model_validate_json(mp.read_bytes()) if mp.exists() else None
+        n = len(list(d.glob("*.chunk"))) if d.exists() else 0
+        return m, n
+
+    def _maybe_complete(self, kind: str, version: str) -> None:
+        m, n = self.staged(kind, version)
+        if m is None or n < m.chunks:
+            return
+        with self._lock:
+            if (kind, version) in self._busy:
+                return
+            self._busy.add((kind, version))
+        self._worker.submit(self._process, kind, version)
+
+    def resume(self) -> None:
+        """At start: finish any release whose chunks were all staged before a restart."""
+        for kind_dir in self.staging.iterdir() if self.staging.exists() else []:
+            for d in kind_dir.iterdir():
+                if d.is_dir():
+                    try:
+                        self._maybe_complete(kind_dir.name, d.name)
+                    except Exception as exc:
+                        log.warning("cannot resume staged release %s: %s", d, exc)
+
+    def wait_idle(self, timeout: float = 30.0) -> None:
+        self._worker.submit(lambda: None).result(timeout)
+
+    # -- the worker ------------------------------------------------------------------------
+    def _process(self, kind: str, version: str) -> None:
+        d = self.staging / kind / version
+        m: ReleaseManifest | None = None
+        try:
+            m, _ = self.staged(kind, version)
+            assert m is not None
+            blob = self._assemble(d, m)
+            self._verify(m, blob)
+            self.report(kind, version, "verified", True, f"sha256 {m.sha256[:12]}…, signed by {m.key_id or '?'}")
+            if kind == "model":
+                self._install_model(m, blob)
+            else:
+                self._apply(m, blob)
+            self._mark_done(kind, version, m.sha256, "applied")
+            self.stats["applied"] += 1
+        except ReleaseError as exc:
+            self.stats["refused"] += 1
+            log.warning("release %s %s refused: %s", kind, version, exc)
+            self.report(kind, version, "refused", False, str(exc))
+            self._mark_done(kind, version, m.sha256 if m else "unknown", f"refused: {exc}")
+        except Exception as exc:
+            self.stats["refused"] += 1
+            log.exception("release %s %s failed", kind, version)
+            self.report(kind, version, "failed", False, f"{type(exc).__name__}: {exc}")
+            self._mark_done(kind, version, m.sha256 if m else "unknown", f"failed: {exc}")
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+            with self._lock:
+                self._busy.discard((kind, version))
+
+    def _assemble(self, d: Path, m: ReleaseManifest) -> bytes:
+        parts = sorted(d.glob("*.chunk"))
+        if len(parts) != m.chunks:
+            raise ReleaseError(f"truncated: {len(parts)} of {m.chunks} chunks staged")
+        blob = b"".join(p.read_bytes() for p in parts)
+        if len(blob) != m.size:
+            raise ReleaseError(f"truncated: the chunks add up to {len(blob)} bytes, the manifest says {m.size}")
+        return blob
+
+    def _verify(self, m: ReleaseManifest, blob: bytes) -> None:
+        digest = hashlib.sha256(blob).hexdigest()
+        if digest != m.sha256:
+            raise ReleaseError(f"wrong hash: sha256 of the release is {digest[:16]}…, the manifest says "
+                               f"{m.sha256[:16]}…")
+        if not m.signature:
+            raise ReleaseError("unsigned release refused (the manifest has no signature)")
+        if self.public_key_path is None:
+            raise ReleaseError("no signing key provisioned on this node (set model.public_key); releases "
+                               "cannot be verified and are refused")
+        try:
+            pub = load_public_key(self.public_key_path)
+        except (OSError, ValueError, ReleaseError) as exc:
+            raise ReleaseError(f"the provisioned key model.public_key ({self.public_key_path}) cannot be "
+                               f"read: {exc}") from None
+        try:
+            sig = base64.b64decode(m.signature, validate=True)
+            pub.verify(sig, m.signed_message())
+        except (InvalidSignature, ValueError):
+            other = f" (signed by key {m.key_id}, this node trusts {key_id(pub)})" if m.key_id else ""
+            raise ReleaseError(f"bad signature: not signed by the provisioned key{other}") from None
+
+    # -- snapshots -----------------------------------------------------------------------------
+    def _apply(self, m: ReleaseManifest, blob: bytes) -> None:
+        schema = SNAPSHOTS.get(m.kind)
+        if schema is None:
+            raise ReleaseError(f"unknown release kind {m.kind!r}")
+        try:
+            data = zlib.decompress(blob) if m.format == "json+zlib" else blob
+            snap = schema.model_validate_json(data)
+        except (zlib.error, ValidationError) as exc:
+            detail = describe_error(exc) if isinstance(exc, ValidationError) else str(exc)
+            raise ReleaseError(f"{m.kind} snapshot does not match its schema: {detail}") from None
+        if self.apply_snapshot is None:
+            raise ReleaseError(f"this node cannot apply {m.kind} snapshots")
+        self.apply_snapshot(m.kind, snap)
+        self.report(m.kind, m.version, "applied", True, "snapshot applied")
+
+    # -- models --------------------------------------------------------------------------------
+    def _unpack(self, m: ReleaseManifest, blob: bytes) -> Path:
+        final = self.models_dir / m.version
+        if final.exists() and self._intact(final):
+            return final
+        tmp = self.models_dir / f".{m.version}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        if m.format == "tar":
+            try:
+                with tarfile.open(fileobj=io.BytesIO(blob)) as tf:
+                    for member in tf.getmembers():
+                        if not (member.isfile() or member.isdir()):
+                            raise ReleaseError(f"model archive holds a non-file entry {member.name!r}")
+                    tf.extractall(tmp, filter="data")
+            except tarfile.TarError as exc:
+                raise ReleaseError(f"model archive unreadable: {exc}") from None
+        else:
+            (tmp / "model.tflite").write_bytes(blob)
+        files = _tree_digest(tmp)
+        (tmp / "files.json").write_text(json.dumps({"version": m.version, "sha256": m.sha256, "files": files}))
+        for p in tmp.rglob("*"):
+            if p.is_file():
+                with open(p, "rb") as f:
+                    os.fsync(f.fileno())
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        _fsync_dir(self.models_dir)
+        return final
+
+    @staticmethod
+    def _intact(path: Path) -> bool:
+        try:
+            meta = json.loads((path / "files.json").read_text())
+            return bool(meta["files"]) and _tree_digest(path) == meta["files"]
+        except (OSError, ValueError, KeyError):
+            return False
+
+    def _load(self, path: Path) -> Any:
+        if self.loader is None:
+            raise ReleaseError("no model loader on this node (edge.ranking is not installed)")
+        try:
+            return self.loader(path)
+        except Exception as exc:
+            raise ReleaseError(f"the model does not load: {exc}") from None
+
+    def _install_model(self, m: ReleaseManifest, blob: bytes) -> None:
+        path = self._unpack(m, blob)
+        self.report("model", m.version, "staged", True, f"unpacked to {path.name}")
+        new = self._load(path)
+        self.report("model", m.version, "loaded", True, f"loaded beside {self._serving_version()}")
+        reqs = self.canary.requests() if self.canary is not None else []
+        old = self.get_model()
+        result = run_canary(_unguard(old), new, reqs, self.canary_options)
+        self.report("model", m.version, "canary", result.ok, result.detail)
+        if not result.ok:
+            shutil.rmtree(path, ignore_errors=True)
+            raise ReleaseError(f"canary failed: {result.detail}")
+        self._swap(ModelSlot(m.version, path, new), m.sha256)
+
+    def _serving_version(self) -> str:
+        cur = self.get_model()
+        return str(getattr(cur, "version", None) or "the popularity fallback")
+
+    def _swap(self, slot: ModelSlot, sha: str) -> None:
+        with self._lock:
+            old_model = self.get_model()
+            prev = self.current or (ModelSlot(str(getattr(old_model, "version", "bundled")), Path(""), old_model)
+                                    if old_model is not None else None)
+            pointer = {"version": slot.version, "path": str(slot.path), "sha256": sha, "t": time.time(),
+                       "previous": None if prev is None or not str(prev.path) else
+                       {"version": prev.version, "path": str(prev.path)}}
+            _atomic_write(self.models_dir / "active.json", json.dumps(pointer).encode())
+            t0 = time.perf_counter()
+            self.set_model(GuardedScorer(slot.scorer, self._auto_rollback))  # one reference assignment
+            swap_ms = (time.perf_counter() - t0) * 1000
+            self.previous, self.current = prev, slot
+        if self.on_registered is not None:
+            self.on_registered(slot.version, str(slot.path), sha, "active", True, "")
+        self.report("model", slot.version, "swapped", True,
+                    f"serving {slot.version} (previous {prev.version if prev else 'none'} kept; swap {swap_ms:.3f} ms)")
+
+    def _auto_rollback(self, why: str) -> None:
+        self._worker.submit(self.rollback, f"automatic: {why}")
+
+    def rollback(self, why: str = "on command") -> tuple[bool, str]:
+        with self._lock:
+            prev, cur = self.previous, self.current
+            if prev is None:
+                return False, "no previous model to roll back to"
+            self.set_model(prev.scorer)
+            pointer = {"version": prev.version, "path": str(prev.path), "t": time.time(),
+                       "previous": None if cur is None else {"version": cur.version, "path": str(cur.path)},
+                       "rolled_back": cur.version if cur else None}
+            if str(prev.path):
+                _atomic_write(self.models_dir / "active.json", json.dumps(pointer).encode())
+            else:  # back to the bundled model: no pointer means "the bundled one"
+                try:
+                    (self.models_dir / "active.json").unlink()
+                    _fsync_dir(self.models_dir)
+                except FileNotFoundError:
+                    pass
+            self.current = prev if str(prev.path) else None
+            self.previous = cur
+            self.stats["rollbacks"] += 1
+        detail = f"rolled back from {cur.version if cur else '?'} to {prev.version} ({why})"
+        log.warning("model %s", detail)
+        self.report("model", cur.version if cur else "?", "rolled_back", True, detail)
+        if self.on_registered is not None and cur is not None:
+            self.on_registered(cur.version, str(cur.path), "", "rolled_back", False, why)
+        return True, detail
+
+    def activate_on_boot(self) -> str | None:
+        """Serve the model ``active.json`` names (if intact and loadable), else its previous; else keep what runs."""
+        pointer_path = self.models_dir / "active.json"
+        try:
+            pointer = json.loads(pointer_path.read_text())
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            log.error("models/active.json is unreadable; serving the bundled model")
+            return None
+        bundled = self.get_model()
+        candidates = [pointer] + ([pointer["previous"]] if pointer.get("previous") else [])
+        for i, c in enumerate(candidates):
+            path = Path(c["path"])
+            if not path.is_dir() or not self._intact(path):
+                log.error("model %s at %s is incomplete or damaged; trying the next one", c["version"], path)
+                continue
+            try:
+                scorer = self._load(path)
+            except ReleaseError as exc:
+                log.error("model %s does not load (%s); trying the next one", c["version"], exc)
+                continue
+            with self._lock:
+                self.set_model(scorer)
+                self.current = ModelSlot(c["version"], path, scorer)
+                prev = candidates[1] if i == 0 and len(candidates) > 1 else None
+                self.previous = None
+                if prev is not None and Path(prev["path"]).is_dir() and self._intact(Path(prev["path"])):
+                    try:
+                        self.previous = ModelSlot(prev["version"], Path(prev["path"]), self._load(Path(prev["path"])))
+                    except ReleaseError:
+                        self.previous = None
+                elif bundled is not None:
+                    self.previous = ModelSlot(str(getattr(bundled, "version", "bundled")), Path(""), bundled)
+            return str(c["version"])
+        return None
+
+    def health(self) -> dict[str, Any]:
+        return {"serving": self._serving_version(), "previous": self.previous.version if self.previous else None,
+                **self.stats}
+
+
+def _unguard(model: Any) -> Any:
+    return model.inner if isinstance(model, GuardedScorer) else model

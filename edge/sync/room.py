@@ -1,0 +1,436 @@
+"""The sync room: the node's cloud link (events up; releases, deltas, commands, config down).
+
+Started last (after signage) and only when ``mqtt.cloud.url`` is set. A
+broker that is down at start does not stop the node: the link reconnects with
+backoff and jitter forever and ``health()`` says what is wrong.
+
+Threads: the MQTT link thread runs the network loop, the outbox drainer and
+the downstream handlers (which only validate and write to disk/store); one
+release worker runs verification, canary and swap; the asyncio task does
+housekeeping (backlog caps, canary persistence, state refresh).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from edge import __version__
+from edge.bus import Bus
+from edge.config import NodeConfig
+from edge.events import ShopperEvent
+from edge.store import Product, Profile, Store
+from edge.sync.canary import CanaryOptions, CanarySet
+from edge.sync.ha import discovery_messages
+from edge.sync.link import LinkSettings, MqttLink, settings_from_broker
+from edge.sync.outbox import DrainOptions, OutboxDrainer, evict
+from edge.sync.release import CandidateLoader, ReleaseError, ReleaseManager
+from edge.sync.schemas import (
+    DELTAS,
+    CatalogueDelta,
+    CatalogueSnapshot,
+    Command,
+    ConfigUpdate,
+    PlanogramDelta,
+    PlanogramSnapshot,
+    ProfileIn,
+    ProfilesDelta,
+    ProfilesSnapshot,
+    StockDelta,
+    StockSnapshot,
+    describe_error,
+)
+from edge.sync.topics import Topics
+
+__all__ = ["SyncOptions", "SyncRoom", "default_loader"]
+
+log = logging.getLogger(__name__)
+
+PRIORITY_REPORT = 2  # release steps, errors, command results: evicted last
+
+
+@dataclass
+class SyncOptions:
+    session_expiry_s: int = 7 * 86400
+    connack_timeout_s: float = 10.0
+    batch_max_events: int = 500
+    batch_max_age_ms: int = 200
+    max_message_bytes: int = 128 * 1024
+    outbox_max_rows: int = 500_000
+    outbox_max_age_s: float = 14 * 86400.0
+    state_interval_s: float = 60.0
+    homeassistant: bool = False
+    homeassistant_prefix: str = "homeassistant"
+    backoff_max_s: float = 30.0
+
+    @classmethod
+    def from_config(cls, config: NodeConfig) -> SyncOptions:
+        o = cls(outbox_max_rows=config.store.max_outbox)
+        section = getattr(config.mqtt, "sync", None)
+        if section is not None:
+            for k in cls.__dataclass_fields__:
+                if hasattr(section, k):
+                    setattr(o, k, getattr(section, k))
+        return o
+
+
+def default_loader(config: NodeConfig, store: Store | None = None) -> CandidateLoader | None:
+    """The real model loader (``edge.ranking.adapter``) pointed at a release directory, if installed.
+
+    ``Ranker.load`` checks the manifest, sha256 and the interpreter's input shapes, so a
+    wrong-shaped model raises here and the release is refused.
+    """
+    try:
+        from edge.ranking.adapter import load_scorer
+    except ImportError:
+        return None
+
+    def load(path: Path) -> Any:
+        cfg = config.model_copy(update={"model": config.model.model_copy(update={"path": path})})
+        return load_scorer(cfg, store=store)
+
+    return load
+
+
+class SyncRoom:
+    name = "sync"
+
+    def __init__(self, config: NodeConfig, store: Store, bus: Bus, *, recommender: Any = None,
+                 loader: CandidateLoader | None = None, state: Callable[[], dict[str, Any]] | None = None,
+                 options: SyncOptions | None = None, link_settings: LinkSettings | None = None) -> None:
+        self.config = config
+        self.store = store
+        self.bus = bus
+        self.recommender = recommender
+        self.o = options or SyncOptions.from_config(config)
+        self.state_fn = state
+        self.topics = Topics(config.mqtt.topic_prefix, config.node.store_id, config.node.node_id)
+        self.boot = uuid.uuid4().hex[:12]
+        self.data_dir = Path(config.node.data_dir)
+        self.loader = loader if loader is not None else default_loader(config, store)
+        subs = self.topics.subscriptions()
+        if self.o.homeassistant:
+            subs.append(f"{self.o.homeassistant_prefix}/status")
+        s = link_settings or settings_from_broker(
+            config.mqtt.cloud, f"shelfcast-{config.node.store_id}-{config.node.node_id}",
+            session_expiry_s=self.o.session_expiry_s, connack_timeout_s=self.o.connack_timeout_s,
+            backoff_max_s=self.o.backoff_max_s)
+        s.will_topic = self.topics.availability
+        self.link = MqttLink(s, on_message=self._on_message, on_connected=self._on_connected,
+                             on_disconnected=self._on_disconnected, on_publish=self._on_publish,
+                             on_tick=self._tick, subscriptions=subs, name="sync-link")
+        self.drainer = OutboxDrainer(
+            store, self.link.publish, store_id=config.node.store_id, node_id=config.node.node_id, boot=self.boot,
+            options=DrainOptions(batch_max_events=self.o.batch_max_events, batch_max_age_ms=self.o.batch_max_age_ms,
+                                 max_message_bytes=self.o.max_message_bytes),
+            max_packet=lambda: self.link.max_packet, receive_max=lambda: self.link.receive_max,
+            on_error=self._error)
+        self.canary = CanarySet(store)
+        self.releases = ReleaseManager(
+            self.data_dir, public_key=config.model.public_key, loader=self.loader,
+            get_model=self._get_model, set_model=self._set_model, report=self._report, canary=self.canary,
+            canary_options=CanaryOptions(k=max(10, config.model.k)), apply_snapshot=self._apply_snapshot,
+            on_registered=self._registered)
+        self.errors = 0
+        self.evicted = int(store.meta_get("sync.evicted", "0") or 0)
+        self._state_payload = "{}"
+        self._task: asyncio.Task[None] | None = None
+        self._started = time.time()
+
+    # -- model access (the recommender's reference is the one that serves) ------------
+    def _get_model(self) -> Any:
+        return None if self.recommender is None else self.recommender.model
+
+    def _set_model(self, model: Any) -> None:
+        if self.recommender is not None:
+            self.recommender.model = model  # one reference assignment: the hot swap
+
+    def _registered(self, version: str, path: str, sha: str, status: str, active: bool, detail: str) -> None:
+        self.store.register_model(version, path, sha, status, active=active, detail=detail)
+
+    # -- lifecycle ---------------------------------------------------------------------
+    async def start(self) -> None:
+        self.bus.subscribe(ShopperEvent, self.canary.observe)
+        served = await asyncio.to_thread(self.releases.activate_on_boot)
+        if served is not None:
+            log.info("serving released model %s", served)
+        self._refresh_state()
+        self.releases.resume()
+        self.link.start()
+        self._task = asyncio.create_task(self._housekeep(), name="sync-housekeeping")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self.bus.unsubscribe(ShopperEvent, self.canary.observe)
+        await asyncio.to_thread(self.drain, 3.0)
+        await asyncio.to_thread(self.link.stop, (self.topics.availability, "stopped"))
+        await asyncio.to_thread(self.releases.close)
+        try:
+            self.canary.persist()
+        except Exception:
+            pass
+
+    def drain(self, timeout: float) -> bool:
+        """Wait (bounded) until the outbox is empty; partial batches leave at once meanwhile."""
+        deadline = time.monotonic() + timeout
+        self.drainer.flushing = True
+        try:
+            while time.monotonic() < deadline:
+                try:
+                    self.store.flush(timeout=max(0.1, deadline - time.monotonic()))
+                except Exception:
+                    return False
+                if self.store.outbox_pending() == 0 and not self.drainer.inflight:
+                    return True
+                if not self.link.connected.is_set() and time.monotonic() + 0.2 > deadline:
+                    return False
+                time.sleep(0.05)
+            return False
+        finally:
+            self.drainer.flushing = False
+
+    async def _housekeep(self) -> None:
+        last_state = last_canary = time.monotonic()
+        while True:
+            await asyncio.sleep(2.0)
+            try:
+                res = await asyncio.wrap_future(evict(self.store, max_rows=self.o.outbox_max_rows,
+                                                      max_age_s=self.o.outbox_max_age_s))
+                n = res["aged"] + res["capped"]
+                if n:
+                    self.evicted += n
+                    log.warning("outbox backlog over its caps: evicted %d oldest low-priority events "
+                                "(%d in total)", n, self.evicted)
+                now = time.monotonic()
+                self._refresh_state()
+                if now - last_state >= self.o.state_interval_s and self.link.connected.is_set():
+                    last_state = now
+                    self.link.publish(self.topics.state, self._state_payload, qos=1, retain=True)
+                if now - last_canary >= 60.0:
+                    last_canary = now
+                    self.canary.persist()
+            except Exception:
+                log.exception("sync housekeeping failed")
+
+    def _refresh_state(self) -> None:
+        node: dict[str, Any] = {}
+        if self.state_fn is not None:
+            try:
+                node = self.state_fn()
+            except Exception as exc:
+                node = {"status": "error", "detail": str(exc)}
+        model = self._get_model()
+        state = {
+            "status": node.get("status", "ok"),
+            "version": __version__,
+            "store": self.topics.store,
+            "node": self.topics.node,
+            "boot": self.boot,
+            "model": getattr(model, "version", None) or "fallback",
+            "outbox_pending": self._pending(),
+            "evicted": self.evicted,
+            "uptime_s": round(time.time() - self._started, 1),
+            "screens": {s.id: "ok" for s in self.config.layout.screens},
+            "shelves": {s.id: "ok" for s in self.config.layout.shelves},
+            "rooms": {k: v.get("status") for k, v in node.get("rooms", {}).items() if isinstance(v, dict)},
+            "t": time.time(),
+        }
+        self._state_payload = json.dumps(state, separators=(",", ":"), default=str)
+
+    def _pending(self) -> int:
+        try:
+            return self.store.outbox_pending()
+        except Exception:
+            return -1
+
+    # -- link callbacks (link thread) ------------------------------------------------------
+    def _on_connected(self, session_present: bool) -> None:
+        self.drainer.reset()
+        self.link.publish(self.topics.availability, "online", qos=1, retain=True)
+        self.link.publish(self.topics.state, self._state_payload, qos=1, retain=True)
+        if self.o.homeassistant:
+            self._ha_discovery()
+        log.info("cloud link up (%s, session %s)", self.link.s, "resumed" if session_present else "new")
+
+    def _on_disconnected(self) -> None:
+        self.drainer.reset()
+
+    def _on_publish(self, mid: int, ok: bool, reason: str) -> None:
+        self.drainer.on_publish(mid, ok, reason)
+
+    def _tick(self) -> None:
+        self.drainer.pump()
+
+    def _ha_discovery(self) -> None:
+        for topic, payload in discovery_messages(
+                self.topics, prefix=self.o.homeassistant_prefix, version=__version__,
+                screens=[s.id for s in self.config.layout.screens],
+                shelves=[s.id for s in self.config.layout.shelves]):
+            self.link.publish(topic, payload, qos=1, retain=True)
+
+    def _on_message(self, topic: str, payload: bytes, msg: Any = None) -> None:
+        if self.o.homeassistant and topic == f"{self.o.homeassistant_prefix}/status":
+            if payload.strip() == b"online":
+                self._ha_discovery()
+            return
+        kind, sub, index = self.topics.classify(topic)
+        try:
+            if kind == "manifest":
+                assert sub is not None
+                self.releases.on_manifest(sub, payload)
+            elif kind == "chunk":
+                assert sub is not None and index is not None
+                self.releases.on_chunk(sub, index, payload)
+            elif kind == "delta":
+                assert sub is not None
+                self._on_delta(sub, payload)
+            elif kind == "cmd":
+                self._on_command(payload)
+            elif kind == "config":
+                self._on_config(payload)
+            else:
+                raise ValueError("no handler for this topic")
+        except ValidationError as exc:
+            self._error(topic, f"payload does not match its schema: {describe_error(exc)}")
+        except (ReleaseError, ValueError, UnicodeDecodeError) as exc:
+            self._error(topic, str(exc))
+
+    # -- downstream handlers -------------------------------------------------------------------
+    def _on_delta(self, kind: str, payload: bytes) -> None:
+        model = DELTAS[kind].model_validate_json(payload)
+        self._apply(kind, model)
+
+    def _apply(self, kind: str, m: BaseModel) -> None:
+        s = self.store
+        if isinstance(m, CatalogueDelta | CatalogueSnapshot):
+            items = m.upsert if isinstance(m, CatalogueDelta) else m.products
+            s.upsert_products([Product(**p.model_dump()) for p in items])
+        elif isinstance(m, PlanogramDelta):
+            s.set_planogram([(e.shelf, e.slot, e.sku) for e in m.entries])
+        elif isinstance(m, PlanogramSnapshot):
+            keep = {(e.shelf, e.slot) for e in m.entries}
+            entries: list[tuple[str, int, str | None]] = [(e.shelf, e.slot, e.sku) for e in m.entries]
+            entries += [(sh, sl, None) for (sh, sl) in s.planogram() if (sh, sl) not in keep]
+            s.set_planogram(entries)
+        elif isinstance(m, StockDelta):
+            if m.levels:
+                s.set_stock(dict(m.levels))
+            for sku, d in m.adjust.items():
+                s.adjust_stock(sku, d)
+        elif isinstance(m, StockSnapshot):
+            s.set_stock(dict(m.levels))
+        elif isinstance(m, ProfilesDelta | ProfilesSnapshot):
+            s.upsert_profiles([_profile(p) for p in m.profiles])
+        else:  # pragma: no cover - the schema tables and this switch go together
+            raise ValueError(f"no handler for {kind}")
+
+    def _apply_snapshot(self, kind: str, snap: BaseModel) -> None:
+        self._apply(kind, snap)
+        self.store.flush()
+
+    def _on_command(self, payload: bytes) -> None:
+        cmd = Command.model_validate_json(payload)
+
+        def done(ok: bool, detail: str) -> None:
+            self._enqueue(self.topics.cmd_result, {"type": "cmd_result", "id": uuid.uuid4().hex, "cmd": cmd.id,
+                                                   "command": cmd.command, "ok": ok, "detail": detail,
+                                                   "t": time.time()})
+
+        if cmd.command == "rollback":
+            fut = self.releases._worker.submit(self.releases.rollback, str(cmd.args.get("reason", "on command")))
+            fut.add_done_callback(lambda f: done(*f.result()) if f.exception() is None
+                                  else done(False, str(f.exception())))
+        elif cmd.command == "republish_state":
+            self._refresh_state()
+            self.link.publish(self.topics.availability, "online", qos=1, retain=True)
+            self.link.publish(self.topics.state, self._state_payload, qos=1, retain=True)
+            done(True, "state republished")
+        elif cmd.command == "flush_outbox":
+            self.drainer.flushing = True
+            done(True, f"{self._pending()} events pending")
+        elif cmd.command == "ping":
+            done(True, "pong")
+        elif cmd.command == "homeassistant_discovery":
+            self._ha_discovery()
+            done(True, "discovery published")
+
+    RUNTIME_KEYS = ("logging.level", "mqtt.sync.batch_max_events", "mqtt.sync.batch_max_age_ms",
+                    "mqtt.sync.state_interval_s")
+
+    def _on_config(self, payload: bytes) -> None:
+        upd = ConfigUpdate.model_validate_json(payload)
+        bad = sorted(set(upd.values) - set(self.RUNTIME_KEYS))
+        if bad:
+            raise ValueError(f"config keys {bad} cannot change at runtime; allowed: {list(self.RUNTIME_KEYS)} "
+                             "(others need a new config file and a restart)")
+        v = upd.values
+        level = v.get("logging.level")
+        if level is not None and level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ValueError("logging.level must be DEBUG, INFO, WARNING or ERROR")
+        checks = {"mqtt.sync.batch_max_events": (1, 10_000), "mqtt.sync.batch_max_age_ms": (0, 60_000),
+                  "mqtt.sync.state_interval_s": (1, 86_400)}
+        for key, (lo, hi) in checks.items():
+            if key in v and (not isinstance(v[key], int | float) or isinstance(v[key], bool)
+                             or not lo <= v[key] <= hi):
+                raise ValueError(f"{key} must be a number between {lo} and {hi}")
+        if level is not None:
+            logging.getLogger().setLevel(level)
+        if "mqtt.sync.batch_max_events" in v:
+            self.drainer.o.batch_max_events = int(v["mqtt.sync.batch_max_events"])
+        if "mqtt.sync.batch_max_age_ms" in v:
+            self.drainer.o.batch_max_age_ms = int(v["mqtt.sync.batch_max_age_ms"])
+        if "mqtt.sync.state_interval_s" in v:
+            self.o.state_interval_s = float(v["mqtt.sync.state_interval_s"])
+        self._enqueue(self.topics.cmd_result, {"type": "config_result", "id": uuid.uuid4().hex, "cmd": upd.id,
+                                               "ok": True, "detail": f"applied {sorted(v)}", "t": time.time()})
+
+    # -- upstream reports (through the durable outbox) -----------------------------------------
+    def _enqueue(self, topic: str, obj: dict[str, Any]) -> None:
+        try:
+            self.store.enqueue(topic, json.dumps(obj, separators=(",", ":"), default=str), id=obj["id"],
+                               priority=PRIORITY_REPORT)
+        except Exception as exc:  # the store closing under us must not break a handler
+            log.warning("cannot queue %s report: %s", topic, exc)
+
+    def _error(self, topic: str, reason: str) -> None:
+        self.errors += 1
+        log.warning("rejected message on %s: %s", topic, reason)
+        self._enqueue(self.topics.error, {"type": "sync_error", "id": uuid.uuid4().hex, "topic": topic,
+                                          "reason": reason, "t": time.time()})
+
+    def _report(self, kind: str, version: str, step: str, ok: bool, detail: str) -> None:
+        (log.info if ok else log.warning)("release %s %s: %s %s", kind, version, step, detail)
+        self._enqueue(self.topics.release_status, {"type": "release_status", "id": uuid.uuid4().hex, "kind": kind,
+                                                   "version": version, "step": step, "ok": ok, "detail": detail,
+                                                   "t": time.time()})
+
+    def health(self) -> dict[str, Any]:
+        link = self.link.health()
+        return {
+            "status": "ok" if link["connected"] else "degraded",
+            "link": link,
+            "outbox_pending": self._pending(),
+            "evicted": self.evicted,
+            "rejected": self.errors,
+            "drain": self.drainer.health(),
+            "releases": self.releases.health(),
+        }
+
+
+def _profile(p: ProfileIn) -> Profile:
+    return Profile(customer=p.customer, demographics=dict(p.demographics), history=tuple(p.history),
+                   visits=p.visits, updated=p.updated or time.time())

@@ -1,0 +1,245 @@
+"""One JSON schema per MQTT payload, as pydantic models.
+
+Downstream payloads are validated here before anything acts on them; a
+payload that does not fit is rejected with an error event upstream (never a
+crash). ``python -m edge.sync.schemas`` prints every schema as JSON Schema
+(docs/mqtt.md lists the topics they belong to).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+__all__ = [
+    "SCHEMAS",
+    "CatalogueDelta",
+    "CatalogueSnapshot",
+    "ChunkHeader",
+    "Command",
+    "ConfigUpdate",
+    "PlanogramDelta",
+    "PlanogramSnapshot",
+    "ProfilesDelta",
+    "ProfilesSnapshot",
+    "ReleaseManifest",
+    "StockDelta",
+    "StockSnapshot",
+    "describe_error",
+]
+
+MAX_MESSAGE_BYTES = 128 * 1024  # AWS IoT Core's cap on one MQTT message
+VERSION_RE = r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$"
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+Sku = Annotated[str, Field(min_length=1, max_length=64)]
+MsgId = Annotated[str, Field(min_length=1, max_length=128)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# -- releases ------------------------------------------------------------------
+class ReleaseManifest(_Strict):
+    """``…/release/<kind>/manifest`` (retained): what the chunks add up to, signed."""
+
+    kind: Literal["model", "catalogue", "planogram", "stock", "profiles"]
+    version: Annotated[str, Field(pattern=VERSION_RE)]
+    sha256: Sha256
+    size: int = Field(ge=1, le=512 * 1024 * 1024)
+    chunks: int = Field(ge=1, le=100_000)
+    chunk_size: int = Field(ge=1024, le=MAX_MESSAGE_BYTES)
+    format: Literal["file", "tar", "json", "json+zlib"] = "file"
+    signature: Annotated[str, Field(max_length=200)] | None = None  # base64 Ed25519 over signed_message()
+    key_id: str | None = None
+    created: float | None = None
+
+    def signed_message(self) -> bytes:
+        """What the signature covers: kind, version, hash and size (so none can be swapped)."""
+        return f"shelfcast-release/1\n{self.kind}\n{self.version}\n{self.sha256}\n{self.size}\n".encode()
+
+
+class ChunkHeader(_Strict):
+    """The JSON header in front of each chunk's bytes (``…/release/<kind>/chunk/<i>``)."""
+
+    kind: Literal["model", "catalogue", "planogram", "stock", "profiles"]
+    version: Annotated[str, Field(pattern=VERSION_RE)]
+    index: int = Field(ge=0)
+    count: int = Field(ge=1)
+    sha256: Sha256
+
+
+# -- catalogue / planogram / stock / profiles ---------------------------------------
+class ProductIn(_Strict):
+    sku: Sku
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    department: str = ""
+    category: str = ""
+    product_type: str = ""
+    brand: str = ""
+    price: float | None = Field(default=None, ge=0)
+    package_size: str = ""
+    unit_weight_g: float | None = Field(default=None, gt=0)
+    sales_heat: float = Field(default=0.0, ge=0)
+
+
+class PlanogramEntry(_Strict):
+    shelf: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+    slot: int = Field(ge=0, le=255)
+    sku: Sku | None = None
+
+
+class ProfileIn(_Strict):
+    customer: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{8,128}$")]  # the salted hash, never a raw id
+    demographics: dict[str, str | int | float | None] = Field(default_factory=dict)
+    history: list[tuple[Sku, float, float]] = Field(default_factory=list)  # (sku, unix time, quantity)
+    visits: int = Field(default=0, ge=0)
+    updated: float = 0.0
+
+
+class CatalogueDelta(_Strict):
+    """``…/catalogue/delta``: products to add or change."""
+
+    id: MsgId
+    upsert: list[ProductIn] = Field(min_length=1)
+
+
+class PlanogramDelta(_Strict):
+    """``…/planogram/delta``: slots to (re)assign; ``sku: null`` empties a slot."""
+
+    id: MsgId
+    entries: list[PlanogramEntry] = Field(min_length=1)
+
+
+class StockDelta(_Strict):
+    """``…/stock/delta``: absolute ``levels`` and/or relative ``adjust`` per sku."""
+
+    id: MsgId
+    levels: dict[Sku, Annotated[int, Field(ge=0)]] = Field(default_factory=dict)
+    adjust: dict[Sku, int] = Field(default_factory=dict)
+
+
+class ProfilesDelta(_Strict):
+    """``…/profiles/delta``: shopper profiles to add or replace (hashed ids only)."""
+
+    id: MsgId
+    profiles: list[ProfileIn] = Field(min_length=1)
+
+
+class CatalogueSnapshot(_Strict):
+    products: list[ProductIn] = Field(min_length=1)
+
+
+class PlanogramSnapshot(_Strict):
+    entries: list[PlanogramEntry]
+
+
+class StockSnapshot(_Strict):
+    levels: dict[Sku, Annotated[int, Field(ge=0)]]
+
+
+class ProfilesSnapshot(_Strict):
+    profiles: list[ProfileIn]
+
+
+# -- commands / config ------------------------------------------------------------
+class Command(_Strict):
+    """``…/cmd``: one command; the result goes to ``…/cmd/result`` with the same id."""
+
+    id: MsgId
+    command: Literal["rollback", "republish_state", "flush_outbox", "ping", "homeassistant_discovery"]
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
+class ConfigUpdate(_Strict):
+    """``…/config``: runtime-tunable settings by dotted key (see docs/mqtt.md for the list)."""
+
+    id: MsgId
+    values: dict[str, Any] = Field(min_length=1)
+
+
+# -- upstream (documented; built by the node) -----------------------------------------
+class BatchEnvelope(_Strict):
+    """Every upstream message from the outbox: ``items`` are events (each with its idempotency ``id``)."""
+
+    schema_: Literal["shelfcast.batch/1"] = Field(alias="schema")
+    store: str
+    node: str
+    boot: str
+    first_seq: int
+    last_seq: int
+    items: list[dict[str, Any]]
+
+
+class ErrorEvent(_Strict):
+    type: Literal["sync_error"] = "sync_error"
+    id: str
+    topic: str
+    reason: str
+    t: float
+
+
+class ReleaseStatus(_Strict):
+    type: Literal["release_status"] = "release_status"
+    id: str
+    kind: str
+    version: str
+    step: Literal["manifest", "staging", "staged", "verified", "loaded", "canary", "swapped", "applied",
+                  "refused", "rolled_back", "failed"]
+    ok: bool
+    detail: str = ""
+    t: float
+
+
+SCHEMAS: dict[str, type[BaseModel]] = {
+    "release_manifest": ReleaseManifest,
+    "chunk_header": ChunkHeader,
+    "catalogue_delta": CatalogueDelta,
+    "planogram_delta": PlanogramDelta,
+    "stock_delta": StockDelta,
+    "profiles_delta": ProfilesDelta,
+    "catalogue_snapshot": CatalogueSnapshot,
+    "planogram_snapshot": PlanogramSnapshot,
+    "stock_snapshot": StockSnapshot,
+    "profiles_snapshot": ProfilesSnapshot,
+    "command": Command,
+    "config_update": ConfigUpdate,
+    "batch_envelope": BatchEnvelope,
+    "error_event": ErrorEvent,
+    "release_status": ReleaseStatus,
+}
+
+SNAPSHOTS: dict[str, type[BaseModel]] = {
+    "catalogue": CatalogueSnapshot,
+    "planogram": PlanogramSnapshot,
+    "stock": StockSnapshot,
+    "profiles": ProfilesSnapshot,
+}
+DELTAS: dict[str, type[BaseModel]] = {
+    "catalogue": CatalogueDelta,
+    "planogram": PlanogramDelta,
+    "stock": StockDelta,
+    "profiles": ProfilesDelta,
+}
+
+
+def describe_error(exc: ValidationError, limit: int = 3) -> str:
+    """A short, human-readable summary of what did not fit (no payload echoed back)."""
+    parts = []
+    for e in exc.errors(include_url=False, include_input=False)[:limit]:
+        loc = ".".join(str(p) for p in e["loc"]) or "(payload)"
+        parts.append(f"{loc}: {e['msg']}")
+    more = exc.error_count() - limit
+    return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
+
+
+def main() -> None:
+    out = {name: m.model_json_schema(by_alias=True) for name, m in SCHEMAS.items()}
+    sys.stdout.write(json.dumps(out, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

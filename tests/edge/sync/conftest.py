@@ -1,0 +1,185 @@
+"""Fixtures for the sync tests: node configs, signing keys, the fake model loader, an upstream listener."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edge.bus import Bus
+from edge.config import NodeConfig
+from edge.store import Store
+from edge.sync.outbox import decode_payload
+from edge.sync.room import SyncRoom
+
+HERE = Path(__file__).parent
+
+
+def _load_fakes() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("sync_test_fakes", HERE / "fakes.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="session")
+def fakes() -> ModuleType:
+    return _load_fakes()
+
+
+class Keys:
+    def __init__(self, root: Path) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.private = Ed25519PrivateKey.generate()
+        self.other = Ed25519PrivateKey.generate()
+        self.public_path = root / "release.pub"
+        self.public_path.write_bytes(self.private.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        self.private_path = root / "release.key"
+        self.private_path.write_bytes(self.private.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Keys:
+    return Keys(tmp_path / "keys")
+
+
+@pytest.fixture
+def node_config(tmp_path: Path) -> Callable[..., NodeConfig]:
+    def make(url: str | None, *, data_dir: Path | None = None, public_key: Path | None = None,
+             node_id: str = "node-1", **mqtt_extra: Any) -> NodeConfig:
+        raw: dict[str, Any] = {
+            "node": {"data_dir": str(data_dir or tmp_path / "node"), "store_id": "s1", "node_id": node_id},
+            "mqtt": {"cloud": {"url": url, **mqtt_extra}},
+            "model": {"public_key": str(public_key) if public_key else None},
+            "signage": {"enabled": False},
+            "shelves": {"enabled": False},
+        }
+        return NodeConfig.model_validate(raw)
+
+    return make
+
+
+class Upstream:
+    """Subscribes to everything under shelfcast/v1/# and decodes batch envelopes."""
+
+    def __init__(self, url: str) -> None:
+        host, port = url.removeprefix("mqtt://").split(":")
+        self.items: list[tuple[str, dict[str, Any]]] = []
+        self.raw: list[tuple[str, bytes, bool]] = []
+        self._lock = threading.Lock()
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"upstream-{time.monotonic_ns()}",
+                             protocol=mqtt.MQTTv5)
+        self.c.on_message = self._on_message
+        ready = threading.Event()
+        self.c.on_subscribe = lambda *a: ready.set()
+        self.c.on_connect = lambda c, *a: c.subscribe("shelfcast/v1/#", qos=1)
+        self.c.connect(host, int(port))
+        self.c.loop_start()
+        assert ready.wait(5), "upstream listener did not subscribe"
+
+    def _on_message(self, c: Any, u: Any, msg: mqtt.MQTTMessage) -> None:
+        with self._lock:
+            self.raw.append((msg.topic, msg.payload, bool(msg.retain)))
+            try:
+                env = decode_payload(msg.payload, msg.properties)
+            except ValueError:
+                return
+            for it in env["items"]:
+                self.items.append((msg.topic, it))
+
+    def of(self, suffix: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [it for t, it in self.items if t.endswith(suffix)]
+
+    def wait_for(self, pred: Callable[[], Any], timeout: float = 10.0) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            v = pred()
+            if v:
+                return v
+            time.sleep(0.05)
+        return pred()
+
+    def last_raw(self, suffix: str) -> bytes | None:
+        with self._lock:
+            got = [p for t, p, _ in self.raw if t.endswith(suffix)]
+        return got[-1] if got else None
+
+    def close(self) -> None:
+        self.c.loop_stop()
+        self.c.disconnect()
+
+
+@pytest.fixture
+def upstream(mosquitto: Any) -> Iterator[Upstream]:
+    u = Upstream(mosquitto.url)
+    try:
+        yield u
+    finally:
+        u.close()
+
+
+def release_steps(up: Upstream, version: str) -> list[tuple[str, bool, str]]:
+    return [(r["step"], r["ok"], r["detail"]) for r in up.of("/release/status") if r["version"] == version]
+
+
+@pytest.fixture
+def steps() -> Callable[[Upstream, str], list[tuple[str, bool, str]]]:
+    return release_steps
+
+
+def dumps(obj: Any) -> bytes:
+    return json.dumps(obj).encode()
+
+
+class Running:
+    """A SyncRoom on its own event-loop thread, serving a fake model through a recommender stand-in."""
+
+    def __init__(self, config: Any, fakes: Any, *, model: Any = None) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.store = Store(Path(config.node.data_dir) / "shelfcast.db", flush_interval_ms=20).open()
+        self.rec = SimpleNamespace(model=model if model is not None else fakes.FakeScorer("v1", "good"))
+        self.room = SyncRoom(config, self.store, Bus(), recommender=self.rec, loader=fakes.load)
+        self.room.canary.set_requests(fakes.canary_requests())
+        self.run(self.room.start())
+        assert self.room.link.wait_connected(10), self.room.link.last_error
+
+    def run(self, coro: Any, timeout: float = 30) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.run(self.room.stop())
+        self.store.close()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+
+@pytest.fixture
+def start_node(fakes: ModuleType) -> Iterator[Callable[..., Running]]:
+    started: list[Running] = []
+
+    def start(config: NodeConfig, **kw: Any) -> Running:
+        r = Running(config, fakes, **kw)
+        started.append(r)
+        return r
+
+    yield start
+    for r in reversed(started):
+        r.close()

@@ -1,0 +1,122 @@
+"""Signed releases over a real Mosquitto: good ones swap in, bad ones are refused and reported."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge.sync.link import LinkSettings
+from edge.sync.publish import build_release, publish_release
+from edge.sync.topics import Topics
+
+TOPICS = Topics("shelfcast/v1", "s1", "node-1")
+
+
+@pytest.fixture
+def node(mosquitto: Any, node_config: Any, keys: Any, start_node: Any) -> Any:
+    return start_node(node_config(mosquitto.url, public_key=keys.public_path))
+
+
+def publish(mosquitto: Any, rel: Any, **kw: Any) -> None:
+    publish_release(LinkSettings(url=mosquitto.url, client_id="test-publisher"), TOPICS, rel, **kw)
+
+
+def wait_step(upstream: Any, steps: Any, version: str, step: str, timeout: float = 15.0) -> list[Any]:
+    got = upstream.wait_for(lambda: [s for s in steps(upstream, version) if s[0] == step], timeout)
+    assert got, f"no {step!r} report for {version}; got {steps(upstream, version)}"
+    return got  # type: ignore[no-any-return]
+
+
+def test_good_release_swaps_in_keeps_previous_and_rolls_back_on_command(
+        node: Any, mosquitto: Any, upstream: Any, steps: Any, keys: Any, fakes: Any, tmp_path: Path) -> None:
+    rel = build_release("model", fakes.write_model(tmp_path / "v2", "v2"), None, keys.private, chunk_size=64 * 1024)
+    assert rel.manifest["version"] == "v2" and rel.manifest["chunks"] >= 4
+    assert all(len(c) <= 128 * 1024 for c in rel.chunks())
+    publish(mosquitto, rel)
+    wait_step(upstream, steps, "v2", "swapped")
+    assert node.rec.model.version == "v2"
+    names = [s[0] for s in steps(upstream, "v2")]
+    for step in ("manifest", "verified", "staged", "loaded", "canary", "swapped"):
+        assert step in names, names
+    pointer = json.loads((Path(node.room.data_dir) / "models" / "active.json").read_text())
+    assert pointer["version"] == "v2"
+    assert node.room.releases.previous is not None and node.room.releases.previous.version == "v1"
+    # the same retained release delivered again (e.g. after a reconnect) is not processed twice
+    publish(mosquitto, rel)
+    node.room.releases.wait_idle()
+    assert [s[0] for s in steps(upstream, "v2")].count("swapped") == 1
+    # rollback on command
+    mosquitto_pub(mosquitto, TOPICS.cmd(), {"id": "c1", "command": "rollback"})
+    res = upstream.wait_for(lambda: [r for r in upstream.of("/cmd/result") if r.get("cmd") == "c1"])
+    assert res and res[0]["ok"], res
+    assert node.rec.model.version == "v1"
+    wait_step(upstream, steps, "v2", "rolled_back")
+
+
+def mosquitto_pub(mosquitto: Any, topic: str, obj: Any, retain: bool = False) -> None:
+    import paho.mqtt.publish as pub
+
+    payload = obj if isinstance(obj, bytes) else json.dumps(obj).encode()
+    pub.single(topic, payload, qos=1, retain=retain, hostname="127.0.0.1", port=mosquitto.port,
+               protocol=5)
+
+
+@pytest.mark.parametrize("case", ["truncated", "wrong_hash", "unsigned", "other_key", "wrong_shape", "worse_canary",
+                                  "truncated_model_file"])
+def test_bad_release_is_refused_old_model_keeps_serving(
+        case: str, node: Any, mosquitto: Any, upstream: Any, steps: Any, keys: Any, fakes: Any,
+        tmp_path: Path) -> None:
+    from edge.sync.release import sign_manifest
+
+    version = f"bad-{case.replace('_', '-')}"
+    d = fakes.write_model(tmp_path / version, version,
+                          quality="bad" if case == "worse_canary" else "good",
+                          session_shape=[1, 8] if case == "wrong_shape" else None)
+    if case == "truncated_model_file":
+        f = d / "model.tflite"
+        f.write_bytes(f.read_bytes()[:5000])
+    key = {"unsigned": None, "other_key": keys.other}.get(case, keys.private)
+    rel = build_release("model", d, None, key, chunk_size=64 * 1024)
+    kw: dict[str, Any] = {}
+    if case == "truncated":  # the chunks stop short of what the (signed) manifest promises
+        chunks = rel.chunks()
+        short = rel.blob[: len(rel.blob) - 1000]
+        from edge.sync.release import pack_chunk
+
+        last = len(chunks) - 1
+        chunks[last] = pack_chunk("model", version, last, len(chunks), short[last * rel.chunk_size:])
+        kw["chunks"] = chunks
+    if case == "wrong_hash":  # a correctly signed manifest whose hash is not the payload's
+        fields = {k: v for k, v in rel.manifest.items() if k not in ("signature", "key_id")}
+        fields["sha256"] = "0" * 64
+        kw["manifest"] = sign_manifest(fields, keys.private)
+    publish(mosquitto, rel, **kw)
+    refused = wait_step(upstream, steps, version, "refused")
+    assert node.rec.model.version == "v1"
+    assert "swapped" not in [s[0] for s in steps(upstream, version)]
+    detail = refused[0][2]
+    expect = {"truncated": "truncated", "wrong_hash": "wrong hash", "unsigned": "unsigned",
+              "other_key": "bad signature", "wrong_shape": "shape", "worse_canary": "worse on the canary",
+              "truncated_model_file": "does not load"}[case]
+    assert expect in detail, detail
+    assert not (Path(node.room.data_dir) / "models" / "active.json").exists()
+
+
+def test_snapshots_travel_the_same_signed_path(node: Any, mosquitto: Any, upstream: Any, steps: Any,
+                                                keys: Any, tmp_path: Path) -> None:
+    snap = tmp_path / "catalogue.json"
+    snap.write_text(json.dumps({"products": [{"sku": f"new-{i}", "name": f"New product {i}", "department": "DELI",
+                                              "price": 1.5 + i} for i in range(50)]}))
+    rel = build_release("catalogue", snap, "cat-7", keys.private)
+    publish(mosquitto, rel)
+    wait_step(upstream, steps, "cat-7", "applied")
+    assert node.store.product("new-3") is not None and node.store.product("new-3").price == 4.5  # type: ignore[union-attr]
+    # an unsigned stock snapshot is refused and changes nothing
+    stock = tmp_path / "stock.json"
+    stock.write_text(json.dumps({"levels": {"new-3": 0}}))
+    publish(mosquitto, build_release("stock", stock, "stock-1", None))
+    wait_step(upstream, steps, "stock-1", "refused")
+    assert node.store.stock("new-3") is None
