@@ -1,0 +1,432 @@
+"""Sensor fusion: who picked up what.
+
+Shelf controllers say *what* left a shelf (``ShelfEvent``); the camera says
+*who* stood where (``TrackUpdate``). Each shelf event is attributed to the one
+track that stood within the shelf's reach around the event time (median
+distance over ``[t - time_tolerance_s, t]``, plus a penalty for walking
+speed: picking means standing still); when two tracks are within
+``ambiguity_margin_m`` of each other it stays unattributed instead of
+guessing. A session runs from a track's entry to its exit (a track lost and
+re-found within ``handoff_s`` / ``handoff_m`` keeps its session) and collects
+the picked items. A check-in links a session to a hashed customer key.
+
+Without a working camera (disabled, reconnecting, failed), every shelf event
+goes to an anonymous per-shelf session (``attributed=False``), so ranking and
+signage keep working on shelf data alone.
+
+Integration surface (stable; plain methods, call them from one thread, the
+event loop; they never block and are also guarded by a lock)::
+
+    fusion = Fusion(config, on_shopper_event, on_session=None)
+    fusion.on_shelf_event(ShelfEvent)      # -> on_shopper_event(ShopperEvent) once per event with a SKU
+    fusion.on_track(TrackUpdate)
+    fusion.on_zone(ZoneEvent)
+    fusion.set_camera_status(ok: bool)     # wire to VisionRoom(on_status=...)
+    fusion.check_in(customer_hash, track=None, session=None, screen=None) -> session id
+    fusion.on_check_in(CheckIn)            # same, from a CheckIn event
+    fusion.active_sessions() -> list[SessionView]
+    fusion.session(session_id) -> SessionView | None
+    fusion.session_near(x, y, zone=None, max_m=3.0) -> SessionView | None   # signage: who is at this screen
+    fusion.expire(now=None)                # close idle sessions (call every few seconds)
+    fusion.health() -> dict
+
+``ShopperEvent.id`` is derived from the shelf event's id (``shopper_event_id``)
+so a replayed shelf event yields the same idempotency key.
+Customer ids are hashed with ``hash_customer(raw_id, salt)`` (salted SHA-256)
+before they reach this module; ``check_in`` refuses anything that is not such
+a hash, so a raw loyalty number can never be stored by mistake.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+import math
+import re
+import statistics
+import threading
+import time
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import SecretStr
+
+from edge.config import NodeConfig, Shelf
+from edge.events import CheckIn, ShelfEvent, ShopperEvent, TrackUpdate, ZoneEvent
+
+__all__ = ["Fusion", "SessionView", "hash_customer", "shopper_event_id"]
+
+log = logging.getLogger("shelfcast.fusion")
+
+_HASH_RE = re.compile(r"^[0-9a-f]{64}$")
+LOST_AFTER_S = 1.0  # a track without updates this long is lost (its session may still be handed off)
+TRACK_HISTORY_S = 10.0
+CLOSED_KEPT = 1000
+MOTION_PENALTY_S = 0.4  # metres of distance added per m/s of walking speed around the pick
+
+
+def hash_customer(raw_id: str, salt: str | SecretStr) -> str:
+    """Salted SHA-256 of a customer id (loyalty number, app user id): the only form ever stored."""
+    s = salt.get_secret_value() if isinstance(salt, SecretStr) else salt
+    raw = str(raw_id).strip()
+    if not raw:
+        raise ValueError("empty customer id")
+    return hashlib.sha256(s.encode() + b"\x00" + raw.encode()).hexdigest()
+
+
+def shopper_event_id(shelf_event_id: str) -> str:
+    """Deterministic ShopperEvent id for a shelf event (idempotent under replays)."""
+    return hashlib.sha256(b"shopper:" + shelf_event_id.encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionView:
+    """A read-only snapshot of one shopper visit."""
+
+    id: str
+    track: int | None  # current camera track; None for anonymous per-shelf or untracked sessions
+    shelf: str | None  # anonymous per-shelf session: its shelf
+    customer: str | None  # hashed customer key after a check-in
+    zone: str | None
+    x: float | None
+    y: float | None
+    started: float
+    last_seen: float
+    ended: float | None
+    items: tuple[tuple[str, int], ...]  # (sku, net units picked) in first-pick order
+    attributed: bool  # True: a tracked shopper; False: anonymous per-shelf session
+
+    @property
+    def skus(self) -> tuple[str, ...]:
+        return tuple(s for s, n in self.items if n > 0)
+
+
+@dataclass(slots=True)
+class _Session:
+    id: str
+    started: float
+    last_seen: float
+    track: int | None = None
+    shelf: str | None = None
+    customer: str | None = None
+    zone: str | None = None
+    x: float | None = None
+    y: float | None = None
+    ended: float | None = None
+    lost_at: float | None = None
+    tracks: list[int] = field(default_factory=list)
+    items: dict[str, int] = field(default_factory=dict)
+
+    def view(self) -> SessionView:
+        return SessionView(id=self.id, track=self.track, shelf=self.shelf, customer=self.customer, zone=self.zone,
+                           x=self.x, y=self.y, started=self.started, last_seen=self.last_seen, ended=self.ended,
+                           items=tuple(self.items.items()), attributed=self.shelf is None)
+
+
+class Fusion:
+    def __init__(self, config: NodeConfig, on_shopper_event: Callable[[ShopperEvent], None],
+                 on_session: Callable[[SessionView], None] | None = None) -> None:
+        self.cfg = config.fusion
+        self.layout = config.layout
+        self._emit = on_shopper_event
+        self._on_session = on_session
+        self._shelves: dict[str, Shelf] = {s.id: s for s in config.layout.shelves}
+        self._screens = {s.id: s for s in config.layout.screens}
+        self._lock = threading.RLock()
+        self.camera_ok = bool(config.camera.enabled)
+        self._hist: dict[int, deque[tuple[float, float, float]]] = {}
+        self._track_session: dict[int, str] = {}
+        self._active: dict[str, _Session] = {}
+        self._closed: OrderedDict[str, _Session] = OrderedDict()
+        self._anon_by_shelf: dict[str, str] = {}
+        self._now = 0.0
+        self._last_sweep = 0.0
+        self.stats: dict[str, int] = {k: 0 for k in (
+            "shelf_events", "attributed", "unattributed", "ambiguous", "nobody_in_reach", "shelf_only",
+            "unknown_shelf", "no_sku", "bad_events", "check_ins", "handoffs", "sessions_opened",
+            "sessions_closed", "track_updates")}
+
+    # -- inputs ---------------------------------------------------------------
+    def set_camera_status(self, ok: bool) -> None:
+        with self._lock:
+            if ok != self.camera_ok:
+                log.info("fusion: camera %s, %s", "back" if ok else "lost",
+                         "attributing picks to tracks" if ok else "continuing shelf-only")
+            self.camera_ok = ok
+
+    def on_track(self, u: TrackUpdate) -> None:
+        with self._lock:
+            if not (math.isfinite(u.x) and math.isfinite(u.y) and math.isfinite(u.t)):
+                self.stats["bad_events"] += 1
+                return
+            self.stats["track_updates"] += 1
+            self._tick(u.t)
+            h = self._hist.get(u.track)
+            if h is None:
+                h = self._hist[u.track] = deque(maxlen=512)
+            h.append((u.t, u.x, u.y))
+            while h and h[0][0] < u.t - TRACK_HISTORY_S:
+                h.popleft()
+            sid = self._track_session.get(u.track)
+            s = self._active.get(sid) if sid else None
+            if s is None:
+                s = self._handoff(u) or self._open(u.t, track=u.track)
+                self._track_session[u.track] = s.id
+                if u.track not in s.tracks:
+                    s.tracks.append(u.track)
+            s.track = u.track
+            s.lost_at = None
+            s.x, s.y, s.last_seen = u.x, u.y, max(s.last_seen, u.t)
+            if u.zone is not None or s.zone is None:
+                s.zone = u.zone
+
+    def on_zone(self, ev: ZoneEvent) -> None:
+        with self._lock:
+            self._tick(ev.t)
+            sid = self._track_session.get(ev.track)
+            s = self._active.get(sid) if sid else None
+            if s is not None and ev.kind == "enter":
+                s.zone = ev.zone
+
+    def on_shelf_event(self, ev: ShelfEvent) -> None:
+        with self._lock:
+            self.stats["shelf_events"] += 1
+            if ev.delta_units == 0 or not math.isfinite(ev.t):
+                self.stats["bad_events"] += 1
+                return
+            self._tick(ev.t)
+            shelf = self._shelves.get(ev.shelf)
+            sku = ev.sku
+            if sku is None and shelf is not None:
+                sku = next((sl.sku for sl in shelf.slots if sl.slot == ev.slot), None)
+            if shelf is None:
+                self.stats["unknown_shelf"] += 1
+            if not sku:
+                self.stats["no_sku"] += 1
+                return
+            zone = shelf.zone if shelf is not None else None
+            session: _Session | None = None
+            if shelf is not None and self.camera_ok:
+                session = self._attribute(shelf, ev.t)
+            elif shelf is not None:
+                self.stats["shelf_only"] += 1
+            attributed = session is not None
+            if session is None:
+                session = self._anonymous(ev.shelf, ev.t)
+                self.stats["unattributed"] += 1
+            else:
+                self.stats["attributed"] += 1
+            delta = -ev.delta_units  # units taken by the shopper
+            session.items[sku] = session.items.get(sku, 0) + delta
+            session.last_seen = max(session.last_seen, ev.t)
+            out = ShopperEvent(session=session.id, sku=sku, action=ev.action, zone=zone or session.zone,
+                               units=ev.units, shelf=ev.shelf, slot=ev.slot, t=ev.t, attributed=attributed,
+                               id=shopper_event_id(ev.id))
+        self._emit(out)
+
+    def check_in(self, customer_hash: str, track: int | None = None, session: str | None = None,
+                 screen: str | None = None, t: float | None = None) -> str:
+        """Link a visit to a hashed customer; returns the session id (a new one if nobody fits)."""
+        if not isinstance(customer_hash, str) or not _HASH_RE.match(customer_hash):
+            raise ValueError("check_in takes a hashed customer key (64 hex chars): "
+                             "pass hash_customer(raw_id, config.fusion.customer_salt), never the raw id")
+        with self._lock:
+            now = t if t is not None else (self._now or time.time())
+            self._tick(now)
+            s: _Session | None = None
+            if session is not None:
+                s = self._active.get(session) or self._closed.get(session)
+            if s is None and track is not None:
+                sid = self._track_session.get(track)
+                s = self._active.get(sid) if sid else None
+            scr = self._screens.get(screen) if screen else None
+            if s is None and scr is not None:
+                near = self._near(scr.position[0], scr.position[1], scr.zone, 3.0)
+                s = self._active.get(near.id) if near is not None else None
+            if s is None:
+                s = self._open(now)
+                if scr is not None:
+                    s.x, s.y, s.zone = scr.position[0], scr.position[1], scr.zone
+            s.customer = customer_hash
+            s.last_seen = max(s.last_seen, now)
+            self.stats["check_ins"] += 1
+            return s.id
+
+    def on_check_in(self, ev: CheckIn) -> str:
+        return self.check_in(ev.customer, track=ev.track, session=ev.session, screen=ev.screen, t=ev.t)
+
+    # -- queries --------------------------------------------------------------
+    def active_sessions(self) -> list[SessionView]:
+        with self._lock:
+            return [s.view() for s in self._active.values()]
+
+    def session(self, session_id: str) -> SessionView | None:
+        with self._lock:
+            s = self._active.get(session_id) or self._closed.get(session_id)
+            return s.view() if s is not None else None
+
+    def session_near(self, x: float, y: float, zone: str | None = None, max_m: float = 3.0) -> SessionView | None:
+        """The active shopper nearest to (x, y) (e.g. a screen), optionally in ``zone``.
+
+        With the camera down, the most recent anonymous shelf session of the
+        nearest shelf (in that zone) stands in for the shopper.
+        """
+        with self._lock:
+            return self._near(x, y, zone, max_m)
+
+    def expire(self, now: float | None = None) -> None:
+        """Close idle and lost sessions; cheap, call it every few seconds."""
+        with self._lock:
+            self._sweep(now if now is not None else max(self._now, time.time()))
+
+    def health(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "mode": "camera" if self.camera_ok else "shelf_only",
+                "active_sessions": len(self._active),
+                "tracked_sessions": sum(1 for s in self._active.values() if s.track is not None),
+                "tracks": len(self._hist),
+                **self.stats,
+            }
+
+    # -- internals ------------------------------------------------------------
+    def _tick(self, t: float) -> None:
+        if t > self._now:
+            self._now = t
+        if self._now - self._last_sweep >= 0.5:
+            self._sweep(self._now)
+
+    def _open(self, t: float, track: int | None = None, shelf: str | None = None) -> _Session:
+        s = _Session(id=uuid.uuid4().hex, started=t, last_seen=t, track=track, shelf=shelf)
+        if track is not None:
+            s.tracks.append(track)
+        self._active[s.id] = s
+        self.stats["sessions_opened"] += 1
+        if self._on_session is not None:
+            self._on_session(s.view())
+        return s
+
+    def _close(self, s: _Session, t: float) -> None:
+        s.ended = t
+        self._active.pop(s.id, None)
+        if s.shelf is not None and self._anon_by_shelf.get(s.shelf) == s.id:
+            del self._anon_by_shelf[s.shelf]
+        self._closed[s.id] = s
+        while len(self._closed) > CLOSED_KEPT:
+            old_id, old = self._closed.popitem(last=False)
+            for tr in old.tracks:
+                if self._track_session.get(tr) == old_id:
+                    del self._track_session[tr]
+        self.stats["sessions_closed"] += 1
+        if self._on_session is not None:
+            self._on_session(s.view())
+
+    def _sweep(self, now: float) -> None:
+        self._last_sweep = now
+        for tr in [k for k, h in self._hist.items() if not h or h[-1][0] < now - TRACK_HISTORY_S]:
+            del self._hist[tr]
+        for s in list(self._active.values()):
+            if s.shelf is not None:
+                if now - s.last_seen > self.cfg.anonymous_idle_s:
+                    self._close(s, s.last_seen)
+                continue
+            if s.track is not None:
+                h = self._hist.get(s.track)
+                last = h[-1][0] if h else s.last_seen
+                if now - last > LOST_AFTER_S and s.lost_at is None:
+                    s.lost_at = last
+                if s.lost_at is not None and now - s.lost_at > self.cfg.handoff_s + LOST_AFTER_S:
+                    self._close(s, s.lost_at)
+                    continue
+            elif now - s.last_seen > self.cfg.session_idle_s:
+                self._close(s, s.last_seen)
+                continue
+            if now - s.last_seen > self.cfg.session_idle_s:
+                self._close(s, s.last_seen)
+
+    def _handoff(self, u: TrackUpdate) -> _Session | None:
+        """A new track where a tracked shopper was just lost continues that shopper's session."""
+        best: tuple[float, _Session] | None = None
+        for s in self._active.values():
+            if s.shelf is not None or s.x is None or s.y is None or s.track is None:
+                continue
+            h = self._hist.get(s.track)
+            last = h[-1][0] if h else s.last_seen
+            gap = u.t - last
+            if not (LOST_AFTER_S * 0.5 <= gap <= self.cfg.handoff_s + LOST_AFTER_S):
+                continue
+            d = math.hypot(u.x - s.x, u.y - s.y)
+            if d <= self.cfg.handoff_m and (best is None or d < best[0]):
+                best = (d, s)
+        if best is None:
+            return None
+        self.stats["handoffs"] += 1
+        return best[1]
+
+    def _attribute(self, shelf: Shelf, t: float) -> _Session | None:
+        sx, sy = shelf.position
+        lo, hi = t - self.cfg.time_tolerance_s, t + 0.25
+        cands: list[tuple[float, int]] = []
+        for track, h in self._hist.items():
+            if not h or h[-1][0] < lo:
+                continue
+            pts = [(ts, x, y) for (ts, x, y) in h if lo <= ts <= hi]
+            if not pts:
+                continue
+            d = statistics.median(math.hypot(x - sx, y - sy) for (_, x, y) in pts)
+            if d > shelf.reach_m:
+                continue
+            # picking means standing still: someone walking past scores as if farther away
+            span = pts[-1][0] - pts[0][0]
+            path = sum(math.hypot(b[1] - a[1], b[2] - a[2]) for a, b in itertools.pairwise(pts))
+            speed = path / span if span > 0.2 else 0.0
+            cands.append((d + MOTION_PENALTY_S * speed, track))
+        if not cands:
+            self.stats["nobody_in_reach"] += 1
+            return None
+        cands.sort()
+        if len(cands) > 1 and cands[1][0] - cands[0][0] < self.cfg.ambiguity_margin_m:
+            self.stats["ambiguous"] += 1
+            return None
+        track = cands[0][1]
+        sid = self._track_session.get(track)
+        s = (self._active.get(sid) or self._closed.get(sid)) if sid else None
+        if s is None:
+            s = self._open(t, track=track)
+            self._track_session[track] = s.id
+        return s
+
+    def _anonymous(self, shelf: str, t: float) -> _Session:
+        sid = self._anon_by_shelf.get(shelf)
+        s = self._active.get(sid) if sid else None
+        if s is None or t - s.last_seen > self.cfg.anonymous_idle_s:
+            if s is not None:
+                self._close(s, s.last_seen)
+            s = self._open(t, shelf=shelf)
+            sh = self._shelves.get(shelf)
+            if sh is not None:
+                s.x, s.y, s.zone = sh.position[0], sh.position[1], sh.zone
+            self._anon_by_shelf[shelf] = s.id
+        return s
+
+    def _near(self, x: float, y: float, zone: str | None, max_m: float) -> SessionView | None:
+        best: tuple[float, _Session] | None = None
+        fresh = self._now - 2.0
+        for s in self._active.values():
+            if s.x is None or s.y is None or s.lost_at is not None:
+                continue
+            if zone is not None and s.zone != zone:
+                continue
+            tracked = s.track is not None and s.last_seen >= fresh
+            if s.track is not None and not tracked:
+                continue
+            d = math.hypot(s.x - x, s.y - y)
+            if s.track is None:
+                d += 0.5  # a live tracked shopper beats a shelf-only stand-in at the same distance
+            if d <= max_m and (best is None or d < best[0]):
+                best = (d, s)
+        return best[1].view() if best is not None else None

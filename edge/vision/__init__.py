@@ -1,0 +1,36 @@
+"""Camera positioning: who stands where on the floor.
+
+Frames (V4L2, RTSP/HTTP, file, or the synthetic scene) -> shopper blobs
+(background model, top-down) -> tracks with stable ids (Kalman + Hungarian)
+-> ``TrackUpdate`` (floor metres, zone, dwell) and ``ZoneEvent`` (enter/exit
+with dwell). Frames stay in memory; nothing looks at faces or appearance.
+
+Public API (stable; see each module's docstring):
+
+- ``VisionRoom(config, on_track, on_zone, on_status=None, on_pick=None)``:
+  ``async start()``, ``async stop()``, ``health()``, ``.scene``.
+- ``SyntheticScene(layout, n_shoppers, seed, ...)``: ``step(dt) -> (frame_bgr,
+  GroundTruth)``, ``on_pick`` hook, exact ``homography``.
+- ``Pipeline(homography, frame_size, zone_of)``: one frame -> updates + zone events.
+- ``compute_homography(image_pts, floor_pts) -> Calibration`` (``CalibrationError``).
+- CLI: ``shelfcast calibrate camera`` and ``shelfcast bench vision`` (``edge.vision.cli``).
+"""
+
+from edge.vision.calibration import Calibration, CalibrationError, compute_homography
+from edge.vision.pipeline import FrameResult, Pipeline
+from edge.vision.room import VisionRoom
+from edge.vision.scene import GroundTruth, Pick, ShopperTruth, SyntheticScene, aisle_layout
+
+__all__ = [
+    "Calibration",
+    "CalibrationError",
+    "FrameResult",
+    "GroundTruth",
+    "Pick",
+    "Pipeline",
+    "ShopperTruth",
+    "SyntheticScene",
+    "VisionRoom",
+    "aisle_layout",
+    "compute_homography",
+]

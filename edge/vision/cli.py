@@ -1,0 +1,251 @@
+"""``shelfcast calibrate camera`` and ``shelfcast bench vision``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import yaml
+
+from edge.cli import CommandRegistry, UserError, print_json
+from edge.config import NodeConfig, default_config, load_config, parse_config
+from edge.vision.calibration import LARGE_ERROR_CM, CalibrationError, compute_homography, draw_preview
+from edge.vision.scene import SyntheticScene
+from edge.vision.sources import OpenCVSource, SourceError, describe_source, source_kind
+
+__all__ = ["register"]
+
+_POINT_RE = re.compile(r"^\s*([-+0-9.eE]+)\s*,\s*([-+0-9.eE]+)\s*[:=]\s*([-+0-9.eE]+)\s*,\s*([-+0-9.eE]+)\s*$")
+
+
+def register(reg: CommandRegistry) -> None:
+    p = reg.subcommand("calibrate", "camera",
+                       "compute the camera's image->floor homography from >= 4 reference points", _calibrate)
+    p.add_argument("--config", type=Path, help="node config (layout for the preview; --write updates it)")
+    p.add_argument("--point", action="append", default=[], metavar="U,V:X,Y",
+                   help="a reference point: image pixel U,V is floor position X,Y metres (repeat, >= 4)")
+    p.add_argument("--points", type=Path, metavar="FILE",
+                   help="YAML/JSON list of {image: [u, v], floor: [x, y]} reference points")
+    p.add_argument("--synthetic", action="store_true",
+                   help="use the synthetic scene's known reference points (demo and tests)")
+    p.add_argument("--snapshot", type=Path, help="image to draw the preview on (default: grab one frame)")
+    p.add_argument("--preview", type=Path, default=Path("camera-calibration.png"),
+                   help="where to write the preview PNG (default: %(default)s)")
+    p.add_argument("--no-preview", action="store_true", help="do not grab a snapshot or write a preview")
+    p.add_argument("--write", action="store_true", help="write the homography into --config")
+    p.add_argument("--max-error-cm", type=float, default=LARGE_ERROR_CM,
+                   help="reprojection RMSE above which the result is refused for --write (default: %(default)s)")
+    p.add_argument("--accept-large-error", action="store_true", help="write even above --max-error-cm")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    b = reg.subcommand("bench", "vision",
+                       "positioning, tracking and attribution accuracy + frames/s on synthetic scenes", _bench)
+    b.add_argument("--json", action="store_true", help="print JSON")
+    b.add_argument("--seconds", type=float, default=300.0, help="simulated seconds (default: %(default)s)")
+    b.add_argument("--shoppers", type=int, default=5, help="shoppers in the aisle (default: %(default)s)")
+    b.add_argument("--seed", type=int, default=1)
+    b.add_argument("--width", type=int, default=640)
+    b.add_argument("--height", type=int, default=480)
+    b.add_argument("--detect-width", type=int, default=320)
+
+
+# -- calibrate ----------------------------------------------------------------------
+
+
+def _parse_points(args: argparse.Namespace, cfg: NodeConfig) -> tuple[list[list[float]], list[list[float]]]:
+    img: list[list[float]] = []
+    flo: list[list[float]] = []
+    for s in args.point:
+        m = _POINT_RE.match(s)
+        if not m:
+            raise UserError(f"--point {s!r}: expected U,V:X,Y (image pixels : floor metres), e.g. 120,80:0.0,0.0")
+        u, v, x, y = (float(g) for g in m.groups())
+        img.append([u, v])
+        flo.append([x, y])
+    if args.points is not None:
+        try:
+            data = yaml.safe_load(args.points.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise UserError(f"cannot read {args.points}: {exc}") from None
+        if isinstance(data, dict):
+            data = data.get("points")
+        if not isinstance(data, list):
+            raise UserError(f"{args.points}: expected a list of {{image: [u, v], floor: [x, y]}}")
+        for i, d in enumerate(data):
+            try:
+                img.append([float(d["image"][0]), float(d["image"][1])])
+                flo.append([float(d["floor"][0]), float(d["floor"][1])])
+            except (KeyError, TypeError, IndexError, ValueError):
+                raise UserError(f"{args.points}: point {i} must look like {{image: [u, v], floor: [x, y]}}") from None
+    if args.synthetic:
+        scene = _scene(cfg)
+        i_pts, f_pts = scene.reference_points()
+        img += i_pts.tolist()
+        flo += f_pts.tolist()
+    return img, flo
+
+
+def _scene(cfg: NodeConfig) -> SyntheticScene:
+    return SyntheticScene(cfg.layout, n_shoppers=0, seed=cfg.camera.synthetic_seed, width=cfg.camera.width,
+                          height=cfg.camera.height, noise_sigma=0.0)
+
+
+def _snapshot(args: argparse.Namespace, cfg: NodeConfig) -> np.ndarray:
+    if args.snapshot is not None:
+        img = cv2.imread(str(args.snapshot), cv2.IMREAD_COLOR)
+        if img is None:
+            raise UserError(f"cannot read the snapshot image {args.snapshot}; give a PNG or JPEG file")
+        return img
+    if source_kind(cfg.camera.source) == "synthetic":
+        return _scene(cfg).background()
+    src = OpenCVSource(cfg.camera.source, width=cfg.camera.width, height=cfg.camera.height, fps=cfg.camera.fps,
+                       timeout_s=cfg.camera.stream_timeout_s)
+    try:
+        src.open()
+        r = src.read()
+    except SourceError as exc:
+        raise UserError(f"{exc}; or pass --snapshot FILE, or --no-preview") from None
+    finally:
+        src.close()
+    if r is None:
+        raise UserError(f"camera {describe_source(cfg.camera.source)} gave no frame; pass --snapshot FILE "
+                        "or --no-preview")
+    return r[0]
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    if args.write and args.config is None:
+        raise UserError("--write needs --config PATH (the node config file to update)")
+    cfg = load_config(args.config) if args.config is not None else default_config()
+    img, flo = _parse_points(args, cfg)
+    if not img:
+        raise UserError("no reference points: give at least 4 with --point U,V:X,Y (or --points FILE)")
+    try:
+        cal = compute_homography(img, flo)
+    except CalibrationError as exc:
+        raise UserError(str(exc)) from None
+    h = cal.as_config()
+    result: dict[str, Any] = {
+        "homography": h,
+        "reprojection_rmse_cm": round(cal.rmse_cm, 2),
+        "reprojection_max_cm": round(cal.max_error_cm, 2),
+        "errors_cm": [round(e, 2) for e in cal.errors_cm],
+        "points": cal.n_points,
+        "inliers": cal.inliers,
+        "large_error": cal.rmse_cm > args.max_error_cm,
+        "written": False,
+        "preview": None,
+    }
+    warnings: list[str] = []
+    if cal.n_points == 4:
+        warnings.append("with exactly 4 points the error is always ~0 and proves nothing; add 2 or more "
+                        "points to check the calibration")
+    if result["large_error"]:
+        warnings.append(f"reprojection error {cal.rmse_cm:.1f} cm is above {args.max_error_cm:g} cm: re-measure "
+                        "the points (worst: point "
+                        f"{int(np.argmax(cal.errors_cm)) + 1}, {cal.max_error_cm:.1f} cm)")
+    if not args.no_preview:
+        snap = _snapshot(args, cfg)
+        preview = draw_preview(snap, np.asarray(h), cfg.layout, img, flo)
+        if not cv2.imwrite(str(args.preview), preview):
+            raise UserError(f"cannot write the preview to {args.preview}; check the directory exists")
+        result["preview"] = str(args.preview)
+    if args.write:
+        if result["large_error"] and not args.accept_large_error:
+            warnings.append("not written: fix the points, or pass --accept-large-error")
+        else:
+            _write_homography(args.config, h)
+            result["written"] = True
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    code = 1 if args.write and not result["written"] else 0
+    if args.json:
+        print_json({**result, "warnings": warnings})
+        return code
+    print(f"reprojection error: {cal.rmse_cm:.2f} cm RMS, {cal.max_error_cm:.2f} cm max over {cal.n_points} points")
+    if result["preview"]:
+        print(f"preview: {result['preview']}")
+    if result["written"]:
+        print(f"homography written to {args.config}")
+    else:
+        print("add this to the camera section of the config:")
+        print(homography_yaml(h))
+    return code
+
+
+def homography_yaml(h: list[list[float]]) -> str:
+    rows = ",\n".join("    [" + ", ".join(repr(v) for v in row) + "]" for row in h)
+    return f"camera:\n  homography: [\n{rows}\n  ]"
+
+
+def _flow(h: list[list[float]]) -> str:
+    return "[" + ", ".join("[" + ", ".join(repr(v) for v in row) + "]" for row in h) + "]"
+
+
+def _write_homography(path: Path, h: list[list[float]]) -> None:
+    """Put ``camera.homography`` into the YAML file, touching only that value (comments survive)."""
+    text = path.read_text()
+    lines = text.splitlines(keepends=True)
+    root = yaml.compose(text) if text.strip() else None
+    new_text: str | None = None
+    if isinstance(root, yaml.MappingNode):
+        cam = next((v for k, v in root.value if k.value == "camera"), None)
+        if isinstance(cam, yaml.MappingNode) and cam.flow_style is not True and cam.value:
+            hom = next(((k, v) for k, v in cam.value if k.value == "homography"), None)
+            if hom is not None:
+                _key, v = hom
+                start = _offset(lines, v.start_mark.line, v.start_mark.column)
+                end = _offset(lines, v.end_mark.line, v.end_mark.column)
+                new_text = text[:start] + _flow(h) + text[end:]
+            else:
+                first = cam.value[0][0]
+                indent = " " * first.start_mark.column
+                at = _offset(lines, first.start_mark.line, 0)
+                new_text = text[:at] + f"{indent}homography: {_flow(h)}\n" + text[at:]
+        elif cam is None:
+            sep = "" if text.endswith("\n") or not text else "\n"
+            new_text = text + sep + f"camera:\n  homography: {_flow(h)}\n"
+    elif not text.strip():
+        new_text = f"camera:\n  homography: {_flow(h)}\n"
+    if new_text is None:
+        raise UserError(f"cannot place camera.homography in {path} automatically (flow-style camera section?); "
+                        "add it by hand:\n" + homography_yaml(h))
+    parse_config(new_text, str(path))  # never write a config that would not load
+    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=".shelfcast-", suffix=".yaml")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(new_text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _offset(lines: list[str], line: int, col: int) -> int:
+    return sum(len(x) for x in lines[:line]) + col
+
+
+# -- bench --------------------------------------------------------------------------
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from edge.vision.bench import run_bench
+
+    if args.seconds <= 0 or args.shoppers < 1:
+        raise UserError("--seconds must be > 0 and --shoppers >= 1")
+    r = run_bench(seconds=args.seconds, shoppers=args.shoppers, seed=args.seed, width=args.width,
+                  height=args.height, detect_width=args.detect_width)
+    if args.json:
+        print_json(r)
+    else:
+        print(json.dumps(r, indent=2))
+    return 0
