@@ -132,17 +132,32 @@ class Node:
         self.recommender: Recommender | None = None
         self.screens = ScreenBoard(self.bus)
         self.signage: Any = None  # edge.signage.SignageRoom once built (HTTP, SSE, MQTT, shelf displays)
+        self.shelves: Any = None  # firmware_bridge.ShelfBridge once built (shelf controllers, displays)
+        self.extra_shelf_ports: list[str] = []  # ports besides shelves.ports (the demo's simulated ones)
+        self.sync: Any = None  # edge.sync.SyncRoom once built (only with mqtt.cloud.url)
         self._housekeeping: asyncio.Task[None] | None = None
 
     @property
     def store(self) -> Store:
         return self.store_room.store
 
+    def _planogram(self, shelf: str, slot: int) -> tuple[str | None, float | None]:
+        """(sku, unit weight g) for the shelf room's detector, from the store's planogram and catalogue."""
+        sku = self.store.planogram_slot(shelf, slot)
+        product = self.store.product(sku) if sku else None
+        return sku, (product.unit_weight_g if product is not None else None)
+
     def _build_rooms(self) -> None:
         """Rooms that need an open store are built after it starts."""
         self.recommender = Recommender(self.config, self.store, self.bus, model=load_model_scorer(self.config))
         self.rooms.append(self.recommender)
         self.rooms.append(self.screens)
+        if self.config.shelves.enabled:  # shelf controllers over serial: ShelfEvent onto the bus
+            from firmware_bridge import ShelfBridge
+
+            self.shelves = ShelfBridge(self.config, self.bus.publish, planogram=self._planogram,
+                                       ports=self.extra_shelf_ports)
+            self.rooms.append(self.shelves)
         if self.config.signage.enabled:
             from edge.signage import SignageRoom
 
@@ -150,6 +165,11 @@ class Node:
                 self.config, self.store, self.bus, self.screens, self.recommender, health=self.health,
                 displays=lambda: next((r for r in self.rooms if callable(getattr(r, "show", None))), None))
             self.rooms.append(self.signage)
+        if self.config.mqtt.cloud.url:  # cloud sync: outbox up; releases, deltas, commands down (edge/sync)
+            from edge.sync.room import SyncRoom
+
+            self.sync = SyncRoom(self.config, self.store, self.bus, recommender=self.recommender, state=self.health)
+            self.rooms.append(self.sync)
 
     async def start(self) -> None:
         self.started_at = time.time()

@@ -148,8 +148,16 @@ async def run_demo(opts: DemoOptions) -> dict[str, Any]:
         data_dir = opts.data_dir
     config = demo_config(opts, data_dir)
     node = Node(config)
+    shelves = None
+    if config.shelves.enabled:  # simulated controllers: each pick travels as bytes over a pty
+        from firmware_bridge.demo_shelves import DemoShelves
+
+        shelves = DemoShelves(config, seed=opts.seed)
+        node.extra_shelf_ports = shelves.ports
     t0 = time.monotonic()
     await node.start()
+    if shelves is not None:
+        shelves.attach(node.bus)  # ShelfEvent from the driver -> the shopper's ShopperEvent
     heat = {p.sku: p.sales_heat for p in node.store.products().values()}
     sim = ShopperSim(config, heat, n=opts.shoppers, seed=opts.seed, action_interval_s=opts.action_interval_s)
     names = {p.sku: p.name for p in node.store.products().values()}
@@ -184,6 +192,9 @@ async def run_demo(opts: DemoOptions) -> dict[str, Any]:
             now = time.time()
             for a in sim.step(now):
                 actions += 1
+                if shelves is not None:
+                    shelves.act(a)
+                    continue
                 node.bus.publish(ShopperEvent(session=a.session, sku=a.sku,
                                               action="pick" if a.delta_units < 0 else "put", zone=a.zone,
                                               units=abs(a.delta_units), shelf=a.shelf, slot=a.slot, t=a.t))
@@ -198,6 +209,8 @@ async def run_demo(opts: DemoOptions) -> dict[str, Any]:
         outbox = node.store.outbox_pending()
         rec = node.recommender
         await node.stop()
+        if shelves is not None:
+            shelves.close()
         if tmp is not None:
             tmp.cleanup()
     elapsed = time.monotonic() - t0
@@ -214,6 +227,7 @@ async def run_demo(opts: DemoOptions) -> dict[str, Any]:
         "duration_s": round(elapsed, 2),
         "events_per_s": round(stats.get("events", 0) / elapsed, 2) if elapsed else 0.0,
         "status": health["status"],
+        "shelf_events": shelves.stats["shelf_events"] if shelves is not None else 0,
         "names_shown": len({s for v in last_shown.values() for s in v if s in names}),
     }
 
