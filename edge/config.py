@@ -227,10 +227,26 @@ class BrokerSection(_Strict):
         return _resolve_secret(v)
 
 
+class SyncSection(_Strict):
+    """Cloud sync tuning (edge/sync, docs/mqtt.md); the defaults suit a store link and AWS IoT's 128 KB cap."""
+
+    session_expiry_s: int = Field(default=7 * 86400, ge=0)  # broker keeps our session (queued commands) this long
+    connack_timeout_s: float = Field(default=10.0, gt=0)  # no CONNACK by then: say why (e.g. missing client cert)
+    batch_max_events: int = Field(default=500, ge=1, le=10_000)
+    batch_max_age_ms: int = Field(default=200, ge=0, le=60_000)  # a partial batch leaves once this old
+    max_message_bytes: int = Field(default=128 * 1024, ge=4096, le=256 * 1024 * 1024)
+    outbox_max_age_s: float = Field(default=14 * 86400.0, gt=0)  # older upstream events are evicted (counted)
+    state_interval_s: float = Field(default=60.0, gt=0)
+    backoff_max_s: float = Field(default=30.0, gt=0)
+    homeassistant: bool = False  # publish Home Assistant MQTT discovery for the node, screens and shelves
+    homeassistant_prefix: str = "homeassistant"
+
+
 class MqttSection(_Strict):
     local: BrokerSection = Field(default_factory=BrokerSection)
     cloud: BrokerSection = Field(default_factory=BrokerSection)
     topic_prefix: str = "shelfcast/v1"
+    sync: SyncSection = Field(default_factory=SyncSection)
 
 
 class StoreSection(_Strict):

@@ -124,6 +124,12 @@ def explain_connect_error(exc: BaseException, s: LinkSettings) -> str:
         if "certificate required" in low or ("handshake failure" in low and s.cert_file is None):
             return (f"TLS handshake with {where} failed: missing client certificate — the broker requires "
                     f"one; set {key}.cert_file and {key}.key_file")
+        if "eof" in low or "connection reset" in low:  # closed during/right after the handshake
+            if s.cert_file is None:
+                return (f"TLS handshake with {where} failed: missing client certificate — the broker closed the "
+                        f"connection; it requires one: set {key}.cert_file and {key}.key_file")
+            return (f"TLS handshake with {where} failed: the broker closed the connection; it may have rejected "
+                    f"our client certificate ({key}.cert_file) — check the broker's log")
         if "alert bad certificate" in low or "certificate unknown" in low:
             return f"TLS handshake with {where} failed: the broker rejected our client certificate ({key}.cert_file)"
         if "wrong version number" in low or "record layer failure" in low or "packet length too long" in low:
@@ -132,6 +138,9 @@ def explain_connect_error(exc: BaseException, s: LinkSettings) -> str:
         return f"TLS error talking to {where}: {exc}"
     if isinstance(exc, ConnectionRefusedError):
         return f"broker unreachable: nothing is listening at {where} (is the broker running? is {key}.url right?)"
+    if isinstance(exc, ConnectionResetError) and s.tls:
+        return (f"TLS handshake with {where} failed: the port reset the connection — it does not speak TLS "
+                "(a plain MQTT port? use mqtt://, or the broker's TLS port, usually 8883)")
     if isinstance(exc, socket.gaierror):
         return f"cannot resolve broker host {s.host!r} (check {key}.url and DNS)"
     if isinstance(exc, TimeoutError | socket.timeout):
