@@ -131,26 +131,25 @@ unit_text() {
     sed -e "s#/opt/shelfcast#$PREFIX#g" -e "s#/etc/shelfcast#$CONFDIR#g" -e "s#/var/lib/shelfcast#$DATADIR#g" "$1"
 }
 
-SHELFCAST="$R$VENV/bin/shelfcast"
 PY="$R$VENV/bin/python"
 CONFIG="$CONFDIR/shelfcast.yaml"
 
 render_broker_and_udev() {
     # udev rules and the local broker (with its cloud bridge) come from the node config
-    local tmp
-    tmp="$(mktemp)"
-    "$PY" -m edge.deployment udev --config "$R$CONFIG" >"$tmp" || die "cannot render udev rules from $R$CONFIG"
-    put "$tmp" /etc/udev/rules.d/99-shelfcast.rules 644
-    "$PY" -m edge.deployment mosquitto --config "$R$CONFIG" >"$tmp" || die "cannot render the broker config"
-    put "$tmp" /etc/mosquitto/conf.d/shelfcast.conf 644
-    rm -f "$tmp"
-    local certdir=/etc/mosquitto/certs/shelfcast src name
+    local tmp certdir=/etc/mosquitto/certs/shelfcast src name file
+    tmp="$(mktemp -d)"
+    "$PY" -m edge.deployment render --config "$R$CONFIG" --out-dir "$tmp" \
+        || die "cannot render udev rules and the broker config from $R$CONFIG"
+    put "$tmp/udev.rules" /etc/udev/rules.d/99-shelfcast.rules 644
+    put "$tmp/mosquitto.conf" /etc/mosquitto/conf.d/shelfcast.conf 644
     while read -r src name; do
         [ -n "$src" ] || continue
-        [ -f "$R$src" ] || die "mqtt.cloud names $src but it does not exist; run \`shelfcast provision\` again"
-        put "$R$src" "$certdir/$name" 600
+        case "$src" in "$R"/*) file="$src" ;; *) file="$R$src" ;; esac
+        [ -f "$file" ] || die "mqtt.cloud names $src but it does not exist; run \`shelfcast provision\` again"
+        put "$file" "$certdir/$name" 600
         run chown mosquitto:mosquitto "$certdir/$name"
-    done < <("$PY" -m edge.deployment tls-files --config "$R$CONFIG")
+    done <"$tmp/tls-files"
+    rm -rf "$tmp"
     run udevadm control --reload-rules
     run udevadm trigger --subsystem-match=tty --action=add
 }
@@ -159,7 +158,7 @@ if [ "$FIRSTBOOT" = 1 ]; then
     BUNDLE="$R$BOOT_DIR/shelfcast"
     [ -f "$BUNDLE/firstboot.json" ] || { say "no first-boot bundle in $BUNDLE; nothing to do"; exit 0; }
     say "provisioning from $BUNDLE"
-    "$SHELFCAST" provision --from-bundle "$BUNDLE" --config "$R$CONFIG" --keys-dir "$R$CONFDIR/keys" \
+    "$PY" -m edge.provision provision --from-bundle "$BUNDLE" --config "$R$CONFIG" --keys-dir "$R$CONFDIR/keys" \
         || die "the first-boot bundle was refused; see the journal: journalctl -u shelfcast-firstboot"
     run chown -R "root:$SERVICE_USER" "$CONFDIR"
     render_broker_and_udev

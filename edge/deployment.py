@@ -109,23 +109,39 @@ def render_mosquitto_conf(config: NodeConfig, cert_dir: Path = MOSQUITTO_CERT_DI
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m edge.deployment", description=__doc__)
-    ap.add_argument("what", choices=["udev", "mosquitto", "tls-files", "validate"])
+    ap.add_argument("what", choices=["udev", "mosquitto", "tls-files", "validate", "render"])
     ap.add_argument("--config", type=Path, required=True)
     ap.add_argument("--cert-dir", type=Path, default=MOSQUITTO_CERT_DIR)
+    ap.add_argument("--out-dir", type=Path, default=None, help="render: write udev.rules, mosquitto.conf, tls-files")
     args = ap.parse_args(argv)
     cfg = load_config(args.config)
     if args.what == "validate":  # quicker than `shelfcast config validate` (no command modules to import)
         print(f"{args.config}: valid")
+    elif args.what == "render":  # everything at once: one interpreter start instead of three
+        if args.out_dir is None:
+            ap.error("render needs --out-dir")
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        (args.out_dir / "udev.rules").write_text(render_udev_rules(cfg.shelves.usb_ids))
+        (args.out_dir / "mosquitto.conf").write_text(render_mosquitto_conf(cfg, args.cert_dir))
+        (args.out_dir / "tls-files").write_text("".join(f"{src} {name}\n" for src, name in _tls_files(cfg)))
     elif args.what == "udev":
         sys.stdout.write(render_udev_rules(cfg.shelves.usb_ids))
     elif args.what == "mosquitto":
         sys.stdout.write(render_mosquitto_conf(cfg, args.cert_dir))
     else:  # the TLS files the bridge needs, as "SOURCE DEST-NAME" lines, for the installer to copy
-        c = cfg.mqtt.cloud
-        for src, name in ((c.ca_file, "ca.crt"), (c.cert_file, "node.crt"), (c.key_file, "node.key")):
-            if src is not None:
-                print(f"{src} {name}")
+        for src, name in _tls_files(cfg):
+            print(f"{src} {name}")
     return 0
+
+
+def _tls_files(cfg: NodeConfig) -> list[tuple[Path, str]]:
+    c = cfg.mqtt.cloud
+    if not (c.url and c.url.startswith("mqtts://")):
+        return []
+    pairs = [(c.ca_file, "ca.crt")]
+    if c.cert_file and c.key_file:
+        pairs += [(c.cert_file, "node.crt"), (c.key_file, "node.key")]
+    return [(Path(src), name) for src, name in pairs if src is not None]
 
 
 if __name__ == "__main__":

@@ -831,3 +831,10 @@ def _doctor(args: argparse.Namespace) -> int:
     return exit_code(checks)
 
 
+
+
+if __name__ == "__main__":  # `python -m edge.doctor ...`: only these commands, without importing every room's CLI
+    import edge.cli as _cli
+
+    _cli.COMMAND_MODULES = ("edge.doctor",)
+    raise SystemExit(_cli.main())

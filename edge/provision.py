@@ -629,3 +629,10 @@ def _support_bundle(args: argparse.Namespace) -> int:
         raise UserError(f"cannot write {exc.filename}: permission denied; pick another --out") from None
     print(f"{path} ({path.stat().st_size / 1024:.0f} KiB): send it to ShelfCast support")
     return 0
+
+
+if __name__ == "__main__":  # `python -m edge.provision ...`: only these commands, without importing every room's CLI
+    import edge.cli as _cli
+
+    _cli.COMMAND_MODULES = ("edge.provision",)
+    raise SystemExit(_cli.main())

@@ -1,0 +1,271 @@
+"""``deploy/install.sh --destdir`` run for real into a scratch root, then the node started from that install.
+
+Speed choice (documented in docs/technician-guide.md, "Building images and CI"): the venv is created
+``--without-pip`` and ``--inherit-site`` points it at this checkout's venv site-packages, so pip installs
+ShelfCast itself (``--no-deps --no-index``, a real wheel build of this checkout) and the runtime
+dependencies come from what is already installed. Everything else in the script runs exactly as on a node,
+except the system actions (apt-get, useradd, systemctl, udevadm, chown), which destdir mode records.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+INSTALL = REPO / "deploy" / "install.sh"
+UNINSTALL = REPO / "deploy" / "uninstall.sh"
+FAST = ["--python", sys.executable, "--venv-options", "--without-pip",
+        "--inherit-site", sysconfig.get_paths()["purelib"],
+        "--pip-options", "--no-deps --no-build-isolation --no-index"]
+UNITS = ("shelfcast.service", "shelfcast-kiosk.service", "shelfcast-firstboot.service")
+
+
+def install(root: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bash", str(INSTALL), "--destdir", str(root), *FAST, *extra], capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    had_user = _user_exists("shelfcast")
+    host_unit = Path("/etc/systemd/system/shelfcast.service")
+    host_unit_before = host_unit.stat().st_mtime if host_unit.exists() else None
+    r = tmp_path_factory.mktemp("destdir")
+    p = install(r)
+    assert p.returncode == 0, p.stdout + p.stderr
+    # no effect outside the destdir
+    assert _user_exists("shelfcast") == had_user
+    assert (host_unit.stat().st_mtime if host_unit.exists() else None) == host_unit_before
+    yield r
+
+
+def _user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+def test_layout_and_recorded_system_actions(root: Path) -> None:
+    for link in ("opt/shelfcast/bin/shelfcast", "usr/local/bin/shelfcast"):  # absolute: right once the root is /
+        assert os.readlink(root / link) == "/opt/shelfcast/venv/bin/shelfcast"
+    for f in ("opt/shelfcast/venv/bin/shelfcast", "opt/shelfcast/bin/shelfcast-kiosk",
+              "opt/shelfcast/lib/install.sh", "opt/shelfcast/lib/uninstall.sh", "etc/shelfcast/shelfcast.yaml",
+              "etc/udev/rules.d/99-shelfcast.rules", "etc/mosquitto/conf.d/shelfcast.conf",
+              "etc/systemd/journald.conf.d/shelfcast.conf", *(f"etc/systemd/system/{u}" for u in UNITS)):
+        assert (root / f).exists(), f
+    assert (root / "var/lib/shelfcast").is_dir() and (root / "etc/shelfcast/keys").is_dir()
+    assert (root / "etc/shelfcast/keys").stat().st_mode & 0o077 == 0
+    actions = (root / "opt/shelfcast/install-actions.log").read_text()
+    assert re.search(r"apt-get install .*python3-venv.*mosquitto.*chromium", actions)
+    assert "useradd --system" in actions and "usermod -aG dialout,video shelfcast" in actions
+    assert "systemctl enable mosquitto.service shelfcast-firstboot.service shelfcast.service" in actions
+    assert "systemctl enable /usr/share/systemd/tmp.mount" in actions  # /tmp on tmpfs
+    assert "udevadm control --reload-rules" in actions
+    # no TensorFlow is asked for: plain install of the package, no extras
+    site = next((root / "opt/shelfcast/venv/lib").glob("python3*/site-packages"))
+    assert (site / "edge" / "doctor.py").exists()
+    meta = next(site.glob("shelfcast-*.dist-info")) / "METADATA"
+    requires = [ln for ln in meta.read_text().splitlines() if ln.startswith("Requires-Dist:") and "extra ==" not in ln]
+    assert requires and not any("tensorflow" in ln for ln in requires)
+
+
+def test_udev_mosquitto_journald(root: Path) -> None:
+    rules = (root / "etc/udev/rules.d/99-shelfcast.rules").read_text()
+    assert 'ATTRS{idVendor}=="1209", ATTRS{idProduct}=="5c5c"' in rules
+    assert 'SYMLINK+="shelfcast/shelf-$env{ID_SERIAL_SHORT}"' in rules and 'GROUP="dialout"' in rules
+    conf = (root / "etc/mosquitto/conf.d/shelfcast.conf").read_text()
+    assert "listener 1883 127.0.0.1" in conf and "connection" not in conf  # not provisioned: no bridge yet
+    j = (root / "etc/systemd/journald.conf.d/shelfcast.conf").read_text()
+    assert "SystemMaxUse=64M" in j and "RuntimeMaxUse=" in j
+
+
+def rendered_units(root: Path, dest: Path) -> list[Path]:
+    """The installed units with the program prefix pointed at the destdir, so ExecStart paths exist."""
+    dest.mkdir(exist_ok=True)
+    out = []
+    for u in UNITS:
+        text = (root / "etc/systemd/system" / u).read_text().replace("/opt/shelfcast", str(root / "opt/shelfcast"))
+        (dest / u).write_text(text)
+        out.append(dest / u)
+    return out
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_units_pass_systemd_analyze_verify(root: Path, tmp_path: Path) -> None:
+    units = rendered_units(root, tmp_path / "units")
+    r = subprocess.run(["systemd-analyze", "verify", "--man=no", "--recursive-errors=no", *map(str, units)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    # the same check does catch a broken unit
+    bad = tmp_path / "units" / "shelfcast.service"
+    bad.write_text(bad.read_text().replace("Type=notify", "Type=notifyy"))
+    r = subprocess.run(["systemd-analyze", "verify", "--man=no", "--recursive-errors=no", str(bad)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "notifyy" in r.stderr
+    svc = (root / "etc/systemd/system/shelfcast.service").read_text()
+    for line in ("Type=notify", "WatchdogSec=30", "Restart=on-failure", "StartLimitBurst=5", "NoNewPrivileges=yes",
+                 "ProtectSystem=strict", "ReadWritePaths=/var/lib/shelfcast", "PrivateTmp=yes",
+                 "SupplementaryGroups=dialout video", "User=shelfcast"):
+        assert line in svc, line
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_node_unit_hardening_score(root: Path, tmp_path: Path) -> None:
+    units = rendered_units(root, tmp_path / "units")
+    r = subprocess.run(["systemd-analyze", "security", "--offline=true", str(units[0])], capture_output=True,
+                       text=True, timeout=60)
+    m = re.search(r"Overall exposure level for \S+: ([0-9.]+)", r.stdout + r.stderr)
+    assert m, r.stdout + r.stderr
+    assert float(m.group(1)) <= 3.0  # measured 1.9 ("OK"); docs/technician-guide.md
+
+
+def run_config(root: Path, tmp: Path) -> Path:
+    """The installed config with data_dir inside the destdir and the signage on a free port."""
+    raw = yaml.safe_load((root / "etc/shelfcast/shelfcast.yaml").read_text())
+    raw["node"]["data_dir"] = str(root / "var/lib/shelfcast")
+    raw["signage"] = {"enabled": True, "host": "127.0.0.1", "port": 0}
+    raw["mqtt"] = {}
+    p = tmp / "run.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    return p
+
+
+def test_node_from_the_install_notifies_systemd(root: Path, tmp_path: Path) -> None:
+    """Type=notify as systemd sees it: READY=1 after start, WATCHDOG=1 at half WATCHDOG_USEC, STOPPING=1."""
+    sock_path = str(tmp_path / "notify")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(sock_path)
+    s.settimeout(90)
+    env = dict(os.environ, NOTIFY_SOCKET=sock_path, WATCHDOG_USEC="400000")
+    proc = subprocess.Popen([str(root / "opt/shelfcast/venv/bin/shelfcast"), "run", "--config",
+                             str(run_config(root, tmp_path))], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        first = s.recv(4096).decode()
+        assert first.startswith("READY=1") and f"MAINPID={proc.pid}" in first
+        t0 = time.monotonic()
+        pings = [s.recv(4096).decode() for _ in range(3)]
+        assert pings == ["WATCHDOG=1"] * 3
+        assert time.monotonic() - t0 < 5
+        proc.send_signal(signal.SIGTERM)
+        assert s.recv(4096).decode().startswith("STOPPING=1")
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert "Traceback" not in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        s.close()
+    assert (root / "var/lib/shelfcast/shelfcast.db").exists()
+
+
+def test_doctor_from_the_install(root: Path, tmp_path: Path) -> None:
+    import json
+
+    cfg = run_config(root, tmp_path)
+    r = subprocess.run([str(root / "opt/shelfcast/venv/bin/shelfcast"), "doctor", "--config", str(cfg), "--json",
+                        "--no-firmware"], capture_output=True, text=True, timeout=120)
+    checks = {c["name"]: c for c in json.loads(r.stdout)["checks"]}
+    assert r.returncode in (1, 2)  # an unprovisioned node with no shelves plugged in is not healthy
+    assert checks["config"]["status"] == "warn" and "provision" in checks["config"]["fix"]
+    assert checks["data_dir"]["status"] == "pass"
+    assert checks["shelves"]["status"] == "warn" and checks["shelves"]["fix"]
+
+
+def test_rerun_is_idempotent_and_keeps_the_config(root: Path) -> None:
+    cfg = root / "etc/shelfcast/shelfcast.yaml"
+    cfg.write_text(cfg.read_text().replace("node_id: node-1", "node_id: node-7"))
+    before = {p: p.stat().st_mtime_ns for p in (root / "etc").rglob("*") if p.is_file()}
+    p = install(root)
+    assert p.returncode == 0, p.stderr
+    assert "wrote" not in p.stdout, p.stdout  # nothing that was right was rewritten
+    assert "node_id: node-7" in cfg.read_text()
+    assert (root / "etc/shelfcast/shelfcast.yaml.dist").exists()
+    after = {p: p.stat().st_mtime_ns for p in (root / "etc").rglob("*") if p.is_file()}
+    changed = [p for p in before if after.get(p) != before[p]]
+    assert changed == [], changed
+
+
+def test_firstboot_bundle_then_bridge(root: Path, tmp_path: Path) -> None:
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fleet CA")])
+    now = dt.datetime.now(dt.UTC)
+    ca = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+          .serial_number(1).not_valid_before(now).not_valid_after(now + dt.timedelta(days=9))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(key, hashes.SHA256()))
+    ca_file = tmp_path / "ca.crt"
+    ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    boot = root / "boot/firmware"
+    boot.mkdir(parents=True)
+    python = str(root / "opt/shelfcast/venv/bin/python")  # the technician's laptop would run `shelfcast provision`
+    r = subprocess.run([python, "-m", "edge.provision", "provision", "--boot-partition", str(boot),
+                        "--store-id", "store-5", "--node-id", "node-2", "--cloud-broker",
+                        "mqtts://cloud.example.com:8883", "--ca-file", str(ca_file)],
+                       capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stderr
+    p = subprocess.run(["bash", str(root / "opt/shelfcast/lib/install.sh"), "--destdir", str(root), "--firstboot",
+                        "--boot-dir", "/boot/firmware"], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    raw = yaml.safe_load((root / "etc/shelfcast/shelfcast.yaml").read_text())
+    assert raw["node"]["store_id"] == "store-5"
+    conf = (root / "etc/mosquitto/conf.d/shelfcast.conf").read_text()
+    assert "address cloud.example.com:8883" in conf and "topic shelfcast/v1/store-5/node-2/# both 1" in conf
+    assert "bridge_cafile /etc/mosquitto/certs/shelfcast/ca.crt" in conf
+    assert (root / "etc/mosquitto/certs/shelfcast/ca.crt").read_bytes() == ca_file.read_bytes()
+    assert not list((boot / "shelfcast").glob("keys/*.key"))  # the private key left the boot partition
+    actions = (root / "opt/shelfcast/install-actions.log").read_text()
+    assert "chown mosquitto:mosquitto /etc/mosquitto/certs/shelfcast/ca.crt" in actions
+    # a second boot finds no bundle and does nothing
+    p = subprocess.run(["bash", str(root / "opt/shelfcast/lib/install.sh"), "--destdir", str(root), "--firstboot",
+                        "--boot-dir", "/boot/firmware"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and "nothing to do" in p.stdout
+
+
+def test_uninstall_keeps_data_unless_purged(tmp_path_factory: pytest.TempPathFactory, root: Path) -> None:
+    r2 = tmp_path_factory.mktemp("copy")
+    shutil.copytree(root, r2, symlinks=True, dirs_exist_ok=True)
+    (r2 / "var/lib/shelfcast/shelfcast.db").write_bytes(b"keep me")
+    p = subprocess.run(["bash", str(UNINSTALL), "--destdir", str(r2)], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert not (r2 / "opt/shelfcast").exists() and not (r2 / "etc/systemd/system/shelfcast.service").exists()
+    assert not (r2 / "etc/udev/rules.d/99-shelfcast.rules").exists()
+    assert (r2 / "var/lib/shelfcast/shelfcast.db").read_bytes() == b"keep me"
+    assert (r2 / "etc/shelfcast/shelfcast.yaml").exists()
+    p = subprocess.run(["bash", str(UNINSTALL), "--destdir", str(r2), "--purge"], capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 0 and not (r2 / "var/lib/shelfcast").exists() and not (r2 / "etc/shelfcast").exists()
+    assert "userdel shelfcast" in (r2 / "var/log/shelfcast-uninstall-actions.log").read_text()
+
+
+def test_bad_usage(tmp_path: Path) -> None:
+    p = subprocess.run(["bash", str(INSTALL), "--frobnicate"], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 2 and "unknown option" in p.stderr
+    p = subprocess.run(["bash", str(INSTALL), "--destdir", str(tmp_path), "--prefix", "relative"],
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 2 and "absolute" in p.stderr
+
+
