@@ -59,6 +59,7 @@ __all__ = [
     "check_sd_card",
     "check_serial_permissions",
     "check_shelves",
+    "check_signage",
     "exit_code",
     "render",
     "run_checks",
@@ -750,6 +751,34 @@ def check_service() -> Check:
                  "`sudo systemctl reset-failed shelfcast && sudo systemctl start shelfcast`")
 
 
+def check_signage(cfg: NodeConfig, timeout_s: float = 2.0) -> Check:
+    """The page the kiosk shows answers (it is served by the running node)."""
+    sg = cfg.signage
+    if not sg.enabled:
+        return Check("signage", "skip", "signage.enabled is false", "")
+    if sg.port == 0:
+        return Check("signage", "skip", "signage.port is 0 (a random port): nothing fixed to probe", "")
+    host = "127.0.0.1" if sg.host in ("0.0.0.0", "", "::") else sg.host
+    url = f"http://{host}:{sg.port}/"
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as r:
+            code = r.status
+    except urllib.error.HTTPError as exc:
+        code = exc.code
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return Check("signage", "fail", f"{url} does not answer ({reason})",
+                     "the node serves the screens: start it (`sudo systemctl start shelfcast`) and read "
+                     "`journalctl -u shelfcast -n 50`; another program on the port shows as 'address in use' there")
+    if code >= 500:
+        return Check("signage", "fail", f"{url} answers HTTP {code}",
+                     "read `journalctl -u shelfcast -n 50` and send a support bundle")
+    return _ok("signage", f"{url} answers (HTTP {code}); the kiosk unit shows it on the attached screen")
+
+
 # -- driver --------------------------------------------------------------------------------------------
 
 
@@ -767,7 +796,8 @@ def run_checks(config_path: Path, *, access: Callable[[str, int], bool] = os.acc
     cfg_check, cfg = check_config(config_path)
     checks = [cfg_check]
     if cfg is None:
-        for name in ("data_dir", "database", "model", "shelves", "camera", "local_broker", "cloud_broker"):
+        for name in ("data_dir", "database", "model", "shelves", "camera", "local_broker", "cloud_broker",
+                     "signage"):
             checks.append(Check(name, "skip", "config invalid; fix it first", ""))
     else:
         data_dir = Path(cfg.node.data_dir)
@@ -777,6 +807,7 @@ def run_checks(config_path: Path, *, access: Callable[[str, int], bool] = os.acc
         checks += _guard("shelves", lambda: check_shelves(cfg, access, query_firmware))
         checks += _guard("camera", lambda: check_camera(cfg))
         checks += _guard("brokers", lambda: check_brokers(cfg, broker_timeout_s))
+        checks += _guard("signage", lambda: check_signage(cfg))
     checks += _guard("clock", check_clock)
     checks += _guard("power", lambda: check_power(throttle_sysfs))
     checks += _guard("sd_card", check_sd_card)

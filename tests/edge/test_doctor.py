@@ -237,6 +237,25 @@ def test_good_calibration_and_missing_camera(healthy: dict[str, Any]) -> None:
     assert "video group" in c["camera"].fix
 
 
+def test_signage_page(healthy: dict[str, Any]) -> None:
+    import http.server
+    import threading
+
+    raw = healthy["raw"]
+    raw["signage"] = {"enabled": True, "host": "127.0.0.1", "port": free_port()}  # nothing serves it
+    c = by_name(run_checks(write_cfg(healthy["tmp"] / "sg.yaml", raw), query_firmware=False))["signage"]
+    assert c.status == "fail" and "does not answer" in c.detail and "systemctl start shelfcast" in c.fix
+    srv = http.server.HTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        raw["signage"]["port"] = srv.server_address[1]
+        c = by_name(run_checks(write_cfg(healthy["tmp"] / "sg2.yaml", raw), query_firmware=False))["signage"]
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert c.status == "pass", c
+
+
 def test_invalid_config_and_data_dir(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("node:\n  store_id: 's 1'\n  nodeid: x\n")
