@@ -453,8 +453,9 @@ def check_camera(cfg: NodeConfig, open_timeout_s: float = 3.0) -> list[Check]:
         out.append(_ok("camera", "synthetic source (simulated shoppers, no device)"))
     else:
         out.append(_probe_camera(src, open_timeout_s))
-    fix = ("recalibrate: `shelfcast calibrate camera --config FILE` with the ArUco mat on the floor, then restart "
-           "the node")
+    fix = ("recalibrate: mark >= 4 floor points you can measure, then `shelfcast calibrate camera --config FILE "
+           "--point U,V:X,Y ... --write` (pixel U,V is floor X,Y metres; check camera-calibration.png), then "
+           "restart the node")
     if src == "synthetic" and cam.homography is None:
         out.append(_ok("calibration", "synthetic source uses its built-in ground-truth homography"))
     else:
