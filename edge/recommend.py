@@ -55,6 +55,7 @@ class VisitState:
     started: float = field(default_factory=time.time)
     last_seen: float = field(default_factory=time.time)
     shown: dict[str, int] = field(default_factory=dict)  # sku -> times shown (frequency cap)
+    capped: set[str] = field(default_factory=set)  # skus shown repeat_cap times (kept in step with ``shown``)
     x: float | None = None  # last known floor position (metres): the shelf touched last, or fusion's
     y: float | None = None
 
@@ -62,7 +63,8 @@ class VisitState:
 class SessionLocator(Protocol):
     """Who stands nearest a floor point (``edge.fusion`` provides it when the camera is on)."""
 
-    def session_near(self, x: float, y: float, zone: str | None) -> str | None:
+    def session_near(self, x: float, y: float, zone: str | None) -> Any:
+        """A session id, or an object with ``.id`` (fusion's ``SessionView``), or None."""
         ...
 
 
@@ -93,6 +95,8 @@ class Recommender:
         self._shelf_at = {sh.id: sh.position for sh in config.layout.shelves}
         self.locator: SessionLocator | None = None  # set by the composition root when fusion runs
         self.present_s = 90.0  # a visit counts as "in front of" screens this long after its last action
+        self._observations: list[tuple[str, str | None, float, int]] = []
+        self._observed_at = 0.0
         self._seq = 0
         self.stats = {"events": 0, "recommendations": 0, "model": 0, "fallback": 0, "unknown_sku": 0}
         self.upstream_topic = f"{config.mqtt.topic_prefix}/{config.node.store_id}/{config.node.node_id}/events"
@@ -137,8 +141,9 @@ class Recommender:
             self.stats["unknown_sku"] += 1
         if ev.action == "pick":
             v.picked.append(ev.sku)
-            hour = datetime.fromtimestamp(ev.t, self.tz).hour
-            self.fallback.observe(ev.sku, ev.zone, hour, ev.t, ev.units)
+            # popularity learns in batches (once a second): observing invalidates the ranked cache of
+            # that zone and hour, and re-sorting the catalogue per pick would dominate the hot path
+            self._observations.append((ev.sku, ev.zone, ev.t, ev.units))
         else:
             v.put_back.append(ev.sku)
         screens = self.screens_for(v)
@@ -179,7 +184,8 @@ class Recommender:
         (sx, sy), zone = at
         if self.locator is not None:
             try:
-                s = self.locator.session_near(sx, sy, zone)
+                found = self.locator.session_near(sx, sy, zone)
+                s = found if found is None or isinstance(found, str) else getattr(found, "id", None)
             except Exception:
                 log.exception("session_near failed; using the shelf positions of recent picks")
             else:
@@ -202,13 +208,22 @@ class Recommender:
         units = self.store.stock(sku)
         return units is None or units > 0
 
+    def apply_observations(self) -> None:
+        """Feed the picks seen since the last call to the popularity fallback."""
+        obs, self._observations = self._observations, []
+        for sku, zone, t, units in obs:
+            self.fallback.observe(sku, zone, datetime.fromtimestamp(t, self.tz).hour, t, units)
+
     def recommend(self, v: VisitState | None, screen: str, zone: str | None = None) -> RecommendationSet:
         now = self.clock()
+        if self._observations and now - self._observed_at >= 1.0:
+            self._observed_at = now
+            self.apply_observations()
         when = datetime.fromtimestamp(now, self.tz)
         zone = zone if v is None else (v.zone or zone)
         exclude: set[str] = set() if v is None else set(v.picked[-20:])
         if v is not None:
-            exclude.update(s for s, n in v.shown.items() if n >= self.config.model.repeat_cap)
+            exclude.update(v.capped)
         scored: list[tuple[str, float, str]] = []
         version = "fallback"
         if self.model is not None and v is not None:
@@ -232,7 +247,9 @@ class Recommender:
                                  score=round(float(score), 6), reason=reason,
                                  category=p.category if p else "", department=p.department if p else ""))
             if v is not None:
-                v.shown[sku] = v.shown.get(sku, 0) + 1
+                n = v.shown[sku] = v.shown.get(sku, 0) + 1
+                if n >= self.config.model.repeat_cap:
+                    v.capped.add(sku)
         self._seq += 1
         self.stats["recommendations"] += 1
         return RecommendationSet(screen=screen, session=None if v is None else v.session, items=tuple(items),

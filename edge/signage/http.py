@@ -282,8 +282,12 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 def hash_customer(salt: str, raw: str) -> str:
-    """The stored form of a customer id: keyed hash, never the raw id."""
-    return hmac.new(salt.encode(), raw.encode(), hashlib.sha256).hexdigest()[:32]
+    """The stored form of a customer id (fusion's salted SHA-256, so check-ins match its sessions)."""
+    try:
+        from edge.fusion import hash_customer as fusion_hash
+    except ImportError:
+        return hashlib.sha256(salt.encode() + b"\x00" + raw.strip().encode()).hexdigest()
+    return fusion_hash(raw, salt)
 
 
 async def checkin(request: web.Request) -> web.Response:

@@ -215,7 +215,8 @@ class SignageRoom:
                 self._queue_display(screen, rs)
             elif rs.zone is not None:
                 for d in self._displays_in_zone.get(rs.zone, ()):
-                    self.bus.publish(dataclasses.replace(rs, screen=d.id))
+                    # a shelf display shows one product: its set (and impression) is just the top item
+                    self.bus.publish(dataclasses.replace(rs, screen=d.id, items=rs.items[:1]))
 
     def _on_shopper(self, ev: ShopperEvent) -> None:
         self.feedback.on_shopper_event(ev)

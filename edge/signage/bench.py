@@ -1,0 +1,319 @@
+"""``shelfcast bench e2e``: shelf event at the serial port → screen update received.
+
+What runs, all real: one pseudo-terminal per shelf controller; a writer thread
+plays the controllers, writing protocol-v1 SAMPLES frames (8 slots, 20 Hz
+controller clock) in which one slot at a time loses one unit of weight; the
+node's ``ShelfBridge`` (pty reader, COBS/CRC decoder, per-slot detector) turns
+them into ``ShelfEvent``; ``edge.fusion`` attributes each to a session (no
+camera: the shelf's anonymous session); the ``Recommender`` ranks; the
+``SignageRoom`` pushes over SSE to N screen clients and over MQTT to a local
+Mosquitto, both read by another process (``benchclient``) that stamps every
+arrival.
+
+A slot's weight must be stable for ~0.75 s of *controller* time before the
+detector accepts a change, so the controllers' clock runs faster than the
+wall clock (a time-lapse) to reach 1,000 pick-ups per second with 4 shelves;
+the detector, the bytes and the code path are the same.
+
+Latency of one event = arrival at the screen client of the first set with a
+``seq`` at least that of the set the event produced (sets coalesce: a later
+set covers an earlier one) − the ``write()`` of the SAMPLES frame that
+completed the pick. ``dropped`` = (event, screen client) pairs never covered,
+plus clients the node dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import tty
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edge.app import Node, bundled_catalogue
+from edge.config import NodeConfig
+from edge.events import RecommendationSet, ShelfEvent
+
+__all__ = ["BenchOptions", "run"]
+
+from edge.signage.benchshelves import FRAME_MS, PERIOD, SLOTS
+
+ZONES = ("produce", "dairy", "bakery", "drinks")
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    rate: float = 1000.0
+    duration: float = 10.0
+    screens: int = 50  # connected SSE screen clients
+    mqtt: bool = True
+    shelves: int = 4
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _pct(xs: list[float], q: float) -> float | None:
+    if not xs:
+        return None
+    s = sorted(xs)
+    return round(s[min(len(s) - 1, int(q * (len(s) - 1) + 0.5))], 3)
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return float("nan")
+
+
+def bench_config(data_dir: Path, ports: list[str], mqtt_url: str | None, shelves: int) -> NodeConfig:
+    cat = [p for p in bundled_catalogue() if p.unit_weight_g and p.price]
+    zones, shelf_rows, screens = [], [], []
+    for z in range(shelves):
+        zid = ZONES[z % len(ZONES)] + ("" if z < len(ZONES) else f"-{z}")
+        x0 = 4.0 * z
+        zones.append({"id": zid, "polygon": [[x0, 0], [x0 + 4, 0], [x0 + 4, 10], [x0, 10]]})
+        slots = [{"slot": j, "sku": cat[(z * SLOTS + j) % len(cat)].sku} for j in range(SLOTS)]
+        shelf_rows.append({"id": f"shelf-{z}", "zone": zid, "position": [x0 + 2, 1.0], "controller": f"bench-{z}",
+                           "slots": slots})
+        screens.append({"id": f"screen-{z}", "kind": "full", "position": [x0 + 2, 5.0], "zone": zid})
+    raw = {
+        "node": {"store_id": "bench", "node_id": "bench-node", "data_dir": str(data_dir)},
+        "layout": {"zones": zones, "shelves": shelf_rows, "screens": screens},
+        "shelves": {"enabled": True, "ports": [{"port": p} for p in ports]},
+        "camera": {"enabled": False},
+        "signage": {"host": "127.0.0.1", "port": 0},
+        "mqtt": {"local": {"url": mqtt_url}},
+    }
+    return NodeConfig.model_validate(raw)
+
+
+class _Broker:
+    def __init__(self, workdir: Path) -> None:
+        self.port = _free_port()
+        conf = workdir / "mosquitto.conf"
+        conf.write_text(f"user root\nlistener {self.port} 127.0.0.1\nallow_anonymous true\n"
+                        "max_queued_messages 100000\n")
+        self.proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
+                return
+            time.sleep(0.02)
+        raise RuntimeError("mosquitto did not start for the bench")
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+async def _run(opts: BenchOptions) -> dict[str, Any]:
+    tmp = Path(tempfile.mkdtemp(prefix="shelfcast-bench-"))
+    broker: _Broker | None = None
+    client: subprocess.Popen[str] | None = None
+    ctrl: subprocess.Popen[str] | None = None
+    pairs = [os.openpty() for _ in range(opts.shelves)]
+    for m, s in pairs:
+        tty.setraw(m)
+        tty.setraw(s)
+        os.set_blocking(m, False)
+    ports = [os.ttyname(s) for _, s in pairs]
+    try:
+        if opts.mqtt and shutil.which("mosquitto"):
+            broker = _Broker(tmp)
+        config = bench_config(tmp / "node", ports, broker.url if broker else None, opts.shelves)
+        node = Node(config)
+        await node.start()
+        units_g = []
+        for sh in config.layout.shelves:
+            units_g.append([float(node.store.product(sl.sku or "").unit_weight_g or 250.0)  # type: ignore[union-attr]
+                            for sl in sh.slots])
+        bus = node.bus
+
+        # -- attribution: fusion, as the node will run it (camera off: per-shelf sessions) --------------------
+        fusion_room = next((r for r in node.rooms if callable(getattr(r, "on_shelf_event", None))), None)
+        own_fusion = None
+        if fusion_room is None:
+            from edge.fusion import Fusion
+
+            own_fusion = Fusion(config, bus.publish)
+        # -- tracing: which sets did each shelf event make ------------------------------------------------------
+        inflight: list[tuple[str, int]] = []
+        tracing = [False]
+        events: list[tuple[int, int, list[tuple[str, int]]]] = []  # (controller, t_ms, sets)
+        measuring = [False]
+
+        def on_shelf(ev: ShelfEvent) -> None:
+            tracing[0] = True
+            inflight.clear()
+
+        def on_set(rs: RecommendationSet) -> None:
+            if tracing[0]:
+                inflight.append((rs.screen, rs.seq))
+
+        bus.subscribe(ShelfEvent, on_shelf)  # before fusion: it marks the start of one event's work
+        if own_fusion is not None:
+            bus.subscribe(ShelfEvent, own_fusion.on_shelf_event)
+        bus.subscribe(RecommendationSet, on_set)
+        port_index = {p: i for i, p in enumerate(ports)}
+        shelves_room = node.shelves
+        if shelves_room is None:
+            raise RuntimeError("the node has no shelf room (shelves.enabled is off?)")
+
+        def trace(ev: ShelfEvent, port: str, ns: int, t_ms: int) -> None:
+            tracing[0] = False
+            if measuring[0] and ev.delta_units < 0:
+                events.append((port_index.get(port, -1), t_ms, list(inflight)))
+            inflight.clear()
+
+        shelves_room.trace = trace
+        signage = node.signage
+        assert signage is not None and signage.port
+        # the controllers, in their own process: handshake, first stable levels, then wait for "go"
+        fds = [m for m, _ in pairs]
+        ctrl = subprocess.Popen(
+            [sys.executable, "-m", "edge.signage.benchshelves", "--fds", ",".join(map(str, fds)),
+             "--units", json.dumps(units_g), "--rate", str(opts.rate), "--duration", str(opts.duration)],
+            pass_fds=fds, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert ctrl.stderr is not None and ctrl.stdin is not None
+        line = await asyncio.to_thread(ctrl.stderr.readline)
+        if "warm" not in line:
+            raise RuntimeError(f"bench controllers did not start: {line}{ctrl.stderr.read()}")
+        online = sum(1 for c in shelves_room.controllers.values() if c.hello is not None)
+        if online < opts.shelves:
+            raise RuntimeError(f"only {online} of {opts.shelves} bench controllers completed the handshake")
+        await asyncio.sleep(0.3)
+        rss_before = _rss_mb()
+        # -- the screens: SSE clients + an MQTT player in another process -----------------------------------
+        screens = [s.id for s in config.layout.screens]
+        cmd = [sys.executable, "-m", "edge.signage.benchclient", "--port", str(signage.port),
+               "--clients", str(opts.screens)]
+        if broker is not None:
+            cmd += ["--mqtt", broker.url, "--topic", f"{config.mqtt.topic_prefix}/bench/bench-node/screens/+/"
+                    "recommendations"]
+        client = subprocess.Popen([*cmd, *screens], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        if opts.screens:
+            assert client.stderr is not None
+            line = await asyncio.to_thread(client.stderr.readline)
+            if "ready" not in line:
+                raise RuntimeError(f"bench screens did not start: {line}")
+        await asyncio.sleep(0.3)
+        connected = signage.hub.count()
+        signage.latencies.clear()
+        measuring[0] = True
+        t_start = time.perf_counter()
+        ctrl.stdin.write("go\n")
+        ctrl.stdin.flush()
+        line = await asyncio.to_thread(ctrl.stderr.readline)
+        sent_s = time.perf_counter() - t_start
+        await asyncio.sleep(1.5)  # let the last detections settle and the pushes arrive
+        measuring[0] = False
+        rss = _rss_mb()
+        node_push = signage.push_quantiles()
+        hub_stats = dict(signage.hub.stats)
+        mq = signage.mqtt.health()
+        ctl_out, _ = await asyncio.to_thread(ctrl.communicate, "", 30)
+        played = json.loads(ctl_out)
+        out, _err = await asyncio.to_thread(client.communicate, "", 30)  # closing stdin ends the screens
+        got: dict[str, Any] = json.loads(out) if out.strip() else {"sse": {}, "mqtt": {}, "connected": 0}
+        detected = len(events)
+        await node.stop()
+    finally:
+        for proc in (client, ctrl):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+        if broker is not None:
+            broker.stop()
+        for m, s in pairs:
+            with contextlib.suppress(OSError):
+                os.close(m)
+            with contextlib.suppress(OSError):
+                os.close(s)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    # -- latency: write of the completing frame → first covering arrival ----------------------------------------
+    by_screen: dict[str, list[tuple[list[int], list[int]]]] = {}
+    for key, recs in got["sse"].items():
+        screen = key.split("#", 1)[0]
+        recs.sort()
+        by_screen.setdefault(screen, []).append(([r[0] for r in recs], [r[1] for r in recs]))
+    mq_by_screen: dict[str, tuple[list[int], list[int]]] = {}
+    for screen, recs in got["mqtt"].items():
+        recs.sort()
+        mq_by_screen[screen] = ([r[0] for r in recs], [r[1] for r in recs])
+    sse_ms: list[float] = []
+    mqtt_ms: list[float] = []
+    missing = 0
+    no_set = 0
+    writes = {(ci, t_ms): ns for ci, t_ms, ns in played["writes"]}
+    for ci, t_ms, sets in events:
+        w = writes.get((ci, t_ms))
+        if w is None or not sets:
+            no_set += 1
+            continue
+        for screen, seq in sets:
+            for seqs, nss in by_screen.get(screen, ()):
+                k = bisect.bisect_left(seqs, seq)
+                if k == len(seqs):
+                    missing += 1
+                else:
+                    sse_ms.append((min(nss[k:k + 1] or [0]) - w) / 1e6)
+            if broker is not None:
+                seqs, nss = mq_by_screen.get(screen, ([], []))
+                k = bisect.bisect_left(seqs, seq)
+                if k < len(seqs):
+                    mqtt_ms.append((nss[k] - w) / 1e6)
+    return {
+        "rate": opts.rate,
+        "achieved_rate": round(detected / sent_s, 1) if sent_s else 0.0,
+        "events": detected,
+        "picks_written": played["picks"],
+        "push_p50_ms": _pct(sse_ms, 0.50),
+        "push_p99_ms": _pct(sse_ms, 0.99),
+        "push_max_ms": _pct(sse_ms, 1.0),
+        "mqtt_p50_ms": _pct(mqtt_ms, 0.50),
+        "mqtt_p99_ms": _pct(mqtt_ms, 0.99),
+        "node_push_p50_ms": node_push["p50_ms"],
+        "node_push_p99_ms": node_push["p99_ms"],
+        "dropped": missing + hub_stats["dropped_slow"],
+        "events_without_set": no_set,
+        "screens_connected": connected,
+        "sse_frames": hub_stats["frames_sent"],
+        "sse_superseded": hub_stats["superseded"],
+        "mqtt": bool(broker),
+        "mqtt_published": mq.get("published"),
+        "rss_mb": rss,
+        "rss_mb_before_screens": rss_before,
+        "load_avg_1m": round(os.getloadavg()[0], 2),  # other work on the machine skews the latencies
+        "cpus": os.cpu_count(),
+        "duration_s": round(sent_s, 2),
+        "shelves": opts.shelves,
+        "controller_clock_speedup": round(opts.rate / (opts.shelves * SLOTS / PERIOD) * FRAME_MS / 1000, 1),
+    }
+
+
+def run(opts: BenchOptions) -> dict[str, Any]:
+    return asyncio.run(_run(opts))

@@ -1,0 +1,57 @@
+"""Screen assignment: each screen serves the nearest present shopper in its zone; nobody → popular items."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from edge.config import NodeConfig, parse_config
+from edge.events import ShopperEvent
+
+
+def two_screen_config(tmp: Path) -> NodeConfig:
+    raw = parse_config(resources.files("edge").joinpath("data/demo_store.yaml").read_text()).model_dump(by_alias=True)
+    raw["node"]["data_dir"] = str(tmp)
+    raw["signage"]["port"] = 0
+    raw["layout"]["screens"] += [
+        {"id": "dairy-west", "kind": "full", "position": [9.0, 1.0], "zone": "dairy"},
+        {"id": "dairy-east", "kind": "strip", "position": [15.0, 1.0], "zone": "dairy"},
+    ]
+    return NodeConfig.model_validate(raw)
+
+
+def test_nearest_shopper_per_screen_then_fallback(make_node: Callable[..., Any], tmp_path: Path) -> None:
+    n = make_node(two_screen_config(tmp_path / "n"))
+    n.publish(ShopperEvent(session="west-shopper", sku="1029743", action="pick", zone="dairy", shelf="dairy-1",
+                           slot=0))
+    n.publish(ShopperEvent(session="east-shopper", sku="840361", action="pick", zone="dairy", shelf="dairy-2",
+                           slot=0))
+    latest = n.node.screens.latest
+    assert latest["dairy-west"].session == "west-shopper"
+    assert latest["dairy-east"].session == "east-shopper"
+    assert latest["dairy-screen"].session == "east-shopper"  # equidistant: the one who acted last
+    assert latest["produce-screen"].session is None  # nobody in produce: popular items
+    # the west shopper acts again: still only the west screen is theirs (east is nearer its own shopper)
+    n.publish(ShopperEvent(session="west-shopper", sku="995242", action="pick", zone="dairy", shelf="dairy-1",
+                           slot=1))
+    assert latest["dairy-east"].session == "east-shopper"
+    assert latest["dairy-west"].session == "west-shopper"
+    # everybody leaves: within a couple of seconds every screen is back to the zone's popular items
+    n.node.recommender.present_s = 0.3
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(latest[s].session for s in ("dairy-west", "dairy-east",
+                                                                          "dairy-screen")):
+        time.sleep(0.1)
+    for s in ("dairy-west", "dairy-east", "dairy-screen"):
+        assert latest[s].session is None and latest[s].items and latest[s].model_version == "fallback"
+
+
+def test_shelf_display_gets_the_zone_top_item(make_node: Callable[..., Any]) -> None:
+    n = make_node()
+    n.publish(ShopperEvent(session="d-1", sku="1029743", action="pick", zone="dairy", shelf="dairy-1", slot=0))
+    edge = n.json("/api/screens/dairy-1-edge/recommendations")
+    main = n.json("/api/screens/dairy-screen/recommendations")
+    assert edge["kind"] == "shelf_display" and edge["items"][0]["sku"] == main["items"][0]["sku"]

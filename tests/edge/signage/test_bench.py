@@ -1,0 +1,31 @@
+"""``shelfcast bench e2e`` runs end to end (real pty, driver, fusion, ranking, SSE, MQTT) and reports its keys.
+
+Speeds are not asserted here (they go in docs/signage.md); that every pick-up
+was detected and reached every screen is.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.slow
+def test_bench_e2e_json() -> None:
+    if shutil.which("mosquitto") is None:
+        pytest.skip("mosquitto not installed")
+    r = subprocess.run([sys.executable, "-m", "edge", "bench", "e2e", "--json", "--rate", "80", "--duration", "1.5",
+                        "--screens", "6"], capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    for key in ("rate", "events", "push_p50_ms", "push_p99_ms", "dropped", "rss_mb", "mqtt_p99_ms",
+                "screens_connected"):
+        assert key in out, key
+    assert out["rate"] == 80 and out["screens_connected"] == 6 and out["mqtt"] is True
+    assert out["events"] == out["picks_written"] > 0  # every pick written to the pty was detected
+    assert out["dropped"] == 0
+    assert out["push_p50_ms"] is not None and out["mqtt_p50_ms"] is not None
