@@ -17,7 +17,8 @@ signage keep working on shelf data alone.
 Integration surface (stable; plain methods, call them from one thread, the
 event loop; they never block and are also guarded by a lock)::
 
-    fusion = Fusion(config, on_shopper_event, on_session=None)
+    fusion = Fusion(config, on_shopper_event, on_session=None, bus=None)
+    await fusion.start(); await fusion.stop()   # a room: with ``bus`` it subscribes itself
     fusion.on_shelf_event(ShelfEvent)      # -> on_shopper_event(ShopperEvent) once per event with a SKU
     fusion.on_track(TrackUpdate)
     fusion.on_zone(ZoneEvent)
@@ -39,6 +40,8 @@ a hash, so a raw loyalty number can never be stored by mistake.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import itertools
 import logging
@@ -51,7 +54,7 @@ import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import SecretStr
 
@@ -127,9 +130,21 @@ class _Session:
                            items=tuple(self.items.items()), attributed=self.shelf is None)
 
 
+class _Bus(Protocol):
+    def subscribe(self, event_type: type[Any], handler: Callable[[Any], None]) -> None: ...
+    def unsubscribe(self, event_type: type[Any], handler: Callable[[Any], None]) -> None: ...
+
+
 class Fusion:
+    """The fusion room. With ``bus`` it subscribes itself on ``start()`` (ShelfEvent, TrackUpdate,
+    ZoneEvent, CheckIn) and closes idle sessions every 2 s; without, call the methods directly."""
+
+    name = "fusion"
+
     def __init__(self, config: NodeConfig, on_shopper_event: Callable[[ShopperEvent], None],
-                 on_session: Callable[[SessionView], None] | None = None) -> None:
+                 on_session: Callable[[SessionView], None] | None = None, *, bus: _Bus | None = None) -> None:
+        self.bus = bus
+        self._task: asyncio.Task[None] | None = None
         self.cfg = config.fusion
         self.layout = config.layout
         self._emit = on_shopper_event
@@ -149,6 +164,39 @@ class Fusion:
             "shelf_events", "attributed", "unattributed", "ambiguous", "nobody_in_reach", "shelf_only",
             "unknown_shelf", "no_sku", "bad_events", "check_ins", "handoffs", "sessions_opened",
             "sessions_closed", "track_updates")}
+
+    # -- room lifecycle -------------------------------------------------------
+    async def start(self) -> None:
+        if self.bus is not None:
+            self.bus.subscribe(ShelfEvent, self.on_shelf_event)
+            self.bus.subscribe(TrackUpdate, self.on_track)
+            self.bus.subscribe(ZoneEvent, self.on_zone)
+            self.bus.subscribe(CheckIn, self._on_check_in_event)
+        self._task = asyncio.create_task(self._housekeep(), name="fusion-expire")
+
+    async def stop(self) -> None:
+        if self.bus is not None:
+            self.bus.unsubscribe(ShelfEvent, self.on_shelf_event)
+            self.bus.unsubscribe(TrackUpdate, self.on_track)
+            self.bus.unsubscribe(ZoneEvent, self.on_zone)
+            self.bus.unsubscribe(CheckIn, self._on_check_in_event)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _housekeep(self) -> None:
+        while True:
+            await asyncio.sleep(2.0)
+            self.expire()
+
+    def _on_check_in_event(self, ev: CheckIn) -> None:
+        try:
+            self.on_check_in(ev)
+        except ValueError:
+            self.stats["bad_events"] += 1
+            log.warning("fusion: check-in with a customer key that is not a salted hash; ignored")
 
     # -- inputs ---------------------------------------------------------------
     def set_camera_status(self, ok: bool) -> None:
@@ -286,6 +334,7 @@ class Fusion:
     def health(self) -> dict[str, Any]:
         with self._lock:
             return {
+                "status": "ok",  # shelf-only is a working mode; the vision room reports the camera fault
                 "mode": "camera" if self.camera_ok else "shelf_only",
                 "active_sessions": len(self._active),
                 "tracked_sessions": sum(1 for s in self._active.values() if s.track is not None),

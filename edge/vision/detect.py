@@ -44,7 +44,7 @@ class Detector:
     def __init__(self, homography: np.ndarray, frame_size: tuple[int, int], detect_width: int = 320, *,
                  threshold: int = 28, min_area_m2: float = 0.035, person_area_m2: float = 0.15,
                  alpha: float = 0.03, black_below: float = 12.0, overexposed_above: float = 243.0,
-                 ghost_check_every: int = 10) -> None:
+                 ghost_check_every: int = 5) -> None:
         w, h = frame_size
         self.full_size = (int(w), int(h))
         self.scale = min(1.0, detect_width / w)
@@ -70,7 +70,11 @@ class Detector:
         self._k3 = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
         self._k5 = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
         self._frames = 0
-        self.warmup_frames = 3
+        # the first background is the per-pixel median of samples spread over the warm-up, so
+        # shoppers walking through at start-up do not get learned as background (ghosts)
+        self.warmup_frames = 24
+        self.warmup_every = 3
+        self._samples: list[np.ndarray] = []
         self.relearns = 0
         self.ghosts_removed = 0
 
@@ -78,6 +82,7 @@ class Detector:
         """Forget the background (camera moved, stream reconnected)."""
         self._bg = None
         self._frames = 0
+        self._samples = []
 
     def _m2_per_px(self, u: float, v: float) -> float:
         # |det J| of a planar homography at (u, v) is det(H) / w^3
@@ -106,12 +111,15 @@ class Detector:
         if mean > self.overexposed_above:
             return DetectResult("overexposed", brightness=mean)
         self._frames += 1
-        if self._bg is None or self._frames <= self.warmup_frames:
-            if self._bg is None:
-                self._bg = gray.astype(np.float32)
-            else:
-                cv2.accumulateWeighted(gray, self._bg, 0.5)
+        if self._frames <= self.warmup_frames:
+            if (self._frames - 1) % self.warmup_every == 0:
+                self._samples.append(gray.copy())
+            if self._frames == self.warmup_frames or self._bg is None:
+                self._bg = np.median(np.stack(self._samples), axis=0).astype(np.float32)
+            if self._frames == self.warmup_frames:
+                self._samples = []
             return DetectResult("warmup", brightness=mean)
+        assert self._bg is not None
         bg = self._bg
         # global gain between background and frame, measured where the scene is empty
         g_bg = cv2.mean(bg, mask=self._notfg)[0]
@@ -124,15 +132,17 @@ class Detector:
         if fg_fraction > 0.4:
             # the whole picture changed (camera moved, auto exposure jumped): learn it again
             self.relearns += 1
-            self._bg = gray.astype(np.float32)
             self._notfg.fill(255)
-            self._frames = 1
+            self._frames = 0
+            self._samples = []
             return DetectResult("relearn", brightness=mean)
         cv2.morphologyEx(self._fg, cv2.MORPH_OPEN, self._k3, self._fg)
         cv2.morphologyEx(self._fg, cv2.MORPH_CLOSE, self._k5, self._fg, iterations=2)
         n, labels, stats, cents = cv2.connectedComponentsWithStats(self._fg, connectivity=8)
         dets: list[Detection] = []
-        check_ghosts = self.ghost_check_every > 0 and self._frames % self.ghost_check_every == 0
+        # right after (re)learning, anyone who stood in the picture leaves a ghost: look every frame
+        check_ghosts = self.ghost_check_every > 0 and (self._frames % self.ghost_check_every == 0
+                                                       or self._frames < 60)
         for i in range(1, n):
             area_px = int(stats[i, cv2.CC_STAT_AREA])
             cu, cv = float(cents[i, 0]), float(cents[i, 1])

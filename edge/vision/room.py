@@ -48,6 +48,8 @@ FAILED_AFTER = 3  # consecutive failed attempts before health says "failed"
 
 
 class VisionRoom:
+    name = "vision"
+
     def __init__(self, config: NodeConfig, on_track: Callable[[TrackUpdate], None],
                  on_zone: Callable[[ZoneEvent], None], *, on_status: Callable[[bool], None] | None = None,
                  on_pick: Callable[[Pick], None] | None = None, source: FrameSource | None = None,

@@ -229,8 +229,16 @@ class SyntheticScene:
         return to_img, np.linalg.inv(to_img)
 
     def _normal(self, s: Shelf) -> np.ndarray:
-        """Unit vector from the shelf into the floor: away from the nearest edge of the area."""
+        """Unit vector from the shelf into the floor: toward its zone's middle (else off the nearest edge)."""
+        assert self.layout is not None
         b, (x, y) = self._bounds, s.position
+        zone = next((z for z in self.layout.zones if z.id == s.zone), None)
+        if zone is not None:
+            c = np.asarray(zone.polygon, dtype=np.float64).mean(axis=0)
+            dx, dy = float(c[0] - x), float(c[1] - y)
+            if abs(dx) > 1e-6 or abs(dy) > 1e-6:
+                return np.array([math.copysign(1.0, dx), 0.0]) if abs(dx) > abs(dy) else \
+                    np.array([0.0, math.copysign(1.0, dy)])
         edges = [(x - b.x0, (1.0, 0.0)), (b.x1 - x, (-1.0, 0.0)), (y - b.y0, (0.0, 1.0)), (b.y1 - y, (0.0, -1.0))]
         return np.array(min(edges, key=lambda e: e[0])[1])
 
