@@ -54,7 +54,9 @@
     state.data = d;
     app.dataset.seq = d.seq;
     app.dataset.session = d.session || "";
-    var items = d.items.slice(0, 5);
+    // a product the node has no catalogue entry for (bare sku, no price) is not worth a shopper's glance
+    var known = d.items.filter(function (i) { return !(i.name === i.sku && i.price == null); });
+    var items = (known.length ? known : d.items).slice(0, 5);
     var h = items[0];
     $("headline").innerHTML = d.session ? "Picked <em>for you</em>" : "Popular in <em>" + esc(zoneName(d.zone)) + "</em> right now";
     $("hero").innerHTML = tile(h.icon) + '<div class="name" data-sku="' + esc(h.sku) + '">' + esc(title(h.name)) +
