@@ -161,6 +161,7 @@ if [ "$FIRSTBOOT" = 1 ]; then
     "$PY" -m edge.provision provision --from-bundle "$BUNDLE" --config "$R$CONFIG" --keys-dir "$R$CONFDIR/keys" \
         || die "the first-boot bundle was refused; see the journal: journalctl -u shelfcast-firstboot"
     run chown -R "root:$SERVICE_USER" "$CONFDIR"
+    run chown -R "$SERVICE_USER:$SERVICE_USER" "$CONFDIR/keys"  # the node reads its key and certificates
     render_broker_and_udev
     run systemctl restart mosquitto.service
     say "first boot done"

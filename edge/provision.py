@@ -28,6 +28,7 @@ import io
 import json
 import os
 import platform
+import pwd
 import re
 import shutil
 import subprocess
@@ -57,6 +58,7 @@ __all__ = [
 
 DEFAULT_CONFIG = Path("/etc/shelfcast/shelfcast.yaml")
 BUNDLE_DIR = "shelfcast"  # on the boot partition
+SERVICE_USER = "shelfcast"
 FINAL_KEYS_DIR = Path("/etc/shelfcast/keys")
 BASE_CONFIG: dict[str, Any] = {
     "node": {"data_dir": "/var/lib/shelfcast"},
@@ -317,9 +319,30 @@ def provision(*, config_path: Path, keys_dir: Path, store_id: str, node_id: str,
     except ConfigError as exc:
         raise UserError(f"the resulting config would be invalid:\n{exc.render()}") from None
     qr = write_qr_png(qr_path, store_id, node_id, fp) if qr_path is not None else None
+    if config_keys_dir is None:
+        hand_to_service_user(config_path, keys_dir)
     return ProvisionResult(config_path, store_id, node_id, cloud.get("url"), key_path, csr_path,
                            cert_path if cert_path.exists() else None, ca_path if ca_path.exists() else None,
                            mk_path if mk_path.exists() else None, qr, fp)
+
+
+def hand_to_service_user(config_path: Path, keys_dir: Path, user: str = SERVICE_USER) -> bool:
+    """Run as root on a node: config root:shelfcast 0640, keys shelfcast-owned, so the service can read them.
+
+    Without this a ``sudo shelfcast provision`` leaves root-only files the node cannot open. No-op when not
+    root or when the service user does not exist (a laptop, a test).
+    """
+    if os.geteuid() != 0:
+        return False
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        return False
+    os.chown(config_path, 0, pw.pw_gid)
+    os.chmod(config_path, 0o640)
+    for p in [keys_dir, *keys_dir.iterdir()]:
+        os.chown(p, pw.pw_uid, pw.pw_gid)
+    return True
 
 
 # -- first-boot bundle ---------------------------------------------------------------------------------
@@ -382,6 +405,7 @@ def apply_bundle(bundle: Path, config_path: Path, keys_dir: Path) -> dict[str, A
         return v
 
     _write_config(config_path, remap(raw))
+    hand_to_service_user(config_path, keys_dir)
     if (bundle / "label.png").exists():
         shutil.copy2(bundle / "label.png", config_path.with_name("label.png"))
     # the boot partition is FAT and readable by anyone holding the card: the key must not stay there

@@ -237,3 +237,21 @@ def test_support_bundle_masks_secrets_and_holds_no_shopper_data(tmp_path: Path) 
     checks = json.loads(members["doctor.json"])["checks"]
     assert any(c["name"] == "cloud_broker" and c["status"] == "fail" for c in checks)
     assert yaml.safe_load(members["config.yaml"])["node"]["store_id"] == "s1"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_files_are_handed_to_the_service_user(tmp_path: Path) -> None:
+    """`sudo shelfcast provision` must leave files the (non-root) service can read: checked with 'nobody'."""
+    import pwd
+
+    from edge.provision import hand_to_service_user, provision
+
+    nobody = pwd.getpwnam("nobody")
+    cfg, keys = tmp_path / "shelfcast.yaml", tmp_path / "keys"
+    provision(config_path=cfg, keys_dir=keys, store_id="s1", node_id="n1", cloud_broker=None)
+    assert hand_to_service_user(cfg, keys, user="nobody")
+    assert (cfg.stat().st_uid, cfg.stat().st_gid, cfg.stat().st_mode & 0o777) == (0, nobody.pw_gid, 0o640)
+    for p in (keys, keys / "node.key", keys / "node.csr"):
+        assert p.stat().st_uid == nobody.pw_uid, p
+    assert (keys / "node.key").stat().st_mode & 0o777 == 0o600
+    assert not hand_to_service_user(cfg, keys, user="no-such-user-here")
