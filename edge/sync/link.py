@@ -128,6 +128,9 @@ def explain_connect_error(exc: BaseException, s: LinkSettings) -> str:
             if s.cert_file is None:
                 return (f"TLS handshake with {where} failed: missing client certificate — the broker closed the "
                         f"connection; it requires one: set {key}.cert_file and {key}.key_file")
+            why = _client_cert_problem(s)
+            if why is not None:
+                return f"TLS handshake with {where} failed: the broker closed the connection: {why}"
             return (f"TLS handshake with {where} failed: the broker closed the connection; it may have rejected "
                     f"our client certificate ({key}.cert_file) — check the broker's log")
         if "alert bad certificate" in low or "certificate unknown" in low:
@@ -149,6 +152,39 @@ def explain_connect_error(exc: BaseException, s: LinkSettings) -> str:
     if isinstance(exc, OSError):
         return f"cannot reach broker at {where}: {exc.strerror or exc}"
     return f"cannot connect to {where}: {type(exc).__name__}: {exc}"
+
+
+def _client_cert_problem(s: LinkSettings) -> str | None:
+    """Why a broker would reject our client certificate, found locally (TLS 1.3 brokers often just hang up)."""
+    if s.cert_file is None:
+        return None
+    try:
+        import datetime as dt
+
+        from cryptography import x509
+
+        cert = x509.load_pem_x509_certificate(Path(s.cert_file).read_bytes())
+        now = dt.datetime.now(dt.UTC)
+        if cert.not_valid_after_utc < now:
+            return (f"the broker rejected our client certificate as expired — {s.config_key}.cert_file "
+                    f"({s.cert_file}) expired on {cert.not_valid_after_utc:%Y-%m-%d}; renew it")
+        if cert.not_valid_before_utc > now:
+            return (f"our client certificate ({s.config_key}.cert_file) is not valid before "
+                    f"{cert.not_valid_before_utc:%Y-%m-%d}; check this node's clock")
+        if s.ca_file is not None:
+            cas = x509.load_pem_x509_certificates(Path(s.ca_file).read_bytes())
+            for ca in cas:
+                try:
+                    cert.verify_directly_issued_by(ca)
+                    return None
+                except Exception:
+                    continue
+            return (f"the broker does not trust the CA that signed our client certificate "
+                    f"({s.config_key}.cert_file is not issued by the CA in {s.config_key}.ca_file); have it signed "
+                    "by the broker's client CA")
+    except Exception:
+        return None
+    return None
 
 
 def _tls_context(s: LinkSettings) -> ssl.SSLContext:

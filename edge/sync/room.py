@@ -142,6 +142,7 @@ class SyncRoom:
             on_registered=self._registered)
         self.errors = 0
         self.evicted = int(store.meta_get("sync.evicted", "0") or 0)
+        self._state: dict[str, Any] = {}
         self._state_payload = "{}"
         self._task: asyncio.Task[None] | None = None
         self._started = time.time()
@@ -249,7 +250,14 @@ class SyncRoom:
             "rooms": {k: v.get("status") for k, v in node.get("rooms", {}).items() if isinstance(v, dict)},
             "t": time.time(),
         }
+        self._state = state
         self._state_payload = json.dumps(state, separators=(",", ":"), default=str)
+
+    def _state_now(self) -> str:
+        """The cached state, stamped now (the link thread must not call into other rooms)."""
+        st = {**self._state, "t": time.time(), "connects": self.link.stats["connects"],
+              "model": getattr(self._get_model(), "version", None) or "fallback"}
+        return json.dumps(st, separators=(",", ":"), default=str)
 
     def _pending(self) -> int:
         try:
@@ -261,7 +269,7 @@ class SyncRoom:
     def _on_connected(self, session_present: bool) -> None:
         self.drainer.reset()
         self.link.publish(self.topics.availability, "online", qos=1, retain=True)
-        self.link.publish(self.topics.state, self._state_payload, qos=1, retain=True)
+        self.link.publish(self.topics.state, self._state_now(), qos=1, retain=True)
         if self.o.homeassistant:
             self._ha_discovery()
         log.info("cloud link up (%s, session %s)", self.link.s, "resumed" if session_present else "new")

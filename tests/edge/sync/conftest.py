@@ -60,10 +60,10 @@ def keys(tmp_path: Path) -> Keys:
 @pytest.fixture
 def node_config(tmp_path: Path) -> Callable[..., NodeConfig]:
     def make(url: str | None, *, data_dir: Path | None = None, public_key: Path | None = None,
-             node_id: str = "node-1", **mqtt_extra: Any) -> NodeConfig:
+             node_id: str = "node-1", sync: dict[str, Any] | None = None, **mqtt_extra: Any) -> NodeConfig:
         raw: dict[str, Any] = {
             "node": {"data_dir": str(data_dir or tmp_path / "node"), "store_id": "s1", "node_id": node_id},
-            "mqtt": {"cloud": {"url": url, **mqtt_extra}},
+            "mqtt": {"cloud": {"url": url, **mqtt_extra}, "sync": sync or {}},
             "model": {"public_key": str(public_key) if public_key else None},
             "signage": {"enabled": False},
             "shelves": {"enabled": False},
@@ -149,14 +149,16 @@ def dumps(obj: Any) -> bytes:
 class Running:
     """A SyncRoom on its own event-loop thread, serving a fake model through a recommender stand-in."""
 
-    def __init__(self, config: Any, fakes: Any, *, model: Any = None) -> None:
+    def __init__(self, config: Any, fakes: Any, *, model: Any = None, **room_kw: Any) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.store = Store(Path(config.node.data_dir) / "shelfcast.db", flush_interval_ms=20).open()
         self.rec = SimpleNamespace(model=model if model is not None else fakes.FakeScorer("v1", "good"))
-        self.room = SyncRoom(config, self.store, Bus(), recommender=self.rec, loader=fakes.load)
-        self.room.canary.set_requests(fakes.canary_requests())
+        loader = room_kw.pop("loader", fakes.load)
+        self.room = SyncRoom(config, self.store, Bus(), recommender=self.rec, loader=loader, **room_kw)
+        if loader is fakes.load:
+            self.room.canary.set_requests(fakes.canary_requests())
         self.run(self.room.start())
         assert self.room.link.wait_connected(10), self.room.link.last_error
 
