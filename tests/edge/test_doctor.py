@@ -59,21 +59,16 @@ def sim() -> Iterator[Any]:
         yield store
 
 
-@pytest.fixture
-def healthy(tmp_path: Path, mosquitto: Any, sim: Any) -> dict[str, Any]:
-    """The demo store's config, pointed at real local services, with its node run once (cache on disk)."""
+@pytest.fixture(scope="module")
+def golden_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo store's node run once (start, stop): its data dir, copied by each test that breaks it."""
     raw = yaml.safe_load(resources.files("edge").joinpath("data/demo_store.yaml").read_text())
-    data = tmp_path / "data"
+    data = tmp_path_factory.mktemp("golden") / "data"
     raw["node"]["data_dir"] = str(data)
-    raw["node"]["timezone"] = "UTC"
-    raw["signage"] = {"enabled": False, "host": "127.0.0.1", "port": 0}
-    raw["mqtt"] = {"local": {"url": mosquitto.url}, "cloud": {"url": mosquitto.url}}
-    raw["shelves"] = {"enabled": True, "ports": [{"port": sim.port(SIM_CTRL)}]}
-    key = ed25519.Ed25519PrivateKey.generate().public_key()
-    pub = tmp_path / "model-signing.pub"
-    pub.write_bytes(key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-    raw["model"] = {"public_key": str(pub)}
-    cfg_path = write_cfg(tmp_path / "node.yaml", raw)
+    raw["signage"] = {"enabled": False}
+    raw["camera"] = {"enabled": False}
+    raw["shelves"] = {"enabled": False}
+    cfg_path = write_cfg(data.parent / "node.yaml", raw)
 
     from edge.app import Node
 
@@ -84,6 +79,27 @@ def healthy(tmp_path: Path, mosquitto: Any, sim: Any) -> dict[str, Any]:
 
     asyncio.run(run_once())
     assert (data / "shelfcast.db").exists()
+    return data
+
+
+@pytest.fixture
+def healthy(tmp_path: Path, mosquitto: Any, sim: Any, golden_data: Path) -> dict[str, Any]:
+    """The demo store's config, pointed at real local services, with the cache its node left on disk."""
+    import shutil
+
+    raw = yaml.safe_load(resources.files("edge").joinpath("data/demo_store.yaml").read_text())
+    data = tmp_path / "data"
+    shutil.copytree(golden_data, data)
+    raw["node"]["data_dir"] = str(data)
+    raw["node"]["timezone"] = "UTC"
+    raw["signage"] = {"enabled": False, "host": "127.0.0.1", "port": 0}
+    raw["mqtt"] = {"local": {"url": mosquitto.url}, "cloud": {"url": mosquitto.url}}
+    raw["shelves"] = {"enabled": True, "ports": [{"port": sim.port(SIM_CTRL)}]}
+    key = ed25519.Ed25519PrivateKey.generate().public_key()
+    pub = tmp_path / "model-signing.pub"
+    pub.write_bytes(key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    raw["model"] = {"public_key": str(pub)}
+    cfg_path = write_cfg(tmp_path / "node.yaml", raw)
     return {"raw": raw, "path": cfg_path, "tmp": tmp_path}
 
 
@@ -352,7 +368,7 @@ def test_cli_json_and_text(healthy: dict[str, Any]) -> None:
     db = Path(healthy["raw"]["node"]["data_dir"]) / "shelfcast.db"
     db.write_bytes(b"this is not a database" * 100)
     r = subprocess.run([sys.executable, "-m", "edge", "doctor", "--config", str(healthy["path"]), "--json",
-                        "--no-firmware"], capture_output=True, text=True, timeout=120)
+                        "--no-firmware"], capture_output=True, text=True, timeout=120)  # the shelfcast CLI
     assert r.returncode == 2, r.stderr
     out = json.loads(r.stdout)
     assert list(out) == ["checks"]
@@ -361,7 +377,8 @@ def test_cli_json_and_text(healthy: dict[str, Any]) -> None:
     bad = [c for c in out["checks"] if c["status"] == "fail"]
     names = {c["name"] for c in bad} - (set() if bundled_model_loads() else {"model"})
     assert names == {"database"} and all(c["fix"] for c in bad)
-    r = subprocess.run([sys.executable, "-m", "edge", "doctor", "--config", str(healthy["path"]), "--no-firmware"],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and "FAIL  database" in r.stdout and "fix: restart the node" in r.stdout
-    assert len(r.stdout.splitlines()) <= 40  # one screen
+    r = subprocess.run([sys.executable, "-m", "edge.doctor", "doctor", "--config", str(healthy["path"]),
+                        "--no-firmware"], capture_output=True, text=True, timeout=120)  # the fast path
+    text, code = r.stdout, r.returncode
+    assert code == 2 and "FAIL  database" in text and "fix: restart the node" in text
+    assert len(text.splitlines()) <= 40  # one screen
