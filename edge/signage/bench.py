@@ -73,6 +73,13 @@ def _pct(xs: list[float], q: float) -> float | None:
     return round(s[min(len(s) - 1, int(q * (len(s) - 1) + 0.5))], 3)
 
 
+def _cpu_s() -> float:
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
 def _rss_mb() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -138,7 +145,6 @@ async def _run(opts: BenchOptions) -> dict[str, Any]:
     for m, s in pairs:
         tty.setraw(m)
         tty.setraw(s)
-        os.set_blocking(m, False)
     ports = [os.ttyname(s) for _, s in pairs]
     try:
         if opts.mqtt and shutil.which("mosquitto"):
@@ -160,20 +166,16 @@ async def _run(opts: BenchOptions) -> dict[str, Any]:
 
             own_fusion = Fusion(config, bus.publish)
         # -- tracing: which sets did each shelf event make ------------------------------------------------------
-        inflight: list[tuple[str, int]] = []
-        tracing = [False]
+        # the shelf room calls ``trace`` right after its ShelfEvent was handled (synchronously: fusion →
+        # ShopperEvent → ranking → sets); the sets published since the previous trace are that event's
+        # (the last one per screen: a housekeeping refresh in between has a lower seq)
+        inflight: dict[str, int] = {}
         events: list[tuple[int, int, list[tuple[str, int]]]] = []  # (controller, t_ms, sets)
         measuring = [False]
 
-        def on_shelf(ev: ShelfEvent) -> None:
-            tracing[0] = True
-            inflight.clear()
-
         def on_set(rs: RecommendationSet) -> None:
-            if tracing[0]:
-                inflight.append((rs.screen, rs.seq))
+            inflight[rs.screen] = rs.seq
 
-        bus.subscribe(ShelfEvent, on_shelf)  # before fusion: it marks the start of one event's work
         if own_fusion is not None:
             bus.subscribe(ShelfEvent, own_fusion.on_shelf_event)
         bus.subscribe(RecommendationSet, on_set)
@@ -183,9 +185,8 @@ async def _run(opts: BenchOptions) -> dict[str, Any]:
             raise RuntimeError("the node has no shelf room (shelves.enabled is off?)")
 
         def trace(ev: ShelfEvent, port: str, ns: int, t_ms: int) -> None:
-            tracing[0] = False
             if measuring[0] and ev.delta_units < 0:
-                events.append((port_index.get(port, -1), t_ms, list(inflight)))
+                events.append((port_index.get(port, -1), t_ms, list(inflight.items())))
             inflight.clear()
 
         shelves_room.trace = trace
@@ -225,17 +226,21 @@ async def _run(opts: BenchOptions) -> dict[str, Any]:
         signage.latencies.clear()
         measuring[0] = True
         t_start = time.perf_counter()
+        cpu0 = _cpu_s()
         ctrl.stdin.write("go\n")
         ctrl.stdin.flush()
         line = await asyncio.to_thread(ctrl.stderr.readline)
         sent_s = time.perf_counter() - t_start
+        cpu_s = _cpu_s() - cpu0
         await asyncio.sleep(1.5)  # let the last detections settle and the pushes arrive
         measuring[0] = False
         rss = _rss_mb()
         node_push = signage.push_quantiles()
         hub_stats = dict(signage.hub.stats)
         mq = signage.mqtt.health()
-        ctl_out, _ = await asyncio.to_thread(ctrl.communicate, "", 30)
+        ctl_out, ctl_err = await asyncio.to_thread(ctrl.communicate, "", 30)
+        if not ctl_out.strip():
+            raise RuntimeError(f"the bench controllers failed: {ctl_err[-2000:]}")
         played = json.loads(ctl_out)
         out, _err = await asyncio.to_thread(client.communicate, "", 30)  # closing stdin ends the screens
         got: dict[str, Any] = json.loads(out) if out.strip() else {"sse": {}, "mqtt": {}, "connected": 0}
@@ -305,6 +310,8 @@ async def _run(opts: BenchOptions) -> dict[str, Any]:
         "sse_superseded": hub_stats["superseded"],
         "mqtt": bool(broker),
         "mqtt_published": mq.get("published"),
+        "node_cpu_ms_per_event": round(cpu_s * 1000 / detected, 3) if detected else None,
+        "node_cpu_util": round(cpu_s / sent_s, 2) if sent_s else None,  # cores busy in the node process
         "rss_mb": rss,
         "rss_mb_before_screens": rss_before,
         "load_avg_1m": round(os.getloadavg()[0], 2),  # other work on the machine skews the latencies

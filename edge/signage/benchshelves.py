@@ -41,8 +41,10 @@ class Controllers:
         return P.Samples(self.t_ms, 0, mg).frame(self.seq)
 
     def drain(self) -> None:
-        for fd in self.fds:
-            with contextlib.suppress(BlockingIOError, OSError):
+        """Read (and ignore) what the node sent (HELLO requests, commands) so its writes never block."""
+        ready, _, _ = select.select(self.fds, [], [], 0)
+        for fd in ready:
+            with contextlib.suppress(OSError):
                 os.read(fd, 65536)
 
     def hello(self) -> None:
@@ -89,8 +91,8 @@ def main() -> None:
     p.add_argument("--duration", type=float, required=True)
     args = p.parse_args()
     fds = [int(x) for x in args.fds.split(",")]
-    for fd in fds:
-        os.set_blocking(fd, False)
+    for fd in fds:  # blocking writes: a node that reads slowly slows the controllers, it never loses a frame
+        os.set_blocking(fd, True)
     c = Controllers(fds, json.loads(args.units))
     for _ in range(10):
         c.hello()

@@ -1,8 +1,10 @@
 """The feedback loop: what was shown to whom, and what they picked up next.
 
 An *impression* is one distinct set shown on one screen to one session (or to
-nobody, for the zone's popular items). Repeats of the same set to the same
-session are not new impressions (no SD-card write per push). A *conversion* is
+nobody, for the zone's popular items) that stayed there at least
+``min_visible_s`` (a set replaced sooner in a burst was a glimpse nobody could
+read), or whose item the session then picked up. Repeats of the same set to
+the same session are not new impressions (no SD-card write per push). A *conversion* is
 a pick-up, by the same session, of an item it was shown within
 ``conversion_window_s``; each (session, sku) converts at most once and is
 credited to the latest impression that showed it.
@@ -39,6 +41,16 @@ class _Shown:
 
 
 @dataclass(slots=True)
+class _OnScreen:
+    screen: str
+    session: str | None
+    skus: tuple[str, ...]
+    model_version: str
+    since: float
+    recorded: Impression | None = None
+
+
+@dataclass(slots=True)
 class _SessionLog:
     shown: deque[_Shown] = field(default_factory=lambda: deque(maxlen=MAX_PER_SESSION))
     converted: set[str] = field(default_factory=set)
@@ -47,41 +59,69 @@ class _SessionLog:
 
 class Feedback:
     def __init__(self, store: Store, *, window_s: float, upstream_topic: str | None,
-                 clock: Callable[[], float] = time.time,
+                 clock: Callable[[], float] = time.time, min_visible_s: float = 0.5,
                  on_conversion: Callable[[Conversion], None] | None = None) -> None:
         self.store = store
         self.window_s = window_s
+        self.min_visible_s = min_visible_s
         self.upstream = upstream_topic
         self.clock = clock
         self.on_conversion = on_conversion
         self._sessions: dict[str, _SessionLog] = {}
-        self._last_on_screen: dict[str, tuple[str | None, tuple[str, ...]]] = {}
-        self.stats = {"impressions": 0, "conversions": 0, "repeats": 0}
+        self._on_screen: dict[str, _OnScreen] = {}
+        self.stats = {"impressions": 0, "conversions": 0, "repeats": 0, "glimpses": 0}
 
     def shown(self, rs: RecommendationSet, t: float | None = None) -> Impression | None:
-        """A set went out to ``rs.screen``; record it if it is new for that screen and session."""
+        """A set went out to ``rs.screen``. Returns the impression recorded now, if any (the set it replaced,
+        when that one stayed long enough; or this one when ``min_visible_s`` is 0)."""
         skus = tuple(i.sku for i in rs.items)
-        key = (rs.session, skus)
-        if self._last_on_screen.get(rs.screen) == key:
+        cur = self._on_screen.get(rs.screen)
+        if cur is not None and cur.session == rs.session and cur.skus == skus:
             self.stats["repeats"] += 1
             return None
-        self._last_on_screen[rs.screen] = key
         now = self.clock() if t is None else t
-        imp = Impression(screen=rs.screen, session=rs.session, skus=skus, model_version=rs.model_version, t=now)
-        self.store.record_impression(imp.id, imp.screen, imp.session, skus, imp.model_version, now)
+        imp = None
+        if cur is not None and cur.recorded is None:
+            if now - cur.since >= self.min_visible_s:
+                imp = self._record(cur)
+            else:
+                self.stats["glimpses"] += 1
+        new = self._on_screen[rs.screen] = _OnScreen(rs.screen, rs.session, skus, rs.model_version, now)
+        if self.min_visible_s <= 0:
+            imp = self._record(new)
+        return imp
+
+    def tick(self, now: float | None = None) -> int:
+        """Record the sets that have now been on screen long enough (housekeeping calls this)."""
+        now = self.clock() if now is None else now
+        n = 0
+        for cur in self._on_screen.values():
+            if cur.recorded is None and now - cur.since >= self.min_visible_s:
+                self._record(cur)
+                n += 1
+        return n
+
+    def _record(self, cur: _OnScreen) -> Impression:
+        imp = Impression(screen=cur.screen, session=cur.session, skus=cur.skus, model_version=cur.model_version,
+                         t=cur.since)
+        cur.recorded = imp
+        self.store.record_impression(imp.id, imp.screen, imp.session, cur.skus, imp.model_version, cur.since)
         self.store.append_event(imp, upstream=self.upstream, priority=2)
         self.stats["impressions"] += 1
-        if rs.session is not None:
-            log = self._sessions.get(rs.session)
+        if cur.session is not None:
+            log = self._sessions.get(cur.session)
             if log is None:
-                log = self._sessions[rs.session] = _SessionLog()
-            log.shown.append(_Shown(imp.id, rs.screen, frozenset(skus), rs.model_version, now))
-            log.last = now
+                log = self._sessions[cur.session] = _SessionLog()
+            log.shown.append(_Shown(imp.id, cur.screen, frozenset(cur.skus), cur.model_version, cur.since))
+            log.last = max(log.last, cur.since)
         return imp
 
     def on_shopper_event(self, ev: ShopperEvent) -> Conversion | None:
         if ev.action != "pick":
             return None
+        for cur in self._on_screen.values():  # on screen now, not recorded yet: picking from it proves it was seen
+            if cur.recorded is None and cur.session == ev.session and ev.sku in cur.skus:
+                self._record(cur)
         log = self._sessions.get(ev.session)
         if log is None or ev.sku in log.converted:
             return None
@@ -105,4 +145,5 @@ class Feedback:
         return len(old)
 
     def health(self) -> dict[str, Any]:
-        return {**self.stats, "sessions_tracked": len(self._sessions), "window_s": self.window_s}
+        return {**self.stats, "sessions_tracked": len(self._sessions), "window_s": self.window_s,
+                "min_visible_s": self.min_visible_s}

@@ -130,6 +130,8 @@ class SignageRoom:
         with contextlib.suppress(ValueError):
             self.board.listeners.remove(self.on_set)
         self.bus.unsubscribe(ShopperEvent, self._on_shopper)
+        with contextlib.suppress(Exception):  # what has been on screen long enough is an impression
+            self.feedback.tick()
         await self.stop_http()
         await asyncio.to_thread(self.mqtt.stop)
 
@@ -274,6 +276,7 @@ class SignageRoom:
             await asyncio.sleep(1.0)
             try:
                 self.handover()
+                self.feedback.tick()
                 self.feedback.prune()
             except Exception:
                 log.exception("signage housekeeping failed; retrying in 1 s")

@@ -63,10 +63,18 @@ def _set(screen: str, session: str | None, skus: list[str], t: float) -> Recomme
 
 def test_window_repeats_and_puts(tmp_path: Path) -> None:
     with Store(tmp_path / "db.sqlite") as store:
-        fb = Feedback(store, window_s=60, upstream_topic="up")
-        assert fb.shown(_set("a", "s", ["x", "y"], t=1000.0), t=1000.0) is not None
+        fb = Feedback(store, window_s=60, upstream_topic="up", min_visible_s=0.5)
+        assert fb.shown(_set("a", "s", ["x", "y"], t=1000.0), t=1000.0) is None  # not seen long enough yet
         assert fb.shown(_set("a", "s", ["x", "y"], t=1001.0), t=1001.0) is None  # same set again: no new impression
-        assert fb.stats == {"impressions": 1, "conversions": 0, "repeats": 1}
+        assert fb.tick(now=1000.2) == 0 and fb.tick(now=1000.6) == 1  # on screen for half a second: an impression
+        assert fb.stats == {"impressions": 1, "conversions": 0, "repeats": 1, "glimpses": 0}
+        # a burst: a set replaced within 0.1 s was a glimpse, not an impression
+        fb.shown(_set("b", "s2", ["p"], t=1000.0), t=1000.0)
+        imp = fb.shown(_set("b", "s2", ["q"], t=1000.1), t=1000.1)
+        assert imp is None and fb.stats["glimpses"] == 1
+        # ... unless the shopper picks from the set on screen: then it was seen
+        conv = fb.on_shopper_event(ShopperEvent(session="s2", sku="q", action="pick", zone="z", t=1000.2))
+        assert conv is not None and fb.stats["impressions"] == 2
         put = ShopperEvent(session="s", sku="x", action="put", zone="z", t=1010.0)
         assert fb.on_shopper_event(put) is None  # putting back is not a conversion
         late = ShopperEvent(session="s", sku="x", action="pick", zone="z", t=1000.0 + 61)
@@ -74,4 +82,4 @@ def test_window_repeats_and_puts(tmp_path: Path) -> None:
         ok = ShopperEvent(session="s", sku="y", action="pick", zone="z", t=1000.0 + 59)
         conv = fb.on_shopper_event(ok)
         assert conv is not None and conv.screen == "a" and conv.sku == "y"
-        assert fb.prune(now=1000.0 + 200) == 1
+        assert fb.prune(now=1000.0 + 200) == 2
