@@ -180,9 +180,22 @@ mkdir -p "$R$PREFIX"
 rm -f "$LOG"  # the actions log describes the last run only
 
 say "system packages"
+if [ -z "$DESTDIR" ] && [ -r /etc/os-release ]; then
+    # shellcheck disable=SC1091
+    . /etc/os-release
+    case "${VERSION_CODENAME:-}" in
+        bookworm) ;;
+        *) echo "    note: made for Debian 12 / Raspberry Pi OS Bookworm; this is ${PRETTY_NAME:-unknown}" ;;
+    esac
+fi
 if [ "$WITH_APT" = 1 ]; then
     PKGS="python3-venv python3-pip mosquitto mosquitto-clients ca-certificates"
-    [ "$WITH_KIOSK" = 0 ] || PKGS="$PKGS chromium cage"
+    BROWSER_PKG=chromium
+    if [ -z "$DESTDIR" ] && ! apt-cache show chromium >/dev/null 2>&1; then
+        BROWSER_PKG=chromium-browser  # older Raspberry Pi OS Bookworm images name it so
+    fi
+    [ "$WITH_KIOSK" = 0 ] || PKGS="$PKGS $BROWSER_PKG cage"
+    run apt-get update -qq
     # shellcheck disable=SC2086
     run env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $PKGS
 fi

@@ -102,6 +102,9 @@ def check_config(path: Path) -> tuple[Check, NodeConfig | None]:
     try:
         cfg = load_config(path)
     except ConfigError as exc:
+        if path.exists() and not os.access(path, os.R_OK):
+            return Check("config", "fail", f"{path}: cannot read it as {_whoami()}",
+                         "run the doctor with sudo: `sudo shelfcast doctor`"), None
         first = "; ".join(str(p) for p in exc.problems[:3])
         more = f" (+{len(exc.problems) - 3} more)" if len(exc.problems) > 3 else ""
         return Check("config", "fail", f"{path}: {len(exc.problems)} problem(s): {first}{more}",
@@ -126,6 +129,9 @@ def check_data_dir(data_dir: Path, min_free_mb: int = MIN_FREE_MB, warn_free_mb:
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
+        if os.geteuid() != 0 and _owned_by_service_user(data_dir):
+            return Check("data_dir", "warn", f"{data_dir} belongs to {SERVICE_USER}; cannot test it as {_whoami()}",
+                         "run the doctor with sudo: `sudo shelfcast doctor`")
         return Check("data_dir", "fail", f"{data_dir} is not writable ({exc.strerror})", fix_owner)
     du = shutil.disk_usage(data_dir)
     free_mb = du.free / 1e6
@@ -137,6 +143,20 @@ def check_data_dir(data_dir: Path, min_free_mb: int = MIN_FREE_MB, warn_free_mb:
     if free_mb < warn_free_mb:
         return Check("data_dir", "warn", detail + f" (below {warn_free_mb} MB)", fix_space)
     return _ok("data_dir", detail)
+
+
+def _whoami() -> str:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return f"uid {os.geteuid()}"
+
+
+def _owned_by_service_user(p: Path) -> bool:
+    try:
+        return pwd.getpwuid(p.stat().st_uid).pw_name == SERVICE_USER
+    except (KeyError, OSError):
+        return False
 
 
 def database_stats(db: Path) -> dict[str, Any]:
@@ -161,6 +181,10 @@ def check_database(data_dir: Path) -> Check:
                    "(`sudo systemctl restart shelfcast`); if it keeps happening the SD card is failing: replace it")
     aside = sorted(data_dir.glob("shelfcast.db.corrupt-*")) if data_dir.is_dir() else []
     aside = [p for p in aside if not p.name.endswith(("-wal", "-shm"))]
+    if os.geteuid() != 0 and data_dir.is_dir() and not (os.access(data_dir, os.R_OK | os.X_OK) and
+                                                        (not db.exists() or os.access(db, os.R_OK))):
+        return Check("database", "warn", f"cannot read {db} as {_whoami()}",
+                     "run the doctor with sudo: `sudo shelfcast doctor`")
     if not db.exists():
         return Check("database", "warn", f"{db} does not exist yet (the node creates it when it starts)",
                      "start the node: `sudo systemctl start shelfcast`")
