@@ -44,6 +44,7 @@ class DemoOptions:
     action_interval_s: float = 1.5  # mean seconds between one shopper's actions
     quiet: bool = False
     cloud_broker: str | None = None
+    drain_timeout_s: float = 30.0  # with a cloud broker: how long the summary waits for the outbox to drain
 
 
 def demo_config(opts: DemoOptions, data_dir: Path) -> NodeConfig:
@@ -206,9 +207,12 @@ async def run_demo(opts: DemoOptions) -> dict[str, Any]:
                 loop.remove_signal_handler(sig)
         health = node.health()
         await asyncio.to_thread(node.store.flush)
+        if node.sync is not None:  # a cloud broker is configured: wait (bounded) for the outbox to drain
+            await asyncio.to_thread(node.sync.drain, opts.drain_timeout_s)
         outbox = node.store.outbox_pending()
         rec = node.recommender
         await node.stop()
+        queued_upstream = node.sync.queued_total if node.sync is not None else None  # what went upstream
         if shelves is not None:
             shelves.close()
         if tmp is not None:
@@ -216,7 +220,7 @@ async def run_demo(opts: DemoOptions) -> dict[str, Any]:
     elapsed = time.monotonic() - t0
     stats = rec.stats if rec is not None else {}
     return {
-        "events": stats.get("events", 0),
+        "events": stats.get("events", 0) if queued_upstream is None else queued_upstream,
         "recommendations": stats.get("recommendations", 0),
         "pushed": node.screens.pushed,
         "outbox_pending": outbox,

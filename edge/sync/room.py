@@ -146,6 +146,9 @@ class SyncRoom:
         self._state_payload = "{}"
         self._task: asyncio.Task[None] | None = None
         self._started = time.time()
+        self._seq0 = 0
+        self._pending0 = 0
+        self.queued_total: int | None = None  # set by stop(): outbox rows this run sent upstream
 
     # -- model access (the recommender's reference is the one that serves) ------------
     def _get_model(self) -> Any:
@@ -159,7 +162,19 @@ class SyncRoom:
         self.store.register_model(version, path, sha, status, active=active, detail=detail)
 
     # -- lifecycle ---------------------------------------------------------------------
+    def _outbox_seq(self) -> int:
+        row = self.store.read().execute("SELECT seq FROM sqlite_sequence WHERE name='outbox'").fetchone()
+        return int(row[0]) if row else 0
+
+    def queued(self) -> int:
+        """Outbox rows queued upstream since this room started (everything the cloud will receive)."""
+        self.store.flush()
+        return self._outbox_seq() - self._seq0
+
     async def start(self) -> None:
+        await asyncio.to_thread(self.store.flush)
+        self._seq0 = self._outbox_seq()
+        self._pending0 = self.store.outbox_pending()
         self.bus.subscribe(ShopperEvent, self.canary.observe)
         served = await asyncio.to_thread(self.releases.activate_on_boot)
         if served is not None:
@@ -177,13 +192,29 @@ class SyncRoom:
             except asyncio.CancelledError:
                 pass
         self.bus.unsubscribe(ShopperEvent, self.canary.observe)
-        await asyncio.to_thread(self.drain, 3.0)
+        self.queued_total = await asyncio.to_thread(self._final_drain, 3.0)
         await asyncio.to_thread(self.link.stop, (self.topics.availability, "stopped"))
         await asyncio.to_thread(self.releases.close)
         try:
             self.canary.persist()
         except Exception:
             pass
+
+    def _final_drain(self, timeout: float) -> int:
+        """Drain until no new rows arrive meanwhile; returns the rows this run sent upstream
+        (backlog found at start + rows queued since − rows still pending)."""
+        deadline = time.monotonic() + timeout
+        try:
+            q = self.queued()
+            while time.monotonic() < deadline:
+                self.drain(max(0.1, deadline - time.monotonic()))
+                q2 = self.queued()
+                if q2 == q:
+                    break
+                q = q2
+            return self._pending0 + q - self.store.outbox_pending()
+        except Exception:
+            return -1
 
     def drain(self, timeout: float) -> bool:
         """Wait (bounded) until the outbox is empty; partial batches leave at once meanwhile."""
