@@ -2,7 +2,9 @@
 order and stops them in mirror order (as Frigate's ``app.py`` does).
 
 Start order follows the data: store → recommend (ranking) → shelves →
-vision → fusion → signage → sync. Each room is an object with
+vision → fusion → signage → sync. Fusion always runs (shelf-only without a
+camera); vision runs with ``camera.enabled`` (a ``synthetic`` source needs
+``node.synthetic_scene``, which the demo provides). Each room is an object with
 ``async start()``, ``async stop()`` and ``health() -> dict``; rooms talk only
 through the bus (plain events) and the store's public API.
 
@@ -132,9 +134,12 @@ class Node:
         self.recommender: Recommender | None = None
         self.screens = ScreenBoard(self.bus)
         self.signage: Any = None  # edge.signage.SignageRoom once built (HTTP, SSE, MQTT, shelf displays)
+        self.sync: Any = None  # edge.sync.SyncRoom once built (only with mqtt.cloud.url)
         self.shelves: Any = None  # firmware_bridge.ShelfBridge once built (shelf controllers, displays)
         self.extra_shelf_ports: list[str] = []  # ports besides shelves.ports (the demo's simulated ones)
-        self.sync: Any = None  # edge.sync.SyncRoom once built (only with mqtt.cloud.url)
+        self.fusion: Any = None  # edge.fusion.Fusion: ShelfEvent (+ tracks) -> ShopperEvent; always built
+        self.vision: Any = None  # edge.vision.VisionRoom once built (camera.enabled)
+        self.synthetic_scene: Any = None  # an edge.vision.SyntheticScene for camera.source "synthetic" (demo)
         self._housekeeping: asyncio.Task[None] | None = None
 
     @property
@@ -158,6 +163,7 @@ class Node:
             self.shelves = ShelfBridge(self.config, self.bus.publish, planogram=self._planogram,
                                        ports=self.extra_shelf_ports)
             self.rooms.append(self.shelves)
+        self._build_vision_and_fusion()
         if self.config.signage.enabled:
             from edge.signage import SignageRoom
 
@@ -170,6 +176,27 @@ class Node:
 
             self.sync = SyncRoom(self.config, self.store, self.bus, recommender=self.recommender, state=self.health)
             self.rooms.append(self.sync)
+
+    def _build_vision_and_fusion(self) -> None:
+        """Camera (optional) -> TrackUpdate/ZoneEvent; fusion attributes each ShelfEvent to a shopper's
+        session (anonymous per-shelf sessions without a working camera) and publishes ShopperEvent."""
+        from edge.fusion import Fusion
+
+        self.fusion = Fusion(self.config, self.bus.publish, bus=self.bus)
+        cam = self.config.camera
+        if cam.enabled and cam.source == "synthetic" and self.synthetic_scene is None:
+            log.info("camera.source is 'synthetic' but no scene was given (only `shelfcast demo` makes one); "
+                     "camera off, fusion runs shelf-only")
+        elif cam.enabled:
+            from edge.vision import VisionRoom
+
+            self.vision = VisionRoom(self.config, self.bus.publish, self.bus.publish,
+                                     on_status=self.fusion.set_camera_status, scene=self.synthetic_scene)
+            self.rooms.append(self.vision)
+            if self.recommender is not None:
+                self.recommender.locator = self.fusion  # screens serve the nearest tracked shopper
+        self.fusion.camera_ok = False  # until the vision room reports frames
+        self.rooms.append(self.fusion)
 
     async def start(self) -> None:
         self.started_at = time.time()

@@ -25,11 +25,14 @@ import time
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge.app import Node
 from edge.config import NodeConfig, parse_config
-from edge.events import RecommendationSet, ShopperEvent
+from edge.events import RecommendationSet, ShelfEvent, ShopperEvent
+
+if TYPE_CHECKING:
+    from edge.vision.scene import Pick
 
 __all__ = ["DemoOptions", "ShopperSim", "demo_config", "run_demo"]
 
@@ -149,6 +152,8 @@ async def run_demo(opts: DemoOptions) -> dict[str, Any]:
         data_dir = opts.data_dir
     config = demo_config(opts, data_dir)
     node = Node(config)
+    scene = _synthetic_scene(config, opts)
+    node.synthetic_scene = scene  # camera.source "synthetic": the vision room films simulated shoppers
     shelves = None
     if config.shelves.enabled:  # simulated controllers: each pick travels as bytes over a pty
         from firmware_bridge.demo_shelves import DemoShelves
@@ -157,8 +162,26 @@ async def run_demo(opts: DemoOptions) -> dict[str, Any]:
         node.extra_shelf_ports = shelves.ports
     t0 = time.monotonic()
     await node.start()
+    truth = _GroundTruthBus(node.bus)
     if shelves is not None:
-        shelves.attach(node.bus)  # ShelfEvent from the driver -> the shopper's ShopperEvent
+        # fusion attributes the driver's ShelfEvents; the simulator's own attribution is only ground truth
+        shelves.attach(truth if node.fusion is not None else node.bus)
+    camera_picks = node.vision is not None and scene is not None
+    if camera_picks:
+        # shoppers come from the camera scene: when one stops at a shelf and picks, that shelf reports it
+        def on_pick(p: Pick) -> None:
+            sh = shelf_by_id.get(p.shelf)
+            if sh is None or not p.sku:
+                return
+            a = Action(f"shopper-{p.shopper:05d}", p.shelf, p.slot, p.sku, sh.zone, -1, p.t)
+            truth.picks += 1
+            if shelves is not None:
+                shelves.act(a)
+            else:
+                node.bus.publish(ShelfEvent(shelf=a.shelf, slot=a.slot, sku=a.sku, delta_units=-1, t=a.t))
+
+        shelf_by_id = {sh.id: sh for sh in config.layout.shelves}
+        node.vision.on_pick = on_pick
     heat = {p.sku: p.sales_heat for p in node.store.products().values()}
     sim = ShopperSim(config, heat, n=opts.shoppers, seed=opts.seed, action_interval_s=opts.action_interval_s)
     names = {p.sku: p.name for p in node.store.products().values()}
@@ -191,7 +214,7 @@ async def run_demo(opts: DemoOptions) -> dict[str, Any]:
             if opts.duration is not None and time.monotonic() - t0 >= opts.duration:
                 break
             now = time.time()
-            for a in sim.step(now):
+            for a in ([] if camera_picks else sim.step(now)):
                 actions += 1
                 if shelves is not None:
                     shelves.act(a)
@@ -225,15 +248,49 @@ async def run_demo(opts: DemoOptions) -> dict[str, Any]:
         "pushed": node.screens.pushed,
         "outbox_pending": outbox,
         "screen_changes": changes,
-        "shoppers": sim.visits,
-        "actions": actions,
+        "shoppers": scene.visitors if camera_picks else sim.visits,
+        "actions": truth.picks if camera_picks else actions,
         "model_version": health["rooms"].get("recommend", {}).get("model") or "fallback",
         "duration_s": round(elapsed, 2),
         "events_per_s": round(stats.get("events", 0) / elapsed, 2) if elapsed else 0.0,
         "status": health["status"],
         "shelf_events": shelves.stats["shelf_events"] if shelves is not None else 0,
         "names_shown": len({s for v in last_shown.values() for s in v if s in names}),
+        "camera": health["rooms"].get("vision", {}).get("status", "off"),
+        "camera_picks": truth.picks,
+        "fusion_attributed": health["rooms"].get("fusion", {}).get("attributed", 0),
+        "fusion_unattributed": health["rooms"].get("fusion", {}).get("unattributed", 0),
     }
+
+
+class _GroundTruthBus:
+    """What the shelf simulator knows (who really picked) is counted, not published: fusion decides."""
+
+    def __init__(self, bus: Any) -> None:
+        self.bus = bus
+        self.truth = 0
+        self.picks = 0
+
+    def subscribe(self, event_type: Any, handler: Any) -> None:
+        self.bus.subscribe(event_type, handler)
+
+    def unsubscribe(self, event_type: Any, handler: Any) -> None:
+        self.bus.unsubscribe(event_type, handler)
+
+    def publish(self, event: Any) -> None:
+        self.truth += 1
+
+
+def _synthetic_scene(config: NodeConfig, opts: DemoOptions) -> Any:
+    """The camera's simulated shoppers (camera.source "synthetic"), busier than the benchmark's."""
+    cam = config.camera
+    if not cam.enabled or cam.source != "synthetic":
+        return None
+    from edge.vision import SyntheticScene
+
+    return SyntheticScene(config.layout, n_shoppers=opts.shoppers, seed=opts.seed, width=cam.width,
+                          height=cam.height, t0=time.time(), stop_s=(2.5, 6.0), picks_per_stop=(1, 3),
+                          pick_probability=0.95, start_at_shelves=True)
 
 
 def main(opts: DemoOptions) -> int:

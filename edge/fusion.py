@@ -27,7 +27,7 @@ event loop; they never block and are also guarded by a lock)::
     fusion.on_check_in(CheckIn)            # same, from a CheckIn event
     fusion.active_sessions() -> list[SessionView]
     fusion.session(session_id) -> SessionView | None
-    fusion.session_near(x, y, zone=None, max_m=3.0) -> SessionView | None   # signage: who is at this screen
+    fusion.session_near(x, y, zone=None, max_m=10.0) -> SessionView | None   # signage: who is at this screen
     fusion.expire(now=None)                # close idle sessions (call every few seconds)
     fusion.health() -> dict
 
@@ -317,7 +317,7 @@ class Fusion:
             s = self._active.get(session_id) or self._closed.get(session_id)
             return s.view() if s is not None else None
 
-    def session_near(self, x: float, y: float, zone: str | None = None, max_m: float = 3.0) -> SessionView | None:
+    def session_near(self, x: float, y: float, zone: str | None = None, max_m: float = 10.0) -> SessionView | None:
         """The active shopper nearest to (x, y) (e.g. a screen), optionally in ``zone``.
 
         With the camera down, the most recent anonymous shelf session of the

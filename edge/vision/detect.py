@@ -84,6 +84,12 @@ class Detector:
         self._frames = 0
         self._samples = []
 
+    def prime(self, empty_frame: np.ndarray) -> None:
+        """Start from a known empty-scene picture instead of learning one (synthetic scenes)."""
+        self._bg = self._to_gray(empty_frame).astype(np.float32)
+        self._samples = []
+        self._frames = self.warmup_frames
+
     def _m2_per_px(self, u: float, v: float) -> float:
         # |det J| of a planar homography at (u, v) is det(H) / w^3
         w = self.h[2, 0] * u + self.h[2, 1] * v + self.h[2, 2]

@@ -54,6 +54,10 @@ class Pipeline:
         updates, events = self.zones.update(tracks, t)
         return FrameResult("ok", updates, events, tracks, len(res.detections))
 
+    def prime(self, empty_frame: np.ndarray) -> None:
+        """Use this empty-scene picture as the background (skips the warm-up)."""
+        self.detector.prime(empty_frame)
+
     def reset(self, t: float) -> list[ZoneEvent]:
         """Forget tracks and background (stream lost); returns the exit events owed."""
         self.detector.reset()

@@ -18,8 +18,9 @@ Integration surface (stable)::
     room.scene  # the SyntheticScene when camera.source is "synthetic" (demo drives picks from it)
 
 ``on_status(ok: bool)`` fires when the camera comes up or goes down (wire it
-to ``Fusion.set_camera_status``). ``on_pick(Pick)`` fires on the loop thread
-when a simulated shopper picks an item (synthetic source only).
+to ``Fusion.set_camera_status``). ``on_pick(Pick)`` (also settable later as
+``room.on_pick``) fires on the loop thread when a simulated shopper picks an
+item (synthetic source only).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class VisionRoom:
         self._on_track = on_track
         self._on_zone = on_zone
         self._on_status = on_status
-        self._on_pick = on_pick
+        self.on_pick = on_pick  # settable after construction (the demo sets it)
         self.scene: SyntheticScene | None = scene
         self._source = source
         self._enabled = self.cam.enabled or source is not None or scene is not None
@@ -100,11 +101,13 @@ class VisionRoom:
             self.last_error = "camera.homography is not set: run `shelfcast calibrate camera --write` first"
             log.warning("vision: %s", self.last_error)
             return
-        if self.scene is not None and self._on_pick is not None:
+        if self.scene is not None:
             self.scene.on_pick = self._pick_from_thread
         w, hgt = (self.scene.width, self.scene.height) if self.scene is not None else (self.cam.width, self.cam.height)
         self._pipeline = Pipeline(homography, (w, hgt), self.config.zone_of, self.cam.detect_width,
                                   zones={z.id: list(z.polygon) for z in self.config.layout.zones})
+        if self.scene is not None:
+            self._pipeline.prime(self.scene.background())  # the simulated store, empty
         self._stop.clear()
         self.status = "starting"
         self._threads = [threading.Thread(target=self._capture_loop, name="vision-capture", daemon=True),
@@ -277,8 +280,8 @@ class VisionRoom:
             self._safe(self._on_track, u)
 
     def _pick_from_thread(self, pick: Pick) -> None:
-        if self._on_pick is not None:
-            self._post(self._safe, self._on_pick, pick)
+        if self.on_pick is not None:
+            self._post(self._safe, self.on_pick, pick)
 
     @staticmethod
     def _safe(fn: Callable[[Any], None], arg: Any) -> None:

@@ -97,7 +97,7 @@ class _Shopper:
     state: str = "walk"  # walk | stop | exit
     shelf: str | None = None
     stop_left: float = 0.0
-    pick_at: float | None = None
+    pick_at: list[float] = field(default_factory=list)  # stop_left values at which to pick
     heading: float = 0.0
     phase: float = 0.0
     gone: bool = False
@@ -131,6 +131,8 @@ class SyntheticScene:
     on_pick: Callable[[Pick], None] | None = None
     pick_probability: float = 0.85
     stop_s: tuple[float, float] = (3.0, 7.0)
+    picks_per_stop: tuple[int, int] = (1, 1)  # (min, max) items taken at one shelf stop (when picking)
+    start_at_shelves: bool = False  # the first shoppers start standing at shelves
     homography: np.ndarray = field(init=False)  # image px -> floor m (exact)
 
     def __post_init__(self) -> None:
@@ -155,12 +157,20 @@ class SyntheticScene:
         self._next_switch = float(self._rng.uniform(15, 35))
         self._n_frames = 0
         for _ in range(self.n_shoppers):
-            self._shoppers.append(self._spawn(inside=True))
+            s = self._spawn(inside=True)
+            self._shoppers.append(s)
+            if self.start_at_shelves and s.shelf is not None:
+                self._begin_stop(s)  # already shopping when the camera starts (a lively demo)
 
     # -- public ---------------------------------------------------------------
     @property
     def t(self) -> float:
         return self.t0 + self.elapsed
+
+    @property
+    def visitors(self) -> int:
+        """Shoppers who have entered so far (including those at start)."""
+        return self._next_id - 1
 
     @property
     def bounds(self) -> tuple[float, float, float, float]:
@@ -405,6 +415,17 @@ class SyntheticScene:
         s.state = "exit"
         s.target = self._entrance()
 
+    def _begin_stop(self, s: _Shopper) -> None:
+        s.state = "stop"
+        s.pos = s.target.copy()
+        s.stop_left = float(self._rng.uniform(*self.stop_s))
+        s.pick_at = []
+        if self._rng.random() < self.pick_probability:
+            lo, hi = self.picks_per_stop
+            n = lo if lo >= hi else int(self._rng.integers(lo, hi + 1))
+            s.pick_at = sorted((float(self._rng.uniform(0.8, max(0.9, s.stop_left - 1.0))) for _ in range(n)),
+                               reverse=True)
+
     def _keep_off_shelves(self, s: _Shopper) -> None:
         """Nobody walks through a shelf: walk at least 0.45 m in front of every shelf face."""
         for sh in self._shelves.values():
@@ -423,8 +444,8 @@ class SyntheticScene:
                 continue
             if s.state == "stop":
                 s.stop_left -= dt
-                if s.pick_at is not None and s.stop_left <= s.pick_at:
-                    s.pick_at = None
+                while s.pick_at and s.stop_left <= s.pick_at[0]:
+                    s.pick_at.pop(0)
                     shelf = self._shelves[s.shelf] if s.shelf else None
                     if shelf is not None:
                         slot = shelf.slots[int(self._rng.integers(len(shelf.slots)))] if shelf.slots else None
@@ -442,11 +463,7 @@ class SyntheticScene:
                     s.gone = True
                     self._respawn_at.append(self.elapsed + float(self._rng.uniform(0.5, 4.0)))
                     continue
-                s.state = "stop"
-                s.pos = s.target.copy()
-                s.stop_left = float(self._rng.uniform(*self.stop_s))
-                s.pick_at = (float(self._rng.uniform(0.8, s.stop_left - 1.0))
-                             if self._rng.random() < self.pick_probability else None)
+                self._begin_stop(s)
                 continue
             v = d / dist * min(s.speed, dist / dt)
             # keep some personal space: walkers step aside for anyone close
