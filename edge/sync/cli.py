@@ -59,6 +59,8 @@ def register(reg: CommandRegistry) -> None:
     p.add_argument("--outage-s", type=float, default=30.0)
     p.add_argument("--before-s", type=float, default=5.0, help="sending time before the outage")
     p.add_argument("--after-s", type=float, default=5.0, help="sending time after the broker returns")
+    p.add_argument("--ordered-ids", action="store_true",
+                   help="use time-ordered event ids instead of uuid4 (shows the SD-wear effect of id order)")
 
 
 def _settings(args: argparse.Namespace, client_id: str):  # type: ignore[no-untyped-def]
@@ -152,7 +154,7 @@ def _bench(args: argparse.Namespace) -> int:
     if args.outage_s < 0 or args.events_per_s <= 0:
         raise UserError("--outage-s must be ≥ 0 and --events-per-s > 0")
     res = run_bench(events_per_s=args.events_per_s, outage_s=args.outage_s, before_s=args.before_s,
-                    after_s=args.after_s, progress=None if args.json else sys.stderr)
+                    after_s=args.after_s, progress=None if args.json else sys.stderr, ordered_ids=args.ordered_ids)
     if args.json:
         print_json(res)
     else:
