@@ -1,18 +1,22 @@
-"""Serial transport: find controllers, keep a port open, hand frames to the event loop.
+"""Serial transport: find controllers, keep a port open, feed frames to the event loop.
 
-One ``SerialLink`` per port owns one thread. The thread opens the port with
+One ``SerialLink`` per port. A small supervisor thread opens the port with
 pyserial (exclusive lock, so the node and ``shelfcast firmware flash`` never
-share a port), reads with ``select`` + ``os.read`` on its descriptor, decodes
-frames (COBS + CRC, see ``protocol``) and hands batches of
-``(arrival_wall, arrival_ns, Frame)`` to the asyncio loop with
-``call_soon_threadsafe`` — one wake-up per read, never a blocking call on the
-loop. Writes are queued and written by the same thread.
+share a port; opening and the backoff sleeps are the only waits, and they
+happen off the loop). Once open, the descriptor (non-blocking) is handed to
+the asyncio loop with ``add_reader``: each readiness does one ``os.read`` of
+up to 4 KiB, decodes the frames (COBS + CRC, see ``protocol``) and calls
+``on_frames`` with ``(arrival_wall, arrival_ns, Frame)`` tuples. No thread
+hand-over on the hot path (that cost a second wake-up and a GIL switch per
+read: p99 several ms under load). Writes are non-blocking; a partial write
+waits for ``add_writer``.
 
 A pulled cable, a missing device or a permission problem never ends the
-thread: it reports the state (with the fix) and retries with exponential
-backoff up to ``reconnect_max_s``. The hand-over queue is bounded
-(``QUEUE_MAX``); if the loop falls that far behind, the oldest frames are
-dropped and counted.
+link: it reports the state (with the fix) and reopens with exponential
+backoff up to ``reconnect_max_s``. Buffers are bounded: the decoder keeps at
+most one frame, unsent bytes are capped (``TX_MAX``, oldest commands dropped
+and counted), and while the loop is busy the bytes wait in the kernel's tty
+buffer, whose overflow the controller counts (HEARTBEAT ``tx_overflows``).
 """
 
 from __future__ import annotations
@@ -23,10 +27,8 @@ import errno
 import glob
 import logging
 import os
-import select
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -41,7 +43,7 @@ log = logging.getLogger("shelfcast.shelves")
 
 BY_ID_DIR = "/dev/serial/by-id"
 DIALOUT_FIX = "add the service user to the dialout group: `sudo usermod -aG dialout shelfcast` (then restart)"
-QUEUE_MAX = 8192
+TX_MAX = 64 * 1024
 READ_SIZE = 4096
 
 
@@ -99,7 +101,7 @@ class LinkStats:
 
 
 class SerialLink:
-    """One port, one thread. Callbacks run on the asyncio loop."""
+    """One port. Callbacks (``on_frames``, ``on_state``) run on the asyncio loop."""
 
     def __init__(self, port: str, loop: asyncio.AbstractEventLoop,
                  on_frames: Callable[[SerialLink, list[tuple[float, int, Frame]]], None],
@@ -115,18 +117,15 @@ class SerialLink:
         self.stats = LinkStats()
         self.state = "starting"
         self.error = ""
-        self._q: deque[tuple[float, int, Frame]] = deque()
-        self._qlock = threading.Lock()
-        self._scheduled = False
-        self._tx: deque[bytes] = deque(maxlen=256)
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_w, False)
-        os.set_blocking(self._wake_r, False)
+        self._fd = -1  # attached to the loop (loop thread only)
+        self._tx = bytearray()
+        self._writer = False
+        self._gone = threading.Event()  # the loop detached the fd: the thread closes and reopens
         self._running = False
         self._thread: threading.Thread | None = None
         self._stop_evt = threading.Event()
 
-    # -- control (any thread) ------------------------------------------------------------------
+    # -- control -------------------------------------------------------------------------------
     def start(self) -> None:
         self._running = True
         self._thread = threading.Thread(target=self._run, name=f"serial:{os.path.basename(self.port)}",
@@ -134,42 +133,117 @@ class SerialLink:
         self._thread.start()
 
     def stop(self, timeout: float = 3.0) -> None:
+        """From any thread but the loop's (the room calls it via ``asyncio.to_thread``)."""
         self._running = False
         self._stop_evt.set()
-        self._wake()
+        try:
+            self.loop.call_soon_threadsafe(self._detach, "stopped", "")
+        except RuntimeError:
+            self._gone.set()
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
-        for fd in (self._wake_r, self._wake_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self._wake_r = self._wake_w = -1
 
     def send(self, data: bytes) -> bool:
-        """Queue bytes for the wire; False when the port is not open (the caller retries or gives up)."""
-        if self.state != "open":
+        """On the loop: write now (non-blocking) or queue; False when the port is not open."""
+        if self._fd < 0 or self.state != "open":
             return False
-        self._tx.append(data)
-        self._wake()
+        if not self._tx:
+            try:
+                n = os.write(self._fd, data)
+                self.stats.bytes_out += n
+                if n == len(data):
+                    return True
+                data = data[n:]
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                self.stats.write_errors += 1
+                self._detach("lost", f"{self.port}: link lost ({exc.strerror or exc}); reconnecting")
+                return False
+        if len(self._tx) + len(data) > TX_MAX:
+            self.stats.write_errors += 1
+            return False
+        self._tx += data
+        if not self._writer:
+            self.loop.add_writer(self._fd, self._on_writable)
+            self._writer = True
         return True
 
-    def _wake(self) -> None:
-        if self._wake_w >= 0:
-            with contextlib.suppress(OSError):
-                os.write(self._wake_w, b"x")
-
-    # -- the thread ----------------------------------------------------------------------------
+    # -- the loop side -------------------------------------------------------------------------
     def _set_state(self, state: str, msg: str = "") -> None:
         changed = (state, msg) != (self.state, self.error)
         self.state, self.error = state, msg
         if changed and self.on_state is not None:
-            self._call(self.on_state, self, state, msg)
+            self.on_state(self, state, msg)
 
-    def _call(self, fn: Callable[..., None], *args: object) -> None:
+    def _attach(self, fd: int) -> None:
+        if not self._running:
+            self._gone.set()
+            return
+        self._fd = fd
+        self._tx.clear()
+        self.decoder.reset()
+        self.loop.add_reader(fd, self._on_readable)
+        self._set_state("open", "")
+
+    def _detach(self, state: str, msg: str) -> None:
+        if self._fd >= 0:
+            with contextlib.suppress(Exception):
+                self.loop.remove_reader(self._fd)
+            if self._writer:
+                with contextlib.suppress(Exception):
+                    self.loop.remove_writer(self._fd)
+            self._writer = False
+            self._fd = -1
+            self._tx.clear()
+            if state == "lost":
+                log.warning("%s", msg)
+            self._set_state(state, msg)
+        elif state == "stopped":
+            self._set_state(state, msg)
+        self._gone.set()
+
+    def _on_readable(self) -> None:
+        try:
+            data = os.read(self._fd, READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._detach("lost", f"{self.port}: link lost ({exc.strerror or exc}); reconnecting")
+            return
+        if not data:
+            self._detach("lost", f"{self.port}: link lost (device disconnected); reconnecting")
+            return
+        ns = time.perf_counter_ns()
+        wall = time.time()
+        self.stats.bytes_in += len(data)
+        frames = self.decoder.feed(data)
+        if frames:
+            self.on_frames(self, [(wall, ns, f) for f in frames])
+
+    def _on_writable(self) -> None:
+        try:
+            n = os.write(self._fd, self._tx)
+            self.stats.bytes_out += n
+            del self._tx[:n]
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._detach("lost", f"{self.port}: link lost ({exc.strerror or exc}); reconnecting")
+            return
+        if not self._tx and self._writer:
+            self.loop.remove_writer(self._fd)
+            self._writer = False
+
+    # -- the supervisor thread: open, hand over, wait, close, back off ------------------------
+    def _call(self, fn: Callable[..., None], *args: object) -> bool:
         try:
             self.loop.call_soon_threadsafe(fn, *args)
+            return True
         except RuntimeError:  # loop closed: we are shutting down
             self._running = False
+            return False
 
     def _run(self) -> None:
         backoff = 0.05
@@ -181,7 +255,7 @@ class SerialLink:
                 state, msg = open_error_message(self.port, exc)
                 if state != self.state or msg != self.error:
                     (log.error if state == "permission" else log.warning)("%s", msg)
-                self._set_state(state, msg)
+                self._call(self._set_state, state, msg)
                 self._stop_evt.wait(backoff)
                 backoff = min(self.reconnect_max_s, backoff * 2)
                 continue
@@ -189,79 +263,20 @@ class SerialLink:
             if not first:
                 self.stats.reconnects += 1
             first = False
+            opened = time.monotonic()
             try:
                 with contextlib.suppress(serial.SerialException, OSError):
                     ser.reset_input_buffer()
-                self.decoder.reset()
-                self._tx.clear()
-                self._set_state("open", "")
-                backoff = 0.05
-                self._pump(ser.fileno())
-            except OSError as exc:
-                if self._running:
-                    log.warning("%s: link lost (%s); reconnecting", self.port, exc.strerror or exc)
-                    self._set_state("lost", f"{self.port}: link lost ({exc.strerror or exc}); reconnecting")
+                fd = ser.fileno()
+                os.set_blocking(fd, False)
+                self._gone.clear()
+                if self._call(self._attach, fd):
+                    self._gone.wait()
             finally:
                 with contextlib.suppress(Exception):
                     ser.close()
+            if time.monotonic() - opened > 5.0:
+                backoff = 0.05  # it worked for a while: reconnect quickly
             if self._running:
                 self._stop_evt.wait(backoff)
                 backoff = min(self.reconnect_max_s, backoff * 2)
-        self._set_state("stopped", "")
-
-    def _pump(self, fd: int) -> None:
-        os.set_blocking(fd, False)
-        wake = self._wake_r
-        pending = b""
-        while self._running:
-            wr = [fd] if pending or self._tx else []
-            r, _w, _ = select.select([fd, wake], wr, [], 1.0)
-            if wake in r:
-                with contextlib.suppress(OSError):
-                    os.read(wake, 4096)
-            if fd in r:
-                try:
-                    data = os.read(fd, READ_SIZE)
-                except BlockingIOError:
-                    data = None
-                if data is not None:
-                    if not data:
-                        raise OSError(errno.EIO, "device disconnected")
-                    now_ns = time.perf_counter_ns()
-                    wall = time.time()
-                    self.stats.bytes_in += len(data)
-                    frames = self.decoder.feed(data)
-                    if frames:
-                        self._deliver(wall, now_ns, frames)
-            if self._tx or pending:
-                while self._tx and len(pending) < 4096:
-                    pending += self._tx.popleft()
-                try:
-                    n = os.write(fd, pending)
-                    self.stats.bytes_out += n
-                    pending = pending[n:]
-                except BlockingIOError:
-                    pass
-
-    def _deliver(self, wall: float, ns: int, frames: list[Frame]) -> None:
-        with self._qlock:
-            q = self._q
-            over = len(q) + len(frames) - QUEUE_MAX
-            if over > 0:
-                for _ in range(min(over, len(q))):
-                    q.popleft()
-                self.stats.queue_drops += over
-            for f in frames:
-                q.append((wall, ns, f))
-            if self._scheduled:
-                return
-            self._scheduled = True
-        self._call(self._drain)
-
-    def _drain(self) -> None:  # on the loop
-        with self._qlock:
-            items = list(self._q)
-            self._q.clear()
-            self._scheduled = False
-        if items:
-            self.on_frames(self, items)
