@@ -244,9 +244,16 @@ def evict(store: Store, *, max_rows: int, max_age_s: float) -> Future[dict[str, 
     import sqlite3
 
     def run(conn: sqlite3.Connection) -> dict[str, int]:
-        aged = conn.execute("DELETE FROM outbox WHERE created < ?", (time.time() - max_age_s,)).rowcount
-        n = conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
-        capped = 0
+        # cheap checks first (index lookups): this runs every few seconds on a backlog of up to max_rows
+        lo, hi = conn.execute("SELECT min(seq), max(seq) FROM outbox").fetchone()
+        if lo is None:
+            return {"aged": 0, "capped": 0}
+        aged = capped = 0
+        oldest = conn.execute("SELECT created FROM outbox WHERE seq = ?", (lo,)).fetchone()[0]
+        cutoff = time.time() - max_age_s
+        if oldest < cutoff:
+            aged = conn.execute("DELETE FROM outbox WHERE created < ?", (cutoff,)).rowcount
+        n = conn.execute("SELECT count(*) FROM outbox").fetchone()[0] if hi - lo + 1 > max_rows else 0
         if n > max_rows:
             capped = conn.execute(
                 "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox ORDER BY priority ASC, seq ASC LIMIT ?)",

@@ -192,7 +192,7 @@ class SyncRoom:
             except asyncio.CancelledError:
                 pass
         self.bus.unsubscribe(ShopperEvent, self.canary.observe)
-        self.queued_total = await asyncio.to_thread(self._final_drain, 3.0)
+        self.queued_total = await asyncio.to_thread(self._final_drain, 3.0 if self.link.connected.is_set() else 0.0)
         await asyncio.to_thread(self.link.stop, (self.topics.availability, "stopped"))
         await asyncio.to_thread(self.releases.close)
         try:
