@@ -88,6 +88,10 @@ class Ingest:
                 if not isinstance(item, dict) or not isinstance(item.get("id"), str):
                     self.stats["bad"] += 1
                     continue
+                try:
+                    t = float(item.get("t") or 0.0)
+                except (TypeError, ValueError):
+                    t = 0.0
                 self.stats["received"] += 1
                 iid = item["id"]
                 if iid in self.run_ids:
@@ -99,7 +103,7 @@ class Ingest:
                     continue
                 self.seen.add(iid)
                 self._buffer.append({
-                    "id": iid, "type": str(item.get("type", "")), "t": float(item.get("t") or 0.0),
+                    "id": iid, "type": str(item.get("type", "")), "t": t,
                     "session": None if item.get("session") is None else str(item.get("session")),
                     "topic": topic, "store": str(env.get("store", "")), "node": str(env.get("node", "")),
                     "boot": str(env.get("boot", "")), "payload": json.dumps(item, separators=(",", ":")),

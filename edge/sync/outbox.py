@@ -181,9 +181,11 @@ class OutboxDrainer:
             if not rows:
                 self._next_poll = now + self.o.poll_s
                 break
+            age = time.time() - float(rows[0]["created"])
             if (len(rows) < self.o.batch_max_events and not self.flushing
-                    and time.time() - float(rows[0]["created"]) < self.o.batch_max_age_ms / 1000.0):
-                self._next_poll = now + self.o.poll_s  # a young partial batch: let it fill up
+                    and age < self.o.batch_max_age_ms / 1000.0):
+                # a young partial batch: let it fill up; look again when it is due (or when it may be full)
+                self._next_poll = now + max(self.o.poll_s, self.o.batch_max_age_ms / 1000.0 - age)
                 break
             topic = rows[0]["topic"]
             run = []

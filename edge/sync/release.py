@@ -285,9 +285,16 @@ class ReleaseManager:
         self._maybe_complete(kind, header.version)
 
     def _prune_staging(self, kind: str, keep: str) -> None:
+        """Drop staging dirs of releases already handled, or untouched for a day (superseded, never completed)."""
         base = self.staging / kind
         for d in base.iterdir() if base.exists() else []:
-            if d.name != keep and d.is_dir() and (d / "manifest.json").exists():
+            if d.name == keep or not d.is_dir():
+                continue
+            try:
+                stale = time.time() - d.stat().st_mtime > 86400
+            except OSError:
+                continue
+            if stale or self._seen(kind, d.name):
                 shutil.rmtree(d, ignore_errors=True)
 
     def staged(self, kind: str, version: str) -> tuple[ReleaseManifest | None, int]:

@@ -347,6 +347,8 @@ class SyncRoom:
             self._error(topic, f"payload does not match its schema: {describe_error(exc)}")
         except (ReleaseError, ValueError, UnicodeDecodeError) as exc:
             self._error(topic, str(exc))
+        except OSError as exc:  # staging on a full or failing disk: say so upstream, keep serving
+            self._error(topic, f"cannot write to {self.data_dir}: {exc.strerror or exc}; free some space")
 
     # -- downstream handlers -------------------------------------------------------------------
     def _on_delta(self, kind: str, payload: bytes) -> None:
