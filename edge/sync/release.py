@@ -212,6 +212,7 @@ class ReleaseManager:
         self._lock = threading.RLock()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sync-release")
         self._busy: set[tuple[str, str]] = set()
+        self._staging_reported: set[tuple[str, str]] = set()
         self.previous: ModelSlot | None = None
         self.current: ModelSlot | None = None
         self.stats = {"chunks": 0, "chunks_skipped": 0, "refused": 0, "applied": 0, "rollbacks": 0}
@@ -282,6 +283,9 @@ class ReleaseManager:
         else:
             _atomic_write(path, data)
             self.stats["chunks"] += 1
+            if (kind, header.version) not in self._staging_reported:
+                self._staging_reported.add((kind, header.version))
+                self.report(kind, header.version, "staging", True, f"staging {header.count} chunks to disk")
         self._maybe_complete(kind, header.version)
 
     def _prune_staging(self, kind: str, keep: str) -> None:

@@ -39,7 +39,7 @@ def test_good_release_swaps_in_keeps_previous_and_rolls_back_on_command(
     wait_step(upstream, steps, "v2", "swapped")
     assert node.rec.model.version == "v2"
     names = [s[0] for s in steps(upstream, "v2")]
-    for step in ("manifest", "verified", "staged", "loaded", "canary", "swapped"):
+    for step in ("manifest", "staging", "verified", "staged", "loaded", "canary", "swapped"):
         assert step in names, names
     pointer = json.loads((Path(node.room.data_dir) / "models" / "active.json").read_text())
     assert pointer["version"] == "v2"
