@@ -255,12 +255,13 @@ class ShelfBridge:
             c.t_ms_wraps = 0
             c.t_ms_last = 0
         shelf = self._shelf_of.get(h.controller_id, h.controller_id)
-        if first or c.detector is None or c.detector.rate_hz != h.sample_rate_hz \
-                or len(c.detector.slots) != h.slot_count:
-            c.detector = ShelfDetector(h.slot_count, h.sample_rate_hz, self.detector_cfg)
+        # in app mode the controller is told to use shelves.sample_rate_hz right below
+        rate = self.cfg.sample_rate_hz if h.mode == P.MODE_APP else h.sample_rate_hz
+        if first or c.detector is None or c.detector.rate_hz != rate or len(c.detector.slots) != h.slot_count:
+            c.detector = ShelfDetector(h.slot_count, rate, self.detector_cfg)
             c.shelf = shelf
             self._apply_planogram(c)
-            if shelf not in self._shelf_of.values():
+            if h.controller_id not in self._shelf_of:
                 log.warning("controller %s (%s) is not in layout.shelves; its events use shelf id %r",
                             h.controller_id, c.port, shelf)
             log.info("shelf controller %s on %s: hw %s fw %s, %d slots @ %d Hz%s", h.controller_id, c.port,

@@ -214,3 +214,22 @@ def test_permission_error_names_the_dialout_fix() -> None:
 def test_discovery_ignores_ports_without_our_usb_id(tmp_path: Any) -> None:
     # this machine has /dev/ttyS* without a USB id and no controller: nothing must be picked up
     assert discover(["1209:5c5c"], by_id_dir=str(tmp_path)) == []
+
+
+def test_controller_is_set_to_the_configured_sample_rate_and_still_detects() -> None:
+    async def main() -> None:
+        with SimulatedStore(seed=6) as sim:
+            c = sim.add_controller("ctrl-a", slot_count=4, unit_g=UNITS, rate_hz=10)
+            events: list[ShelfEvent] = []
+            br = started(sim, events, sample_rate_hz=25)
+            await br.start()
+            try:
+                await until(lambda: c.rate_hz == 25)
+                await asyncio.sleep(1.0)
+                sim.pick("ctrl-a", 3, 2)
+                await until(lambda: len(events) == 1, 8.0)
+                assert (events[0].slot, events[0].delta_units) == (3, -2)
+            finally:
+                await br.stop()
+
+    asyncio.run(main())

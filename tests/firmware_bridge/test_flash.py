@@ -135,3 +135,17 @@ def test_sim_command_line_serves_ports() -> None:
     finally:
         proc.terminate()
         proc.wait(5)
+
+
+def test_port_held_by_the_node_is_reported_busy_not_fought_over() -> None:
+    import serial
+
+    with SimulatedStore(seed=8) as sim:
+        sim.add_controller("c1", slot_count=4)
+        held = serial.Serial(sim.port("c1"), 115200, timeout=0, exclusive=True)  # as the running node does
+        try:
+            with pytest.raises(FlashError, match="in use by another program"):
+                flash(sim.port("c1"), read_image(image()))
+            assert not wrote_anything(sim, "c1")
+        finally:
+            held.close()
