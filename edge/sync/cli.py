@@ -153,8 +153,12 @@ def _bench(args: argparse.Namespace) -> int:
 
     if args.outage_s < 0 or args.events_per_s <= 0:
         raise UserError("--outage-s must be ≥ 0 and --events-per-s > 0")
-    res = run_bench(events_per_s=args.events_per_s, outage_s=args.outage_s, before_s=args.before_s,
-                    after_s=args.after_s, progress=None if args.json else sys.stderr, ordered_ids=args.ordered_ids)
+    try:
+        res = run_bench(events_per_s=args.events_per_s, outage_s=args.outage_s, before_s=args.before_s,
+                        after_s=args.after_s, progress=None if args.json else sys.stderr,
+                        ordered_ids=args.ordered_ids)
+    except RuntimeError as exc:  # no mosquitto binary, ingest did not start, …
+        raise UserError(f"bench sync: {exc}", code=3) from None
     if args.json:
         print_json(res)
     else:

@@ -352,6 +352,8 @@ class ReleaseManager:
             log.warning("release %s %s refused: %s", kind, version, exc)
             self.report(kind, version, "refused", False, str(exc))
             self._mark_done(kind, version, m.sha256 if m else "unknown", f"refused: {exc}")
+            if kind == "model" and self.on_registered is not None:
+                self.on_registered(version, "", m.sha256 if m else "", "refused", False, str(exc)[:500])
         except Exception as exc:
             self.stats["refused"] += 1
             log.exception("release %s %s failed", kind, version)

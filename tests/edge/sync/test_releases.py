@@ -103,6 +103,8 @@ def test_bad_release_is_refused_old_model_keeps_serving(
               "truncated_model_file": "does not load"}[case]
     assert expect in detail, detail
     assert not (Path(node.room.data_dir) / "models" / "active.json").exists()
+    node.store.flush()
+    assert node.store.query("SELECT status FROM models WHERE version = ?", (version,)) == [{"status": "refused"}]
 
 
 def test_snapshots_travel_the_same_signed_path(node: Any, mosquitto: Any, upstream: Any, steps: Any,
