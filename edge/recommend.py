@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo
 
 from edge.bus import Bus
 from edge.config import NodeConfig
-from edge.events import CheckIn, RecItem, RecommendationSet, ShopperEvent
+from edge.events import CheckIn, RecItem, RecommendationSet, ShopperEvent, new_id
 from edge.ranking.fallback import PopularityRanker
 from edge.store import Store
 
@@ -98,6 +98,7 @@ class Recommender:
         self._observations: list[tuple[str, str | None, float, int]] = []
         self._observed_at = 0.0
         self._seq = 0
+        self._id_base = new_id()[:24]  # set ids: random per process + seq (no urandom syscall per set)
         self.stats = {"events": 0, "recommendations": 0, "model": 0, "fallback": 0, "unknown_sku": 0}
         self.upstream_topic = f"{config.mqtt.topic_prefix}/{config.node.store_id}/{config.node.node_id}/events"
 
@@ -253,7 +254,8 @@ class Recommender:
         self._seq += 1
         self.stats["recommendations"] += 1
         return RecommendationSet(screen=screen, session=None if v is None else v.session, items=tuple(items),
-                                 model_version=version, zone=zone, t=now, seq=self._seq)
+                                 model_version=version, zone=zone, t=now, seq=self._seq,
+                                 id=f"{self._id_base}{self._seq & 0xFFFFFFFF:08x}")
 
     def _diverse(self, scored: list[tuple[str, float, str]], per_type: int = 1) -> list[tuple[str, float, str]]:
         """At most ``per_type`` items of one product type or name, so a screen never shows three milks."""

@@ -171,6 +171,7 @@ async def _run(opts: BenchOptions) -> dict[str, Any]:
         # (the last one per screen: a housekeeping refresh in between has a lower seq)
         inflight: dict[str, int] = {}
         events: list[tuple[int, int, list[tuple[str, int]]]] = []  # (controller, t_ms, sets)
+        stamps: list[tuple[int, int, int, int]] = []  # (controller, t_ms, arrival ns, ShelfEvent handled ns)
         measuring = [False]
 
         def on_set(rs: RecommendationSet) -> None:
@@ -187,6 +188,7 @@ async def _run(opts: BenchOptions) -> dict[str, Any]:
         def trace(ev: ShelfEvent, port: str, ns: int, t_ms: int) -> None:
             if measuring[0] and ev.delta_units < 0:
                 events.append((port_index.get(port, -1), t_ms, list(inflight.items())))
+                stamps.append((port_index.get(port, -1), t_ms, ns, time.perf_counter_ns()))
             inflight.clear()
 
         shelves_room.trace = trace
@@ -269,11 +271,18 @@ async def _run(opts: BenchOptions) -> dict[str, Any]:
     for screen, recs in got["mqtt"].items():
         recs.sort()
         mq_by_screen[screen] = ([r[0] for r in recs], [r[1] for r in recs])
+    writes = {(ci, t_ms): ns for ci, t_ms, ns in played["writes"]}
+    read_ms: list[float] = []
+    ranked_ms: list[float] = []
+    for ci, t_ms, arrived, handled in stamps:
+        w = writes.get((ci, t_ms))
+        if w is not None:
+            read_ms.append((arrived - w) / 1e6)
+            ranked_ms.append((handled - w) / 1e6)
     sse_ms: list[float] = []
     mqtt_ms: list[float] = []
     missing = 0
     no_set = 0
-    writes = {(ci, t_ms): ns for ci, t_ms, ns in played["writes"]}
     for ci, t_ms, sets in events:
         w = writes.get((ci, t_ms))
         if w is None or not sets:
@@ -301,6 +310,10 @@ async def _run(opts: BenchOptions) -> dict[str, Any]:
         "push_max_ms": _pct(sse_ms, 1.0),
         "mqtt_p50_ms": _pct(mqtt_ms, 0.50),
         "mqtt_p99_ms": _pct(mqtt_ms, 0.99),
+        "read_p50_ms": _pct(read_ms, 0.50),  # write → the driver's reader thread has the frame
+        "read_p99_ms": _pct(read_ms, 0.99),
+        "ranked_p50_ms": _pct(ranked_ms, 0.50),  # write → detected, attributed, ranked, set accepted
+        "ranked_p99_ms": _pct(ranked_ms, 0.99),
         "node_push_p50_ms": node_push["p50_ms"],
         "node_push_p99_ms": node_push["p99_ms"],
         "dropped": missing + hub_stats["dropped_slow"],

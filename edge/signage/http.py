@@ -196,11 +196,14 @@ async def api_stream(request: web.Request) -> web.StreamResponse:
         return _not_found_screen(room, sid, as_json=True)
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store",
                                        "X-Accel-Buffering": "no"})
+    chunked = request.version >= (1, 1)
+    if chunked:
+        resp.enable_chunked_encoding()
     await resp.prepare(request)
     transport = request.transport
     room.tune_socket(transport.get_extra_info("socket") if transport is not None else None)
-    await resp.write(b"retry: 2000\n\n")
-    client = Client(screen=sid, peer=str(request.remote))
+    await resp.write(b"retry: 2000\n\n")  # the headers are out: from now on frames may be written directly
+    client = Client(screen=sid, peer=str(request.remote), transport=transport, chunked=chunked)
     room.hub.add(client)
     rs, data = room.set_for(sid)
     from edge.signage.payload import sse_frame

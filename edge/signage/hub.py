@@ -1,11 +1,16 @@
 """Fan-out of encoded screen updates to connected SSE clients.
 
-Each client has a one-slot mailbox: a new frame *replaces* one the client has
-not taken yet (latest wins; stale sets are dropped, never queued), so memory
-per client is bounded by one frame plus the transport's write buffer. A
-client whose socket stops draining (its write is stuck longer than
-``write_timeout_s``, or the transport buffer grows past ``max_buffer``) is
-disconnected and counted; the others never wait for it.
+Fast path: a client whose transport has (almost) nothing buffered gets the
+frame written right away, inside the flush that made it (one ``write`` per
+client, the chunk framing computed once per frame; no task wake-up).
+
+Slow path: otherwise the frame goes to the client's one-slot mailbox, served
+by its writer task: a new frame *replaces* one the client has not taken yet
+(latest wins; stale sets are dropped, never queued), so memory per client is
+bounded by one frame plus the transport's write buffer. A client whose socket
+stops draining (its write is stuck longer than ``write_timeout_s``, or the
+transport buffer grows past ``max_buffer``) is disconnected and counted; the
+others never wait for it.
 """
 
 from __future__ import annotations
@@ -27,20 +32,24 @@ class Client:
     pending: bytes | None = None
     pending_t: float = 0.0  # perf_counter when ``pending`` was set (push latency)
     closed: bool = False
+    transport: Any = None  # set once the headers are out: frames may then be written directly
+    chunked: bool = False  # HTTP/1.1 chunked body: direct writes add the chunk framing
+    busy: bool = False  # the writer task is mid-write (direct writes must wait: order)
     sent: int = 0
     superseded: int = 0
     connected: float = field(default_factory=time.time)
 
 
 class Hub:
-    def __init__(self, *, write_timeout_s: float = 5.0, max_buffer: int = 256 * 1024,
+    def __init__(self, *, write_timeout_s: float = 5.0, max_buffer: int = 256 * 1024, direct_limit: int = 32 * 1024,
                  on_sent: Callable[[float], None] | None = None) -> None:
+        self.direct_limit = direct_limit
         self.clients: dict[str, set[Client]] = {}
         self.write_timeout_s = write_timeout_s
         self.max_buffer = max_buffer
         self.on_sent = on_sent  # called with seconds from offer() to the transport write
         self.stats = {"connected_total": 0, "dropped_slow": 0, "disconnected": 0, "frames_sent": 0,
-                      "superseded": 0}
+                      "direct": 0, "superseded": 0}
 
     def count(self, screen: str | None = None) -> int:
         if screen is not None:
@@ -64,7 +73,23 @@ class Hub:
         group = self.clients.get(screen)
         if not group:
             return 0
+        chunk: bytes | None = None
         for c in group:
+            tr = c.transport
+            if (c.pending is None and not c.busy and tr is not None and not tr.is_closing()
+                    and tr.get_write_buffer_size() < self.direct_limit):
+                if c.chunked:
+                    if chunk is None:
+                        chunk = b"%x\r\n%b\r\n" % (len(frame), frame)
+                    tr.write(chunk)
+                else:
+                    tr.write(frame)
+                c.sent += 1
+                self.stats["frames_sent"] += 1
+                self.stats["direct"] += 1
+                if self.on_sent is not None:
+                    self.on_sent(time.perf_counter() - t)
+                continue
             if c.pending is not None and c.pending_t >= 0:
                 c.superseded += 1
                 self.stats["superseded"] += 1
@@ -97,6 +122,7 @@ class Hub:
                 if buffered() > self.max_buffer:
                     self.stats["dropped_slow"] += 1
                     return "slow"
+                client.busy = True
                 try:
                     await asyncio.wait_for(write(frame), self.write_timeout_s)
                 except TimeoutError:
@@ -105,6 +131,8 @@ class Hub:
                 except (ConnectionError, RuntimeError):
                     self.stats["disconnected"] += 1
                     return "gone"
+                finally:
+                    client.busy = False
                 client.sent += 1
                 self.stats["frames_sent"] += 1
                 if self.on_sent is not None and t0 >= 0:
