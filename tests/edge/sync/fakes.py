@@ -36,8 +36,10 @@ class FakeScorer:
 
     def score(self, visit: Any, when: Any, k: int, exclude: set[str]) -> list[tuple[str, float, str]]:
         self.calls += 1
+        if self.quality == "breaks_after_canary" and self.calls > 40:  # the canary makes 33 calls
+            raise RuntimeError("interpreter failed")
         out: list[tuple[str, float, str]] = []
-        if visit.picked and self.quality == "good":
+        if visit.picked and self.quality in ("good", "breaks_after_canary"):
             n = int(str(visit.picked[-1]).split("-")[-1])
             out.append((f"sku-{n + 1}", 1.0, "next"))
         out += [(f"filler-{i}", 0.5 - i / 100, "filler") for i in range(k - len(out))]

@@ -122,3 +122,50 @@ def test_snapshots_travel_the_same_signed_path(node: Any, mosquitto: Any, upstre
     publish(mosquitto, build_release("stock", stock, "stock-1", None))
     wait_step(upstream, steps, "stock-1", "refused")
     assert node.store.stock("new-3") is None
+
+
+def test_swap_drops_no_request_and_a_model_failing_after_the_swap_is_rolled_back(
+        node: Any, mosquitto: Any, upstream: Any, steps: Any, keys: Any, fakes: Any, tmp_path: Path) -> None:
+    import threading
+    import time as _time
+
+    from edge.recommend import VisitState
+
+    stop = threading.Event()
+    answered: list[str] = []
+    failures: list[BaseException] = []
+
+    def hammer() -> None:  # what the recommender does: read the reference, score
+        visit = VisitState("s", zone="dairy", picked=["sku-3"])
+        while not stop.is_set():
+            model = node.rec.model
+            try:
+                out = model.score(visit, None, 5, set())
+                assert out
+                answered.append(model.version)
+            except BaseException as exc:
+                failures.append(exc)
+
+    t = threading.Thread(target=hammer)
+    t.start()
+    try:
+        publish(mosquitto, build_release("model", fakes.write_model(tmp_path / "v2", "v2"), None, keys.private))
+        wait_step(upstream, steps, "v2", "swapped")
+        _time.sleep(0.2)
+    finally:
+        stop.set()
+        t.join(5)
+    assert not failures and "v1" in answered and answered[-1] == "v2"
+    # a model that passes the canary but then fails in service is rolled back automatically
+    publish(mosquitto, build_release("model", fakes.write_model(tmp_path / "v3", "v3", quality="breaks_after_canary"),
+                                     None, keys.private))
+    wait_step(upstream, steps, "v3", "swapped")
+    visit = VisitState("s", zone="dairy", picked=["sku-3"])
+    for _ in range(20):
+        try:
+            node.rec.model.score(visit, None, 5, set())
+        except RuntimeError:
+            pass
+    rolled = wait_step(upstream, steps, "v3", "rolled_back")
+    assert "automatic" in rolled[0][2]
+    assert node.rec.model.version == "v2"
