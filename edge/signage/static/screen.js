@@ -15,6 +15,7 @@
   var KEY = "shelfcast:" + boot.screen;
 
   if (boot.orientation === "landscape" || boot.orientation === "portrait") app.classList.add(boot.orientation);
+  app.classList.add("kind-" + boot.kind);  // full | strip | shelf_display
 
   var SVG = {
     fruit: '<circle cx="32" cy="38" r="20" fill="#fff"/><path d="M32 18c0-6 4-10 10-11-1 6-4 10-10 11z" fill="#fff"/>',
@@ -70,6 +71,7 @@
         '</div></div><div class="price">' + price(it.price) + "</div></li>";
     }
     $("more").innerHTML = rows;
+    app.classList.toggle("single", items.length === 1);
     if (changed) { $("hero").classList.remove("fresh"); void $("hero").offsetWidth; $("hero").classList.add("fresh"); }
     $("foot").innerHTML = "<span>" + esc(boot.screen) + " · " + esc(zoneName(d.zone)) + "</span><span>" +
       (d.model_version === "fallback" ? "popular picks" : "model " + esc(d.model_version)) + "</span>";
