@@ -101,6 +101,8 @@ class _Shopper:
     heading: float = 0.0
     phase: float = 0.0
     gone: bool = False
+    best_dist: float = 1e9  # closest it got to the current target, and since when (to notice a deadlock)
+    best_at: float = 0.0
 
 
 @dataclass
@@ -400,6 +402,7 @@ class SyntheticScene:
         return False
 
     def _next_target(self, s: _Shopper) -> None:
+        s.best_dist, s.best_at = 1e9, self.elapsed
         while s.plan:
             shelf = s.plan.pop(0)
             if self._occupied(shelf, s):
@@ -458,6 +461,14 @@ class SyntheticScene:
                 continue
             d = s.target - s.pos
             dist = float(np.hypot(*d))
+            if dist < s.best_dist - 0.1:
+                s.best_dist, s.best_at = dist, self.elapsed
+            elif self.elapsed - s.best_at > 2.0 and s.state == "walk":
+                # blocked by people standing in the way: go somewhere else, as people do
+                s.best_dist, s.best_at = 1e9, self.elapsed
+                s.shelf = None
+                self._next_target(s)
+                continue
             if dist < 0.06:
                 if s.state == "exit":
                     s.gone = True
