@@ -18,6 +18,8 @@
 # not run but recorded, one per line, in DIR/<prefix>/install-actions.log (an image builder replays them
 # in a chroot). Exit codes: 0 ok, 1 failed, 2 bad usage.
 set -euo pipefail
+# the whole script is one block, read before it runs: an upgrade that replaces this file mid-run is safe
+{
 
 PREFIX=/opt/shelfcast
 CONFDIR=/etc/shelfcast
@@ -37,7 +39,7 @@ SERVICE_USER=shelfcast
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 usage() {
-    sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,/^set -euo/p' "$0" | sed -e '/^set -euo/d' -e 's/^# \{0,1\}//'
     cat <<EOF
 
 Options:
@@ -168,8 +170,16 @@ if [ "$FIRSTBOOT" = 1 ]; then
     exit 0
 fi
 
-[ -n "$SOURCE" ] || SOURCE="$(cd "$HERE/.." && pwd)"
-[ -e "$SOURCE" ] || die "--source $SOURCE does not exist"
+if [ -z "$SOURCE" ]; then
+    if [ -f "$HERE/../pyproject.toml" ]; then
+        SOURCE="$(cd "$HERE/.." && pwd)"  # run from a checkout: install that checkout
+    elif [ -x "$PY" ]; then
+        SOURCE=-  # run as $PREFIX/lib/install.sh: keep the installed ShelfCast, redo the rest
+    else
+        die "give --source PATH (a ShelfCast checkout or wheel)"
+    fi
+fi
+[ "$SOURCE" = - ] || [ -e "$SOURCE" ] || die "--source $SOURCE does not exist"
 [ -n "$CONFIG_IN" ] || CONFIG_IN="$HERE/etc/shelfcast.yaml"
 [ -f "$CONFIG_IN" ] || die "--config $CONFIG_IN does not exist"
 command -v "$PYTHON" >/dev/null 2>&1 || die "$PYTHON not found: sudo apt-get install -y python3 python3-venv"
@@ -226,9 +236,13 @@ if [ -n "$INHERIT_SITE" ]; then
     SITE="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
     echo "$INHERIT_SITE" >"$SITE/shelfcast-inherit.pth"
 fi
-# shellcheck disable=SC2086
-"$PY" -m pip install --quiet --disable-pip-version-check --no-warn-script-location $PIP_OPTS "$SOURCE" \
-    || die "pip could not install $SOURCE; check the network or pass --pip-options '--no-index --find-links DIR'"
+if [ "$SOURCE" = - ]; then
+    echo "    keeping the installed ShelfCast (--source PATH to upgrade)"
+else
+    # shellcheck disable=SC2086
+    "$PY" -m pip install --quiet --disable-pip-version-check --no-warn-script-location $PIP_OPTS "$SOURCE" \
+        || die "pip could not install $SOURCE; check the network or pass --pip-options '--no-index --find-links DIR'"
+fi
 "$PY" -c 'import importlib.util as u, sys; sys.exit(u.find_spec("tensorflow") is not None and not __import__("os").environ.get("SHELFCAST_ALLOW_TF"))' \
     || echo "    note: tensorflow is importable in the venv; a node does not need it"
 ln -sfn "$VENV/bin/shelfcast" "$R$PREFIX/bin/shelfcast"
@@ -252,9 +266,14 @@ run chown "root:$SERVICE_USER" "$CONFIG"
     || die "the config $CONFIG is not valid; fix what is listed above, then run the installer again"
 
 say "helper scripts and docs"
+# the installer keeps a copy of itself and what it installs from, so `$PREFIX/lib/install.sh` re-runs it
 put "$HERE/install.sh" "$PREFIX/lib/install.sh" 755
 put "$HERE/uninstall.sh" "$PREFIX/lib/uninstall.sh" 755
+put "$HERE/shelfcast-kiosk" "$PREFIX/lib/shelfcast-kiosk" 755
 put "$HERE/shelfcast-kiosk" "$PREFIX/bin/shelfcast-kiosk" 755
+for f in "$HERE"/systemd/*.service "$HERE"/etc/*; do
+    put "$f" "$PREFIX/lib/${f#"$HERE"/}" 644
+done
 if [ -f "$HERE/../docs/technician-guide.md" ]; then
     put "$HERE/../docs/technician-guide.md" "$PREFIX/share/doc/technician-guide.md" 644
 fi
@@ -282,3 +301,5 @@ run systemctl restart shelfcast.service
 
 say "done: ShelfCast $("$PY" -c 'import edge; print(edge.__version__)') in $R$VENV"
 echo "    next: sudo shelfcast provision, then shelfcast doctor (docs: $PREFIX/share/doc/technician-guide.md)"
+exit 0
+}

@@ -6,6 +6,8 @@
 #   sudo /opt/shelfcast/lib/uninstall.sh --purge    # ... and config, keys, data and the service user
 #   deploy/uninstall.sh --destdir /tmp/root         # from a scratch root (actions recorded, not run)
 set -euo pipefail
+# the whole script is one block, read before it runs: an upgrade that replaces this file mid-run is safe
+{
 
 PREFIX=/opt/shelfcast
 CONFDIR=/etc/shelfcast
@@ -19,7 +21,7 @@ while [ $# -gt 0 ]; do
         --destdir) DESTDIR="${2:?--destdir needs a directory}"; shift 2 ;;
         --prefix) PREFIX="${2:?--prefix needs a directory}"; shift 2 ;;
         --purge) PURGE=1; shift ;;
-        -h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed -e '/^set -euo/d' -e 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "uninstall.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -68,3 +70,5 @@ else
     echo "    kept $CONFDIR (config, keys) and $DATADIR (data); --purge removes them"
 fi
 echo "==> ShelfCast removed"
+exit 0
+}

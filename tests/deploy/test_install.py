@@ -208,6 +208,11 @@ def test_rerun_is_idempotent_and_keeps_the_config(root: Path) -> None:
     after = {p: p.stat().st_mtime_ns for p in (root / "etc").rglob("*") if p.is_file()}
     changed = [p for p in before if after.get(p) != before[p]]
     assert changed == [], changed
+    # the copy the installer keeps re-runs it on the node (after `provision --cert`, a config change …)
+    p = subprocess.run(["bash", str(root / "opt/shelfcast/lib/install.sh"), "--destdir", str(root)],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "keeping the installed ShelfCast" in p.stdout and "wrote" not in p.stdout, p.stdout
 
 
 def test_firstboot_bundle_then_bridge(root: Path, tmp_path: Path) -> None:
