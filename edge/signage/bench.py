@@ -234,7 +234,11 @@ async def _run(opts: BenchOptions) -> dict[str, Any]:
         line = await asyncio.to_thread(ctrl.stderr.readline)
         sent_s = time.perf_counter() - t_start
         cpu_s = _cpu_s() - cpu0
-        await asyncio.sleep(1.5)  # let the last detections settle and the pushes arrive
+        expected = int(line.split()[1]) if line.startswith("done ") else 0
+        deadline = time.monotonic() + 20  # a loaded machine may lag: wait for every pick to be detected
+        while len(events) < expected and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(1.0)  # and for the last pushes to arrive
         measuring[0] = False
         rss = _rss_mb()
         node_push = signage.push_quantiles()

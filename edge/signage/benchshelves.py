@@ -34,6 +34,7 @@ class Controllers:
         self.seq = 1
         self.picks = 0
         self.writes: list[tuple[int, int, int]] = []
+        self.recording = False
 
     def frame(self, i: int) -> bytes:
         mg = tuple(int(self.stock[i][j] * self.units_g[i][j] * 1000) for j in range(SLOTS))
@@ -54,7 +55,10 @@ class Controllers:
     def steady(self) -> None:
         self.t_ms += FRAME_MS
         for i, fd in enumerate(self.fds):
-            os.write(fd, self.frame(i))
+            frame = self.frame(i)
+            if self.recording:  # after the schedule: the frames that complete its last picks
+                self.writes.append((i, self.t_ms, time.perf_counter_ns()))
+            os.write(fd, frame)
         self.drain()
 
     def schedule(self, rate: float, duration: float) -> None:
@@ -114,7 +118,8 @@ def main() -> None:
                 break
             if phase == "wait" and b"go" in line:
                 c.schedule(args.rate, args.duration)
-                sys.stderr.write("done\n")
+                c.recording = True
+                sys.stderr.write(f"done {c.picks}\n")
                 sys.stderr.flush()
                 phase = "after"
                 continue

@@ -27,5 +27,5 @@ def test_bench_e2e_json() -> None:
         assert key in out, key
     assert out["rate"] == 80 and out["screens_connected"] == 6 and out["mqtt"] is True
     assert out["events"] == out["picks_written"] > 0  # every pick written to the pty was detected
-    assert out["dropped"] == 0
+    assert out["dropped"] == 0 and out["events_without_set"] == 0  # every pick re-ranked and reached every screen
     assert out["push_p50_ms"] is not None and out["mqtt_p50_ms"] is not None
