@@ -42,7 +42,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -495,6 +495,10 @@ class ReleaseManager:
 
     def _auto_rollback(self, why: str) -> None:
         self._worker.submit(self.rollback, f"automatic: {why}")
+
+    def rollback_async(self, why: str) -> Future[tuple[bool, str]]:
+        """Roll back on the release worker (after any release in progress)."""
+        return self._worker.submit(self.rollback, why)
 
     def rollback(self, why: str = "on command") -> tuple[bool, str]:
         with self._lock:

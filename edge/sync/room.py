@@ -392,7 +392,7 @@ class SyncRoom:
                                                    "t": time.time()})
 
         if cmd.command == "rollback":
-            fut = self.releases._worker.submit(self.releases.rollback, str(cmd.args.get("reason", "on command")))
+            fut = self.releases.rollback_async(str(cmd.args.get("reason", "on command")))
             fut.add_done_callback(lambda f: done(*f.result()) if f.exception() is None
                                   else done(False, str(f.exception())))
         elif cmd.command == "republish_state":
