@@ -156,7 +156,7 @@ async def _pty_quality(seconds: float, controllers: int, seed: int) -> dict[str,
     loop = asyncio.get_running_loop()
     try:
         ports, units, wall0 = await loop.run_in_executor(None, _recv, parent, proc, 60.0)
-        seen: dict[str, list[Observed]] = {p.rsplit("_", 1)[-1].removesuffix("-if00"): [] for p in ports}
+        seen: dict[str, list[Observed]] = {cid: [] for cid in units}
         events: list[tuple[str, int, int, int]] = []  # controller, t_ms, arrival ns, event ns
 
         def on_event(ev: ShelfEvent) -> None:
@@ -165,7 +165,11 @@ async def _pty_quality(seconds: float, controllers: int, seed: int) -> dict[str,
         def trace(ev: ShelfEvent, port: str, ns: int, t_ms: int) -> None:
             events.append((ev.controller, t_ms, ns, time.perf_counter_ns()))
 
-        cfg = default_config(shelves={"ports": [{"port": p} for p in ports]})
+        cfg = default_config(
+            layout={"zones": [{"id": "bench", "polygon": [[0, 0], [1, 0], [1, 1]]}],
+                    "shelves": [{"id": cid, "zone": "bench", "position": [0.5, 0.5], "controller": cid}
+                                for cid in units]},
+            shelves={"ports": [{"port": p} for p in ports]})
         bridge = ShelfBridge(cfg, on_event, planogram=lambda shelf, slot: (None, units[shelf][slot]))
         bridge.trace = trace
         await bridge.start()
