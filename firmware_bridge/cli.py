@@ -1,4 +1,8 @@
-"""``shelfcast firmware list|flash|pack`` and ``shelfcast bench serial``."""
+"""``shelfcast firmware list|flash|tare|calibrate|pack`` and ``shelfcast bench serial``.
+
+These open the port themselves (exclusively): stop the node first, or they
+report the port busy.
+"""
 
 from __future__ import annotations
 
@@ -27,6 +31,16 @@ def register(reg: CommandRegistry) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON (no progress bar)")
     p.add_argument("--reconnect-timeout", type=float, default=60.0, metavar="S",
                    help="how long to wait for the port to come back after a cable pull")
+
+    p = reg.subcommand("firmware", "tare", "zero a slot's scale (empty the slot first)", _tare)
+    p.add_argument("--port", required=True, metavar="PORT")
+    p.add_argument("--slot", type=int, default=None, help="slot number (default: all slots)")
+
+    p = reg.subcommand("firmware", "calibrate",
+                       "set a slot's scale from a known weight lying on the tared slot", _calibrate)
+    p.add_argument("--port", required=True, metavar="PORT")
+    p.add_argument("--slot", type=int, required=True)
+    p.add_argument("--grams", type=float, required=True, help="the known weight now on the slot")
 
     p = reg.subcommand("firmware", "pack", "wrap a raw firmware binary into a .scfw image", _pack)
     p.add_argument("payload", type=Path, metavar="BINARY")
@@ -135,6 +149,42 @@ def _flash(args: argparse.Namespace) -> int:
         print(f"controller {res.controller_id}: {res.old_version} -> {res.new_version} "
               f"({res.bytes_sent} bytes, {res.retries} retries, {res.reconnects} reconnects, {res.seconds:.1f} s)")
     return 0
+
+
+def _slot_command(args: argparse.Namespace, msg: object, what: str) -> int:
+    from firmware_bridge.flash import FlashError, send_command
+    from firmware_bridge.protocol import Message, Status
+
+    assert isinstance(msg, Message)
+    try:
+        h, ack = send_command(args.port, msg)
+    except FlashError as exc:
+        raise UserError(str(exc), code=3) from None
+    if ack.status != Status.OK:
+        hint = {Status.BAD_ARG: "check the slot number", Status.FAIL: "is the weight on the slot and was it tared?"}
+        raise UserError(f"controller {h.controller_id} refused to {what} ({Status.NAMES.get(ack.status)}); "
+                        f"{hint.get(ack.status, 'see the controller log')}", code=3)
+    print(f"controller {h.controller_id}: {what} done")
+    return 0
+
+
+def _tare(args: argparse.Namespace) -> int:
+    from firmware_bridge.protocol import ALL_SLOTS, Tare
+
+    if args.slot is not None and not 0 <= args.slot < 255:
+        raise UserError("--slot must be 0-254")
+    slot = ALL_SLOTS if args.slot is None else args.slot
+    return _slot_command(args, Tare(slot), "tare " + ("all slots" if args.slot is None else f"slot {slot}"))
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from firmware_bridge.protocol import Calibrate
+
+    if not 0 <= args.slot < 255:
+        raise UserError("--slot must be 0-254")
+    if not 0 < args.grams < 2_000_000:
+        raise UserError("--grams must be a positive weight in grams, e.g. 500")
+    return _slot_command(args, Calibrate(args.slot, round(args.grams * 1000)), f"calibrate slot {args.slot}")
 
 
 def _pack(args: argparse.Namespace) -> int:

@@ -28,7 +28,7 @@ from firmware_bridge import protocol as P
 from firmware_bridge.driver import open_error_message
 from firmware_bridge.image import FirmwareImage
 
-__all__ = ["FlashError", "FlashResult", "Flasher", "flash", "query"]
+__all__ = ["FlashError", "FlashResult", "Flasher", "flash", "query", "send_command"]
 
 Progress = Callable[[int, int], None]
 
@@ -208,6 +208,18 @@ def query(port: str, timeout: float = 1.5) -> P.Hello:
     with Flasher(port, timeout=0.3, retries=3) as f:
         try:
             return f.hello(timeout)
+        except Disconnected as exc:
+            raise FlashError(f"{port}: no shelf controller answered ({exc})") from None
+
+
+def send_command(port: str, msg: P.Message, timeout: float = 2.0) -> tuple[P.Hello, P.Ack]:
+    """One command to the controller on ``port`` (tare, calibrate, …), for field tools."""
+    with Flasher(port, timeout=0.5, retries=3) as f:
+        try:
+            h = f.hello(timeout)
+            if h.mode != P.MODE_APP:
+                raise FlashError(f"controller {h.controller_id} is in its bootloader; flash it or power-cycle it")
+            return h, f.request(msg)
         except Disconnected as exc:
             raise FlashError(f"{port}: no shelf controller answered ({exc})") from None
 

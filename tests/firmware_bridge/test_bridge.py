@@ -233,3 +233,45 @@ def test_controller_is_set_to_the_configured_sample_rate_and_still_detects() -> 
                 await br.stop()
 
     asyncio.run(main())
+
+
+def test_permission_denied_for_a_real_unprivileged_user_names_the_fix() -> None:
+    """Run the bridge as `nobody` against a root-only pty: health says exactly how to fix it."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    import pytest
+
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to drop to an unprivileged user")
+    master, slave = os.openpty()
+    try:
+        path = os.ttyname(slave)
+        os.chmod(path, 0o600)
+        code = (
+            "import asyncio, json\n"
+            "from edge.config import default_config\n"
+            "from firmware_bridge import ShelfBridge\n"
+            "async def main():\n"
+            f"    br = ShelfBridge(default_config(shelves={{'ports': [{{'port': {path!r}}}]}}), print,"
+            " startup_grace_s=0)\n"
+            "    await br.start(); await asyncio.sleep(0.5)\n"
+            "    print(json.dumps(br.health())); await br.stop()\n"
+            "asyncio.run(main())\n"
+        )
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
+                            code], capture_output=True, text=True, cwd=root, timeout=60,
+                           env={**os.environ, "PYTHONPATH": root, "HOME": "/tmp"})
+        assert r.returncode == 0, r.stderr[-2000:]
+        h = json.loads(r.stdout.strip().splitlines()[-1])
+        c = h["controllers"][path]
+        assert c["link"] == "permission" and "sudo usermod -aG dialout shelfcast" in c["error"]
+        assert h["status"] == "degraded"
+        assert "permission denied" in r.stderr  # logged once, at ERROR
+    finally:
+        os.close(master)
+        os.close(slave)

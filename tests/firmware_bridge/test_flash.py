@@ -149,3 +149,21 @@ def test_port_held_by_the_node_is_reported_busy_not_fought_over() -> None:
             assert not wrote_anything(sim, "c1")
         finally:
             held.close()
+
+
+def test_cli_tare_and_calibrate_a_slot(capsys: pytest.CaptureFixture[str]) -> None:
+    import numpy as np
+
+    from firmware_bridge.physics import QUIET
+
+    with SimulatedStore(seed=9) as sim:
+        c = sim.add_controller("c1", slot_count=4, unit_g=[100.0] * 4, stock=[3] * 4, noise=QUIET)
+        c.scale[2] = 0.97  # a factory scale 3 % off
+        assert cli_main(["firmware", "tare", "--port", sim.port("c1"), "--slot", "2"]) == 0
+        sim.place("c1", 2, 500.0)  # the technician's 500 g reference weight
+        assert cli_main(["firmware", "calibrate", "--port", sim.port("c1"), "--slot", "2", "--grams", "500"]) == 0
+        reading = (c.physics.render(np.full(50, sim.t_phys())).mean(axis=0)[2] - c.tare_g[2]) * c.scale[2]
+        assert abs(reading - 500.0) < 1.0
+        assert "calibrate slot 2 done" in capsys.readouterr().out
+        assert cli_main(["firmware", "calibrate", "--port", sim.port("c1"), "--slot", "9", "--grams", "500"]) == 3
+        assert "check the slot number" in capsys.readouterr().err
