@@ -776,32 +776,53 @@ def check_service() -> Check:
                  "`sudo systemctl reset-failed shelfcast && sudo systemctl start shelfcast`")
 
 
+def node_health(cfg: NodeConfig, timeout_s: float = 2.0) -> tuple[str, int | None, dict[str, Any] | None, str]:
+    """(url, HTTP status, the running node's /api/health JSON, error) from its signage server."""
+    import urllib.error
+    import urllib.request
+
+    sg = cfg.signage
+    host = "127.0.0.1" if sg.host in ("0.0.0.0", "", "::") else sg.host
+    base = f"http://{host}:{sg.port}"
+    try:
+        with urllib.request.urlopen(base + "/api/health", timeout=timeout_s) as r:
+            return base + "/", r.status, json.loads(r.read() or b"{}"), ""
+    except urllib.error.HTTPError as exc:
+        body: dict[str, Any] | None = None
+        with contextlib.suppress(Exception):
+            body = json.loads(exc.read() or b"{}")
+        return base + "/", exc.code, body, ""
+    except (OSError, ValueError) as exc:
+        return base + "/", None, None, str(getattr(exc, "reason", exc))
+
+
 def check_signage(cfg: NodeConfig, timeout_s: float = 2.0) -> Check:
-    """The page the kiosk shows answers (it is served by the running node)."""
+    """The page the kiosk shows answers, and the running node's own health (``/api/health``) is ok."""
     sg = cfg.signage
     if not sg.enabled:
         return Check("signage", "skip", "signage.enabled is false", "")
     if sg.port == 0:
         return Check("signage", "skip", "signage.port is 0 (a random port): nothing fixed to probe", "")
-    host = "127.0.0.1" if sg.host in ("0.0.0.0", "", "::") else sg.host
-    url = f"http://{host}:{sg.port}/"
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as r:
-            code = r.status
-    except urllib.error.HTTPError as exc:
-        code = exc.code
-    except (OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        return Check("signage", "fail", f"{url} does not answer ({reason})",
+    url, code, health, err = node_health(cfg, timeout_s)
+    if code is None:
+        return Check("signage", "fail", f"{url} does not answer ({err})",
                      "the node serves the screens: start it (`sudo systemctl start shelfcast`) and read "
                      "`journalctl -u shelfcast -n 50`; another program on the port shows as 'address in use' there")
-    if code >= 500:
-        return Check("signage", "fail", f"{url} answers HTTP {code}",
-                     "read `journalctl -u shelfcast -n 50` and send a support bundle")
-    return _ok("signage", f"{url} answers (HTTP {code}); the kiosk unit shows it on the attached screen")
+    if code == 404 or health is None:  # an older node without /api/health: the page answering is enough
+        return _ok("signage", f"{url} answers (HTTP {code})")
+    status = str(health.get("status", "ok"))
+    raw_rooms = health.get("rooms")
+    rooms: dict[str, Any] = raw_rooms if isinstance(raw_rooms, dict) else {}
+    bad = sorted(f"{name}: {h.get('status')}" for name, h in rooms.items()
+                 if isinstance(h, dict) and str(h.get("status", "ok")) not in ("ok", "closed", "disabled"))
+    detail = f"{url} answers; running node reports {status}" + (f" ({', '.join(bad)})" if bad else "")
+    if code >= 500 or status == "failed":
+        return Check("signage", "fail", detail, "read `journalctl -u shelfcast -n 50`, fix the room named here, "
+                     "restart the node; send a support bundle if it stays failed")
+    if status != "ok":
+        return Check("signage", "warn", detail, "a room is degraded (a link is down and retrying): the lines above "
+                     "say which cable, device or broker; `journalctl -u shelfcast -n 50` has the details")
+    return _ok("signage", detail + "; the kiosk unit shows the page on the attached screen")
 
 
 # -- driver --------------------------------------------------------------------------------------------

@@ -494,6 +494,12 @@ def support_bundle(config_path: Path, out: Path, since: str = "-2d", log_files: 
         stats["files"] = {p.name: p.stat().st_size for p in sorted(Path(cfg.node.data_dir).glob("*"))
                           if p.is_file()} if Path(cfg.node.data_dir).is_dir() else {}
         members["database.json"] = json.dumps(stats, indent=2).encode()
+    if cfg is not None and cfg.signage.enabled and cfg.signage.port:
+        from edge.doctor import node_health
+
+        _, code, health, err = node_health(cfg)
+        members["health.json"] = json.dumps(health if health is not None else {"http_status": code, "error": err},
+                                            indent=2, default=str).encode()
     members["versions.json"] = json.dumps(_versions(model_dir), indent=2).encode()
     members["logs/journal.txt"] = _journal(since, ["shelfcast", "shelfcast-kiosk", "shelfcast-firstboot",
                                                    "mosquitto"]).encode()
