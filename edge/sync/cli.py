@@ -32,6 +32,8 @@ def register(reg: CommandRegistry) -> None:
     p.add_argument("--client-id", default="shelfcast-ingest", help="persistent-session client id")
     p.add_argument("--duration", type=float, default=None, metavar="SECONDS", help="stop after this long")
     p.add_argument("--expect", type=int, default=None, metavar="N", help="stop once N unique items arrived")
+    p.add_argument("--flush-s", type=float, default=0.5, metavar="SECONDS",
+                   help="write a Parquet file (and acknowledge its messages) at least this often")
     _tls_args(p)
 
     p = reg.subcommand("model", "publish", "sign (Ed25519) and publish a release: manifest + chunks ≤ 128 KB",
@@ -88,7 +90,9 @@ def _ingest(args: argparse.Namespace) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot use --out {args.out}: {exc.strerror}; pick a writable directory") from None
-    ing = Ingest(_settings(args, args.client_id), args.out, topic=args.topic)
+    if args.flush_s <= 0:
+        raise UserError("--flush-s must be a positive number of seconds")
+    ing = Ingest(_settings(args, args.client_id), args.out, topic=args.topic, flush_s=args.flush_s)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -131,7 +131,11 @@ class Ingest:
         import pyarrow.parquet as pq
 
         rows, self._buffer = self._buffer, []
-        table = pa.Table.from_pylist(rows)
+        schema = pa.schema([("id", pa.string()), ("type", pa.string()), ("t", pa.float64()),
+                            ("session", pa.string()), ("topic", pa.string()), ("store", pa.string()),
+                            ("node", pa.string()), ("boot", pa.string()), ("payload", pa.string()),
+                            ("received_at", pa.float64())])
+        table = pa.Table.from_pylist(rows, schema=schema)  # one schema for every file: they read as one dataset
         self._files += 1
         name = self.out / f"events-{time.strftime('%Y%m%dT%H%M%S')}-{self._files:06d}.parquet"
         tmp = name.with_suffix(".tmp")

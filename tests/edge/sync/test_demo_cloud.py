@@ -30,3 +30,8 @@ def test_demo_events_equal_what_the_ingest_received(mosquitto: Any, tmp_path: Pa
     assert summary["events"] > 0 and summary["outbox_pending"] == 0
     assert got["unique"] == summary["events"], (summary, got)
     assert got["written"] == got["unique"] and got["bad"] == 0
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(out)  # every file has the same schema: the directory reads as one dataset
+    assert table.num_rows == got["written"] and len(set(table.column("id").to_pylist())) == table.num_rows
+    assert {"shopper", "impression"} <= set(table.column("type").to_pylist())
