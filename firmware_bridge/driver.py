@@ -14,9 +14,10 @@ waits for ``add_writer``.
 A pulled cable, a missing device or a permission problem never ends the
 link: it reports the state (with the fix) and reopens with exponential
 backoff up to ``reconnect_max_s``. Buffers are bounded: the decoder keeps at
-most one frame, unsent bytes are capped (``TX_MAX``, oldest commands dropped
-and counted), and while the loop is busy the bytes wait in the kernel's tty
-buffer, whose overflow the controller counts (HEARTBEAT ``tx_overflows``).
+most one frame, unsent bytes are capped (``TX_MAX``; a command that does
+not fit is refused and counted in ``queue_drops``), and while the loop is
+busy the bytes wait in the kernel's tty buffer, whose overflow the controller
+counts (HEARTBEAT ``tx_overflows``).
 """
 
 from __future__ import annotations
@@ -162,7 +163,7 @@ class SerialLink:
                 self._detach("lost", f"{self.port}: link lost ({exc.strerror or exc}); reconnecting")
                 return False
         if len(self._tx) + len(data) > TX_MAX:
-            self.stats.write_errors += 1
+            self.stats.queue_drops += 1  # the controller is not reading: drop, the caller's retry decides
             return False
         self._tx += data
         if not self._writer:

@@ -432,6 +432,7 @@ class ShelfBridge:
                 "resyncs": st.resyncs,
                 "lost_frames": c.lost_frames,
                 "malformed": c.malformed,
+                "frames_before_hello": c.frames_before_hello,
                 "protocol_errors": c.protocol_errors,
                 "reconnects": c.link.stats.reconnects,
                 "queue_drops": c.link.stats.queue_drops,
