@@ -476,6 +476,10 @@ def check_camera(cfg: NodeConfig, open_timeout_s: float = 3.0) -> list[Check]:
     if src == "synthetic":
         out.append(_ok("camera", "synthetic source (simulated shoppers, no device)"))
     else:
+        groups = _service_user_groups()
+        if groups is not None and "video" not in groups and "://" not in str(src):
+            out.append(Check("camera_group", "fail", f"service user {SERVICE_USER} is not in the video group",
+                             "`sudo usermod -aG video shelfcast`, then `sudo systemctl restart shelfcast`"))
         out.append(_probe_camera(src, open_timeout_s))
     fix = ("recalibrate: mark >= 4 floor points you can measure, then `shelfcast calibrate camera --config FILE "
            "--point U,V:X,Y ... --write` (pixel U,V is floor X,Y metres; check camera-calibration.png), then "
