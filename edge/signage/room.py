@@ -148,41 +148,39 @@ class SignageRoom:
             await self._start_http(self.port)
 
     async def _start_http(self, port: int | None = None) -> None:
+        if not await self._try_bind(port):
+            log.error("%s; retrying with backoff (up to 10 s), MQTT and displays keep working", self.http_error)
+            self._tasks.append(asyncio.create_task(self._retry_http(port), name="signage-http-retry"))
+
+    async def _try_bind(self, port: int | None) -> bool:
         from edge.signage.http import build_app
 
-        app = build_app(self)
-        self._runner = web.AppRunner(app, handle_signals=False, access_log=None, handler_cancellation=True,
-                                     shutdown_timeout=1.0)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.cfg.host, self.cfg.port if port is None else port, reuse_address=True)
+        want = self.cfg.port if port is None else port
+        runner = web.AppRunner(build_app(self), handle_signals=False, access_log=None, handler_cancellation=True,
+                               shutdown_timeout=1.0)
+        await runner.setup()
+        site = web.TCPSite(runner, self.cfg.host, want, reuse_address=True)
         try:
             await site.start()
         except OSError as exc:
-            self.http_error = (f"cannot listen on {self.cfg.host}:{self.cfg.port}: {exc.strerror}; pick a free "
+            await runner.cleanup()
+            self.http_error = (f"cannot listen on {self.cfg.host}:{want}: {exc.strerror}; pick a free "
                                "signage.port or stop what uses it (`ss -ltnp`)")
-            log.error("%s; retrying every 10 s, MQTT and displays keep working", self.http_error)
-            self._tasks.append(asyncio.create_task(self._retry_http(site), name="signage-http-retry"))
-            return
-        self._bound(site)
-
-    def _bound(self, site: web.TCPSite) -> None:
-        server = site._server
-        socks = getattr(server, "sockets", None) or []
-        self.port = socks[0].getsockname()[1] if socks else self.cfg.port
+            return False
+        self._runner = runner
+        socks = getattr(site._server, "sockets", None) or []
+        self.port = socks[0].getsockname()[1] if socks else want
         self.http_error = None
         log.info("signage on http://%s:%s/", self.cfg.host, self.port)
+        return True
 
-    async def _retry_http(self, site: web.TCPSite) -> None:
+    async def _retry_http(self, port: int | None) -> None:
         delay = 1.0
-        while True:
+        while self._runner is None:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
-            try:
-                await site.start()
-            except OSError:
-                continue
-            self._bound(site)
-            return
+            if await self._try_bind(port):
+                return
 
     # -- the hot path -----------------------------------------------------------------------------
     def on_set(self, rs: RecommendationSet) -> None:

@@ -115,3 +115,25 @@ def test_metrics_are_prometheus_text(make_node: Callable[..., Any]) -> None:
         samples[name] = float(value)
     assert samples["shelfcast_signage_pushes_total"] >= 1
     assert samples['shelfcast_signage_sse_clients{screen="dairy-screen"}'] == 0
+
+
+def test_port_in_use_degrades_then_binds_when_free(make_node: Callable[..., Any]) -> None:
+    import socket
+    import time
+
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    port = blocker.getsockname()[1]
+    n = make_node(port=port)
+    h = n.node.health()["rooms"]["signage"]
+    assert h["status"] == "degraded" and h["http"]["listening"] is False
+    assert "pick a free signage.port" in h["http"]["error"]
+    n.publish(ShopperEvent(session="s-1", sku="1029743", action="pick", zone="dairy", shelf="dairy-1", slot=0))
+    assert n.node.screens.latest["dairy-screen"].session == "s-1"  # the node keeps serving sets
+    blocker.close()
+    deadline = time.monotonic() + 8
+    while time.monotonic() < deadline and not n.node.signage.health()["http"]["listening"]:
+        time.sleep(0.1)
+    assert n.port == port
+    assert n.json("/api/screens/dairy-screen/recommendations")["session"] == "s-1"
