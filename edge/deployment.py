@@ -59,9 +59,13 @@ def render_mosquitto_conf(config: NodeConfig, cert_dir: Path = MOSQUITTO_CERT_DI
                           port: int = LOCAL_BROKER_PORT) -> str:
     """A loopback-only local broker and, when a cloud broker is provisioned, a bridge to it.
 
-    The bridge carries this node's own subtree (``<prefix>/<store>/<node>/#``) both ways at QoS 1
-    with a persistent session (``cleansession false``), so local-only clients (screens, Home
-    Assistant, shell tools) reach the cloud and survive link outages in Mosquitto's queue.
+    The node's sync room talks to the cloud itself (its own client, outbox and releases), so the
+    bridge must not duplicate that traffic over the store's uplink: it carries only
+    ``<prefix>/<store>/<node>/local/#`` both ways (a namespace for local-only clients: Home
+    Assistant, shell tools, a second screen box) and ``.../signage/status`` up (screen
+    availability, a few retained messages) — never the per-shopper ``screens/*/recommendations``
+    sets, events, commands or model chunks. QoS 1 with a persistent session (``cleansession
+    false``) so messages survive link outages in Mosquitto's queue.
     TLS files are copies under ``cert_dir`` readable by the ``mosquitto`` user (the installer
     copies them there; the node's own copies stay private to the ``shelfcast`` user).
     """
@@ -77,7 +81,7 @@ def render_mosquitto_conf(config: NodeConfig, cert_dir: Path = MOSQUITTO_CERT_DI
     cloud = config.mqtt.cloud
     if cloud.url:
         host, cport, tls = _host_port(cloud.url)
-        subtree = f"{config.mqtt.topic_prefix}/{n.store_id}/{n.node_id}/#"
+        base = f"{config.mqtt.topic_prefix}/{n.store_id}/{n.node_id}"
         lines += [
             "",
             "# Bridge to the cloud broker (mqtt.cloud in the node config)",
@@ -91,8 +95,9 @@ def render_mosquitto_conf(config: NodeConfig, cert_dir: Path = MOSQUITTO_CERT_DI
             "restart_timeout 2 60",
             "keepalive_interval 60",
             "notifications true",
-            f"notification_topic {config.mqtt.topic_prefix}/{n.store_id}/{n.node_id}/bridge/state",
-            f"topic {subtree} both 1",
+            f"notification_topic {base}/bridge/state",
+            f"topic {base}/local/# both 1",
+            f"topic {base}/signage/status out 1",
         ]
         if cloud.username:
             lines.append(f"remote_username {cloud.username}")

@@ -69,33 +69,44 @@ def client(port: int, name: str, topic: str | None = None) -> tuple[mqtt.Client,
     return c, q
 
 
-def test_bridge_carries_the_node_subtree_both_ways(local_broker: tuple[int, Any]) -> None:
+def test_bridge_carries_local_namespace_and_screen_status_only(local_broker: tuple[int, Any]) -> None:
     port, cloud = local_broker
     up_sub, up_q = client(cloud.port, "cloud-sub", "shelfcast/v1/#")
-    down_sub, down_q = client(port, "local-sub", "shelfcast/v1/store-1/node-9/cmd/#")
+    down_sub, down_q = client(port, "local-sub", "shelfcast/v1/store-1/node-9/#")
     pub_local, _ = client(port, "local-pub")
     pub_cloud, _ = client(cloud.port, "cloud-pub")
     try:
         deadline = time.monotonic() + 10
         seen: dict[str, bytes] = {}
-        while "shelfcast/v1/store-1/node-9/events" not in seen and time.monotonic() < deadline:
-            pub_local.publish("shelfcast/v1/store-1/node-9/events", b"e1", qos=1)  # until the bridge is up
+        while "shelfcast/v1/store-1/node-9/local/ha/state" not in seen and time.monotonic() < deadline:
+            pub_local.publish("shelfcast/v1/store-1/node-9/local/ha/state", b"e1", qos=1)  # until the bridge is up
             try:
                 t, payload = up_q.get(timeout=0.5)
                 seen[t] = payload
             except queue.Empty:
                 pass
-        assert seen.get("shelfcast/v1/store-1/node-9/events") == b"e1"
+        assert seen.get("shelfcast/v1/store-1/node-9/local/ha/state") == b"e1"
         assert seen.get("shelfcast/v1/store-1/node-9/bridge/state") == b"1"  # the cloud sees the link state
+        time.sleep(0.5)  # late copies of the retries above
         while not up_q.empty():
             up_q.get_nowait()
-        pub_local.publish("shelfcast/v1/store-1/other-node/events", b"not mine", qos=1)
-        pub_local.publish("something/else", b"nope", qos=1)
-        pub_cloud.publish("shelfcast/v1/store-1/node-9/cmd/reboot", b"c1", qos=1)
-        assert down_q.get(timeout=5) == ("shelfcast/v1/store-1/node-9/cmd/reboot", b"c1")
+        pub_local.publish("shelfcast/v1/store-1/node-9/signage/status", b"online", qos=1)
+        assert up_q.get(timeout=5) == ("shelfcast/v1/store-1/node-9/signage/status", b"online")
+        # what the sync room carries itself, and the per-shopper screen sets, stay off the uplink
+        kept_local = ("shelfcast/v1/store-1/node-9/screens/s1/recommendations", "shelfcast/v1/store-1/node-9/events",
+                      "shelfcast/v1/store-1/other-node/local/x", "something/else")
+        for t in kept_local:
+            pub_local.publish(t, b"no", qos=1)
+        while not down_q.empty():
+            down_q.get_nowait()
+        pub_cloud.publish("shelfcast/v1/store-1/node-9/cmd/reboot", b"sync's own", qos=1)
+        pub_cloud.publish("shelfcast/v1/store-1/node-9/local/tool/ping", b"c1", qos=1)
+        got_down = [down_q.get(timeout=5)]
         time.sleep(0.5)
-        stray = [t for t, _ in list(up_q.queue) if "node-9" not in t]
-        assert stray == []  # only this node's subtree crosses the bridge
+        got_down += list(down_q.queue)
+        assert [t for t, _ in got_down if "/local/" in t or "/cmd/" in t] == [
+            "shelfcast/v1/store-1/node-9/local/tool/ping"]
+        assert [t for t, _ in list(up_q.queue) if t in kept_local] == []
     finally:
         for c in (up_sub, down_sub, pub_local, pub_cloud):
             c.loop_stop()

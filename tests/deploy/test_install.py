@@ -245,7 +245,7 @@ def test_firstboot_bundle_then_bridge(root: Path, tmp_path: Path) -> None:
     raw = yaml.safe_load((root / "etc/shelfcast/shelfcast.yaml").read_text())
     assert raw["node"]["store_id"] == "store-5"
     conf = (root / "etc/mosquitto/conf.d/shelfcast.conf").read_text()
-    assert "address cloud.example.com:8883" in conf and "topic shelfcast/v1/store-5/node-2/# both 1" in conf
+    assert "address cloud.example.com:8883" in conf and "topic shelfcast/v1/store-5/node-2/local/# both 1" in conf
     assert "bridge_cafile /etc/mosquitto/certs/shelfcast/ca.crt" in conf
     assert (root / "etc/mosquitto/certs/shelfcast/ca.crt").read_bytes() == ca_file.read_bytes()
     assert not list((boot / "shelfcast").glob("keys/*.key"))  # the private key left the boot partition
