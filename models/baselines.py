@@ -158,7 +158,8 @@ class ItemKNN:
             q, w = [], np.zeros(0, np.float32)
         scores = self._pop.copy()
         if q:
-            scores += np.asarray(sp.csr_matrix((w, (np.zeros(len(q), int), q)), shape=(1, c.V)) @ self.sim).ravel()
+            qv = sp.csr_matrix((w, (np.zeros(len(q), int), q)), shape=(1, c.V))
+            scores += (qv @ self.sim).toarray().ravel().astype(np.float32)
         return _topk(scores, k, exclude, c.vocab)
 
 
@@ -240,7 +241,8 @@ class TIFUKNN:
         u = self.U[pr.hh]
         sims = self.Un @ self.Un[pr.hh]
         sims[pr.hh] = -1
-        nb = np.argpartition(-sims, self.nn - 1)[: self.nn]
+        nn = min(self.nn, len(sims) - 1)
+        nb = np.argpartition(-sims, nn - 1)[:nn]
         scores = self.alpha * u + (1 - self.alpha) * self.U[nb].mean(axis=0) + self._pop
         return _topk(scores, k, exclude, c.vocab)
 
@@ -264,7 +266,8 @@ class NaiveUserCF:
             return _topk(c.pop, k, exclude)
         sims = np.asarray((self.Bn @ self.Bn[pr.hh].T).todense()).ravel()
         sims[pr.hh] = -1
-        nb = np.argpartition(-sims, self.nn - 1)[: self.nn]
+        nn = min(self.nn, len(sims) - 1)
+        nb = np.argpartition(-sims, nn - 1)[:nn]
         scores = np.asarray(self.B[nb].T @ sims[nb]).ravel()
         bought = self.B[pr.hh].indices
         scores[bought] = -np.inf

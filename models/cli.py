@@ -68,7 +68,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     t = time.time()
     meta = prepare(tables, cfg, _work(args))
     (_work(args) / "source.txt").write_text(source)
-    print_json({"work": str(_work(args)), "stats": meta["stats"], "vocab": len(meta["skus"]) and cfg.vocab_size,
+    print_json({"work": str(_work(args)), "stats": meta["stats"], "vocab": meta["vocab_size"],
                 "vocab_test_line_share": meta["vocab_test_line_share"], "seconds": round(time.time() - t, 1)})
     return 0
 
@@ -87,7 +87,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     last = prep.split.train_last_week - (6 if args.validation else 0)
     t = time.time()
     bar = _progress(args.progress)
-    ex = build_examples(prep, last, args.seed, per_household=cfg.per_household, progress=bar)
+    ex = build_examples(prep, last, args.seed, per_household=cfg.per_household, p_cold=cfg.p_cold,
+                        p_session=cfg.p_session, progress=bar)
     np.savez(work / "examples.npz", **ex.__dict__)
     model = train(prep, ex, cfg, progress=bar)
     save_weights(model, work, cfg, {"examples": len(ex), "train_last_week": last, "validation": args.validation})

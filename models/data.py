@@ -236,6 +236,7 @@ def prepare(tables: dict[str, pd.DataFrame], cfg: SplitConfig, out_dir: Path) ->
             "train_weeks": [int(lines["week"].min()), cfg.train_last_week],
             "test_weeks": [cfg.test_first_week, cfg.test_last_week],
         },
+        "vocab_size": len(order),
         "vocab_test_line_share": float(
             (vocab_of[lines["pcode"].to_numpy()][(lines["week"] >= cfg.test_first_week).to_numpy()] >= 0).mean()
         ) if (lines["week"] >= cfg.test_first_week).any() else None,

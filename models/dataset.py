@@ -14,10 +14,12 @@ import numpy as np
 from edge.ranking.features import (
     HIST_LEN,
     MAX_REPEAT_ITEMS,
+    REPEAT_FEATURES,
     SESSION_LEN,
     ContextSpec,
     history_inputs,
     repeat_features,
+    repeat_matrix,
     session_inputs,
 )
 from models.data import Prepared
@@ -54,7 +56,7 @@ class Examples:
     session_weights: np.ndarray
     context: np.ndarray
     rep_idx: np.ndarray  # [N, R] vocab index, V = padding
-    rep_val: np.ndarray  # [N, R, 3]
+    rep_val: np.ndarray  # [N, R, REPEAT_FEATURES] rows of features.repeat_matrix
     target: np.ndarray  # [N, MAX_TARGET] vocab index, V = padding
 
     def __len__(self) -> int:
@@ -136,7 +138,7 @@ def build_examples(prep: Prepared, last_week: int, seed: int, per_household: int
         session_items=np.zeros((N, SESSION_LEN), np.int32),
         session_weights=np.zeros((N, SESSION_LEN), np.float32),
         context=np.zeros((N, C), np.float32), rep_idx=np.full((N, R), V, np.int32),
-        rep_val=np.zeros((N, R, 3), np.float32), target=np.full((N, MAX_TARGET), V, np.int32),
+        rep_val=np.zeros((N, R, REPEAT_FEATURES), np.float32), target=np.full((N, MAX_TARGET), V, np.int32),
     )
     for n, (rep, sess, tgt, hour, wd, store, prof) in enumerate(rows):
         history_inputs(rep, ex.hist_items[n], ex.hist_weights[n])
@@ -144,9 +146,7 @@ def build_examples(prep: Prepared, last_week: int, seed: int, per_household: int
         spec.encode(ex.context[n], hour, wd, store, prof, rep.n_baskets, ns)
         m = len(rep.items)
         ex.rep_idx[n, :m] = rep.items
-        ex.rep_val[n, :m, 0] = rep.share
-        ex.rep_val[n, :m, 1] = rep.recency
-        ex.rep_val[n, :m, 2] = rep.decayed
+        ex.rep_val[n, :m] = repeat_matrix(rep)
         t = tgt[:MAX_TARGET]
         ex.target[n, : len(t)] = t
     return ex

@@ -49,7 +49,9 @@ def side_data(prep: Prepared, weights: Path) -> bytes:
     arrays: dict[str, np.ndarray] = {
         "category": (prep.a["cat"][v] - 1).astype(np.int32),
         "popularity": prep.a["train_count"][v].astype(np.float32),
-        "item_emb": w["out_table"].astype(np.float16),
+        # unit-normalised, int8: only directions matter (reasons: "because you picked up …")
+        "item_emb": np.rint(127 * w["out_table"] / np.maximum(
+            np.linalg.norm(w["out_table"], axis=1, keepdims=True), 1e-6)).astype(np.int8),
     }
     for k in ATTRS:
         arrays[f"attr_out_{k}"] = w[f"attr_out_{k}"].astype(np.float32)

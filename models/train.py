@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from edge.ranking.features import REPEAT_FEATURES
 from models.data import Prepared
 from models.dataset import Examples
 
@@ -44,8 +45,15 @@ class TrainConfig:
     hidden: int = 256
     epochs: int = 4
     batch: int = 512
-    lr: float = 2e-3
+    lr: float = 4e-3
     l2_item: float = 1e-6
+    l2_rep_item: float = 1e-5
+    dropout: float = 0.2
+    wide: bool = True  # context → item scores (store / hour / demographic popularity)
+    session_path: bool = True  # session embedding → item scores (co-occurrence)
+    l2_wide: float = 1e-6
+    p_cold: float = 0.25
+    p_session: float = 0.6
     id_dropout: float = 0.1
     per_household: int = 30
     seed: int = 0
@@ -68,7 +76,8 @@ def attr_sizes(prep: Prepared) -> dict[str, int]:
     return {k: int(prep.a[k].max()) + 1 for k in ATTRS}
 
 
-def build_model(V: int, C: int, codes: dict[str, np.ndarray], sizes: dict[str, int], cfg: TrainConfig) -> Any:
+def build_model(V: int, C: int, codes: dict[str, np.ndarray], sizes: dict[str, int], cfg: TrainConfig,
+                log_pop: np.ndarray | None = None) -> Any:
     """The training-time Keras model (item tables computed from id + attribute parts)."""
     tf = _tf()
     import keras
@@ -82,23 +91,34 @@ def build_model(V: int, C: int, codes: dict[str, np.ndarray], sizes: dict[str, i
             reg = keras.regularizers.L2(cfg.l2_item)
             self.id_in = self.add_weight(shape=(V, D), initializer=init, regularizer=reg, name="id_in")
             self.id_out = self.add_weight(shape=(V, D), initializer=init, regularizer=reg, name="id_out")
-            self.b_id = self.add_weight(shape=(V,), initializer="zeros", name="b_id")
+            # start from log popularity: a few hundred Adam steps cannot climb 8 nats from zero
+            b_init = keras.initializers.Constant(log_pop) if log_pop is not None else "zeros"
+            self.b_id = self.add_weight(shape=(V,), initializer=b_init, name="b_id")
             self.attr_in = {k: self.add_weight(shape=(n, D), initializer=init, name=f"{k}_in")
                             for k, n in sizes.items()}
             self.attr_out = {k: self.add_weight(shape=(n, D), initializer=init, name=f"{k}_out")
                              for k, n in sizes.items()}
             self.attr_b = {k: self.add_weight(shape=(n,), initializer="zeros", name=f"{k}_b")
                            for k, n in sizes.items()}
-            self.rep_global = self.add_weight(shape=(3, 1), name="rep_global",
-                                              initializer=keras.initializers.Constant([[2.0], [1.0], [4.0]]))
-            self.rep_item = self.add_weight(shape=(3, V), initializer="zeros", name="rep_item",
-                                            regularizer=keras.regularizers.L2(1e-5))
+            self.rep_item = self.add_weight(shape=(2, V), initializer="zeros", name="rep_item",
+                                            regularizer=keras.regularizers.L2(cfg.l2_rep_item))
+            self.rep_h = keras.layers.Dense(16, activation="relu", name="repeat_mlp1")
+            self.rep_o = keras.layers.Dense(1, name="repeat_mlp2", kernel_initializer="zeros")
+            # linear part starts as "bonus for bought + log share + log decayed share" (≈ top-frequency)
+            self.rep_lin = keras.layers.Dense(1, name="repeat_linear", kernel_initializer=keras.initializers.Constant(
+                [[1.0], [0.5], [0.5], [0.5]]))
+            self.drop = keras.layers.Dropout(cfg.dropout, seed=cfg.seed)
             self.d1 = keras.layers.Dense(cfg.hidden, activation="relu", name="tower1")
             self.d2 = keras.layers.Dense(cfg.hidden // 2, activation="relu", name="tower2")
             self.du = keras.layers.Dense(D, name="user")
             self.dg = keras.layers.Dense(1, activation="softplus", name="repeat_gate",
                                          bias_initializer=keras.initializers.Constant(0.55))
             self.codes = {k: tf.constant(v) for k, v in codes.items()}
+            reg_w = keras.regularizers.L2(cfg.l2_wide)
+            self.wide = keras.layers.Dense(V, use_bias=False, name="wide", kernel_initializer="zeros",
+                                           kernel_regularizer=reg_w) if cfg.wide else None
+            self.sess = keras.layers.Dense(V, use_bias=False, name="session_out", kernel_initializer="zeros",
+                                           kernel_regularizer=reg_w) if cfg.session_path else None
 
         def in_table(self) -> Any:
             t = self.id_in
@@ -114,9 +134,6 @@ def build_model(V: int, C: int, codes: dict[str, np.ndarray], sizes: dict[str, i
                 b = b + tf.gather(self.attr_b[k], self.codes[k])
             return t, b
 
-        def rep_weights(self) -> Any:
-            return self.rep_global + self.rep_item  # [3, V]
-
         def call(self, x: dict[str, Any], training: bool = False, mask: Any = None) -> tuple[Any, Any]:
             tin = self.in_table()
             eh = tf.gather(tin, x["hist_items"])
@@ -124,13 +141,18 @@ def build_model(V: int, C: int, codes: dict[str, np.ndarray], sizes: dict[str, i
             es = tf.gather(tin, x["session_items"])
             s = tf.reduce_sum(es * x["session_weights"][..., None], axis=1)
             z = tf.concat([h, s, x["context"]], axis=1)
-            z = self.d2(self.d1(z))
+            z = self.d2(self.drop(self.d1(z), training=training))
             u = self.du(z)
             g = self.dg(z)
             tout, b = self.out_table(mask)
             neural = tf.matmul(u, tout, transpose_b=True) + b
-            A = self.rep_weights()
-            rep = x["repeat_share"] * A[0] + x["repeat_recency"] * A[1] + x["repeat_decayed"] * A[2]
+            if self.wide is not None:
+                neural = neural + self.wide(x["context"])
+            if self.sess is not None:
+                neural = neural + self.sess(s)
+            r = x["repeat"]
+            rep = (self.rep_o(self.rep_h(r)) + self.rep_lin(r))[..., 0] + r[..., 0] * self.rep_item[0] + \
+                r[..., 1] * self.rep_item[1]
             return neural + g * rep, u
 
     m = Ranking()
@@ -145,12 +167,10 @@ def dense_batch(ex: Examples, sel: np.ndarray, V: int) -> dict[str, np.ndarray]:
         "session_items": ex.session_items[sel], "session_weights": ex.session_weights[sel],
         "context": ex.context[sel],
     }
-    rep = np.zeros((n, V + 1, 3), np.float32)
+    rep = np.zeros((n, V + 1, REPEAT_FEATURES), np.float32)
     rows = np.repeat(np.arange(n), ex.rep_idx.shape[1])
-    rep[rows, ex.rep_idx[sel].ravel()] = ex.rep_val[sel].reshape(-1, 3)
-    out["repeat_share"] = rep[:, :V, 0]
-    out["repeat_recency"] = rep[:, :V, 1]
-    out["repeat_decayed"] = rep[:, :V, 2]
+    rep[rows, ex.rep_idx[sel].ravel()] = ex.rep_val[sel].reshape(-1, REPEAT_FEATURES)
+    out["repeat"] = rep[:, :V, :]
     return out
 
 
@@ -162,7 +182,9 @@ def train(prep: Prepared, ex: Examples, cfg: TrainConfig, progress: Any = None) 
     tf.config.experimental.enable_op_determinism()
     V = prep.vocab_size
     C = ex.context.shape[1]
-    model = build_model(V, C, attr_codes(prep), attr_sizes(prep), cfg)
+    cnt = np.bincount(ex.target.ravel(), minlength=V + 1)[:V].astype(np.float64)  # training targets only
+    log_pop = np.log(cnt + 1.0)
+    model = build_model(V, C, attr_codes(prep), attr_sizes(prep), cfg, (log_pop - log_pop.mean()).astype(np.float32))
     opt = keras.optimizers.Adam(cfg.lr)
 
     R = ex.rep_idx.shape[1]
@@ -182,8 +204,7 @@ def train(prep: Prepared, ex: Examples, cfg: TrainConfig, progress: Any = None) 
         t = t / tf.maximum(tf.reduce_sum(t, axis=1, keepdims=True), 1.0)
         mask = tf.cast(tf.random.stateless_uniform([V], seed) >= cfg.id_dropout, tf.float32)
         x = {"hist_items": hi, "hist_weights": hw, "session_items": si, "session_weights": sw,
-             "context": ctx, "repeat_share": rep[..., 0], "repeat_recency": rep[..., 1],
-             "repeat_decayed": rep[..., 2]}
+             "context": ctx, "repeat": rep}
         with tf.GradientTape() as tape:
             logits, _ = model(x, training=True, mask=mask)
             loss = -tf.reduce_mean(tf.reduce_sum(t * tf.nn.log_softmax(logits), axis=1))
@@ -216,12 +237,17 @@ def save_weights(model: Any, out: Path, cfg: TrainConfig, meta: dict[str, Any]) 
     tin = model.in_table().numpy()
     tout, b = model.out_table()
     w: dict[str, np.ndarray] = {
-        "in_table": tin, "out_table": tout.numpy(), "out_bias": b.numpy(), "rep_A": model.rep_weights().numpy(),
+        "in_table": tin, "out_table": tout.numpy(), "out_bias": b.numpy(), "rep_item": model.rep_item.numpy(),
     }
-    for name, layer in (("tower1", model.d1), ("tower2", model.d2), ("user", model.du), ("gate", model.dg)):
+    for name, layer in (("tower1", model.d1), ("tower2", model.d2), ("user", model.du), ("gate", model.dg),
+                        ("repeat_mlp1", model.rep_h), ("repeat_mlp2", model.rep_o),
+                        ("repeat_linear", model.rep_lin)):
         k, bb = layer.get_weights()
         w[f"{name}_kernel"] = k
         w[f"{name}_bias"] = bb
+    for name, layer in (("wide", model.wide), ("session_out", model.sess)):
+        if layer is not None:
+            w[f"{name}_kernel"] = layer.get_weights()[0]
     for k in ATTRS:
         w[f"attr_out_{k}"] = model.attr_out[k].numpy()
         w[f"attr_b_{k}"] = model.attr_b[k].numpy()
@@ -245,9 +271,7 @@ def inference_model(w: dict[str, np.ndarray], C: int) -> Any:
     si = keras.Input((SESSION_LEN,), dtype="int32", name="session_items")
     sw = keras.Input((SESSION_LEN,), name="session_weights")
     ctx = keras.Input((C,), name="context")
-    rs = keras.Input((V,), name="repeat_share")
-    rr = keras.Input((V,), name="repeat_recency")
-    rd = keras.Input((V,), name="repeat_decayed")
+    rp = keras.Input((V, REPEAT_FEATURES), name="repeat")
     emb = keras.layers.Embedding(V1, D, name="item_in", embeddings_initializer=keras.initializers.Constant(
         w["in_table"]))
     # one GATHER for history and session: a second lookup would duplicate the table in the .tflite
@@ -265,11 +289,29 @@ def inference_model(w: dict[str, np.ndarray], C: int) -> Any:
     z = d2(d1(z))
     u = du(z)
     g = dg(z)
-    A = w["rep_A"]
-    rep = rs * ops.convert_to_tensor(A[0][None, :]) + rr * ops.convert_to_tensor(A[1][None, :]) + \
-        rd * ops.convert_to_tensor(A[2][None, :])
-    scores = dout(u) + g * rep
-    model = keras.Model([hi, hw, si, sw, ctx, rs, rr, rd], [scores, u], name="shelfcast_ranker")
+    A = w["rep_item"]
+    r1 = keras.layers.Dense(w["repeat_mlp1_bias"].shape[0], activation="relu", name="repeat_mlp1")
+    r2 = keras.layers.Dense(1, name="repeat_mlp2")
+    rl = keras.layers.Dense(1, name="repeat_linear")
+    rep = (r2(r1(rp)) + rl(rp))[..., 0] + rp[..., 0] * ops.convert_to_tensor(A[0][None, :]) + \
+        rp[..., 1] * ops.convert_to_tensor(A[1][None, :])
+    neural = dout(u)
+    extra = []
+    if "wide_kernel" in w:
+        wide = keras.layers.Dense(V, use_bias=False, name="wide")
+        neural = neural + wide(ctx)
+        extra.append((wide, [w["wide_kernel"]]))
+    if "session_out_kernel" in w:
+        so = keras.layers.Dense(V, use_bias=False, name="session_out")
+        neural = neural + so(s)
+        extra.append((so, [w["session_out_kernel"]]))
+    scores = neural + g * rep
+    model = keras.Model([hi, hw, si, sw, ctx, rp], [scores, u], name="shelfcast_ranker")
+    r1.set_weights([w["repeat_mlp1_kernel"], w["repeat_mlp1_bias"]])
+    r2.set_weights([w["repeat_mlp2_kernel"], w["repeat_mlp2_bias"]])
+    rl.set_weights([w["repeat_linear_kernel"], w["repeat_linear_bias"]])
+    for layer, ws in extra:
+        layer.set_weights(ws)
     d1.set_weights([w["tower1_kernel"], w["tower1_bias"]])
     d2.set_weights([w["tower2_kernel"], w["tower2_bias"]])
     du.set_weights([w["user_kernel"], w["user_bias"]])

@@ -12,9 +12,12 @@ Inputs of the model (names are the manifest's feature spec):
 - ``session_weights`` float [1, SESSION_LEN]: 1/n for each real session item.
 - ``context`` float [1, C]: local hour and weekday one-hots, store one-hot,
   demographic one-hots (with an "unknown" slot each), history/session sizes.
-- ``repeat_share`` / ``repeat_recency`` / ``repeat_decayed`` float [1, V]: the
-  shopper's own repeat-purchase signal per vocab item (share of baskets
-  containing it, exp(-days since last purchase / 21), 90-day decayed share).
+- ``repeat`` float [1, V, 4]: the shopper's own repeat-purchase signal per
+  vocab item, all 0 for items never bought: bought before (1), log share of
+  baskets containing it (6 + ln share, floored at 0), exp(-days since last
+  purchase / 21), log 90-day decayed share (6 + ln, floored at 0). Logs
+  because a softmax logit is a log-probability: a linear layer on them is
+  already personal top-frequency.
 """
 
 from __future__ import annotations
@@ -31,11 +34,13 @@ __all__ = [
     "HIST_LEN",
     "INPUT_NAMES",
     "MAX_REPEAT_ITEMS",
+    "REPEAT_FEATURES",
     "SESSION_LEN",
     "ContextSpec",
     "RepeatFeatures",
     "history_inputs",
     "repeat_features",
+    "repeat_matrix",
     "session_inputs",
 ]
 
@@ -51,10 +56,10 @@ INPUT_NAMES: tuple[str, ...] = (
     "session_items",
     "session_weights",
     "context",
-    "repeat_share",
-    "repeat_recency",
-    "repeat_decayed",
+    "repeat",
 )
+REPEAT_FEATURES = 4  # bought, log share, recency, log decayed share
+LOG_FLOOR = 6.0
 
 DEMOGRAPHIC_FIELDS: tuple[str, ...] = (
     "age",
@@ -225,3 +230,13 @@ def session_inputs(session_idx: list[int] | np.ndarray, out_items: np.ndarray, o
         out_items[:n] = np.asarray(seen) + 1
         out_w[:n] = 1.0 / n
     return n
+
+
+def repeat_matrix(rep: RepeatFeatures) -> np.ndarray:
+    """[n, REPEAT_FEATURES] rows for the ``repeat`` input at ``rep.items``."""
+    m = np.empty((len(rep.items), REPEAT_FEATURES), np.float32)
+    m[:, 0] = 1.0
+    m[:, 1] = np.maximum(LOG_FLOOR + np.log(np.maximum(rep.share, 1e-9)), 0.0)
+    m[:, 2] = rep.recency
+    m[:, 3] = np.maximum(LOG_FLOOR + np.log(np.maximum(rep.decayed, 1e-9)), 0.0)
+    return m

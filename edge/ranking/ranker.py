@@ -40,6 +40,7 @@ from edge.ranking.features import (
     ContextSpec,
     history_inputs,
     repeat_features,
+    repeat_matrix,
     session_inputs,
 )
 
@@ -251,8 +252,8 @@ class Ranker:
             buf = np.zeros(d["shape"], d["dtype"])
             self._in[n] = (d["index"], buf, float(scale), int(zp))
         V = len(self.vocabulary)
-        if self._in["repeat_share"][1].shape[-1] != V:
-            raise ModelError(f"model scores {self._in['repeat_share'][1].shape[-1]} items but the manifest "
+        if self._in["repeat"][1].shape[1] != V:
+            raise ModelError(f"model scores {self._in['repeat'][1].shape[1]} items but the manifest "
                              f"vocabulary has {V}")
         if self._in["context"][1].shape[-1] != self.context_spec.size:
             raise ModelError(f"input 'context' has {self._in['context'][1].shape[-1]} values but the context "
@@ -270,8 +271,7 @@ class Ranker:
         self._out_scores: dict[str, Any] = out_scores
         self._out_user: dict[str, Any] = out_user
         # templates for the sparse repeat inputs (zero point everywhere)
-        self._rep_tmpl = {n: np.full_like(self._in[n][1], self._in[n][3]) for n in
-                          ("repeat_share", "repeat_recency", "repeat_decayed")}
+        self._rep_tmpl = {"repeat": np.full_like(self._in["repeat"][1], self._in["repeat"][3])}
         self.quantized = np.dtype(self._in["context"][1].dtype) == np.int8
 
     # -- configuration ------------------------------------------------------
@@ -443,9 +443,7 @@ class Ranker:
             self._it.set_tensor(self._in["session_items"][0], si[None, :])
             self._set("session_weights", sw)
             self._set("context", ctx)
-            self._set_sparse("repeat_share", rep.items, rep.share)
-            self._set_sparse("repeat_recency", rep.items, rep.recency)
-            self._set_sparse("repeat_decayed", rep.items, rep.decayed)
+            self._set_sparse("repeat", rep.items, repeat_matrix(rep))
             self._it.invoke()
             out = self._it.get_tensor(self._out_scores["index"])[0]
             user = self._it.get_tensor(self._out_user["index"])[0]
@@ -538,6 +536,7 @@ class Ranker:
         lam = self.rerank.diversity
         if lam <= 0 or len(kept) <= k:
             return kept[:k]
+        kept = kept[: 4 * k]  # MMR over the head only: bounded cost on the hot path
         s = np.array([c[1] for c in kept], np.float64)
         span = float(s.max() - s.min()) or 1.0
         rel = (s - s.min()) / span

@@ -1,0 +1,102 @@
+"""``shelfcast bench ranking --json``: invoke and full-request latency on the whole catalogue, RSS."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from edge.cli import CommandRegistry, UserError, print_json
+
+__all__ = ["bench", "register"]
+
+
+def _rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError):  # pragma: no cover - non-Linux
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _pct(xs: list[float], q: float) -> float:
+    return round(float(np.percentile(np.asarray(xs), q)), 1)
+
+
+def bench(path: str | None = None, n_invoke: int = 3000, n_requests: int = 2000, baskets: int = 30,
+          seed: int = 0) -> dict[str, Any]:
+    """Single thread, full vocabulary, histories of ``baskets`` baskets drawn by item popularity."""
+    from edge.ranking.ranker import ModelError, Ranker, RecRequest, RerankConfig
+
+    try:
+        r = Ranker.load(path, rerank=RerankConfig())
+    except ModelError as exc:
+        raise UserError(f"cannot load the model: {exc}") from None
+    rng = np.random.default_rng(seed)
+    V = len(r.vocabulary)
+    p = r.popularity.astype(np.float64) + 1.0
+    p /= p.sum()
+    t0 = 1_700_000_000.0
+    profiles = [None, {"age": "45-54", "income": "50-74K", "household_size": "2", "kids_count": "0"}]
+    requests = []
+    lines_total = 0
+    for i in range(64):
+        own = rng.choice(V, 40, replace=False, p=p)  # a shopper's repertoire
+        hist: list[tuple[str, float, float]] = []
+        for b in range(baskets):
+            items = rng.choice(own, int(rng.integers(4, 15)), replace=False)
+            hist.extend((r.vocabulary[j], t0 + b * 5 * 86400.0, 1.0) for j in items)
+        lines_total += len(hist)
+        session = [r.vocabulary[j] for j in rng.choice(V, int(rng.integers(0, 5)), replace=False, p=p)]
+        requests.append(RecRequest(history=hist, session=session, store_id="367",
+                                   when=t0 + (baskets + 1) * 5 * 86400.0 + i * 600, profile=profiles[i % 2],
+                                   k=10))
+    for q in requests[:20]:  # warm up
+        r.recommend(q)
+    inv: list[float] = []
+    for _ in range(n_invoke):
+        s = time.perf_counter_ns()
+        r.invoke_only()
+        inv.append((time.perf_counter_ns() - s) / 1000)
+    rec: list[float] = []
+    for i in range(n_requests):
+        q = requests[i % len(requests)]
+        s = time.perf_counter_ns()
+        r.recommend(q)
+        rec.append((time.perf_counter_ns() - s) / 1000)
+    size = r.path.stat().st_size if r.path is not None else 0
+    return {
+        "catalog_items": V,
+        "invoke_p50_us": _pct(inv, 50), "invoke_p99_us": _pct(inv, 99),
+        "recommend_p50_us": _pct(rec, 50), "recommend_p99_us": _pct(rec, 99),
+        "rss_mb": round(_rss_mb(), 1),
+        "model_version": r.version, "model_bytes": size, "quantized_int8": bool(r.quantized),
+        "history_lines_mean": round(lines_total / len(requests), 1), "threads": 1,
+        "n_invoke": n_invoke, "n_requests": n_requests, "diversity": r.rerank.diversity,
+    }
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    res = bench(args.model, n_invoke=args.n_invoke, n_requests=args.n_requests, baskets=args.baskets)
+    if args.json:
+        print_json(res)
+    else:
+        for k, v in res.items():
+            sys.stdout.write(f"{k:22s} {v}\n")
+    return 0
+
+
+def register(reg: CommandRegistry) -> None:
+    p = reg.subcommand("bench", "ranking", "model invoke and recommend latency (µs), RSS; full catalogue", _cmd)
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p.add_argument("--model", default=None, help="model dir or .tflite (default: the bundled model)")
+    p.add_argument("--n-invoke", type=int, default=3000)
+    p.add_argument("--n-requests", type=int, default=2000)
+    p.add_argument("--baskets", type=int, default=30, help="baskets per synthetic shopper history")
