@@ -148,7 +148,7 @@ class SyncRoom:
         self._started = time.time()
         self._seq0 = 0
         self._pending0 = 0
-        self.queued_total: int | None = None  # set by stop(): outbox rows this run sent upstream
+        self.queued_total: int | None = None  # set by stop(): outbox rows this run queued upstream
 
     # -- model access (the recommender's reference is the one that serves) ------------
     def _get_model(self) -> Any:
@@ -201,8 +201,8 @@ class SyncRoom:
             pass
 
     def _final_drain(self, timeout: float) -> int:
-        """Drain until no new rows arrive meanwhile; returns the rows this run sent upstream
-        (backlog found at start + rows queued since − rows still pending)."""
+        """Drain until no new rows arrive meanwhile; returns the rows this run queued upstream
+        (backlog found at start + rows queued since). Minus ``outbox_pending()``: what was sent."""
         deadline = time.monotonic() + timeout
         try:
             q = self.queued()
@@ -212,7 +212,7 @@ class SyncRoom:
                 if q2 == q:
                     break
                 q = q2
-            return self._pending0 + q - self.store.outbox_pending()
+            return self._pending0 + q
         except Exception:
             return -1
 
