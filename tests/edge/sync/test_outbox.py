@@ -52,6 +52,26 @@ def test_big_events_are_split_under_the_128_kb_cap(mosquitto: Any, node_config: 
     assert len(raws) >= 5 and max(len(p) for p in raws) <= MAX  # ~1.3 MB raw, ~0.65 MB zlib: split
 
 
+def test_a_broker_with_a_smaller_packet_cap_gets_smaller_messages(mosquitto: Any, node_config: Any,
+                                                                  start_node: Any, upstream: Any) -> None:
+    mosquitto.extra = ["max_packet_size 20000"]  # announced in CONNACK as Maximum Packet Size
+    mosquitto.restart()
+    assert upstream.wait_for(lambda: upstream.c.is_connected(), 15)  # the listener re-subscribes
+    time.sleep(0.5)
+    node = start_node(node_config(mosquitto.url))
+    assert node.room.link.max_packet == 20000
+    ids = []
+    for i in range(200):
+        ev = ShopperEvent(session=os.urandom(600).hex(), sku=f"sku-{i}", action="pick", zone="dairy")
+        ids.append(ev.id)
+        node.store.append_event(ev, upstream=node.room.topics.events)
+    got = upstream.wait_for(lambda: len(upstream.of("/events")) >= 200 and upstream.of("/events"), 20)
+    assert got, (node.room.drainer.health(), node.room.link.health(), len(upstream.of("/events")))
+    assert [e["id"] for e in got] == ids
+    raws = [p for t, p, _ in upstream.raw if t.endswith("/events")]
+    assert max(len(p) for p in raws) <= 20000 - 512 and node.room.drainer.stats["refused"] == 0
+
+
 def test_backlog_is_bounded_oldest_low_value_first_and_counted(tmp_path: Path) -> None:
     with Store(tmp_path / "db.sqlite", flush_interval_ms=5) as store:
         for i in range(300):
