@@ -84,6 +84,7 @@ class VisionRoom:
         self._proc_ms = 0.0
         self._last_frame = 0.0
         self._n_tracks = 0
+        self._stalled = False
 
     # -- lifecycle ------------------------------------------------------------
     async def start(self) -> None:
@@ -243,8 +244,13 @@ class VisionRoom:
                 if self.status == "ok" and self._last_frame and \
                         time.time() - self._last_frame > self.cam.stream_timeout_s:
                     self.last_error = f"no frame for {self.cam.stream_timeout_s:g} s"
+                    self._stalled = True
                     self._set_status("reconnecting")
                 continue
+            if self._stalled:  # the stream came back by itself
+                self._stalled = False
+                self.last_error = ""
+                self._set_status("ok")
             frame, t = item
             t0 = time.perf_counter()
             try:

@@ -200,3 +200,37 @@ def test_source_kinds(source: str | int, kind: str) -> None:
     from edge.vision.sources import source_kind
 
     assert source_kind(source) == kind
+
+
+class _StallingSource(_FastSource):
+    """Delivers frames at 30/s, then hangs for 1.2 s once, then goes on (a congested network)."""
+
+    def read(self) -> tuple[np.ndarray, float] | None:
+        self.i += 1
+        time.sleep(1.2 if self.i == 20 else 1 / 30)
+        return self.frames[self.i % len(self.frames)], time.time()
+
+
+def test_a_stalled_stream_is_reported_and_recovers_by_itself() -> None:
+    scene = SyntheticScene(aisle_layout(), n_shoppers=2, seed=3)
+    frames = [scene.step(1 / 15)[0] for _ in range(10)]
+    cfg = _config(source="rtsp://cam/1", homography=scene.homography.tolist(), stream_timeout_s=0.5)
+    statuses: list[bool] = []
+
+    async def run() -> list[str]:
+        room = VisionRoom(cfg, lambda u: None, lambda z: None, on_status=statuses.append,
+                          source=_StallingSource(frames))
+        await room.start()
+        seen: list[str] = []
+        t_end = time.monotonic() + 3.0
+        while time.monotonic() < t_end:
+            st = room.health()["status"]
+            if not seen or seen[-1] != st:
+                seen.append(st)
+            await asyncio.sleep(0.02)
+        await room.stop()
+        return seen
+
+    seen = asyncio.run(run())
+    assert "reconnecting" in seen and seen[-1] == "ok"
+    assert statuses[:3] == [True, False, True]
