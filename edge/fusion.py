@@ -47,7 +47,6 @@ import itertools
 import logging
 import math
 import re
-import statistics
 import threading
 import time
 import uuid
@@ -69,6 +68,7 @@ _HASH_RE = re.compile(r"^[0-9a-f]{64}$")
 LOST_AFTER_S = 1.0  # a track without updates this long is lost (its session may still be handed off)
 TRACK_HISTORY_S = 10.0
 CLOSED_KEPT = 1000
+QUICK_REJECT_M = 2.5  # a track last seen farther than reach + this from a shelf cannot have picked there
 MOTION_PENALTY_S = 0.4  # metres of distance added per m/s of walking speed around the pick
 
 
@@ -420,13 +420,25 @@ class Fusion:
         sx, sy = shelf.position
         lo, hi = t - self.cfg.time_tolerance_s, t + 0.25
         cands: list[tuple[float, int]] = []
+        far = shelf.reach_m + QUICK_REJECT_M
         for track, h in self._hist.items():
             if not h or h[-1][0] < lo:
                 continue
-            pts = [(ts, x, y) for (ts, x, y) in h if lo <= ts <= hi]
+            _, lx, ly = h[-1]
+            if abs(lx - sx) > far or abs(ly - sy) > far:
+                continue  # nobody walks that far back into reach within the window
+            pts: list[tuple[float, float, float]] = []
+            for p in reversed(h):  # newest first; stop at the window's start
+                if p[0] < lo:
+                    break
+                if p[0] <= hi:
+                    pts.append(p)
             if not pts:
                 continue
-            d = statistics.median(math.hypot(x - sx, y - sy) for (_, x, y) in pts)
+            pts.reverse()
+            ds = sorted([math.hypot(x - sx, y - sy) for (_, x, y) in pts])
+            n = len(ds)
+            d = ds[n // 2] if n % 2 else 0.5 * (ds[n // 2 - 1] + ds[n // 2])
             if d > shelf.reach_m:
                 continue
             # picking means standing still: someone walking past scores as if farther away
