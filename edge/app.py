@@ -154,7 +154,8 @@ class Node:
 
     def _build_rooms(self) -> None:
         """Rooms that need an open store are built after it starts."""
-        self.recommender = Recommender(self.config, self.store, self.bus, model=load_model_scorer(self.config))
+        self.recommender = Recommender(self.config, self.store, self.bus,
+                                       model=load_model_scorer(self.config, self.store))
         self.rooms.append(self.recommender)
         self.rooms.append(self.screens)
         if self.config.shelves.enabled:  # shelf controllers over serial: ShelfEvent onto the bus
@@ -247,14 +248,17 @@ class Node:
         }
 
 
-def load_model_scorer(config: NodeConfig) -> Any:
-    """The model ranker adapter, or None (fallback only) when no model can be loaded."""
+def load_model_scorer(config: NodeConfig, store: Store | None = None) -> Any:
+    """The model ranker adapter, or None (fallback only) when no model can be loaded.
+
+    With ``store`` the ranker recommends only products of the node's catalogue (a screen cannot show
+    a name or price for anything else) and sees live stock."""
     try:
         from edge.ranking.adapter import load_scorer
     except ImportError:
         return None
     try:
-        return load_scorer(config)
+        return load_scorer(config, store=store)
     except Exception as exc:
         log.warning("no model loaded (%s); serving popularity by zone and hour", exc)
         return None

@@ -7,13 +7,21 @@ plus ``<topic_prefix>/<store>/<node>/signage/status`` (retained ``online`` /
 
 Only the latest set per screen matters, so nothing is queued while the broker
 is away: the publisher keeps the latest payload per screen and republishes all
-of them (retained) on every (re)connect. paho's network thread reconnects with
-exponential backoff (1 s … ``reconnect_max_s``); the HTTP side never waits on
-it. No broker configured: the publisher is disabled and says so in health.
+of them (retained) on every (re)connect, with exponential backoff (1 s …
+``reconnect_max_s``) between attempts; the HTTP side never waits on it. No
+broker configured: the publisher is disabled and says so in health.
+
+paho runs on the node's event loop (``loop_read`` on the socket's reader,
+``loop_write`` when the socket has room, ``loop_misc`` every second), not on
+its own network thread: a publish is then one ``send`` from the loop, with no
+thread to wake and no GIL hand-off per set. Only the blocking TCP connect runs
+in a worker thread, before the socket is handed to the loop.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -49,6 +57,11 @@ class ScreenPublisher:
         self._reconnect_max = max(1, int(reconnect_max_s))
         self._topic_cache: dict[str, str] = {}
         self._stopping = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._fd: Any = None
+        self._writing = False
+        self.since: float | None = None
         if url is None:
             return
         u = urlparse(url)
@@ -61,7 +74,6 @@ class ScreenPublisher:
         if u.scheme == "mqtts":
             c.tls_set(ca_certs=ca_file, certfile=cert_file, keyfile=key_file)
         c.will_set(self.status_topic, b"offline", qos=1, retain=True)
-        c.reconnect_delay_set(1, self._reconnect_max)
         c.max_queued_messages_set(1000)  # only while connected (we skip publishing when offline)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
@@ -78,24 +90,115 @@ class ScreenPublisher:
         return t
 
     def start(self) -> None:
+        """Begin connecting (call on the event loop); returns at once."""
         if self._client is None:
             return
-        self._client.connect_async(self._host, self._port, keepalive=self._keepalive)
-        self._client.loop_start()
+        self._loop = asyncio.get_running_loop()
+        self._task = self._loop.create_task(self._run(), name="signage-mqtt")
 
-    def stop(self) -> None:
+    async def aclose(self) -> None:
         c = self._client
         if c is None:
             return
         self._stopping = True
-        try:
-            if self.connected:
-                c.publish(self.status_topic, b"offline", qos=1, retain=True).wait_for_publish(1.0)
-        except Exception:  # best effort on the way out
-            pass
-        c.disconnect()
-        c.loop_stop()
+        if self.connected:
+            with contextlib.suppress(Exception):  # best effort on the way out
+                c.publish(self.status_topic, b"offline", qos=1, retain=True)
+                c.disconnect()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self._unwatch()
         self.connected = False
+
+    def stop(self) -> None:
+        """Synchronous stop for callers without a loop (tests, tools)."""
+        if self._client is not None and self._loop is not None and not self._loop.is_closed():
+            self._stopping = True
+            self._unwatch()
+            with contextlib.suppress(Exception):
+                self._client.disconnect()
+            self.connected = False
+
+    async def _run(self) -> None:
+        """Connect, serve the socket on the loop until it drops, back off, repeat. Never exits on its own."""
+        assert self._client is not None and self._loop is not None
+        c, loop = self._client, self._loop
+        delay = 1.0
+        while not self._stopping:
+            try:
+                await loop.run_in_executor(None, c.connect, self._host, self._port, self._keepalive)
+            except (OSError, ValueError) as exc:
+                self.last_error = f"cannot reach the local broker {self.url}: {exc}"
+                self.stats["errors"] += 1
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, float(self._reconnect_max))
+                continue
+            sock = c.socket()
+            if sock is None:
+                await asyncio.sleep(delay)
+                continue
+            self._fd = sock
+            loop.add_reader(sock, self._on_readable)
+            self._want_write()
+            try:
+                while c.socket() is sock and not self._stopping:
+                    await asyncio.sleep(1.0)
+                    if c.loop_misc() != mqtt.MQTT_ERR_SUCCESS:
+                        break
+            finally:
+                self._unwatch()
+            if self.connected:  # lost without paho noticing a clean close
+                self._mark_down("connection lost")
+            delay = 1.0 if self.stats["connects"] else min(delay * 2, float(self._reconnect_max))
+            if not self._stopping:
+                await asyncio.sleep(delay)
+
+    def _on_readable(self) -> None:
+        c = self._client
+        assert c is not None
+        if c.loop_read() != mqtt.MQTT_ERR_SUCCESS or c.socket() is None:
+            self._unwatch()
+            if self.connected:
+                self._mark_down("connection lost")
+
+    def _on_writable(self) -> None:
+        c = self._client
+        assert c is not None
+        c.loop_write()
+        self._want_write()
+
+    def _want_write(self) -> None:
+        """paho writes at once when it can; keep a writer only while it has something left to send."""
+        c, loop = self._client, self._loop
+        if c is None or loop is None or self._fd is None:
+            return
+        if c.want_write() and not self._writing:
+            loop.add_writer(self._fd, self._on_writable)
+            self._writing = True
+        elif not c.want_write() and self._writing:
+            loop.remove_writer(self._fd)
+            self._writing = False
+
+    def _unwatch(self) -> None:
+        if self._fd is not None and self._loop is not None and not self._loop.is_closed():
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(self._fd)
+            if self._writing:
+                with contextlib.suppress(Exception):
+                    self._loop.remove_writer(self._fd)
+        self._writing = False
+        self._fd = None
+
+    def _mark_down(self, why: str) -> None:
+        if self.connected and not self._stopping:
+            self.stats["disconnects"] += 1
+            log.warning("local broker %s lost (%s); reconnecting with backoff", self.url, why)
+        self.connected = False
+        self.last_error = f"disconnected: {why}"
+        self.since = time.time()
 
     def publish(self, screen: str, data: bytes) -> bool:
         """Remember ``data`` as the screen's latest and publish it retained if connected. Never blocks."""
@@ -112,9 +215,11 @@ class ScreenPublisher:
             self.stats["errors"] += 1
             return False
         self.stats["published"] += 1
+        if self._writing or c.want_write():
+            self._want_write()
         return True
 
-    # -- paho callbacks (its network thread) ---------------------------------------------
+    # -- paho callbacks (on the loop, from loop_read / loop_misc) ----------------------------
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if getattr(reason, "is_failure", False):
             self.last_error = f"broker refused the connection: {reason}"
@@ -129,15 +234,11 @@ class ScreenPublisher:
         for screen, data in latest:
             client.publish(self.topic(screen), data, qos=1, retain=True)
             self.stats["published"] += 1
+        self._want_write()
         log.info("local broker %s connected; %d screen topics republished", self.url, len(latest))
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        if self.connected and not self._stopping:
-            self.stats["disconnects"] += 1
-            log.warning("local broker %s lost (%s); reconnecting with backoff", self.url, reason)
-        self.connected = False
-        self.last_error = f"disconnected: {reason}"
-        self.since = time.time()
+        self._mark_down(str(reason))
 
     def health(self) -> dict[str, Any]:
         if self._client is None:

@@ -133,7 +133,7 @@ class SignageRoom:
         with contextlib.suppress(Exception):  # what has been on screen long enough is an impression
             self.feedback.tick()
         await self.stop_http()
-        await asyncio.to_thread(self.mqtt.stop)
+        await self.mqtt.aclose()
 
     async def stop_http(self) -> None:
         """Close the HTTP side (clients see the link drop; MQTT and displays go on)."""

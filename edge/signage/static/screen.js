@@ -60,8 +60,9 @@
     var items = (known.length ? known : d.items).slice(0, 5);
     var h = items[0];
     $("headline").innerHTML = d.session ? "Picked <em>for you</em>" : "Popular in <em>" + esc(zoneName(d.zone)) + "</em> right now";
-    $("hero").innerHTML = tile(h.icon) + '<div class="name" data-sku="' + esc(h.sku) + '">' + esc(title(h.name)) +
-      '</div><div class="price">' + price(h.price) + '</div><div class="reason">' + esc(h.reason) + "</div>";
+    $("hero").innerHTML = '<div class="top">' + tile(h.icon) + '<div class="price">' + price(h.price) + "</div></div>" +
+      '<div class="name" data-sku="' + esc(h.sku) + '">' + esc(title(h.name)) + "</div>" +
+      '<div class="reason">' + esc(h.reason) + "</div>";
     $("hero").dataset.sku = h.sku;
     var rows = "";
     for (var i = 1; i < items.length; i++) {
