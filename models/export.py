@@ -61,9 +61,14 @@ def side_data(prep: Prepared, weights: Path) -> bytes:
     return buf.getvalue()
 
 
+# Post-model blend weights on the repeat features (bought, log share, recency, log decayed share),
+# chosen on the validation split (train weeks 1–41, evaluate 42–47); see docs/model-card.md.
+REPEAT_BLEND: tuple[float, float, float, float] = (0.0, 2.0, 0.0, 3.0)
+
+
 def export(prep: Prepared, run_dir: Path, out_dir: Path, *, version: str | None = None,
            metrics: dict[str, Any] | None = None, source: str = "Dunnhumby The Complete Journey",
-           which: str = "int8") -> Path:
+           which: str = "int8", repeat_blend: tuple[float, ...] = REPEAT_BLEND) -> Path:
     """Write ``out_dir``/{model.tflite, items.npz, manifest.json}; returns the manifest path."""
     model_bytes = (run_dir / f"model_{which}.tflite").read_bytes()
     side = side_data(prep, run_dir / "weights.npz")
@@ -94,6 +99,7 @@ def export(prep: Prepared, run_dir: Path, out_dir: Path, *, version: str | None 
         },
         "attributes": {**{ATTR_NAMES[k]: prep.meta["attribute_values"][ATTR_NAMES[k]] for k in ATTR_NAMES},
                        "price_band_edges": prep.meta["price_band_edges"]},
+        "rerank": {"repeat_blend": [float(x) for x in repeat_blend]},
         "metrics": metrics or {},
         "vocabulary": prep.vocab_skus(),
     }

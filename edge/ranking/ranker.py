@@ -182,6 +182,9 @@ class Ranker:
         self._new_b = np.zeros(0, np.float32)
         self._new_cat = np.zeros(0, np.int32)
         self._tie = -np.linspace(0.0, 1e-3, V, dtype=np.float32)
+        # post-model blend with the shopper's own repeat features (tuned on the validation split)
+        blend = manifest.get("rerank", {}).get("repeat_blend")
+        self.repeat_blend = np.asarray(blend, np.float32) if blend is not None else None
 
     # -- loading -----------------------------------------------------------
     @classmethod
@@ -443,12 +446,15 @@ class Ranker:
             self._it.set_tensor(self._in["session_items"][0], si[None, :])
             self._set("session_weights", sw)
             self._set("context", ctx)
-            self._set_sparse("repeat", rep.items, repeat_matrix(rep))
+            rmat = repeat_matrix(rep)
+            self._set_sparse("repeat", rep.items, rmat)
             self._it.invoke()
             out = self._it.get_tensor(self._out_scores["index"])[0]
             user = self._it.get_tensor(self._out_user["index"])[0]
         scale, zp = self._out_scores["quantization"]
         scores = (out.astype(np.float32) - zp) * scale if scale else out.astype(np.float32)
+        if self.repeat_blend is not None and len(rep.items):
+            scores[rep.items] += rmat @ self.repeat_blend
         uscale, uzp = self._out_user["quantization"]
         u = (user.astype(np.float32) - uzp) * uscale if uscale else user.astype(np.float32)
         return scores, u, rep, sess_idx
