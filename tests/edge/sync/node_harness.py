@@ -45,7 +45,7 @@ def main() -> None:
         assert spec is not None and spec.loader is not None
         fakes = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(fakes)
-        edge.app.load_model_scorer = lambda config: fakes.FakeScorer("v1")  # type: ignore[assignment]
+        edge.app.load_model_scorer = lambda config, *a, **k: fakes.FakeScorer("v1")  # type: ignore[assignment]
         edge.sync.room.default_loader = lambda config, store=None: fakes.load  # type: ignore[assignment]
 
     config = NodeConfig.model_validate(json.loads(args.config.read_text()))
