@@ -58,6 +58,7 @@ class BenchOptions:
     screens: int = 50  # connected SSE screen clients
     mqtt: bool = True
     shelves: int = 4
+    model: bool = True  # False: rank with the popularity fallback only (isolates the rest of the path)
 
 
 def _free_port() -> int:
@@ -152,6 +153,9 @@ async def _run(opts: BenchOptions) -> dict[str, Any]:
         config = bench_config(tmp / "node", ports, broker.url if broker else None, opts.shelves)
         node = Node(config)
         await node.start()
+        if not opts.model and node.recommender is not None:
+            node.recommender.model = None
+        model_version = getattr(node.recommender.model if node.recommender else None, "version", None)
         units_g = []
         for sh in config.layout.shelves:
             units_g.append([float(node.store.product(sl.sku or "").unit_weight_g or 250.0)  # type: ignore[union-attr]
@@ -326,6 +330,7 @@ async def _run(opts: BenchOptions) -> dict[str, Any]:
         "sse_frames": hub_stats["frames_sent"],
         "sse_superseded": hub_stats["superseded"],
         "mqtt": bool(broker),
+        "model_version": model_version or "fallback",
         "mqtt_published": mq.get("published"),
         "node_cpu_ms_per_event": round(cpu_s * 1000 / detected, 3) if detected else None,
         "node_cpu_util": round(cpu_s / sent_s, 2) if sent_s else None,  # cores busy in the node process

@@ -25,6 +25,8 @@ def register(reg: CommandRegistry) -> None:
     p.add_argument("--duration", type=float, default=10.0, metavar="SECONDS", help="measured seconds (default 10)")
     p.add_argument("--screens", type=int, default=50, metavar="N", help="connected SSE screens (default 50)")
     p.add_argument("--no-mqtt", action="store_true", help="skip the local Mosquitto broker")
+    p.add_argument("--no-model", action="store_true",
+                   help="rank with the popularity fallback (measures the rest of the path without the model)")
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -59,7 +61,8 @@ def _bench(args: argparse.Namespace) -> int:
         raise UserError("--duration must be between 0 and 600 seconds")
     if not 0 <= args.screens <= 500:
         raise UserError("--screens must be between 0 and 500")
-    result = run(BenchOptions(rate=args.rate, duration=args.duration, screens=args.screens, mqtt=not args.no_mqtt))
+    result = run(BenchOptions(rate=args.rate, duration=args.duration, screens=args.screens, mqtt=not args.no_mqtt,
+                              model=not args.no_model))
     if args.json:
         print_json(result)
     else:
