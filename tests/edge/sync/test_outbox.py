@@ -146,6 +146,7 @@ def wait(pred: Any, timeout: float, what: str) -> Any:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@pytest.mark.slow
 def test_node_kill9_mid_stream_then_restart_loses_nothing_accepted(mosquitto: Any, node_config: Any,
                                                                    tmp_path: Path) -> None:
     out = tmp_path / "ingest"

@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from edge.sync.link import LinkSettings
 from edge.sync.publish import build_release, publish_release
 from edge.sync.topics import Topics
@@ -54,6 +56,7 @@ def kill9(p: subprocess.Popen[bytes]) -> None:
     p.wait(10)
 
 
+@pytest.mark.slow
 def test_kill9_during_chunk_staging_resumes_and_installs(mosquitto: Any, node_config: Any, keys: Any, fakes: Any,
                                                           tmp_path: Path) -> None:
     config = node_config(mosquitto.url, public_key=keys.public_path)
@@ -86,6 +89,7 @@ def test_kill9_during_chunk_staging_resumes_and_installs(mosquitto: Any, node_co
     assert json.loads((Path(config.node.data_dir) / "models" / "active.json").read_text())["version"] == "v2"
 
 
+@pytest.mark.slow
 def test_kill9_during_a_model_swap_never_leaves_a_broken_model(mosquitto: Any, node_config: Any, keys: Any,
                                                                fakes: Any, tmp_path: Path) -> None:
     config = node_config(mosquitto.url, public_key=keys.public_path)
