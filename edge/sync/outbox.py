@@ -121,6 +121,7 @@ class OutboxDrainer:
         self._retries = 0
         self._next_poll = 0.0
         self.flushing = False
+        self.flush_until = 0.0  # monotonic: partial batches leave at once until then (the flush_outbox command)
         self.stats = {"batches": 0, "events": 0, "bytes": 0, "compressed": 0, "acked_events": 0,
                       "refused": 0, "resends": 0, "oversize": 0}
 
@@ -182,7 +183,7 @@ class OutboxDrainer:
                 self._next_poll = now + self.o.poll_s
                 break
             age = time.time() - float(rows[0]["created"])
-            if (len(rows) < self.o.batch_max_events and not self.flushing
+            if (len(rows) < self.o.batch_max_events and not self.flushing and now >= self.flush_until
                     and age < self.o.batch_max_age_ms / 1000.0):
                 # a young partial batch: let it fill up; look again when it is due (or when it may be full)
                 self._next_poll = now + max(self.o.poll_s, self.o.batch_max_age_ms / 1000.0 - age)

@@ -213,6 +213,7 @@ class ReleaseManager:
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sync-release")
         self._busy: set[tuple[str, str]] = set()
         self._staging_reported: set[tuple[str, str]] = set()
+        self._stall_reported: dict[tuple[str, str], float] = {}
         self.previous: ModelSlot | None = None
         self.current: ModelSlot | None = None
         self.stats = {"chunks": 0, "chunks_skipped": 0, "refused": 0, "applied": 0, "rollbacks": 0}
@@ -327,6 +328,32 @@ class ReleaseManager:
                         self._maybe_complete(kind_dir.name, d.name)
                     except Exception as exc:
                         log.warning("cannot resume staged release %s: %s", d, exc)
+
+    def check_stalled(self, after_s: float = 600.0, every_s: float = 3600.0) -> list[str]:
+        """Report (at most hourly) releases whose staging has not moved for ``after_s``: which chunks are missing."""
+        out = []
+        now = time.time()
+        for kind_dir in self.staging.iterdir() if self.staging.exists() else []:
+            for d in kind_dir.iterdir():
+                try:
+                    m, n = self.staged(kind_dir.name, d.name)
+                    idle = now - max(p.stat().st_mtime for p in [d, *d.iterdir()])
+                except (OSError, ValueError):
+                    continue
+                if m is None or n >= m.chunks or idle < after_s:
+                    continue
+                key = (kind_dir.name, d.name)
+                if now - self._stall_reported.get(key, 0.0) < every_s:
+                    continue
+                self._stall_reported[key] = now
+                have = {int(p.stem) for p in d.glob("*.chunk")}
+                missing = [i for i in range(m.chunks) if i not in have]
+                shown = ", ".join(str(i) for i in missing[:20]) + (" …" if len(missing) > 20 else "")
+                detail = (f"stalled: {n} of {m.chunks} chunks staged, none for {idle / 60:.0f} min; missing {shown} "
+                          "(re-publish the release)")
+                self.report(kind_dir.name, d.name, "staging", False, detail)
+                out.append(detail)
+        return out
 
     def wait_idle(self, timeout: float = 30.0) -> None:
         self._worker.submit(lambda: None).result(timeout)

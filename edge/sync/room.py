@@ -255,6 +255,7 @@ class SyncRoom:
                 if now - last_canary >= 60.0:
                     last_canary = now
                     self.canary.persist()
+                    await asyncio.to_thread(self.releases.check_stalled)
             except Exception:
                 log.exception("sync housekeeping failed")
 
@@ -401,7 +402,7 @@ class SyncRoom:
             self.link.publish(self.topics.state, self._state_payload, qos=1, retain=True)
             done(True, "state republished")
         elif cmd.command == "flush_outbox":
-            self.drainer.flushing = True
+            self.drainer.flush_until = time.monotonic() + 10.0
             done(True, f"{self._pending()} events pending")
         elif cmd.command == "ping":
             done(True, "pong")

@@ -169,3 +169,17 @@ def test_swap_drops_no_request_and_a_model_failing_after_the_swap_is_rolled_back
     rolled = wait_step(upstream, steps, "v3", "rolled_back")
     assert "automatic" in rolled[0][2]
     assert node.rec.model.version == "v2"
+
+
+def test_a_stalled_staging_is_reported_with_the_missing_chunks(node: Any, mosquitto: Any, upstream: Any,
+                                                               steps: Any, keys: Any, fakes: Any,
+                                                               tmp_path: Path) -> None:
+    rel = build_release("model", fakes.write_model(tmp_path / "v4", "v4"), None, keys.private, chunk_size=64 * 1024)
+    chunks = rel.chunks()
+    publish(mosquitto, rel, chunks=chunks[:2])  # the link dropped before the rest
+    wait_step(upstream, steps, "v4", "staging")
+    assert node.room.releases.check_stalled(after_s=0.0)
+    stalled = upstream.wait_for(lambda: [s for s in steps(upstream, "v4") if s[0] == "staging" and not s[1]])
+    assert stalled and "missing 2, 3" in stalled[0][2], steps(upstream, "v4")
+    assert node.rec.model.version == "v1"
+    assert not node.room.releases.check_stalled(after_s=0.0)  # not again within the hour
