@@ -53,6 +53,10 @@ def side_data(prep: Prepared, weights: Path) -> bytes:
         "item_emb": np.rint(127 * w["out_table"] / np.maximum(
             np.linalg.norm(w["out_table"], axis=1, keepdims=True), 1e-6)).astype(np.int8),
     }
+    # the sparse repeat term, evaluated by the node for the shopper's own items (float32, tiny except rep_item)
+    for k in ("repeat_mlp1_kernel", "repeat_mlp1_bias", "repeat_mlp2_kernel", "repeat_mlp2_bias",
+              "repeat_linear_kernel", "repeat_linear_bias", "rep_item"):
+        arrays[k] = w[k].astype(np.float32)
     for k in ATTRS:
         arrays[f"attr_out_{k}"] = w[f"attr_out_{k}"].astype(np.float32)
         arrays[f"attr_b_{k}"] = w[f"attr_b_{k}"].astype(np.float32)

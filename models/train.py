@@ -257,7 +257,7 @@ def save_weights(model: Any, out: Path, cfg: TrainConfig, meta: dict[str, Any]) 
 
 
 def inference_model(w: dict[str, np.ndarray], C: int) -> Any:
-    """The node's Keras model: same math as training, item tables baked in."""
+    """The node's Keras model: same math as training (minus the sparse repeat term), item tables baked in."""
     _tf()
     import keras
     from keras import ops
@@ -266,12 +266,11 @@ def inference_model(w: dict[str, np.ndarray], C: int) -> Any:
 
     V1, D = w["in_table"].shape
     V = V1 - 1
-    hi = keras.Input((HIST_LEN,), dtype="int32", name="hist_items")
-    hw = keras.Input((HIST_LEN,), name="hist_weights")
-    si = keras.Input((SESSION_LEN,), dtype="int32", name="session_items")
-    sw = keras.Input((SESSION_LEN,), name="session_weights")
-    ctx = keras.Input((C,), name="context")
-    rp = keras.Input((V, REPEAT_FEATURES), name="repeat")
+    hi = keras.Input((HIST_LEN,), batch_size=1, dtype="int32", name="hist_items")
+    hw = keras.Input((HIST_LEN,), batch_size=1, name="hist_weights")
+    si = keras.Input((SESSION_LEN,), batch_size=1, dtype="int32", name="session_items")
+    sw = keras.Input((SESSION_LEN,), batch_size=1, name="session_weights")
+    ctx = keras.Input((C,), batch_size=1, name="context")
     emb = keras.layers.Embedding(V1, D, name="item_in", embeddings_initializer=keras.initializers.Constant(
         w["in_table"]))
     # one GATHER for history and session: a second lookup would duplicate the table in the .tflite
@@ -289,12 +288,6 @@ def inference_model(w: dict[str, np.ndarray], C: int) -> Any:
     z = d2(d1(z))
     u = du(z)
     g = dg(z)
-    A = w["rep_item"]
-    r1 = keras.layers.Dense(w["repeat_mlp1_bias"].shape[0], activation="relu", name="repeat_mlp1")
-    r2 = keras.layers.Dense(1, name="repeat_mlp2")
-    rl = keras.layers.Dense(1, name="repeat_linear")
-    rep = (r2(r1(rp)) + rl(rp))[..., 0] + rp[..., 0] * ops.convert_to_tensor(A[0][None, :]) + \
-        rp[..., 1] * ops.convert_to_tensor(A[1][None, :])
     neural = dout(u)
     extra = []
     if "wide_kernel" in w:
@@ -305,11 +298,10 @@ def inference_model(w: dict[str, np.ndarray], C: int) -> Any:
         so = keras.layers.Dense(V, use_bias=False, name="session_out")
         neural = neural + so(s)
         extra.append((so, [w["session_out_kernel"]]))
-    scores = neural + g * rep
-    model = keras.Model([hi, hw, si, sw, ctx, rp], [scores, u], name="shelfcast_ranker")
-    r1.set_weights([w["repeat_mlp1_kernel"], w["repeat_mlp1_bias"]])
-    r2.set_weights([w["repeat_mlp2_kernel"], w["repeat_mlp2_bias"]])
-    rl.set_weights([w["repeat_linear_kernel"], w["repeat_linear_bias"]])
+    # The repeat term (g · f(repeat features) for the items this shopper bought) is not in the graph: the
+    # node adds it in numpy for those ≤ 256 items (``edge.ranking.ranker``), from the side file. Inside
+    # the graph it needed a [V, 4] input and a per-item MLP over all 10k rows: ~1 ms per invoke.
+    model = keras.Model([hi, hw, si, sw, ctx], [neural, u, g], name="shelfcast_ranker")
     for layer, ws in extra:
         layer.set_weights(ws)
     d1.set_weights([w["tower1_kernel"], w["tower1_bias"]])

@@ -12,7 +12,8 @@ Inputs of the model (names are the manifest's feature spec):
 - ``session_weights`` float [1, SESSION_LEN]: 1/n for each real session item.
 - ``context`` float [1, C]: local hour and weekday one-hots, store one-hot,
   demographic one-hots (with an "unknown" slot each), history/session sizes.
-- ``repeat`` float [1, V, 4]: the shopper's own repeat-purchase signal per
+- the repeat term (computed on the node for the items the shopper bought,
+  not a model input; see ``repeat_matrix``) uses, per
   vocab item, all 0 for items never bought: bought before (1), log share of
   baskets containing it (6 + ln share, floored at 0), exp(-days since last
   purchase / 21), log 90-day decayed share (6 + ln, floored at 0). Logs
@@ -56,7 +57,6 @@ INPUT_NAMES: tuple[str, ...] = (
     "session_items",
     "session_weights",
     "context",
-    "repeat",
 )
 REPEAT_FEATURES = 4  # bought, log share, recency, log decayed share
 LOG_FLOOR = 6.0

@@ -177,6 +177,19 @@ class Ranker:
         self._attr_b = {k: np.asarray(side[f"attr_b_{k}"], np.float32) for k in
                         ("dept", "cat", "ptype", "brand", "price_band")}
         self._cat_names = list(manifest["attributes"].get("category", []))
+        try:
+            self._rw1 = np.asarray(side["repeat_mlp1_kernel"], np.float32)
+            self._rb1 = np.asarray(side["repeat_mlp1_bias"], np.float32)
+            self._rw2 = np.asarray(side["repeat_mlp2_kernel"], np.float32)[:, 0]
+            self._rb2 = float(np.asarray(side["repeat_mlp2_bias"])[0])
+            self._rwl = np.asarray(side["repeat_linear_kernel"], np.float32)[:, 0]
+            self._rbl = float(np.asarray(side["repeat_linear_bias"])[0])
+            self._ritem = np.asarray(side["rep_item"], np.float32)
+        except KeyError as exc:
+            raise ModelError(f"side file lacks {exc}: re-export the model") from None
+        if self._ritem.shape != (2, V):
+            raise ModelError(f"side file repeat weights cover {self._ritem.shape[1]} items, vocabulary has {V}")
+        self._rep0 = float(np.maximum(self._rb1, 0) @ self._rw2) + self._rb2 + self._rbl
         self._new_skus: list[str] = []
         self._new_W = np.zeros((0, emb.shape[1]), np.float32)
         self._new_b = np.zeros(0, np.float32)
@@ -255,26 +268,29 @@ class Ranker:
             buf = np.zeros(d["shape"], d["dtype"])
             self._in[n] = (d["index"], buf, float(scale), int(zp))
         V = len(self.vocabulary)
-        if self._in["repeat"][1].shape[1] != V:
-            raise ModelError(f"model scores {self._in['repeat'][1].shape[1]} items but the manifest "
-                             f"vocabulary has {V}")
         if self._in["context"][1].shape[-1] != self.context_spec.size:
             raise ModelError(f"input 'context' has {self._in['context'][1].shape[-1]} values but the context "
                              f"spec describes {self.context_spec.size}")
         out_scores: dict[str, Any] | None = None
         out_user: dict[str, Any] | None = None
+        out_gate: dict[str, Any] | None = None
         for o in outs:
-            if list(o["shape"]) == [1, V]:
+            shape = [int(x) for x in o["shape"]]
+            if shape == [1, 1]:
+                out_gate = o
+            elif len(shape) == 2 and shape[1] >= 1000:
                 out_scores = o
-            elif len(o["shape"]) == 2:
+            elif len(shape) == 2:
                 out_user = o
-        if out_scores is None or out_user is None:
-            raise ModelError(f"model outputs {[list(o['shape']) for o in outs]} do not include scores [1, {V}] "
-                             "and a user vector")
+        if out_scores is not None and int(out_scores["shape"][1]) != V:
+            raise ModelError(f"model scores {int(out_scores['shape'][1])} items but the manifest vocabulary "
+                             f"has {V}")
+        if out_scores is None or out_user is None or out_gate is None:
+            raise ModelError(f"model outputs {[list(o['shape']) for o in outs]} are not scores [1, {V}], "
+                             "a user vector and a repeat gate [1, 1]")
         self._out_scores: dict[str, Any] = out_scores
         self._out_user: dict[str, Any] = out_user
-        # templates for the sparse repeat inputs (zero point everywhere)
-        self._rep_tmpl = {"repeat": np.full_like(self._in["repeat"][1], self._in["repeat"][3])}
+        self._out_gate: dict[str, Any] = out_gate
         self.quantized = np.dtype(self._in["context"][1].dtype) == np.int8
 
     # -- configuration ------------------------------------------------------
@@ -407,16 +423,6 @@ class Ranker:
             buf[0] = values
         self._it.set_tensor(index, buf)
 
-    def _set_sparse(self, name: str, items: np.ndarray, values: np.ndarray) -> None:
-        index, buf, scale, zp = self._in[name]
-        if buf.dtype == np.int8:
-            np.copyto(buf, self._rep_tmpl[name])
-            buf[0, items] = np.clip(np.rint(values / scale) + zp, -128, 127).astype(np.int8)
-        else:
-            buf.fill(0.0)
-            buf[0, items] = values
-        self._it.set_tensor(index, buf)
-
     def _invoke(self, req: RecRequest) -> tuple[np.ndarray, np.ndarray, Any, list[int]]:
         t, hour, wd = self._when(req.when)
         idx, td = self._history(req.history)
@@ -446,15 +452,21 @@ class Ranker:
             self._it.set_tensor(self._in["session_items"][0], si[None, :])
             self._set("session_weights", sw)
             self._set("context", ctx)
-            rmat = repeat_matrix(rep)
-            self._set_sparse("repeat", rep.items, rmat)
             self._it.invoke()
             out = self._it.get_tensor(self._out_scores["index"])[0]
             user = self._it.get_tensor(self._out_user["index"])[0]
+            gate = self._it.get_tensor(self._out_gate["index"])[0]
         scale, zp = self._out_scores["quantization"]
         scores = (out.astype(np.float32) - zp) * scale if scale else out.astype(np.float32)
-        if self.repeat_blend is not None and len(rep.items):
-            scores[rep.items] += rmat @ self.repeat_blend
+        if len(rep.items):
+            gs, gz = self._out_gate["quantization"]
+            g = float((float(gate[0]) - gz) * gs) if gs else float(gate[0])
+            rmat = repeat_matrix(rep)
+            f = np.maximum(rmat @ self._rw1 + self._rb1, 0.0) @ self._rw2 + self._rb2 + rmat @ self._rwl + self._rbl
+            f += rmat[:, 0] * self._ritem[0, rep.items] + rmat[:, 1] * self._ritem[1, rep.items]
+            scores[rep.items] += g * (f - self._rep0)
+            if self.repeat_blend is not None:
+                scores[rep.items] += rmat @ self.repeat_blend
         uscale, uzp = self._out_user["quantization"]
         u = (user.astype(np.float32) - uzp) * uscale if uscale else user.astype(np.float32)
         return scores, u, rep, sess_idx

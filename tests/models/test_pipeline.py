@@ -45,7 +45,7 @@ def test_release_loads_with_the_node_ranker(run: dict[str, Path]) -> None:
     man = json.loads((run["rel"] / "manifest.json").read_text())
     assert man["training_data"]["train_weeks"] == [1, 47]
     names = {i["name"] for i in man["feature_spec"]["inputs"]}
-    assert {"hist_items", "session_items", "context", "repeat"} <= names
+    assert {"hist_items", "hist_weights", "session_items", "session_weights", "context"} == names
     assert all(i["dtype"] in ("int8", "int32") for i in man["feature_spec"]["inputs"])
     recs = r.recommend(RecRequest(history=[(r.vocabulary[0], 1.5e9, 1.0)], store_id="301", k=5))
     assert len(recs) == 5
