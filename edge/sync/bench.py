@@ -272,6 +272,6 @@ async def _run(rate: float, outage_s: float, before_s: float, after_s: float, pr
         "batches": room.drainer.stats["batches"],
         "resent_events": room.drainer.stats["resends"],
         "drained": ok,
-        "ids": "time-ordered" if ordered_ids else "uuid4",
+        "ids": "time-ordered (bench)" if ordered_ids else "edge.events.new_id",
         "total_s": round(t_end - t0, 2),
     }
