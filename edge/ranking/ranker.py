@@ -103,7 +103,7 @@ class RerankConfig:
     drop_session_items: bool = True  # just picked up: the shopper has it already
     new_items: bool = True  # score products outside the vocabulary from their attributes
     catalogue_only: bool = False  # only recommend skus given via set_products
-    candidates: int = 60
+    candidates: int = 40
 
 
 def make_interpreter(model_bytes: bytes, threads: int = 1) -> Any:
@@ -153,6 +153,7 @@ class Ranker:
         self._names: dict[str, str] = {}
         self._catalogue: set[str] | None = None
         self._catalogue_idx: np.ndarray | None = None
+        self._hist_cache: tuple[Any, int, np.ndarray, np.ndarray, int] | None = None
 
         try:
             self._it = make_interpreter(model_bytes)
@@ -387,6 +388,26 @@ class Ranker:
         return t, dt.hour, dt.weekday()
 
     def _history(self, history: Sequence[tuple[str, Any, float]]) -> tuple[np.ndarray, np.ndarray]:
+        """(vocab index, time in days) per valid line; cached for the same history object (a visit's
+        profile history is the same tuple on every request of that visit)."""
+        hit = self._hist_cache
+        if hit is not None and hit[0] is history and hit[1] == len(history):
+            self.stats["unknown_sku"] += hit[4]
+            return hit[2], hit[3]
+        try:  # fast path: well-formed lines with numeric times
+            get = self._index.get
+            idx = np.fromiter((get(line[0], -1) for line in history), np.int64, len(history))
+            td = np.fromiter((line[1] for line in history), np.float64, len(history)) / 86400.0
+            if not np.isfinite(td).all():
+                raise ValueError
+            unknown = int((idx < 0).sum())
+        except (TypeError, ValueError, IndexError):
+            idx, td, unknown = self._history_slow(history)
+        self.stats["unknown_sku"] += unknown
+        self._hist_cache = (history, len(history), idx, td, unknown)
+        return idx, td
+
+    def _history_slow(self, history: Sequence[tuple[str, Any, float]]) -> tuple[np.ndarray, np.ndarray, int]:
         n = len(history)
         idx = np.empty(n, np.int64)
         td = np.empty(n, np.float64)
@@ -411,8 +432,7 @@ class Ranker:
             idx[m] = i
             td[m] = w / 86400.0
             m += 1
-        self.stats["unknown_sku"] += unknown
-        return idx[:m], td[:m]
+        return idx[:m], td[:m], unknown
 
     def _set(self, name: str, values: np.ndarray) -> None:
         index, buf, scale, zp = self._in[name]
@@ -557,20 +577,15 @@ class Ranker:
         kept = kept[: 4 * k]  # MMR over the head only: bounded cost on the hot path
         s = np.array([c[1] for c in kept], np.float64)
         span = float(s.max() - s.min()) or 1.0
-        rel = (s - s.min()) / span
-        cats = [c[2] for c in kept]
+        base = (1 - lam) * (s - s.min()) / span
+        cats = np.array([c[2] for c in kept])
+        penalty = np.zeros(len(kept))
         chosen: list[int] = []
-        used: dict[int, int] = {}
-        remaining = list(range(len(kept)))
-        while remaining and len(chosen) < k:
-            best, best_v = remaining[0], -1e9
-            for j in remaining:
-                v = (1 - lam) * rel[j] - lam * (1.0 if used.get(cats[j], 0) else 0.0)
-                if v > best_v:
-                    best, best_v = j, v
-            chosen.append(best)
-            used[cats[best]] = used.get(cats[best], 0) + 1
-            remaining.remove(best)
+        for _ in range(min(k, len(kept))):
+            j = int(np.argmax(base - penalty))
+            chosen.append(j)
+            base[j] = -np.inf
+            penalty[cats == cats[j]] = lam  # MMR with "same category" as the similarity
         return [kept[j] for j in chosen]
 
     def _name(self, sku: str) -> str:
