@@ -57,6 +57,11 @@ def side_data(prep: Prepared, weights: Path) -> bytes:
     for k in ("repeat_mlp1_kernel", "repeat_mlp1_bias", "repeat_mlp2_kernel", "repeat_mlp2_bias",
               "repeat_linear_kernel", "repeat_linear_bias", "rep_item"):
         arrays[k] = w[k].astype(np.float32)
+    if "wide_kernel" in w:  # [C, V] context → item path, int8 with one scale per context value
+        wk = w["wide_kernel"].astype(np.float32)
+        scale = np.maximum(np.abs(wk).max(axis=1), 1e-12) / 127.0
+        arrays["wide_q"] = np.rint(wk / scale[:, None]).astype(np.int8)
+        arrays["wide_scale"] = scale.astype(np.float32)
     for k in ATTRS:
         arrays[f"attr_out_{k}"] = w[f"attr_out_{k}"].astype(np.float32)
         arrays[f"attr_b_{k}"] = w[f"attr_b_{k}"].astype(np.float32)

@@ -256,7 +256,7 @@ def save_weights(model: Any, out: Path, cfg: TrainConfig, meta: dict[str, Any]) 
     (out / "train.json").write_text(json.dumps({"config": asdict(cfg), **meta}))
 
 
-def inference_model(w: dict[str, np.ndarray], C: int) -> Any:
+def inference_model(w: dict[str, np.ndarray], C: int, wide_in_graph: bool = False) -> Any:
     """The node's Keras model: same math as training (minus the sparse repeat term), item tables baked in."""
     _tf()
     import keras
@@ -290,7 +290,9 @@ def inference_model(w: dict[str, np.ndarray], C: int) -> Any:
     g = dg(z)
     neural = dout(u)
     extra = []
-    if "wide_kernel" in w:
+    # The wide context → item path is a [C, V] matrix times a one-hot-ish context: as an int8
+    # FULLY_CONNECTED it cost ~200 µs per invoke; the node adds it as a ~12-row gather from the side file.
+    if "wide_kernel" in w and wide_in_graph:
         wide = keras.layers.Dense(V, use_bias=False, name="wide")
         neural = neural + wide(ctx)
         extra.append((wide, [w["wide_kernel"]]))

@@ -190,6 +190,11 @@ class Ranker:
             raise ModelError(f"side file lacks {exc}: re-export the model") from None
         if self._ritem.shape != (2, V):
             raise ModelError(f"side file repeat weights cover {self._ritem.shape[1]} items, vocabulary has {V}")
+        self._wide_q = np.asarray(side["wide_q"]) if "wide_q" in side else None
+        self._wide_scale = np.asarray(side["wide_scale"], np.float32) if "wide_scale" in side else None
+        if self._wide_q is not None and self._wide_q.shape != (self.context_spec.size, V):
+            raise ModelError(f"side file wide path has shape {list(self._wide_q.shape)}, expected "
+                             f"[{self.context_spec.size}, {V}]")
         self._rep0 = float(np.maximum(self._rb1, 0) @ self._rw2) + self._rb2 + self._rbl
         self._new_skus: list[str] = []
         self._new_W = np.zeros((0, emb.shape[1]), np.float32)
@@ -466,6 +471,10 @@ class Ranker:
             self.stats["clamped"] += bad
             self._warn_once("context", "unknown or out-of-range context values (profile/hour/weekday) "
                                        "were clamped to 'unknown'")
+        wide = None
+        if self._wide_q is not None and self._wide_scale is not None:
+            nz = np.flatnonzero(ctx)
+            wide = (ctx[nz] * self._wide_scale[nz]) @ self._wide_q[nz].astype(np.float32)
         with self._lock:
             self._it.set_tensor(self._in["hist_items"][0], hi[None, :])
             self._set("hist_weights", hw)
@@ -478,6 +487,8 @@ class Ranker:
             gate = self._it.get_tensor(self._out_gate["index"])[0]
         scale, zp = self._out_scores["quantization"]
         scores = (out.astype(np.float32) - zp) * scale if scale else out.astype(np.float32)
+        if wide is not None:
+            scores += wide
         if len(rep.items):
             gs, gz = self._out_gate["quantization"]
             g = float((float(gate[0]) - gz) * gs) if gs else float(gate[0])
