@@ -280,14 +280,12 @@ class Ranker:
         out_scores: dict[str, Any] | None = None
         out_user: dict[str, Any] | None = None
         out_gate: dict[str, Any] | None = None
+        two_d = [o for o in outs if len(o["shape"]) == 2 and int(o["shape"][1]) > 1]
         for o in outs:
-            shape = [int(x) for x in o["shape"]]
-            if shape == [1, 1]:
+            if [int(x) for x in o["shape"]] == [1, 1]:
                 out_gate = o
-            elif len(shape) == 2 and shape[1] >= 1000:
-                out_scores = o
-            elif len(shape) == 2:
-                out_user = o
+        if len(two_d) == 2:  # scores = the wider one (vocabulary), user vector = the other
+            out_scores, out_user = sorted(two_d, key=lambda o: -int(o["shape"][1]))
         if out_scores is not None and int(out_scores["shape"][1]) != V:
             raise ModelError(f"model scores {int(out_scores['shape'][1])} items but the manifest vocabulary "
                              f"has {V}")
