@@ -38,9 +38,12 @@ __all__ = [
     "REPEAT_FEATURES",
     "SESSION_LEN",
     "ContextSpec",
+    "HistoryStructure",
     "RepeatFeatures",
     "history_inputs",
+    "history_structure",
     "repeat_features",
+    "repeat_from_structure",
     "repeat_matrix",
     "session_inputs",
 ]
@@ -170,6 +173,57 @@ _EMPTY_F = np.zeros(0, np.float32)
 EMPTY_REPEAT = RepeatFeatures(_EMPTY_I, _EMPTY_F, _EMPTY_F, _EMPTY_F, 0)
 
 
+@dataclass(frozen=True, slots=True)
+class HistoryStructure:
+    """The time-independent part of the repeat features (cacheable per visit)."""
+
+    tb: np.ndarray  # distinct basket times (days), ascending
+    items: np.ndarray  # distinct vocab items bought
+    inv: np.ndarray  # per (item, basket) pair: position in ``items``
+    bk: np.ndarray  # per pair: basket position in ``tb``
+    count: np.ndarray  # baskets containing each item
+    last_b: np.ndarray  # latest basket position per item
+
+
+def history_structure(idx: np.ndarray, t_days: np.ndarray) -> HistoryStructure | None:
+    """Group history lines into baskets (same time = one basket); None for an empty history."""
+    if len(t_days) == 0:
+        return None
+    tb, binv = np.unique(t_days, return_inverse=True)
+    n_b = len(tb)
+    valid = idx >= 0
+    if not valid.any():
+        return HistoryStructure(tb, _EMPTY_I, _EMPTY_I, _EMPTY_I, _EMPTY_I, _EMPTY_I)
+    pair = np.unique(idx[valid].astype(np.int64) * n_b + binv[valid])
+    items, inv = np.unique(pair // n_b, return_inverse=True)
+    bk = pair % n_b
+    count = np.bincount(inv, minlength=len(items))
+    last_b = np.zeros(len(items), np.int64)
+    np.maximum.at(last_b, inv, bk)
+    return HistoryStructure(tb, items, inv, bk, count, last_b)
+
+
+def repeat_from_structure(st: HistoryStructure | None, now_days: float,
+                          max_items: int = MAX_REPEAT_ITEMS) -> RepeatFeatures:
+    """Repeat features at time ``now_days``; lines after it count as age 0."""
+    if st is None:
+        return EMPTY_REPEAT
+    n_b = len(st.tb)
+    if len(st.items) == 0:
+        return RepeatFeatures(_EMPTY_I, _EMPTY_F, _EMPTY_F, _EMPTY_F, n_b)
+    age = np.maximum(now_days - st.tb, 0.0)
+    wb = np.exp(-age / DECAY_DAYS)
+    items = st.items
+    decayed = np.bincount(st.inv, weights=wb[st.bk], minlength=len(items)) / wb.sum()
+    share = st.count / n_b
+    recency = np.exp(-age[st.last_b] / RECENCY_DAYS)
+    if len(items) > max_items:
+        keep = np.argsort(-decayed, kind="stable")[:max_items]
+        items, share, recency, decayed = items[keep], share[keep], recency[keep], decayed[keep]
+    return RepeatFeatures(items, share.astype(np.float32), recency.astype(np.float32),
+                          decayed.astype(np.float32), n_b)
+
+
 def repeat_features(idx: np.ndarray, t_days: np.ndarray, now_days: float,
                     max_items: int = MAX_REPEAT_ITEMS) -> RepeatFeatures:
     """Repeat signal from history lines.
@@ -178,30 +232,7 @@ def repeat_features(idx: np.ndarray, t_days: np.ndarray, now_days: float,
     in days; lines with the same time form one basket. Lines after ``now_days``
     count as age 0.
     """
-    if len(t_days) == 0:
-        return EMPTY_REPEAT
-    tb, binv = np.unique(t_days, return_inverse=True)
-    n_b = len(tb)
-    age = np.maximum(now_days - tb, 0.0)
-    wb = np.exp(-age / DECAY_DAYS)
-    valid = idx >= 0
-    if not valid.any():
-        return RepeatFeatures(_EMPTY_I, _EMPTY_F, _EMPTY_F, _EMPTY_F, n_b)
-    pair = np.unique(idx[valid].astype(np.int64) * n_b + binv[valid])
-    items_all = pair // n_b
-    bk = pair % n_b
-    items, inv = np.unique(items_all, return_inverse=True)
-    count = np.bincount(inv, minlength=len(items))
-    decayed = np.bincount(inv, weights=wb[bk], minlength=len(items)) / wb.sum()
-    last = np.full(len(items), np.inf)
-    np.minimum.at(last, inv, age[bk])
-    share = count / n_b
-    recency = np.exp(-last / RECENCY_DAYS)
-    if len(items) > max_items:
-        keep = np.argsort(-decayed, kind="stable")[:max_items]
-        items, share, recency, decayed = items[keep], share[keep], recency[keep], decayed[keep]
-    return RepeatFeatures(items, share.astype(np.float32), recency.astype(np.float32),
-                          decayed.astype(np.float32), n_b)
+    return repeat_from_structure(history_structure(idx, t_days), now_days, max_items)
 
 
 def history_inputs(rep: RepeatFeatures, out_items: np.ndarray, out_w: np.ndarray) -> None:

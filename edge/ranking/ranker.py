@@ -38,8 +38,10 @@ from edge.ranking.features import (
     INPUT_NAMES,
     SESSION_LEN,
     ContextSpec,
+    HistoryStructure,
     history_inputs,
-    repeat_features,
+    history_structure,
+    repeat_from_structure,
     repeat_matrix,
     session_inputs,
 )
@@ -153,7 +155,7 @@ class Ranker:
         self._names: dict[str, str] = {}
         self._catalogue: set[str] | None = None
         self._catalogue_idx: np.ndarray | None = None
-        self._hist_cache: tuple[Any, int, np.ndarray, np.ndarray, int] | None = None
+        self._hist_cache: tuple[Any, int, HistoryStructure | None, int] | None = None
 
         try:
             self._it = make_interpreter(model_bytes)
@@ -273,6 +275,7 @@ class Ranker:
             scale, zp = d["quantization"]
             buf = np.zeros(d["shape"], d["dtype"])
             self._in[n] = (d["index"], buf, float(scale), int(zp))
+            self._it.set_tensor(d["index"], buf)  # defined inputs before the first request
         V = len(self.vocabulary)
         if self._in["context"][1].shape[-1] != self.context_spec.size:
             raise ModelError(f"input 'context' has {self._in['context'][1].shape[-1]} values but the context "
@@ -390,13 +393,13 @@ class Ranker:
         dt = datetime.fromtimestamp(t, self.tz)
         return t, dt.hour, dt.weekday()
 
-    def _history(self, history: Sequence[tuple[str, Any, float]]) -> tuple[np.ndarray, np.ndarray]:
-        """(vocab index, time in days) per valid line; cached for the same history object (a visit's
-        profile history is the same tuple on every request of that visit)."""
+    def _history(self, history: Sequence[tuple[str, Any, float]]) -> HistoryStructure | None:
+        """Baskets and items of the history; cached for the same history object (a visit's profile
+        history is the same tuple on every request of that visit)."""
         hit = self._hist_cache
         if hit is not None and hit[0] is history and hit[1] == len(history):
-            self.stats["unknown_sku"] += hit[4]
-            return hit[2], hit[3]
+            self.stats["unknown_sku"] += hit[3]
+            return hit[2]
         try:  # fast path: well-formed lines with numeric times
             get = self._index.get
             idx = np.fromiter((get(line[0], -1) for line in history), np.int64, len(history))
@@ -407,8 +410,9 @@ class Ranker:
         except (TypeError, ValueError, IndexError):
             idx, td, unknown = self._history_slow(history)
         self.stats["unknown_sku"] += unknown
-        self._hist_cache = (history, len(history), idx, td, unknown)
-        return idx, td
+        st = history_structure(idx, td)
+        self._hist_cache = (history, len(history), st, unknown)
+        return st
 
     def _history_slow(self, history: Sequence[tuple[str, Any, float]]) -> tuple[np.ndarray, np.ndarray, int]:
         n = len(history)
@@ -448,8 +452,7 @@ class Ranker:
 
     def _invoke(self, req: RecRequest) -> tuple[np.ndarray, np.ndarray, Any, list[int]]:
         t, hour, wd = self._when(req.when)
-        idx, td = self._history(req.history)
-        rep = repeat_features(idx, td, t / 86400.0)
+        rep = repeat_from_structure(self._history(req.history), t / 86400.0)
         sess_idx: list[int] = []
         for s in req.session:
             i = self._index.get(s if isinstance(s, str) else str(s), -1)
