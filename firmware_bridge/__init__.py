@@ -37,6 +37,21 @@ Simulator (tests, demo, benchmarks)::
 ``python -m firmware_bridge.sim --controllers N`` does the same from a shell.
 """
 
-from firmware_bridge.room import CommandError, ShelfBridge
+from typing import Any
 
 __all__ = ["CommandError", "ShelfBridge"]
+
+
+_LAZY = {
+    "CommandError": "firmware_bridge.room",
+    "ShelfBridge": "firmware_bridge.room",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import on first use: ``shelfcast`` commands start fast and load only the rooms they run."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,6 +11,20 @@
 - ``bench``: ``shelfcast bench e2e`` (pty → driver → ranking → SSE + MQTT).
 """
 
-from edge.signage.room import SignageRoom
+from typing import Any
 
 __all__ = ["SignageRoom"]
+
+
+_LAZY = {
+    "SignageRoom": "edge.signage.room",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import on first use: ``shelfcast`` commands start fast and load only the rooms they run."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,10 +16,7 @@ Public API (stable; see each module's docstring):
 - CLI: ``shelfcast calibrate camera`` and ``shelfcast bench vision`` (``edge.vision.cli``).
 """
 
-from edge.vision.calibration import Calibration, CalibrationError, compute_homography
-from edge.vision.pipeline import FrameResult, Pipeline
-from edge.vision.room import VisionRoom
-from edge.vision.scene import GroundTruth, Pick, ShopperTruth, SyntheticScene, aisle_layout
+from typing import Any
 
 __all__ = [
     "Calibration",
@@ -34,3 +31,27 @@ __all__ = [
     "aisle_layout",
     "compute_homography",
 ]
+
+
+_LAZY = {
+    "Calibration": "edge.vision.calibration",
+    "CalibrationError": "edge.vision.calibration",
+    "compute_homography": "edge.vision.calibration",
+    "FrameResult": "edge.vision.pipeline",
+    "Pipeline": "edge.vision.pipeline",
+    "VisionRoom": "edge.vision.room",
+    "GroundTruth": "edge.vision.scene",
+    "Pick": "edge.vision.scene",
+    "ShopperTruth": "edge.vision.scene",
+    "SyntheticScene": "edge.vision.scene",
+    "aisle_layout": "edge.vision.scene",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import on first use: ``shelfcast`` commands start fast and load only the rooms they run."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
