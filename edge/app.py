@@ -1,8 +1,10 @@
 """The composition root: builds the rooms from one config, starts them in
 order and stops them in mirror order (as Frigate's ``app.py`` does).
 
-Start order follows the data: store → recommend (ranking) → shelves →
-vision → fusion → signage → sync. Fusion always runs (shelf-only without a
+Start order: the store first, then every consumer before the producers that
+feed it — recommend (ranking) → screens → signage → fusion → vision →
+shelves → sync — so no event is published before its subscriber exists;
+``stop()`` runs the list backwards (producers stop first). Fusion always runs (shelf-only without a
 camera); vision runs with ``camera.enabled`` (a ``synthetic`` source needs
 ``node.synthetic_scene``, which the demo provides). Each room is an object with
 ``async start()``, ``async stop()`` and ``health() -> dict``; rooms talk only
@@ -156,22 +158,26 @@ class Node:
         """Rooms that need an open store are built after it starts."""
         self.recommender = Recommender(self.config, self.store, self.bus,
                                        model=load_model_scorer(self.config, self.store))
+        # Consumers start before the producers that feed them, so nothing is published into the void
+        # while the node comes up; stop() runs this list backwards, so producers stop first and the
+        # last events still find their consumers on the way down.
         self.rooms.append(self.recommender)
         self.rooms.append(self.screens)
-        if self.config.shelves.enabled:  # shelf controllers over serial: ShelfEvent onto the bus
-            from firmware_bridge import ShelfBridge
-
-            self.shelves = ShelfBridge(self.config, self.bus.publish, planogram=self._planogram,
-                                       ports=self.extra_shelf_ports)
-            self.rooms.append(self.shelves)
-        self._build_vision_and_fusion()
         if self.config.signage.enabled:
             from edge.signage import SignageRoom
 
             self.signage = SignageRoom(
                 self.config, self.store, self.bus, self.screens, self.recommender, health=self.health,
-                displays=lambda: next((r for r in self.rooms if callable(getattr(r, "show", None))), None))
+                displays=lambda: self.shelves)
             self.rooms.append(self.signage)
+        if self.config.shelves.enabled:  # built before fusion so signage can reach the shelf displays
+            from firmware_bridge import ShelfBridge
+
+            self.shelves = ShelfBridge(self.config, self.bus.publish, planogram=self._planogram,
+                                       ports=self.extra_shelf_ports)
+        self._build_vision_and_fusion()
+        if self.shelves is not None:  # shelf controllers over serial: ShelfEvent onto the bus
+            self.rooms.append(self.shelves)
         if self.config.mqtt.cloud.url:  # cloud sync: outbox up; releases, deltas, commands down (edge/sync)
             from edge.sync.room import SyncRoom
 
@@ -184,6 +190,7 @@ class Node:
         from edge.fusion import Fusion
 
         self.fusion = Fusion(self.config, self.bus.publish, bus=self.bus)
+        self.rooms.append(self.fusion)  # before the camera and shelves that feed it
         cam = self.config.camera
         if cam.enabled and cam.source == "synthetic" and self.synthetic_scene is None:
             log.info("camera.source is 'synthetic' but no scene was given (only `shelfcast demo` makes one); "
@@ -197,7 +204,6 @@ class Node:
             if self.recommender is not None:
                 self.recommender.locator = self.fusion  # screens serve the nearest tracked shopper
         self.fusion.camera_ok = False  # until the vision room reports frames
-        self.rooms.append(self.fusion)
 
     async def start(self) -> None:
         self.started_at = time.time()
