@@ -189,18 +189,29 @@ def history_structure(idx: np.ndarray, t_days: np.ndarray) -> HistoryStructure |
     """Group history lines into baskets (same time = one basket); None for an empty history."""
     if len(t_days) == 0:
         return None
-    tb, binv = np.unique(t_days, return_inverse=True)
+    tb, binv = _unique_inverse(t_days)
     n_b = len(tb)
     valid = idx >= 0
     if not valid.any():
         return HistoryStructure(tb, _EMPTY_I, _EMPTY_I, _EMPTY_I, _EMPTY_I, _EMPTY_I)
     pair = np.unique(idx[valid].astype(np.int64) * n_b + binv[valid])
-    items, inv = np.unique(pair // n_b, return_inverse=True)
+    items, inv = _unique_inverse(pair // n_b)  # pair is sorted: item-major, basket-minor
     bk = pair % n_b
     count = np.bincount(inv, minlength=len(items))
-    last_b = np.zeros(len(items), np.int64)
-    np.maximum.at(last_b, inv, bk)
+    last_b = bk[np.r_[np.flatnonzero(np.diff(inv)), len(inv) - 1]]  # last pair of each item = latest basket
     return HistoryStructure(tb, items, inv, bk, count, last_b)
+
+
+def _unique_inverse(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(x, return_inverse=True)`` without the sort when ``x`` is already non-decreasing
+    (history lines usually come in time order; pairs always do)."""
+    if len(x) > 1 and not (x[1:] >= x[:-1]).all():
+        return np.unique(x, return_inverse=True)
+    new = np.empty(len(x), bool)
+    new[:1] = True
+    np.not_equal(x[1:], x[:-1], out=new[1:])
+    inv = np.cumsum(new) - 1
+    return x[new], inv
 
 
 def repeat_from_structure(st: HistoryStructure | None, now_days: float,

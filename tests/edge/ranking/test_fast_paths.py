@@ -1,0 +1,110 @@
+"""The recommend hot path's shortcuts give the same answers as the plain versions they replaced."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edge.ranking import Ranker, RecRequest, RerankConfig
+from edge.ranking.features import history_structure
+from edge.ranking.ranker import _top_m
+
+T0 = 1_700_000_000.0
+DAY = 86400.0
+
+
+def _plain_structure(idx: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, ...]:
+    tb, binv = np.unique(t, return_inverse=True)
+    n_b = len(tb)
+    valid = idx >= 0
+    pair = np.unique(idx[valid].astype(np.int64) * n_b + binv[valid])
+    items, inv = np.unique(pair // n_b, return_inverse=True)
+    bk = pair % n_b
+    last_b = np.zeros(len(items), np.int64)
+    np.maximum.at(last_b, inv, bk)
+    return tb, items, inv, bk, np.bincount(inv, minlength=len(items)), last_b
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+def test_history_structure_matches_plain_unique(ordered: bool) -> None:
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        n = int(rng.integers(1, 300))
+        t = rng.integers(0, 25, n).astype(np.float64)
+        if ordered:
+            t.sort()
+        idx = rng.integers(-1, 60, n)
+        st = history_structure(idx, t)
+        assert st is not None
+        if not (idx >= 0).any():
+            continue
+        for want, got in zip(_plain_structure(idx, t), (st.tb, st.items, st.inv, st.bk, st.count, st.last_b),
+                             strict=True):
+            assert want.dtype == got.dtype and np.array_equal(want, got)
+
+
+def test_top_m_is_the_argpartition_set() -> None:
+    rng = np.random.default_rng(2)
+    for m in (1, 13, 53, 400, 700, 10_000):
+        s = rng.standard_normal(10_000).astype(np.float32)
+        got = _top_m(s, m)
+        want = np.argpartition(-s, m - 1)[:m]
+        assert len(got) == m and set(got.tolist()) == set(want.tolist())
+    flat = np.zeros(10_000, np.float32)  # all tied: still m distinct indices
+    assert len(set(_top_m(flat, 53).tolist())) == 53
+
+
+def _plain_mmr(kept: list[tuple[str, float, int, int]], k: int, lam: float) -> list[tuple[str, float, int, int]]:
+    if lam <= 0 or len(kept) <= k:
+        return kept[:k]
+    kept = kept[: 4 * k]
+    s = np.array([c[1] for c in kept], np.float64)
+    span = float(s.max() - s.min()) or 1.0
+    base = (1 - lam) * (s - s.min()) / span
+    cats = np.array([c[2] for c in kept])
+    penalty = np.zeros(len(kept))
+    chosen: list[int] = []
+    for _ in range(min(k, len(kept))):
+        j = int(np.argmax(base - penalty))
+        chosen.append(j)
+        base[j] = -np.inf
+        penalty[cats == cats[j]] = lam
+    return [kept[j] for j in chosen]
+
+
+@pytest.fixture(scope="module")
+def ranker() -> Ranker:
+    return Ranker.load()
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.1, 0.3, 0.7, 1.0])
+def test_mmr_matches_the_numpy_version(ranker: Ranker, lam: float) -> None:
+    rng = np.random.default_rng(3)
+    ranker.rerank.diversity = lam
+    try:
+        for _ in range(300):
+            n = int(rng.integers(1, 60))
+            scores = np.round(rng.standard_normal(n) * 3, int(rng.integers(0, 3)))  # rounding makes ties
+            scores = sorted(scores.tolist(), reverse=True)
+            kept = [(f"s{i}", float(v), int(rng.integers(0, 6)), i) for i, v in enumerate(scores)]
+            k = int(rng.integers(1, 15))
+            assert ranker._mmr(kept, k) == _plain_mmr(kept, k, lam)
+    finally:
+        ranker.rerank.diversity = RerankConfig().diversity
+
+
+def test_stock_is_looked_up_only_for_the_head() -> None:
+    r = Ranker.load()
+    asked: list[str] = []
+
+    def stock(sku: str) -> int | None:
+        asked.append(sku)
+        return None
+
+    req = RecRequest(history=[(r.vocabulary[i], T0 + b * 7 * DAY, 1.0) for b in range(5) for i in (3, 40, 77)],
+                     store_id="367", k=5)
+    before = [x.sku for x in r.recommend(req)]
+    r.set_stock_lookup(stock)
+    after = [x.sku for x in r.recommend(req)]
+    assert after == before
+    assert 0 < len(asked) <= 4 * 5  # MMR sees the first 4k survivors; nothing past them is looked up
