@@ -249,6 +249,7 @@ def test_permission_denied_for_a_real_unprivileged_user_names_the_fix() -> None:
     if os.geteuid() != 0 or shutil.which("setpriv") is None:
         pytest.skip("needs root and setpriv to drop to an unprivileged user")
     master, slave = os.openpty()
+    restore: list[tuple[str, int]] = []
     try:
         path = os.ttyname(slave)
         os.chmod(path, 0o600)
@@ -264,6 +265,15 @@ def test_permission_denied_for_a_real_unprivileged_user_names_the_fix() -> None:
             "asyncio.run(main())\n"
         )
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        # A checkout under `mktemp -d` (mode 0700) is not traversable by `nobody`: grant traverse-only (o+x)
+        # on the ancestors of the checkout and the interpreter that lack it, for this test only.
+        for d in {root, os.path.dirname(os.path.realpath(sys.executable))}:
+            while d not in ("", "/"):
+                mode = os.stat(d).st_mode
+                if not mode & 0o001:
+                    os.chmod(d, mode | 0o001)
+                    restore.append((d, mode))
+                d = os.path.dirname(d)
         r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
                             code], capture_output=True, text=True, cwd=root, timeout=60,
                            env={**os.environ, "PYTHONPATH": root, "HOME": "/tmp"})
@@ -274,5 +284,7 @@ def test_permission_denied_for_a_real_unprivileged_user_names_the_fix() -> None:
         assert h["status"] == "degraded"
         assert "permission denied" in r.stderr  # logged once, at ERROR
     finally:
+        for d, mode in reversed(restore):
+            os.chmod(d, mode & 0o7777)
         os.close(master)
         os.close(slave)
