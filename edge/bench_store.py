@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from edge.events import ShopperEvent
+from edge.procstats import io_write_bytes
 from edge.store import Product, Profile, Store
 
 
@@ -39,7 +40,7 @@ def run(events: int = 5000, rate: float = 1000.0, flush_interval_ms: int = 500) 
             store.submit(lambda c: None).result(5)
             _checkpoint(path)  # the seed data's checkpoint must not count against the events
             os.sync()
-            io0 = _io_write_bytes()
+            io0 = io_write_bytes()
             lat: list[float] = []
             done: list[float] = []
             interval = 1.0 / rate
@@ -60,7 +61,8 @@ def run(events: int = 5000, rate: float = 1000.0, flush_interval_ms: int = 500) 
             done.append(elapsed)
             store.flush()
             os.sync()
-            written = _io_write_bytes() - io0
+            io1 = io_write_bytes()
+            written = None if io0 is None or io1 is None else io1 - io0
             # hot reads
             reads: dict[str, list[float]] = {"product": [], "stock": [], "planogram": [], "profile": []}
             store.set_planogram([("s1", 0, "1")]).result(5)
@@ -95,7 +97,7 @@ def run(events: int = 5000, rate: float = 1000.0, flush_interval_ms: int = 500) 
         "commit_latency_p99_ms": _pct(lat, 99),
         "events_per_s": round(events / done[0], 1),
         "batches": health["batches"],
-        "bytes_written_per_1000_events": int(written * 1000 / events),
+        "bytes_written_per_1000_events": None if written is None else int(written * 1000 / events),
         **{f"read_{k}_p50_us": _pct(v, 50) for k, v in reads.items()},
         **{f"read_{k}_p99_us": _pct(v, 99) for k, v in reads.items()},
         "count_query_p50_ms": _pct(q, 50),
@@ -112,17 +114,6 @@ def _checkpoint(path: Path) -> None:
     conn = sqlite3.connect(path)
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
-
-
-def _io_write_bytes() -> int:
-    """Bytes this process sent to the block layer (Linux /proc/self/io): what the SD card sees."""
-    try:
-        for line in Path("/proc/self/io").read_text().splitlines():
-            if line.startswith("write_bytes:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 def main(args: argparse.Namespace) -> int:

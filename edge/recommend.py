@@ -83,8 +83,9 @@ class Recommender:
         self.tz = ZoneInfo(config.node.timezone)
         self.k = config.model.k
         self.visits: dict[str, VisitState] = {}
+        home = _home_zones(config)
         self.fallback = PopularityRanker(
-            (p.sku, p.sales_heat, _home_zone(config, p.sku)) for p in store.products().values()
+            (p.sku, p.sales_heat, home.get(p.sku)) for p in store.products().values()
         )
         self._screens_by_zone: dict[str, list[str]] = {}
         for sc in config.layout.screens:
@@ -156,10 +157,6 @@ class Recommender:
                 self.bus.publish(dataclasses.replace(rs, screen=other, seq=self._seq))
 
     # -- ranking -------------------------------------------------------------
-    def screen_for(self, zone: str | None) -> str | None:
-        screens = self._screens_by_zone.get(zone or "", ())
-        return screens[0] if screens else None
-
     def screens_for(self, v: VisitState) -> list[str]:
         """The screens of ``v``'s zone that ``v`` is the nearest present shopper to."""
         screens = self._screens_by_zone.get(v.zone or "")
@@ -284,9 +281,11 @@ class Recommender:
         return len(old)
 
 
-def _home_zone(config: NodeConfig, sku: str) -> str | None:
+def _home_zones(config: NodeConfig) -> dict[str, str]:
+    """sku -> the zone of the first shelf that stocks it (one pass over the planogram, not one per product)."""
+    home: dict[str, str] = {}
     for sh in config.layout.shelves:
         for sl in sh.slots:
-            if sl.sku == sku:
-                return sh.zone
-    return None
+            if sl.sku is not None:
+                home.setdefault(sl.sku, sh.zone)
+    return home

@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from edge.procstats import io_write_bytes
+
 __all__ = ["BrokerProcess", "run_bench"]
 
 
@@ -80,16 +82,6 @@ def _ordered_id() -> str:
     import uuid
 
     return f"{time.time_ns() // 1000:016x}{uuid.uuid4().hex[:16]}"
-
-
-def _io_written() -> int:
-    try:
-        for line in Path("/proc/self/io").read_text().splitlines():
-            if line.startswith("write_bytes:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return -1
 
 
 def _wait_ready(proc: subprocess.Popen[str], timeout: float) -> bool:
@@ -174,7 +166,7 @@ async def _run(rate: float, outage_s: float, before_s: float, after_s: float, pr
     accepted: list[str] = []
     failed = 0
     topic = room.topics.events
-    written0 = _io_written()
+    written0 = io_write_bytes()
     t0 = time.monotonic()
     phases = (before_s, before_s + outage_s, before_s + outage_s + after_s)
     killed = restarted = False
@@ -234,7 +226,8 @@ async def _run(rate: float, outage_s: float, before_s: float, after_s: float, pr
     t_end = time.monotonic()
     if drained_at is None:
         drained_at = t_end
-    written = _io_written() - written0 if written0 >= 0 else -1
+    written1 = io_write_bytes()
+    written = written1 - written0 if written0 is not None and written1 is not None else None
     _say(progress, f"outbox drained: {ok}")
     await room.stop()
     store.close()
@@ -267,7 +260,7 @@ async def _run(rate: float, outage_s: float, before_s: float, after_s: float, pr
         "drain_s": round(drain_s, 3),
         "drain_events_per_s": round(drained_events / drain_s, 1),
         "bytes_written": written,
-        "bytes_written_per_1000_events": round(written / len(acc) * 1000) if acc and written >= 0 else None,
+        "bytes_written_per_1000_events": round(written / len(acc) * 1000) if acc and written is not None else None,
         "mqtt_bytes_per_1000_events": round(room.drainer.stats["bytes"] / max(1, room.drainer.stats["events"]) * 1000),
         "batches": room.drainer.stats["batches"],
         "resent_events": room.drainer.stats["resends"],
