@@ -19,7 +19,7 @@ def test_demo_events_equal_what_the_ingest_received(mosquitto: Any, tmp_path: Pa
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and "subscribed" not in ing.stderr.readline():
         pass
-    demo = subprocess.run([sys.executable, "-m", "edge", "demo", "--duration", "5", "--quiet", "--cloud-broker",
+    demo = subprocess.run([sys.executable, "-m", "edge", "demo", "--duration", "10", "--quiet", "--cloud-broker",
                            mosquitto.url], capture_output=True, text=True, timeout=120)
     assert demo.returncode == 0, demo.stderr[-2000:]
     summary = json.loads(demo.stdout.strip().splitlines()[-1])
