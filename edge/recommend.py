@@ -100,7 +100,8 @@ class Recommender:
         self._observed_at = 0.0
         self._seq = 0
         self._id_base = new_id()[:24]  # set ids: random per process + seq (no urandom syscall per set)
-        self.stats = {"events": 0, "recommendations": 0, "model": 0, "fallback": 0, "unknown_sku": 0}
+        self.stats = {"events": 0, "recommendations": 0, "model": 0, "fallback": 0, "unknown_sku": 0,
+                      "cap_resets": 0}
         self.upstream_topic = f"{config.mqtt.topic_prefix}/{config.node.store_id}/{config.node.node_id}/events"
 
     async def start(self) -> None:
@@ -129,8 +130,8 @@ class Recommender:
 
     def on_shopper_event(self, ev: ShopperEvent) -> None:
         self.stats["events"] += 1
-        self.store.append_event(ev, upstream=self.upstream_topic)
-        self.store.adjust_stock(ev.sku, -ev.units if ev.action == "pick" else ev.units)
+        self.store.record_event(ev, upstream=self.upstream_topic,
+                                stock=(ev.sku, -ev.units if ev.action == "pick" else ev.units))
         v = self.visits.get(ev.session)
         if v is None:
             v = self.visits[ev.session] = VisitState(ev.session, started=ev.t)
@@ -219,25 +220,15 @@ class Recommender:
             self.apply_observations()
         when = datetime.fromtimestamp(now, self.tz)
         zone = zone if v is None else (v.zone or zone)
-        exclude: set[str] = set() if v is None else set(v.picked[-20:])
-        if v is not None:
-            exclude.update(v.capped)
-        scored: list[tuple[str, float, str]] = []
-        version = "fallback"
-        if self.model is not None and v is not None:
-            try:
-                scored = self.model.score(v, when, self.k, exclude)
-                version = self.model.version
-            except Exception:
-                log.exception("model scoring failed; serving the popularity fallback")
-                scored = []
-        if scored:
-            self.stats["model"] += 1
-        else:
-            version = "fallback"
-            self.stats["fallback"] += 1
-            scored = self._diverse([(i.sku, i.score, i.reason) for i in self.fallback.top(
-                zone, when.hour, self.k * 4, exclude=exclude, in_stock=self.in_stock)])
+        scored, version = self._score(v, zone, when)
+        if not scored and v is not None and v.capped:
+            # the frequency cap has excluded everything there is (a long visit): start a new round of
+            # caps rather than show a blank screen
+            v.shown.clear()
+            v.capped.clear()
+            self.stats["cap_resets"] += 1
+            scored, version = self._score(v, zone, when)
+        self.stats["model" if version != "fallback" else "fallback"] += 1
         items = []
         for sku, score, reason in scored[: self.k]:
             p = self.store.product(sku)
@@ -253,6 +244,23 @@ class Recommender:
         return RecommendationSet(screen=screen, session=None if v is None else v.session, items=tuple(items),
                                  model_version=version, zone=zone, t=now, seq=self._seq,
                                  id=f"{self._id_base}{self._seq & 0xFFFFFFFF:08x}")
+
+    def _score(self, v: VisitState | None, zone: str | None,
+               when: datetime) -> tuple[list[tuple[str, float, str]], str]:
+        """(sku, score, reason) best first and the model version that made them ("fallback": popularity)."""
+        exclude: set[str] = set() if v is None else set(v.picked[-20:])
+        if v is not None:
+            exclude.update(v.capped)
+        if self.model is not None and v is not None:
+            try:
+                scored = self.model.score(v, when, self.k, exclude)
+            except Exception:
+                log.exception("model scoring failed; serving the popularity fallback")
+            else:
+                if scored:
+                    return scored, self.model.version
+        return self._diverse([(i.sku, i.score, i.reason) for i in self.fallback.top(
+            zone, when.hour, self.k * 4, exclude=exclude, in_stock=self.in_stock)]), "fallback"
 
     def _diverse(self, scored: list[tuple[str, float, str]], per_type: int = 1) -> list[tuple[str, float, str]]:
         """At most ``per_type`` items of one product type or name, so a screen never shows three milks."""

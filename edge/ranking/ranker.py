@@ -184,6 +184,9 @@ class Ranker:
         self._rule_block: np.ndarray | None = None  # suppressed skus and categories
         self._cat_block: np.ndarray | None = None  # outside the store catalogue
         self._promote_nonneg = True
+        self._pop_order: list[tuple[str, float]] = []  # _popular_order's cache and its key
+        self._pop_key: tuple[bool, int] | None = None
+        self._catalogue_gen = 0  # bumped by set_products
 
         try:
             self._it = make_interpreter(model_bytes)
@@ -393,6 +396,7 @@ class Ranker:
         if catalogue_only is not None:
             self.rerank.catalogue_only = catalogue_only
         self._catalogue = catalogue
+        self._catalogue_gen += 1
         self._catalogue_idx = np.array(sorted(self._index[x] for x in catalogue if x in self._index), np.int64)
         cat_block = np.ones(len(self.vocabulary), bool)
         cat_block[self._catalogue_idx] = False
@@ -510,14 +514,9 @@ class Ranker:
     def _invoke(self, req: RecRequest) -> tuple[np.ndarray, np.ndarray, Any, list[int]]:
         t, hour, wd = self._when(req.when)
         rep = repeat_from_structure(self._history(req.history), t / 86400.0)
-        get = self._index.get
-        sess_idx: list[int] = []
-        for s in req.session:
-            i = get(s if isinstance(s, str) else str(s), -1)
-            if i < 0:
-                self.stats["unknown_sku"] += 1
-            else:
-                sess_idx.append(i)
+        sess_idx = self._session_idx(req.session)
+        # the latest distinct picks, oldest first: all session_inputs looks at (a visit can hold thousands)
+        latest = list(dict.fromkeys(reversed(sess_idx)))[::-1]
         with self._lock:  # the scratch buffers are shared: fill, invoke and read under the lock
             hi, hw, si, sw, ctx = self._scratch
             hi.fill(0)
@@ -526,7 +525,7 @@ class Ranker:
             sw.fill(0.0)
             ctx.fill(0.0)
             history_inputs(rep, hi, hw)
-            ns = session_inputs(sess_idx, si, sw)
+            ns = session_inputs(latest, si, sw)
             bad = self.context_spec.encode(ctx, hour, wd, req.store_id, req.profile, rep.n_baskets, ns)
             wide = None
             if self._wide_f is not None and self._wide_scale is not None:
@@ -565,6 +564,24 @@ class Ranker:
         u = (user.astype(np.float32) - uzp) * uscale if uscale else user.astype(np.float32)
         return scores, u, rep, sess_idx
 
+    def _session_idx(self, session: Sequence[Any]) -> list[int]:
+        """Vocabulary indices of the visit's known picks in order; unknown skus counted. One C-level
+        pass (``map``) for the usual all-string session; non-string entries are looked up as strings."""
+        n = len(session)
+        if not n:
+            return []
+        get = self._index.get
+        idx = np.fromiter(map(get, session, repeat(-1, n)), np.int64, n)
+        miss = np.flatnonzero(idx < 0)
+        for j in miss.tolist():
+            s = session[j]
+            if not isinstance(s, str):
+                idx[j] = get(str(s), -1)
+        if len(miss):
+            self.stats["unknown_sku"] += int((idx < 0).sum())
+            idx = idx[idx >= 0]
+        return idx.tolist()
+
     def scores(self, req: RecRequest) -> np.ndarray:
         """Raw model scores over the vocabulary (for evaluation and diagnostics)."""
         return self._invoke(req)[0]
@@ -578,8 +595,8 @@ class Ranker:
     def recommend(self, req: RecRequest) -> list[Recommendation]:
         self.stats["requests"] += 1
         k = max(1, min(int(req.k), 100))
-        known_session = [s for s in req.session if s in self._index]
-        if not req.history and not known_session and not req.profile and req.store_id is None:
+        if (not req.history and not req.profile and req.store_id is None
+                and not any(s in self._index for s in req.session)):
             for s in req.session:
                 if s not in self._index:
                     self.stats["unknown_sku"] += 1
@@ -607,17 +624,17 @@ class Ranker:
         if block is not None:
             order = order[~block[order]]
         get = self._index.get
-        excl_i = {get(s, -1) for s in excl}
+        # excluded by sku, not by index: O(candidates), where a set of excluded indices was O(visit length)
         voc, cat_of = self.vocabulary, self.category
         cand: list[tuple[str, float, int, int]] = [  # sku, score, category, vocab index (-1 new)
-            (voc[i], sc, c, i)
+            (sku, sc, c, i)
             for i, sc, c in zip(order.tolist(), scores[order].tolist(), cat_of[order].tolist(), strict=True)
-            if i not in excl_i]
+            if (sku := voc[i]) not in excl]
         if self._promote:  # promoted items compete even when the model ranks them low
             have = set(top.tolist())
             for sku in self._promote:
                 i = get(sku, -1)
-                if i >= 0 and i not in have and i not in excl_i and (block is None or not block[i]):
+                if i >= 0 and i not in have and sku not in excl and (block is None or not block[i]):
                     cand.append((sku, float(scores[i]), int(cat_of[i]), i))
         if self.rerank.new_items and len(self._new_skus):
             ns = self._new_W @ u + self._new_b
@@ -721,6 +738,9 @@ class Ranker:
             want = np.array([c[3] for c in chosen], np.int64)
             hit = np.flatnonzero((rep.items[:, None] == want[None, :]).any(axis=1))  # np.isin: 10x slower here
             share = dict(zip(rep.items[hit].tolist(), rep.share[hit].tolist(), strict=True))
+        # distinct picks, first occurrence kept: argmax below still finds the same (first) best item, over
+        # a few rows instead of one per pick of the visit
+        sess_idx = list(dict.fromkeys(sess_idx))
         emb_s = self.item_emb[sess_idx] if sess_idx else None
         return [self._reason(c, share, sess_idx, emb_s, req) for c in chosen]
 
@@ -768,16 +788,27 @@ class Ranker:
             items = self.fallback.top(req.zone, hour, k, exclude=excl, in_stock=in_stock)
             return [Recommendation(i.sku, float(i.score), i.reason) for i in items]
         out: list[Recommendation] = []
-        for i in np.argsort(-self.popularity, kind="stable"):
-            sku = self.vocabulary[i]
+        for sku, score in self._popular_order():
             if sku in excl or not in_stock(sku):
                 continue
-            if self.rerank.catalogue_only and self._catalogue is not None and sku not in self._catalogue:
-                continue
-            out.append(Recommendation(sku, round(float(self.popularity[i]), 4), "popular in store"))
+            out.append(Recommendation(sku, score, "popular in store"))
             if len(out) >= k:
                 break
         return out
+
+    def _popular_order(self) -> list[tuple[str, float]]:
+        """(sku, rounded popularity) by descending popularity (stable), restricted to the catalogue when
+        ``catalogue_only``: computed once per catalogue, not per request (a sort of the vocabulary and a
+        Python scan past every non-catalogue sku cost ~3 ms a request)."""
+        restrict = self._catalogue if self.rerank.catalogue_only else None
+        key = (restrict is not None, self._catalogue_gen)
+        if self._pop_key != key:
+            order = np.argsort(-self.popularity, kind="stable").tolist()
+            voc, pop = self.vocabulary, self.popularity
+            self._pop_order = [(voc[i], round(float(pop[i]), 4)) for i in order
+                               if restrict is None or voc[i] in restrict]
+            self._pop_key = key
+        return self._pop_order
 
     def health(self) -> dict[str, Any]:
         return {"version": self.version, "items": len(self.vocabulary), "new_items": len(self._new_skus),

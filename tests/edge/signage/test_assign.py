@@ -55,3 +55,19 @@ def test_shelf_display_gets_the_zone_top_item(make_node: Callable[..., Any]) -> 
     edge = n.json("/api/screens/dairy-1-edge/recommendations")
     main = n.json("/api/screens/dairy-screen/recommendations")
     assert edge["kind"] == "shelf_display" and edge["items"][0]["sku"] == main["items"][0]["sku"]
+
+
+def test_a_long_visit_never_blanks_its_screen(make_node: Callable[..., Any]) -> None:
+    """The frequency cap excludes what a visit has seen `repeat_cap` times; a visit long enough to have
+    seen the whole catalogue gets a new round of items, not an empty screen (issue #6: never go blank)."""
+    n = make_node()
+    rec = n.node.recommender
+    sizes = []
+    for i in range(500):  # 347 products, 6 a set, each shown at most 3 times: exhausted after ~175 sets
+        n.publish(ShopperEvent(session="marathon", sku="1029743", action="pick", zone="dairy", shelf="dairy-1",
+                               slot=0, t=time.time() + i * 1e-3))
+        rs = n.node.screens.latest["dairy-screen"]
+        assert rs.session == "marathon"
+        sizes.append(len(rs.items))
+    assert rec.stats["cap_resets"] >= 1
+    assert min(sizes) > 0, f"blank sets after pick {sizes.index(0)}"
