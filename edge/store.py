@@ -3,8 +3,10 @@ events, outbox, impressions and the model registry.
 
 Why it looks like this:
 - One writer thread owns the only writing connection and commits in batches
-  (every ``flush_interval_ms`` or 500 operations). No caller ever sees
-  "database is locked", and the SD card sees few, larger writes.
+  (every ``flush_interval_ms``, at most 500 operations each). No caller ever
+  sees "database is locked", and the SD card sees few, larger writes. The
+  writer wakes once per batch (it sleeps out the interval, then drains the
+  queue), not once per operation: each wake-up takes the GIL from the loop.
 - WAL journal with ``synchronous=NORMAL``: a committed batch survives a
   ``kill -9``; a power cut loses at most the last batch, which the writer has
   not acknowledged yet (futures resolve only after COMMIT).
@@ -144,6 +146,7 @@ class Store:
         self._counters = {"batches": 0, "ops": 0, "errors": 0}
         self._last_maintenance = 0.0
         self._closed = True
+        self._closing = threading.Event()
 
     # -- lifecycle ---------------------------------------------------------
     def open(self) -> Store:
@@ -153,6 +156,7 @@ class Store:
         self._migrate(conn)
         self._load_caches(conn)
         self._closed = False
+        self._closing = threading.Event()
         self._writer = threading.Thread(target=self._write_loop, args=(conn,), name="store-writer", daemon=True)
         self._writer.start()
         self._health["status"] = "ok"
@@ -164,6 +168,7 @@ class Store:
             return
         self._closed = True
         self._q.put(_STOP)
+        self._closing.set()  # the writer commits what it has now, not at the end of its interval
         if self._writer is not None:
             self._writer.join(timeout=10)
         conn = getattr(self._local, "conn", None)
@@ -255,24 +260,27 @@ class Store:
     # -- the single writer -------------------------------------------------
     def _write_loop(self, conn: sqlite3.Connection) -> None:
         stop = False
+        backlog = False
         while not stop:
             first = self._q.get()
             if first is _STOP:
                 break
             batch: list[_Op] = [first]
-            deadline = time.monotonic() + self.flush_interval
+            if not backlog:
+                # one wake-up per batch, not one per op: sleep out the interval, then take what came.
+                # (Waiting in get(timeout) woke this thread on every put, and each wake-up took the GIL
+                # from the event loop: a few ms of push latency per pick under load.)
+                self._closing.wait(self.flush_interval)
             while len(batch) < self.max_batch:
-                timeout = deadline - time.monotonic()
-                if timeout <= 0:
-                    break
                 try:
-                    item = self._q.get(timeout=timeout)
+                    item = self._q.get_nowait()
                 except queue.Empty:
                     break
                 if item is _STOP:
                     stop = True
                     break
                 batch.append(item)
+            backlog = len(batch) >= self.max_batch  # more waiting: the next batch starts at once
             self._run_batch(conn, batch)
             if time.monotonic() - self._last_maintenance > 3600:
                 self._run_batch(conn, [_Op(self._maintenance, None)])
@@ -460,18 +468,35 @@ class Store:
 
     # -- events + outbox ---------------------------------------------------------
     def append_event(self, event: _Event, *, session: str | None = None, upstream: str | None = None,
-                     priority: int = 1) -> Future[None]:
+                     priority: int = 1, stock: tuple[str, int] | None = None) -> Future[None]:
         """Append an event (and, with ``upstream`` topic, queue it in the outbox) in one transaction.
 
         The future resolves once both rows are committed: only then is the event
-        "accepted" in the sense of the reliability promise.
+        "accepted" in the sense of the reliability promise. ``stock=(sku, delta)``
+        applies ``adjust_stock`` in the same op (a pick is one queue item, one
+        writer hand-over, not two).
         """
+        return self.submit(self._event_op(event, session, upstream, priority, stock))
+
+    def record_event(self, event: _Event, *, session: str | None = None, upstream: str | None = None,
+                     priority: int = 1, stock: tuple[str, int] | None = None) -> None:
+        """``append_event`` for callers that never wait for the commit (the hot path): no ``Future`` (a
+        Condition and a lock per event, kept alive until the batch commits, i.e. garbage-collector work)."""
+        self._fire(self._event_op(event, session, upstream, priority, stock))
+
+    def _event_op(self, event: _Event, session: str | None, upstream: str | None, priority: int,
+                  stock: tuple[str, int] | None) -> Callable[[sqlite3.Connection], None]:
         payload = event.to_json()
         eid = getattr(event, "id", None) or _event_key(event)
         t = float(getattr(event, "t", time.time()))
         sess: str | None = session if session is not None else getattr(event, "session", None)
         etype = event.TYPE
         now = time.time()
+        units: int | None = None
+        if stock is not None and stock[0] in self._stock:
+            units = max(0, self._stock[stock[0]] + stock[1])
+            self._stock[stock[0]] = units
+        sku = stock[0] if stock is not None else ""
 
         def write(conn: sqlite3.Connection) -> None:
             conn.execute("INSERT OR IGNORE INTO events (id, type, t, session, payload) VALUES (?,?,?,?,?)",
@@ -481,8 +506,10 @@ class Store:
                     "INSERT OR IGNORE INTO outbox (id, topic, payload, created, priority) VALUES (?,?,?,?,?)",
                     (eid, upstream, payload, now, priority),
                 )
+            if units is not None:
+                conn.execute("UPDATE stock SET units=?, updated=? WHERE sku=?", (units, now, sku))
 
-        return self.submit(write)
+        return write
 
     def enqueue(self, topic: str, payload: str, *, id: str, priority: int = 1) -> Future[None]:
         now = time.time()

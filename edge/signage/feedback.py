@@ -106,7 +106,7 @@ class Feedback:
                          t=cur.since)
         cur.recorded = imp
         self.store.record_impression(imp.id, imp.screen, imp.session, cur.skus, imp.model_version, cur.since)
-        self.store.append_event(imp, upstream=self.upstream, priority=2)
+        self.store.record_event(imp, upstream=self.upstream, priority=2)
         self.stats["impressions"] += 1
         if cur.session is not None:
             log = self._sessions.get(cur.session)
@@ -130,7 +130,7 @@ class Feedback:
                 log.converted.add(ev.sku)
                 conv = Conversion(impression=s.impression, screen=s.screen, session=ev.session, sku=ev.sku,
                                   model_version=s.model_version, t=ev.t)
-                self.store.append_event(conv, upstream=self.upstream, priority=2)
+                self.store.record_event(conv, upstream=self.upstream, priority=2)
                 self.stats["conversions"] += 1
                 if self.on_conversion is not None:
                     self.on_conversion(conv)

@@ -153,3 +153,24 @@ def test_accepted_events_survive_kill_9(tmp_path: Path) -> None:
     acked = int(proc.stdout.strip())
     with Store(path) as s:
         assert s.outbox_pending() >= acked == 400
+
+
+def test_record_event_writes_event_outbox_and_stock_in_one_op(tmp_path: Path) -> None:
+    """The hot path's fire-and-forget form: event, outbox row and stock change land together."""
+    path = tmp_path / "sc.db"
+    with Store(path, flush_interval_ms=20) as s:
+        s.upsert_products([Product("1", "Milk")]).result(5)
+        s.set_stock({"1": 2}).result(5)
+        ops = s.health()["ops"]
+        evs = [ShopperEvent("v", "1", "pick", "z") for _ in range(3)]
+        for ev in evs:
+            assert s.record_event(ev, upstream="up", stock=("1", -1)) is None
+        assert s.stock("1") == 0  # the cache moves at once, never below zero
+        s.record_event(ShopperEvent("v", "unknown", "pick", "z"), stock=("unknown", -1))  # no stock row: untouched
+        assert s.stock("unknown") is None
+        s.flush()
+        assert s.health()["ops"] - ops == 5  # one op per event (+ the flush marker), not two
+        assert s.event_count() == 4 and s.outbox_pending() == 3
+    with Store(path) as s:
+        assert s.stock("1") == 0
+        assert {r["id"] for r in s.outbox_peek(10)} == {ev.id for ev in evs}
