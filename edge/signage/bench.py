@@ -174,7 +174,7 @@ async def _run(opts: BenchOptions) -> dict[str, Any]:
         # ShopperEvent → ranking → sets); the sets published since the previous trace are that event's
         # (the last one per screen: a housekeeping refresh in between has a lower seq)
         inflight: dict[str, int] = {}
-        events: list[tuple[int, int, list[tuple[str, int]]]] = []  # (controller, t_ms, sets)
+        events: list[tuple[int, int, tuple[tuple[str, int], ...]]] = []  # (controller, t_ms, sets)
         stamps: list[tuple[int, int, int, int]] = []  # (controller, t_ms, arrival ns, ShelfEvent handled ns)
         measuring = [False]
 
@@ -191,7 +191,8 @@ async def _run(opts: BenchOptions) -> dict[str, Any]:
 
         def trace(ev: ShelfEvent, port: str, ns: int, t_ms: int) -> None:
             if measuring[0] and ev.delta_units < 0:
-                events.append((port_index.get(port, -1), t_ms, list(inflight.items())))
+                # tuples of atoms: the collector untracks them (lists would pile up in its oldest generation)
+                events.append((port_index.get(port, -1), t_ms, tuple(inflight.items())))
                 stamps.append((port_index.get(port, -1), t_ms, ns, time.perf_counter_ns()))
             inflight.clear()
 

@@ -10,9 +10,10 @@ stdin closes, then writes one JSON object to stdout::
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import re
+import selectors
+import socket
 import sys
 import threading
 import time
@@ -23,25 +24,48 @@ FRAME_ID = re.compile(rb"(?:^|\n)id: (\d+)\n")
 SCREEN = re.compile(rb'"screen":"([^"]+)"')
 
 
-async def sse_client(port: int, screen: str, out: list[list[int]], ready: list[int]) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(f"GET /api/screens/{screen}/stream HTTP/1.0\r\nHost: bench\r\n\r\n".encode())
-    await writer.drain()
-    ready.append(1)
-    tail = b""
+def sse_clients(port: int, screens: list[str], out: list[list[list[int]]], stop: threading.Event,
+                ready: threading.Event) -> None:
+    """All SSE clients on one epoll loop with plain non-blocking sockets (no asyncio streams).
+
+    The screens share the machine's cores with the node under test (a real screen is its own
+    device), so each read costs as little as possible: ``recv``, one time stamp, one regex pass."""
+    sel = selectors.DefaultSelector()
+    socks = []
+    for i, screen in enumerate(screens):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(f"GET /api/screens/{screen}/stream HTTP/1.0\r\nHost: bench\r\n\r\n".encode())
+        s.setblocking(False)
+        sel.register(s, selectors.EVENT_READ, i)
+        socks.append(s)
+    ready.set()
+    tails = [b""] * len(screens)
+    finditer = FRAME_ID.finditer
+    now = time.perf_counter_ns
     try:
-        while True:
-            chunk = await reader.read(65536)
-            if not chunk:
-                return
-            ns = time.perf_counter_ns()  # one stamp per read: cheap, and what a screen would see
-            buf = tail + chunk
-            for m in FRAME_ID.finditer(buf):
-                out.append([int(m.group(1)), ns])
-            cut = buf.rfind(b"\n")
-            tail = buf[cut + 1:] if cut >= 0 else buf
+        while not stop.is_set():
+            for key, _ in sel.select(0.2):
+                i = key.data
+                try:
+                    chunk = key.fileobj.recv(65536)  # type: ignore[union-attr]
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    chunk = b""
+                if not chunk:
+                    sel.unregister(key.fileobj)
+                    continue
+                ns = now()  # one stamp per read: cheap, and what a screen would see
+                buf = tails[i] + chunk
+                lst = out[i]
+                for m in finditer(buf):
+                    lst.append([int(m.group(1)), ns])
+                cut = buf.rfind(b"\n")
+                tails[i] = buf[cut + 1:] if cut >= 0 else buf
     finally:
-        writer.close()
+        for s in socks:
+            s.close()
+        sel.close()
 
 
 def mqtt_subscriber(url: str, topic: str, out: dict[str, list[list[int]]], ready: threading.Event) -> Any:
@@ -70,32 +94,36 @@ def mqtt_subscriber(url: str, topic: str, out: dict[str, list[list[int]]], ready
     return c
 
 
-async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+def run_screens(args: argparse.Namespace) -> dict[str, Any]:
     sse: dict[str, list[list[int]]] = {}
-    ready: list[int] = []
-    tasks = []
-    for i in range(args.clients):
-        screen = args.screens[i % len(args.screens)]
+    screens = [args.screens[i % len(args.screens)] for i in range(args.clients)]
+    outs: list[list[list[int]]] = []
+    for i, screen in enumerate(screens):
         lst: list[list[int]] = []
         sse.setdefault(f"{screen}#{i}", lst)
-        tasks.append(asyncio.create_task(sse_client(args.port, screen, lst, ready)))
+        outs.append(lst)
+    stop, ready = threading.Event(), threading.Event()
+    reader = threading.Thread(target=sse_clients, args=(args.port, screens, outs, stop, ready),
+                              name="sse-screens", daemon=True)
+    if screens:
+        reader.start()
     mq: dict[str, list[list[int]]] = {}
     client = None
     if args.mqtt:
         ev = threading.Event()
         client = mqtt_subscriber(args.mqtt, args.topic, mq, ev)
         ev.wait(5)
-    while len(ready) < args.clients:
-        await asyncio.sleep(0.01)
+    if screens:
+        ready.wait(30)
     sys.stderr.write("ready\n")
     sys.stderr.flush()
-    loop = asyncio.get_running_loop()
-    await loop.run_in_executor(None, sys.stdin.read)  # until the bench closes our stdin
-    for t in tasks:
-        t.cancel()
+    sys.stdin.read()  # until the bench closes our stdin
+    stop.set()
+    if screens:
+        reader.join(5)
     if client is not None:
         client.loop_stop()
-    return {"sse": sse, "mqtt": mq, "connected": len(ready)}
+    return {"sse": sse, "mqtt": mq, "connected": len(screens) if ready.is_set() else 0}
 
 
 def main() -> None:
@@ -106,7 +134,7 @@ def main() -> None:
     p.add_argument("--topic", default="#")
     p.add_argument("screens", nargs="+")
     args = p.parse_args()
-    res = asyncio.run(main_async(args))
+    res = run_screens(args)
     sys.stdout.write(json.dumps(res))
 
 
