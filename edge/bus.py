@@ -26,8 +26,13 @@ class Bus:
         self.published: dict[str, int] = defaultdict(int)
         self.errors: dict[str, int] = defaultdict(int)
 
-    def subscribe(self, event_type: type[E], handler: Callable[[E], None]) -> None:
-        self._handlers[event_type].append(handler)
+    def subscribe(self, event_type: type[E], handler: Callable[[E], None], *, first: bool = False) -> None:
+        """``first``: call ``handler`` before those already subscribed (taps that must see an event before
+        the rooms act on it, e.g. the e2e bench's tracer)."""
+        if first:
+            self._handlers[event_type].insert(0, handler)
+        else:
+            self._handlers[event_type].append(handler)
 
     def unsubscribe(self, event_type: type[E], handler: Callable[[E], None]) -> None:
         try:

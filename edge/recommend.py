@@ -13,9 +13,11 @@ otherwise, or when the model has nothing to say.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -101,16 +103,28 @@ class Recommender:
         self._seq = 0
         self._id_base = new_id()[:24]  # set ids: random per process + seq (no urandom syscall per set)
         self.stats = {"events": 0, "recommendations": 0, "model": 0, "fallback": 0, "unknown_sku": 0,
-                      "cap_resets": 0}
+                      "cap_resets": 0, "coalesced": 0}
         self.upstream_topic = f"{config.mqtt.topic_prefix}/{config.node.store_id}/{config.node.node_id}/events"
+        # bursts coalesce: visits with new picks wait here for the end of this loop iteration, then rank once
+        self._due: dict[str, VisitState] = {}
+        self._rank_scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+        # called after each coalesced ranking pass (signage flushes the pass's sets at once, not a loop
+        # iteration later)
+        self.after_pass: list[Callable[[], None]] = []
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         self.bus.subscribe(ShopperEvent, self.on_shopper_event)
         self.bus.subscribe(CheckIn, self.on_check_in)
 
     async def stop(self) -> None:
         self.bus.unsubscribe(ShopperEvent, self.on_shopper_event)
         self.bus.unsubscribe(CheckIn, self.on_check_in)
+        self._rank_due()  # what was due still goes out
+        self._loop = None
 
     def health(self) -> dict[str, Any]:
         return {
@@ -149,6 +163,36 @@ class Recommender:
             self._observations.append((ev.sku, ev.zone, ev.t, ev.units))
         else:
             v.put_back.append(ev.sku)
+        loop = self._loop
+        if loop is None or threading.get_ident() != self._loop_thread:  # no loop (tools, tests): rank now
+            self._push(v)
+            return
+        # Bursts coalesce: the frames of one serial read (or a backlog after a stall) often hold several
+        # picks of one visit; each visit is ranked once, after the events of this loop iteration, with
+        # all of them. Without a backlog that is one ranking per pick, a few µs later.
+        if v.session in self._due:
+            self.stats["coalesced"] += 1
+        self._due[v.session] = v
+        if not self._rank_scheduled:
+            self._rank_scheduled = True
+            loop.call_soon(self._rank_due)
+
+    def _rank_due(self) -> None:
+        self._rank_scheduled = False
+        due, self._due = self._due, {}
+        for v in due.values():
+            try:
+                self._push(v)
+            except Exception:  # one visit's failure must not starve the others
+                log.exception("ranking for visit %s failed", v.session)
+        for fn in self.after_pass:
+            try:
+                fn()
+            except Exception:
+                log.exception("after-pass hook %r failed", fn)
+
+    def _push(self, v: VisitState) -> None:
+        """Rank for ``v`` and publish the set for each screen it is the nearest shopper to."""
         screens = self.screens_for(v)
         if screens:
             rs = self.recommend(v, screens[0])

@@ -16,9 +16,10 @@ wall clock (a time-lapse) to reach 1,000 pick-ups per second with 4 shelves;
 the detector, the bytes and the code path are the same.
 
 Latency of one event = arrival at the screen client of the first set with a
-``seq`` at least that of the set the event produced (sets coalesce: a later
-set covers an earlier one) − the ``write()`` of the SAMPLES frame that
-completed the pick. ``dropped`` = (event, screen client) pairs never covered,
+``seq`` at least that of the first set published for the pick's visit after
+the pick (picks coalesce: one ranking covers the picks of a visit that came in
+the same loop iteration; and a later set covers an earlier one) − the
+``write()`` of the SAMPLES frame that completed the pick. ``dropped`` = (event, screen client) pairs never covered,
 plus clients the node dropped.
 """
 
@@ -42,7 +43,7 @@ from typing import Any
 
 from edge.app import Node, bundled_catalogue
 from edge.config import NodeConfig
-from edge.events import RecommendationSet, ShelfEvent
+from edge.events import RecommendationSet, ShelfEvent, ShopperEvent
 
 __all__ = ["BenchOptions", "run"]
 
@@ -169,20 +170,52 @@ async def _run(opts: BenchOptions) -> dict[str, Any]:
             from edge.fusion import Fusion
 
             own_fusion = Fusion(config, bus.publish)
-        # -- tracing: which sets did each shelf event make ------------------------------------------------------
-        # the shelf room calls ``trace`` right after its ShelfEvent was handled (synchronously: fusion →
-        # ShopperEvent → ranking → sets); the sets published since the previous trace are that event's
-        # (the last one per screen: a housekeeping refresh in between has a lower seq)
-        inflight: dict[str, int] = {}
-        events: list[tuple[int, int, tuple[tuple[str, int], ...]]] = []  # (controller, t_ms, sets)
-        stamps: list[tuple[int, int, int, int]] = []  # (controller, t_ms, arrival ns, ShelfEvent handled ns)
+        # -- tracing: which set covers each pick ------------------------------------------------------------------
+        # A tap on ShopperEvent, subscribed ahead of the recommend room, notes each pick's visit and the highest
+        # set seq published so far; the first set published after it for that visit (any seq above) covers it,
+        # whether ranking runs at once or at the end of the loop iteration (bursts coalesce: one set may cover
+        # several picks). The shelf room calls ``trace`` right after the ShelfEvent was handled: that gives
+        # the pick its controller, frame clock (matched to the write) and read time.
+        last_seq = [0]
+        waiting: dict[str, list[int]] = {}  # visit -> picks not covered yet
+        seq0: list[int] = []  # per pick: sets up to this seq were out before it
+        ev_sets: list[tuple[tuple[str, int], ...]] = []  # per pick: (screen, seq) of its covering set
+        ranked: list[int] = []  # per pick: perf_counter_ns when its covering set was accepted (0: none yet)
+        events: list[tuple[int, int, int]] = []  # (pick index, controller, t_ms)
+        stamps: list[tuple[int, int, int]] = []  # (controller, t_ms, arrival ns)
+        current = [-1]
         measuring = [False]
 
+        def tap(ev: ShopperEvent) -> None:
+            current[0] = -1
+            if measuring[0] and ev.action == "pick":
+                current[0] = len(seq0)
+                seq0.append(last_seq[0])
+                ev_sets.append(())
+                ranked.append(0)
+                waiting.setdefault(ev.session, []).append(current[0])
+
         def on_set(rs: RecommendationSet) -> None:
-            inflight[rs.screen] = rs.seq
+            last_seq[0] = max(last_seq[0], rs.seq)
+            idxs = waiting.get(rs.session or "")
+            if not idxs:
+                return
+            now = time.perf_counter_ns()
+            keep = []
+            for i in idxs:
+                if rs.seq > seq0[i]:
+                    ev_sets[i] = ((rs.screen, rs.seq),)
+                    ranked[i] = now
+                else:
+                    keep.append(i)
+            if keep:
+                waiting[rs.session or ""] = keep
+            else:
+                del waiting[rs.session or ""]
 
         if own_fusion is not None:
             bus.subscribe(ShelfEvent, own_fusion.on_shelf_event)
+        bus.subscribe(ShopperEvent, tap, first=True)
         bus.subscribe(RecommendationSet, on_set)
         port_index = {p: i for i, p in enumerate(ports)}
         shelves_room = node.shelves
@@ -190,11 +223,10 @@ async def _run(opts: BenchOptions) -> dict[str, Any]:
             raise RuntimeError("the node has no shelf room (shelves.enabled is off?)")
 
         def trace(ev: ShelfEvent, port: str, ns: int, t_ms: int) -> None:
-            if measuring[0] and ev.delta_units < 0:
-                # tuples of atoms: the collector untracks them (lists would pile up in its oldest generation)
-                events.append((port_index.get(port, -1), t_ms, tuple(inflight.items())))
-                stamps.append((port_index.get(port, -1), t_ms, ns, time.perf_counter_ns()))
-            inflight.clear()
+            i, current[0] = current[0], -1
+            if i >= 0 and measuring[0] and ev.delta_units < 0:
+                events.append((i, port_index.get(port, -1), t_ms))
+                stamps.append((port_index.get(port, -1), t_ms, ns))
 
         shelves_room.trace = trace
         signage = node.signage
@@ -256,6 +288,7 @@ async def _run(opts: BenchOptions) -> dict[str, Any]:
         out, _err = await asyncio.to_thread(client.communicate, "", 30)  # closing stdin ends the screens
         got: dict[str, Any] = json.loads(out) if out.strip() else {"sse": {}, "mqtt": {}, "connected": 0}
         detected = len(events)
+        rec_stats = dict(node.recommender.stats) if node.recommender is not None else {}
         await node.stop()
     finally:
         for proc in (client, ctrl):
@@ -283,20 +316,21 @@ async def _run(opts: BenchOptions) -> dict[str, Any]:
     writes = {(ci, t_ms): ns for ci, t_ms, ns in played["writes"]}
     read_ms: list[float] = []
     ranked_ms: list[float] = []
-    for ci, t_ms, arrived, handled in stamps:
+    for ci, t_ms, arrived in stamps:
         w = writes.get((ci, t_ms))
         if w is not None:
             read_ms.append((arrived - w) / 1e6)
-            ranked_ms.append((handled - w) / 1e6)
     sse_ms: list[float] = []
     mqtt_ms: list[float] = []
     missing = 0
     no_set = 0
-    for ci, t_ms, sets in events:
+    for i, ci, t_ms in events:
         w = writes.get((ci, t_ms))
+        sets = ev_sets[i]
         if w is None or not sets:
             no_set += 1
             continue
+        ranked_ms.append((ranked[i] - w) / 1e6)
         for screen, seq in sets:
             for seqs, nss in by_screen.get(screen, ()):
                 k = bisect.bisect_left(seqs, seq)
@@ -327,6 +361,7 @@ async def _run(opts: BenchOptions) -> dict[str, Any]:
         "node_push_p99_ms": node_push["p99_ms"],
         "dropped": missing + hub_stats["dropped_slow"],
         "events_without_set": no_set,
+        "picks_coalesced": rec_stats.get("coalesced"),  # picks ranked together with a later one of their visit
         "screens_connected": connected,
         "sse_frames": hub_stats["frames_sent"],
         "sse_superseded": hub_stats["superseded"],
