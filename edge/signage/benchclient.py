@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import selectors
+import select
 import socket
 import sys
 import threading
@@ -30,42 +30,42 @@ def sse_clients(port: int, screens: list[str], out: list[list[list[int]]], stop:
 
     The screens share the machine's cores with the node under test (a real screen is its own
     device), so each read costs as little as possible: ``recv``, one time stamp, one regex pass."""
-    sel = selectors.DefaultSelector()
-    socks = []
+    ep = select.epoll()
+    socks: dict[int, tuple[socket.socket, int]] = {}
     for i, screen in enumerate(screens):
         s = socket.create_connection(("127.0.0.1", port))
         s.sendall(f"GET /api/screens/{screen}/stream HTTP/1.0\r\nHost: bench\r\n\r\n".encode())
         s.setblocking(False)
-        sel.register(s, selectors.EVENT_READ, i)
-        socks.append(s)
+        ep.register(s.fileno(), select.EPOLLIN)
+        socks[s.fileno()] = (s, i)
     ready.set()
     tails = [b""] * len(screens)
     finditer = FRAME_ID.finditer
     now = time.perf_counter_ns
     try:
         while not stop.is_set():
-            for key, _ in sel.select(0.2):
-                i = key.data
+            for fd, _ in ep.poll(0.2):
+                s, i = socks[fd]
                 try:
-                    chunk = key.fileobj.recv(65536)  # type: ignore[union-attr]
+                    chunk = s.recv(65536)
                 except BlockingIOError:
                     continue
                 except OSError:
                     chunk = b""
                 if not chunk:
-                    sel.unregister(key.fileobj)
+                    ep.unregister(fd)
                     continue
                 ns = now()  # one stamp per read: cheap, and what a screen would see
-                buf = tails[i] + chunk
+                buf = tails[i] + chunk if tails[i] else chunk
                 lst = out[i]
                 for m in finditer(buf):
                     lst.append([int(m.group(1)), ns])
                 cut = buf.rfind(b"\n")
                 tails[i] = buf[cut + 1:] if cut >= 0 else buf
     finally:
-        for s in socks:
+        for s, _ in socks.values():
             s.close()
-        sel.close()
+        ep.close()
 
 
 def mqtt_subscriber(url: str, topic: str, out: dict[str, list[list[int]]], ready: threading.Event) -> Any:
