@@ -190,6 +190,30 @@ class ModelSection(_Strict):
     repeat_cap: int = Field(default=3, ge=1)
 
 
+class Promotion(_Strict):
+    """A promoted product for idle screens (nobody in front): shown first, with the zone's popular items."""
+
+    sku: str = Field(min_length=1)
+    text: str = Field(default="on promotion", min_length=1, max_length=80)  # the reason line under it
+    zones: list[Id] = Field(default_factory=list)  # empty: every zone
+    hours: tuple[int, int] = (0, 24)  # local [start, end) hours; start > end runs past midnight
+
+    @field_validator("hours")
+    @classmethod
+    def _hours(cls, v: tuple[int, int]) -> tuple[int, int]:
+        a, b = v
+        if not (0 <= a <= 23 and 1 <= b <= 24 and a != b):
+            raise ValueError("hours is [start, end): start 0..23, end 1..24, start != end (e.g. [7, 11])")
+        return v
+
+    def active(self, zone: str | None, hour: int) -> bool:
+        """Runs in ``zone`` at local ``hour``."""
+        if self.zones and zone not in self.zones:
+            return False
+        a, b = self.hours
+        return a <= hour < b if a < b else (hour >= a or hour < b)
+
+
 class SignageSection(_Strict):
     enabled: bool = True
     host: str = "127.0.0.1"
@@ -197,6 +221,8 @@ class SignageSection(_Strict):
     admin_token: SecretStr | None = None
     conversion_window_s: float = Field(default=600.0, gt=0)
     attract_after_s: float = Field(default=60.0, gt=0)
+    promotions: list[Promotion] = Field(default_factory=list)  # on idle screens, in this order
+    max_promotions: int = Field(default=2, ge=0, le=10)  # at most this many per idle set
 
     @field_validator("admin_token", mode="before")
     @classmethod
@@ -330,6 +356,13 @@ def cross_check(raw: dict[str, Any]) -> list[str]:
             )
         if sc.get("shelf") is not None and sc["shelf"] not in shelves:
             problems.append(f"layout.screens.{i}.shelf: screen {sc.get('id')!r} names unknown shelf {sc['shelf']!r}")
+    signage = raw.get("signage")
+    promos = signage.get("promotions") if isinstance(signage, dict) else None
+    for i, pr in enumerate(promos if isinstance(promos, list) else []):
+        for z in (pr.get("zones") or []) if isinstance(pr, dict) else []:
+            if zones and z not in zones:
+                problems.append(f"signage.promotions.{i}.zones: unknown zone {z!r}; "
+                                f"known zones: {sorted(str(z) for z in zones)}")
     return problems
 
 

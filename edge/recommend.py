@@ -303,8 +303,31 @@ class Recommender:
             else:
                 if scored:
                     return scored, self.model.version
-        return self._diverse([(i.sku, i.score, i.reason) for i in self.fallback.top(
-            zone, when.hour, self.k * 4, exclude=exclude, in_stock=self.in_stock)]), "fallback"
+        popular = self._diverse([(i.sku, i.score, i.reason) for i in self.fallback.top(
+            zone, when.hour, self.k * 4, exclude=exclude, in_stock=self.in_stock)])
+        if v is None:  # nobody there: the zone's popular items for the hour plus promotions (issue #6)
+            popular = self._with_promotions(popular, zone, when.hour)
+        return popular, "fallback"
+
+    def _with_promotions(self, popular: list[tuple[str, float, str]], zone: str | None,
+                         hour: int) -> list[tuple[str, float, str]]:
+        """``signage.promotions`` active in ``zone`` at ``hour`` (in stock, in the catalogue) first, at most
+        ``signage.max_promotions``, then the popular items without them."""
+        cfg = self.config.signage
+        if not cfg.promotions or cfg.max_promotions <= 0:
+            return popular
+        top = popular[0][1] if popular else 1.0
+        promo: list[tuple[str, float, str]] = []
+        for pr in cfg.promotions:
+            if len(promo) >= cfg.max_promotions:
+                break
+            if (pr.active(zone, hour) and self.store.product(pr.sku) is not None and self.in_stock(pr.sku)
+                    and all(p[0] != pr.sku for p in promo)):
+                promo.append((pr.sku, top, pr.text))
+        if not promo:
+            return popular
+        skus = {p[0] for p in promo}
+        return promo + [p for p in popular if p[0] not in skus]
 
     def _diverse(self, scored: list[tuple[str, float, str]], per_type: int = 1) -> list[tuple[str, float, str]]:
         """At most ``per_type`` items of one product type or name, so a screen never shows three milks."""

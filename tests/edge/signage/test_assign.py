@@ -71,3 +71,44 @@ def test_a_long_visit_never_blanks_its_screen(make_node: Callable[..., Any]) -> 
         sizes.append(len(rs.items))
     assert rec.stats["cap_resets"] >= 1
     assert min(sizes) > 0, f"blank sets after pick {sizes.index(0)}"
+
+
+def test_idle_screens_show_promotions_for_their_zone_and_hour(make_node: Callable[..., Any], tmp_path: Path) -> None:
+    """Nobody in front of a screen: active promotions for its zone and hour first, then popular items."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    import pytest
+
+    raw = parse_config(resources.files("edge").joinpath("data/demo_store.yaml").read_text()).model_dump(by_alias=True)
+    raw["node"]["data_dir"] = str(tmp_path / "p")
+    raw["signage"]["port"] = 0
+    now = datetime.now(ZoneInfo(raw["node"]["timezone"])).hour
+    raw["signage"]["promotions"] = [
+        {"sku": "908531", "text": "2 for $1.50", "zones": ["dairy"]},  # all day, dairy only
+        {"sku": "840361", "text": "not now", "zones": ["dairy"], "hours": [(now + 2) % 24, (now + 3) % 24 or 24]},
+        {"sku": "1082185", "text": "sold out", "zones": ["dairy"]},  # stock set to 0 below
+        {"sku": "995242", "text": "night owl", "hours": [now, (now + 1) % 24 or 24]},  # every zone, this hour
+    ]
+    n = make_node(NodeConfig.model_validate(raw))
+    n.sync(lambda: n.node.store.set_stock({"1082185": 0}))
+    # the idle screens' sets are made again now (housekeeping does this every minute)
+    n.sync(lambda: [n.node.bus.publish(n.node.recommender.refresh(s)) for s in ("dairy-screen", "produce-screen")])
+    dairy = n.json("/api/screens/dairy-screen/recommendations")
+    assert dairy["session"] is None
+    assert [(i["sku"], i["reason"]) for i in dairy["items"][:2]] == [("908531", "2 for $1.50"), ("995242", "night owl")]
+    reasons = [i["reason"] for i in dairy["items"]]
+    assert "not now" not in reasons and "sold out" not in reasons and len(dairy["items"]) > 2  # popular items too
+    produce = n.json("/api/screens/produce-screen/recommendations")
+    assert produce["items"][0]["sku"] == "995242" and "2 for $1.50" not in [i["reason"] for i in produce["items"]]
+    # a shopper in front of the dairy screen gets their own ranking, not the promotions
+    n.publish(ShopperEvent(session="p-1", sku="1029743", action="pick", zone="dairy", shelf="dairy-1", slot=0))
+    mine = n.json("/api/screens/dairy-screen/recommendations")
+    assert mine["session"] == "p-1" and "2 for $1.50" not in [i["reason"] for i in mine["items"]]
+    # config mistakes are named
+    bad = dict(raw, signage=dict(raw["signage"], promotions=[{"sku": "1", "zones": ["nowhere"]}]))
+    with pytest.raises(Exception, match="unknown zone 'nowhere'"):
+        NodeConfig.model_validate(bad)
+    bad = dict(raw, signage=dict(raw["signage"], promotions=[{"sku": "1", "hours": [5, 5]}]))
+    with pytest.raises(Exception, match="start != end"):
+        NodeConfig.model_validate(bad)
