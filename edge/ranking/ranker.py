@@ -63,6 +63,18 @@ log = logging.getLogger("shelfcast.ranking")
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "shipped"
 MANIFEST_FORMAT = "shelfcast-ranker/1"
 HIST_CACHE_VISITS = 8  # concurrent visits whose parsed history is kept (the bench cycles 64: still misses)
+SESSION_CACHE_VISITS = 256  # visits whose session state (``_session_state``) is kept
+
+
+@dataclass(slots=True)
+class _SessionState:
+    """A visit's session as the ranker uses it, kept up to date pick by pick."""
+
+    items: Sequence[Any]  # the session seen so far (a copy)
+    unknown: int  # entries not in the vocabulary
+    last: dict[int, None]  # known picks (vocabulary index) by last occurrence, oldest first
+    first: dict[int, None]  # known picks by first occurrence
+    skus: set[Any]  # every entry, known or not (the exclusion set)
 
 
 class ModelError(ValueError):
@@ -184,6 +196,8 @@ class Ranker:
         self._rule_block: np.ndarray | None = None  # suppressed skus and categories
         self._cat_block: np.ndarray | None = None  # outside the store catalogue
         self._promote_nonneg = True
+        self._sess_cache: OrderedDict[str, _SessionState] = OrderedDict()  # by session_id
+        self._sess_lock = threading.Lock()
         self._pop_order: list[tuple[str, float]] = []  # _popular_order's cache and its key
         self._pop_key: tuple[bool, int] | None = None
         self._catalogue_gen = 0  # bumped by set_products
@@ -514,9 +528,11 @@ class Ranker:
     def _invoke(self, req: RecRequest) -> tuple[np.ndarray, np.ndarray, Any, list[int]]:
         t, hour, wd = self._when(req.when)
         rep = repeat_from_structure(self._history(req.history), t / 86400.0)
-        sess_idx = self._session_idx(req.session)
+        ss = self._session_state(req)
+        self.stats["unknown_sku"] += ss.unknown
+        sess_idx = list(ss.first)  # the distinct picks, first occurrence first: all _reasons looks at
         # the latest distinct picks, oldest first: all session_inputs looks at (a visit can hold thousands)
-        latest = list(dict.fromkeys(reversed(sess_idx)))[::-1]
+        latest = list(ss.last)
         with self._lock:  # the scratch buffers are shared: fill, invoke and read under the lock
             hi, hw, si, sw, ctx = self._scratch
             hi.fill(0)
@@ -564,12 +580,12 @@ class Ranker:
         u = (user.astype(np.float32) - uzp) * uscale if uscale else user.astype(np.float32)
         return scores, u, rep, sess_idx
 
-    def _session_idx(self, session: Sequence[Any]) -> list[int]:
-        """Vocabulary indices of the visit's known picks in order; unknown skus counted. One C-level
-        pass (``map``) for the usual all-string session; non-string entries are looked up as strings."""
+    def _session_idx(self, session: Sequence[Any]) -> tuple[list[int], int]:
+        """(vocabulary indices of the known picks in order, unknown count). One C-level pass (``map``) for
+        the usual all-string session; non-string entries are looked up as strings."""
         n = len(session)
         if not n:
-            return []
+            return [], 0
         get = self._index.get
         idx = np.fromiter(map(get, session, repeat(-1, n)), np.int64, n)
         miss = np.flatnonzero(idx < 0)
@@ -577,10 +593,48 @@ class Ranker:
             s = session[j]
             if not isinstance(s, str):
                 idx[j] = get(str(s), -1)
+        unknown = 0
         if len(miss):
-            self.stats["unknown_sku"] += int((idx < 0).sum())
+            unknown = int((idx < 0).sum())
             idx = idx[idx >= 0]
-        return idx.tolist()
+        return idx.tolist(), unknown
+
+    def _session_state(self, req: RecRequest) -> _SessionState:
+        """What the ranker derives from ``req.session``, built incrementally per ``session_id``: a visit's
+        session only grows, so each request maps just the new picks (a shelf left alone with the bench's
+        anonymous session holds thousands of picks; this was O(visit length) per request, several times).
+        Anything that is not the cached session plus new picks is rebuilt from scratch."""
+        session = req.session
+        key = req.session_id if isinstance(session, list | tuple) else None
+        n = len(session)
+        with self._sess_lock:
+            st = self._sess_cache.get(key) if key is not None else None
+            if st is not None and key is not None:
+                m = len(st.items)
+                if n < m or type(session) is not type(st.items) or session[:m] != st.items:
+                    st = None
+                else:
+                    self._sess_cache.move_to_end(key)
+            if st is None:
+                st = _SessionState(session[:0], 0, {}, {}, set())
+                if key is not None:
+                    self._sess_cache[key] = st
+                    if len(self._sess_cache) > SESSION_CACHE_VISITS:
+                        self._sess_cache.popitem(last=False)
+            m = len(st.items)
+            if n > m:
+                tail = session[m:]
+                idx, unknown = self._session_idx(tail)
+                st.unknown += unknown
+                last, first = st.last, st.first
+                for i in idx:
+                    last.pop(i, None)
+                    last[i] = None
+                    if i not in first:
+                        first[i] = None
+                st.skus.update(tail)
+                st.items = session[:n]
+            return st
 
     def scores(self, req: RecRequest) -> np.ndarray:
         """Raw model scores over the vocabulary (for evaluation and diagnostics)."""
@@ -605,7 +659,7 @@ class Ranker:
         scores = scores + self._tie
         excl = set(req.exclude)
         if self.rerank.drop_session_items:
-            excl.update(req.session)
+            excl |= self._session_state(req).skus
         cap_key = (req.screen, req.session_id) if (req.screen or req.session_id) else None
         capped = self._caps.get(cap_key) if cap_key else None
 
@@ -738,8 +792,8 @@ class Ranker:
             want = np.array([c[3] for c in chosen], np.int64)
             hit = np.flatnonzero((rep.items[:, None] == want[None, :]).any(axis=1))  # np.isin: 10x slower here
             share = dict(zip(rep.items[hit].tolist(), rep.share[hit].tolist(), strict=True))
-        # distinct picks, first occurrence kept: argmax below still finds the same (first) best item, over
-        # a few rows instead of one per pick of the visit
+        # distinct picks, first occurrence kept (``_invoke`` passes them so): argmax below still finds the
+        # same (first) best item, over a few rows instead of one per pick of the visit
         sess_idx = list(dict.fromkeys(sess_idx))
         emb_s = self.item_emb[sess_idx] if sess_idx else None
         return [self._reason(c, share, sess_idx, emb_s, req) for c in chosen]
@@ -776,7 +830,7 @@ class Ranker:
         """Nothing known: popularity by zone × hour (lead's PopularityRanker) or the model's popularity."""
         self.stats["fallback"] += 1
         _, hour, _ = self._when(req.when)
-        excl = set(req.exclude) | set(req.session) | self._suppress
+        excl = set(req.exclude) | self._session_state(req).skus | self._suppress
 
         def in_stock(sku: str) -> bool:
             if self.stock is None:

@@ -108,3 +108,44 @@ def test_stock_is_looked_up_only_for_the_head() -> None:
     after = [x.sku for x in r.recommend(req)]
     assert after == before
     assert 0 < len(asked) <= 4 * 5  # MMR sees the first 4k survivors; nothing past them is looked up
+
+
+def test_incremental_session_state_matches_a_fresh_one() -> None:
+    """A visit's session is mapped pick by pick (cached per session_id); every answer, reason and counter
+    equals the one from a ranker that maps the whole session again on every request."""
+    cached, fresh = Ranker.load(), Ranker.load()
+    rng = np.random.default_rng(4)
+    voc = cached.vocabulary
+    hist = [(voc[i], T0 + b * 7 * DAY, 1.0) for b in range(4) for i in (5, 50, 500)]
+    shown: list[str] = []
+    for visit in range(6):
+        session: list[object] = []
+        for step in range(80):  # more than SESSION_LEN distinct picks: which are the latest matters
+            r = rng.random()
+            if r < 0.1:
+                session.append(f"unknown-{step}")  # counted, ignored
+            elif r < 0.15:
+                session.append(int(voc[int(rng.integers(0, 50))]))  # not a string: looked up as one
+            elif r < 0.45 and session:
+                session.append(session[int(rng.integers(0, len(session)))])  # picked again: now the latest
+            elif r < 0.7 and shown:
+                session.append(shown[int(rng.integers(0, len(shown)))])  # took a recommended item
+            else:
+                session.append(voc[int(rng.integers(0, 2000))])
+            if visit == 5 and step == 50:
+                session = session[::-1]  # not an extension of what was cached: rebuilt
+            req = RecRequest(history=hist if visit % 2 else (), session=list(session), store_id="367",
+                             when=T0 + 40 * DAY + step * 60, k=8, session_id=f"v{visit}")
+            fresh._sess_cache.clear()
+            a, b = cached.recommend(req), fresh.recommend(req)
+            # and the state equals the plain per-request derivation it replaced
+            idx = [i for i in (cached._index.get(x if isinstance(x, str) else str(x), -1) for x in session)
+                   if i >= 0]
+            st = cached._session_state(req)
+            assert list(st.last) == list(dict.fromkeys(reversed(idx)))[::-1]
+            assert list(st.first) == list(dict.fromkeys(idx))
+            assert st.skus == set(session) and st.unknown == len(session) - len(idx)
+            assert a == b
+            shown = [x.sku for x in a]
+            assert cached.stats == fresh.stats
+    assert len(cached._sess_cache) == 6
