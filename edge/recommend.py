@@ -271,6 +271,9 @@ class Recommender:
             v.shown.clear()
             v.capped.clear()
             self.stats["cap_resets"] += 1
+            reset = getattr(self.model, "reset_caps", None)  # the model ranker keeps caps of its own
+            if reset is not None:
+                reset(v.session)
             scored, version = self._score(v, zone, when)
         self.stats["model" if version != "fallback" else "fallback"] += 1
         items = []

@@ -53,6 +53,10 @@ class RankerScorer:
         old, self.ranker = self.ranker, ranker
         return old
 
+    def reset_caps(self, session: str) -> None:
+        """A new round of the ranker's frequency caps for ``session`` (the recommend room reset its own)."""
+        self.ranker.reset_caps(session)
+
     def score(self, visit: Any, when: datetime, k: int, exclude: set[str]) -> list[tuple[str, float, str]]:
         history: tuple[tuple[str, float, float], ...] = ()
         profile = None

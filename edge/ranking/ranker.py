@@ -815,6 +815,11 @@ class Ranker:
             return "popular here at this hour"
         return "picked for you"
 
+    def reset_caps(self, session_id: str | None, screen: str | None = None) -> bool:
+        """Forget what (``screen``, ``session_id``) was shown: a new round of frequency caps (the node calls
+        this when a long visit has seen everything). True if there was anything to forget."""
+        return self._caps.pop((screen, session_id), None) is not None
+
     def _remember(self, key: tuple[str | None, str | None], recs: list[Recommendation]) -> None:
         d = self._caps.get(key)
         if d is None:

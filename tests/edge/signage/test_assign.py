@@ -63,14 +63,19 @@ def test_a_long_visit_never_blanks_its_screen(make_node: Callable[..., Any]) -> 
     n = make_node()
     rec = n.node.recommender
     sizes = []
+    reasons: list[set[str]] = []
     for i in range(500):  # 347 products, 6 a set, each shown at most 3 times: exhausted after ~175 sets
         n.publish(ShopperEvent(session="marathon", sku="1029743", action="pick", zone="dairy", shelf="dairy-1",
                                slot=0, t=time.time() + i * 1e-3))
         rs = n.node.screens.latest["dairy-screen"]
         assert rs.session == "marathon"
         sizes.append(len(rs.items))
+        reasons.append({it.reason for it in rs.items})
     assert rec.stats["cap_resets"] >= 1
     assert min(sizes) > 0, f"blank sets after pick {sizes.index(0)}"
+    # the model ranker's own caps start a new round too: the visit keeps getting model picks, not only the
+    # ranker's "popular in store" fallback
+    assert set().union(*reasons[-100:]) - {"popular in store"}
 
 
 def test_idle_screens_show_promotions_for_their_zone_and_hour(make_node: Callable[..., Any], tmp_path: Path) -> None:
