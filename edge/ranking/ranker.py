@@ -64,6 +64,7 @@ DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "shipped"
 MANIFEST_FORMAT = "shelfcast-ranker/1"
 HIST_CACHE_VISITS = 8  # concurrent visits whose parsed history is kept (the bench cycles 64: still misses)
 SESSION_CACHE_VISITS = 256  # visits whose session state (``_session_state``) is kept
+WIDE_MEMO = 64  # context vectors whose wide-path scores are kept (40 KB each)
 
 
 @dataclass(slots=True)
@@ -197,6 +198,7 @@ class Ranker:
         self._cat_block: np.ndarray | None = None  # outside the store catalogue
         self._promote_nonneg = True
         self._sess_cache: OrderedDict[str, _SessionState] = OrderedDict()  # by session_id
+        self._wide_memo: dict[bytes, np.ndarray] = {}  # context vector bytes -> wide-path scores (under _lock)
         self._sess_lock = threading.Lock()
         self._pop_order: list[tuple[str, float]] = []  # _popular_order's cache and its key
         self._pop_key: tuple[bool, int] | None = None
@@ -545,8 +547,17 @@ class Ranker:
             bad = self.context_spec.encode(ctx, hour, wd, req.store_id, req.profile, rep.n_baskets, ns)
             wide = None
             if self._wide_f is not None and self._wide_scale is not None:
-                nz = np.flatnonzero(ctx)
-                wide = (ctx[nz] * self._wide_scale[nz]) @ self._wide_f[nz]
+                # the wide path depends on the context vector only (hour, weekday, store, profile, basket and
+                # pick counts), which repeats from request to request: memoised, same numbers
+                ckey = ctx.tobytes()
+                wide = self._wide_memo.get(ckey)
+                if wide is None:
+                    nz = np.flatnonzero(ctx)
+                    wide = (ctx[nz] * self._wide_scale[nz]) @ self._wide_f[nz]
+                    wide.flags.writeable = False
+                    if len(self._wide_memo) >= WIDE_MEMO:
+                        self._wide_memo.pop(next(iter(self._wide_memo)))
+                    self._wide_memo[ckey] = wide
             self._it.set_tensor(self._in["hist_items"][0], hi[None, :])
             self._set("hist_weights", hw)
             self._it.set_tensor(self._in["session_items"][0], si[None, :])

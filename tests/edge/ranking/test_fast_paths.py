@@ -149,3 +149,20 @@ def test_incremental_session_state_matches_a_fresh_one() -> None:
             shown = [x.sku for x in a]
             assert cached.stats == fresh.stats
     assert len(cached._sess_cache) == 6
+
+
+def test_wide_path_memo_gives_the_same_scores(ranker: Ranker) -> None:
+    """The wide-path scores are memoised by context vector: a hit returns exactly what a miss computes."""
+    voc = ranker.vocabulary
+    profile = {"age": "45-54", "income": "50-74K", "household_size": "2", "kids_count": "0"}
+    reqs = [RecRequest(history=[(voc[i], T0 + b * 7 * DAY, 1.0) for b in range(nb) for i in (3, 30)],
+                       session=[voc[j] for j in range(ns)], store_id="367", profile=profile if nb % 2 else None,
+                       when=T0 + 60 * DAY + h * 3600, k=6)
+            for nb in (0, 1, 3) for ns in (0, 2, 20) for h in (0, 9, 17)]
+    ranker._wide_memo.clear()
+    first = [ranker.scores(q).copy() for q in reqs]  # misses (and some hits: repeated contexts)
+    assert 0 < len(ranker._wide_memo) <= len(reqs)
+    again = [ranker.scores(q) for q in reqs]  # all hits
+    for q, a, b in zip(reqs, first, again, strict=True):
+        ranker._wide_memo.clear()
+        assert np.array_equal(a, b) and np.array_equal(a, ranker.scores(q))  # and a fresh miss
