@@ -339,6 +339,8 @@ class Store:
                 if err is not None:
                     log.warning("store write failed: %s", err)
                 continue
+            if op.future.done():  # cancelled by its caller (a timed-out await): the write is in anyway
+                continue
             if err is not None:
                 op.future.set_exception(err)
             else:

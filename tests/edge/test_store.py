@@ -174,3 +174,12 @@ def test_record_event_writes_event_outbox_and_stock_in_one_op(tmp_path: Path) ->
     with Store(path) as s:
         assert s.stock("1") == 0
         assert {r["id"] for r in s.outbox_peek(10)} == {ev.id for ev in evs}
+
+
+def test_a_cancelled_future_does_not_kill_the_writer(tmp_path: Path) -> None:
+    """A caller that gives up (cancels its future, e.g. a timed-out await) must not take the writer down."""
+    with Store(tmp_path / "sc.db", flush_interval_ms=50) as s:
+        f = s.append_event(ShopperEvent("v", "1", "pick", None))
+        assert f.cancel()  # still pending: the batch commits at the end of the interval
+        s.append_event(ShopperEvent("v", "2", "pick", None)).result(5)  # the writer is alive
+        assert s.event_count() == 2
