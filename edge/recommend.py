@@ -110,9 +110,9 @@ class Recommender:
         self._rank_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
-        # called after each coalesced ranking pass (signage flushes the pass's sets at once, not a loop
-        # iteration later)
-        self.after_pass: list[Callable[[], None]] = []
+        # called after each visit's sets of a coalesced ranking pass are published (signage pushes them at
+        # once, not after the other visits of the pass or a loop iteration later)
+        self.after_push: list[Callable[[], None]] = []
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -185,11 +185,11 @@ class Recommender:
                 self._push(v)
             except Exception:  # one visit's failure must not starve the others
                 log.exception("ranking for visit %s failed", v.session)
-        for fn in self.after_pass:
-            try:
-                fn()
-            except Exception:
-                log.exception("after-pass hook %r failed", fn)
+            for fn in self.after_push:
+                try:
+                    fn()
+                except Exception:
+                    log.exception("after-push hook %r failed", fn)
 
     def _push(self, v: VisitState) -> None:
         """Rank for ``v`` and publish the set for each screen it is the nearest shopper to."""

@@ -3,7 +3,7 @@
 The hot path (all on the event loop, nothing blocks, nothing logged per set):
 ``ScreenBoard`` accepts a set → ``on_set`` keeps it as the screen's latest and
 schedules one ``_flush`` for this loop tick (a burst for one screen becomes
-one push; after a ranking pass of the recommender, ``flush_now`` runs it at
+one push; after each visit the recommender ranks, ``flush_now`` runs it at
 once) → ``_flush`` encodes it once and hands the bytes to the SSE hub
 (latest wins per client), the MQTT publisher (retained), the shelf display
 (rate-limited, latest wins) and the feedback loop (impressions).
@@ -108,7 +108,7 @@ class SignageRoom:
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self.board.listeners.append(self.on_set)
-        self.recommender.after_pass.append(self.flush_now)
+        self.recommender.after_push.append(self.flush_now)
         self.bus.subscribe(ShopperEvent, self._on_shopper)
         self.mqtt.start()
         if self.serve_http and self.cfg.enabled:
@@ -132,7 +132,7 @@ class SignageRoom:
         with contextlib.suppress(ValueError):
             self.board.listeners.remove(self.on_set)
         with contextlib.suppress(ValueError):
-            self.recommender.after_pass.remove(self.flush_now)
+            self.recommender.after_push.remove(self.flush_now)
         self.bus.unsubscribe(ShopperEvent, self._on_shopper)
         with contextlib.suppress(Exception):  # what has been on screen long enough is an impression
             self.feedback.tick()
@@ -203,8 +203,8 @@ class SignageRoom:
                 self._loop.call_soon_threadsafe(self._flush)
 
     def flush_now(self) -> None:
-        """Push what is dirty now (the recommender calls this after a ranking pass: its sets go out in the
-        same loop iteration; the ``_flush`` already scheduled then finds nothing to do)."""
+        """Push what is dirty now (the recommender calls this after each visit of a ranking pass: its sets
+        go out at once; the ``_flush`` already scheduled then finds nothing to do)."""
         if self._dirty and threading.get_ident() == self._loop_thread:
             self._flush()
 
