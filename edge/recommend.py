@@ -2,9 +2,16 @@
 
 The hot path: ``ShopperEvent`` (a pick or put attributed to a visit) →
 recorded in the store (and queued upstream) → the visit's state updated →
-the catalogue scored for that visit → a ``RecommendationSet`` published for
-the screen that serves it. Screens, SSE and MQTT pushes subscribe to
-``RecommendationSet`` on the bus; this room knows nothing about them.
+at the end of the event-loop iteration, once per visit however many of its
+picks came in it (bursts coalesce), the catalogue scored for that visit → a
+``RecommendationSet`` published for the screen that serves it. Screens, SSE
+and MQTT pushes subscribe to ``RecommendationSet`` on the bus; this room
+knows nothing about them (``after_push`` hooks let signage push at once).
+
+Nobody in front of a screen: the zone's popular items for the hour, with the
+configured promotions (``signage.promotions``) first. A visit long enough to
+have been shown everything (frequency caps) starts a new round of caps
+instead of getting an empty screen.
 
 Scoring goes through the model ranker when one is loaded (``edge.ranking``)
 and falls back to popularity by zone × hour (``edge.ranking.fallback``)
