@@ -116,7 +116,8 @@ class _Broker:
         self.port = _free_port()
         conf = workdir / "mosquitto.conf"
         conf.write_text(f"user root\nlistener {self.port} 127.0.0.1\nallow_anonymous true\n"
-                        "max_queued_messages 100000\n")
+                        # without it the broker's Nagle holds small retained sets: MQTT p99 18 ms -> 4 ms
+                        "max_queued_messages 100000\nset_tcp_nodelay true\n")
         self.proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 5
