@@ -45,6 +45,7 @@ def local_broker(tmp_path: Path, mosquitto: Any) -> Iterator[tuple[int, Any]]:
     port = free_port()
     text = render_mosquitto_conf(cfg, port=port)
     assert "connection shelfcast-cloud" in text and f"address 127.0.0.1:{mosquitto.port}" in text
+    assert "set_tcp_nodelay true" in text  # and the broker below must accept it
     conf = tmp_path / "local.conf"
     (tmp_path / "p").mkdir()
     # the rendered file is a conf.d drop-in; Debian's main mosquitto.conf supplies persistence like this
