@@ -715,25 +715,28 @@ class Ranker:
         early = self._promote_nonneg
         promote = self._promote
         kept: list[tuple[str, float, int, int]] = []
-        n_plain = 0
+        n_plain = n_capped = n_oos = 0
+        cap, stock = self.rerank.repeat_cap, self.stock  # locals: this loop runs over every candidate
         for c in cand:
             sku = c[0]
-            if capped is not None and capped.get(sku, 0) >= self.rerank.repeat_cap:
-                self.stats["capped"] += 1
+            if capped is not None and capped.get(sku, 0) >= cap:
+                n_capped += 1
                 continue
             boost = promote.get(sku) if promote else None
             if early and boost is None and n_plain >= need:
                 continue
-            if self.stock is not None:
-                units = self.stock(sku)
+            if stock is not None:
+                units = stock(sku)
                 if units is not None and units <= 0:
-                    self.stats["out_of_stock"] += 1
+                    n_oos += 1
                     continue
             if boost is None:
                 n_plain += 1
                 kept.append(c)
             else:
                 kept.append((sku, c[1] + boost, c[2], c[3]))
+        self.stats["capped"] += n_capped
+        self.stats["out_of_stock"] += n_oos
         kept.sort(key=lambda c: -c[1])
         chosen = self._mmr(kept, k)
         if not chosen:
@@ -819,7 +822,7 @@ class Ranker:
             return "you buy this often" if share >= 0.2 else "bought before"
         if emb_s is not None:
             sims = emb_s @ self.item_emb[i]
-            j = int(np.argmax(sims))
+            j = int(sims.argmax())
             if sims[j] > 0.2:
                 return f"because you picked up {self._name(self.vocabulary[sess_idx[j]])}"
         if not req.history:
