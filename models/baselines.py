@@ -1,5 +1,5 @@
-"""Baselines in the same harness: global / store popularity, GP-TopFreq, item-kNN co-occurrence,
-implicit ALS, TIFU-KNN and the seed article's naive user-based CF (filters purchased items).
+"""Baselines in the same harness: global / recent (last 14 training days) / store popularity, GP-TopFreq,
+item-kNN co-occurrence, implicit ALS, TIFU-KNN and the seed article's naive user-based CF (filters purchased items).
 
 All work on product codes of ``Prepared``; count-based ones rank every product
 sold in training, the matrix ones rank the model's vocabulary (top 10k).
@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from edge.ranking.features import HEAT_WEEKS
 from models.data import Prepared
 from models.dataset import Problem, basket_times
 
@@ -74,6 +75,11 @@ class Context:
         self.basket_t = bt_of_b[bb]
         self.user_vocab = self.user_counts[:, self.vocab].tocsr()
         self.H = H
+        # distinct baskets per product in the last HEAT_WEEKS training weeks (what a node knows at test start)
+        wk_of_b = np.zeros(len(hh_of_b), np.int64)
+        wk_of_b[a["basket"]] = a["week"]
+        recent = wk_of_b[b] > train_last_week - HEAT_WEEKS
+        self.recent_pop = np.bincount(p[recent], minlength=self.P).astype(np.float64)
 
 
 class GlobalPop:
@@ -84,6 +90,20 @@ class GlobalPop:
 
     def recommend(self, pr: Problem, k: int, exclude: set[int]) -> list[int]:
         return _topk(self.c.pop, k, exclude)
+
+
+class RecentPop:
+    """Global popularity of the last 14 days of the training weeks (item sales heat alone), ties by
+    all-time popularity: what the model's heat term can buy on its own."""
+
+    name = "recent_pop"
+
+    def __init__(self, c: Context) -> None:
+        self.c = c
+        self._scores = c.recent_pop + c.pop / (c.pop.max() + 1)
+
+    def recommend(self, pr: Problem, k: int, exclude: set[int]) -> list[int]:
+        return _topk(self._scores, k, exclude)
 
 
 class StorePop:
@@ -277,7 +297,7 @@ class NaiveUserCF:
 def build_all(c: Context, include: tuple[str, ...] | None = None, seed: int = 0) -> list[Any]:
     out: list[Any] = []
     makers: list[tuple[str, Any]] = [
-        ("global_pop", lambda: GlobalPop(c)), ("store_pop", lambda: StorePop(c)),
+        ("global_pop", lambda: GlobalPop(c)), ("recent_pop", lambda: RecentPop(c)), ("store_pop", lambda: StorePop(c)),
         ("gp_topfreq", lambda: GPTopFreq(c)), ("item_knn", lambda: ItemKNN(c)),
         ("als", lambda: ALS(c, seed=seed)), ("tifu_knn", lambda: TIFUKNN(c)),
         ("user_cf_naive", lambda: NaiveUserCF(c)),

@@ -58,6 +58,7 @@ class Examples:
     rep_idx: np.ndarray  # [N, R] vocab index, V = padding
     rep_val: np.ndarray  # [N, R, REPEAT_FEATURES] rows of features.repeat_matrix
     target: np.ndarray  # [N, MAX_TARGET] vocab index, V = padding
+    week: np.ndarray | None = None  # [N] week of the target basket (selects the item-heat table)
 
     def __len__(self) -> int:
         return len(self.context)
@@ -130,7 +131,8 @@ def build_examples(prep: Prepared, last_week: int, seed: int, per_household: int
                 idx_all[:0], bt[:0], now)
             li = lo + s
             rows.append((rep, sess, tgt, int(a["hour"][li]), int(a["weekday"][li]),
-                         store_ids[int(a["store"][li])], profile if rng.random() > 0.1 else None))
+                         store_ids[int(a["store"][li])], profile if rng.random() > 0.1 else None,
+                         int(a["week"][li])))
     N = len(rows)
     R = MAX_REPEAT_ITEMS
     ex = Examples(
@@ -140,7 +142,9 @@ def build_examples(prep: Prepared, last_week: int, seed: int, per_household: int
         context=np.zeros((N, C), np.float32), rep_idx=np.full((N, R), V, np.int32),
         rep_val=np.zeros((N, R, REPEAT_FEATURES), np.float32), target=np.full((N, MAX_TARGET), V, np.int32),
     )
-    for n, (rep, sess, tgt, hour, wd, store, prof) in enumerate(rows):
+    weeks = np.zeros(N, np.int32)
+    for n, (rep, sess, tgt, hour, wd, store, prof, week) in enumerate(rows):
+        weeks[n] = week
         history_inputs(rep, ex.hist_items[n], ex.hist_weights[n])
         ns = session_inputs(sess, ex.session_items[n], ex.session_weights[n])
         spec.encode(ex.context[n], hour, wd, store, prof, rep.n_baskets, ns)
@@ -149,6 +153,7 @@ def build_examples(prep: Prepared, last_week: int, seed: int, per_household: int
         ex.rep_val[n, :m] = repeat_matrix(rep)
         t = tgt[:MAX_TARGET]
         ex.target[n, : len(t)] = t
+    ex.week = weeks
     return ex
 
 

@@ -14,9 +14,11 @@ import numpy as np
 
 from edge.ranking.features import (
     DECAY_DAYS,
+    HEAT_WEEKS,
     HIST_LEN,
     MAX_REPEAT_ITEMS,
     RECENCY_DAYS,
+    REPEAT_FEATURES,
     SESSION_LEN,
 )
 from edge.ranking.ranker import MANIFEST_FORMAT, make_interpreter
@@ -42,7 +44,7 @@ def _io_spec(details: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def side_data(prep: Prepared, weights: Path) -> bytes:
+def side_data(prep: Prepared, weights: Path, bias_on_node: bool = True) -> bytes:
     with np.load(weights) as z:
         w = {k: z[k] for k in z.files}
     v = prep.a["vocab"]
@@ -65,6 +67,16 @@ def side_data(prep: Prepared, weights: Path) -> bytes:
     for k in ATTRS:
         arrays[f"attr_out_{k}"] = w[f"attr_out_{k}"].astype(np.float32)
         arrays[f"attr_b_{k}"] = w[f"attr_b_{k}"].astype(np.float32)
+    if bias_on_node:  # v3: the output bias is added by the node in float (not in the int8 graph)
+        arrays["out_bias"] = w["out_bias"].astype(np.float32)
+    if "heat_log" in w:  # item sales heat term: (w0 + w1 · has_history) · heat_log, heat as of the export
+        arrays["heat_w"] = (w["heat_w"] if "heat_w" in w else np.asarray(HEAT_W)).astype(np.float32)
+        arrays["heat_log"] = w["heat_log"].astype(np.float32)
+    if "cooc_w" in w:  # co-occurrence neighbours: int16 ids, uint8 cosine (scale 1/255)
+        arrays["cooc_w"] = w["cooc_w"].astype(np.float32)
+        arrays["cooc_idx"] = w["cooc_idx"]
+        arrays["cooc_val"] = np.rint(np.clip(w["cooc_val"], 0.0, 1.0) * 255).astype(np.uint8)
+        arrays["cooc_val_scale"] = np.array(1 / 255, np.float32)
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)  # type: ignore[arg-type]
     return buf.getvalue()
@@ -72,12 +84,23 @@ def side_data(prep: Prepared, weights: Path) -> bytes:
 
 # Post-model blend weights on the repeat features (bought, log share, recency, log decayed share),
 # chosen on the validation split (train weeks 1–41, evaluate 42–47); see docs/model-card.md.
-REPEAT_BLEND: tuple[float, float, float, float] = (0.0, 2.0, 0.0, 3.0)
+REPEAT_BLEND: tuple[float, ...] = (0.0, 2.0, 0.0, 3.0)
+# + β · ln(1 + training popularity) for shoppers without history (validation-tuned; 0 = off)
+COLD_POP_BLEND = 0.5
+# multipliers on the learned heat weights and co-occurrence weights (session, history, session × bought),
+# validation-tuned: the softmax-trained weights were too flat for the top 10 (see docs/model-card.md)
+HEAT_MULT = 1.0
+# heat weights (no history, extra with history) when the network did not learn them (TrainConfig.heat off)
+HEAT_W: tuple[float, float] = (0.4, 0.0)
+COOC_MULT: tuple[float, float, float] = (16.0, 1.0, 1.0)
+COOC_MULT_COLD: tuple[float, float, float] = (6.0, 1.0, 1.0)  # shoppers without history
 
 
 def export(prep: Prepared, run_dir: Path, out_dir: Path, *, version: str | None = None,
            metrics: dict[str, Any] | None = None, source: str = "Dunnhumby The Complete Journey",
-           which: str = "int8", repeat_blend: tuple[float, ...] = REPEAT_BLEND) -> Path:
+           which: str = "int8", repeat_blend: tuple[float, ...] = REPEAT_BLEND,
+           cold_pop_blend: float = COLD_POP_BLEND, heat_mult: float = HEAT_MULT,
+           cooc_mult: tuple[float, ...] = COOC_MULT, cooc_mult_cold: tuple[float, ...] = COOC_MULT_COLD) -> Path:
     """Write ``out_dir``/{model.tflite, items.npz, manifest.json}; returns the manifest path."""
     model_bytes = (run_dir / f"model_{which}.tflite").read_bytes()
     side = side_data(prep, run_dir / "weights.npz")
@@ -108,7 +131,17 @@ def export(prep: Prepared, run_dir: Path, out_dir: Path, *, version: str | None 
         },
         "attributes": {**{ATTR_NAMES[k]: prep.meta["attribute_values"][ATTR_NAMES[k]] for k in ATTR_NAMES},
                        "price_band_edges": prep.meta["price_band_edges"]},
-        "rerank": {"repeat_blend": [float(x) for x in repeat_blend]},
+        "rerank": {"repeat_blend": [float(x) for x in repeat_blend], "cold_pop_blend": float(cold_pop_blend),
+                   "heat_mult": float(heat_mult), "cooc_mult": [float(x) for x in cooc_mult],
+                   "cooc_mult_cold": [float(x) for x in cooc_mult_cold]},
+        "node_terms": {
+            "out_bias": "items.npz out_bias [V], added in float (not in the int8 graph)",
+            "heat": f"(heat_w[0] + heat_w[1] * has_history) * ln(1 + baskets with the item in the {HEAT_WEEKS} "
+                    f"weeks before week {train_info.get('train_last_week', '?')} + 1) (items.npz heat_log; "
+                    "refresh with Ranker.set_item_heat)",
+            "cooc": "cooc_w . (session, history, session x bought) co-occurrence over items.npz cooc_idx/cooc_val",
+            "repeat_features": REPEAT_FEATURES,
+        },
         "metrics": metrics or {},
         "vocabulary": prep.vocab_skus(),
     }

@@ -11,8 +11,14 @@ Architecture (justified in docs/model-card.md):
   history size) → MLP → user vector ``u`` (an output, for the new-item path).
 - scores = u · out_table + bias + gate(u) · Σ_k A_k ⊙ repeat_k: a learned,
   per-item mix of the shopper's own repeat signal (share, recency, decayed
-  share) with a per-shopper gate. Grocery is repeat-dominated; this is the
-  part personal top-frequency gets right and the network learns to weigh.
+  share, last-basket membership, due ratio, trip frequency) with a per-shopper
+  gate. Grocery is repeat-dominated; this is the part personal top-frequency
+  gets right and the network learns to weigh.
+- + (h0 + h1 · has_history) · ln(1 + item heat), heat = the item's baskets in
+  the 14 days before the example's week (what a node knows from its own sales)
+- + c0 · cooc(session) + c1 · cooc(history) + c2 · cooc(session) · bought: a
+  sparse top-24 item-item co-occurrence (cosine) term, weights learned.
+  The bias, heat and co-occurrence terms are added by the node in float.
 
 Training: softmax cross-entropy against the next basket (uniform over its
 items), with session reveals and dropped histories so one network serves
@@ -30,9 +36,10 @@ from typing import Any
 
 import numpy as np
 
-from edge.ranking.features import REPEAT_FEATURES
+from edge.ranking.features import REPEAT_FEATURES, heat_log
 from models.data import Prepared
 from models.dataset import Examples
+from models.sideterms import cooc_neighbours, heat_tables
 
 log = logging.getLogger("shelfcast.models.train")
 
@@ -56,6 +63,16 @@ class TrainConfig:
     p_session: float = 0.6
     id_dropout: float = 0.1
     per_household: int = 30
+    # learn the item sales heat weights, (w0 + w1 · has_history) · ln(1 + 14-day baskets), in the network. Off:
+    # the dense [B, V] heat product made training not bit-reproducible run to run (7th digit, even with one
+    # thread); the node adds the term with weights chosen on the validation split (models/export.py HEAT_W)
+    heat: bool = False
+    cooc: bool = True  # basket co-occurrence terms (session items, history items, session × bought)
+    cooc_scale: float = 10.0  # the co-occurrence weights are cooc_scale · θ (θ starts at 0): Adam moves θ ~lr/step
+    heat_scale: float = 5.0  # likewise for the two heat weights
+    # likewise for the repeat term's linear weights: at scale 1, 4 epochs moved them < 1.5 from their start, and a
+    # post-model blend of +2 log share +3 log decayed share was still worth +0.02 NDCG on validation
+    rep_lin_scale: float = 10.0
     seed: int = 0
 
 
@@ -76,9 +93,25 @@ def attr_sizes(prep: Prepared) -> dict[str, int]:
     return {k: int(prep.a[k].max()) + 1 for k in ATTRS}
 
 
+def _scatter(tf: Any, idx: Any, val: Any, B: Any, V: int) -> Any:
+    """Dense [B, V, C] sums of ``val`` [B, W, C] at ``idx`` [B, W] (index V = padding, dropped)."""
+    width = tf.shape(idx)[1]
+    rows = tf.repeat(tf.range(B), width)
+    seg = rows * (V + 1) + tf.reshape(idx, [-1])
+    C = val.shape[-1]
+    d = tf.math.unsorted_segment_sum(tf.reshape(val, [-1, C]), seg, B * (V + 1))
+    return tf.reshape(d, [B, V + 1, C])[:, :V, :]
+
+
 def build_model(V: int, C: int, codes: dict[str, np.ndarray], sizes: dict[str, int], cfg: TrainConfig,
-                log_pop: np.ndarray | None = None) -> Any:
-    """The training-time Keras model (item tables computed from id + attribute parts)."""
+                log_pop: np.ndarray | None = None, heat: np.ndarray | None = None,
+                cooc: tuple[np.ndarray, np.ndarray] | None = None) -> Any:
+    """The training-time Keras model (item tables computed from id + attribute parts).
+
+    ``heat``: [W, V] ln(1 + heat) table per week (row = example week); ``cooc``: top-K neighbour
+    (idx, value) tables. The repeat term is computed sparsely on the shopper's ≤ R items (the same
+    numbers the node computes), then scattered: an all-zero row adds the same constant to every
+    item, which a softmax ignores, so only f(r) - f(0) is scattered."""
     tf = _tf()
     import keras
 
@@ -105,8 +138,18 @@ def build_model(V: int, C: int, codes: dict[str, np.ndarray], sizes: dict[str, i
             self.rep_h = keras.layers.Dense(16, activation="relu", name="repeat_mlp1")
             self.rep_o = keras.layers.Dense(1, name="repeat_mlp2", kernel_initializer="zeros")
             # linear part starts as "bonus for bought + log share + log decayed share" (≈ top-frequency)
-            self.rep_lin = keras.layers.Dense(1, name="repeat_linear", kernel_initializer=keras.initializers.Constant(
-                [[1.0], [0.5], [0.5], [0.5]]))
+            lin0 = np.array([1.0, 0.5, 0.5, 0.5] + [0.0] * (REPEAT_FEATURES - 4), np.float32)
+            self.rep_lin_k = self.add_weight(shape=(REPEAT_FEATURES,), name="repeat_linear_theta",
+                                             initializer=keras.initializers.Constant(lin0 / cfg.rep_lin_scale))
+            self.heat = heat is not None
+            if self.heat:
+                self.heat_w = self.add_weight(shape=(2,), initializer="zeros", name="heat_w")
+            if cooc is not None:
+                self.nb_idx = tf.constant(cooc[0].astype(np.int32))
+                self.nb_val = tf.constant(cooc[1].astype(np.float32))
+            else:
+                self.nb_idx = self.nb_val = None
+            self.cooc_theta = self.add_weight(shape=(3,), initializer="zeros", name="cooc_theta")
             self.drop = keras.layers.Dropout(cfg.dropout, seed=cfg.seed)
             self.d1 = keras.layers.Dense(cfg.hidden, activation="relu", name="tower1")
             self.d2 = keras.layers.Dense(cfg.hidden // 2, activation="relu", name="tower2")
@@ -150,31 +193,63 @@ def build_model(V: int, C: int, codes: dict[str, np.ndarray], sizes: dict[str, i
                 neural = neural + self.wide(x["context"])
             if self.sess is not None:
                 neural = neural + self.sess(s)
-            r = x["repeat"]
-            rep = (self.rep_o(self.rep_h(r)) + self.rep_lin(r))[..., 0] + r[..., 0] * self.rep_item[0] + \
-                r[..., 1] * self.rep_item[1]
-            return neural + g * rep, u
+            B = tf.shape(u)[0]
+            r = x["rep_val"]  # [B, R, F], zero rows for padding
+            ridx = x["rep_idx"]  # [B, R], V = padding
+            f = self.rep_o(self.rep_h(r))[..., 0] + cfg.rep_lin_scale * tf.tensordot(r, self.rep_lin_k, 1)
+            r0 = tf.zeros((1, 1, REPEAT_FEATURES))
+            f = f - self.rep_o(self.rep_h(r0))[..., 0]
+            ic = tf.minimum(ridx, V - 1)
+            f = f + r[..., 0] * tf.gather(self.rep_item[0], ic) + r[..., 1] * tf.gather(self.rep_item[1], ic)
+            bought = tf.cast(ridx < V, tf.float32)
+            dense = _scatter(tf, ridx, tf.stack([f, bought], axis=-1), B, V)  # [B, V, 2]
+            logits = neural + g * dense[..., 0]
+            if self.heat:
+                has_hist = x["context"][:, -2:-1]  # layout: ..., log1p_baskets/5, has_history, session_len/16
+                lh = x["heat"]  # [B, V] rows of the week's table, gathered in numpy
+                # scalar weights enter through a matmul ([B·V, n] × [n]): its gradient is a GEMM, reproducible run
+                # to run; a scalar × [B, V] product's gradient is a full reduction that was not (7th digit)
+                logits = logits + tf.tensordot(tf.stack([lh, has_hist * lh], axis=-1),
+                                               cfg.heat_scale * self.heat_w, 1)
+            if self.nb_idx is not None:
+                w = cfg.cooc_scale * self.cooc_theta
+                cs = self._cooc(x["session_items"], x["session_weights"], B)
+                ch = self._cooc(x["hist_items"], x["hist_weights"], B)
+                logits = logits + tf.tensordot(tf.stack([cs, ch, cs * dense[..., 1]], axis=-1), w, 1)
+            return logits, u
+
+        def _cooc(self, items: Any, weights: Any, B: Any) -> Any:
+            """Σ_k weights_k · cooc(items_k, ·) for 1-based item inputs (0 pads, weight 0)."""
+            i = tf.maximum(items - 1, 0)
+            idx = tf.gather(self.nb_idx, i)  # [B, L, K]
+            val = tf.gather(self.nb_val, i) * weights[..., None]
+            L, K = idx.shape[1], idx.shape[2]
+            return _scatter(tf, tf.reshape(idx, [B, L * K]), tf.reshape(val, [B, L * K, 1]), B, V)[..., 0]
 
     m = Ranking()
     return m
 
 
 def dense_batch(ex: Examples, sel: np.ndarray, V: int) -> dict[str, np.ndarray]:
-    """Dense numpy inputs for the selected examples (repeat vectors scattered)."""
-    n = len(sel)
-    out = {
+    """The graph's numpy inputs for the selected examples (the repeat term is computed outside the graph)."""
+    return {
         "hist_items": ex.hist_items[sel], "hist_weights": ex.hist_weights[sel],
         "session_items": ex.session_items[sel], "session_weights": ex.session_weights[sel],
         "context": ex.context[sel],
     }
-    rep = np.zeros((n, V + 1, REPEAT_FEATURES), np.float32)
-    rows = np.repeat(np.arange(n), ex.rep_idx.shape[1])
-    rep[rows, ex.rep_idx[sel].ravel()] = ex.rep_val[sel].reshape(-1, REPEAT_FEATURES)
-    out["repeat"] = rep[:, :V, :]
+
+
+def side_tables(prep: Prepared, last_week: int, cfg: TrainConfig) -> dict[str, np.ndarray]:
+    """Heat (ln, per week) and co-occurrence tables from the training weeks only."""
+    out: dict[str, np.ndarray] = {"heat_log_weeks": heat_log(heat_tables(prep, last_week))}  # the node needs it
+    if cfg.cooc:
+        out["cooc_idx"], out["cooc_val"] = cooc_neighbours(prep, last_week)
     return out
 
 
-def train(prep: Prepared, ex: Examples, cfg: TrainConfig, progress: Any = None) -> Any:
+def train(prep: Prepared, ex: Examples, cfg: TrainConfig, progress: Any = None,
+          last_week: int | None = None) -> Any:
+    """Fit the network; ``last_week`` = the last training week (side tables use weeks <= it)."""
     tf = _tf()
     import keras
 
@@ -184,27 +259,26 @@ def train(prep: Prepared, ex: Examples, cfg: TrainConfig, progress: Any = None) 
     C = ex.context.shape[1]
     cnt = np.bincount(ex.target.ravel(), minlength=V + 1)[:V].astype(np.float64)  # training targets only
     log_pop = np.log(cnt + 1.0)
-    model = build_model(V, C, attr_codes(prep), attr_sizes(prep), cfg, (log_pop - log_pop.mean()).astype(np.float32))
+    lw = prep.split.train_last_week if last_week is None else last_week
+    tables = side_tables(prep, lw, cfg)
+    cooc = (tables["cooc_idx"], tables["cooc_val"]) if "cooc_idx" in tables else None
+    model = build_model(V, C, attr_codes(prep), attr_sizes(prep), cfg, (log_pop - log_pop.mean()).astype(np.float32),
+                        heat=tables["heat_log_weeks"] if cfg.heat else None, cooc=cooc)
+    model.side_tables = tables
     opt = keras.optimizers.Adam(cfg.lr)
-
-    R = ex.rep_idx.shape[1]
-    T = ex.target.shape[1]
-
-    def scatter(idx: Any, val: Any, B: Any, width: int) -> Any:
-        rows = tf.repeat(tf.range(B), width)
-        seg = rows * (V + 1) + tf.reshape(idx, [-1])
-        d = tf.math.unsorted_segment_sum(tf.reshape(val, [B * width, -1]), seg, B * (V + 1))
-        return tf.reshape(d, [B, V + 1, -1])[:, :V, :]
+    week = ex.week if ex.week is not None else np.zeros(len(ex), np.int32)
+    week = np.minimum(week, lw + 1).astype(np.int32)
+    heat_tab = tables.get("heat_log_weeks", np.zeros((lw + 2, 1), np.float32))
 
     @tf.function(reduce_retracing=True)
-    def step(hi: Any, hw: Any, si: Any, sw: Any, ctx: Any, ridx: Any, rval: Any, tgt: Any, seed: Any) -> Any:
+    def step(hi: Any, hw: Any, si: Any, sw: Any, ctx: Any, ridx: Any, rval: Any, tgt: Any, heat: Any,
+             seed: Any) -> Any:
         B = tf.shape(ctx)[0]
-        rep = scatter(ridx, rval, B, R)
-        t = scatter(tgt, tf.ones_like(tgt, tf.float32)[..., None], B, T)[..., 0]
+        t = _scatter(tf, tgt, tf.ones_like(tgt, tf.float32)[..., None], B, V)[..., 0]
         t = t / tf.maximum(tf.reduce_sum(t, axis=1, keepdims=True), 1.0)
         mask = tf.cast(tf.random.stateless_uniform([V], seed) >= cfg.id_dropout, tf.float32)
         x = {"hist_items": hi, "hist_weights": hw, "session_items": si, "session_weights": sw,
-             "context": ctx, "repeat": rep}
+             "context": ctx, "rep_idx": ridx, "rep_val": rval, "heat": heat}
         with tf.GradientTape() as tape:
             logits, _ = model(x, training=True, mask=mask)
             loss = -tf.reduce_mean(tf.reduce_sum(t * tf.nn.log_softmax(logits), axis=1))
@@ -225,10 +299,13 @@ def train(prep: Prepared, ex: Examples, cfg: TrainConfig, progress: Any = None) 
             sel = order[s : s + cfg.batch]
             loss = step(ex.hist_items[sel], ex.hist_weights[sel], ex.session_items[sel],
                         ex.session_weights[sel], ex.context[sel], ex.rep_idx[sel], ex.rep_val[sel],
-                        ex.target[sel], tf.constant([cfg.seed, steps], tf.int32))
+                        ex.target[sel], heat_tab[week[sel]], tf.constant([cfg.seed, steps], tf.int32))
             steps += 1
             losses.append(float(loss))
-        log.info("epoch %d loss %.4f", epoch + 1, float(np.mean(losses)))
+        log.info("epoch %d loss %.4f heat_w %s cooc_w %s repeat_linear %s", epoch + 1, float(np.mean(losses)),
+                 np.round(cfg.heat_scale * model.heat_w.numpy(), 3) if cfg.heat else "-",
+                 np.round(cfg.cooc_scale * model.cooc_theta.numpy(), 3),
+                 np.round(cfg.rep_lin_scale * model.rep_lin_k.numpy(), 2))
     return model
 
 
@@ -239,9 +316,10 @@ def save_weights(model: Any, out: Path, cfg: TrainConfig, meta: dict[str, Any]) 
     w: dict[str, np.ndarray] = {
         "in_table": tin, "out_table": tout.numpy(), "out_bias": b.numpy(), "rep_item": model.rep_item.numpy(),
     }
+    w["repeat_linear_kernel"] = (cfg.rep_lin_scale * model.rep_lin_k.numpy())[:, None].astype(np.float32)
+    w["repeat_linear_bias"] = np.zeros(1, np.float32)  # a constant per shopper: cancels in the ranking
     for name, layer in (("tower1", model.d1), ("tower2", model.d2), ("user", model.du), ("gate", model.dg),
-                        ("repeat_mlp1", model.rep_h), ("repeat_mlp2", model.rep_o),
-                        ("repeat_linear", model.rep_lin)):
+                        ("repeat_mlp1", model.rep_h), ("repeat_mlp2", model.rep_o)):
         k, bb = layer.get_weights()
         w[f"{name}_kernel"] = k
         w[f"{name}_bias"] = bb
@@ -251,12 +329,20 @@ def save_weights(model: Any, out: Path, cfg: TrainConfig, meta: dict[str, Any]) 
     for k in ATTRS:
         w[f"attr_out_{k}"] = model.attr_out[k].numpy()
         w[f"attr_b_{k}"] = model.attr_b[k].numpy()
+    tables = getattr(model, "side_tables", {})
+    if "heat_log_weeks" in tables:
+        w["heat_log"] = tables["heat_log_weeks"][-1]  # the heat known right after the last training week
+    if cfg.heat:
+        w["heat_w"] = (cfg.heat_scale * model.heat_w.numpy()).astype(np.float32)
+    if "cooc_idx" in tables:
+        w["cooc_w"] = (cfg.cooc_scale * model.cooc_theta.numpy()).astype(np.float32)
+        w["cooc_idx"], w["cooc_val"] = tables["cooc_idx"], tables["cooc_val"]
     out.mkdir(parents=True, exist_ok=True)
     np.savez(out / "weights.npz", **w)  # type: ignore[arg-type]
     (out / "train.json").write_text(json.dumps({"config": asdict(cfg), **meta}))
 
 
-def inference_model(w: dict[str, np.ndarray], C: int, wide_in_graph: bool = False) -> Any:
+def inference_model(w: dict[str, np.ndarray], C: int, wide_in_graph: bool = False, bias_on_node: bool = True) -> Any:
     """The node's Keras model: same math as training (minus the sparse repeat term), item tables baked in."""
     _tf()
     import keras
@@ -284,7 +370,9 @@ def inference_model(w: dict[str, np.ndarray], C: int, wide_in_graph: bool = Fals
     d2 = keras.layers.Dense(w["tower2_bias"].shape[0], activation="relu", name="tower2")
     du = keras.layers.Dense(D, name="user")
     dg = keras.layers.Dense(1, activation="softplus", name="repeat_gate")
-    dout = keras.layers.Dense(V, name="item_out")
+    # the output bias (log popularity, ~8 nats wide) is added by the node in float (side file): outside
+    # the int8 output it no longer stretches the output scale, and the file loses its int32 [V] bias
+    dout = keras.layers.Dense(V, name="item_out", use_bias=not bias_on_node)
     z = d2(d1(z))
     u = du(z)
     g = dg(z)
@@ -310,5 +398,5 @@ def inference_model(w: dict[str, np.ndarray], C: int, wide_in_graph: bool = Fals
     d2.set_weights([w["tower2_kernel"], w["tower2_bias"]])
     du.set_weights([w["user_kernel"], w["user_bias"]])
     dg.set_weights([w["gate_kernel"], w["gate_bias"]])
-    dout.set_weights([w["out_table"].T.copy(), w["out_bias"]])
+    dout.set_weights([w["out_table"].T.copy()] if bias_on_node else [w["out_table"].T.copy(), w["out_bias"]])
     return model

@@ -18,7 +18,13 @@ Inputs of the model (names are the manifest's feature spec):
   baskets containing it (6 + ln share, floored at 0), exp(-days since last
   purchase / 21), log 90-day decayed share (6 + ln, floored at 0). Logs
   because a softmax logit is a log-probability: a linear layer on them is
-  already personal top-frequency.
+  already personal top-frequency. Appended (v3; a model trained on the first
+  four reads only those, see ``repeat_matrix``): in the last basket (1/0),
+  has a repurchase interval (bought in >= 2 baskets), clipped
+  ln((days since last + 1) / (mean days between its purchases + 1)) (0 = "due
+  now", > 0 overdue, < 0 just bought), and ln(1 + trips per week) of the shopper.
+- item sales heat and basket co-occurrence are node-side terms over the whole
+  vocabulary (``heat_log``, ``cooc_scores``), weights learned with the network.
 """
 
 from __future__ import annotations
@@ -40,6 +46,8 @@ __all__ = [
     "ContextSpec",
     "HistoryStructure",
     "RepeatFeatures",
+    "cooc_scores",
+    "heat_log",
     "history_inputs",
     "history_structure",
     "repeat_features",
@@ -61,7 +69,11 @@ INPUT_NAMES: tuple[str, ...] = (
     "session_weights",
     "context",
 )
-REPEAT_FEATURES = 4  # bought, log share, recency, log decayed share
+# bought, log share, recency, log decayed share, in last basket, has interval, log due ratio, log trips/week
+REPEAT_FEATURES = 8
+REPEAT_FEATURES_V2 = 4  # what models before v3 were trained on (a prefix of the current rows)
+DUE_CLIP = 3.0
+HEAT_WEEKS = 2  # item sales heat = distinct baskets with the item in the last 14 days
 LOG_FLOOR = 6.0
 
 DEMOGRAPHIC_FIELDS: tuple[str, ...] = (
@@ -157,6 +169,10 @@ def _clamp_int(v: float, lo: int, hi: int) -> int | None:
     return int(min(max(int(f), lo), hi))
 
 
+_EMPTY_I = np.zeros(0, np.int64)
+_EMPTY_F = np.zeros(0, np.float32)
+
+
 @dataclass(frozen=True, slots=True)
 class RepeatFeatures:
     """Per-item repeat signal of one shopper (vocab indices, 0-based)."""
@@ -166,10 +182,12 @@ class RepeatFeatures:
     recency: np.ndarray  # float32 [n]
     decayed: np.ndarray  # float32 [n]
     n_baskets: int
+    in_last: np.ndarray = field(default_factory=lambda: _EMPTY_F)  # float32 [n]: in the latest basket
+    due: np.ndarray = field(default_factory=lambda: _EMPTY_F)  # float32 [n]: clipped log due ratio, 0 if none
+    has_iv: np.ndarray = field(default_factory=lambda: _EMPTY_F)  # float32 [n]: bought in >= 2 baskets
+    trips: float = 0.0  # ln(1 + baskets per week) over the history span
 
 
-_EMPTY_I = np.zeros(0, np.int64)
-_EMPTY_F = np.zeros(0, np.float32)
 EMPTY_REPEAT = RepeatFeatures(_EMPTY_I, _EMPTY_F, _EMPTY_F, _EMPTY_F, 0)
 
 
@@ -183,6 +201,7 @@ class HistoryStructure:
     bk: np.ndarray  # per pair: basket position in ``tb``
     count: np.ndarray  # baskets containing each item
     last_b: np.ndarray  # latest basket position per item
+    first_b: np.ndarray  # earliest basket position per item
 
 
 def history_structure(idx: np.ndarray, t_days: np.ndarray) -> HistoryStructure | None:
@@ -193,13 +212,15 @@ def history_structure(idx: np.ndarray, t_days: np.ndarray) -> HistoryStructure |
     n_b = len(tb)
     valid = idx >= 0
     if not valid.any():
-        return HistoryStructure(tb, _EMPTY_I, _EMPTY_I, _EMPTY_I, _EMPTY_I, _EMPTY_I)
+        return HistoryStructure(tb, _EMPTY_I, _EMPTY_I, _EMPTY_I, _EMPTY_I, _EMPTY_I, _EMPTY_I)
     pair = np.unique(idx[valid].astype(np.int64) * n_b + binv[valid])
     items, inv = _unique_inverse(pair // n_b)  # pair is sorted: item-major, basket-minor
     bk = pair % n_b
     count = np.bincount(inv, minlength=len(items))
-    last_b = bk[np.r_[np.flatnonzero(np.diff(inv)), len(inv) - 1]]  # last pair of each item = latest basket
-    return HistoryStructure(tb, items, inv, bk, count, last_b)
+    cut = np.flatnonzero(np.diff(inv))
+    last_b = bk[np.r_[cut, len(inv) - 1]]  # last pair of each item = latest basket
+    first_b = bk[np.r_[0, cut + 1]]
+    return HistoryStructure(tb, items, inv, bk, count, last_b, first_b)
 
 
 def _unique_inverse(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -227,12 +248,22 @@ def repeat_from_structure(st: HistoryStructure | None, now_days: float,
     items = st.items
     decayed = np.bincount(st.inv, weights=wb[st.bk], minlength=len(items)) / wb.sum()
     share = st.count / n_b
-    recency = np.exp(-age[st.last_b] / RECENCY_DAYS)
+    age_last = age[st.last_b]
+    recency = np.exp(-age_last / RECENCY_DAYS)
+    in_last = st.last_b == n_b - 1
+    count, last_b, first_b = st.count, st.last_b, st.first_b
     if len(items) > max_items:
         keep = np.argsort(-decayed, kind="stable")[:max_items]
         items, share, recency, decayed = items[keep], share[keep], recency[keep], decayed[keep]
+        age_last, in_last, count, last_b, first_b = (age_last[keep], in_last[keep], count[keep], last_b[keep],
+                                                     first_b[keep])
+    has_iv = count >= 2
+    interval = (st.tb[last_b] - st.tb[first_b]) / np.maximum(count - 1, 1)
+    due = np.clip(np.log((age_last + 1.0) / (interval + 1.0)), -DUE_CLIP, DUE_CLIP) * has_iv
+    span_w = max(float(now_days - st.tb[0]), 7.0) / 7.0
     return RepeatFeatures(items, share.astype(np.float32), recency.astype(np.float32),
-                          decayed.astype(np.float32), n_b)
+                          decayed.astype(np.float32), n_b, in_last.astype(np.float32), due.astype(np.float32),
+                          has_iv.astype(np.float32), math.log1p(n_b / span_w))
 
 
 def repeat_features(idx: np.ndarray, t_days: np.ndarray, now_days: float,
@@ -281,4 +312,27 @@ def repeat_matrix(rep: RepeatFeatures) -> np.ndarray:
     m[:, 1] = np.maximum(LOG_FLOOR + np.log(np.maximum(rep.share, 1e-9)), 0.0)
     m[:, 2] = rep.recency
     m[:, 3] = np.maximum(LOG_FLOOR + np.log(np.maximum(rep.decayed, 1e-9)), 0.0)
+    n = len(rep.items)
+    m[:, 4] = rep.in_last if len(rep.in_last) == n else 0.0
+    m[:, 5] = rep.has_iv if len(rep.has_iv) == n else 0.0
+    m[:, 6] = rep.due if len(rep.due) == n else 0.0
+    m[:, 7] = rep.trips
     return m
+
+
+def heat_log(counts: np.ndarray) -> np.ndarray:
+    """Item sales heat as the model uses it: ln(1 + distinct baskets with the item in the last 14 days)."""
+    return np.log1p(np.maximum(np.asarray(counts, np.float64), 0.0)).astype(np.float32)
+
+
+def cooc_scores(nb_idx: np.ndarray, nb_val: np.ndarray, items: np.ndarray, weights: np.ndarray,
+                size: int) -> np.ndarray:
+    """Σ_k weights[k] · cooc(items[k], j) over the stored top-K neighbours, as a dense [size] vector.
+
+    ``nb_idx`` [V, K] neighbour vocab indices, ``nb_val`` [V, K] their co-occurrence (cosine of the
+    basket columns); ``items`` are 0-based vocab indices."""
+    if len(items) == 0:
+        return np.zeros(size, np.float32)
+    w = np.repeat(np.asarray(weights, np.float32), nb_idx.shape[1])
+    return np.bincount(nb_idx[items].ravel(), weights=nb_val[items].ravel().astype(np.float32) * w,
+                       minlength=size).astype(np.float32)

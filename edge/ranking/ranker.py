@@ -41,6 +41,8 @@ from edge.ranking.features import (
     SESSION_LEN,
     ContextSpec,
     HistoryStructure,
+    cooc_scores,
+    heat_log,
     history_inputs,
     history_structure,
     repeat_from_structure,
@@ -247,6 +249,39 @@ class Ranker:
             raise ModelError(f"side file wide path has shape {list(self._wide_q.shape)}, expected "
                              f"[{self.context_spec.size}, {V}]")
         self._rep0 = float(np.maximum(self._rb1, 0) @ self._rw2) + self._rb2 + self._rbl
+        self._rep_f = int(self._rw1.shape[0])  # repeat features this model was trained on (a prefix of the rows)
+        # node-side terms of v3 models (absent in older side files: then nothing is added)
+        self._out_bias = np.asarray(side["out_bias"], np.float32) if "out_bias" in side else None
+        self._heat_w = np.asarray(side["heat_w"], np.float32) if "heat_w" in side else None
+        self._heat = np.asarray(side["heat_log"], np.float32) if "heat_log" in side else None
+        self._nb_idx: np.ndarray | None = None
+        self._nb_val: np.ndarray | None = None
+        self._cooc_w: np.ndarray | None = None
+        if "cooc_idx" in side:
+            self._nb_idx = np.asarray(side["cooc_idx"]).astype(np.intp)
+            self._nb_val = np.asarray(side["cooc_val"], np.float32) * float(np.asarray(side.get("cooc_val_scale", 1.0)))
+            self._cooc_w = np.asarray(side["cooc_w"], np.float32)
+            if self._nb_idx.shape[0] != V or self._nb_val.shape != self._nb_idx.shape:
+                raise ModelError(f"side file co-occurrence table has shape {list(self._nb_idx.shape)}, "
+                                 f"vocabulary has {V} items")
+        for name, arr in (("out_bias", self._out_bias), ("heat_log", self._heat)):
+            if arr is not None and arr.shape != (V,):
+                raise ModelError(f"side file {name} has shape {list(arr.shape)}, expected [{V}]")
+        rr = manifest.get("rerank", {})
+        self.cold_pop_blend = float(rr.get("cold_pop_blend", 0.0))  # + β ln(1 + popularity) with no history
+        # validation-tuned multipliers on the learned heat / co-occurrence weights (the softmax-trained weights
+        # are calibrated for the whole basket distribution; the top 10 gained from sharper ones)
+        if self._heat_w is not None:
+            self._heat_w = self._heat_w * np.float32(rr.get("heat_mult", 1.0))
+        self._cooc_w_cold: np.ndarray | None = None
+        if self._cooc_w is not None:
+            learned = self._cooc_w
+            self._cooc_w = learned * np.asarray(rr.get("cooc_mult", [1.0, 1.0, 1.0]), np.float32)
+            # shoppers without history (P3b on validation) preferred a smaller session weight than P2's
+            self._cooc_w_cold = learned * np.asarray(rr.get("cooc_mult_cold", rr.get("cooc_mult", [1.0, 1.0, 1.0])),
+                                                     np.float32)
+        self._base: tuple[np.ndarray | None, np.ndarray | None] = (None, None)
+        self._rebuild_base()
         self._new_skus: list[str] = []
         self._new_W = np.zeros((0, emb.shape[1]), np.float32)
         self._new_b = np.zeros(0, np.float32)
@@ -255,6 +290,47 @@ class Ranker:
         # post-model blend with the shopper's own repeat features (tuned on the validation split)
         blend = manifest.get("rerank", {}).get("repeat_blend")
         self.repeat_blend = np.asarray(blend, np.float32) if blend is not None else None
+
+    def _rebuild_base(self) -> None:
+        """Per-item float vectors added to every request's scores, (no history, with history):
+        output bias + heat term (+ the cold popularity blend); made once, not per request."""
+        V = self.V
+        parts_cold: list[np.ndarray] = []
+        parts_warm: list[np.ndarray] = []
+        if self._out_bias is not None:
+            parts_cold.append(self._out_bias)
+            parts_warm.append(self._out_bias)
+        if self._heat is not None and self._heat_w is not None:
+            parts_cold.append(float(self._heat_w[0]) * self._heat)
+            parts_warm.append(float(self._heat_w[0] + self._heat_w[1]) * self._heat)
+        if self.cold_pop_blend:
+            parts_cold.append(self.cold_pop_blend * np.log1p(self.popularity))
+
+        def total(parts: list[np.ndarray]) -> np.ndarray | None:
+            if not parts:
+                return None
+            out = np.zeros(V, np.float32)
+            for x in parts:
+                out += x
+            return out
+
+        self._base = (total(parts_cold), total(parts_warm))
+
+    def set_item_heat(self, counts: Mapping[str, float] | np.ndarray) -> None:
+        """Refresh the item sales heat: distinct baskets per sku in the last 14 days (a mapping sku ->
+        count, or a [V] array in vocabulary order). Skus not given count 0. No-op for models without it."""
+        if isinstance(counts, Mapping):
+            arr = np.zeros(self.V, np.float64)
+            for sku, c in counts.items():
+                i = self._index.get(str(sku), -1)
+                if i >= 0:
+                    arr[i] = float(c)
+        else:
+            arr = np.asarray(counts, np.float64)
+            if arr.shape != (self.V,):
+                raise ValueError(f"heat has shape {list(arr.shape)}, expected [{self.V}]")
+        self._heat = heat_log(arr)
+        self._rebuild_base()
 
     # -- loading -----------------------------------------------------------
     @classmethod
@@ -558,6 +634,18 @@ class Ranker:
                     if len(self._wide_memo) >= WIDE_MEMO:
                         self._wide_memo.pop(next(iter(self._wide_memo)))
                     self._wide_memo[ckey] = wide
+            cooc = None
+            if self._nb_idx is not None and self._nb_val is not None and self._cooc_w is not None:
+                # co-occurrence with the session's and the history's items (the graph's items and weights);
+                # here, before ``_set`` quantizes hw / sw in place
+                nh = min(len(rep.items), HIST_LEN)
+                cw = self._cooc_w if (nh or self._cooc_w_cold is None) else self._cooc_w_cold
+                q_items = np.concatenate((si[:ns], hi[:nh])).astype(np.intp) - 1
+                q_w = np.concatenate((sw[:ns] * cw[0], hw[:nh] * cw[1]))
+                cooc = cooc_scores(self._nb_idx, self._nb_val, q_items, q_w, self.V)
+                if ns and nh and cw[2]:
+                    cs = cooc_scores(self._nb_idx, self._nb_val, q_items[:ns], sw[:ns] * cw[2], self.V)
+                    cooc[rep.items] += cs[rep.items]
             self._it.set_tensor(self._in["hist_items"][0], hi[None, :])
             self._set("hist_weights", hw)
             self._it.set_tensor(self._in["session_items"][0], si[None, :])
@@ -578,15 +666,21 @@ class Ranker:
             scores *= scale
         if wide is not None:
             scores += wide
+        base = self._base[1 if rep.n_baskets > 0 else 0]
+        if base is not None:
+            scores += base
+        if cooc is not None:
+            scores += cooc
         if len(rep.items):
             gs, gz = self._out_gate["quantization"]
             g = float((float(gate[0]) - gz) * gs) if gs else float(gate[0])
-            rmat = repeat_matrix(rep)
+            rfull = repeat_matrix(rep)
+            rmat = rfull[:, : self._rep_f]
             f = np.maximum(rmat @ self._rw1 + self._rb1, 0.0) @ self._rw2 + self._rb2 + rmat @ self._rwl + self._rbl
             f += rmat[:, 0] * self._ritem[0, rep.items] + rmat[:, 1] * self._ritem[1, rep.items]
             scores[rep.items] += g * (f - self._rep0)
             if self.repeat_blend is not None:
-                scores[rep.items] += rmat @ self.repeat_blend
+                scores[rep.items] += rfull[:, : len(self.repeat_blend)] @ self.repeat_blend
         uscale, uzp = self._out_user["quantization"]
         u = (user.astype(np.float32) - uzp) * uscale if uscale else user.astype(np.float32)
         return scores, u, rep, sess_idx

@@ -77,3 +77,45 @@ def test_training_is_deterministic_for_a_seed(run: dict[str, Path], tmp_path: Pa
     with np.load(run["work"] / "weights.npz") as a, np.load(work2 / "weights.npz") as b:
         for k in a.files:
             np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_node_side_terms_are_added_as_trained(run: dict[str, Path]) -> None:
+    """The side file carries the v3 node terms; heat refresh and co-occurrence change scores by exactly
+    the documented amounts (the int8 path quantizes its input buffers in place: the terms must not see them)."""
+    r = Ranker.load(run["rel"])
+    assert r._heat_w is not None and r._heat is not None and r._out_bias is not None
+    assert r._nb_idx is not None and r._nb_val is not None and r._cooc_w is not None
+    voc = r.vocabulary
+    hist = [(voc[i], 1.5e9 + b * 7 * 86400.0, 1.0) for b in range(4) for i in (1, 2, 3)]
+    warm = RecRequest(history=hist, session=[voc[7], voc[9]], store_id="301", when=1.5e9 + 40 * 86400.0)
+    cold = RecRequest(session=[voc[7]], store_id="301", when=1.5e9 + 40 * 86400.0)
+    # heat: +Δ ln(1 + baskets) times (w0 [+ w1 with history])
+    before_w, before_c = r.scores(warm), r.scores(cold)
+    old = r._heat.copy()
+    counts = np.expm1(old)
+    counts[11] += 500.0
+    r.set_item_heat(counts)
+    dh = float(r._heat[11] - old[11])
+    w0, w1 = (float(x) for x in r._heat_w)
+    assert np.isclose(r.scores(cold)[11] - before_c[11], w0 * dh, atol=1e-4)
+    assert np.isclose(r.scores(warm)[11] - before_w[11], (w0 + w1) * dh, atol=1e-4)
+    others = np.arange(len(voc)) != 11
+    assert np.allclose(r.scores(warm)[others], before_w[others], atol=1e-5)
+    r.set_item_heat({voc[11]: 0.0})  # a mapping: unknown skus ignored, missing ones 0
+    assert r._heat[11] == 0.0 and not r._heat.any()
+    # co-occurrence: switching the weights off removes exactly cooc_w · (session, history) neighbour sums
+    r.set_item_heat(counts)
+    with_c = r.scores(warm)
+    cw = r._cooc_w.copy()
+    r._cooc_w = np.zeros(3, np.float32)
+    without = r.scores(warm)
+    r._cooc_w = cw
+    from edge.ranking.features import cooc_scores
+
+    sess = np.array([9, 7])  # latest first, as session_inputs orders them
+    hist_items = np.array([1, 2, 3])
+    want = cooc_scores(r._nb_idx, r._nb_val, sess, np.full(2, 0.5 * cw[0], np.float32), len(voc))
+    want += cooc_scores(r._nb_idx, r._nb_val, hist_items, np.full(3, cw[1] / 3, np.float32), len(voc))
+    cs = cooc_scores(r._nb_idx, r._nb_val, sess, np.full(2, 0.5 * cw[2], np.float32), len(voc))
+    want[hist_items] += cs[hist_items]
+    assert np.allclose(with_c - without, want, atol=1e-4)
