@@ -41,7 +41,6 @@ from edge.ranking.features import (
     SESSION_LEN,
     ContextSpec,
     HistoryStructure,
-    cooc_scores,
     heat_log,
     history_inputs,
     history_structure,
@@ -254,6 +253,7 @@ class Ranker:
         self._out_bias = np.asarray(side["out_bias"], np.float32) if "out_bias" in side else None
         self._heat_w = np.asarray(side["heat_w"], np.float32) if "heat_w" in side else None
         self._heat = np.asarray(side["heat_log"], np.float32) if "heat_log" in side else None
+        self._bought_mask = np.zeros(V, bool)
         self._nb_idx: np.ndarray | None = None
         self._nb_val: np.ndarray | None = None
         self._cooc_w: np.ndarray | None = None
@@ -636,16 +636,7 @@ class Ranker:
                     self._wide_memo[ckey] = wide
             cooc = None
             if self._nb_idx is not None and self._nb_val is not None and self._cooc_w is not None:
-                # co-occurrence with the session's and the history's items (the graph's items and weights);
-                # here, before ``_set`` quantizes hw / sw in place
-                nh = min(len(rep.items), HIST_LEN)
-                cw = self._cooc_w if (nh or self._cooc_w_cold is None) else self._cooc_w_cold
-                q_items = np.concatenate((si[:ns], hi[:nh])).astype(np.intp) - 1
-                q_w = np.concatenate((sw[:ns] * cw[0], hw[:nh] * cw[1]))
-                cooc = cooc_scores(self._nb_idx, self._nb_val, q_items, q_w, self.V)
-                if ns and nh and cw[2]:
-                    cs = cooc_scores(self._nb_idx, self._nb_val, q_items[:ns], sw[:ns] * cw[2], self.V)
-                    cooc[rep.items] += cs[rep.items]
+                cooc = self._cooc_terms(rep, hi, hw, si, sw, ns)  # before ``_set`` quantizes hw / sw in place
             self._it.set_tensor(self._in["hist_items"][0], hi[None, :])
             self._set("hist_weights", hw)
             self._it.set_tensor(self._in["session_items"][0], si[None, :])
@@ -669,8 +660,10 @@ class Ranker:
         base = self._base[1 if rep.n_baskets > 0 else 0]
         if base is not None:
             scores += base
-        if cooc is not None:
-            scores += cooc
+        if cooc is not None:  # a sparse add (≤ 48 × K entries): ~4x cheaper than a dense bincount + add
+            np.add.at(scores, cooc[0], cooc[1])
+            if cooc[2] is not None and cooc[3] is not None:
+                np.add.at(scores, cooc[2], cooc[3])
         if len(rep.items):
             gs, gz = self._out_gate["quantization"]
             g = float((float(gate[0]) - gz) * gs) if gs else float(gate[0])
@@ -740,6 +733,31 @@ class Ranker:
                 st.skus.update(tail)
                 st.items = session[:n]
             return st
+
+    def _cooc_terms(self, rep: Any, hi: np.ndarray, hw: np.ndarray, si: np.ndarray, sw: np.ndarray,
+                    ns: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """Sparse (indices, values) of the co-occurrence terms with the graph's items and weights:
+        cw0 · Σ_session + cw1 · Σ_history, then cw2 · Σ_session on the shopper's own items
+        (``features.cooc_scores`` as sparse lists: the same sums, a few numpy calls)."""
+        assert self._nb_idx is not None and self._nb_val is not None and self._cooc_w is not None
+        nh = min(len(rep.items), HIST_LEN)
+        cw = self._cooc_w if (nh or self._cooc_w_cold is None) else self._cooc_w_cold
+        items = np.concatenate((si[:ns], hi[:nh]))
+        items -= 1
+        w = np.concatenate((sw[:ns], hw[:nh]))
+        w[:ns] *= cw[0]
+        w[ns:] *= cw[1]
+        idx = self._nb_idx[items]
+        val = self._nb_val[items]
+        val *= w[:, None]
+        if not (ns and nh and cw[2] and cw[0]):
+            return idx.ravel(), val.ravel(), None, None
+        sidx = idx[:ns].ravel()
+        mask = self._bought_mask  # all False between calls (used under the lock)
+        mask[rep.items] = True
+        sel = mask[sidx]
+        mask[rep.items] = False
+        return idx.ravel(), val.ravel(), sidx[sel], val[:ns].ravel()[sel] * (cw[2] / cw[0])
 
     def scores(self, req: RecRequest) -> np.ndarray:
         """Raw model scores over the vocabulary (for evaluation and diagnostics)."""

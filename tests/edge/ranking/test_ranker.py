@@ -155,6 +155,37 @@ def test_catalogue_only_restricts_to_store_products(fresh: Ranker) -> None:
     assert recs and all(r.sku in cat for r in recs)
 
 
+def test_item_heat_refresh_lifts_a_hot_item_for_a_cold_shopper(fresh: Ranker) -> None:
+    """The shipped model's heat term: a refreshed heat vector moves an item's score by exactly
+    heat_w[0] · Δ ln(1 + baskets) for a shopper without history, and the hot item climbs the ranking."""
+    assert fresh._heat is not None and fresh._heat_w is not None and float(fresh._heat_w[0]) > 0
+    req = RecRequest(profile={"age": "35-44"}, store_id="367", when=datetime(2026, 11, 26, 10, 0), k=10)
+    item = 7000
+    before = fresh.scores(req)
+    old = float(fresh._heat[item])
+    fresh.set_item_heat({fresh.vocabulary[item]: 1e6})  # every other sku: no sales in 14 days
+    after = fresh.scores(req)
+    assert np.isclose(after[item] - before[item], float(fresh._heat_w[0]) * (np.log1p(1e6) - old), atol=1e-3)
+    rank_before = int((before > before[item]).sum())
+    rank_after = int((after > after[item]).sum())
+    assert rank_after < rank_before // 2
+
+
+def test_session_cooccurrence_lifts_neighbours(fresh: Ranker) -> None:
+    """Picking an item raises its stored co-occurrence neighbours by the co-occurrence term."""
+    assert fresh._nb_idx is not None and fresh._nb_val is not None and fresh._cooc_w is not None
+    picked = 0
+    nb = int(fresh._nb_idx[picked, 0])
+    req = RecRequest(session=[fresh.vocabulary[picked]], store_id="367", when=T0, k=10)
+    with_terms = fresh.scores(req)
+    w = fresh._cooc_w_cold
+    assert w is not None and float(w[0]) > 0
+    fresh._cooc_w_cold = np.zeros(3, np.float32)
+    without = fresh.scores(req)
+    lift = with_terms[nb] - without[nb]
+    assert lift > 0 and np.isclose(lift, float(w[0]) * float(fresh._nb_val[picked, 0]), rtol=1e-4)
+
+
 def test_refuses_corrupted_model(tmp_path: Path) -> None:
     d = _copy_release(tmp_path)
     b = bytearray((d / "model.tflite").read_bytes())
