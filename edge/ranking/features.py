@@ -202,6 +202,10 @@ class HistoryStructure:
     count: np.ndarray  # baskets containing each item
     last_b: np.ndarray  # latest basket position per item
     first_b: np.ndarray  # earliest basket position per item
+    # time-independent repeat columns, made once per visit (float32 0/1, float64 mean interval + 1 day)
+    in_last: np.ndarray = field(default_factory=lambda: _EMPTY_F)
+    has_iv: np.ndarray = field(default_factory=lambda: _EMPTY_F)
+    iv_p1: np.ndarray = field(default_factory=lambda: _EMPTY_F)
 
 
 def history_structure(idx: np.ndarray, t_days: np.ndarray) -> HistoryStructure | None:
@@ -220,7 +224,9 @@ def history_structure(idx: np.ndarray, t_days: np.ndarray) -> HistoryStructure |
     cut = np.flatnonzero(np.diff(inv))
     last_b = bk[np.r_[cut, len(inv) - 1]]  # last pair of each item = latest basket
     first_b = bk[np.r_[0, cut + 1]]
-    return HistoryStructure(tb, items, inv, bk, count, last_b, first_b)
+    iv_p1 = (tb[last_b] - tb[first_b]) / np.maximum(count - 1, 1) + 1.0
+    return HistoryStructure(tb, items, inv, bk, count, last_b, first_b, (last_b == n_b - 1).astype(np.float32),
+                            (count >= 2).astype(np.float32), iv_p1)
 
 
 def _unique_inverse(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -250,20 +256,18 @@ def repeat_from_structure(st: HistoryStructure | None, now_days: float,
     share = st.count / n_b
     age_last = age[st.last_b]
     recency = np.exp(-age_last / RECENCY_DAYS)
-    in_last = st.last_b == n_b - 1
-    count, last_b, first_b = st.count, st.last_b, st.first_b
+    in_last, has_iv, iv_p1 = st.in_last, st.has_iv, st.iv_p1
     if len(items) > max_items:
         keep = np.argsort(-decayed, kind="stable")[:max_items]
         items, share, recency, decayed = items[keep], share[keep], recency[keep], decayed[keep]
-        age_last, in_last, count, last_b, first_b = (age_last[keep], in_last[keep], count[keep], last_b[keep],
-                                                     first_b[keep])
-    has_iv = count >= 2
-    interval = (st.tb[last_b] - st.tb[first_b]) / np.maximum(count - 1, 1)
-    due = np.clip(np.log((age_last + 1.0) / (interval + 1.0)), -DUE_CLIP, DUE_CLIP) * has_iv
+        age_last, in_last, has_iv, iv_p1 = age_last[keep], in_last[keep], has_iv[keep], iv_p1[keep]
+    due = np.log((age_last + 1.0) / iv_p1)
+    np.clip(due, -DUE_CLIP, DUE_CLIP, out=due)
+    due *= has_iv
     span_w = max(float(now_days - st.tb[0]), 7.0) / 7.0
     return RepeatFeatures(items, share.astype(np.float32), recency.astype(np.float32),
-                          decayed.astype(np.float32), n_b, in_last.astype(np.float32), due.astype(np.float32),
-                          has_iv.astype(np.float32), math.log1p(n_b / span_w))
+                          decayed.astype(np.float32), n_b, in_last, due.astype(np.float32), has_iv,
+                          math.log1p(n_b / span_w))
 
 
 def repeat_features(idx: np.ndarray, t_days: np.ndarray, now_days: float,
