@@ -80,3 +80,28 @@ def test_cooc_scores_match_a_dense_sum() -> None:
 
 def test_heat_log() -> None:
     assert np.allclose(heat_log(np.array([0.0, 1.0, -3.0, 99.0])), [0.0, math.log(2), 0.0, math.log(100)])
+
+
+def test_new_columns_match_a_plain_loop_with_truncation() -> None:
+    """In-last / interval / due / trips against a per-item Python loop, also past MAX_REPEAT_ITEMS
+    (the kept items' rows must still be their own: the cached per-visit columns are re-indexed)."""
+    rng = np.random.default_rng(3)
+    for n_items in (40, 400):
+        n = 1500
+        t = np.sort(rng.integers(0, 200, n)).astype(np.float64)
+        idx = rng.integers(0, n_items, n)
+        now = 230.0
+        rep = repeat_features(idx, t, now)
+        m = repeat_matrix(rep)
+        baskets = np.unique(t)
+        for row, item in zip(m, rep.items.tolist(), strict=True):
+            days = np.unique(t[idx == item])
+            assert row[4] == float(days[-1] == baskets[-1])
+            if len(days) >= 2:
+                iv = (days[-1] - days[0]) / (len(days) - 1)
+                want = min(max(math.log((now - days[-1] + 1) / (iv + 1)), -3.0), 3.0)
+                assert row[5] == 1.0 and math.isclose(row[6], want, rel_tol=1e-5, abs_tol=1e-6)
+            else:
+                assert row[5] == 0.0 and row[6] == 0.0
+            assert math.isclose(row[7], math.log1p(len(baskets) / ((now - baskets[0]) / 7)), rel_tol=1e-6)
+        assert len(rep.items) == min(n_items, 256)
