@@ -77,6 +77,10 @@ class _SessionState:
     last: dict[int, None]  # known picks (vocabulary index) by last occurrence, oldest first
     first: dict[int, None]  # known picks by first occurrence
     skus: set[Any]  # every entry, known or not (the exclusion set)
+    # ``_reasons``' "because you picked up" per candidate for this state's distinct picks: (len(first) it
+    # was made for, vocabulary index -> index into ``first`` or -1); replaced, never cleared, when a new
+    # distinct pick arrives (a visit shows the same few items again and again)
+    because: tuple[int, dict[int, int]] = (-1, {})
 
 
 class ModelError(ValueError):
@@ -201,6 +205,9 @@ class Ranker:
         self._sess_cache: OrderedDict[str, _SessionState] = OrderedDict()  # by session_id
         self._wide_memo: dict[bytes, np.ndarray] = {}  # context vector bytes -> wide-path scores (under _lock)
         self._sess_lock = threading.Lock()
+        self._sess_last = threading.local()  # (request, state) of this thread's last _session_state call
+        self._capped_idx: dict[tuple[str | None, str | None], tuple[int, dict[str, int], list[int]]] = {}
+        self._promote_mask: np.ndarray | None = None  # vocabulary mask of the promoted skus
         self._pop_order: list[tuple[str, float]] = []  # _popular_order's cache and its key
         self._pop_key: tuple[bool, int] | None = None
         self._catalogue_gen = 0  # bumped by set_products
@@ -440,6 +447,12 @@ class Ranker:
         self._suppress = set(suppress)
         self._suppress_cat = {_norm(c) for c in suppress_categories}
         self._promote_nonneg = all(v >= 0 for v in self._promote.values())
+        pm = np.zeros(len(self.vocabulary), bool)
+        for sku in self._promote:
+            i = self._index.get(sku, -1)
+            if i >= 0:
+                pm[i] = True
+        self._promote_mask = pm
         block = np.zeros(len(self.vocabulary), bool)
         for sku in self._suppress:
             i = self._index.get(sku, -1)
@@ -714,7 +727,7 @@ class Ranker:
                 else:
                     self._sess_cache.move_to_end(key)
             if st is None:
-                st = _SessionState(session[:0], 0, {}, {}, set())
+                st = _SessionState(session[:0], 0, {}, {}, set(), (-1, {}))
                 if key is not None:
                     self._sess_cache[key] = st
                     if len(self._sess_cache) > SESSION_CACHE_VISITS:
@@ -732,7 +745,19 @@ class Ranker:
                         first[i] = None
                 st.skus.update(tail)
                 st.items = session[:n]
+            self._sess_last.v = (req, st)
             return st
+
+    def _session_state_again(self, req: RecRequest) -> _SessionState:
+        """The state ``_invoke`` just derived for ``req`` on this thread, without the O(visit length) prefix
+        check a second ``_session_state`` call makes (~7 µs per call at 2,500 picks); derived again if
+        ``req.session`` has changed length since or another request came in between."""
+        last = getattr(self._sess_last, "v", None)
+        self._sess_last.v = None
+        if last is not None and last[0] is req and len(last[1].items) == len(req.session):
+            st: _SessionState = last[1]
+            return st
+        return self._session_state(req)
 
     def _cooc_terms(self, rep: Any, hi: np.ndarray, hw: np.ndarray, si: np.ndarray, sw: np.ndarray,
                     ns: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
@@ -780,9 +805,10 @@ class Ranker:
             return self._fallback(req, k)
         scores, u, rep, sess_idx = self._invoke(req)
         scores = scores + self._tie
+        st = self._session_state_again(req)
         excl = set(req.exclude)
         if self.rerank.drop_session_items:
-            excl |= self._session_state(req).skus
+            excl |= st.skus
         cap_key = (req.screen, req.session_id) if (req.screen or req.session_id) else None
         capped = self._caps.get(cap_key) if cap_key else None
 
@@ -801,24 +827,53 @@ class Ranker:
         if block is not None:
             order = order[~block[order]]
         get = self._index.get
-        # excluded by sku, not by index: O(candidates), where a set of excluded indices was O(visit length)
         voc, cat_of = self.vocabulary, self.category
-        cand: list[tuple[str, float, int, int]] = [  # sku, score, category, vocab index (-1 new)
-            (sku, sc, c, i)
-            for i, sc, c in zip(order.tolist(), scores[order].tolist(), cat_of[order].tolist(), strict=True)
-            if (sku := voc[i]) not in excl]
+        cap = self.rerank.repeat_cap
+        # The candidates, best first, are the model's (``order``) minus the excluded skus, then promoted
+        # skus outside ``order`` and new items (merged by score when there are new items). Exclusions and
+        # caps are masks over ``order``; tuples are built only for what the walk below reaches.
+        V = self.V
+        mask = np.zeros(V + 1, bool)  # index V: what ``get`` maps to -1 (not in the vocabulary)
+        if excl:
+            mask[np.fromiter(map(get, excl, repeat(-1, len(excl))), np.int64, len(excl))] = True
+            live = order[~mask[order]]
+            mask[:] = False
+        else:
+            live = order
+        n_capped = 0
+        if capped:
+            ci = self._capped_indices(cap_key, capped, cap)  # type: ignore[arg-type]
+            if ci:
+                mask[ci] = True
+                hit = mask[live]
+                n_capped = int(np.count_nonzero(hit))
+                if n_capped:
+                    live = live[~hit]
+        extras: list[tuple[str, float, int, int]] = []  # in the order the candidate list had them
         if self._promote:  # promoted items compete even when the model ranks them low
             have = set(top.tolist())
             for sku in self._promote:
                 i = get(sku, -1)
                 if i >= 0 and i not in have and sku not in excl and (block is None or not block[i]):
-                    cand.append((sku, float(scores[i]), int(cat_of[i]), i))
-        if self.rerank.new_items and len(self._new_skus):
+                    extras.append((sku, float(scores[i]), int(cat_of[i]), i))
+        merge = bool(self.rerank.new_items and len(self._new_skus))
+        if merge:
             ns = self._new_W @ u + self._new_b
             nt = np.argsort(-ns)[: k]
-            cand.extend(c for c in ((self._new_skus[j], float(ns[j]), int(self._new_cat[j]), -1) for j in nt)
-                        if self._allowed_new(c, excl))
-            cand.sort(key=lambda c: -c[1])
+            extras.extend(c for c in ((self._new_skus[j], float(ns[j]), int(self._new_cat[j]), -1) for j in nt)
+                          if self._allowed_new(c, excl))
+        if capped and extras:
+            kept_x = [c for c in extras if capped.get(c[0], 0) < cap]
+            n_capped += len(extras) - len(kept_x)
+            extras = kept_x
+        live_sc = scores[live]
+        # where each extra sits among the live candidates: after every one scoring at least as much (the
+        # stable sort by score the plain list had with new items), else after all of them
+        if merge and extras:
+            extras.sort(key=lambda c: -c[1])
+            at = np.searchsorted(-live_sc.astype(np.float64), [-c[1] for c in extras], side="right").tolist()
+        else:
+            at = [len(live)] * len(extras)
 
         # caps for all, stock only until enough survivors: with no negative boosts, an unboosted
         # candidate after the first ``need`` unboosted survivors can never reach the head MMR sees
@@ -826,14 +881,30 @@ class Ranker:
         need = 4 * k if lam > 0 else k
         early = self._promote_nonneg
         promote = self._promote
+        stock = self.stock
         kept: list[tuple[str, float, int, int]] = []
-        n_plain = n_capped = n_oos = 0
-        cap, stock = self.rerank.repeat_cap, self.stock  # locals: this loop runs over every candidate
-        for c in cand:
+        n_plain = n_oos = 0
+        nl, nx = len(live), len(extras)
+        head = nl if not early else min(nl, need + 8)  # grown below if stock or exclusions thin it out
+        li = live[:head].tolist()
+        ls = live_sc[:head].tolist()
+        lc = cat_of[live[:head]].tolist()
+        j = x = 0
+        while j < nl or x < nx:
+            if x < nx and at[x] <= j:
+                c = extras[x]
+                x += 1
+            else:
+                if early and n_plain >= need:
+                    break
+                if j >= len(li):  # the head ran out before ``need`` survivors: take the rest
+                    li = live.tolist()
+                    ls = live_sc.tolist()
+                    lc = cat_of[live].tolist()
+                i = li[j]
+                c = (voc[i], ls[j], lc[j], i)
+                j += 1
             sku = c[0]
-            if capped is not None and capped.get(sku, 0) >= cap:
-                n_capped += 1
-                continue
             boost = promote.get(sku) if promote else None
             if early and boost is None and n_plain >= need:
                 continue
@@ -847,6 +918,26 @@ class Ranker:
                 kept.append(c)
             else:
                 kept.append((sku, c[1] + boost, c[2], c[3]))
+        if j < nl or x < nx:  # past the head only promoted candidates can still get in
+            tail: list[tuple[int, int, tuple[str, float, int, int]]] = []
+            if self._promote_mask is not None and promote:
+                rest = live[j:]
+                for q in np.flatnonzero(self._promote_mask[rest]).tolist():
+                    i = int(rest[q])
+                    tail.append((j + q, 1, (voc[i], float(live_sc[j + q]), int(cat_of[i]), i)))
+            tail.extend((at[y], 0, extras[y]) for y in range(x, nx))
+            tail.sort(key=lambda t: (t[0], t[1]))
+            for _, _, c in tail:
+                sku = c[0]
+                boost = promote.get(sku) if promote else None
+                if boost is None:  # n_plain >= need (early) here
+                    continue
+                if stock is not None:
+                    units = stock(sku)
+                    if units is not None and units <= 0:
+                        n_oos += 1
+                        continue
+                kept.append((sku, c[1] + boost, c[2], c[3]))
         self.stats["capped"] += n_capped
         self.stats["out_of_stock"] += n_oos
         kept.sort(key=lambda c: -c[1])
@@ -854,11 +945,23 @@ class Ranker:
         if not chosen:
             return self._fallback(req, k)
         out = [Recommendation(c[0], round(c[1], 4), r)
-               for c, r in zip(chosen, self._reasons(chosen, rep, sess_idx, req), strict=True)]
+               for c, r in zip(chosen, self._reasons(chosen, rep, sess_idx, req, st), strict=True)]
         self.stats["new_item_recs"] += sum(1 for c in chosen if c[3] < 0)
         if cap_key is not None:
             self._remember(cap_key, out)
         return out
+
+    def _capped_indices(self, key: tuple[str | None, str | None], counts: dict[str, int], cap: int) -> list[int]:
+        """Vocabulary indices of the skus shown ``cap`` times to ``key``: kept by ``_remember`` as counts
+        cross the cap, rebuilt from ``counts`` when the cap or the counts object changed."""
+        ent = self._capped_idx.get(key)
+        if ent is None or ent[0] != cap or ent[1] is not counts:
+            get = self._index.get
+            idx = [i for i in (get(s, -1) for s, n in counts.items() if n >= cap) if i >= 0]
+            ent = self._capped_idx[key] = (cap, counts, idx)
+            if len(self._capped_idx) > 2 * 4096:
+                self._capped_idx = {kk: v for kk, v in self._capped_idx.items() if kk in self._caps}
+        return ent[2]
 
     def _allowed_new(self, c: tuple[str, float, int, int], excl: set[Any]) -> bool:
         """The rule filter for a new (out-of-vocabulary) item, by sku and category."""
@@ -911,8 +1014,10 @@ class Ranker:
         return self._names.get(sku, sku)
 
     def _reasons(self, chosen: list[tuple[str, float, int, int]], rep: Any, sess_idx: list[int],
-                 req: RecRequest) -> list[str]:
-        """A short reason per chosen item; repeat shares looked up only for the chosen items."""
+                 req: RecRequest, st: _SessionState | None = None) -> list[str]:
+        """A short reason per chosen item; repeat shares looked up only for the chosen items. With the
+        visit's session state ``st`` the session-similarity part is remembered per item for as long as the
+        visit's distinct picks stay the same (the same numbers: one ``emb_s @ item_emb[i]`` per item)."""
         share: dict[int, float] = {}
         if len(rep.items):
             want = np.array([c[3] for c in chosen], np.int64)
@@ -921,8 +1026,39 @@ class Ranker:
         # distinct picks, first occurrence kept (``_invoke`` passes them so): argmax below still finds the
         # same (first) best item, over a few rows instead of one per pick of the visit
         sess_idx = list(dict.fromkeys(sess_idx))
-        emb_s = self.item_emb[sess_idx] if sess_idx else None
-        return [self._reason(c, share, sess_idx, emb_s, req) for c in chosen]
+        memo: dict[int, int] | None = None
+        if st is not None and sess_idx and len(st.first) == len(sess_idx):  # ``first`` only grows: same picks
+            n_first, memo = st.because
+            if n_first != len(sess_idx):
+                memo = {}
+                st.because = (len(sess_idx), memo)
+        emb_s = None
+        out: list[str] = []
+        for c in chosen:
+            i = c[3]
+            if i < 0:
+                out.append("new in store")
+                continue
+            sh = share.get(i)
+            if sh is not None:
+                out.append("you buy this often" if sh >= 0.2 else "bought before")
+                continue
+            if sess_idx:
+                j = memo.get(i) if memo is not None else None
+                if j is None:
+                    if emb_s is None:
+                        emb_s = self.item_emb[sess_idx]
+                    sims = emb_s @ self.item_emb[i]
+                    j = int(sims.argmax())
+                    if not sims[j] > 0.2:
+                        j = -1
+                    if memo is not None:
+                        memo[i] = j
+                if j >= 0:
+                    out.append(f"because you picked up {self._name(self.vocabulary[sess_idx[j]])}")
+                    continue
+            out.append("popular here at this hour" if not req.history else "picked for you")
+        return out
 
     def _reason(self, c: tuple[str, float, int, int], rep: Mapping[int, float], sess_idx: list[int],
                 emb_s: np.ndarray | None, req: RecRequest) -> str:
@@ -944,6 +1080,7 @@ class Ranker:
     def reset_caps(self, session_id: str | None, screen: str | None = None) -> bool:
         """Forget what (``screen``, ``session_id``) was shown: a new round of frequency caps (the node calls
         this when a long visit has seen everything). True if there was anything to forget."""
+        self._capped_idx.pop((screen, session_id), None)
         return self._caps.pop((screen, session_id), None) is not None
 
     def _remember(self, key: tuple[str | None, str | None], recs: list[Recommendation]) -> None:
@@ -954,8 +1091,15 @@ class Ranker:
                 self._caps.popitem(last=False)
         else:
             self._caps.move_to_end(key)
+        cap = self.rerank.repeat_cap
+        ent = self._capped_idx.get(key)
+        grow = ent[2] if ent is not None and ent[0] == cap and ent[1] is d else None
         for r in recs:
-            d[r.sku] = d.get(r.sku, 0) + 1
+            n = d[r.sku] = d.get(r.sku, 0) + 1
+            if n == cap and grow is not None:
+                i = self._index.get(r.sku, -1)
+                if i >= 0:
+                    grow.append(i)
 
     def _fallback(self, req: RecRequest, k: int) -> list[Recommendation]:
         """Nothing known: popularity by zone × hour (lead's PopularityRanker) or the model's popularity."""
