@@ -65,9 +65,13 @@ class RankerScorer:
             p = self.store.profile(customer)
             if p is not None:
                 history, profile = p.history, (p.demographics or None)
-        req = RecRequest(history=history, session=list(getattr(visit, "picked", ())), store_id=self.store_id,
+        picked = getattr(visit, "picked", ())
+        # the room's visit list only ever grows (``VisitState.picked.append``): handed over as it is, so the
+        # ranker maps just the new picks instead of copying and comparing the whole visit per request
+        own = type(picked) is list
+        req = RecRequest(history=history, session=picked if own else list(picked), store_id=self.store_id,
                          zone=getattr(visit, "zone", None), when=when, profile=profile, exclude=tuple(exclude),
-                         k=k, session_id=getattr(visit, "session", None))
+                         k=k, session_id=getattr(visit, "session", None), session_append_only=own)
         return [(r.sku, r.score, r.reason) for r in self.ranker.recommend(req)]
 
 

@@ -72,7 +72,7 @@ WIDE_MEMO = 64  # context vectors whose wide-path scores are kept (40 KB each)
 class _SessionState:
     """A visit's session as the ranker uses it, kept up to date pick by pick."""
 
-    items: Sequence[Any]  # the session seen so far (a copy)
+    items: Sequence[Any]  # the session seen so far (a copy; empty while ``src`` is set)
     unknown: int  # entries not in the vocabulary
     last: dict[int, None]  # known picks (vocabulary index) by last occurrence, oldest first
     first: dict[int, None]  # known picks by first occurrence
@@ -81,6 +81,8 @@ class _SessionState:
     # was made for, vocabulary index -> index into ``first`` or -1); replaced, never cleared, when a new
     # distinct pick arrives (a visit shows the same few items again and again)
     because: tuple[int, dict[int, int]] = (-1, {})
+    n: int = 0  # session entries mapped so far
+    src: Any = None  # the caller's own session list (``RecRequest.session_append_only``): no copy kept
 
 
 class ModelError(ValueError):
@@ -108,6 +110,10 @@ class RecRequest:
     k: int = 10
     screen: str | None = None
     session_id: str | None = None
+    # the caller promises ``session`` is a list it only ever appends to (the recommend room's visit list): the
+    # ranker then keeps a reference instead of a copy and maps only the new picks, with no O(visit length)
+    # prefix check per request
+    session_append_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -717,22 +723,27 @@ class Ranker:
         Anything that is not the cached session plus new picks is rebuilt from scratch."""
         session = req.session
         key = req.session_id if isinstance(session, list | tuple) else None
+        own = req.session_append_only and isinstance(session, list)
         n = len(session)
         with self._sess_lock:
             st = self._sess_cache.get(key) if key is not None else None
             if st is not None and key is not None:
-                m = len(st.items)
-                if n < m or type(session) is not type(st.items) or session[:m] != st.items:
-                    st = None
-                else:
+                m = st.n
+                if own and st.src is session and n >= m:
                     self._sess_cache.move_to_end(key)
+                else:
+                    seen = st.items if st.src is None else st.src[:m]
+                    if n < m or type(session) is not type(seen) or session[:m] != seen:
+                        st = None
+                    else:
+                        self._sess_cache.move_to_end(key)
             if st is None:
                 st = _SessionState(session[:0], 0, {}, {}, set(), (-1, {}))
                 if key is not None:
                     self._sess_cache[key] = st
                     if len(self._sess_cache) > SESSION_CACHE_VISITS:
                         self._sess_cache.popitem(last=False)
-            m = len(st.items)
+            m = st.n
             if n > m:
                 tail = session[m:]
                 idx, unknown = self._session_idx(tail)
@@ -744,7 +755,12 @@ class Ranker:
                     if i not in first:
                         first[i] = None
                 st.skus.update(tail)
-                st.items = session[:n]
+                st.n = n
+            if own:
+                if st.src is not session:
+                    st.src, st.items = session, session[:0]
+            elif n > m or st.src is not None:
+                st.src, st.items = None, session[:n]
             self._sess_last.v = (req, st)
             return st
 
@@ -754,7 +770,7 @@ class Ranker:
         ``req.session`` has changed length since or another request came in between."""
         last = getattr(self._sess_last, "v", None)
         self._sess_last.v = None
-        if last is not None and last[0] is req and len(last[1].items) == len(req.session):
+        if last is not None and last[0] is req and last[1].n == len(req.session):
             st: _SessionState = last[1]
             return st
         return self._session_state(req)

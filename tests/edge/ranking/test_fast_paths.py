@@ -299,3 +299,25 @@ def test_masked_rerank_matches_the_plain_one(setup: str) -> None:
             assert fast.stats == plain.stats
             shown = [x.sku for x in a]
     assert fast.stats["capped"] > 0 and fast.stats["out_of_stock"] > 0
+
+
+def test_append_only_session_matches_copies() -> None:
+    """``session_append_only``: the caller's own growing list is mapped pick by pick without a copy; answers,
+    counters and state equal a ranker given a fresh copy each time, also when copies and a new list object
+    for the same visit come in between."""
+    own, copies = Ranker.load(), Ranker.load()
+    voc = own.vocabulary
+    rng = np.random.default_rng(6)
+    live: list[str] = []
+    for step in range(150):
+        live.append(voc[int(rng.integers(0, 500))] if step % 7 else f"unknown-{step}")
+        if step == 100:
+            live = list(live)  # the visit's list replaced by a new object: rebuilt, same answers
+        kw = {"store_id": "367", "when": T0 + 30 * DAY + step * 60, "k": 6, "session_id": "v"}
+        mixed = step % 11 == 5  # now and then the same visit arrives as a plain copy
+        a = own.recommend(RecRequest(session=list(live) if mixed else live, session_append_only=not mixed, **kw))
+        b = copies.recommend(RecRequest(session=list(live), **kw))
+        assert a == b and own.stats == copies.stats
+        st, ref = own._sess_cache["v"], copies._sess_cache["v"]
+        assert (st.n, st.unknown, st.last, st.first, st.skus) == (ref.n, ref.unknown, ref.last, ref.first, ref.skus)
+        assert (st.src is live) == (not mixed)
