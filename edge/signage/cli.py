@@ -1,4 +1,4 @@
-"""Signage commands: ``shelfcast report`` and ``shelfcast bench e2e``."""
+"""Signage commands: ``shelfcast report``, ``shelfcast bench e2e`` and ``shelfcast bench hotpath``."""
 
 from __future__ import annotations
 
@@ -27,6 +27,12 @@ def register(reg: CommandRegistry) -> None:
     p.add_argument("--no-mqtt", action="store_true", help="skip the local Mosquitto broker")
     p.add_argument("--no-model", action="store_true",
                    help="rank with the popularity fallback (measures the rest of the path without the model)")
+
+    p = reg.subcommand("bench", "hotpath", "CPU per pick of the node's ranking path alone (no pty, broker or "
+                       "screens): compare code versions on a loaded machine", _bench_hotpath)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--picks", type=int, default=10000, metavar="N", help="measured pick-ups (default 10000)")
+    p.add_argument("--no-model", action="store_true", help="rank with the popularity fallback")
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -63,6 +69,20 @@ def _bench(args: argparse.Namespace) -> int:
         raise UserError("--screens must be between 0 and 500")
     result = run(BenchOptions(rate=args.rate, duration=args.duration, screens=args.screens, mqtt=not args.no_mqtt,
                               model=not args.no_model))
+    if args.json:
+        print_json(result)
+    else:
+        for k, v in result.items():
+            print(f"{k:>24}: {v}")
+    return 0
+
+
+def _bench_hotpath(args: argparse.Namespace) -> int:
+    from edge.signage.benchhot import run_hotpath
+
+    if not 1 <= args.picks <= 1_000_000:
+        raise UserError("--picks must be between 1 and 1000000")
+    result = run_hotpath(args.picks, model=not args.no_model)
     if args.json:
         print_json(result)
     else:

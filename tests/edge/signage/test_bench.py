@@ -29,3 +29,18 @@ def test_bench_e2e_json() -> None:
     assert out["events"] == out["picks_written"] > 0  # every pick written to the pty was detected
     assert out["dropped"] == 0 and out["events_without_set"] == 0  # every pick re-ranked and reached every screen
     assert out["push_p50_ms"] is not None and out["mqtt_p50_ms"] is not None
+
+
+@pytest.mark.parametrize("model", [True, False])
+def test_bench_hotpath_json(model: bool) -> None:
+    """``bench hotpath``: every measured pick is ranked (by the shipped model, or the fallback with --no-model)
+    and published as a set; CPU per pick is reported, never asserted."""
+    cmd = [sys.executable, "-m", "edge", "bench", "hotpath", "--json", "--picks", "300"]
+    r = subprocess.run(cmd + ([] if model else ["--no-model"]), capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["picks"] == out["sets"] == 300
+    assert out["cpu_us_per_pick"] > 0 and out["wall_p50_us"] > 0
+    assert (out["model_version"] != "fallback") == model
+    assert out[("model_rankings" if model else "fallback_rankings")] == 300 + 200  # + the warm-up picks
+    assert out["visit_length_max"] == (300 + 200) // 4
