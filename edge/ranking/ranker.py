@@ -757,7 +757,7 @@ class Ranker:
                         self._sess_cache.popitem(last=False)
             m = st.n
             if n > m:
-                tail = session[m:]
+                tail = session[m:n]  # not past n: an append-only list may grow meanwhile
                 idx, unknown = self._session_idx(tail)
                 st.unknown += unknown
                 last, first = st.last, st.first
