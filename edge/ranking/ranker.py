@@ -1004,7 +1004,8 @@ class Ranker:
         """MMR with "same category" as the similarity over the head of ``kept`` (sorted by score).
 
         The penalty is 0 or ``lam``, and the base is monotone in the score, so each step only compares
-        the first remaining item of an unseen category with the first of a seen one (plain floats)."""
+        the first remaining item of an unseen category with the first of a seen one (plain floats), and
+        only when the seen one comes first: after it, base - lam < base of the unseen one."""
         lam = self.rerank.diversity
         if lam <= 0 or len(kept) <= k:
             return kept[:k]
@@ -1018,13 +1019,12 @@ class Ranker:
         chosen: list[tuple[str, float, int, int]] = []
         for _ in range(min(k, len(kept))):
             fresh = pen = -1
-            for j in remaining:
+            for j in remaining:  # up to the first unseen category: a seen one after it loses anyway
                 if kept[j][2] in seen:
                     if pen < 0:
                         pen = j
-                elif fresh < 0:
+                else:
                     fresh = j
-                if fresh >= 0 and pen >= 0:
                     break
             if fresh < 0:
                 j = pen
