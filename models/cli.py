@@ -90,7 +90,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     ex = build_examples(prep, last, args.seed, per_household=cfg.per_household, p_cold=cfg.p_cold,
                         p_session=cfg.p_session, progress=bar)
     np.savez(work / "examples.npz", **ex.__dict__)
-    model = train(prep, ex, cfg, progress=bar)
+    # the side tables (co-occurrence, item heat) must come from the same weeks as the examples: without
+    # ``last_week`` a --validation run built them from weeks <= 47, i.e. from the validation baskets themselves
+    model = train(prep, ex, cfg, progress=bar, last_week=last)
     save_weights(model, work, cfg, {"examples": len(ex), "train_last_week": last, "validation": args.validation})
     print_json({"work": str(work), "examples": len(ex), "train_last_week": last,
                 "seconds": round(time.time() - t, 1)})

@@ -44,13 +44,24 @@ def _io_spec(details: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def side_data(prep: Prepared, weights: Path, bias_on_node: bool = True) -> bytes:
+def train_popularity(prep: Prepared, last_week: int | None = None) -> np.ndarray:
+    """Training line counts per vocab item; with ``last_week`` before the split's (a --validation run)
+    only weeks <= it, so the validation weeks do not leak into the cold-start popularity prior."""
+    v = prep.a["vocab"]
+    if last_week is None or last_week >= prep.split.train_last_week:
+        return prep.a["train_count"][v].astype(np.float32)
+    a = prep.a
+    keep = (a["week"] <= last_week) & ~a["hh_holdout"][a["hh"]]
+    return np.bincount(a["pcode"][keep], minlength=len(a["train_count"]))[v].astype(np.float32)
+
+
+def side_data(prep: Prepared, weights: Path, bias_on_node: bool = True, last_week: int | None = None) -> bytes:
     with np.load(weights) as z:
         w = {k: z[k] for k in z.files}
     v = prep.a["vocab"]
     arrays: dict[str, np.ndarray] = {
         "category": (prep.a["cat"][v] - 1).astype(np.int32),
-        "popularity": prep.a["train_count"][v].astype(np.float32),
+        "popularity": train_popularity(prep, last_week),
         # unit-normalised, int8: only directions matter (reasons: "because you picked up …")
         "item_emb": np.rint(127 * w["out_table"] / np.maximum(
             np.linalg.norm(w["out_table"], axis=1, keepdims=True), 1e-6)).astype(np.int8),
@@ -103,11 +114,11 @@ def export(prep: Prepared, run_dir: Path, out_dir: Path, *, version: str | None 
            cooc_mult: tuple[float, ...] = COOC_MULT, cooc_mult_cold: tuple[float, ...] = COOC_MULT_COLD) -> Path:
     """Write ``out_dir``/{model.tflite, items.npz, manifest.json}; returns the manifest path."""
     model_bytes = (run_dir / f"model_{which}.tflite").read_bytes()
-    side = side_data(prep, run_dir / "weights.npz")
+    train_info = json.loads((run_dir / "train.json").read_text()) if (run_dir / "train.json").exists() else {}
+    side = side_data(prep, run_dir / "weights.npz", last_week=train_info.get("train_last_week"))
     it = make_interpreter(model_bytes)
     it.allocate_tensors()
     now = datetime.now(UTC)
-    train_info = json.loads((run_dir / "train.json").read_text()) if (run_dir / "train.json").exists() else {}
     manifest = {
         "format": MANIFEST_FORMAT,
         "version": version or now.strftime("%Y.%m.%d-%H%M"),
