@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.ranking.features import REPEAT_FEATURES, heat_log
+from edge.ranking.features import REPEAT_FEATURES_V3, heat_log
 from models.data import Prepared
 from models.dataset import Examples
 from models.sideterms import cooc_neighbours, heat_tables
@@ -73,6 +73,10 @@ class TrainConfig:
     # likewise for the repeat term's linear weights: at scale 1, 4 epochs moved them < 1.5 from their start, and a
     # post-model blend of +2 log share +3 log decayed share was still worth +0.02 NDCG on validation
     rep_lin_scale: float = 10.0
+    # repeat feature columns the network reads (a prefix of features.repeat_matrix). v4 kept v3's 8: training
+    # on all 10 (+ last-3-baskets, 28-day count) left validation flat (P1 0.1959 both); the two new columns
+    # are used by the node's post-model blend instead (models/export.py REPEAT_BLEND)
+    repeat_features: int = REPEAT_FEATURES_V3
     seed: int = 0
 
 
@@ -138,8 +142,8 @@ def build_model(V: int, C: int, codes: dict[str, np.ndarray], sizes: dict[str, i
             self.rep_h = keras.layers.Dense(16, activation="relu", name="repeat_mlp1")
             self.rep_o = keras.layers.Dense(1, name="repeat_mlp2", kernel_initializer="zeros")
             # linear part starts as "bonus for bought + log share + log decayed share" (≈ top-frequency)
-            lin0 = np.array([1.0, 0.5, 0.5, 0.5] + [0.0] * (REPEAT_FEATURES - 4), np.float32)
-            self.rep_lin_k = self.add_weight(shape=(REPEAT_FEATURES,), name="repeat_linear_theta",
+            lin0 = np.array([1.0, 0.5, 0.5, 0.5] + [0.0] * (cfg.repeat_features - 4), np.float32)
+            self.rep_lin_k = self.add_weight(shape=(cfg.repeat_features,), name="repeat_linear_theta",
                                              initializer=keras.initializers.Constant(lin0 / cfg.rep_lin_scale))
             self.heat = heat is not None
             if self.heat:
@@ -194,10 +198,10 @@ def build_model(V: int, C: int, codes: dict[str, np.ndarray], sizes: dict[str, i
             if self.sess is not None:
                 neural = neural + self.sess(s)
             B = tf.shape(u)[0]
-            r = x["rep_val"]  # [B, R, F], zero rows for padding
+            r = x["rep_val"][..., : cfg.repeat_features]  # [B, R, F], zero rows for padding
             ridx = x["rep_idx"]  # [B, R], V = padding
             f = self.rep_o(self.rep_h(r))[..., 0] + cfg.rep_lin_scale * tf.tensordot(r, self.rep_lin_k, 1)
-            r0 = tf.zeros((1, 1, REPEAT_FEATURES))
+            r0 = tf.zeros((1, 1, cfg.repeat_features))
             f = f - self.rep_o(self.rep_h(r0))[..., 0]
             ic = tf.minimum(ridx, V - 1)
             f = f + r[..., 0] * tf.gather(self.rep_item[0], ic) + r[..., 1] * tf.gather(self.rep_item[1], ic)

@@ -23,6 +23,8 @@ Inputs of the model (names are the manifest's feature spec):
   has a repurchase interval (bought in >= 2 baskets), clipped
   ln((days since last + 1) / (mean days between its purchases + 1)) (0 = "due
   now", > 0 overdue, < 0 just bought), and ln(1 + trips per week) of the shopper.
+  Appended (v4; older models read their prefix): in one of the last 3 baskets (1/0) and ln(1 + baskets
+  with the item in the last 28 days) — the short-window repeat signals next-basket papers find strong.
 - item sales heat and basket co-occurrence are node-side terms over the whole
   vocabulary (``heat_log``, ``cooc_scores``), weights learned with the network.
 """
@@ -69,8 +71,12 @@ INPUT_NAMES: tuple[str, ...] = (
     "session_weights",
     "context",
 )
-# bought, log share, recency, log decayed share, in last basket, has interval, log due ratio, log trips/week
-REPEAT_FEATURES = 8
+# bought, log share, recency, log decayed share, in last basket, has interval, log due ratio, log trips/week,
+# in the last 3 baskets, ln(1 + baskets in the last 28 days)
+REPEAT_FEATURES = 10
+REPEAT_FEATURES_V3 = 8  # what v3 models were trained on (a prefix of the current rows)
+LAST_BASKETS = 3
+RECENT_DAYS = 28.0
 REPEAT_FEATURES_V2 = 4  # what models before v3 were trained on (a prefix of the current rows)
 DUE_CLIP = 3.0
 HEAT_WEEKS = 2  # item sales heat = distinct baskets with the item in the last 14 days
@@ -186,6 +192,8 @@ class RepeatFeatures:
     due: np.ndarray = field(default_factory=lambda: _EMPTY_F)  # float32 [n]: clipped log due ratio, 0 if none
     has_iv: np.ndarray = field(default_factory=lambda: _EMPTY_F)  # float32 [n]: bought in >= 2 baskets
     trips: float = 0.0  # ln(1 + baskets per week) over the history span
+    in_last3: np.ndarray = field(default_factory=lambda: _EMPTY_F)  # float32 [n]: in one of the last 3 baskets
+    recent: np.ndarray = field(default_factory=lambda: _EMPTY_F)  # float32 [n]: ln(1 + baskets in last 28 days)
 
 
 EMPTY_REPEAT = RepeatFeatures(_EMPTY_I, _EMPTY_F, _EMPTY_F, _EMPTY_F, 0)
@@ -206,6 +214,7 @@ class HistoryStructure:
     in_last: np.ndarray = field(default_factory=lambda: _EMPTY_F)
     has_iv: np.ndarray = field(default_factory=lambda: _EMPTY_F)
     iv_p1: np.ndarray = field(default_factory=lambda: _EMPTY_F)
+    in_last3: np.ndarray = field(default_factory=lambda: _EMPTY_F)
 
 
 def history_structure(idx: np.ndarray, t_days: np.ndarray) -> HistoryStructure | None:
@@ -226,7 +235,7 @@ def history_structure(idx: np.ndarray, t_days: np.ndarray) -> HistoryStructure |
     first_b = bk[np.r_[0, cut + 1]]
     iv_p1 = (tb[last_b] - tb[first_b]) / np.maximum(count - 1, 1) + 1.0
     return HistoryStructure(tb, items, inv, bk, count, last_b, first_b, (last_b == n_b - 1).astype(np.float32),
-                            (count >= 2).astype(np.float32), iv_p1)
+                            (count >= 2).astype(np.float32), iv_p1, (last_b >= n_b - LAST_BASKETS).astype(np.float32))
 
 
 def _unique_inverse(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -256,18 +265,20 @@ def repeat_from_structure(st: HistoryStructure | None, now_days: float,
     share = st.count / n_b
     age_last = age[st.last_b]
     recency = np.exp(-age_last / RECENCY_DAYS)
-    in_last, has_iv, iv_p1 = st.in_last, st.has_iv, st.iv_p1
+    in_last, has_iv, iv_p1, in_last3 = st.in_last, st.has_iv, st.iv_p1, st.in_last3
+    recent = np.bincount(st.inv, weights=(age < RECENT_DAYS)[st.bk], minlength=len(items))
     if len(items) > max_items:
         keep = np.argsort(-decayed, kind="stable")[:max_items]
         items, share, recency, decayed = items[keep], share[keep], recency[keep], decayed[keep]
         age_last, in_last, has_iv, iv_p1 = age_last[keep], in_last[keep], has_iv[keep], iv_p1[keep]
+        in_last3, recent = in_last3[keep], recent[keep]
     due = np.log((age_last + 1.0) / iv_p1)
     np.clip(due, -DUE_CLIP, DUE_CLIP, out=due)
     due *= has_iv
     span_w = max(float(now_days - st.tb[0]), 7.0) / 7.0
     return RepeatFeatures(items, share.astype(np.float32), recency.astype(np.float32),
                           decayed.astype(np.float32), n_b, in_last, due.astype(np.float32), has_iv,
-                          math.log1p(n_b / span_w))
+                          math.log1p(n_b / span_w), in_last3, np.log1p(recent).astype(np.float32))
 
 
 def repeat_features(idx: np.ndarray, t_days: np.ndarray, now_days: float,
@@ -321,6 +332,8 @@ def repeat_matrix(rep: RepeatFeatures) -> np.ndarray:
     m[:, 5] = rep.has_iv if len(rep.has_iv) == n else 0.0
     m[:, 6] = rep.due if len(rep.due) == n else 0.0
     m[:, 7] = rep.trips
+    m[:, 8] = rep.in_last3 if len(rep.in_last3) == n else 0.0
+    m[:, 9] = rep.recent if len(rep.recent) == n else 0.0
     return m
 
 

@@ -23,7 +23,7 @@ def test_repeat_rows_by_hand() -> None:
     idx = np.array([7, 3, 7, 7, 7, 5, 5], np.int64)
     rep = repeat_features(idx, t, 40.0)
     rows = dict(zip(rep.items.tolist(), repeat_matrix(rep), strict=True))
-    assert REPEAT_FEATURES == 8 and rows[7].shape == (8,)
+    assert REPEAT_FEATURES == 10 and rows[7].shape == (10,)
     # item 7: 4 of 4 baskets, last bought 10 days ago, every 10 days: in last basket, due ratio 11/11
     r7 = rows[7]
     assert r7[0] == 1.0
@@ -38,6 +38,10 @@ def test_repeat_rows_by_hand() -> None:
     assert rows[5][5] == 1.0 and math.isclose(rows[5][6], 0.0, abs_tol=1e-6) and rows[5][4] == 1.0
     # trips: 4 baskets over 40 days → ln(1 + 4 / (40 / 7)), the same on every row
     assert all(math.isclose(r[7], math.log1p(4 / (40 / 7)), rel_tol=1e-6) for r in rows.values())
+    # v4: in one of the last 3 baskets (days 10, 20, 30), ln(1 + baskets in the last 28 days (days 20, 30))
+    assert rows[7][8] == 1.0 and rows[5][8] == 1.0 and rows[3][8] == 0.0
+    assert math.isclose(rows[7][9], math.log(3), rel_tol=1e-6) and math.isclose(rows[5][9], math.log(3), rel_tol=1e-6)
+    assert rows[3][9] == 0.0
 
 
 def test_due_ratio_sign_and_clip() -> None:
@@ -83,7 +87,8 @@ def test_heat_log() -> None:
 
 
 def test_new_columns_match_a_plain_loop_with_truncation() -> None:
-    """In-last / interval / due / trips against a per-item Python loop, also past MAX_REPEAT_ITEMS
+    """In-last / interval / due / trips / last-3 / 28-day count against a per-item Python loop, also past
+    MAX_REPEAT_ITEMS
     (the kept items' rows must still be their own: the cached per-visit columns are re-indexed)."""
     rng = np.random.default_rng(3)
     for n_items in (40, 400):
@@ -104,4 +109,6 @@ def test_new_columns_match_a_plain_loop_with_truncation() -> None:
             else:
                 assert row[5] == 0.0 and row[6] == 0.0
             assert math.isclose(row[7], math.log1p(len(baskets) / ((now - baskets[0]) / 7)), rel_tol=1e-6)
+            assert row[8] == float(days[-1] >= baskets[-3])
+            assert math.isclose(row[9], math.log1p(int((days > now - 28).sum())), rel_tol=1e-6)
         assert len(rep.items) == min(n_items, 256)
