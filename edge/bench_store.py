@@ -117,12 +117,7 @@ def _checkpoint(path: Path) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from edge.cli import print_json
+    from edge.cli import print_result
 
-    result = run(events=args.events, rate=args.rate, flush_interval_ms=args.flush_interval_ms)
-    if args.json:
-        print_json(result)
-    else:
-        for k, v in result.items():
-            print(f"{k:34s} {v}")
+    print_result(run(events=args.events, rate=args.rate, flush_interval_ms=args.flush_interval_ms), args.json)
     return 0

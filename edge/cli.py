@@ -17,7 +17,7 @@ import importlib
 import json
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from edge.config import ConfigError
@@ -129,6 +129,15 @@ def _broken_module(mod: str, exc: BaseException) -> None:
 def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, separators=(",", ":"), default=str) + "\n")
     sys.stdout.flush()
+
+
+def print_result(result: Mapping[str, Any], as_json: bool) -> None:
+    """A bench's result: one JSON line for scripts (``--json``), else ``key  value`` lines for people."""
+    if as_json:
+        print_json(result)
+        return
+    for k, v in result.items():
+        print(f"{k:>34}  {v}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from edge.cli import CommandRegistry, UserError, print_json
+from edge.cli import CommandRegistry, UserError, print_json, print_result
 
 __all__ = ["register"]
 
@@ -214,9 +214,5 @@ def _bench(args: argparse.Namespace) -> int:
 
     res = run_bench(shelf_hours=args.shelf_hours, pty_seconds=args.pty_seconds, frames=args.frames,
                     seed=args.seed)
-    if args.json:
-        print_json(res)
-    else:
-        for k, v in res.items():
-            print(f"{k:34} {v}")
+    print_result(res, args.json)
     return 0

@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from edge.cli import CommandRegistry, UserError, print_json
+from edge.cli import CommandRegistry, UserError, print_json, print_result
 
 
 def register(reg: CommandRegistry) -> None:
@@ -69,11 +69,7 @@ def _bench(args: argparse.Namespace) -> int:
         raise UserError("--screens must be between 0 and 500")
     result = run(BenchOptions(rate=args.rate, duration=args.duration, screens=args.screens, mqtt=not args.no_mqtt,
                               model=not args.no_model))
-    if args.json:
-        print_json(result)
-    else:
-        for k, v in result.items():
-            print(f"{k:>24}: {v}")
+    print_result(result, args.json)
     return 0
 
 
@@ -83,9 +79,5 @@ def _bench_hotpath(args: argparse.Namespace) -> int:
     if not 1 <= args.picks <= 1_000_000:
         raise UserError("--picks must be between 1 and 1000000")
     result = run_hotpath(args.picks, model=not args.no_model)
-    if args.json:
-        print_json(result)
-    else:
-        for k, v in result.items():
-            print(f"{k:>24}: {v}")
+    print_result(result, args.json)
     return 0
