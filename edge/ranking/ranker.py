@@ -211,7 +211,6 @@ class Ranker:
         self._sess_cache: OrderedDict[str, _SessionState] = OrderedDict()  # by session_id
         self._wide_memo: dict[bytes, np.ndarray] = {}  # context vector bytes -> wide-path scores (under _lock)
         self._sess_lock = threading.Lock()
-        self._sess_last = threading.local()  # (request, state) of this thread's last _session_state call
         self._capped_idx: dict[tuple[str | None, str | None], tuple[int, dict[str, int], list[int]]] = {}
         self._promote_mask: np.ndarray | None = None  # vocabulary mask of the promoted skus
         self._pop_order: list[tuple[str, float]] = []  # _popular_order's cache and its key
@@ -622,7 +621,7 @@ class Ranker:
             buf[0] = values
         self._it.set_tensor(index, buf)
 
-    def _invoke(self, req: RecRequest) -> tuple[np.ndarray, np.ndarray, Any, list[int]]:
+    def _invoke(self, req: RecRequest) -> tuple[np.ndarray, np.ndarray, Any, list[int], _SessionState]:
         t, hour, wd = self._when(req.when)
         rep = repeat_from_structure(self._history(req.history), t / 86400.0)
         ss = self._session_state(req)
@@ -695,7 +694,7 @@ class Ranker:
                 scores[rep.items] += rfull[:, : len(self.repeat_blend)] @ self.repeat_blend
         uscale, uzp = self._out_user["quantization"]
         u = (user.astype(np.float32) - uzp) * uscale if uscale else user.astype(np.float32)
-        return scores, u, rep, sess_idx
+        return scores, u, rep, sess_idx, ss
 
     def _session_idx(self, session: Sequence[Any]) -> tuple[list[int], int]:
         """(vocabulary indices of the known picks in order, unknown count). One C-level pass (``map``) for
@@ -773,19 +772,7 @@ class Ranker:
                     st.src, st.items = session, session[:0]
             elif n > m or st.src is not None:
                 st.src, st.items = None, session[:n]
-            self._sess_last.v = (req, st)
             return st
-
-    def _session_state_again(self, req: RecRequest) -> _SessionState:
-        """The state ``_invoke`` just derived for ``req`` on this thread, without the O(visit length) prefix
-        check a second ``_session_state`` call makes (~7 µs per call at 2,500 picks); derived again if
-        ``req.session`` has changed length since or another request came in between."""
-        last = getattr(self._sess_last, "v", None)
-        self._sess_last.v = None
-        if last is not None and last[0] is req and last[1].n == len(req.session):
-            st: _SessionState = last[1]
-            return st
-        return self._session_state(req)
 
     def _cooc_terms(self, rep: Any, hi: np.ndarray, hw: np.ndarray, si: np.ndarray, sw: np.ndarray,
                     ns: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
@@ -831,29 +818,17 @@ class Ranker:
                 if s not in self._index:
                     self.stats["unknown_sku"] += 1
             return self._fallback(req, k)
-        scores, u, rep, sess_idx = self._invoke(req)
+        scores, u, rep, sess_idx, st = self._invoke(req)
         scores = scores + self._tie
-        st = self._session_state_again(req)
+        if st.n != len(req.session):  # an append-only session grew meanwhile: derive it again
+            st = self._session_state(req)
         excl = set(req.exclude)
         if self.rerank.drop_session_items:
             excl |= st.skus
         cap_key = (req.screen, req.session_id) if (req.screen or req.session_id) else None
         capped = self._caps.get(cap_key) if cap_key else None
 
-        pool = self._catalogue_idx if (self.rerank.catalogue_only and self._catalogue_idx is not None) else None
-        if pool is not None:
-            M = min(len(pool), self.rerank.candidates + len(excl) + k)
-            top = pool[np.argpartition(-scores[pool], M - 1)[:M]] if M > 0 else pool[:0]
-        else:
-            M = min(self.V, self.rerank.candidates + len(excl) + k)
-            top = _top_m(scores, M)
-        order = top[np.argsort(-scores[top], kind="stable")]
-        # vectorised filter of the model's candidates: suppressed skus/categories, outside the catalogue
-        block = self._rule_block
-        if self.rerank.catalogue_only and self._catalogue is not None and self._cat_block is not None:
-            block = self._cat_block if block is None else (block | self._cat_block)
-        if block is not None:
-            order = order[~block[order]]
+        top, order, block = self._candidate_order(scores, len(excl) + k)
         get = self._index.get
         voc, cat_of = self.vocabulary, self.category
         cap = self.rerank.repeat_cap
@@ -979,6 +954,26 @@ class Ranker:
             self._remember(cap_key, out)
         return out
 
+    def _candidate_order(self, scores: np.ndarray, extra: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(top, order, block): the model's best ``candidates + extra`` (catalogue items only when
+        ``catalogue_only``), those best first minus the suppressed / outside-the-catalogue ones, and that
+        block mask (None: nothing blocked)."""
+        pool = self._catalogue_idx if (self.rerank.catalogue_only and self._catalogue_idx is not None) else None
+        if pool is not None:
+            M = min(len(pool), self.rerank.candidates + extra)
+            top = pool[np.argpartition(-scores[pool], M - 1)[:M]] if M > 0 else pool[:0]
+        else:
+            M = min(self.V, self.rerank.candidates + extra)
+            top = _top_m(scores, M)
+        order = top[np.argsort(-scores[top], kind="stable")]
+        # vectorised filter of the model's candidates: suppressed skus/categories, outside the catalogue
+        block = self._rule_block
+        if self.rerank.catalogue_only and self._catalogue is not None and self._cat_block is not None:
+            block = self._cat_block if block is None else (block | self._cat_block)
+        if block is not None:
+            order = order[~block[order]]
+        return top, order, block
+
     def _capped_indices(self, key: tuple[str | None, str | None], counts: dict[str, int], cap: int) -> list[int]:
         """Vocabulary indices of the skus shown ``cap`` times to ``key``: kept by ``_remember`` as counts
         cross the cap, rebuilt from ``counts`` when the cap or the counts object changed."""
@@ -1087,23 +1082,6 @@ class Ranker:
                     continue
             out.append("popular here at this hour" if not req.history else "picked for you")
         return out
-
-    def _reason(self, c: tuple[str, float, int, int], rep: Mapping[int, float], sess_idx: list[int],
-                emb_s: np.ndarray | None, req: RecRequest) -> str:
-        i = c[3]
-        if i < 0:
-            return "new in store"
-        share = rep.get(i)
-        if share is not None:
-            return "you buy this often" if share >= 0.2 else "bought before"
-        if emb_s is not None:
-            sims = emb_s @ self.item_emb[i]
-            j = int(sims.argmax())
-            if sims[j] > 0.2:
-                return f"because you picked up {self._name(self.vocabulary[sess_idx[j]])}"
-        if not req.history:
-            return "popular here at this hour"
-        return "picked for you"
 
     def reset_caps(self, session_id: str | None, screen: str | None = None) -> bool:
         """Forget what (``screen``, ``session_id``) was shown: a new round of frequency caps (the node calls

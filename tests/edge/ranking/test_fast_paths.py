@@ -168,6 +168,25 @@ def test_wide_path_memo_gives_the_same_scores(ranker: Ranker) -> None:
         assert np.array_equal(a, b) and np.array_equal(a, ranker.scores(q))  # and a fresh miss
 
 
+def _plain_reason(r: Ranker, c: tuple[str, float, int, int], share: dict[int, float], sess_idx: list[int],
+                  emb_s: np.ndarray | None, req: RecRequest) -> str:
+    """One reason, computed from scratch (what ``Ranker._reasons`` did per item before its per-visit memo)."""
+    i = c[3]
+    if i < 0:
+        return "new in store"
+    sh = share.get(i)
+    if sh is not None:
+        return "you buy this often" if sh >= 0.2 else "bought before"
+    if emb_s is not None:
+        sims = emb_s @ r.item_emb[i]
+        j = int(sims.argmax())
+        if sims[j] > 0.2:
+            return f"because you picked up {r._name(r.vocabulary[sess_idx[j]])}"
+    if not req.history:
+        return "popular here at this hour"
+    return "picked for you"
+
+
 def _plain_recommend(r: Ranker, req: RecRequest) -> list[Recommendation]:
     """``Ranker.recommend`` as it was before the masked re-rank: one tuple per candidate, one Python pass
     over all of them, one reason computed per chosen item."""
@@ -179,26 +198,14 @@ def _plain_recommend(r: Ranker, req: RecRequest) -> list[Recommendation]:
             if s not in r._index:
                 r.stats["unknown_sku"] += 1
         return r._fallback(req, k)
-    scores, u, rep, sess_idx = r._invoke(req)
+    scores, u, rep, sess_idx, _ = r._invoke(req)
     scores = scores + r._tie
     excl = set(req.exclude)
     if r.rerank.drop_session_items:
         excl |= r._session_state(req).skus
     cap_key = (req.screen, req.session_id) if (req.screen or req.session_id) else None
     capped = r._caps.get(cap_key) if cap_key else None
-    pool = r._catalogue_idx if (r.rerank.catalogue_only and r._catalogue_idx is not None) else None
-    if pool is not None:
-        M = min(len(pool), r.rerank.candidates + len(excl) + k)
-        top = pool[np.argpartition(-scores[pool], M - 1)[:M]] if M > 0 else pool[:0]
-    else:
-        M = min(r.V, r.rerank.candidates + len(excl) + k)
-        top = _top_m(scores, M)
-    order = top[np.argsort(-scores[top], kind="stable")]
-    block = r._rule_block
-    if r.rerank.catalogue_only and r._catalogue is not None and r._cat_block is not None:
-        block = r._cat_block if block is None else (block | r._cat_block)
-    if block is not None:
-        order = order[~block[order]]
+    top, order, block = r._candidate_order(scores, len(excl) + k)
     voc, cat_of = r.vocabulary, r.category
     cand = [(voc[i], sc, c, i) for i, sc, c in zip(order.tolist(), scores[order].tolist(), cat_of[order].tolist(),
                                                    strict=True) if voc[i] not in excl]
@@ -246,7 +253,7 @@ def _plain_recommend(r: Ranker, req: RecRequest) -> list[Recommendation]:
         share = {i: s for i, s in zip(rep.items.tolist(), rep.share.tolist(), strict=True)}
     sess = list(dict.fromkeys(sess_idx))
     emb_s = r.item_emb[sess] if sess else None
-    out = [Recommendation(c[0], round(c[1], 4), r._reason(c, share, sess, emb_s, req)) for c in chosen]
+    out = [Recommendation(c[0], round(c[1], 4), _plain_reason(r, c, share, sess, emb_s, req)) for c in chosen]
     r.stats["new_item_recs"] += sum(1 for c in chosen if c[3] < 0)
     if cap_key is not None:
         r._remember(cap_key, out)
