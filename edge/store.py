@@ -460,12 +460,19 @@ class Store:
 
     def adjust_stock(self, sku: str, delta: int) -> None:
         """A pick (-n) or put-back (+n) seen by the shelf; never below zero."""
+        write = self._stock_write(sku, delta)
+        if write is not None:
+            self._fire(write)
+
+    def _stock_write(self, sku: str, delta: int) -> Callable[[sqlite3.Connection], Any] | None:
+        """Apply ``delta`` to the in-memory stock now (never below zero) and return the row update for the
+        writer; None for a sku the store does not stock."""
         if sku not in self._stock:
-            return
+            return None
         units = max(0, self._stock[sku] + delta)
         self._stock[sku] = units
         now = time.time()
-        self._fire(lambda c: c.execute("UPDATE stock SET units=?, updated=? WHERE sku=?", (units, now, sku)))
+        return lambda c: c.execute("UPDATE stock SET units=?, updated=? WHERE sku=?", (units, now, sku))
 
     # -- profiles --------------------------------------------------------------
     def profile(self, customer: str) -> Profile | None:
@@ -525,11 +532,7 @@ class Store:
         sess: str | None = session if session is not None else getattr(event, "session", None)
         etype = event.TYPE
         now = time.time()
-        units: int | None = None
-        if stock is not None and stock[0] in self._stock:
-            units = max(0, self._stock[stock[0]] + stock[1])
-            self._stock[stock[0]] = units
-        sku = stock[0] if stock is not None else ""
+        stock_write = self._stock_write(*stock) if stock is not None else None
 
         def write(conn: sqlite3.Connection) -> None:
             conn.execute("INSERT OR IGNORE INTO events (id, type, t, session, payload) VALUES (?,?,?,?,?)",
@@ -539,8 +542,8 @@ class Store:
                     "INSERT OR IGNORE INTO outbox (id, topic, payload, created, priority) VALUES (?,?,?,?,?)",
                     (eid, upstream, payload, now, priority),
                 )
-            if units is not None:
-                conn.execute("UPDATE stock SET units=?, updated=? WHERE sku=?", (units, now, sku))
+            if stock_write is not None:
+                stock_write(conn)
 
         return write
 
