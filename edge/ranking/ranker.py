@@ -27,7 +27,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from itertools import repeat
+from itertools import islice, repeat
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
@@ -209,7 +209,11 @@ class Ranker:
         self._cat_block: np.ndarray | None = None  # outside the store catalogue
         self._promote_nonneg = True
         self._sess_cache: OrderedDict[str, _SessionState] = OrderedDict()  # by session_id
+        self._share_memo: dict[int, tuple[np.ndarray, np.ndarray, dict[int, float]]] = {}  # _reasons' share lookup
         self._wide_memo: dict[bytes, np.ndarray] = {}  # context vector bytes -> wide-path scores (under _lock)
+        # (hour, weekday, store, baskets, picks, profile id) -> (profile copy, quantized context input, clamp
+        # count, wide-path scores); under _lock
+        self._ctx_memo: dict[Any, tuple[dict[str, Any] | None, np.ndarray, int, np.ndarray | None]] = {}
         self._sess_lock = threading.Lock()
         self._capped_idx: dict[tuple[str | None, str | None], tuple[int, dict[str, int], list[int]]] = {}
         self._promote_mask: np.ndarray | None = None  # vocabulary mask of the promoted skus
@@ -608,15 +612,22 @@ class Ranker:
             m += 1
         return idx[:m], td[:m], unknown
 
-    def _set(self, name: str, values: np.ndarray) -> None:
-        """Quantize ``values`` (float32 [n], overwritten) into the preallocated input buffer, in place."""
+    def _set(self, name: str, values: np.ndarray, zero: bool = False) -> None:
+        """Quantize ``values`` (float32 [n], overwritten) into the preallocated input buffer, in place.
+        ``zero``: the caller knows ``values`` is all 0 (no history, no picks): the buffer is the clipped
+        zero point, what the arithmetic below gives for 0, without four numpy calls."""
         index, buf, scale, zp = self._in[name]
         if buf.dtype == np.int8:
-            np.divide(values, scale, out=values)
-            np.rint(values, out=values)
-            values += zp
-            np.clip(values, -128, 127, out=values)
-            buf[0] = values  # unsafe cast of integral values in [-128, 127]: same as astype(int8)
+            if zero:
+                buf.fill(min(max(zp, -128), 127))
+            else:
+                np.divide(values, scale, out=values)
+                np.rint(values, out=values)
+                values += zp
+                # np.clip's Python wrapper costs ~3 us on 16 values; the two ufuncs give the same numbers
+                np.minimum(values, 127, out=values)
+                np.maximum(values, -128, out=values)
+                buf[0] = values  # unsafe cast of integral values in [-128, 127]: same as astype(int8)
         else:
             buf[0] = values
         self._it.set_tensor(index, buf)
@@ -627,39 +638,45 @@ class Ranker:
         ss = self._session_state(req)
         self.stats["unknown_sku"] += ss.unknown
         sess_idx = list(ss.first)  # the distinct picks, first occurrence first: all _reasons looks at
-        # the latest distinct picks, oldest first: all session_inputs looks at (a visit can hold thousands)
-        latest = list(ss.last)
+        # the latest SESSION_LEN distinct picks, oldest first: all session_inputs looks at (``last`` holds each
+        # pick once, by last occurrence; a visit can hold thousands)
+        latest = list(islice(reversed(ss.last), SESSION_LEN))[::-1]
         with self._lock:  # the scratch buffers are shared: fill, invoke and read under the lock
             hi, hw, si, sw, ctx = self._scratch
             hi.fill(0)
             hw.fill(0.0)
             si.fill(0)
             sw.fill(0.0)
-            ctx.fill(0.0)
             history_inputs(rep, hi, hw)
             ns = session_inputs(latest, si, sw)
-            bad = self.context_spec.encode(ctx, hour, wd, req.store_id, req.profile, rep.n_baskets, ns)
-            wide = None
-            if self._wide_f is not None and self._wide_scale is not None:
-                # the wide path depends on the context vector only (hour, weekday, store, profile, basket and
-                # pick counts), which repeats from request to request: memoised, same numbers
-                ckey = ctx.tobytes()
-                wide = self._wide_memo.get(ckey)
-                if wide is None:
-                    nz = np.flatnonzero(ctx)
-                    wide = (ctx[nz] * self._wide_scale[nz]) @ self._wide_f[nz]
-                    wide.flags.writeable = False
-                    if len(self._wide_memo) >= WIDE_MEMO:
-                        self._wide_memo.pop(next(iter(self._wide_memo)))
-                    self._wide_memo[ckey] = wide
+            # the context input (and the wide path, which depends on it only) repeats from request to request:
+            # memoised by what it is made of, as the quantized input buffer, its clamp count and wide scores
+            prof = req.profile
+            try:
+                ckey: Any = (hour, wd, req.store_id, rep.n_baskets, ns, 0 if prof is None else id(prof))
+                ent = self._ctx_memo.get(ckey)
+            except TypeError:  # an unhashable store id: no memo
+                ckey, ent = None, None
+            if ent is not None and ent[0] == prof:  # a copy of the profile: a dict changed in place misses
+                _, qctx, bad, wide = ent
+            else:
+                ctx.fill(0.0)
+                bad = self.context_spec.encode(ctx, hour, wd, req.store_id, prof, rep.n_baskets, ns)
+                wide = self._wide(ctx)
+                self._set("context", ctx)  # quantizes ``ctx`` in place
+                qctx = self._in["context"][1].copy()
+                if ckey is not None:
+                    if len(self._ctx_memo) >= WIDE_MEMO:
+                        self._ctx_memo.pop(next(iter(self._ctx_memo)))
+                    self._ctx_memo[ckey] = (None if prof is None else dict(prof), qctx, bad, wide)
             cooc = None
             if self._nb_idx is not None and self._nb_val is not None and self._cooc_w is not None:
                 cooc = self._cooc_terms(rep, hi, hw, si, sw, ns)  # before ``_set`` quantizes hw / sw in place
             self._it.set_tensor(self._in["hist_items"][0], hi[None, :])
-            self._set("hist_weights", hw)
+            self._set("hist_weights", hw, zero=not len(rep.items))
             self._it.set_tensor(self._in["session_items"][0], si[None, :])
-            self._set("session_weights", sw)
-            self._set("context", ctx)
+            self._set("session_weights", sw, zero=not ns)
+            self._it.set_tensor(self._in["context"][0], qctx)
             self._it.invoke()
             out = self._it.get_tensor(self._out_scores["index"])[0]
             user = self._it.get_tensor(self._out_user["index"])[0]
@@ -688,13 +705,33 @@ class Ranker:
             rfull = repeat_matrix(rep)
             rmat = rfull[:, : self._rep_f]
             f = np.maximum(rmat @ self._rw1 + self._rb1, 0.0) @ self._rw2 + self._rb2 + rmat @ self._rwl + self._rbl
-            f += rmat[:, 0] * self._ritem[0, rep.items] + rmat[:, 1] * self._ritem[1, rep.items]
-            scores[rep.items] += g * (f - self._rep0)
+            ri = self._ritem[:, rep.items]  # one gather for both rows; column 0 ("bought") is exactly 1.0
+            f += ri[0] + rmat[:, 1] * ri[1]
+            # the shopper's items gathered once, both terms added in the same order, scattered once (distinct
+            # indices: the same numbers as two fancy-index ``+=``)
+            own = scores[rep.items]
+            own += g * (f - self._rep0)
             if self.repeat_blend is not None:
-                scores[rep.items] += rfull[:, : len(self.repeat_blend)] @ self.repeat_blend
+                own += rfull[:, : len(self.repeat_blend)] @ self.repeat_blend
+            scores[rep.items] = own
         uscale, uzp = self._out_user["quantization"]
         u = (user.astype(np.float32) - uzp) * uscale if uscale else user.astype(np.float32)
         return scores, u, rep, sess_idx, ss
+
+    def _wide(self, ctx: np.ndarray) -> np.ndarray | None:
+        """The wide path's scores for context vector ``ctx`` (memoised by its bytes; under ``_lock``)."""
+        if self._wide_f is None or self._wide_scale is None:
+            return None
+        ckey = ctx.tobytes()
+        wide = self._wide_memo.get(ckey)
+        if wide is None:
+            nz = np.flatnonzero(ctx)
+            wide = (ctx[nz] * self._wide_scale[nz]) @ self._wide_f[nz]
+            wide.flags.writeable = False
+            if len(self._wide_memo) >= WIDE_MEMO:
+                self._wide_memo.pop(next(iter(self._wide_memo)))
+            self._wide_memo[ckey] = wide
+        return wide
 
     def _session_idx(self, session: Sequence[Any]) -> tuple[list[int], int]:
         """(vocabulary indices of the known picks in order, unknown count). One C-level pass (``map``) for
@@ -1043,9 +1080,17 @@ class Ranker:
         visit's distinct picks stay the same (the same numbers: one ``emb_s @ item_emb[i]`` per item)."""
         share: dict[int, float] = {}
         if len(rep.items):
-            want = np.array([c[3] for c in chosen], np.int64)
-            hit = np.flatnonzero((rep.items[:, None] == want[None, :]).any(axis=1))  # np.isin: 10x slower here
-            share = dict(zip(rep.items[hit].tolist(), rep.share[hit].tolist(), strict=True))
+            # item -> share for all of the shopper's items, made once per visit: ``rep.share`` is the history
+            # structure's own array on every request of the visit (shares do not depend on the time)
+            shares = self._share_memo
+            sh_ent = shares.get(id(rep.share))
+            if sh_ent is not None and sh_ent[0] is rep.share and sh_ent[1] is rep.items:
+                share = sh_ent[2]
+            else:
+                share = dict(zip(rep.items.tolist(), rep.share.tolist(), strict=True))
+                shares[id(rep.share)] = (rep.share, rep.items, share)  # holds the arrays: their ids stay unique
+                if len(shares) > HIST_CACHE_VISITS:
+                    shares.pop(next(iter(shares)), None)
         # distinct picks, first occurrence kept (``_invoke`` passes them so): argmax below still finds the
         # same (first) best item, over a few rows instead of one per pick of the visit
         sess_idx = list(dict.fromkeys(sess_idx))

@@ -160,12 +160,27 @@ def test_wide_path_memo_gives_the_same_scores(ranker: Ranker) -> None:
                        when=T0 + 60 * DAY + h * 3600, k=6)
             for nb in (0, 1, 3) for ns in (0, 2, 20) for h in (0, 9, 17)]
     ranker._wide_memo.clear()
+    ranker._ctx_memo.clear()
     first = [ranker.scores(q).copy() for q in reqs]  # misses (and some hits: repeated contexts)
-    assert 0 < len(ranker._wide_memo) <= len(reqs)
+    assert 0 < len(ranker._wide_memo) <= len(reqs) and 0 < len(ranker._ctx_memo) <= len(reqs)
     again = [ranker.scores(q) for q in reqs]  # all hits
     for q, a, b in zip(reqs, first, again, strict=True):
         ranker._wide_memo.clear()
+        ranker._ctx_memo.clear()
         assert np.array_equal(a, b) and np.array_equal(a, ranker.scores(q))  # and a fresh miss
+
+
+def test_context_memo_sees_a_profile_changed_in_place(ranker: Ranker) -> None:
+    """The context memo is keyed by the profile's identity but checks a copy of it: the same dict changed
+    in place between requests gives that profile's scores, not the memoised ones."""
+    voc = ranker.vocabulary
+    prof: dict[str, str] = {"age": "45-54", "income": "50-74K"}
+    req = RecRequest(session=[voc[3]], store_id="367", profile=prof, when=T0, k=5)
+    a = ranker.scores(req).copy()
+    prof["age"] = "19-24"
+    b = ranker.scores(req).copy()
+    fresh = ranker.scores(RecRequest(session=[voc[3]], store_id="367", profile=dict(prof), when=T0, k=5))
+    assert not np.array_equal(a, b) and np.array_equal(b, fresh)
 
 
 def _plain_reason(r: Ranker, c: tuple[str, float, int, int], share: dict[int, float], sess_idx: list[int],
