@@ -43,3 +43,38 @@ def test_bad_json_named() -> None:
         from_json("{")
     with pytest.raises(ValueError, match="missing"):
         from_json('{"type": "track", "track": 1}')
+
+
+def test_new_id_is_time_first_hex() -> None:
+    import time
+
+    from edge.events import new_id
+
+    before = time.time_ns() // 1000
+    ids = [new_id() for _ in range(2000)]
+    after = time.time_ns() // 1000
+    assert all(len(i) == 32 and int(i, 16) >= 0 and i == i.lower() for i in ids)
+    assert all(before <= int(i[:16], 16) <= after for i in ids)
+    assert ids == sorted(ids, key=lambda i: i[:16])  # time-first: ordered by creation (µs)
+    assert len({i[16:] for i in ids}) == len(ids)  # the 64 random bits differ
+
+
+def test_new_id_differs_in_a_forked_child() -> None:
+    """A child forked after the random state was seeded must not hand out its parent's next ids."""
+    import os
+
+    from edge.events import new_id
+
+    new_id()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next ids, then leave without running the test runner's exit hooks
+        os.close(r)
+        os.write(w, "".join(new_id()[16:] for _ in range(4)).encode())
+        os._exit(0)
+    os.close(w)
+    mine = "".join(new_id()[16:] for _ in range(4))
+    with os.fdopen(r, "rb") as f:
+        theirs = f.read().decode()
+    os.waitpid(pid, 0)
+    assert len(theirs) == 64 and theirs != mine
