@@ -39,6 +39,39 @@ def screen_topic(prefix: str, store: str, node: str, screen: str) -> str:
     return f"{prefix}/{store}/{node}/screens/{screen}/recommendations"
 
 
+class _BufferedClient(mqtt.Client):
+    """paho's client with one ``recv`` per readable socket instead of three per packet.
+
+    paho reads a packet as ``recv(1)`` (command), ``recv(1)`` per length byte and ``recv(n)`` (body):
+    three syscalls for the PUBACK of every QoS 1 publish, i.e. of every set pushed. Here the first of them
+    takes everything that has arrived (up to 64 KiB) and the rest are served from that buffer; paho's
+    parsing, acknowledgement and retry logic are untouched. The buffer belongs to one socket: a new
+    connection starts empty.
+    """
+
+    _rbuf: bytes = b""
+    _rbuf_sock: Any = None
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        buf = self._rbuf
+        if not buf or self._rbuf_sock is not self._sock:
+            buf = super()._sock_recv(65536)  # BlockingIOError when nothing is there, b"" at EOF: as paho's
+            if not buf:
+                self._rbuf = b""
+                return buf
+            self._rbuf_sock = self._sock
+        if len(buf) <= bufsize:
+            self._rbuf = b""
+            return buf
+        self._rbuf = buf[bufsize:]
+        return buf[:bufsize]
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not parsed yet (``_on_readable`` parses until this is 0)."""
+        return len(self._rbuf) if self._rbuf_sock is self._sock else 0
+
+
 class ScreenPublisher:
     def __init__(self, url: str | None, *, prefix: str, store: str, node: str, client_id: str | None = None,
                  username: str | None = None, password: str | None = None, keepalive_s: int = 30,
@@ -52,7 +85,7 @@ class ScreenPublisher:
         self.connected = False
         self.stats = {"published": 0, "skipped_offline": 0, "connects": 0, "disconnects": 0, "errors": 0}
         self.last_error: str | None = None
-        self._client: mqtt.Client | None = None
+        self._client: _BufferedClient | None = None
         self._keepalive = keepalive_s
         self._reconnect_max = max(1, int(reconnect_max_s))
         self._topic_cache: dict[str, str] = {}
@@ -67,8 +100,8 @@ class ScreenPublisher:
         u = urlparse(url)
         self._host = u.hostname or "127.0.0.1"
         self._port = u.port or (8883 if u.scheme == "mqtts" else 1883)
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
-                        client_id=client_id or f"shelfcast-signage-{store}-{node}", clean_session=True)
+        c = _BufferedClient(mqtt.CallbackAPIVersion.VERSION2,
+                            client_id=client_id or f"shelfcast-signage-{store}-{node}", clean_session=True)
         if username:
             c.username_pw_set(username, password)
         if u.scheme == "mqtts":
@@ -159,10 +192,14 @@ class ScreenPublisher:
     def _on_readable(self) -> None:
         c = self._client
         assert c is not None
-        if c.loop_read() != mqtt.MQTT_ERR_SUCCESS or c.socket() is None:
-            self._unwatch()
-            if self.connected:
-                self._mark_down("connection lost")
+        for _ in range(64):  # bytes already read into the client's buffer raise no readiness: parse them all
+            if c.loop_read() != mqtt.MQTT_ERR_SUCCESS or c.socket() is None:
+                self._unwatch()
+                if self.connected:
+                    self._mark_down("connection lost")
+                return
+            if not c.buffered:
+                return
 
     def _on_writable(self) -> None:
         c = self._client

@@ -112,3 +112,51 @@ def test_http_down_mqtt_fine(make_node: Callable[..., Any], mosquitto: Any) -> N
     time.sleep(0.2)
     msgs = retained(mosquitto.port)
     assert msgs["shelfcast/v1/demo-store/demo-node/screens/dairy-screen/recommendations"]["session"] == "nohttp"
+
+
+def test_a_burst_of_publishes_is_all_acknowledged_with_buffered_reads(mosquitto: Any,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The publisher reads whatever has arrived in one ``recv`` and parses paho's packets from that buffer:
+    every QoS 1 publish of a burst still gets its PUBACK (nothing left in flight), the retained payload
+    is the last one, and the socket was read far fewer times than there were PUBACKs."""
+    import asyncio
+
+    from edge.signage.mqtt import ScreenPublisher, _BufferedClient
+
+    reads = [0]
+    paho_recv = mqtt.Client._sock_recv
+
+    def counting(self: mqtt.Client, bufsize: int) -> bytes:
+        if isinstance(self, _BufferedClient):
+            reads[0] += 1
+        return paho_recv(self, bufsize)
+
+    monkeypatch.setattr(mqtt.Client, "_sock_recv", counting)
+
+    async def run() -> tuple[int, int, int]:
+        pub = ScreenPublisher(mosquitto.url, prefix="shelfcast/v1", store="s1", node="n1")
+        assert pub._client is not None
+        pub.start()
+        for _ in range(200):
+            if pub.connected:
+                break
+            await asyncio.sleep(0.02)
+        assert pub.connected
+        await asyncio.sleep(0.1)
+        reads[0] = 0
+        n = 300
+        for i in range(n):
+            assert pub.publish("screen-a", json.dumps({"seq": i}).encode())
+        for _ in range(200):
+            if not pub._client._out_messages:
+                break
+            await asyncio.sleep(0.02)
+        left, r = len(pub._client._out_messages), reads[0]
+        await pub.aclose()
+        return n, left, r
+
+    n, left, r = asyncio.run(run())
+    assert left == 0, f"{left} publishes were never acknowledged"
+    got = retained(mosquitto.port, topic="shelfcast/v1/s1/n1/screens/+/recommendations", wait=0.5)
+    assert got["shelfcast/v1/s1/n1/screens/screen-a/recommendations"] == {"seq": n - 1}
+    assert 0 < r < n, f"{r} reads for {n} PUBACKs"  # paho alone: 3 reads per PUBACK
