@@ -16,11 +16,12 @@ the zone and hour). ``updated`` is Unix seconds (UTC). ``icon`` is one of
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from edge.events import RecommendationSet
 
-__all__ = ["ICONS", "SCHEMA_VERSION", "icon_for", "payload", "sse_frame"]
+__all__ = ["ICONS", "SCHEMA_VERSION", "encode", "icon_for", "payload", "sse_frame"]
 
 SCHEMA_VERSION = 1
 
@@ -80,8 +81,49 @@ def payload(rs: RecommendationSet, *, kind: str = "full", store: str = "", node:
     }
 
 
+_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+_enc = _encoder.encode
+_str = json.encoder.encode_basestring  # what the encoder uses for str with ensure_ascii=False
+
+
 def dumps(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    return _enc(obj)
+
+
+def _val(v: Any) -> str:
+    """One JSON scalar, as ``dumps`` writes it (floats by repr; NaN/Infinity as json allows by default)."""
+    t = type(v)
+    if t is str:
+        return _str(v)
+    if t is float:
+        return repr(v) if math.isfinite(v) else _enc(v)
+    if v is None:
+        return "null"
+    return _enc(v)
+
+
+# per product: the item's JSON around its two per-set fields (reason, score); products repeat across sets
+_item_parts: dict[tuple[str, str, Any, str, str], tuple[str, str]] = {}
+
+
+def encode(rs: RecommendationSet, *, kind: str = "full", store: str = "", node: str = "") -> str:
+    """``dumps(payload(rs, ...))``, the same string, built without the intermediate dicts: the parts of an
+    item that only depend on the product are encoded once and reused (the hot path encodes every set)."""
+    parts = []
+    for i in rs.items:
+        key = (i.sku, i.name, i.price, i.category, i.department)
+        pre_post = _item_parts.get(key)
+        if pre_post is None:
+            pre_post = (f'{{"sku":{_val(i.sku)},"name":{_val(i.name)},"price":{_val(i.price)},"reason":',
+                        f',"category":{_val(i.category)},"department":{_val(i.department)},'
+                        f'"icon":{_val(icon_for(i.category, i.department))}}}')
+            if len(_item_parts) < 8192:
+                _item_parts[key] = pre_post
+        parts.append(f'{pre_post[0]}{_val(i.reason)},"score":{_val(i.score)}{pre_post[1]}')
+    return (f'{{"schema":{SCHEMA_VERSION},"screen":{_val(rs.screen)},"session":{_val(rs.session)},'
+            f'"items":[{",".join(parts)}],"model_version":{_val(rs.model_version)},"updated":{_val(rs.t)},'
+            f'"zone":{_val(rs.zone)},"seq":{_val(rs.seq)},"kind":{_val(kind)},"store":{_val(store)},'
+            f'"node":{_val(node)}}}')
 
 
 def sse_frame(event: str, data: str, id: int | None = None) -> bytes:

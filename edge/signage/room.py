@@ -36,7 +36,7 @@ from edge.recommend import Recommender
 from edge.signage.feedback import Feedback
 from edge.signage.hub import Hub
 from edge.signage.mqtt import ScreenPublisher
-from edge.signage.payload import dumps, payload, sse_frame
+from edge.signage.payload import encode, sse_frame
 from edge.store import Store
 
 if TYPE_CHECKING:
@@ -215,7 +215,7 @@ class SignageRoom:
             t = self._dirty_t.pop(screen, 0.0)
             sc = self.screens.get(screen)
             kind = sc.kind if sc is not None else "full"
-            data = dumps(payload(rs, kind=kind, store=self.store_id, node=self.node_id))
+            data = encode(rs, kind=kind, store=self.store_id, node=self.node_id)
             self.current[screen] = (rs, data)
             self.hub.offer(screen, sse_frame("recommendations", data, rs.seq), t)
             self.mqtt.publish(screen, data.encode())
@@ -316,7 +316,7 @@ class SignageRoom:
         if cur is None:  # not pushed yet (first tick): compute it now rather than show nothing
             rs = self.recommender.refresh(screen)
             sc = self.screens.get(screen)
-            data = dumps(payload(rs, kind=sc.kind if sc else "full", store=self.store_id, node=self.node_id))
+            data = encode(rs, kind=sc.kind if sc else "full", store=self.store_id, node=self.node_id)
             cur = (rs, data)
         return cur
 
