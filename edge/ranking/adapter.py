@@ -70,7 +70,7 @@ class RankerScorer:
         # ranker maps just the new picks instead of copying and comparing the whole visit per request
         own = type(picked) is list
         req = RecRequest(history=history, session=picked if own else list(picked), store_id=self.store_id,
-                         zone=getattr(visit, "zone", None), when=when, profile=profile, exclude=tuple(exclude),
+                         zone=getattr(visit, "zone", None), when=when, profile=profile, exclude=exclude,
                          k=k, session_id=getattr(visit, "session", None), session_append_only=own)
         return [(r.sku, r.score, r.reason) for r in self.ranker.recommend(req)]
 

@@ -122,6 +122,7 @@ class Recommendation:
     reason: str
 
 
+_NO_USER = np.zeros(0, np.float32)  # ``_invoke``'s user vector when there are no new items to score with it
 _new_object = object.__new__
 _set_attr = object.__setattr__
 
@@ -230,6 +231,7 @@ class Ranker:
         self._ctx_memo: dict[Any, tuple[dict[str, Any] | None, np.ndarray, int, np.ndarray | None]] = {}
         self._sess_lock = threading.Lock()
         self._capped_idx: dict[tuple[str | None, str | None], tuple[int, dict[str, int], list[int]]] = {}
+        self._capped_np: dict[tuple[str | None, str | None], tuple[list[int], int, np.ndarray]] = {}
         self._promote_mask: np.ndarray | None = None  # vocabulary mask of the promoted skus
         self._pop_order: list[tuple[str, float]] = []  # _popular_order's cache and its key
         self._pop_key: tuple[bool, int] | None = None
@@ -741,8 +743,11 @@ class Ranker:
             if self.repeat_blend is not None:
                 own += rfull[:, : len(self.repeat_blend)] @ self.repeat_blend
             scores[rep.items] = own
-        uscale, uzp = self._out_user["quantization"]
-        u = (user.astype(np.float32) - uzp) * uscale if uscale else user.astype(np.float32)
+        if self.rerank.new_items and len(self._new_skus):  # the user vector scores new items only
+            uscale, uzp = self._out_user["quantization"]
+            u = (user.astype(np.float32) - uzp) * uscale if uscale else user.astype(np.float32)
+        else:
+            u = _NO_USER
         return scores, u, rep, sess_idx, ss
 
     def _wide(self, ctx: np.ndarray) -> np.ndarray | None:
@@ -901,9 +906,11 @@ class Ranker:
         scores = scores + self._tie
         if st.n != len(req.session):  # an append-only session grew meanwhile: derive it again
             st = self._session_state(req)
-        excl = set(req.exclude)
         if self.rerank.drop_session_items:
-            excl |= st.skus
+            ex = req.exclude
+            excl = (ex | st.skus) if isinstance(ex, set) else st.skus.union(ex)  # one new set
+        else:
+            excl = set(req.exclude)
         cap_key = (req.screen, req.session_id) if (req.screen or req.session_id) else None
         capped = self._caps.get(cap_key) if cap_key else None
 
@@ -926,7 +933,7 @@ class Ranker:
         if capped:
             ci = self._capped_indices(cap_key, capped, cap)  # type: ignore[arg-type]
             if ci:
-                mask[ci] = True
+                mask[self._capped_array(cap_key, ci)] = True  # type: ignore[arg-type]
                 hit = mask[live]
                 n_capped = int(np.count_nonzero(hit))
                 if n_capped:
@@ -972,7 +979,25 @@ class Ranker:
         ls = live_sc[:head].tolist()
         lc = cat_of[live[:head]].tolist()
         j = x = 0
-        while j < nl or x < nx:
+        if not nx and not promote:
+            # the usual case (no promotions, no new items): the model's candidates in order until ``need`` in
+            # stock (``early`` holds without promotions); the tuple made only for a kept one
+            while j < nl and n_plain < need:
+                if j >= len(li):  # the head ran out before ``need`` survivors: take the rest
+                    li = live.tolist()
+                    ls = live_sc.tolist()
+                    lc = cat_of[live].tolist()
+                i = li[j]
+                sku = voc[i]
+                j += 1
+                if stock is not None:
+                    units = stock(sku)
+                    if units is not None and units <= 0:
+                        n_oos += 1
+                        continue
+                n_plain += 1
+                kept.append((sku, ls[j - 1], lc[j - 1], i))
+        while (nx or promote) and (j < nl or x < nx):  # with promotions or new items: merge them in
             if x < nx and at[x] <= j:
                 c = extras[x]
                 x += 1
@@ -1000,7 +1025,7 @@ class Ranker:
                 kept.append(c)
             else:
                 kept.append((sku, c[1] + boost, c[2], c[3]))
-        if j < nl or x < nx:  # past the head only promoted candidates can still get in
+        if (j < nl or x < nx) and (nx or promote):  # past the head only promoted candidates can still get in
             tail: list[tuple[int, int, tuple[str, float, int, int]]] = []
             if self._promote_mask is not None and promote:
                 rest = live[j:]
@@ -1064,6 +1089,20 @@ class Ranker:
             if len(self._capped_idx) > 2 * 4096:
                 self._capped_idx = {kk: v for kk, v in self._capped_idx.items() if kk in self._caps}
         return ent[2]
+
+    def _capped_array(self, key: tuple[str | None, str | None], ci: list[int]) -> np.ndarray:
+        """``ci`` (an append-only list from ``_capped_indices``) as an index array, extended by what was
+        appended since the last request: indexing a mask with a list of 150 ints costs 11 us, with an
+        array 0.6 us."""
+        ent = self._capped_np.get(key)
+        if ent is not None and ent[0] is ci:
+            arr = ent[2] if ent[1] == len(ci) else np.concatenate((ent[2], np.array(ci[ent[1]:], np.intp)))
+        else:
+            arr = np.array(ci, np.intp)
+            if len(self._capped_np) > 2 * 4096:
+                self._capped_np.clear()
+        self._capped_np[key] = (ci, len(arr), arr)
+        return arr
 
     def _allowed_new(self, c: tuple[str, float, int, int], excl: set[Any]) -> bool:
         """The rule filter for a new (out-of-vocabulary) item, by sku and category."""
