@@ -29,6 +29,9 @@ from typing import Any
 from urllib.parse import urlparse
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 __all__ = ["ScreenPublisher", "screen_topic"]
 
@@ -39,8 +42,13 @@ def screen_topic(prefix: str, store: str, node: str, screen: str) -> str:
     return f"{prefix}/{store}/{node}/screens/{screen}/recommendations"
 
 
+_PUBACK_OK = ReasonCode(PacketTypes.PUBACK, "Success")
+_NO_PROPERTIES = Properties(PacketTypes.PUBACK)
+
+
 class _BufferedClient(mqtt.Client):
-    """paho's client with one ``recv`` per readable socket instead of three per packet.
+    """paho's client with one ``recv`` per readable socket instead of three per packet, and a plain
+    PUBACK reader.
 
     paho reads a packet as ``recv(1)`` (command), ``recv(1)`` per length byte and ``recv(n)`` (body):
     three syscalls for the PUBACK of every QoS 1 publish, i.e. of every set pushed. Here the first of them
@@ -65,6 +73,20 @@ class _BufferedClient(mqtt.Client):
             return buf
         self._rbuf = buf[bufsize:]
         return buf[:bufsize]
+
+    def _handle_pubackcomp(self, cmd: Any) -> mqtt.MQTTErrorCode:
+        """A PUBACK in MQTT 3.1.1 is just the 2-byte message id: read it without paho's generic decoder
+        (which builds a ReasonCode and a Properties object per acknowledgement) and hand it to paho's own
+        bookkeeping (``_do_on_publish``: message done, in-flight window, queued messages). MQTT 5 and
+        PUBCOMP take paho's path."""
+        pkt = self._in_packet["packet"]
+        if cmd != "PUBACK" or self._protocol == mqtt.MQTTv5 or len(pkt) != 2:
+            return super()._handle_pubackcomp(cmd)
+        mid = (pkt[0] << 8) | pkt[1]
+        with self._out_message_mutex:
+            if mid in self._out_messages:
+                return self._do_on_publish(mid, _PUBACK_OK, _NO_PROPERTIES)
+        return mqtt.MQTT_ERR_SUCCESS
 
     @property
     def buffered(self) -> int:

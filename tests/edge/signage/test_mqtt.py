@@ -116,9 +116,10 @@ def test_http_down_mqtt_fine(make_node: Callable[..., Any], mosquitto: Any) -> N
 
 def test_a_burst_of_publishes_is_all_acknowledged_with_buffered_reads(mosquitto: Any,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    """The publisher reads whatever has arrived in one ``recv`` and parses paho's packets from that buffer:
-    every QoS 1 publish of a burst still gets its PUBACK (nothing left in flight), the retained payload
-    is the last one, and the socket was read far fewer times than there were PUBACKs."""
+    """The publisher reads whatever has arrived in one ``recv`` and parses paho's packets from that buffer,
+    PUBACKs without paho's generic decoder: every QoS 1 publish of a burst (300, beyond paho's in-flight
+    window of 20, so queued ones go out as acknowledgements come back) is acknowledged, the retained
+    payload is the last one, and the socket was read far fewer times than there were PUBACKs."""
     import asyncio
 
     from edge.signage.mqtt import ScreenPublisher, _BufferedClient
@@ -132,6 +133,16 @@ def test_a_burst_of_publishes_is_all_acknowledged_with_buffered_reads(mosquitto:
         return paho_recv(self, bufsize)
 
     monkeypatch.setattr(mqtt.Client, "_sock_recv", counting)
+    import paho.mqtt._packet as paho_packet
+
+    decoded = [0]
+    paho_decode = paho_packet.decode_puback
+
+    def counting_decode(*a: Any) -> Any:
+        decoded[0] += 1
+        return paho_decode(*a)
+
+    monkeypatch.setattr(paho_packet, "decode_puback", counting_decode)
 
     async def run() -> tuple[int, int, int]:
         pub = ScreenPublisher(mosquitto.url, prefix="shelfcast/v1", store="s1", node="n1")
@@ -160,3 +171,4 @@ def test_a_burst_of_publishes_is_all_acknowledged_with_buffered_reads(mosquitto:
     got = retained(mosquitto.port, topic="shelfcast/v1/s1/n1/screens/+/recommendations", wait=0.5)
     assert got["shelfcast/v1/s1/n1/screens/screen-a/recommendations"] == {"seq": n - 1}
     assert 0 < r < n, f"{r} reads for {n} PUBACKs"  # paho alone: 3 reads per PUBACK
+    assert decoded[0] == 0  # MQTT 3.1.1 PUBACKs: the 2-byte id read directly, paho's bookkeeping after it
