@@ -1047,7 +1047,8 @@ class Ranker:
                 kept.append((sku, c[1] + boost, c[2], c[3]))
         self.stats["capped"] += n_capped
         self.stats["out_of_stock"] += n_oos
-        kept.sort(key=lambda c: -c[1])
+        if nx or promote:  # the plain walk keeps ``live``'s order, already by score (a stable sort: the same)
+            kept.sort(key=lambda c: -c[1])
         chosen = self._mmr(kept, k)
         if not chosen:
             return self._fallback(req, k)
@@ -1123,10 +1124,9 @@ class Ranker:
         if lam <= 0 or len(kept) <= k:
             return kept[:k]
         kept = kept[: 4 * k]  # MMR over the head only: bounded cost on the hot path
-        vals = [c[1] for c in kept]
-        lo = min(vals)
-        span = (max(vals) - lo) or 1.0
-        base = [(1 - lam) * (v - lo) / span for v in vals]
+        lo = kept[-1][1]  # sorted by score, best first: the last is the minimum, the first the maximum
+        span = (kept[0][1] - lo) or 1.0
+        w = 1 - lam  # base(j) = w * (score - lo) / span, made only for the pairs compared below
         remaining = list(range(len(kept)))
         seen: set[int] = set()
         chosen: list[tuple[str, float, int, int]] = []
@@ -1144,7 +1144,7 @@ class Ranker:
             elif pen < 0:
                 j = fresh
             else:
-                a, b = base[fresh], base[pen] - lam
+                a, b = w * (kept[fresh][1] - lo) / span, w * (kept[pen][1] - lo) / span - lam
                 j = fresh if (a > b or (a == b and fresh < pen)) else pen
             remaining.remove(j)
             seen.add(kept[j][2])
