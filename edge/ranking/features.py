@@ -55,6 +55,7 @@ __all__ = [
     "repeat_features",
     "repeat_from_structure",
     "repeat_matrix",
+    "repeat_template",
     "session_inputs",
 ]
 
@@ -344,20 +345,31 @@ def session_inputs(session_idx: list[int] | np.ndarray, out_items: np.ndarray, o
     return n
 
 
-def repeat_matrix(rep: RepeatFeatures) -> np.ndarray:
-    """[n, REPEAT_FEATURES] rows for the ``repeat`` input at ``rep.items``."""
-    m = np.empty((len(rep.items), REPEAT_FEATURES), np.float32)
-    m[:, 0] = 1.0
-    m[:, 1] = np.maximum(LOG_FLOOR + np.log(np.maximum(rep.share, 1e-9)), 0.0)
+def repeat_matrix(rep: RepeatFeatures, template: np.ndarray | None = None) -> np.ndarray:
+    """[n, REPEAT_FEATURES] rows for the ``repeat`` input at ``rep.items``. ``template``: what
+    ``repeat_template`` made for the same items (a visit's requests share them), so only the columns that
+    depend on the time are filled here."""
+    n = len(rep.items)
+    fits = template is not None and template.shape == (n, REPEAT_FEATURES)
+    m = template.copy() if fits and template is not None else repeat_template(rep)
     m[:, 2] = rep.recency
     m[:, 3] = np.maximum(LOG_FLOOR + np.log(np.maximum(rep.decayed, 1e-9)), 0.0)
-    n = len(rep.items)
-    m[:, 4] = rep.in_last if len(rep.in_last) == n else 0.0
-    m[:, 5] = rep.has_iv if len(rep.has_iv) == n else 0.0
     m[:, 6] = rep.due if len(rep.due) == n else 0.0
     m[:, 7] = rep.trips
-    m[:, 8] = rep.in_last3 if len(rep.in_last3) == n else 0.0
     m[:, 9] = rep.recent if len(rep.recent) == n else 0.0
+    return m
+
+
+def repeat_template(rep: RepeatFeatures) -> np.ndarray:
+    """``repeat_matrix``'s time-independent columns (bought, log share, in last basket, has interval, in the
+    last 3 baskets); the others are left for ``repeat_matrix`` to fill."""
+    n = len(rep.items)
+    m = np.empty((n, REPEAT_FEATURES), np.float32)
+    m[:, 0] = 1.0
+    m[:, 1] = np.maximum(LOG_FLOOR + np.log(np.maximum(rep.share, 1e-9)), 0.0)
+    m[:, 4] = rep.in_last if len(rep.in_last) == n else 0.0
+    m[:, 5] = rep.has_iv if len(rep.has_iv) == n else 0.0
+    m[:, 8] = rep.in_last3 if len(rep.in_last3) == n else 0.0
     return m
 
 

@@ -46,6 +46,7 @@ from edge.ranking.features import (
     history_structure,
     repeat_from_structure,
     repeat_matrix,
+    repeat_template,
 )
 
 __all__ = [
@@ -223,6 +224,7 @@ class Ranker:
         self._cat_block: np.ndarray | None = None  # outside the store catalogue
         self._promote_nonneg = True
         self._sess_cache: OrderedDict[str, _SessionState] = OrderedDict()  # by session_id
+        self._tmpl_memo: dict[int, tuple[HistoryStructure, np.ndarray]] = {}  # _repeat_template's, by structure
         self._share_memo: dict[int, tuple[np.ndarray, np.ndarray, dict[int, float]]] = {}  # _reasons' share lookup
         self._cooc_memo: dict[bytes, tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]] = {}  # _cooc_terms' session part
         self._wide_memo: dict[bytes, np.ndarray] = {}  # context vector bytes -> wide-path scores (under _lock)
@@ -610,6 +612,19 @@ class Ranker:
             cache.popitem(last=False)
         return st
 
+    def _repeat_template(self, st: HistoryStructure | None, rep: Any) -> np.ndarray | None:
+        """``features.repeat_template`` for the visit's history structure, made on its first request; None
+        when ``rep`` does not hold the structure's own items (more than MAX_REPEAT_ITEMS: cut per request)."""
+        if st is None or rep.items is not st.items or rep.share is not st.share32:
+            return None
+        ent = self._tmpl_memo.get(id(st))
+        if ent is None or ent[0] is not st:
+            ent = (st, repeat_template(rep))
+            self._tmpl_memo[id(st)] = ent  # holds ``st``: its id stays unique while the entry lives
+            if len(self._tmpl_memo) > HIST_CACHE_VISITS:
+                self._tmpl_memo.pop(next(iter(self._tmpl_memo)), None)
+        return ent[1]
+
     def _history_slow(self, history: Sequence[tuple[str, Any, float]]) -> tuple[np.ndarray, np.ndarray, int]:
         n = len(history)
         idx = np.empty(n, np.int64)
@@ -659,7 +674,8 @@ class Ranker:
 
     def _invoke(self, req: RecRequest) -> tuple[np.ndarray, np.ndarray, Any, list[int], _SessionState]:
         t, hour, wd = self._when(req.when)
-        rep = repeat_from_structure(self._history(req.history), t / 86400.0)
+        hst = self._history(req.history)
+        rep = repeat_from_structure(hst, t / 86400.0)
         ss = self._session_state(req)
         self.stats["unknown_sku"] += ss.unknown
         sess_idx = list(ss.first)  # the distinct picks, first occurrence first: all _reasons looks at
@@ -731,7 +747,7 @@ class Ranker:
         if len(rep.items):
             gs, gz = self._out_gate["quantization"]
             g = float((float(gate[0]) - gz) * gs) if gs else float(gate[0])
-            rfull = repeat_matrix(rep)
+            rfull = repeat_matrix(rep, self._repeat_template(hst, rep))
             rmat = rfull[:, : self._rep_f]
             f = np.maximum(rmat @ self._rw1 + self._rb1, 0.0) @ self._rw2 + self._rb2 + rmat @ self._rwl + self._rbl
             ri = self._ritem[:, rep.items]  # one gather for both rows; column 0 ("bought") is exactly 1.0
