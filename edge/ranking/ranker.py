@@ -182,7 +182,7 @@ def _top_m(scores: np.ndarray, m: int) -> np.ndarray:
         t = np.partition(sample, q)[q]
         cand = np.flatnonzero(scores >= t)
         if len(cand) >= m:
-            return cand[np.argpartition(-scores[cand], m - 1)[:m]]
+            return cand.take(np.argpartition(-scores.take(cand), m - 1)[:m])
     return np.argpartition(-scores, m - 1)[:m]
 
 
@@ -732,10 +732,11 @@ class Ranker:
             self._warn_once("context", "unknown or out-of-range context values (profile/hour/weekday) "
                                        "were clamped to 'unknown'")
         scale, zp = self._out_scores["quantization"]
-        scores = out.astype(np.float32)  # the one per-call copy of the scores; dequantized in place
-        if scale:
-            scores -= zp
+        if scale:  # the one per-call copy of the scores: the cast and the zero point in one pass, then in place
+            scores = np.subtract(out, zp, dtype=np.float32)
             scores *= scale
+        else:
+            scores = out.astype(np.float32)
         if wide is not None:
             scores += wide
         base = self._base[1 if rep.n_baskets > 0 else 0]
@@ -1082,11 +1083,11 @@ class Ranker:
         pool = self._catalogue_idx if (self.rerank.catalogue_only and self._catalogue_idx is not None) else None
         if pool is not None:
             M = min(len(pool), self.rerank.candidates + extra)
-            top = pool[np.argpartition(-scores[pool], M - 1)[:M]] if M > 0 else pool[:0]
+            top = pool.take(np.argpartition(-scores.take(pool), M - 1)[:M]) if M > 0 else pool[:0]
         else:
             M = min(self.V, self.rerank.candidates + extra)
             top = _top_m(scores, M)
-        order = top[np.argsort(-scores[top], kind="stable")]
+        order = top.take(np.argsort(-scores.take(top), kind="stable"))  # take: the same as [] on 1-d, cheaper
         # vectorised filter of the model's candidates: suppressed skus/categories, outside the catalogue
         block = self._rule_block
         if self.rerank.catalogue_only and self._catalogue is not None and self._cat_block is not None:
