@@ -470,6 +470,8 @@ class Ranker:
                 w[:picks] = 1.0 / picks
             self._set("session_weights", w, zero=not picks)
             self._sw_q.append(self._in["session_weights"][1].copy())
+        # what the interpreter's input tensors hold now, as ``_invoke`` last set them (empty: set them all)
+        self._fed: dict[str, Any] = {}
 
     # -- configuration ------------------------------------------------------
     def set_stock_lookup(self, fn: Callable[[str], int | None] | None) -> None:
@@ -718,11 +720,23 @@ class Ranker:
             cooc = None
             if self._nb_idx is not None and self._nb_val is not None and self._cooc_w is not None:
                 cooc = self._cooc_terms(rep, hi, hw, si, sw, ns)  # before ``_set`` quantizes hw / sw in place
-            self._it.set_tensor(self._in["hist_items"][0], hi[None, :])
-            self._set("hist_weights", hw, zero=not len(rep.items))
-            self._it.set_tensor(self._in["session_items"][0], si[None, :])
-            self._it.set_tensor(self._in["session_weights"][0], self._sw_q[ns])  # quantized 1/ns weights
-            self._it.set_tensor(self._in["context"][0], qctx)
+            # an input tensor keeps what was set until it is set again: inputs equal to the last request's
+            # (no history, the same picks, a memoised context) are not copied in again
+            fed = self._fed
+            if len(rep.items) or not fed.get("no_history"):
+                self._it.set_tensor(self._in["hist_items"][0], hi[None, :])
+                self._set("hist_weights", hw, zero=not len(rep.items))
+                fed["no_history"] = not len(rep.items)
+            sib = si.tobytes()
+            if fed.get("session_items") != sib:
+                self._it.set_tensor(self._in["session_items"][0], si[None, :])
+                fed["session_items"] = sib
+            if fed.get("session_weights") != ns:
+                self._it.set_tensor(self._in["session_weights"][0], self._sw_q[ns])  # quantized 1/ns weights
+                fed["session_weights"] = ns
+            if fed.get("context") is not qctx:
+                self._it.set_tensor(self._in["context"][0], qctx)
+                fed["context"] = qctx
             self._it.invoke()
             out = self._it.get_tensor(self._out_scores["index"])[0]
             user = self._it.get_tensor(self._out_user["index"])[0]
@@ -1092,7 +1106,7 @@ class Ranker:
         block = self._rule_block
         if self.rerank.catalogue_only and self._catalogue is not None and self._cat_block is not None:
             block = self._cat_block if block is None else (block | self._cat_block)
-        if block is not None:
+        if block is not None and not (pool is not None and self._rule_block is None):  # the pool is never cat-blocked
             order = order[~block[order]]
         return top, order, block
 

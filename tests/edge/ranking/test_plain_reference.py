@@ -162,8 +162,9 @@ def test_fast_scores_match_the_plain_reference(ranker: Ranker) -> None:
 
 
 def test_recommend_matches_a_ranker_without_memos() -> None:
-    """The same requests through a ranker whose memos are emptied before each request (every lookup a
-    miss) and through one that keeps them: equal answers, scores and counters."""
+    """The same requests through a ranker whose memos are emptied and whose input tensors are all set again
+    before each request (every lookup a miss) and through one that keeps them (inputs equal to the last
+    request's are not copied in again): equal answers, scores and counters."""
     warm, cold = Ranker.load(), Ranker.load()
     for q in _requests(warm, 60, seed=22):
         cold._ctx_memo.clear()
@@ -171,5 +172,6 @@ def test_recommend_matches_a_ranker_without_memos() -> None:
         cold._cooc_memo.clear()
         cold._share_memo.clear()
         cold._hist_cache.clear()
+        cold._fed.clear()  # every input tensor set again
         assert warm.recommend(q) == cold.recommend(q), q.session_id
     assert warm.stats == cold.stats
