@@ -233,6 +233,7 @@ class Ranker:
         self._ctx_memo: dict[Any, tuple[dict[str, Any] | None, np.ndarray, int, np.ndarray | None]] = {}
         self._sess_lock = threading.Lock()
         self._capped_idx: dict[tuple[str | None, str | None], tuple[int, dict[str, int], list[int]]] = {}
+        self._excl_memo: dict[tuple[str | None, str | None], tuple[set[Any], np.ndarray]] = {}  # _excluded_indices'
         self._capped_np: dict[tuple[str | None, str | None], tuple[list[int], int, np.ndarray]] = {}
         self._promote_mask: np.ndarray | None = None  # vocabulary mask of the promoted skus
         self._pop_order: list[tuple[str, float]] = []  # _popular_order's cache and its key
@@ -955,7 +956,7 @@ class Ranker:
         V = self.V
         mask = np.zeros(V + 1, bool)  # index V: what ``get`` maps to -1 (not in the vocabulary)
         if excl:
-            mask[np.fromiter(map(get, excl, repeat(-1, len(excl))), np.int64, len(excl))] = True
+            mask[self._excluded_indices(cap_key, excl)] = True
             live = order[~mask[order]]
             mask[:] = False
         else:
@@ -1121,6 +1122,28 @@ class Ranker:
             if len(self._capped_idx) > 2 * 4096:
                 self._capped_idx = {kk: v for kk, v in self._capped_idx.items() if kk in self._caps}
         return ent[2]
+
+    def _excluded_indices(self, key: tuple[str | None, str | None] | None, excl: set[Any]) -> np.ndarray:
+        """Vocabulary indices of ``excl`` (-1 for skus outside it). A visit's exclusions mostly grow (its
+        picks and capped skus), so with the last request's set a subset of this one only the added skus are
+        looked up: one set difference of small sets instead of ~170 lookups in the 10k-sku index (20 us in
+        situ, where the index is out of cache after the invoke)."""
+        get = self._index.get
+        ent = self._excl_memo.get(key) if key is not None else None
+        if ent is not None:
+            prev, prev_idx = ent
+            added = excl - prev
+            if len(excl) - len(added) == len(prev):  # prev ⊆ excl
+                idx = prev_idx if not added else np.concatenate(
+                    (prev_idx, np.fromiter(map(get, added, repeat(-1, len(added))), np.int64, len(added))))
+                self._excl_memo[key] = (excl, idx)  # type: ignore[index]
+                return idx
+        idx = np.fromiter(map(get, excl, repeat(-1, len(excl))), np.int64, len(excl))
+        if key is not None:
+            if ent is None and len(self._excl_memo) >= SESSION_CACHE_VISITS:
+                self._excl_memo.pop(next(iter(self._excl_memo)), None)
+            self._excl_memo[key] = (excl, idx)
+        return idx
 
     def _capped_array(self, key: tuple[str | None, str | None], ci: list[int]) -> np.ndarray:
         """``ci`` (an append-only list from ``_capped_indices``) as an index array, extended by what was

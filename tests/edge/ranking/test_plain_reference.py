@@ -172,6 +172,8 @@ def test_recommend_matches_a_ranker_without_memos() -> None:
         cold._cooc_memo.clear()
         cold._share_memo.clear()
         cold._hist_cache.clear()
+        cold._excl_memo.clear()
+        cold._capped_np.clear()
         cold._fed.clear()  # every input tensor set again
         assert warm.recommend(q) == cold.recommend(q), q.session_id
     assert warm.stats == cold.stats
