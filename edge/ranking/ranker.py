@@ -1098,11 +1098,14 @@ class Ranker:
         pool = self._catalogue_idx if (self.rerank.catalogue_only and self._catalogue_idx is not None) else None
         if pool is not None:
             M = min(len(pool), self.rerank.candidates + extra)
-            top = pool.take(np.argpartition(-scores.take(pool), M - 1)[:M]) if M > 0 else pool[:0]
+            neg = -scores.take(pool)  # take: the same as [] on 1-d, cheaper
+            part = np.argpartition(neg, M - 1)[:M] if M > 0 else pool[:0]
+            top = pool.take(part)
+            order = top.take(np.argsort(neg.take(part), kind="stable"))  # negation is exact: the same keys
         else:
             M = min(self.V, self.rerank.candidates + extra)
             top = _top_m(scores, M)
-        order = top.take(np.argsort(-scores.take(top), kind="stable"))  # take: the same as [] on 1-d, cheaper
+            order = top.take(np.argsort(-scores.take(top), kind="stable"))
         # vectorised filter of the model's candidates: suppressed skus/categories, outside the catalogue
         block = self._rule_block
         if self.rerank.catalogue_only and self._catalogue is not None and self._cat_block is not None:
