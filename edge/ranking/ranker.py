@@ -182,7 +182,7 @@ def _top_m(scores: np.ndarray, m: int) -> np.ndarray:
         t = np.partition(sample, q)[q]
         cand = np.flatnonzero(scores >= t)
         if len(cand) >= m:
-            return cand.take(np.argpartition(-scores.take(cand), m - 1)[:m])
+            return cand.take((-scores.take(cand)).argpartition(m - 1)[:m])  # methods: no np.* wrapper (~1 us)
     return np.argpartition(-scores, m - 1)[:m]
 
 
@@ -1099,13 +1099,13 @@ class Ranker:
         if pool is not None:
             M = min(len(pool), self.rerank.candidates + extra)
             neg = -scores.take(pool)  # take: the same as [] on 1-d, cheaper
-            part = np.argpartition(neg, M - 1)[:M] if M > 0 else pool[:0]
+            part = neg.argpartition(M - 1)[:M] if M > 0 else pool[:0]  # methods: no np.* wrapper (~1 us each)
             top = pool.take(part)
-            order = top.take(np.argsort(neg.take(part), kind="stable"))  # negation is exact: the same keys
+            order = top.take(neg.take(part).argsort(kind="stable"))  # negation is exact: the same keys
         else:
             M = min(self.V, self.rerank.candidates + extra)
             top = _top_m(scores, M)
-            order = top.take(np.argsort(-scores.take(top), kind="stable"))
+            order = top.take((-scores.take(top)).argsort(kind="stable"))
         # vectorised filter of the model's candidates: suppressed skus/categories, outside the catalogue
         block = self._rule_block
         if self.rerank.catalogue_only and self._catalogue is not None and self._cat_block is not None:
