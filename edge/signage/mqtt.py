@@ -90,8 +90,12 @@ class _BufferedClient(mqtt.Client):
 
     @property
     def buffered(self) -> int:
-        """Bytes received but not parsed yet (``_on_readable`` parses until this is 0)."""
-        return len(self._rbuf) if self._rbuf_sock is self._sock else 0
+        """Bytes received but not parsed yet (``_on_readable`` parses until this is 0), including what a TLS
+        socket has decrypted and holds (that raises no readiness on the descriptor either)."""
+        if self._rbuf and self._rbuf_sock is self._sock:
+            return len(self._rbuf)
+        pending = getattr(self._sock, "pending", None)  # ssl.SSLSocket only
+        return int(pending()) if pending is not None else 0
 
 
 class ScreenPublisher:
