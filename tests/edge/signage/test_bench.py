@@ -29,6 +29,7 @@ def test_bench_e2e_json() -> None:
     assert out["events"] == out["picks_written"] > 0  # every pick written to the pty was detected
     assert out["dropped"] == 0 and out["events_without_set"] == 0  # every pick re-ranked and reached every screen
     assert out["push_p50_ms"] is not None and out["mqtt_p50_ms"] is not None
+    assert 0 < out["loop_cpu_ms_per_event"] <= out["node_cpu_ms_per_event"]  # the loop thread is part of the node
 
 
 @pytest.mark.parametrize("model", [True, False])
