@@ -740,8 +740,11 @@ class Ranker:
                 fed["context"] = qctx
             self._it.invoke()
             out = self._it.get_tensor(self._out_scores["index"])[0]
-            user = self._it.get_tensor(self._out_user["index"])[0]
-            gate = self._it.get_tensor(self._out_gate["index"])[0]
+            # the user vector scores new items only, the gate weighs the shopper's own items only: read (copied
+            # out) only when they are used
+            want_user = bool(self.rerank.new_items and len(self._new_skus))
+            user = self._it.get_tensor(self._out_user["index"])[0] if want_user else _NO_USER
+            gate = self._it.get_tensor(self._out_gate["index"])[0] if len(rep.items) else _NO_USER
         if bad:
             self.stats["clamped"] += bad
             self._warn_once("context", "unknown or out-of-range context values (profile/hour/weekday) "
@@ -775,7 +778,7 @@ class Ranker:
             if self.repeat_blend is not None:
                 own += rfull[:, : len(self.repeat_blend)] @ self.repeat_blend
             scores[rep.items] = own
-        if self.rerank.new_items and len(self._new_skus):  # the user vector scores new items only
+        if want_user:
             uscale, uzp = self._out_user["quantization"]
             u = (user.astype(np.float32) - uzp) * uscale if uscale else user.astype(np.float32)
         else:
@@ -977,7 +980,8 @@ class Ranker:
                 i = get(sku, -1)
                 if i >= 0 and i not in have and sku not in excl and (block is None or not block[i]):
                     extras.append((sku, float(scores[i]), int(cat_of[i]), i))
-        merge = bool(self.rerank.new_items and len(self._new_skus))
+        # (u is empty if the new items arrived after _invoke read the outputs: they wait for the next request)
+        merge = bool(self.rerank.new_items and len(self._new_skus) and len(u))
         if merge:
             ns = self._new_W @ u + self._new_b
             nt = np.argsort(-ns)[: k]
