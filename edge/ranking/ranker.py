@@ -938,7 +938,7 @@ class Ranker:
                     self.stats["unknown_sku"] += 1
             return self._fallback(req, k)
         scores, u, rep, sess_idx, st = self._invoke(req)
-        scores = scores + self._tie
+        scores += self._tie  # _invoke returns a fresh array: in place, the same sums
         if st.n != len(req.session):  # an append-only session grew meanwhile: derive it again
             st = self._session_state(req)
         if self.rerank.drop_session_items:
