@@ -98,6 +98,13 @@ class _BufferedClient(mqtt.Client):
         return int(pending()) if pending is not None else 0
 
 
+# The buffered client overrides paho 2.x internals; a paho without them (the tests pin today's behaviour)
+# gets paho's own client, slower but correct, instead of an AttributeError on the first packet.
+_PAHO_INTERNALS = ("_sock_recv", "_handle_pubackcomp", "_do_on_publish")
+_CLIENT_CLASS: type[mqtt.Client] = (
+    _BufferedClient if all(hasattr(mqtt.Client, n) for n in _PAHO_INTERNALS) else mqtt.Client)
+
+
 class ScreenPublisher:
     def __init__(self, url: str | None, *, prefix: str, store: str, node: str, client_id: str | None = None,
                  username: str | None = None, password: str | None = None, keepalive_s: int = 30,
@@ -111,7 +118,7 @@ class ScreenPublisher:
         self.connected = False
         self.stats = {"published": 0, "skipped_offline": 0, "connects": 0, "disconnects": 0, "errors": 0}
         self.last_error: str | None = None
-        self._client: _BufferedClient | None = None
+        self._client: mqtt.Client | None = None
         self._keepalive = keepalive_s
         self._reconnect_max = max(1, int(reconnect_max_s))
         self._topic_cache: dict[str, str] = {}
@@ -126,8 +133,8 @@ class ScreenPublisher:
         u = urlparse(url)
         self._host = u.hostname or "127.0.0.1"
         self._port = u.port or (8883 if u.scheme == "mqtts" else 1883)
-        c = _BufferedClient(mqtt.CallbackAPIVersion.VERSION2,
-                            client_id=client_id or f"shelfcast-signage-{store}-{node}", clean_session=True)
+        c = _CLIENT_CLASS(mqtt.CallbackAPIVersion.VERSION2,
+                          client_id=client_id or f"shelfcast-signage-{store}-{node}", clean_session=True)
         if username:
             c.username_pw_set(username, password)
         if u.scheme == "mqtts":
@@ -224,7 +231,7 @@ class ScreenPublisher:
                 if self.connected:
                     self._mark_down("connection lost")
                 return
-            if not c.buffered:
+            if not getattr(c, "buffered", 0):
                 return
 
     def _on_writable(self) -> None:
