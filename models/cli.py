@@ -120,14 +120,32 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stage2(args: argparse.Namespace) -> int:
+    from models.data import Prepared
+    from models.stage2 import Stage2Config, build
+
+    work = _work(args)
+    _need(work / "weights.npz", "train")
+    prep = Prepared.load(work)
+    info = json.loads((work / "train.json").read_text()) if (work / "train.json").exists() else {}
+    last = int(info.get("train_last_week", prep.split.train_last_week - (6 if args.validation else 0)))
+    t = time.time()
+    out = build(prep, work, last, Stage2Config(seed=args.seed), progress=_progress(args.progress))
+    print_json({"stage2": str(out) if out else None, "list_weeks": [last - 5, last],
+                "seconds": round(time.time() - t, 1)})
+    return 0
+
+
 def _release(work: Path, which: str) -> Path:
     from models.data import Prepared
     from models.export import export
+    from models.stage2 import attach_from_work
 
     out = work / f"release_{which}"
     _need(work / f"model_{which}.tflite", "quantize")
     export(Prepared.load(work), work, out, which=which,
            source=(work / "source.txt").read_text() if (work / "source.txt").exists() else "unknown")
+    attach_from_work(work, out)
     return out
 
 
@@ -168,13 +186,22 @@ def cmd_export(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else SHIPPED
     man = export(Prepared.load(work), work, out, version=args.version, metrics=metrics,
                  source=(work / "source.txt").read_text() if (work / "source.txt").exists() else "unknown")
+    from models.stage2 import attach_from_work
+
+    attach_from_work(work, out)
     m = json.loads(man.read_text())
     print_json({"out": str(out), "version": m["version"], "sha256": m["sha256"], "bytes": m["bytes"]})
     return 0
 
 
 def cmd_all(args: argparse.Namespace) -> int:
-    for fn in (cmd_prepare, cmd_train, cmd_quantize, cmd_evaluate, cmd_export):
+    steps = [cmd_prepare, cmd_train, cmd_quantize, cmd_evaluate, cmd_export]
+    if args.stage2:
+        steps.insert(3, cmd_stage2)
+    else:  # no stale stage 2 from an earlier run in the same work directory
+        for f in ("stage2.npz", "stage2.json"):
+            (_work(args) / f).unlink(missing_ok=True)
+    for fn in steps:
         rc = fn(args)
         if rc:
             return rc
@@ -225,6 +252,10 @@ def register(reg: CommandRegistry) -> None:
     _train_args(p)
     p = reg.subcommand("model", "quantize", "convert to float and full-int8 TFLite", cmd_quantize)
     _common(p)
+    p = reg.subcommand("model", "stage2", "train the second stage (re-ranker) on held-out stage-1 scores",
+                       cmd_stage2)
+    _common(p)
+    _train_args_validation_only(p)
     p = reg.subcommand("model", "evaluate", "P1–P4 metrics for baselines, float and int8", cmd_evaluate)
     _common(p)
     _eval_args(p)
@@ -232,10 +263,12 @@ def register(reg: CommandRegistry) -> None:
     p = reg.subcommand("model", "export", "write model.tflite + items.npz + manifest.json", cmd_export)
     _common(p)
     _export_args(p)
-    p = reg.subcommand("model", "all", "prepare → train → quantize → evaluate → export", cmd_all)
+    p = reg.subcommand("model", "all", "prepare → train → quantize → stage2 → evaluate → export", cmd_all)
     _common(p)
     _prepare_args(p)
     _train_args(p)
+    p.add_argument("--stage2", action=argparse.BooleanOptionalAction, default=True,
+                   help="train the second stage (a second stage-1 model 6 weeks earlier, ~4 min more)")
     _eval_args(p)
     _export_args(p)
     logging.getLogger("shelfcast.models").setLevel(logging.INFO)

@@ -48,6 +48,7 @@ from edge.ranking.features import (
     repeat_matrix,
     repeat_template,
 )
+from edge.ranking.stage2 import Stage2, load_stage2
 
 __all__ = [
     "DEFAULT_MODEL_DIR",
@@ -165,6 +166,20 @@ def sha256_bytes(b: bytes) -> str:
 
 def _norm(v: Any) -> str:
     return str(v).strip().upper() if v is not None else ""
+
+
+def _load_stage2(path: Path, digest: Any, ranker: Ranker) -> Stage2:
+    """The release's stage-2 weights, verified like the model file."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ModelError(f"stage-2 file {path} not found: it ships with the model") from None
+    if sha256_bytes(data) != digest:
+        raise ModelError(f"sha256 mismatch for {path.name} (truncated or corrupted; re-fetch)")
+    try:
+        return load_stage2(data, ranker)
+    except (ValueError, KeyError, OSError) as exc:
+        raise ModelError(f"stage-2 file {path.name} is not usable: {exc}") from None
 
 
 def _top_m(scores: np.ndarray, m: int) -> np.ndarray:
@@ -325,6 +340,7 @@ class Ranker:
         # post-model blend with the shopper's own repeat features (tuned on the validation split)
         blend = manifest.get("rerank", {}).get("repeat_blend")
         self.repeat_blend = np.asarray(blend, np.float32) if blend is not None else None
+        self._stage2: Stage2 | None = None  # set by ``load`` when the release ships stage2.npz
 
     def _rebuild_base(self) -> None:
         """Per-item float vectors added to every request's scores, (no history, with history):
@@ -404,7 +420,10 @@ class Ranker:
 
         with np.load(io.BytesIO(side_bytes)) as z:
             side = {k: z[k] for k in z.files}
-        return cls(data, man, side, path=model_path, **kw)
+        r = cls(data, man, side, path=model_path, **kw)
+        if man.get("stage2_file"):  # the learned re-ranker (absent in v3 releases: stage 1 alone)
+            r._stage2 = _load_stage2(model_path.with_name(man["stage2_file"]), man.get("stage2_sha256"), r)
+        return r
 
     def _check_io(self, spec: Mapping[str, Any]) -> None:
         try:
@@ -939,6 +958,8 @@ class Ranker:
             return self._fallback(req, k)
         scores, u, rep, sess_idx, st = self._invoke(req)
         scores += self._tie  # _invoke returns a fresh array: in place, the same sums
+        if self._stage2 is not None:
+            self._stage2.rescore(scores, rep, list(st.last), self._heat)
         if st.n != len(req.session):  # an append-only session grew meanwhile: derive it again
             st = self._session_state(req)
         if self.rerank.drop_session_items:

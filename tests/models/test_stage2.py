@@ -1,0 +1,76 @@
+"""Stage-2 training (models/stage2.py) on synthetic lists: gradient, determinism, what it learns, the file."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+from edge.ranking.stage2 import FEATURES, forward
+from models.stage2 import Lists, Stage2Config, _softmax_grad, fit, save, train_forward
+
+F = len(FEATURES)
+
+
+def _lists(n: int = 600, P: int = 30, seed: int = 0) -> Lists:
+    """Lists where stage 1 (column 0) is weakly informative and one other column (rep1) strongly."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(0, 1, (n, P, F)).astype(np.float32)
+    y = np.zeros((n, P), bool)
+    for i in range(n):
+        logit = 0.3 * X[i, :, 0] + 2.0 * X[i, :, 3]
+        y[i, np.argsort(-logit)[:3]] = True
+    X[:, :, 0] = np.sort(X[:, :, 0], axis=1)[:, ::-1]  # pools come best-first by stage 1
+    return Lists(X, y, np.full(n, 5, np.int32), np.arange(n) // 2, np.ones(n, np.int8))
+
+
+def test_softmax_gradient_matches_finite_differences() -> None:
+    rng = np.random.default_rng(1)
+    s = rng.normal(0, 2, (4, 7))
+    y = rng.random((4, 7)) < 0.3
+    y[:, 0] = True
+    loss, g = _softmax_grad(s, y)
+    eps = 1e-6
+    for i, j in ((0, 0), (1, 3), (3, 6)):
+        d = s.copy()
+        d[i, j] += eps
+        num = (_softmax_grad(d, y)[0] - loss) / eps
+        assert np.isclose(num, g[i, j], atol=1e-5)
+
+
+def test_fit_is_deterministic_and_learns_the_informative_feature() -> None:
+    data = _lists()
+    cfg = Stage2Config(epochs=6, batch=32, lr=5e-3, hidden=8, seed=0)
+    p1, rep1 = fit(data, cfg, holdout=0.25)
+    p2, _ = fit(data, cfg, holdout=0.25)
+    for k in p1:
+        np.testing.assert_array_equal(p1[k], p2[k], err_msg=k)
+    assert rep1["epochs"][-1]["holdout_pool_hits_at10"] > rep1["holdout_pool_hits_at10_stage1"] + 0.1
+    assert abs(p1["wl"][3]) > abs(p1["wl"][4])  # the informative column, not a noise one
+
+
+def test_saved_file_holds_the_weight_sets_the_node_reads() -> None:
+    data = _lists(n=200)
+    cfg = Stage2Config(epochs=1, batch=32, hidden=4, pool=30)
+    p, _ = fit(data, cfg, holdout=0.0)
+    with np.load(io.BytesIO(save({"s_": p}, cfg))) as z:
+        assert tuple(z["features"].tolist()) == FEATURES
+        assert int(z["pool"]) == 30
+        assert "n_w1" not in z.files
+        got = {k: z["s_" + k] for k in ("mean", "inv_std", "w1", "b1", "wl", "w2")}
+    X = data.X[0]
+    np.testing.assert_array_equal(forward(got, X), forward(p, X))
+
+
+def test_node_forward_equals_the_training_graph() -> None:
+    """The float32 numbers the node computes from the shipped file are the float64 training graph's."""
+    data = _lists(n=200)
+    cfg = Stage2Config(epochs=2, batch=32, hidden=8)
+    p, _ = fit(data, cfg, holdout=0.0)
+    p64 = {k: v.astype(np.float64) for k, v in p.items()}
+    s64 = train_forward(p64, data.X[:5].astype(np.float64))[0]
+    for i in range(5):
+        s32 = forward(p, data.X[i])
+        assert s32.dtype == np.float32
+        np.testing.assert_allclose(s32, s64[i], rtol=1e-5, atol=1e-4)
+        assert np.argsort(-s32)[:10].tolist() == np.argsort(-s64[i])[:10].tolist()
