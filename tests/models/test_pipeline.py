@@ -77,6 +77,23 @@ def test_training_is_deterministic_for_a_seed(run: dict[str, Path], tmp_path: Pa
     with np.load(run["work"] / "weights.npz") as a, np.load(work2 / "weights.npz") as b:
         for k in a.files:
             np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    # the second stage too (its own stage-1 model 6 weeks earlier, the lists, the numpy fit)
+    assert main(["model", "stage2", "--work", str(work2), "--no-progress", "--seed", "0"]) == 0
+    with np.load(run["work"] / "stage2.npz") as a, np.load(work2 / "stage2.npz") as b:
+        assert a.files == b.files
+        for k in a.files:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_release_carries_the_second_stage(run: dict[str, Path]) -> None:
+    man = json.loads((run["rel"] / "manifest.json").read_text())
+    assert man["stage2_file"] == "stage2.npz"
+    assert man["stage2"]["list_weeks"] == [42, 47] and man["stage2"]["stage1_train_last_week"] == 41
+    r = Ranker.load(run["rel"])
+    assert r._stage2 is not None
+    assert r._stage2.sets[True] is not None and r._stage2.sets[False] is not None
+    info = json.loads((run["work"] / "stage2.json").read_text())
+    assert info["fit"]["s_"]["lists"] > 100
 
 
 def test_node_side_terms_are_added_as_trained(run: dict[str, Path]) -> None:
