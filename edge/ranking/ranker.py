@@ -958,10 +958,11 @@ class Ranker:
             return self._fallback(req, k)
         scores, u, rep, sess_idx, st = self._invoke(req)
         scores += self._tie  # _invoke returns a fresh array: in place, the same sums
-        if self._stage2 is not None:
-            self._stage2.rescore(scores, rep, list(st.last), self._heat)
         if st.n != len(req.session):  # an append-only session grew meanwhile: derive it again
             st = self._session_state(req)
+        if self._stage2 is not None:  # after the re-derivation: stage 2 sees the picks the exclusions use
+            # the latest SESSION_LEN distinct picks, oldest first (what ``Stage2.features`` reads of list(last))
+            self._stage2.rescore(scores, rep, list(islice(reversed(st.last), SESSION_LEN))[::-1], self._heat)
         if self.rerank.drop_session_items:
             ex = req.exclude
             excl = (ex | st.skus) if isinstance(ex, set) else st.skus.union(ex)  # one new set

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.ranking.features import HIST_LEN, REPEAT_FEATURES, SESSION_LEN, RepeatFeatures, repeat_matrix
+from edge.ranking.features import HIST_LEN, REPEAT_FEATURES, SESSION_LEN, RepeatFeatures, repeat_matrix, repeat_template
 
 __all__ = ["FEATURES", "Stage2", "forward", "load_stage2"]
 
@@ -86,14 +86,24 @@ def _best(scores: np.ndarray, m: int) -> np.ndarray:
     if 16 * m < n:
         sample = scores[::16]
         q = len(sample) - 1 - min(len(sample) - 1, 2 * m // 16 + 8)
-        cand = np.flatnonzero(scores >= np.partition(sample, q)[q])
+        part = sample.copy()  # a contiguous copy, partitioned in place: np.partition's result, less wrapper
+        part.partition(q)
+        cand = (scores >= part[q]).nonzero()[0]
         if len(cand) >= m:
-            return cand[np.argpartition(-scores[cand], m - 1)[:m]]
-    return np.argpartition(-scores, m - 1)[:m]
+            return cand.take((-scores.take(cand)).argpartition(m - 1)[:m])  # methods: no np.* wrapper
+    return (-scores).argpartition(m - 1)[:m]
+
+
+VISITS = 8  # visits whose history-structure lookups (``Stage2._visit``) are kept
 
 
 class Stage2:
-    """Stage-2 weights bound to one ranker's side data; ``rescore`` edits the stage-1 scores in place."""
+    """Stage-2 weights bound to one ranker's side data; ``rescore`` edits the stage-1 scores in place.
+
+    ``features`` is the one feature function (training calls it too); it is written for few numpy calls
+    (~110 µs for ~45 calls before, see the model card): one gather of a per-item matrix of the static
+    columns, one scratch [V, 3] for the three co-occurrence sums, and per-visit lookups that depend only on the
+    history's structure (keyed by the identity of ``rep.items`` / ``rep.share``, so another history misses)."""
 
     def __init__(self, params: Mapping[str, np.ndarray], ranker: Any) -> None:
         names = tuple(str(x) for x in np.asarray(params["features"]).tolist())
@@ -115,10 +125,13 @@ class Stage2:
         self._ncat = int(self._cat.max()) + 1
         self._logpop = np.log1p(np.asarray(ranker.popularity, np.float32))
         self._emb = ranker.item_emb
-        self._pos = np.full(V, -1, np.intp)
+        self._V = V
         self._mask = np.zeros(V, bool)
-        self._sum = np.zeros(V, np.float32)
-        self._max = np.zeros(V, np.float32)
+        self._co = np.zeros((V, 3), np.float32)  # session sum, session max, history sum (zero between calls)
+        self._static: tuple[Any, np.ndarray] | None = None  # (heat it was made with, [V, F] static columns)
+        self._log_rank: dict[int, np.ndarray] = {}
+        self._log1p: dict[int, float] = {}
+        self._visits: dict[tuple[int, int], tuple[Any, ...]] = {}
         self._lock = threading.Lock()  # the scratch vectors above are shared between requests
 
     @classmethod
@@ -129,69 +142,140 @@ class Stage2:
              "n_w2": np.zeros(1)}
         return cls(z, ranker)
 
-    def features(self, scores: np.ndarray, rep: RepeatFeatures, latest: Sequence[int],
-                 heat: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """(pool, X): the best ``pool`` vocabulary items by ``scores`` (just-picked items left out), best
-        first, and their feature matrix [pool, F] (float32)."""
-        sess = np.asarray(latest[-SESSION_LEN:], np.intp)
-        ns = len(sess)
-        top = _best(scores, self.pool + ns)
-        top = top[np.argsort(-scores[top], kind="stable")]
+    def _static_cols(self, heat: np.ndarray | None) -> np.ndarray:
+        """[V, F] float32, zero but for ``log_pop`` and ``heat``: one gather gives a pool's fresh X with them
+        filled. Rebuilt when the ranker's heat array is replaced (``set_item_heat`` makes a new one)."""
+        ent = self._static
+        if ent is None or ent[0] is not heat:
+            m = np.zeros((self._V, F), np.float32)
+            c = 2 + REPEAT_FEATURES
+            m[:, c + 3] = self._logpop
+            if heat is not None:
+                m[:, c + 4] = heat
+            self._static = ent = (heat, m)
+        return ent[1]
+
+    def _lp(self, n: int) -> float:
+        """``np.log1p(n)`` (memoised: the same float)."""
+        v = self._log1p.get(n)
+        if v is None:
+            v = self._log1p[n] = float(np.log1p(n))
+        return v
+
+    def _visit(self, rep: RepeatFeatures) -> tuple[Any, ...]:
+        """What depends on the history's items only (not on the request time), made once per visit: the
+        position (``n`` for other items) of every vocabulary item among ``rep.items``, a zero-padded
+        [n + 1, REPEAT_FEATURES] buffer, ``repeat_template``, the items' categories, and for at most HIST_LEN
+        items their neighbour indices / values. Keyed by the arrays' identity (a visit's requests share the
+        parsed history structure; an entry holds them, so an id is not reused while it lives)."""
+        key = (id(rep.items), id(rep.share))
+        ent = self._visits.get(key)
+        if ent is not None and ent[0] is rep.items and ent[1] is rep.share:
+            return ent
+        n = len(rep.items)
+        pos = np.full(self._V, n, np.intp)
+        pos[rep.items] = np.arange(n)
+        buf = np.zeros((n + 1, REPEAT_FEATURES), np.float32)
+        small = n <= HIST_LEN
+        nbh = self._nb_idx[rep.items].ravel() if small else None
+        nvh = self._nb_val[rep.items] if small else None
+        ent = (rep.items, rep.share, pos, buf, repeat_template(rep), self._cat[rep.items], nbh, nvh)
+        if len(self._visits) >= VISITS:
+            self._visits.pop(next(iter(self._visits)))
+        self._visits[key] = ent
+        return ent
+
+    def _pool(self, scores: np.ndarray, sess: np.ndarray) -> np.ndarray:
+        """The best ``pool`` items by ``scores`` minus the picks ``sess``, best first. Usually: a threshold
+        from a strided sample (as ``_best``), the picks cleared from the mask of the items above it, a
+        partition of those few hundred; else ``_best`` of all scores. The same items in the same order as
+        ``_best(scores, pool + len(sess))`` sorted, picks dropped, cut to ``pool`` (up to exact ties)."""
+        m, n, ns = self.pool, len(scores), len(sess)
+        if 16 * (m + ns) < n:
+            sample = scores[::16]
+            q = len(sample) - 1 - min(len(sample) - 1, 2 * (m + ns) // 16 + 8)
+            part = sample.copy()
+            part.partition(q)
+            above = scores >= part[q]
+            if ns:
+                above[sess] = False
+            cand = above.nonzero()[0]
+            if len(cand) >= m:  # partition the few hundred, sort the best m (negation is exact: the same keys)
+                v = -scores.take(cand)
+                best = v.argpartition(m - 1)[:m]
+                return cand.take(best.take(v.take(best).argsort(kind="stable")))
+        top = _best(scores, m + ns)
+        top = top.take((-scores.take(top)).argsort(kind="stable"))
         if ns:
             with self._lock:
                 mask = self._mask
                 mask[sess] = True
-                top = top[~mask[top]]
+                top = top[~mask.take(top)]
                 mask[sess] = False
-        pool = top[: self.pool]
-        P = len(pool)
-        X = np.zeros((P, F), np.float32)
-        s = scores[pool]
-        X[:, 0] = s - s[0]
-        X[:, 1] = np.log1p(np.arange(P, dtype=np.float32))
+        return top[:m]
+
+    def features(self, scores: np.ndarray, rep: RepeatFeatures, latest: Sequence[int],
+                 heat: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """(pool, X): the best ``pool`` vocabulary items by ``scores`` (just-picked items left out), best
+        first, and their feature matrix [pool, F] (float32). Array methods (``take``, ``argsort``) instead of
+        ``np.*`` wrappers and fancy indexing: the same numbers, ~1 µs less a call."""
+        sess = np.asarray(latest[-SESSION_LEN:], np.intp)
+        ns = len(sess)
+        pool = self._pool(scores, sess)
+        c = 2 + REPEAT_FEATURES
         n = len(rep.items)
         with self._lock:
-            if n:
-                pos = self._pos
-                pos[rep.items] = np.arange(n)
-                rp = pos[pool]
-                pos[rep.items] = -1
-                own = rp >= 0
-                if own.any():
-                    X[own, 2:2 + REPEAT_FEATURES] = repeat_matrix(rep)[rp[own]]
-            c = 2 + REPEAT_FEATURES
+            P = len(pool)
+            X = self._static_cols(heat).take(pool, 0)  # log_pop, heat; the rest 0
+            s = scores.take(pool)
+            np.subtract(s, s[0], out=X[:, 0])
+            lr = self._log_rank.get(P)
+            if lr is None:
+                lr = self._log_rank[P] = np.log1p(np.arange(P, dtype=np.float32))
+            X[:, 1] = lr
+            co = self._co
             if ns:
-                nb = self._nb_idx[sess].ravel()
-                nv = self._nb_val[sess].ravel()
-                np.add.at(self._sum, nb, nv)
-                np.maximum.at(self._max, nb, nv)
-                X[:, c] = self._sum[pool]
-                X[:, c + 1] = self._max[pool]
-                self._sum[nb] = 0.0
-                self._max[nb] = 0.0
+                nb = self._nb_idx.take(sess, 0).ravel()
+                nv = self._nb_val.take(sess, 0).ravel()
+                np.add.at(co[:, 0], nb, nv)
+                np.maximum.at(co[:, 1], nb, nv)
             if n:
-                k = min(n, HIST_LEN)
-                top_h = np.argpartition(-rep.decayed, k - 1)[:k] if n > k else np.arange(n)
-                w = rep.decayed[top_h].astype(np.float32)
-                w /= max(float(w.sum()), 1e-12)
-                hi = rep.items[top_h]
-                nb = self._nb_idx[hi].ravel()
-                np.add.at(self._sum, nb, (self._nb_val[hi] * w[:, None]).ravel())
-                X[:, c + 2] = self._sum[pool]
-                self._sum[nb] = 0.0
-        X[:, c + 3] = self._logpop[pool]
-        if heat is not None:
-            X[:, c + 4] = heat[pool]
-        pc = self._cat[pool]
-        if n:
-            ch = np.bincount(self._cat[rep.items], weights=rep.decayed, minlength=self._ncat)
-            X[:, c + 5] = ch[pc] / max(float(ch.sum()), 1e-12)
-        if ns:
-            cs = np.bincount(self._cat[sess], minlength=self._ncat)
-            X[:, c + 6] = cs[pc] / ns
-            X[:, c + 7] = (self._emb[pool] @ self._emb[sess].T).max(axis=1)
-        X[:, c + 8] = np.log1p(rep.n_baskets)
-        X[:, c + 9] = np.log1p(ns)
+                _, _, pos, buf, tmpl, cat_h, nbh, nvh = self._visit(rep)
+                buf[:n] = repeat_matrix(rep, tmpl)
+                X[:, 2:c] = buf.take(pos.take(pool), 0)  # row n is zeros: items never bought
+                if nbh is not None and nvh is not None:  # at most HIST_LEN items: all of them, in order
+                    w = rep.decayed.astype(np.float32)
+                    w /= max(float(w.sum()), 1e-12)
+                    hb, hv = nbh, (nvh * w[:, None]).ravel()
+                else:
+                    k = min(n, HIST_LEN)
+                    top_h = (-rep.decayed).argpartition(k - 1)[:k]
+                    w = rep.decayed.take(top_h)  # float32 already: ``astype`` would only copy
+                    w /= max(float(w.sum()), 1e-12)
+                    hi = rep.items.take(top_h)
+                    hb, hv = self._nb_idx.take(hi, 0).ravel(), (self._nb_val.take(hi, 0) * w[:, None]).ravel()
+                np.add.at(co[:, 2], hb, hv)
+            if ns or n:
+                X[:, c:c + 3] = co.take(pool, 0)
+                if ns:  # whole rows: every row written since the last clean-up is zeroed (history rows below)
+                    co[nb] = 0.0
+                if n:
+                    co[hb] = 0.0
+        if n or ns:
+            # category shares of the history and of the session per category (float64, as the quotients were
+            # before the gather: elementwise, the same numbers), then one gather for both columns
+            shares = np.zeros((self._ncat, 2))
+            if n:
+                ch = np.bincount(cat_h, weights=rep.decayed, minlength=self._ncat)
+                np.divide(ch, max(float(ch.sum()), 1e-12), out=shares[:, 0])
+            if ns:
+                np.divide(np.bincount(self._cat.take(sess), minlength=self._ncat), ns, out=shares[:, 1])
+            X[:, c + 5:c + 7] = shares.take(self._cat.take(pool), 0)
+            if ns:
+                # [ns, P] and max over the first axis: the same dot products as [P, ns], ~3x cheaper to reduce
+                X[:, c + 7] = (self._emb.take(sess, 0) @ self._emb.take(pool, 0).T).max(0)
+        X[:, c + 8] = self._lp(rep.n_baskets)
+        X[:, c + 9] = self._lp(ns)
         return pool, X
 
     def rescore(self, scores: np.ndarray, rep: RepeatFeatures, latest: Sequence[int],

@@ -119,7 +119,7 @@ def test_features_are_the_documented_numbers(tmp_path: Path) -> None:
         assert X[q, col["rep0"]] == (1.0 if i in set(rep.items.tolist()) else 0.0)
         assert np.isclose(X[q, col["cat_sess"]], np.mean([r.category[s] == r.category[i] for s in sess]))
     # the shared scratch vectors are left clean for the next request
-    assert not feat._sum.any() and not feat._max.any() and (feat._pos == -1).all()
+    assert not feat._co.any() and not feat._mask.any()
 
 
 def test_bad_stage2_files_are_refused(tmp_path: Path) -> None:
@@ -146,3 +146,37 @@ def test_a_missing_weight_set_leaves_those_requests_to_stage1(tmp_path: Path) ->
     assert [x.sku for x in r2.recommend(warm)] == [x.sku for x in r1.recommend(warm)]
     picked = _req(r1, [5, 17], [3, 40, 77, 123])
     assert [x.sku for x in r2.recommend(picked)] != [x.sku for x in r1.recommend(picked)]
+
+
+def test_stage2_sees_picks_appended_while_the_request_ran(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An append-only session that grows between the model call and the re-ranking is derived again; stage 2
+    must re-rank with that state (its picks), not the stale one the stage-1 scores were made with."""
+    params = _params()
+    r2 = Ranker.load(_release(tmp_path, _npz(params)), rerank=RerankConfig(diversity=0.0, repeat_cap=10**9))
+    r1 = Ranker.load(DEFAULT_MODEL_DIR, rerank=RerankConfig(diversity=0.0, repeat_cap=10**9))
+    voc = r1.vocabulary
+    base = _req(r1, [5, 17], [3, 40, 77, 123])
+    scores, _, rep, _, _ = r1._invoke(base)  # stage 1 ran on the two picks
+    scores = scores + r1._tie
+    feat = Stage2.for_features(r1, POOL)
+
+    def top10(picks: list[int]) -> list[str]:
+        pool, X = feat.features(scores, rep, picks, r1._heat)
+        order = pool[np.argsort(-forward(params, X), kind="stable")].tolist()
+        return [voc[i] for i in order if i not in picks][:10]
+
+    # a late pick whose features change the answer (the stale picks would give another list)
+    late = next(i for i in (900, 31, 2500, 4000, 77, 123) if top10([5, 17, i]) != top10([5, 17]))
+    want = top10([5, 17, late])
+    session = list(base.session)
+    req = RecRequest(history=base.history, session=session, store_id="367", when=base.when, k=10,
+                     session_id="grows", session_append_only=True)
+    invoke = r2._invoke
+
+    def invoke_then_pick(q: RecRequest) -> tuple:  # type: ignore[type-arg]
+        out = invoke(q)
+        session.append(voc[late])  # the shopper picks while the model ran
+        return out
+
+    monkeypatch.setattr(r2, "_invoke", invoke_then_pick)
+    assert [x.sku for x in r2.recommend(req)] == want
