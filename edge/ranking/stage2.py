@@ -68,11 +68,13 @@ def _weights(params: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.ndar
 def forward(params: Mapping[str, np.ndarray], X: np.ndarray) -> np.ndarray:
     """Stage-2 scores [P] (float32) for a feature matrix [P, F]: linear + one ReLU layer on
     standardised features. The one implementation (training evaluates it too)."""
-    xn = (X - params["mean"]) * params["inv_std"]
+    xn = X - params["mean"]
+    xn *= params["inv_std"]  # in place: the same products as ``(X - mean) * inv_std``
     h = xn @ params["w1"]
     h += params["b1"]
     np.maximum(h, 0.0, out=h)
-    out: np.ndarray = xn @ params["wl"] + h @ params["w2"]
+    out: np.ndarray = xn @ params["wl"]
+    out += h @ params["w2"]
     return out
 
 
@@ -291,7 +293,10 @@ class Stage2:
             return
         s2 = forward(params, X)
         floor = scores[pool[-1]]  # the pool's lowest stage-1 score >= every score outside the pool
-        scores[pool] = s2 - s2.min() + floor + 1e-3
+        s2 -= s2.min()  # in place, in the order of ``s2 - s2.min() + floor + 1e-3``: the same numbers
+        s2 += floor
+        s2 += 1e-3
+        scores[pool] = s2
 
 
 def load_stage2(data: bytes, ranker: Any) -> Stage2:
