@@ -119,7 +119,7 @@ def test_features_are_the_documented_numbers(tmp_path: Path) -> None:
         assert X[q, col["rep0"]] == (1.0 if i in set(rep.items.tolist()) else 0.0)
         assert np.isclose(X[q, col["cat_sess"]], np.mean([r.category[s] == r.category[i] for s in sess]))
     # the shared scratch vectors are left clean for the next request
-    assert not feat._co.any() and not feat._mask.any()
+    assert not feat._sum.any() and not feat._max.any() and not feat._hist.any() and not feat._mask.any()
 
 
 def test_bad_stage2_files_are_refused(tmp_path: Path) -> None:
