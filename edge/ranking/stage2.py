@@ -179,7 +179,7 @@ class Stage2:
         if ent is not None and ent[0] is rep.items and ent[1] is rep.share:
             return ent
         n = len(rep.items)
-        pos = np.full(self._V, n, np.intp)
+        pos = np.full(self._V, n, np.int32)  # 40 kB a visit
         pos[rep.items] = np.arange(n)
         buf = np.zeros((n + 1, REPEAT_FEATURES), np.float32)
         small = n <= HIST_LEN
