@@ -134,7 +134,7 @@ class Stage2:
         self._sum = np.zeros(V, np.float32)
         self._max = np.zeros(V, np.float32)
         self._hist = np.zeros(V, np.float32)
-        self._static: tuple[Any, np.ndarray] | None = None  # (heat it was made with, [V, F] static columns)
+        self._static: tuple[Any, np.ndarray] | None = None  # (heat it was made with, [V, 2] log_pop and heat)
         self._log_rank: dict[int, np.ndarray] = {}
         self._log1p: dict[int, float] = {}
         self._visits: dict[tuple[int, int], tuple[Any, ...]] = {}
@@ -149,15 +149,15 @@ class Stage2:
         return cls(z, ranker)
 
     def _static_cols(self, heat: np.ndarray | None) -> np.ndarray:
-        """[V, F] float32, zero but for ``log_pop`` and ``heat``: one gather gives a pool's fresh X with them
-        filled. Rebuilt when the ranker's heat array is replaced (``set_item_heat`` makes a new one)."""
+        """[V, 2] float32: ``log_pop`` and ``heat`` (0 without heat), one gather for both (8 bytes an item: a
+        cold cache line holds the pair). Rebuilt when the ranker's heat array is replaced (``set_item_heat``
+        makes a new one)."""
         ent = self._static
         if ent is None or ent[0] is not heat:
-            m = np.zeros((self._V, F), np.float32)
-            c = 2 + REPEAT_FEATURES
-            m[:, c + 3] = self._logpop
+            m = np.zeros((self._V, 2), np.float32)
+            m[:, 0] = self._logpop
             if heat is not None:
-                m[:, c + 4] = heat
+                m[:, 1] = heat
             self._static = ent = (heat, m)
         return ent[1]
 
@@ -232,7 +232,8 @@ class Stage2:
         n = len(rep.items)
         with self._lock:
             P = len(pool)
-            X = self._static_cols(heat).take(pool, 0)  # log_pop, heat; the rest 0
+            X = np.zeros((P, F), np.float32)
+            X[:, c + 3:c + 5] = self._static_cols(heat).take(pool, 0)  # log_pop, heat
             s = scores.take(pool)
             np.subtract(s, s[0], out=X[:, 0])
             lr = self._log_rank.get(P)
