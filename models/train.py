@@ -259,6 +259,19 @@ def train(prep: Prepared, ex: Examples, cfg: TrainConfig, progress: Any = None,
 
     keras.utils.set_random_seed(cfg.seed)
     tf.config.experimental.enable_op_determinism()
+    # Grappler's graph rewrites of the training step made the weights differ run to run in the 7th digit
+    # (separate processes, same examples and seed; eager execution and the unoptimised graph were
+    # bit-identical), and training amplifies that. The step runs unoptimised; the caller's options come back after.
+    grappler = tf.config.optimizer.get_experimental_options()
+    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
+    try:
+        return _fit(tf, keras, prep, ex, cfg, progress, last_week)
+    finally:
+        tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": False, **grappler})
+
+
+def _fit(tf: Any, keras: Any, prep: Prepared, ex: Examples, cfg: TrainConfig, progress: Any,
+         last_week: int | None) -> Any:
     V = prep.vocab_size
     C = ex.context.shape[1]
     cnt = np.bincount(ex.target.ravel(), minlength=V + 1)[:V].astype(np.float64)  # training targets only
