@@ -947,14 +947,19 @@ class Ranker:
             self._it.invoke()
 
     # -- recommend ------------------------------------------------------------
+    def _knows_nothing(self, req: RecRequest) -> bool:
+        """No history, profile, store or known pick: the model has nothing to go on (the caller falls back).
+        The unknown picks of such a request are counted here, as the model path counts them in ``_invoke``."""
+        if (req.history or req.profile or req.store_id is not None
+                or any(s in self._index for s in req.session)):
+            return False
+        self.stats["unknown_sku"] += len(req.session)
+        return True
+
     def recommend(self, req: RecRequest) -> list[Recommendation]:
         self.stats["requests"] += 1
         k = max(1, min(int(req.k), 100))
-        if (not req.history and not req.profile and req.store_id is None
-                and not any(s in self._index for s in req.session)):
-            for s in req.session:
-                if s not in self._index:
-                    self.stats["unknown_sku"] += 1
+        if self._knows_nothing(req):
             return self._fallback(req, k)
         scores, u, rep, sess_idx, st = self._invoke(req)
         scores += self._tie  # _invoke returns a fresh array: in place, the same sums

@@ -207,11 +207,7 @@ def _plain_recommend(r: Ranker, req: RecRequest) -> list[Recommendation]:
     over all of them, one reason computed per chosen item."""
     r.stats["requests"] += 1
     k = max(1, min(int(req.k), 100))
-    if (not req.history and not req.profile and req.store_id is None
-            and not any(s in r._index for s in req.session)):
-        for s in req.session:
-            if s not in r._index:
-                r.stats["unknown_sku"] += 1
+    if r._knows_nothing(req):
         return r._fallback(req, k)
     scores, u, rep, sess_idx, _ = r._invoke(req)
     scores = scores + r._tie
