@@ -48,6 +48,7 @@ from edge.ranking.features import (
     repeat_matrix,
     repeat_template,
 )
+from edge.ranking.features import top_m as _top_m
 from edge.ranking.stage2 import Stage2, load_stage2
 
 __all__ = [
@@ -180,25 +181,6 @@ def _load_stage2(path: Path, digest: Any, ranker: Ranker) -> Stage2:
         return load_stage2(data, ranker)
     except (ValueError, KeyError, OSError) as exc:
         raise ModelError(f"stage-2 file {path.name} is not usable: {exc}") from None
-
-
-def _top_m(scores: np.ndarray, m: int) -> np.ndarray:
-    """Indices of the ``m`` largest scores (unordered), like ``argpartition(-scores, m - 1)[:m]``.
-
-    A threshold from a strided sample keeps a few hundred items, then the exact partition runs
-    on those: ~4x cheaper than partitioning the whole catalogue. Every item above the threshold is
-    kept, so the top ``m`` are the same set (up to exact ties at the boundary)."""
-    n = len(scores)
-    if m <= 0:
-        return np.zeros(0, np.int64)
-    if 16 * m < n:
-        sample = scores[::16]
-        q = len(sample) - 1 - min(len(sample) - 1, 2 * m // 16 + 8)
-        t = np.partition(sample, q)[q]
-        cand = np.flatnonzero(scores >= t)
-        if len(cand) >= m:
-            return cand.take((-scores.take(cand)).argpartition(m - 1)[:m])  # methods: no np.* wrapper (~1 us)
-    return np.argpartition(-scores, m - 1)[:m]
 
 
 class Ranker:

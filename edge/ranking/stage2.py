@@ -27,7 +27,16 @@ from typing import Any
 
 import numpy as np
 
-from edge.ranking.features import HIST_LEN, REPEAT_FEATURES, SESSION_LEN, RepeatFeatures, repeat_matrix, repeat_template
+from edge.ranking.features import (
+    HIST_LEN,
+    REPEAT_FEATURES,
+    SESSION_LEN,
+    RepeatFeatures,
+    repeat_matrix,
+    repeat_template,
+    sample_threshold,
+    top_m,
+)
 
 __all__ = ["FEATURES", "Stage2", "forward", "load_stage2"]
 
@@ -77,24 +86,6 @@ def forward(params: Mapping[str, np.ndarray], X: np.ndarray) -> np.ndarray:
     out: np.ndarray = xn @ params["wl"]
     out += h @ params["w2"]
     return out
-
-
-def _best(scores: np.ndarray, m: int) -> np.ndarray:
-    """Indices of the ``m`` largest scores (unordered). A threshold from a strided sample keeps a few hundred
-    items, the exact partition runs on those (a partition of all 10,000 cost ~60 µs a call); every item
-    above the threshold is kept, so the set is the same as ``argpartition(-scores, m - 1)[:m]``."""
-    n = len(scores)
-    if m >= n:
-        return np.arange(n)
-    if 16 * m < n:
-        sample = scores[::16]
-        q = len(sample) - 1 - min(len(sample) - 1, 2 * m // 16 + 8)
-        part = sample.copy()  # a contiguous copy, partitioned in place: np.partition's result, less wrapper
-        part.partition(q)
-        cand = (scores >= part[q]).nonzero()[0]
-        if len(cand) >= m:
-            return cand.take((-scores.take(cand)).argpartition(m - 1)[:m])  # methods: no np.* wrapper
-    return (-scores).argpartition(m - 1)[:m]
 
 
 VISITS = 8  # visits whose history-structure lookups (``Stage2._visit``) are kept
@@ -196,16 +187,12 @@ class Stage2:
 
     def _pool(self, scores: np.ndarray, sess: np.ndarray) -> np.ndarray:
         """The best ``pool`` items by ``scores`` minus the picks ``sess``, best first. Usually: a threshold
-        from a strided sample (as ``_best``), the picks cleared from the mask of the items above it, a
-        partition of those few hundred; else ``_best`` of all scores. The same items in the same order as
-        ``_best(scores, pool + len(sess))`` sorted, picks dropped, cut to ``pool`` (up to exact ties)."""
+        from a strided sample (``features.sample_threshold``), the picks cleared from the mask of the items above it, a
+        partition of those few hundred; else ``top_m`` of all scores. The same items in the same order as
+        ``top_m(scores, pool + len(sess))`` sorted, picks dropped, cut to ``pool`` (up to exact ties)."""
         m, n, ns = self.pool, len(scores), len(sess)
         if 16 * (m + ns) < n:
-            sample = scores[::16]
-            q = len(sample) - 1 - min(len(sample) - 1, 2 * (m + ns) // 16 + 8)
-            part = sample.copy()
-            part.partition(q)
-            above = scores >= part[q]
+            above = scores >= sample_threshold(scores, m + ns)
             if ns:
                 above[sess] = False
             cand = above.nonzero()[0]
@@ -213,7 +200,7 @@ class Stage2:
                 v = -scores.take(cand)
                 best = v.argpartition(m - 1)[:m]
                 return cand.take(best.take(v.take(best).argsort(kind="stable")))
-        top = _best(scores, m + ns)
+        top = top_m(scores, m + ns)
         top = top.take((-scores.take(top)).argsort(kind="stable"))
         if ns:
             with self._lock:
