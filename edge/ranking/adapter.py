@@ -72,7 +72,7 @@ class RankerScorer:
         req = RecRequest(history=history, session=picked if own else list(picked), store_id=self.store_id,
                          zone=getattr(visit, "zone", None), when=when, profile=profile, exclude=exclude,
                          k=k, session_id=getattr(visit, "session", None), session_append_only=own)
-        return [(r.sku, r.score, r.reason) for r in self.ranker.recommend(req)]
+        return self.ranker.recommend_tuples(req)
 
 
 def load_scorer(config: Any, store: Any = None) -> RankerScorer:

@@ -267,7 +267,7 @@ def _plain_recommend(r: Ranker, req: RecRequest) -> list[Recommendation]:
     out = [Recommendation(c[0], round(c[1], 4), _plain_reason(r, c, share, sess, emb_s, req)) for c in chosen]
     r.stats["new_item_recs"] += sum(1 for c in chosen if c[3] < 0)
     if cap_key is not None:
-        r._remember(cap_key, out)
+        r._remember(cap_key, [x.sku for x in out])
     return out
 
 
@@ -339,3 +339,53 @@ def test_append_only_session_matches_copies() -> None:
         st, ref = own._sess_cache["v"], copies._sess_cache["v"]
         assert (st.n, st.unknown, st.last, st.first, st.skus) == (ref.n, ref.unknown, ref.last, ref.first, ref.skus)
         assert (st.src is live) == (not mixed)
+
+
+def test_pool_scoring_matches_the_whole_vocabulary() -> None:
+    """``catalogue_only``: ``_invoke`` scores only the catalogue pool (``_pool_scoring``). Its scores must be
+    the whole-vocabulary scores at the pool, bit for bit, and ``recommend`` must give the same answers and
+    counters as a ranker that scores the whole vocabulary, for warm and cold shoppers, history items in and
+    outside the catalogue, promotions, stock-outs, caps, a heat refresh and a catalogue change."""
+    pooled, whole = Ranker.load(), Ranker.load()
+    whole._pool_scoring = lambda: None  # type: ignore[method-assign]
+    voc = pooled.vocabulary
+    rng = np.random.default_rng(9)
+    oos = {voc[i] for i in rng.choice(3000, 100, replace=False)}
+
+    def products(seed: int) -> list[dict[str, str]]:
+        pick = np.random.default_rng(seed).choice(4000, 350, replace=False)
+        return [{"sku": voc[i], "name": f"item {i}"} for i in pick]
+
+    for r in (pooled, whole):
+        r.set_products(products(1), catalogue_only=True)
+        r.set_rules(promote={voc[5]: 0.5, voc[int(pooled._catalogue_idx[7])]: 2.0})  # type: ignore[index]
+        r.set_stock_lookup(lambda sku: 0 if sku in oos else 5)
+    n_checked = 0
+    for visit in range(12):
+        if visit == 4:
+            heat = {voc[i]: float(rng.integers(0, 40)) for i in rng.choice(4000, 900, replace=False)}
+            for r in (pooled, whole):
+                r.set_item_heat(heat)
+        if visit == 8:
+            for r in (pooled, whole):
+                r.set_products(products(2), catalogue_only=True)
+        cat = pooled._catalogue_idx
+        assert cat is not None
+        own = list(rng.choice(cat, 6)) + list(rng.choice(4000, 10))  # bought items in and outside the pool
+        hist = tuple((voc[int(i)], T0 + b * 6 * DAY, 1.0) for b in range(8) for i in own if rng.random() < 0.6)
+        session: list[str] = []
+        for step in range(25):
+            session.append(voc[int(rng.choice(cat))] if step % 4 else voc[int(rng.integers(0, 4000))])
+            req = RecRequest(history=hist if visit % 3 else (), session=session, session_append_only=True,
+                             store_id="367", when=T0 + 50 * DAY + visit * 3600 + step * 60,
+                             k=int(rng.integers(3, 12)), screen="s1", session_id=f"v{visit}")
+            pt = pooled._pool_scoring()
+            assert pt is not None and pt.pool is pooled._catalogue_idx
+            if step % 5 == 0:
+                a = pooled._invoke(req, pt)[0] + pt.tie
+                b = (whole._invoke(req)[0] + whole._tie)[pt.pool]
+                assert a.tobytes() == b.tobytes(), (visit, step)
+                n_checked += 1
+            assert pooled.recommend(req) == whole.recommend(req), (visit, step)
+            assert pooled.stats == whole.stats
+    assert n_checked == 60 and pooled.stats["out_of_stock"] > 0 and pooled.stats["capped"] > 0

@@ -173,8 +173,8 @@ def test_stage2_sees_picks_appended_while_the_request_ran(tmp_path: Path, monkey
                      session_id="grows", session_append_only=True)
     invoke = r2._invoke
 
-    def invoke_then_pick(q: RecRequest) -> tuple:  # type: ignore[type-arg]
-        out = invoke(q)
+    def invoke_then_pick(q: RecRequest, *rest: object) -> tuple:  # type: ignore[type-arg]
+        out = invoke(q, *rest)  # type: ignore[arg-type]
         session.append(voc[late])  # the shopper picks while the model ran
         return out
 
