@@ -206,3 +206,47 @@ def test_ops_run_as_they_come_and_commit_once_per_interval(tmp_path: Path) -> No
         for f in futs:
             f.result(10)
         assert s.event_count() == 3 and s.health()["batches"] == batches + 1  # one commit for all
+
+
+def test_event_rows_land_in_queue_order_with_ops_and_many_at_once(tmp_path: Path) -> None:
+    """``record_event`` queues plain rows that the writer writes a run at a time (multi-row statements):
+    every row lands (runs longer than one statement, runs split by ops), the outbox ``seq`` follows the
+    queue, and the stock level is the last one applied, also when a ``set_stock`` sits between picks."""
+    path = tmp_path / "sc.db"
+    with Store(path, flush_interval_ms=20) as s:
+        s.upsert_products([Product("1", "Milk"), Product("2", "Bread")]).result(5)
+        s.set_stock({"1": 500, "2": 5}).result(5)
+        evs = [ShopperEvent("v", "1" if i % 3 else "2", "pick", "z") for i in range(203)]
+        for ev in evs[:150]:
+            s.record_event(ev, upstream="up", stock=(ev.sku, -1))
+        s.set_stock({"2": 100})  # an op between two runs of rows: applied in between
+        for ev in evs[150:]:
+            s.record_event(ev, upstream="up", stock=(ev.sku, -1))
+        s.flush()
+        assert s.event_count() == 203 and s.outbox_pending() == 203
+        assert [r["id"] for r in s.outbox_peek(500)] == [ev.id for ev in evs]
+        picks_2_late = sum(1 for ev in evs[150:] if ev.sku == "2")
+        assert s.stock("2") == 100 - picks_2_late
+        assert s.stock("1") == 500 - sum(1 for ev in evs if ev.sku == "1")
+        ops = s.health()["ops"]
+    with Store(path) as s:
+        assert s.stock("2") == 100 - picks_2_late and s.stock("1") == 500 - sum(1 for ev in evs if ev.sku == "1")
+        row = s.query("SELECT * FROM events WHERE id=?", (evs[7].id,))[0]
+        assert (row["type"], row["t"], row["session"], row["payload"]) == ("shopper", evs[7].t, "v", evs[7].to_json())
+    assert ops > 0
+
+
+def test_a_bad_event_row_does_not_sink_the_others(tmp_path: Path) -> None:
+    """A run whose multi-row statement fails is retried row by row: only the bad row is lost (counted)."""
+    with Store(tmp_path / "sc.db", flush_interval_ms=20) as s:
+        good = [ShopperEvent("v", str(i), "pick", None) for i in range(5)]
+        for ev in good[:2]:
+            s.record_event(ev, upstream="up")
+        row = s._event_row(ShopperEvent("v", "x", "pick", None), None, "up", 1, None)
+        s._q.put(("bad", row[1], row[2], {"not": "bindable"}, *row[4:]))  # sqlite cannot bind a dict
+        for ev in good[2:]:
+            s.record_event(ev, upstream="up")
+        s.flush()
+        ids = {r["id"] for r in s.query("SELECT id FROM events")}
+        assert {ev.id for ev in good} <= ids and "bad" not in ids
+        assert s.health()["errors"] >= 1
