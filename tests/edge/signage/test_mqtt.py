@@ -119,7 +119,8 @@ def test_a_burst_of_publishes_is_all_acknowledged_with_buffered_reads(mosquitto:
     """The publisher reads whatever has arrived in one ``recv`` and parses paho's packets from that buffer,
     PUBACKs without paho's generic decoder: every QoS 1 publish of a burst (300, beyond paho's in-flight
     window of 20, so queued ones go out as acknowledgements come back) is acknowledged, the retained
-    payload is the last one, and the socket was read far fewer times than there were PUBACKs."""
+    payload is the last one, and the socket was read far fewer times than there were PUBACKs. (Screen sets
+    go out at QoS 0; the status topic and anything else published QoS 1 on this client still use this.)"""
     import asyncio
 
     from edge.signage.mqtt import ScreenPublisher, _BufferedClient
@@ -157,8 +158,11 @@ def test_a_burst_of_publishes_is_all_acknowledged_with_buffered_reads(mosquitto:
         await asyncio.sleep(0.1)
         reads[0] = 0
         n = 300
+        assert pub._client is not None
         for i in range(n):
-            assert pub.publish("screen-a", json.dumps({"seq": i}).encode())
+            info = pub._client.publish(pub.topic("screen-a"), json.dumps({"seq": i}).encode(), qos=1, retain=True)
+            assert info.rc == mqtt.MQTT_ERR_SUCCESS
+            pub._want_write()
         for _ in range(200):
             if not pub._client._out_messages:
                 break
@@ -173,3 +177,124 @@ def test_a_burst_of_publishes_is_all_acknowledged_with_buffered_reads(mosquitto:
     assert got["shelfcast/v1/s1/n1/screens/screen-a/recommendations"] == {"seq": n - 1}
     assert 0 < r < n, f"{r} reads for {n} PUBACKs"  # paho alone: 3 reads per PUBACK
     assert decoded[0] == 0  # MQTT 3.1.1 PUBACKs: the 2-byte id read directly, paho's bookkeeping after it
+
+
+@pytest.mark.parametrize("size", [0, 10, 125, 126, 200, 16_370, 16_390, 70_000])
+def test_the_lean_publish_packet_is_the_one_paho_builds(size: int) -> None:
+    """Sets are written as a PUBLISH built here (pre-encoded topic): byte for byte paho's retained QoS 0
+    packet, across the 1-, 2- and 3-byte remaining-length forms."""
+    from edge.signage.mqtt import _publish_head, _publish_packet
+
+    topic = "shelfcast/v1/s1/n1/screens/screen-é/recommendations"
+    payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    got: list[bytes] = []
+    c._sock = object()  # type: ignore[assignment]  # _send_publish only checks that there is one
+    c._packet_queue = lambda cmd, packet, mid, qos, info=None: got.append(bytes(packet))  # type: ignore[method-assign]
+    try:
+        c._send_publish(0, topic.encode(), payload, qos=0, retain=True)
+    finally:
+        c._sock = None  # not a socket: paho must not try to close it
+    assert _publish_packet(_publish_head(topic), payload) == got[0]
+
+
+def test_sets_go_out_qos0_in_order_also_when_the_socket_is_full(mosquitto: Any) -> None:
+    """Large sets fill the socket: the lean path hands the rest of a partly written packet, and every
+    later one, to paho's queue, which writes them in order. A live subscriber gets every set, in order, at
+    QoS 0 with the retain flag of a live message cleared as MQTT does; a new one gets the last, retained."""
+    import asyncio
+
+    from edge.signage.mqtt import ScreenPublisher
+
+    topic = "shelfcast/v1/s2/n2/screens/+/recommendations"
+    seen: list[tuple[int, int]] = []
+    ready = threading.Event()
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    sub.on_message = lambda c, u, m: seen.append((json.loads(m.payload)["seq"], m.qos))
+    sub.on_subscribe = lambda *a: ready.set()
+    sub.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
+    sub.connect("127.0.0.1", mosquitto.port)
+    sub.loop_start()
+    assert ready.wait(5)
+    n, pad = 60, "x" * 200_000
+
+    async def run() -> int:
+        pub = ScreenPublisher(mosquitto.url, prefix="shelfcast/v1", store="s2", node="n2")
+        pub.start()
+        for _ in range(200):
+            if pub.connected:
+                break
+            await asyncio.sleep(0.02)
+        assert pub.connected and pub._client is not None
+        import socket
+
+        sock = pub._client.socket()
+        assert isinstance(sock, socket.socket)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # small: a 200 kB set cannot go in one send
+        queued = 0
+        for i in range(n):
+            assert pub.publish("screen-b", json.dumps({"seq": i, "pad": pad}).encode())
+            queued = max(queued, len(pub._client._out_packet))
+        for _ in range(500):
+            if not pub._client.want_write():
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.2)
+        await pub.aclose()
+        return queued
+
+    try:
+        queued = asyncio.run(run())
+        wait_until(lambda: len(seen) >= n, timeout=15)
+    finally:
+        sub.disconnect()
+        sub.loop_stop()
+    assert queued > 0, "the socket never filled: the paho-queue path was not exercised"
+    assert [s for s, _ in seen] == list(range(n)) and {q for _, q in seen} == {0}
+    got = retained(mosquitto.port, topic=topic, wait=0.5)
+    assert got["shelfcast/v1/s2/n2/screens/screen-b/recommendations"]["seq"] == n - 1
+
+
+def test_a_burst_of_sets_is_not_held_by_nagle(mosquitto: Any) -> None:
+    """QoS 0 sets get no PUBACK to carry the broker's ACK: without TCP_NODELAY the 2nd..6th set of a burst
+    waited for the delayed ACK (42 ms measured). A live subscriber gets every set of each burst promptly."""
+    import asyncio
+
+    from edge.signage.mqtt import ScreenPublisher
+
+    arrived: dict[int, float] = {}
+    ready = threading.Event()
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    sub.on_message = lambda c, u, m: arrived.setdefault(json.loads(m.payload)["i"], time.perf_counter())
+    sub.on_subscribe = lambda *a: ready.set()
+    sub.on_connect = lambda c, u, f, rc, p: c.subscribe("shelfcast/v1/s3/n3/screens/+/recommendations", qos=1)
+    sub.connect("127.0.0.1", mosquitto.port)
+    sub.loop_start()
+    assert ready.wait(5)
+    sent: dict[int, float] = {}
+
+    async def run() -> None:
+        pub = ScreenPublisher(mosquitto.url, prefix="shelfcast/v1", store="s3", node="n3")
+        pub.start()
+        for _ in range(200):
+            if pub.connected:
+                break
+            await asyncio.sleep(0.02)
+        assert pub.connected
+        await asyncio.sleep(0.2)
+        for burst in range(3):
+            for k in range(6):
+                i = burst * 6 + k
+                sent[i] = time.perf_counter()
+                pub.publish(f"screen-{k}", json.dumps({"i": i}).encode())
+            await asyncio.sleep(0.15)
+        await pub.aclose()
+
+    try:
+        asyncio.run(run())
+        wait_until(lambda: len(arrived) >= len(sent), timeout=5)
+    finally:
+        sub.disconnect()
+        sub.loop_stop()
+    worst = max(arrived[i] - sent[i] for i in sent)
+    assert worst < 0.025, f"a set took {worst * 1e3:.1f} ms to reach a live subscriber"
