@@ -20,6 +20,7 @@ import json
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeVar
 
@@ -36,6 +37,7 @@ __all__ = [
     "ZoneEvent",
     "from_dict",
     "from_json",
+    "maker",
     "new_id",
 ]
 
@@ -239,6 +241,26 @@ class Conversion(_Event):
     id: str = field(default_factory=new_id)
 
 
+E = TypeVar("E", bound=_Event)
+
+
+def maker(cls: type[E]) -> Callable[..., E]:
+    """A constructor for the hot path: every field of ``cls`` positionally, in declaration order, no defaults.
+
+    A frozen dataclass's ``__init__`` sets each field through ``object.__setattr__`` (frozen) with keyword
+    handling around it: 2.3 µs for a ``RecItem``, ten of them per set. This one sets the slots with their
+    descriptors directly (1.0 µs); the object is the same (``==``, ``hash``, ``to_json``: tested)."""
+    names = _field_names(cls)
+    args = ", ".join(f"a{k}" for k in range(len(names)))
+    body = "".join(f"    s{k}(o, a{k})\n" for k in range(len(names)))
+    ns: dict[str, Any] = {"new": object.__new__, "cls": cls,
+                          **{f"s{k}": getattr(cls, n).__set__ for k, n in enumerate(names)}}
+    exec(f"def make({args}):\n    o = new(cls)\n{body}    return o\n", ns)
+    fn: Callable[..., E] = ns["make"]
+    fn.__doc__ = f"{cls.__name__}({', '.join(names)}), all positional"
+    return fn
+
+
 EVENT_TYPES: dict[str, type[_Event]] = {
     cls.TYPE: cls
     for cls in (
@@ -254,7 +276,6 @@ EVENT_TYPES: dict[str, type[_Event]] = {
     )
 }
 
-E = TypeVar("E", bound=_Event)
 
 
 def from_dict(d: dict[str, Any]) -> _Event:
