@@ -234,7 +234,9 @@ def test_sets_go_out_qos0_in_order_also_when_the_socket_is_full(mosquitto: Any) 
         queued = 0
         for i in range(n):
             assert pub.publish("screen-b", json.dumps({"seq": i, "pad": pad}).encode())
-            queued = max(queued, len(pub._client._out_packet))
+            if i % 5 == 4:  # the sets of one loop iteration go out together: a few iterations' worth
+                await asyncio.sleep(0)
+                queued = max(queued, len(pub._client._out_packet))
         for _ in range(500):
             if not pub._client.want_write():
                 break
@@ -298,3 +300,55 @@ def test_a_burst_of_sets_is_not_held_by_nagle(mosquitto: Any) -> None:
         sub.loop_stop()
     worst = max(arrived[i] - sent[i] for i in sent)
     assert worst < 0.025, f"a set took {worst * 1e3:.1f} ms to reach a live subscriber"
+
+
+def test_the_sets_of_one_loop_iteration_go_out_in_one_send(mosquitto: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each send to the broker wakes it: the sets published in one loop iteration (a burst: one per shelf)
+    are written together with one ``send``, in order; a live subscriber gets each of them."""
+    import asyncio
+
+    from edge.signage.mqtt import ScreenPublisher
+
+    sends: list[int] = []
+    paho_send = mqtt.Client._sock_send
+
+    def counting(self: mqtt.Client, buf: bytes) -> int:
+        sends.append(len(buf))
+        return paho_send(self, buf)
+
+    monkeypatch.setattr(mqtt.Client, "_sock_send", counting)
+    seen: list[int] = []
+    ready = threading.Event()
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    sub.on_message = lambda c, u, m: seen.append(json.loads(m.payload)["i"])
+    sub.on_subscribe = lambda *a: ready.set()
+    sub.on_connect = lambda c, u, f, rc, p: c.subscribe("shelfcast/v1/s4/n4/screens/+/recommendations", qos=1)
+    sub.connect("127.0.0.1", mosquitto.port)
+    sub.loop_start()
+    assert ready.wait(5)
+
+    async def run() -> int:
+        pub = ScreenPublisher(mosquitto.url, prefix="shelfcast/v1", store="s4", node="n4")
+        pub.start()
+        for _ in range(200):
+            if pub.connected:
+                break
+            await asyncio.sleep(0.02)
+        assert pub.connected
+        await asyncio.sleep(0.2)
+        sends.clear()
+        for i in range(4):
+            assert pub.publish(f"screen-{i}", json.dumps({"i": i}).encode())
+        assert not sends  # queued for the end of this iteration
+        await asyncio.sleep(0.05)
+        n = len(sends)
+        await pub.aclose()
+        return n
+
+    try:
+        n = asyncio.run(run())
+        wait_until(lambda: len(seen) >= 4, timeout=5)
+    finally:
+        sub.disconnect()
+        sub.loop_stop()
+    assert n == 1 and seen == [0, 1, 2, 3]
