@@ -74,29 +74,38 @@ class Hub:
         if not group:
             return 0
         chunk: bytes | None = None
-        for c in group:
-            tr = c.transport
-            if (c.pending is None and not c.busy and tr is not None and not tr.is_closing()
-                    and tr.get_write_buffer_size() < self.direct_limit):
-                if c.chunked:
-                    if chunk is None:
-                        chunk = b"%x\r\n%b\r\n" % (len(frame), frame)
-                    tr.write(chunk)
+        limit = self.direct_limit
+        on_sent = self.on_sent
+        clock = time.perf_counter
+        direct = 0
+        try:
+            for c in group:  # ~12 clients a set in the e2e bench: attribute look-ups hoisted, counters summed once
+                tr = c.transport
+                if (c.pending is None and not c.busy and tr is not None and not tr.is_closing()
+                        and tr.get_write_buffer_size() < limit):
+                    if c.chunked:
+                        if chunk is None:
+                            chunk = b"%x\r\n%b\r\n" % (len(frame), frame)
+                        tr.write(chunk)
+                    else:
+                        tr.write(frame)
+                    c.sent += 1
+                    direct += 1
+                    if on_sent is not None:
+                        on_sent(clock() - t)
+                    continue
+                if c.pending is not None and c.pending_t >= 0:
+                    c.superseded += 1
+                    self.stats["superseded"] += 1
                 else:
-                    tr.write(frame)
-                c.sent += 1
-                self.stats["frames_sent"] += 1
-                self.stats["direct"] += 1
-                if self.on_sent is not None:
-                    self.on_sent(time.perf_counter() - t)
-                continue
-            if c.pending is not None and c.pending_t >= 0:
-                c.superseded += 1
-                self.stats["superseded"] += 1
-            else:
-                c.pending_t = t
-            c.pending = frame
-            c.wake.set()
+                    c.pending_t = t
+                c.pending = frame
+                c.wake.set()
+        finally:
+            if direct:
+                stats = self.stats
+                stats["frames_sent"] += direct
+                stats["direct"] += direct
         return len(group)
 
     def broadcast(self, frame: bytes) -> None:
