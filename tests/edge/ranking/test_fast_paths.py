@@ -389,3 +389,28 @@ def test_pool_scoring_matches_the_whole_vocabulary() -> None:
             assert pooled.recommend(req) == whole.recommend(req), (visit, step)
             assert pooled.stats == whole.stats
     assert n_checked == 60 and pooled.stats["out_of_stock"] > 0 and pooled.stats["capped"] > 0
+
+
+def test_walk_through_many_stock_outs_matches_the_plain_one() -> None:
+    """The candidate walk grows past its head (``need`` + 8 candidates) when stock-outs thin it: the same
+    answers and counters as the plain version, with most of the model's best items out of stock, with and
+    without MMR, with and without the catalogue pool (scored alone)."""
+    for catalogue, lam in ((False, 0.3), (True, 0.3), (False, 0.0)):
+        fast, plain = Ranker.load(), Ranker.load()
+        voc = fast.vocabulary
+        rng = np.random.default_rng(11)
+        oos = {voc[i] for i in range(10000) if rng.random() < 0.7}
+        products = [{"sku": voc[i]} for i in rng.choice(3000, 500, replace=False)]
+        for r in (fast, plain):
+            r.rerank.diversity = lam
+            if catalogue:
+                r.set_products(products, catalogue_only=True)
+            r.set_stock_lookup(lambda sku, out=oos: 0 if sku in out else (None if sku.endswith("7") else 3))
+        session: list[str] = []
+        for step in range(40):
+            session.append(voc[int(rng.integers(0, 2000))])
+            req = RecRequest(session=list(session), store_id="367", when=T0 + step * 60, k=int(rng.integers(1, 12)),
+                             screen="s", session_id="v")
+            assert fast.recommend(req) == _plain_recommend(plain, req), (catalogue, lam, step)
+            assert fast.stats == plain.stats
+        assert fast.stats["out_of_stock"] > 40 * 8
