@@ -340,6 +340,9 @@ class Ranker:
         blend = manifest.get("rerank", {}).get("repeat_blend")
         self.repeat_blend = np.asarray(blend, np.float32) if blend is not None else None
         self._stage2: Stage2 | None = None  # set by ``load`` when the release ships stage2.npz
+        # the repeat rows ``_invoke`` made last, with the repeat features they were made from: stage 2 takes
+        # them when ``rep`` is its request's (identity; another thread's request just misses)
+        self._last_repeat: tuple[Any, np.ndarray] | None = None
 
     def _rebuild_base(self) -> None:
         """Per-item float vectors added to every request's scores, (no history, with history):
@@ -801,6 +804,7 @@ class Ranker:
             gs, gz = self._out_gate["quantization"]
             g = float((float(gate[0]) - gz) * gs) if gs else float(gate[0])
             rfull = repeat_matrix(rep, self._repeat_template(hst, rep))
+            self._last_repeat = (rep, rfull)  # for stage 2 (``recommend``), which reads the same rows
             rmat = rfull[:, : self._rep_f]
             f = np.maximum(rmat @ self._rw1 + self._rb1, 0.0) @ self._rw2 + self._rb2 + rmat @ self._rwl + self._rbl
             ri = self._ritem[:, rep.items]  # one gather for both rows; column 0 ("bought") is exactly 1.0
@@ -1033,7 +1037,9 @@ class Ranker:
             st = self._session_state(req)
         if self._stage2 is not None:  # after the re-derivation: stage 2 sees the picks the exclusions use
             # the latest SESSION_LEN distinct picks, oldest first (what ``Stage2.features`` reads of list(last))
-            self._stage2.rescore(scores, rep, list(islice(reversed(st.last), SESSION_LEN))[::-1], self._heat)
+            lr = self._last_repeat
+            self._stage2.rescore(scores, rep, list(islice(reversed(st.last), SESSION_LEN))[::-1], self._heat,
+                                 lr[1] if lr is not None and lr[0] is rep else None)
         if self.rerank.drop_session_items:
             ex = req.exclude
             excl = (ex | st.skus) if isinstance(ex, set) else st.skus.union(ex)  # one new set

@@ -211,10 +211,11 @@ class Stage2:
         return top[:m]
 
     def features(self, scores: np.ndarray, rep: RepeatFeatures, latest: Sequence[int],
-                 heat: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+                 heat: np.ndarray | None, repeat_rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(pool, X): the best ``pool`` vocabulary items by ``scores`` (just-picked items left out), best
         first, and their feature matrix [pool, F] (float32). Array methods (``take``, ``argsort``) instead of
-        ``np.*`` wrappers and fancy indexing: the same numbers, ~1 µs less a call."""
+        ``np.*`` wrappers and fancy indexing: the same numbers, ~1 µs less a call. ``repeat_rows``:
+        ``features.repeat_matrix`` of ``rep`` if the caller made it already (the ranker's stage 1 does)."""
         sess = np.asarray(latest[-SESSION_LEN:], np.intp)
         ns = len(sess)
         pool = self._pool(scores, sess)
@@ -241,7 +242,7 @@ class Stage2:
                 self._max[nb] = 0.0
             if n:
                 _, _, pos, buf, tmpl, cat_h, nbh, nvh = self._visit(rep)
-                buf[:n] = repeat_matrix(rep, tmpl)
+                buf[:n] = repeat_matrix(rep, tmpl) if repeat_rows is None else repeat_rows
                 X[:, 2:c] = buf.take(pos.take(pool), 0)  # row n is zeros: items never bought
                 if nbh is not None and nvh is not None:  # at most HIST_LEN items: all of them, in order
                     w = rep.decayed.astype(np.float32)
@@ -275,14 +276,14 @@ class Stage2:
         return pool, X
 
     def rescore(self, scores: np.ndarray, rep: RepeatFeatures, latest: Sequence[int],
-                heat: np.ndarray | None) -> None:
+                heat: np.ndarray | None, repeat_rows: np.ndarray | None = None) -> None:
         """Replace the pool's stage-1 scores by stage-2 scores shifted above every item outside the pool
         (so the re-ranking after this sees the pool first, in stage-2 order)."""
         # with picks: ``s_``; without picks but with a history: ``n_``; a cold shopper without picks: stage 1
         params = self.sets[True] if len(latest) else (self.sets[False] if rep.n_baskets else None)
         if params is None:
             return
-        pool, X = self.features(scores, rep, latest, heat)
+        pool, X = self.features(scores, rep, latest, heat, repeat_rows)
         if not len(pool):
             return
         s2 = forward(params, X)

@@ -180,3 +180,28 @@ def test_stage2_sees_picks_appended_while_the_request_ran(tmp_path: Path, monkey
 
     monkeypatch.setattr(r2, "_invoke", invoke_then_pick)
     assert [x.sku for x in r2.recommend(req)] == want
+
+
+def test_stage2_takes_stage1s_repeat_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``recommend`` hands stage 2 the repeat rows ``_invoke`` made for the same request (instead of stage 2
+    making them again); the feature matrix is bit for bit the one made without them."""
+    r2 = Ranker.load(_release(tmp_path, _npz(_params())), rerank=RerankConfig(diversity=0.0, repeat_cap=10**9))
+    assert r2._stage2 is not None
+    s2 = r2._stage2
+    seen: list[bool] = []
+    features = s2.features
+
+    def spy(scores: np.ndarray, rep: object, latest: list[int], heat: object,
+            repeat_rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        seen.append(repeat_rows is not None)
+        pool, X = features(scores, rep, latest, heat, repeat_rows)  # type: ignore[arg-type]
+        pool0, X0 = features(scores, rep, latest, heat)  # type: ignore[arg-type]
+        assert np.array_equal(pool, pool0) and X.tobytes() == X0.tobytes()
+        return pool, X
+
+    monkeypatch.setattr(s2, "features", spy)
+    for session, hist in (([5, 17], [3, 40, 77, 123]), ([], [8, 9, 10]), ([2500, 31, 4000], list(range(50, 130)))):
+        r2.recommend(_req(r2, session, hist))
+    assert seen == [True, True, True]
+    r2.recommend(_req(r2, [5], []))  # no history: no repeat rows
+    assert seen[-1] is False
