@@ -83,12 +83,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     work = _work(args)
     _need(work / "prepared.npz", "prepare")
     prep = Prepared.load(work)
-    cfg = TrainConfig(epochs=args.epochs, seed=args.seed, dim=args.dim, per_household=args.per_household)
+    cfg = TrainConfig(epochs=args.epochs, seed=args.seed, dim=args.dim, per_household=args.per_household,
+                      p_cold=args.p_cold, p_cold_no_profile=args.p_cold_no_profile)
     last = prep.split.train_last_week - (6 if args.validation else 0)
     t = time.time()
     bar = _progress(args.progress)
     ex = build_examples(prep, last, args.seed, per_household=cfg.per_household, p_cold=cfg.p_cold,
-                        p_session=cfg.p_session, progress=bar)
+                        p_session=cfg.p_session, progress=bar, p_cold_no_profile=cfg.p_cold_no_profile)
     np.savez(work / "examples.npz", **ex.__dict__)
     # the side tables (co-occurrence, item heat) must come from the same weeks as the examples: without
     # ``last_week`` a --validation run built them from weeks <= 47, i.e. from the validation baskets themselves
@@ -130,7 +131,16 @@ def cmd_stage2(args: argparse.Namespace) -> int:
     info = json.loads((work / "train.json").read_text()) if (work / "train.json").exists() else {}
     last = int(info.get("train_last_week", prep.split.train_last_week - (6 if args.validation else 0)))
     t = time.time()
-    out = build(prep, work, last, Stage2Config(seed=args.seed), progress=_progress(args.progress))
+    # stage 2's own stage-1 model is trained with the final stage 1's configuration (train.json), not the defaults
+    s1cfg = None
+    if isinstance(info.get("config"), dict):
+        from dataclasses import fields
+
+        from models.train import TrainConfig
+
+        names = {f.name for f in fields(TrainConfig)}
+        s1cfg = TrainConfig(**{k: v for k, v in info["config"].items() if k in names})
+    out = build(prep, work, last, Stage2Config(seed=args.seed), stage1_cfg=s1cfg, progress=_progress(args.progress))
     print_json({"stage2": str(out) if out else None, "list_weeks": [last - 5, last],
                 "seconds": round(time.time() - t, 1)})
     return 0
@@ -228,6 +238,10 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--per-household", type=int, default=30)
+    p.add_argument("--p-cold", type=float, default=0.5,
+                   help="share of training examples with the history dropped (cold shoppers)")
+    p.add_argument("--p-cold-no-profile", type=float, default=0.0,
+                   help="share of those history-dropped examples that also lose the demographics")
     p.add_argument("--validation", action="store_true",
                    help="hold out the last 6 training weeks (tuning); never touches the test weeks")
 

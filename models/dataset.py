@@ -82,8 +82,11 @@ def _profile(prep: Prepared, hh: int) -> dict[str, Any] | None:
 
 
 def build_examples(prep: Prepared, last_week: int, seed: int, per_household: int = 30,
-                   p_cold: float = 0.15, p_session: float = 0.5, progress: Any = None) -> Examples:
-    """Training examples from weeks <= last_week of non-held-out households."""
+                   p_cold: float = 0.15, p_session: float = 0.5, progress: Any = None,
+                   p_cold_no_profile: float = 0.0) -> Examples:
+    """Training examples from weeks <= last_week of non-held-out households. ``p_cold_no_profile``: the share
+    of history-dropped examples that also lose the demographics (0 = only the usual 10 %; the random stream,
+    hence the examples, are then those of earlier versions)."""
     rng = np.random.default_rng(seed)
     a = prep.a
     V = prep.vocab_size
@@ -130,9 +133,11 @@ def build_examples(prep: Prepared, last_week: int, seed: int, per_household: int
             rep = repeat_features(idx_all[:s], bt[:s], now) if not cold else repeat_features(
                 idx_all[:0], bt[:0], now)
             li = lo + s
+            prof = profile if rng.random() > 0.1 else None
+            if cold and p_cold_no_profile > 0 and rng.random() < p_cold_no_profile:
+                prof = None
             rows.append((rep, sess, tgt, int(a["hour"][li]), int(a["weekday"][li]),
-                         store_ids[int(a["store"][li])], profile if rng.random() > 0.1 else None,
-                         int(a["week"][li])))
+                         store_ids[int(a["store"][li])], prof, int(a["week"][li])))
     N = len(rows)
     R = MAX_REPEAT_ITEMS
     ex = Examples(

@@ -143,7 +143,7 @@ def build(prep: Prepared, work: Path, last_week: int, cfg: Stage2Config, *, stag
     sub.mkdir(parents=True, exist_ok=True)
     tcfg = stage1_cfg or TrainConfig(seed=cfg.seed)
     ex = build_examples(prep, s1_last, tcfg.seed, per_household=tcfg.per_household, p_cold=tcfg.p_cold,
-                        p_session=tcfg.p_session, progress=progress)
+                        p_session=tcfg.p_session, progress=progress, p_cold_no_profile=tcfg.p_cold_no_profile)
     model = train(prep, ex, tcfg, progress=progress, last_week=s1_last)
     save_weights(model, sub, tcfg, {"examples": len(ex), "train_last_week": s1_last, "stage2_stage1": True})
     convert(sub / "weights.npz", ex, sub, seed=tcfg.seed)

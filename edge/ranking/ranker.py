@@ -318,6 +318,8 @@ class Ranker:
                 raise ModelError(f"side file {name} has shape {list(arr.shape)}, expected [{V}]")
         rr = manifest.get("rerank", {})
         self.cold_pop_blend = float(rr.get("cold_pop_blend", 0.0))  # + β ln(1 + popularity) with no history
+        # demographics in the context input of a shopper without history (absent: yes, as every release before v6)
+        self.cold_profile = bool(rr.get("cold_profile", True))
         # validation-tuned multipliers on the learned heat / co-occurrence weights (the softmax-trained weights
         # are calibrated for the whole basket distribution; the top 10 gained from sharper ones)
         if self._heat_w is not None:
@@ -724,7 +726,8 @@ class Ranker:
                 sw[:ns] = 1.0 / ns
             # the context input (and the wide path, which depends on it only) repeats from request to request:
             # memoised by what it is made of, as the quantized input buffer, its clamp count and wide scores
-            prof = req.profile
+            # a release may leave the demographics out for a shopper without history (``rerank.cold_profile``)
+            prof = req.profile if self.cold_profile or rep.n_baskets > 0 else None
             try:
                 ckey: Any = (hour, wd, req.store_id, rep.n_baskets, ns, 0 if prof is None else id(prof))
                 ent = self._ctx_memo.get(ckey)

@@ -65,7 +65,9 @@ class PlainScorer:
         history_inputs(rep, hi, hw)
         ns = session_inputs(picks, si, sw)
         ctx = np.zeros(r.context_spec.size, np.float32)
-        r.context_spec.encode(ctx, hour, wd, req.store_id, req.profile, rep.n_baskets, ns)
+        # a release with ``rerank.cold_profile: false`` leaves the demographics out for a shopper without history
+        prof = req.profile if getattr(r, "cold_profile", True) or rep.n_baskets > 0 else None
+        r.context_spec.encode(ctx, hour, wd, req.store_id, prof, rep.n_baskets, ns)
         for name, v in (("hist_items", hi), ("hist_weights", hw), ("session_items", si),
                         ("session_weights", sw), ("context", ctx)):
             d = self.inputs[name]

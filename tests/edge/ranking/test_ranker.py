@@ -76,6 +76,7 @@ def test_unknown_skus_are_ignored_and_counted(fresh: Ranker) -> None:
 
 
 def test_bad_lines_nan_and_out_of_range_context_are_clamped(fresh: Ranker) -> None:
+    fresh.cold_profile = True  # the profile is checked where it is used (a release may ignore a cold shopper's)
     recs = fresh.recommend(RecRequest(history=[(fresh.vocabulary[1], float("nan"), 1.0), ("x",), None],  # type: ignore[list-item]
                                       when=float("inf"), profile={"age": "999", "income": None},
                                       store_id="367", k=4))
