@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edge.ranking import Ranker, RecRequest, RerankConfig
-from edge.ranking.features import history_structure
+from edge.ranking.features import SESSION_LEN, history_structure
 from edge.ranking.ranker import Recommendation, _top_m
 
 T0 = 1_700_000_000.0
@@ -206,6 +206,13 @@ def _plain_reason(r: Ranker, c: tuple[str, float, int, int], share: dict[int, fl
     return "picked for you"
 
 
+def _stage1_only(*rankers: Ranker) -> None:
+    """Stage 1 alone, for the comparisons whose subject is stage 1's scoring (the catalogue pool): with
+    ``catalogue_only`` stage 2 re-ranks the catalogue's best, which ``test_stage2_pool.py`` checks."""
+    for r in rankers:
+        r._stage2 = None
+
+
 def _plain_recommend(r: Ranker, req: RecRequest) -> list[Recommendation]:
     """``Ranker.recommend`` as it was before the masked re-rank: one tuple per candidate, one Python pass
     over all of them, one reason computed per chosen item."""
@@ -215,6 +222,8 @@ def _plain_recommend(r: Ranker, req: RecRequest) -> list[Recommendation]:
         return r._fallback(req, k)
     scores, u, rep, sess_idx, _ = r._invoke(req)
     scores = scores + r._tie
+    if r._stage2 is not None:  # the shipped release's second stage, on the latest distinct picks (oldest first)
+        r._stage2.rescore(scores, rep, list(r._session_state(req).last)[-SESSION_LEN:], r._heat)
     excl = set(req.exclude)
     if r.rerank.drop_session_items:
         excl |= r._session_state(req).skus
@@ -282,6 +291,8 @@ def test_masked_rerank_matches_the_plain_one(setup: str) -> None:
     counters as the one-tuple-per-candidate version, request by request, through caps, cap-round resets,
     a cap change, stock-outs, promotions, suppressions, new items and long visits."""
     fast, plain = Ranker.load(), Ranker.load()
+    if setup == "catalogue":
+        _stage1_only(fast, plain)
     voc = fast.vocabulary
     rng = np.random.default_rng(5)
     oos = {voc[i] for i in rng.choice(3000, 150, replace=False)}
@@ -351,6 +362,7 @@ def test_pool_scoring_matches_the_whole_vocabulary() -> None:
     counters as a ranker that scores the whole vocabulary, for warm and cold shoppers, history items in and
     outside the catalogue, promotions, stock-outs, caps, a heat refresh and a catalogue change."""
     pooled, whole = Ranker.load(), Ranker.load()
+    _stage1_only(pooled, whole)
     whole._pool_scoring = lambda: None  # type: ignore[method-assign]
     voc = pooled.vocabulary
     rng = np.random.default_rng(9)
@@ -401,6 +413,8 @@ def test_walk_through_many_stock_outs_matches_the_plain_one() -> None:
     without MMR, with and without the catalogue pool (scored alone)."""
     for catalogue, lam in ((False, 0.3), (True, 0.3), (False, 0.0)):
         fast, plain = Ranker.load(), Ranker.load()
+        if catalogue:
+            _stage1_only(fast, plain)
         voc = fast.vocabulary
         rng = np.random.default_rng(11)
         oos = {voc[i] for i in range(10000) if rng.random() < 0.7}

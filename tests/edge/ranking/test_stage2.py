@@ -41,9 +41,17 @@ def _npz(params: dict[str, np.ndarray], features: tuple[str, ...] = FEATURES, pr
 
 
 def _release(tmp_path: Path, data: bytes | None, digest: str | None = None) -> Path:
+    """A copy of the shipped release with ``data`` as its stage 2, or (None) without any stage 2."""
     d = tmp_path / "rel"
     shutil.copytree(DEFAULT_MODEL_DIR, d)
-    if data is not None:
+    if data is None:
+        man = json.loads((d / "manifest.json").read_text())
+        if man.pop("stage2_file", None):
+            (d / "stage2.npz").unlink()
+        man.pop("stage2_sha256", None)
+        man.pop("stage2", None)
+        (d / "manifest.json").write_text(json.dumps(man))
+    else:
         (d / "stage2.npz").write_bytes(data)
         man = json.loads((d / "manifest.json").read_text())
         man["stage2_file"] = "stage2.npz"
@@ -140,7 +148,7 @@ def test_bad_stage2_files_are_refused(tmp_path: Path) -> None:
 
 def test_a_missing_weight_set_leaves_those_requests_to_stage1(tmp_path: Path) -> None:
     r2 = Ranker.load(_release(tmp_path, _npz(_params(), prefixes="s")), rerank=RerankConfig(diversity=0.0))
-    r1 = Ranker.load(DEFAULT_MODEL_DIR, rerank=RerankConfig(diversity=0.0))
+    r1 = Ranker.load(_release(tmp_path / "s1", None), rerank=RerankConfig(diversity=0.0))
     assert r2._stage2 is not None and r2._stage2.sets[False] is None
     warm = _req(r1, [], [3, 40, 77, 123])
     assert [x.sku for x in r2.recommend(warm)] == [x.sku for x in r1.recommend(warm)]
