@@ -833,10 +833,10 @@ class Ranker:
 
     def _pool_scoring(self) -> _PoolTerms | None:
         """The pool terms when ``recommend`` needs the catalogue pool's scores only: ``catalogue_only`` with a
-        catalogue, and no second stage (it re-scores the best of the whole vocabulary). Made once per pool
-        and base vectors (``set_products``, ``set_item_heat`` replace those arrays)."""
+        catalogue (a second stage then re-ranks the best of the catalogue: ``Stage2.features``' ``subset``).
+        Made once per pool and base vectors (``set_products``, ``set_item_heat`` replace those arrays)."""
         pool = self._catalogue_idx
-        if not self.rerank.catalogue_only or pool is None or self._stage2 is not None:
+        if not self.rerank.catalogue_only or pool is None:
             return None
         pt = self._pool_terms
         b0, b1 = self._base
@@ -1041,8 +1041,10 @@ class Ranker:
         if self._stage2 is not None:  # after the re-derivation: stage 2 sees the picks the exclusions use
             # the latest SESSION_LEN distinct picks, oldest first (what ``Stage2.features`` reads of list(last))
             lr = self._last_repeat
+            # in pool mode its pool is the best of the catalogue (the items that can be shown)
             self._stage2.rescore(scores, rep, list(islice(reversed(st.last), SESSION_LEN))[::-1], self._heat,
-                                 lr[1] if lr is not None and lr[0] is rep else None)
+                                 lr[1] if lr is not None and lr[0] is rep else None,
+                                 None if pt is None else (pt.pool, pt.pos))
         if self.rerank.drop_session_items:
             ex = req.exclude
             excl = (ex | st.skus) if isinstance(ex, set) else st.skus.union(ex)  # one new set

@@ -7,6 +7,12 @@ all: the stage-1 score and rank, the 10 repeat columns, co-occurrence with the s
 and with the history, popularity, heat, the candidate category's share in the history and in the
 session, embedding similarity to the session, and the shopper's history / session size.
 
+With ``rerank.catalogue_only`` (the node serving a store's catalogue) stage 1 scores the catalogue's items
+only and stage 2 re-ranks the best ``pool`` of those (the items that can be shown: candidate generation is
+what the store sells), so the pool-relative features ``s1_rel`` (score minus the pool's best) and
+``log_rank`` are relative to the catalogue's pool there, not the vocabulary's; every other feature is the
+item's own and the same. Training and requests without a catalogue use the whole vocabulary's pool.
+
 It is trained offline (``models/stage2.py``) on stage-1 scores of baskets stage 1 never saw
 (the standard two-stage recipe) with a listwise softmax loss on the basket's items in the pool.
 The weights ship in the release as ``stage2.npz`` (listed in the manifest with its sha256); a
@@ -186,10 +192,11 @@ class Stage2:
         return ent
 
     def _pool(self, scores: np.ndarray, sess: np.ndarray) -> np.ndarray:
-        """The best ``pool`` items by ``scores`` minus the picks ``sess``, best first. Usually: a threshold
-        from a strided sample (``features.sample_threshold``), the picks cleared from the mask of the items above it, a
-        partition of those few hundred; else ``top_m`` of all scores. The same items in the same order as
-        ``top_m(scores, pool + len(sess))`` sorted, picks dropped, cut to ``pool`` (up to exact ties)."""
+        """The best ``pool`` positions of ``scores`` minus the picks ``sess`` (positions too), best first.
+        Usually: a threshold from a strided sample (``features.sample_threshold``), the picks cleared from the
+        mask of the items above it, a partition of those few hundred; else ``top_m`` of all scores. The same
+        items in the same order as ``top_m(scores, pool + len(sess))`` sorted, picks dropped, cut to ``pool``
+        (up to exact ties)."""
         m, n, ns = self.pool, len(scores), len(sess)
         if 16 * (m + ns) < n:
             above = scores >= sample_threshold(scores, m + ns)
@@ -211,20 +218,33 @@ class Stage2:
         return top[:m]
 
     def features(self, scores: np.ndarray, rep: RepeatFeatures, latest: Sequence[int],
-                 heat: np.ndarray | None, repeat_rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 heat: np.ndarray | None, repeat_rows: np.ndarray | None = None,
+                 subset: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(pool, X): the best ``pool`` vocabulary items by ``scores`` (just-picked items left out), best
         first, and their feature matrix [pool, F] (float32). Array methods (``take``, ``argsort``) instead of
         ``np.*`` wrappers and fancy indexing: the same numbers, ~1 µs less a call. ``repeat_rows``:
-        ``features.repeat_matrix`` of ``rep`` if the caller made it already (the ranker's stage 1 does)."""
+        ``features.repeat_matrix`` of ``rep`` if the caller made it already (the ranker's stage 1 does).
+
+        ``subset`` = (idx, pos): ``scores`` are those of the vocabulary items ``idx`` only (the ranker's
+        catalogue pool, ``catalogue_only``), ``pos`` [V + 1] their positions in it (-1 outside). The pool is
+        then the best of those items and is returned as positions in ``scores``; ``s1_rel`` and ``log_rank``
+        are relative to that pool (the catalogue's best), every other column is the item's own. Without it
+        (training, requests without a catalogue) positions and vocabulary indices are the same."""
         sess = np.asarray(latest[-SESSION_LEN:], np.intp)
         ns = len(sess)
-        pool = self._pool(scores, sess)
+        if subset is None:
+            pool = items = self._pool(scores, sess)
+        else:
+            idx, where = subset
+            sp = where.take(sess)  # the picks outside the subset cannot be in its pool
+            pool = self._pool(scores, sp[sp >= 0] if ns else sp)
+            items = idx.take(pool)
         c = 2 + REPEAT_FEATURES
         n = len(rep.items)
         with self._lock:
             P = len(pool)
             X = np.zeros((P, F), np.float32)
-            X[:, c + 3:c + 5] = self._static_cols(heat).take(pool, 0)  # log_pop, heat
+            X[:, c + 3:c + 5] = self._static_cols(heat).take(items, 0)  # log_pop, heat
             s = scores.take(pool)
             np.subtract(s, s[0], out=X[:, 0])
             lr = self._log_rank.get(P)
@@ -236,14 +256,14 @@ class Stage2:
                 nv = self._nb_val.take(sess, 0).ravel()
                 np.add.at(self._sum, nb, nv)
                 np.maximum.at(self._max, nb, nv)
-                X[:, c] = self._sum.take(pool)
-                X[:, c + 1] = self._max.take(pool)
+                X[:, c] = self._sum.take(items)
+                X[:, c + 1] = self._max.take(items)
                 self._sum[nb] = 0.0
                 self._max[nb] = 0.0
             if n:
                 _, _, pos, buf, tmpl, cat_h, nbh, nvh = self._visit(rep)
                 buf[:n] = repeat_matrix(rep, tmpl) if repeat_rows is None else repeat_rows
-                X[:, 2:c] = buf.take(pos.take(pool), 0)  # row n is zeros: items never bought
+                X[:, 2:c] = buf.take(pos.take(items), 0)  # row n is zeros: items never bought
                 if nbh is not None and nvh is not None:  # at most HIST_LEN items: all of them, in order
                     w = rep.decayed.astype(np.float32)
                     w /= max(float(w.sum()), 1e-12)
@@ -256,7 +276,7 @@ class Stage2:
                     hi = rep.items.take(top_h)
                     hb, hv = self._nb_idx.take(hi, 0).ravel(), (self._nb_val.take(hi, 0) * w[:, None]).ravel()
                 np.add.at(self._hist, hb, hv)
-                X[:, c + 2] = self._hist.take(pool)
+                X[:, c + 2] = self._hist.take(items)
                 self._hist[hb] = 0.0
         if n or ns:
             # category shares of the history and of the session per category (float64, as the quotients were
@@ -267,23 +287,28 @@ class Stage2:
                 np.divide(ch, max(float(ch.sum()), 1e-12), out=shares[:, 0])
             if ns:
                 np.divide(np.bincount(self._cat.take(sess), minlength=self._ncat), ns, out=shares[:, 1])
-            X[:, c + 5:c + 7] = shares.take(self._cat.take(pool), 0)
+            X[:, c + 5:c + 7] = shares.take(self._cat.take(items), 0)
             if ns:
                 # [ns, P] and max over the first axis: the same dot products as [P, ns], ~3x cheaper to reduce
-                X[:, c + 7] = (self._emb.take(sess, 0) @ self._emb.take(pool, 0).T).max(0)
+                X[:, c + 7] = (self._emb.take(sess, 0) @ self._emb.take(items, 0).T).max(0)
         X[:, c + 8] = self._lp(rep.n_baskets)
         X[:, c + 9] = self._lp(ns)
         return pool, X
 
     def rescore(self, scores: np.ndarray, rep: RepeatFeatures, latest: Sequence[int],
-                heat: np.ndarray | None, repeat_rows: np.ndarray | None = None) -> None:
+                heat: np.ndarray | None, repeat_rows: np.ndarray | None = None,
+                subset: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         """Replace the pool's stage-1 scores by stage-2 scores shifted above every item outside the pool
-        (so the re-ranking after this sees the pool first, in stage-2 order)."""
+        (so the re-ranking after this sees the pool first, in stage-2 order). ``subset``: ``scores`` are
+        those of these items only (``features``); the pool is then the best of them."""
         # with picks: ``s_``; without picks but with a history: ``n_``; a cold shopper without picks: stage 1
         params = self.sets[True] if len(latest) else (self.sets[False] if rep.n_baskets else None)
         if params is None:
             return
-        pool, X = self.features(scores, rep, latest, heat, repeat_rows)
+        if subset is None:  # the call training's and the tests' wrappers of ``features`` know
+            pool, X = self.features(scores, rep, latest, heat, repeat_rows)
+        else:
+            pool, X = self.features(scores, rep, latest, heat, repeat_rows, subset=subset)
         if not len(pool):
             return
         s2 = forward(params, X)
