@@ -188,6 +188,11 @@ class ModelSection(_Strict):
     k: int = Field(default=6, ge=1, le=50)
     diversity: float = Field(default=0.3, ge=0, le=1)
     repeat_cap: int = Field(default=3, ge=1)
+    # Overload guard for the hot path: a visit whose pick has waited this long (ms) in the node's ranking queue
+    # when its ranking starts (a burst of picks from several shelves is ranked one after another) is ranked by
+    # the model's first stage alone, without the learned re-ranker (~0.1 ms a request). At store rates it never
+    # fires; under a burst it keeps the set inside the 5 ms push budget. 0 turns the guard off.
+    stage2_skip_after_ms: float = Field(default=1.0, ge=0)
 
 
 class Promotion(_Strict):

@@ -50,7 +50,9 @@ class ModelScorer(Protocol):
 
     version: str
 
-    def score(self, visit: VisitState, when: datetime, k: int, exclude: set[str]) -> list[tuple[str, float, str]]:
+    def score(self, visit: VisitState, when: datetime, k: int, exclude: set[str],
+              second_stage: bool = True) -> list[tuple[str, float, str]]:
+        """``second_stage=False``: the model's first stage alone (the overload guard; see ``_rank_due``)."""
         ...
 
 
@@ -112,11 +114,14 @@ class Recommender:
         self._seq = 0
         self._id_base = new_id()[:24]  # set ids: random per process + seq (no urandom syscall per set)
         self.stats = {"events": 0, "recommendations": 0, "model": 0, "fallback": 0, "unknown_sku": 0,
-                      "cap_resets": 0, "coalesced": 0}
+                      "cap_resets": 0, "coalesced": 0, "stage2_skipped": 0}
         self.upstream_topic = f"{config.mqtt.topic_prefix}/{config.node.store_id}/{config.node.node_id}/events"
         # bursts coalesce: visits with new picks wait here for the end of this loop iteration, then rank once
         self._due: dict[str, VisitState] = {}
+        self._due_t: dict[str, float] = {}  # perf_counter when each due visit first became due
         self._rank_scheduled = False
+        self._skip_after_s = config.model.stage2_skip_after_ms / 1000.0
+        self._stage1_only = False  # set by ``_rank_due`` for a visit that waited too long (overload guard)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         # called after each visit's sets of a coalesced ranking pass are published (signage pushes them at
@@ -181,6 +186,8 @@ class Recommender:
         # all of them. Without a backlog that is one ranking per pick, a few µs later.
         if v.session in self._due:
             self.stats["coalesced"] += 1
+        else:
+            self._due_t[v.session] = time.perf_counter()
         self._due[v.session] = v
         if not self._rank_scheduled:
             self._rank_scheduled = True
@@ -189,11 +196,18 @@ class Recommender:
     def _rank_due(self) -> None:
         self._rank_scheduled = False
         due, self._due = self._due, {}
+        due_t, self._due_t = self._due_t, {}
+        skip_after = self._skip_after_s
         for v in due.values():
+            # overload guard: the visits of a burst are ranked one after another; one that has already waited
+            # ``model.stage2_skip_after_ms`` gets the first stage alone (its set is late enough as it is)
+            self._stage1_only = skip_after > 0 and time.perf_counter() - due_t.get(v.session, 0.0) > skip_after
             try:
                 self._push(v)
             except Exception:  # one visit's failure must not starve the others
                 log.exception("ranking for visit %s failed", v.session)
+            finally:
+                self._stage1_only = False
             for fn in self.after_push:
                 try:
                     fn()
@@ -313,7 +327,11 @@ class Recommender:
             exclude.update(v.capped)
         if self.model is not None and v is not None:
             try:
-                scored = self.model.score(v, when, self.k, exclude)
+                if self._stage1_only:
+                    self.stats["stage2_skipped"] += 1
+                    scored = self.model.score(v, when, self.k, exclude, second_stage=False)
+                else:
+                    scored = self.model.score(v, when, self.k, exclude)
             except Exception:
                 log.exception("model scoring failed; serving the popularity fallback")
             else:

@@ -57,7 +57,8 @@ class RankerScorer:
         """A new round of the ranker's frequency caps for ``session`` (the recommend room reset its own)."""
         self.ranker.reset_caps(session)
 
-    def score(self, visit: Any, when: datetime, k: int, exclude: set[str]) -> list[tuple[str, float, str]]:
+    def score(self, visit: Any, when: datetime, k: int, exclude: set[str],
+              second_stage: bool = True) -> list[tuple[str, float, str]]:
         history: tuple[tuple[str, float, float], ...] = ()
         profile = None
         customer = getattr(visit, "customer", None)
@@ -71,7 +72,8 @@ class RankerScorer:
         own = type(picked) is list
         req = RecRequest(history=history, session=picked if own else list(picked), store_id=self.store_id,
                          zone=getattr(visit, "zone", None), when=when, profile=profile, exclude=exclude,
-                         k=k, session_id=getattr(visit, "session", None), session_append_only=own)
+                         k=k, session_id=getattr(visit, "session", None), session_append_only=own,
+                         second_stage=second_stage)
         return self.ranker.recommend_tuples(req)
 
 

@@ -129,6 +129,9 @@ class RecRequest:
     # ranker then keeps a reference instead of a copy and maps only the new picks, with no O(visit length)
     # prefix check per request
     session_append_only: bool = False
+    # False: the first stage alone, even when the release has a learned second stage (the recommend room's
+    # overload guard: a request that already waited in a burst skips the re-ranker's ~0.1 ms)
+    second_stage: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -1038,7 +1041,8 @@ class Ranker:
         sc_pos = None if pt is None else pt.pos
         if st.n != len(req.session):  # an append-only session grew meanwhile: derive it again
             st = self._session_state(req)
-        if self._stage2 is not None:  # after the re-derivation: stage 2 sees the picks the exclusions use
+        if self._stage2 is not None and req.second_stage:
+            # after the re-derivation: stage 2 sees the picks the exclusions use
             # the latest SESSION_LEN distinct picks, oldest first (what ``Stage2.features`` reads of list(last))
             lr = self._last_repeat
             # in pool mode its pool is the best of the catalogue (the items that can be shown)

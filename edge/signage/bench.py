@@ -60,6 +60,7 @@ class BenchOptions:
     mqtt: bool = True
     shelves: int = 4
     model: bool = True  # False: rank with the popularity fallback only (isolates the rest of the path)
+    stage2_skip_after_ms: float | None = None  # None: the config default of model.stage2_skip_after_ms
 
 
 def _free_port() -> int:
@@ -89,7 +90,8 @@ def _rss_mb() -> float:
     return float("nan")
 
 
-def bench_config(data_dir: Path, ports: list[str], mqtt_url: str | None, shelves: int) -> NodeConfig:
+def bench_config(data_dir: Path, ports: list[str], mqtt_url: str | None, shelves: int,
+                 stage2_skip_after_ms: float | None = None) -> NodeConfig:
     cat = [p for p in bundled_catalogue() if p.unit_weight_g and p.price]
     zones, shelf_rows, screens = [], [], []
     for z in range(shelves):
@@ -108,6 +110,8 @@ def bench_config(data_dir: Path, ports: list[str], mqtt_url: str | None, shelves
         "signage": {"host": "127.0.0.1", "port": 0},
         "mqtt": {"local": {"url": mqtt_url}},
     }
+    if stage2_skip_after_ms is not None:
+        raw["model"] = {"stage2_skip_after_ms": stage2_skip_after_ms}
     return NodeConfig.model_validate(raw)
 
 
@@ -152,7 +156,8 @@ async def _run(opts: BenchOptions) -> dict[str, Any]:
     try:
         if opts.mqtt and shutil.which("mosquitto"):
             broker = _Broker(tmp)
-        config = bench_config(tmp / "node", ports, broker.url if broker else None, opts.shelves)
+        config = bench_config(tmp / "node", ports, broker.url if broker else None, opts.shelves,
+                              opts.stage2_skip_after_ms)
         node = Node(config)
         await node.start()
         if not opts.model and node.recommender is not None:
@@ -365,6 +370,9 @@ async def _run(opts: BenchOptions) -> dict[str, Any]:
         "dropped": missing + hub_stats["dropped_slow"],
         "events_without_set": no_set,
         "picks_coalesced": rec_stats.get("coalesced"),  # picks ranked together with a later one of their visit
+        # sets ranked by the model's first stage alone by the overload guard (model.stage2_skip_after_ms)
+        "stage2_skipped": rec_stats.get("stage2_skipped"),
+        "stage2_skip_after_ms": config.model.stage2_skip_after_ms,
         "screens_connected": connected,
         "sse_frames": hub_stats["frames_sent"],
         "sse_superseded": hub_stats["superseded"],

@@ -27,6 +27,9 @@ def register(reg: CommandRegistry) -> None:
     p.add_argument("--no-mqtt", action="store_true", help="skip the local Mosquitto broker")
     p.add_argument("--no-model", action="store_true",
                    help="rank with the popularity fallback (measures the rest of the path without the model)")
+    p.add_argument("--stage2-skip-after-ms", type=float, default=None, metavar="MS",
+                   help="the overload guard's threshold (config model.stage2_skip_after_ms; 0 = always run the "
+                        "model's second stage); default: the config default")
 
     p = reg.subcommand("bench", "hotpath", "CPU per pick of the node's ranking path alone (no pty, broker or "
                        "screens): compare code versions on a loaded machine", _bench_hotpath)
@@ -68,7 +71,7 @@ def _bench(args: argparse.Namespace) -> int:
     if not 0 <= args.screens <= 500:
         raise UserError("--screens must be between 0 and 500")
     result = run(BenchOptions(rate=args.rate, duration=args.duration, screens=args.screens, mqtt=not args.no_mqtt,
-                              model=not args.no_model))
+                              model=not args.no_model, stage2_skip_after_ms=args.stage2_skip_after_ms))
     print_result(result, args.json)
     return 0
 

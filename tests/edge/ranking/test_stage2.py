@@ -213,3 +213,18 @@ def test_stage2_takes_stage1s_repeat_rows(tmp_path: Path, monkeypatch: pytest.Mo
     assert seen == [True, True, True]
     r2.recommend(_req(r2, [5], []))  # no history: no repeat rows
     assert seen[-1] is False
+
+
+def test_second_stage_false_serves_stage1_alone(tmp_path: Path) -> None:
+    """``RecRequest(second_stage=False)`` (the recommend room's overload guard) gives exactly what the same
+    release without its stage 2 gives; the default request still gets stage 2."""
+    import dataclasses
+
+    r2 = Ranker.load(DEFAULT_MODEL_DIR, rerank=RerankConfig(diversity=0.0))
+    r1 = Ranker.load(_release(tmp_path, None), rerank=RerankConfig(diversity=0.0))
+    if r2._stage2 is None:
+        r2 = Ranker.load(_release(tmp_path / "s2", _npz(_params())), rerank=RerankConfig(diversity=0.0))
+    for session, hist in (([5, 17], [3, 40, 77, 123]), ([2500, 31, 4000], [])):
+        req = _req(r1, session, hist)
+        assert r2.recommend(dataclasses.replace(req, second_stage=False)) == r1.recommend(req)
+        assert r2.recommend(req) != r1.recommend(req)
