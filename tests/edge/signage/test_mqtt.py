@@ -54,6 +54,36 @@ def wait_until(pred: Callable[[], bool], timeout: float = 10.0) -> None:
         time.sleep(0.05)
 
 
+async def _connected_publisher(url: str, store: str, node: str, settle: float = 0.2) -> Any:
+    """A started ``ScreenPublisher`` once it is connected to the test broker (and has settled)."""
+    import asyncio
+
+    from edge.signage.mqtt import ScreenPublisher
+
+    pub = ScreenPublisher(url, prefix="shelfcast/v1", store=store, node=node)
+    pub.start()
+    for _ in range(200):
+        if pub.connected:
+            break
+        await asyncio.sleep(0.02)
+    assert pub.connected and pub._client is not None
+    await asyncio.sleep(settle)
+    return pub
+
+
+def _live_subscriber(port: int, topic: str, on_message: Callable[..., Any]) -> mqtt.Client:
+    """A paho subscriber on ``topic`` (QoS 1), subscribed when this returns; the caller stops it."""
+    ready = threading.Event()
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    sub.on_message = on_message
+    sub.on_subscribe = lambda *a: ready.set()
+    sub.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
+    sub.connect("127.0.0.1", port)
+    sub.loop_start()
+    assert ready.wait(5)
+    return sub
+
+
 def test_retained_payloads_match_the_schema(make_node: Callable[..., Any], mosquitto: Any) -> None:
     n = make_node(mqtt_url=mosquitto.url)
     wait_until(lambda: n.node.signage.mqtt.connected)
@@ -204,28 +234,13 @@ def test_sets_go_out_qos0_in_order_also_when_the_socket_is_full(mosquitto: Any) 
     QoS 0 with the retain flag of a live message cleared as MQTT does; a new one gets the last, retained."""
     import asyncio
 
-    from edge.signage.mqtt import ScreenPublisher
-
     topic = "shelfcast/v1/s2/n2/screens/+/recommendations"
     seen: list[tuple[int, int]] = []
-    ready = threading.Event()
-    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-    sub.on_message = lambda c, u, m: seen.append((json.loads(m.payload)["seq"], m.qos))
-    sub.on_subscribe = lambda *a: ready.set()
-    sub.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
-    sub.connect("127.0.0.1", mosquitto.port)
-    sub.loop_start()
-    assert ready.wait(5)
+    sub = _live_subscriber(mosquitto.port, topic, lambda c, u, m: seen.append((json.loads(m.payload)["seq"], m.qos)))
     n, pad = 60, "x" * 200_000
 
     async def run() -> int:
-        pub = ScreenPublisher(mosquitto.url, prefix="shelfcast/v1", store="s2", node="n2")
-        pub.start()
-        for _ in range(200):
-            if pub.connected:
-                break
-            await asyncio.sleep(0.02)
-        assert pub.connected and pub._client is not None
+        pub = await _connected_publisher(mosquitto.url, "s2", "n2", settle=0.0)
         import socket
 
         sock = pub._client.socket()
@@ -259,31 +274,22 @@ def test_sets_go_out_qos0_in_order_also_when_the_socket_is_full(mosquitto: Any) 
 
 def test_a_burst_of_sets_is_not_held_by_nagle(mosquitto: Any) -> None:
     """QoS 0 sets get no PUBACK to carry the broker's ACK: without TCP_NODELAY the 2nd..6th set of a burst
-    waited for the delayed ACK (42 ms measured). A live subscriber gets every set of each burst promptly."""
+    waited for the delayed ACK (42 ms measured). A live subscriber gets every set of each burst promptly: the
+    median over the bursts' sets (5 of 6 would be held without it) stays far below that delay."""
     import asyncio
-
-    from edge.signage.mqtt import ScreenPublisher
+    import socket
+    import statistics
 
     arrived: dict[int, float] = {}
-    ready = threading.Event()
-    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-    sub.on_message = lambda c, u, m: arrived.setdefault(json.loads(m.payload)["i"], time.perf_counter())
-    sub.on_subscribe = lambda *a: ready.set()
-    sub.on_connect = lambda c, u, f, rc, p: c.subscribe("shelfcast/v1/s3/n3/screens/+/recommendations", qos=1)
-    sub.connect("127.0.0.1", mosquitto.port)
-    sub.loop_start()
-    assert ready.wait(5)
+    sub = _live_subscriber(mosquitto.port, "shelfcast/v1/s3/n3/screens/+/recommendations",
+                           lambda c, u, m: arrived.setdefault(json.loads(m.payload)["i"], time.perf_counter()))
     sent: dict[int, float] = {}
+    nodelay = [0]
 
     async def run() -> None:
-        pub = ScreenPublisher(mosquitto.url, prefix="shelfcast/v1", store="s3", node="n3")
-        pub.start()
-        for _ in range(200):
-            if pub.connected:
-                break
-            await asyncio.sleep(0.02)
-        assert pub.connected
-        await asyncio.sleep(0.2)
+        pub = await _connected_publisher(mosquitto.url, "s3", "n3")
+        sock = pub._client.socket()
+        nodelay[0] = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
         for burst in range(3):
             for k in range(6):
                 i = burst * 6 + k
@@ -298,16 +304,15 @@ def test_a_burst_of_sets_is_not_held_by_nagle(mosquitto: Any) -> None:
     finally:
         sub.disconnect()
         sub.loop_stop()
-    worst = max(arrived[i] - sent[i] for i in sent)
-    assert worst < 0.025, f"a set took {worst * 1e3:.1f} ms to reach a live subscriber"
+    assert nodelay[0] != 0, "TCP_NODELAY is off on the publisher's socket"
+    typical = statistics.median(arrived[i] - sent[i] for i in sent)
+    assert typical < 0.02, f"half the sets took over {typical * 1e3:.1f} ms to reach a live subscriber"
 
 
 def test_the_sets_of_one_loop_iteration_go_out_in_one_send(mosquitto: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each send to the broker wakes it: the sets published in one loop iteration (a burst: one per shelf)
     are written together with one ``send``, in order; a live subscriber gets each of them."""
     import asyncio
-
-    from edge.signage.mqtt import ScreenPublisher
 
     sends: list[int] = []
     paho_send = mqtt.Client._sock_send
@@ -318,24 +323,11 @@ def test_the_sets_of_one_loop_iteration_go_out_in_one_send(mosquitto: Any, monke
 
     monkeypatch.setattr(mqtt.Client, "_sock_send", counting)
     seen: list[int] = []
-    ready = threading.Event()
-    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-    sub.on_message = lambda c, u, m: seen.append(json.loads(m.payload)["i"])
-    sub.on_subscribe = lambda *a: ready.set()
-    sub.on_connect = lambda c, u, f, rc, p: c.subscribe("shelfcast/v1/s4/n4/screens/+/recommendations", qos=1)
-    sub.connect("127.0.0.1", mosquitto.port)
-    sub.loop_start()
-    assert ready.wait(5)
+    sub = _live_subscriber(mosquitto.port, "shelfcast/v1/s4/n4/screens/+/recommendations",
+                           lambda c, u, m: seen.append(json.loads(m.payload)["i"]))
 
     async def run() -> int:
-        pub = ScreenPublisher(mosquitto.url, prefix="shelfcast/v1", store="s4", node="n4")
-        pub.start()
-        for _ in range(200):
-            if pub.connected:
-                break
-            await asyncio.sleep(0.02)
-        assert pub.connected
-        await asyncio.sleep(0.2)
+        pub = await _connected_publisher(mosquitto.url, "s4", "n4")
         sends.clear()
         for i in range(4):
             assert pub.publish(f"screen-{i}", json.dumps({"i": i}).encode())
