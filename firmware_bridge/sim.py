@@ -660,8 +660,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *a: stop.set())
+    # a plain flag, not threading.Event: Event.set() in a signal handler can deadlock when the signal lands
+    # while the main thread holds the Event's lock inside Event.wait()
+    stop = [False]
+
+    def on_term(*_: object) -> None:
+        stop[0] = True
+
+    signal.signal(signal.SIGTERM, on_term)
     with SimulatedStore(args.dir, seed=args.seed) as sim:
         for i in range(args.controllers):
             cid = f"{args.prefix}{i + 1}"
@@ -670,7 +676,8 @@ def main(argv: list[str] | None = None) -> int:
         sim.set_random_activity(args.picks_per_hour)
         seen: dict[tuple[str, int], DisplayState] = {}
         try:
-            while not stop.wait(0.5):
+            while not stop[0]:
+                time.sleep(0.5)
                 for cid in sim.controllers:
                     for slot in range(sim.controllers[cid].slot_count):
                         st = sim.display(cid, slot)

@@ -6,7 +6,6 @@ import argparse
 import json
 import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -93,14 +92,21 @@ def _ingest(args: argparse.Namespace) -> int:
     if args.flush_s <= 0:
         raise UserError("--flush-s must be a positive number of seconds")
     ing = Ingest(_settings(args, args.client_id), args.out, topic=args.topic, flush_s=args.flush_s)
-    stop = threading.Event()
+    # a plain flag, not threading.Event: the handler runs on the main thread, and Event.set() there can
+    # deadlock when the signal lands while the same thread holds the Event's lock inside Event.wait()
+    # (seen once in CI: SIGTERM ignored, the ingest never exited)
+    stop = [False]
+
+    def on_signal(*_: object) -> None:
+        stop[0] = True
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
     ing.start()
     t0 = time.monotonic()
     announced = False
     last_error = None
-    while not stop.is_set():
+    while not stop[0]:
         if args.duration is not None and time.monotonic() - t0 >= args.duration:
             break
         if args.expect is not None and ing.stats["unique"] >= args.expect:
@@ -111,7 +117,7 @@ def _ingest(args: argparse.Namespace) -> int:
         if ing.link.last_error and ing.link.last_error != last_error:
             last_error = ing.link.last_error  # the link retries by itself; say why it is down
             print(f"ingest: {last_error}", file=sys.stderr, flush=True)
-        stop.wait(0.05)
+        time.sleep(0.05)  # a signal interrupts it; the handler runs, the loop sees the flag
     stats = ing.stop()
     stats["out"] = str(args.out)
     stats["error"] = ing.link.last_error
