@@ -114,7 +114,7 @@ class Recommender:
         self._seq = 0
         self._id_base = new_id()[:24]  # set ids: random per process + seq (no urandom syscall per set)
         self.stats = {"events": 0, "recommendations": 0, "model": 0, "fallback": 0, "unknown_sku": 0,
-                      "cap_resets": 0, "coalesced": 0, "stage2_skipped": 0}
+                      "cap_resets": 0, "coalesced": 0, "stage2_skipped": 0, "same_name_dropped": 0}
         self.upstream_topic = f"{config.mqtt.topic_prefix}/{config.node.store_id}/{config.node.node_id}/events"
         # bursts coalesce: visits with new picks wait here for the end of this loop iteration, then rank once
         self._due: dict[str, VisitState] = {}
@@ -299,11 +299,22 @@ class Recommender:
                 reset(v.session)
             scored, version = self._score(v, zone, when)
         self.stats["model" if version != "fallback" else "fallback"] += 1
-        items = []
+        items: list[RecItem] = []
         product = self.store.product
         cap = self.config.model.repeat_cap
-        for sku, score, reason in scored[: self.k]:
+        k = self.k
+        names: set[str] = set()  # what the shopper reads: one line per display name
+        for sku, score, reason in scored:
+            if len(items) >= k:
+                break
             p = product(sku)
+            # several skus can share a display name (sizes, pack variants: 13 "Store Shredded Cheese 8 OZ" in the
+            # bundled catalogue); a screen showing the same line twice looks broken, so the best one stands for all
+            name = sku if p is None else p.name
+            if name in names:
+                self.stats["same_name_dropped"] += 1
+                continue
+            names.add(name)
             # positional makers: a frozen dataclass __init__ costs ~2 µs an item, ten items a set
             if p is not None:
                 items.append(_rec_item(sku, p.name, p.price, round(float(score), 6), reason, p.category,

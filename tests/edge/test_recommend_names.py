@@ -1,0 +1,55 @@
+"""A set never shows the same display name twice (pack and size variants share names in real catalogues)."""
+
+from __future__ import annotations
+
+import collections
+from datetime import datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from edge.app import bundled_catalogue
+from edge.bus import Bus
+from edge.config import NodeConfig, parse_config
+from edge.recommend import Recommender, VisitState
+from edge.store import Store
+
+
+class ListScorer:
+    version = "test-model"
+
+    def __init__(self, skus: list[str]) -> None:
+        self.skus = skus
+
+    def score(self, visit: Any, when: datetime, k: int, exclude: set[str],
+              second_stage: bool = True) -> list[tuple[str, float, str]]:
+        return [(s, 1.0 - i / 100, "test") for i, s in enumerate(self.skus)][:k]
+
+
+def test_same_name_skus_show_once(tmp_path: Path) -> None:
+    raw = parse_config(resources.files("edge").joinpath("data/demo_store.yaml").read_text()).model_dump(by_alias=True)
+    raw["node"]["data_dir"] = str(tmp_path)
+    config = NodeConfig.model_validate(raw)
+    catalogue = bundled_catalogue()
+    by_name = collections.defaultdict(list)
+    for p in catalogue:
+        by_name[p.name].append(p.sku)
+    twins = next(skus for skus in by_name.values() if len(skus) >= 3)
+    others = [p.sku for p in catalogue if len(by_name[p.name]) == 1][:20]
+    # the model ranks three same-name variants among its best k
+    ranked = [twins[0], others[0], twins[1], others[1], twins[2], *others[2:]]
+    with Store(tmp_path / "sc.db", flush_interval_ms=5) as store:
+        store.upsert_products(catalogue).result(5)
+        rec = Recommender(config, store, Bus(), model=ListScorer(ranked))
+        v = VisitState("v1", zone="dairy")
+        rs = rec.recommend(v, "dairy-screen")
+        names = [i.name for i in rs.items]
+        assert len(names) == len(set(names)), names
+        assert rs.items[0].sku == twins[0]  # the best variant stands for its name
+        assert twins[1] not in {i.sku for i in rs.items} and twins[2] not in {i.sku for i in rs.items}
+        assert rec.stats["same_name_dropped"] == 2
+        assert twins[1] not in v.shown  # only what was shown counts toward the frequency cap
+        # the popularity fallback (no model) too
+        rec.model = None
+        fb = rec.recommend(VisitState("v2", zone="dairy"), "dairy-screen")
+        assert len({i.name for i in fb.items}) == len(fb.items) == rec.k
