@@ -8,6 +8,11 @@ Stable API (the evaluation harness, signage, sync and the demo call only this)::
     r.recommend(RecRequest(history=[(sku, when, quantity), ...], session=[sku, ...],
                            store_id=None, zone=None, when=None, profile=None, exclude=(), k=10))
     -> [Recommendation(sku, score, reason), ...]
+    r.recommend_tuples(req)                 # the same answer as (sku, score, reason) tuples (the node's adapter)
+
+Optional ``RecRequest`` fields: ``screen`` / ``session_id`` (frequency caps), ``session_append_only`` (the
+caller only ever appends to ``session``), ``second_stage=False`` (the first stage alone, even when the release
+ships a learned second stage: the recommend room's overload guard).
 
 ``Ranker.load`` verifies the manifest, the sha256 of the model (and side file)
 and that the interpreter's inputs match the manifest's feature spec; any
