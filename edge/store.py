@@ -346,37 +346,20 @@ class Store:
             if run:
                 self._apply_rows(conn, run)
                 run = []
-            conn.execute("SAVEPOINT op")
-            try:
-                res = op.fn(conn)
-                conn.execute("RELEASE op")
-                results.append((op, res, None))
-            except Exception as exc:  # one bad op must not sink the batch
-                conn.execute("ROLLBACK TO op")
-                conn.execute("RELEASE op")
+            res, exc = _in_savepoint(conn, op.fn)  # one bad op must not sink the batch
+            if exc is not None:
                 self._counters["errors"] += 1
-                results.append((op, None, exc))
+            results.append((op, res, exc))
         if run:
             self._apply_rows(conn, run)
 
     def _apply_rows(self, conn: sqlite3.Connection, rows: list[_EventRow]) -> None:
         """Event rows in one savepoint; if that fails, row by row (one bad row must not sink the others)."""
-        conn.execute("SAVEPOINT rows")
-        try:
-            _write_rows(conn, rows)
-            conn.execute("RELEASE rows")
+        if _in_savepoint(conn, _write_rows, rows)[1] is None:
             return
-        except Exception:
-            conn.execute("ROLLBACK TO rows")
-            conn.execute("RELEASE rows")
         for row in rows:
-            conn.execute("SAVEPOINT op")
-            try:
-                _write_rows(conn, (row,))
-                conn.execute("RELEASE op")
-            except Exception as exc:
-                conn.execute("ROLLBACK TO op")
-                conn.execute("RELEASE op")
+            _, exc = _in_savepoint(conn, _write_rows, (row,))
+            if exc is not None:
                 self._counters["errors"] += 1
                 log.warning("store write failed: %s", exc)
 
@@ -684,6 +667,20 @@ _EVENTS_SQL = "INSERT OR IGNORE INTO events (id, type, t, session, payload) VALU
 _OUTBOX_SQL = "INSERT OR IGNORE INTO outbox (id, topic, payload, created, priority) VALUES "
 _CHUNKS = (64, 16, 4, 1)  # multi-row statement sizes: a few distinct statements for the statement cache
 _SQL_CACHE: dict[tuple[str, int], str] = {}
+
+
+def _in_savepoint(conn: sqlite3.Connection, fn: Callable[..., Any], *args: Any) -> tuple[Any, Exception | None]:
+    """``fn(conn, *args)`` inside the open transaction in a savepoint: (its result, None), or (None, the
+    error) with only ``fn``'s writes undone."""
+    conn.execute("SAVEPOINT op")
+    try:
+        res = fn(conn, *args)
+        conn.execute("RELEASE op")
+        return res, None
+    except Exception as exc:
+        conn.execute("ROLLBACK TO op")
+        conn.execute("RELEASE op")
+        return None, exc
 
 
 def _insert_many(conn: sqlite3.Connection, head: str, width: int, rows: list[tuple[Any, ...]]) -> None:
