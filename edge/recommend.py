@@ -117,11 +117,10 @@ class Recommender:
                       "cap_resets": 0, "coalesced": 0, "stage2_skipped": 0, "same_name_dropped": 0}
         self.upstream_topic = f"{config.mqtt.topic_prefix}/{config.node.store_id}/{config.node.node_id}/events"
         # bursts coalesce: visits with new picks wait here for the end of this loop iteration, then rank once
-        self._due: dict[str, VisitState] = {}
-        self._due_t: dict[str, float] = {}  # perf_counter when each due visit first became due
+        # (the visit, perf_counter when it first became due: the overload guard's wait)
+        self._due: dict[str, tuple[VisitState, float]] = {}
         self._rank_scheduled = False
         self._skip_after_s = config.model.stage2_skip_after_ms / 1000.0
-        self._stage1_only = False  # set by ``_rank_due`` for a visit that waited too long (overload guard)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         # called after each visit's sets of a coalesced ranking pass are published (signage pushes them at
@@ -184,11 +183,10 @@ class Recommender:
         # Bursts coalesce: the frames of one serial read (or a backlog after a stall) often hold several
         # picks of one visit; each visit is ranked once, after the events of this loop iteration, with
         # all of them. Without a backlog that is one ranking per pick, a few µs later.
-        if v.session in self._due:
+        due = self._due.get(v.session)
+        if due is not None:
             self.stats["coalesced"] += 1
-        else:
-            self._due_t[v.session] = time.perf_counter()
-        self._due[v.session] = v
+        self._due[v.session] = (v, time.perf_counter() if due is None else due[1])
         if not self._rank_scheduled:
             self._rank_scheduled = True
             loop.call_soon(self._rank_due)
@@ -196,29 +194,26 @@ class Recommender:
     def _rank_due(self) -> None:
         self._rank_scheduled = False
         due, self._due = self._due, {}
-        due_t, self._due_t = self._due_t, {}
         skip_after = self._skip_after_s
-        for v in due.values():
+        for v, t_due in due.values():
             # overload guard: the visits of a burst are ranked one after another; one that has already waited
             # ``model.stage2_skip_after_ms`` gets the first stage alone (its set is late enough as it is)
-            self._stage1_only = skip_after > 0 and time.perf_counter() - due_t.get(v.session, 0.0) > skip_after
+            second_stage = skip_after <= 0 or time.perf_counter() - t_due <= skip_after
             try:
-                self._push(v)
+                self._push(v, second_stage)
             except Exception:  # one visit's failure must not starve the others
                 log.exception("ranking for visit %s failed", v.session)
-            finally:
-                self._stage1_only = False
             for fn in self.after_push:
                 try:
                     fn()
                 except Exception:
                     log.exception("after-push hook %r failed", fn)
 
-    def _push(self, v: VisitState) -> None:
+    def _push(self, v: VisitState, second_stage: bool = True) -> None:
         """Rank for ``v`` and publish the set for each screen it is the nearest shopper to."""
         screens = self.screens_for(v)
         if screens:
-            rs = self.recommend(v, screens[0])
+            rs = self.recommend(v, screens[0], second_stage=second_stage)
             self.bus.publish(rs)
             for other in screens[1:]:  # one ranking, several screens (the same shopper is nearest to each)
                 self._seq += 1
@@ -280,14 +275,17 @@ class Recommender:
         for sku, zone, t, units in obs:
             self.fallback.observe(sku, zone, datetime.fromtimestamp(t, self.tz).hour, t, units)
 
-    def recommend(self, v: VisitState | None, screen: str, zone: str | None = None) -> RecommendationSet:
+    def recommend(self, v: VisitState | None, screen: str, zone: str | None = None, *,
+                  second_stage: bool = True) -> RecommendationSet:
+        """The set for ``screen``: ``v``'s, or the zone's popular items with nobody there. ``second_stage=False``:
+        the model's first stage alone (the overload guard in ``_rank_due``)."""
         now = self.clock()
         if self._observations and now - self._observed_at >= 1.0:
             self._observed_at = now
             self.apply_observations()
         when = datetime.fromtimestamp(now, self.tz)
         zone = zone if v is None else (v.zone or zone)
-        scored, version = self._score(v, zone, when)
+        scored, version = self._score(v, zone, when, second_stage)
         if not scored and v is not None and v.capped:
             # the frequency cap has excluded everything there is (a long visit): start a new round of
             # caps rather than show a blank screen
@@ -297,7 +295,7 @@ class Recommender:
             reset = getattr(self.model, "reset_caps", None)  # the model ranker keeps caps of its own
             if reset is not None:
                 reset(v.session)
-            scored, version = self._score(v, zone, when)
+            scored, version = self._score(v, zone, when, second_stage)
         self.stats["model" if version != "fallback" else "fallback"] += 1
         items: list[RecItem] = []
         product = self.store.product
@@ -330,15 +328,15 @@ class Recommender:
         return _rec_set(screen, None if v is None else v.session, tuple(items), version, zone, now, self._seq,
                         f"{self._id_base}{self._seq & 0xFFFFFFFF:08x}")
 
-    def _score(self, v: VisitState | None, zone: str | None,
-               when: datetime) -> tuple[list[tuple[str, float, str]], str]:
+    def _score(self, v: VisitState | None, zone: str | None, when: datetime,
+               second_stage: bool = True) -> tuple[list[tuple[str, float, str]], str]:
         """(sku, score, reason) best first and the model version that made them ("fallback": popularity)."""
         exclude: set[str] = set() if v is None else set(v.picked[-20:])
         if v is not None:
             exclude.update(v.capped)
         if self.model is not None and v is not None:
             try:
-                if self._stage1_only:
+                if not second_stage:
                     self.stats["stage2_skipped"] += 1
                     scored = self.model.score(v, when, self.k, exclude, second_stage=False)
                 else:
