@@ -305,10 +305,7 @@ class Stage2:
         params = self.sets[True] if len(latest) else (self.sets[False] if rep.n_baskets else None)
         if params is None:
             return
-        if subset is None:  # the call training's and the tests' wrappers of ``features`` know
-            pool, X = self.features(scores, rep, latest, heat, repeat_rows)
-        else:
-            pool, X = self.features(scores, rep, latest, heat, repeat_rows, subset=subset)
+        pool, X = self.features(scores, rep, latest, heat, repeat_rows, subset=subset)
         if not len(pool):
             return
         s2 = forward(params, X)

@@ -370,10 +370,8 @@ class ScreenPublisher:
         if not c._out_packet:
             try:
                 n = c._sock_send(packet)
-            except (BlockingIOError, InterruptedError):
-                n = 0
-            except OSError:
-                n = 0  # paho's write below hits it again and runs its own lost-connection handling
+            except OSError:  # a full socket (BlockingIOError), or an error paho's own write below hits again
+                n = 0  # and handles as a lost connection
             if n >= len(packet):
                 return
             packet = packet[n:]

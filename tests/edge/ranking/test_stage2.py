@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -22,15 +23,7 @@ from edge.ranking.stage2 import FEATURES, Stage2, forward
 T0 = 1_700_000_000.0
 DAY = 86400.0
 POOL = 60
-
-
-def _params(seed: int = 3, hidden: int = 8) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    F = len(FEATURES)
-    f32 = np.float32
-    return {"mean": rng.normal(0, 0.1, F).astype(f32), "inv_std": rng.uniform(0.5, 2, F).astype(f32),
-            "w1": rng.normal(0, 0.5, (F, hidden)).astype(f32), "b1": rng.normal(0, 0.1, hidden).astype(f32),
-            "wl": rng.normal(0, 1.0, F).astype(f32), "w2": rng.normal(0, 1.0, hidden).astype(f32)}
+Weights = Callable[..., dict[str, np.ndarray]]  # the ``stage2_weights`` fixture (conftest.py)
 
 
 def _npz(params: dict[str, np.ndarray], features: tuple[str, ...] = FEATURES, prefixes: str = "sn") -> bytes:
@@ -77,8 +70,8 @@ def test_release_without_stage2_loads_and_serves_stage1(tmp_path: Path) -> None:
     assert [r.vocabulary[i] for i in want] == [x.sku for x in recs]
 
 
-def test_node_stage2_scores_equal_the_training_function(tmp_path: Path) -> None:
-    params = _params()
+def test_node_stage2_scores_equal_the_training_function(tmp_path: Path, stage2_weights: Weights) -> None:
+    params = stage2_weights()
     r2 = Ranker.load(_release(tmp_path, _npz(params)), rerank=RerankConfig(diversity=0.0, repeat_cap=10**9))
     assert r2._stage2 is not None and r2._stage2.pool == POOL
     r1 = Ranker.load(DEFAULT_MODEL_DIR, rerank=RerankConfig(diversity=0.0, repeat_cap=10**9))
@@ -130,13 +123,13 @@ def test_features_are_the_documented_numbers(tmp_path: Path) -> None:
     assert not feat._sum.any() and not feat._max.any() and not feat._hist.any() and not feat._mask.any()
 
 
-def test_bad_stage2_files_are_refused(tmp_path: Path) -> None:
-    data = _npz(_params())
+def test_bad_stage2_files_are_refused(tmp_path: Path, stage2_weights: Weights) -> None:
+    data = _npz(stage2_weights())
     with pytest.raises(ModelError, match=r"sha256 mismatch for stage2\.npz"):
         Ranker.load(_release(tmp_path / "a", data, digest="0" * 64))
     with pytest.raises(ModelError, match="stage-2 features"):
-        Ranker.load(_release(tmp_path / "b", _npz(_params(), FEATURES[::-1])))
-    p = _params()
+        Ranker.load(_release(tmp_path / "b", _npz(stage2_weights(), FEATURES[::-1])))
+    p = stage2_weights()
     p["w2"] = p["w2"][:3]
     with pytest.raises(ModelError, match="s_w2"):
         Ranker.load(_release(tmp_path / "c", _npz(p)))
@@ -146,8 +139,8 @@ def test_bad_stage2_files_are_refused(tmp_path: Path) -> None:
         Ranker.load(d)
 
 
-def test_a_missing_weight_set_leaves_those_requests_to_stage1(tmp_path: Path) -> None:
-    r2 = Ranker.load(_release(tmp_path, _npz(_params(), prefixes="s")), rerank=RerankConfig(diversity=0.0))
+def test_a_missing_weight_set_leaves_those_requests_to_stage1(tmp_path: Path, stage2_weights: Weights) -> None:
+    r2 = Ranker.load(_release(tmp_path, _npz(stage2_weights(), prefixes="s")), rerank=RerankConfig(diversity=0.0))
     r1 = Ranker.load(_release(tmp_path / "s1", None), rerank=RerankConfig(diversity=0.0))
     assert r2._stage2 is not None and r2._stage2.sets[False] is None
     warm = _req(r1, [], [3, 40, 77, 123])
@@ -156,10 +149,11 @@ def test_a_missing_weight_set_leaves_those_requests_to_stage1(tmp_path: Path) ->
     assert [x.sku for x in r2.recommend(picked)] != [x.sku for x in r1.recommend(picked)]
 
 
-def test_stage2_sees_picks_appended_while_the_request_ran(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_stage2_sees_picks_appended_while_the_request_ran(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          stage2_weights: Weights) -> None:
     """An append-only session that grows between the model call and the re-ranking is derived again; stage 2
     must re-rank with that state (its picks), not the stale one the stage-1 scores were made with."""
-    params = _params()
+    params = stage2_weights()
     r2 = Ranker.load(_release(tmp_path, _npz(params)), rerank=RerankConfig(diversity=0.0, repeat_cap=10**9))
     r1 = Ranker.load(DEFAULT_MODEL_DIR, rerank=RerankConfig(diversity=0.0, repeat_cap=10**9))
     voc = r1.vocabulary
@@ -190,20 +184,21 @@ def test_stage2_sees_picks_appended_while_the_request_ran(tmp_path: Path, monkey
     assert [x.sku for x in r2.recommend(req)] == want
 
 
-def test_stage2_takes_stage1s_repeat_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_stage2_takes_stage1s_repeat_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          stage2_weights: Weights) -> None:
     """``recommend`` hands stage 2 the repeat rows ``_invoke`` made for the same request (instead of stage 2
     making them again); the feature matrix is bit for bit the one made without them."""
-    r2 = Ranker.load(_release(tmp_path, _npz(_params())), rerank=RerankConfig(diversity=0.0, repeat_cap=10**9))
+    r2 = Ranker.load(_release(tmp_path, _npz(stage2_weights())), rerank=RerankConfig(diversity=0.0, repeat_cap=10**9))
     assert r2._stage2 is not None
     s2 = r2._stage2
     seen: list[bool] = []
     features = s2.features
 
     def spy(scores: np.ndarray, rep: object, latest: list[int], heat: object,
-            repeat_rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+            repeat_rows: np.ndarray | None = None, subset: object = None) -> tuple[np.ndarray, np.ndarray]:
         seen.append(repeat_rows is not None)
-        pool, X = features(scores, rep, latest, heat, repeat_rows)  # type: ignore[arg-type]
-        pool0, X0 = features(scores, rep, latest, heat)  # type: ignore[arg-type]
+        pool, X = features(scores, rep, latest, heat, repeat_rows, subset=subset)  # type: ignore[arg-type]
+        pool0, X0 = features(scores, rep, latest, heat, subset=subset)  # type: ignore[arg-type]
         assert np.array_equal(pool, pool0) and X.tobytes() == X0.tobytes()
         return pool, X
 
@@ -215,7 +210,7 @@ def test_stage2_takes_stage1s_repeat_rows(tmp_path: Path, monkeypatch: pytest.Mo
     assert seen[-1] is False
 
 
-def test_second_stage_false_serves_stage1_alone(tmp_path: Path) -> None:
+def test_second_stage_false_serves_stage1_alone(tmp_path: Path, stage2_weights: Weights) -> None:
     """``RecRequest(second_stage=False)`` (the recommend room's overload guard) gives exactly what the same
     release without its stage 2 gives; the default request still gets stage 2."""
     import dataclasses
@@ -223,7 +218,7 @@ def test_second_stage_false_serves_stage1_alone(tmp_path: Path) -> None:
     r2 = Ranker.load(DEFAULT_MODEL_DIR, rerank=RerankConfig(diversity=0.0))
     r1 = Ranker.load(_release(tmp_path, None), rerank=RerankConfig(diversity=0.0))
     if r2._stage2 is None:
-        r2 = Ranker.load(_release(tmp_path / "s2", _npz(_params())), rerank=RerankConfig(diversity=0.0))
+        r2 = Ranker.load(_release(tmp_path / "s2", _npz(stage2_weights())), rerank=RerankConfig(diversity=0.0))
     for session, hist in (([5, 17], [3, 40, 77, 123]), ([2500, 31, 4000], [])):
         req = _req(r1, session, hist)
         assert r2.recommend(dataclasses.replace(req, second_stage=False)) == r1.recommend(req)
