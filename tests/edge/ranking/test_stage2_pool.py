@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +28,8 @@ from edge.ranking.stage2 import FEATURES, Stage2, forward
 T0 = 1_700_000_000.0
 DAY = 86400.0
 POOL = 60
+Weights = Callable[..., dict[str, np.ndarray]]  # the ``stage2_weights`` fixture (conftest.py)
 FAR = np.float32(-1e30)  # outside the catalogue: below every catalogue score, so never in the pool
-
-
-def _params(seed: int, hidden: int = 8) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    F = len(FEATURES)
-    f32 = np.float32
-    return {"mean": rng.normal(0, 0.1, F).astype(f32), "inv_std": rng.uniform(0.5, 2, F).astype(f32),
-            "w1": rng.normal(0, 0.5, (F, hidden)).astype(f32), "b1": rng.normal(0, 0.1, hidden).astype(f32),
-            "wl": rng.normal(0, 1.0, F).astype(f32), "w2": rng.normal(0, 1.0, hidden).astype(f32)}
 
 
 def _release(tmp_path: Path, sets: dict[str, dict[str, np.ndarray]]) -> Path:
@@ -99,8 +92,8 @@ def _latest(r: Ranker, session: list[str]) -> list[int]:
 
 @pytest.mark.parametrize("seed", [3, 11])
 def test_catalogue_stage2_equals_the_plain_reference(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                     seed: int) -> None:
-    sets = {"s": _params(seed), "n": _params(seed + 1)}
+                                                     seed: int, stage2_weights: Weights) -> None:
+    sets = {"s": stage2_weights(seed), "n": stage2_weights(seed + 1)}
     rel = _release(tmp_path, sets)
     cfg = {"diversity": 0.0, "repeat_cap": 10**9}
     fast = Ranker.load(rel, rerank=RerankConfig(**cfg))
@@ -161,9 +154,9 @@ def test_catalogue_stage2_equals_the_plain_reference(tmp_path: Path, monkeypatch
     assert reranked >= 5  # the random weights re-rank: a no-op stage 2 would not pass
 
 
-def test_without_catalogue_only_stage2_keeps_the_whole_vocabulary(tmp_path: Path) -> None:
+def test_without_catalogue_only_stage2_keeps_the_whole_vocabulary(tmp_path: Path, stage2_weights: Weights) -> None:
     """A catalogue given but ``catalogue_only`` off: stage 2's pool is the vocabulary's best, as before."""
-    sets = {"s": _params(5), "n": _params(6)}
+    sets = {"s": stage2_weights(5), "n": stage2_weights(6)}
     rel = _release(tmp_path, sets)
     r = Ranker.load(rel, rerank=RerankConfig(diversity=0.0, repeat_cap=10**9))
     plain = Ranker.load(rel, rerank=RerankConfig(diversity=0.0, repeat_cap=10**9))
