@@ -61,6 +61,7 @@ class BenchOptions:
     shelves: int = 4
     model: bool = True  # False: rank with the popularity fallback only (isolates the rest of the path)
     stage2_skip_after_ms: float | None = None  # None: the config default of model.stage2_skip_after_ms
+    samples_path: str | None = None  # write one JSON line per measured pick (its timeline) to this file
 
 
 def _free_port() -> int:
@@ -332,13 +333,29 @@ async def _run(opts: BenchOptions) -> dict[str, Any]:
     mqtt_ms: list[float] = []
     missing = 0
     no_set = 0
-    for i, ci, t_ms in events:
+    # burst position: the controllers write the frames of one round (same controller clock t_ms) back to back;
+    # a pick's position is its rank, by the node's read time, among the picks completed in its round (1st..4th)
+    rounds: dict[int, list[tuple[int, int]]] = {}
+    for n, (_i, _ci, t_ms) in enumerate(events):
+        rounds.setdefault(t_ms, []).append((stamps[n][2], n))
+    position = [0] * len(events)
+    for members in rounds.values():
+        members.sort()
+        for p, (_ns, n) in enumerate(members):
+            position[n] = p
+    sse_by_pos: list[list[float]] = []
+    samples: list[dict[str, Any]] | None = [] if opts.samples_path else None
+    for n, (i, ci, t_ms) in enumerate(events):
         w = writes.get((ci, t_ms))
         sets = ev_sets[i]
         if w is None or not sets:
             no_set += 1
             continue
         ranked_ms.append((ranked[i] - w) / 1e6)
+        while len(sse_by_pos) <= position[n]:
+            sse_by_pos.append([])
+        pos_ms = sse_by_pos[position[n]]
+        arrivals: list[int] = []
         for screen, seq in sets:
             for seqs, nss in by_screen.get(screen, ()):
                 k = bisect.bisect_left(seqs, seq)
@@ -346,11 +363,21 @@ async def _run(opts: BenchOptions) -> dict[str, Any]:
                     missing += 1
                 else:
                     sse_ms.append((min(nss[k:k + 1] or [0]) - w) / 1e6)
+                    pos_ms.append(sse_ms[-1])
+                    arrivals.append(nss[k])
             if broker is not None:
                 seqs, nss = mq_by_screen.get(screen, ([], []))
                 k = bisect.bisect_left(seqs, seq)
                 if k < len(seqs):
                     mqtt_ms.append((nss[k] - w) / 1e6)
+        if samples is not None:
+            samples.append({"controller": ci, "t_ms": t_ms, "position": position[n], "write_ns": w,
+                            "read_ns": stamps[n][2], "ranked_ns": ranked[i], "screen": sets[0][0],
+                            "seq": sets[0][1], "sse_ns": arrivals})
+    if samples is not None and opts.samples_path:
+        with open(opts.samples_path, "w") as f:
+            for rec in samples:
+                f.write(json.dumps(rec) + "\n")
     return {
         "rate": opts.rate,
         "achieved_rate": round(detected / sent_s, 1) if sent_s else 0.0,
@@ -363,6 +390,9 @@ async def _run(opts: BenchOptions) -> dict[str, Any]:
         "mqtt_p99_ms": _pct(mqtt_ms, 0.99),
         "read_p50_ms": _pct(read_ms, 0.50),  # write → the driver's reader thread has the frame
         "read_p99_ms": _pct(read_ms, 0.99),
+        # the p99 of the picks that were the 1st, 2nd, ... of their controller round to reach the node (the
+        # controllers write in lockstep: later ones wait for the earlier ones' ranking)
+        "push_p99_ms_by_burst_position": [_pct(xs, 0.99) for xs in sse_by_pos],
         "ranked_p50_ms": _pct(ranked_ms, 0.50),  # write → detected, attributed, ranked, set accepted
         "ranked_p99_ms": _pct(ranked_ms, 0.99),
         "node_push_p50_ms": node_push["p50_ms"],

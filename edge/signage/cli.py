@@ -30,6 +30,8 @@ def register(reg: CommandRegistry) -> None:
     p.add_argument("--stage2-skip-after-ms", type=float, default=None, metavar="MS",
                    help="the overload guard's threshold (config model.stage2_skip_after_ms; 0 = always run the "
                         "model's second stage); default: the config default")
+    p.add_argument("--samples", type=Path, default=None, metavar="FILE",
+                   help="write each measured pick's timeline (write, read, ranked, arrivals; ns) as JSON lines")
 
     p = reg.subcommand("bench", "hotpath", "CPU per pick of the node's ranking path alone (no pty, broker or "
                        "screens): compare code versions on a loaded machine", _bench_hotpath)
@@ -71,7 +73,8 @@ def _bench(args: argparse.Namespace) -> int:
     if not 0 <= args.screens <= 500:
         raise UserError("--screens must be between 0 and 500")
     result = run(BenchOptions(rate=args.rate, duration=args.duration, screens=args.screens, mqtt=not args.no_mqtt,
-                              model=not args.no_model, stage2_skip_after_ms=args.stage2_skip_after_ms))
+                              model=not args.no_model, stage2_skip_after_ms=args.stage2_skip_after_ms,
+                              samples_path=str(args.samples) if args.samples is not None else None))
     print_result(result, args.json)
     return 0
 

@@ -10,16 +10,18 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 
 @pytest.mark.slow
-def test_bench_e2e_json() -> None:
+def test_bench_e2e_json(tmp_path: Path) -> None:
     if shutil.which("mosquitto") is None:
         pytest.skip("mosquitto not installed")
+    samples = tmp_path / "picks.jsonl"
     r = subprocess.run([sys.executable, "-m", "edge", "bench", "e2e", "--json", "--rate", "80", "--duration", "1.5",
-                        "--screens", "6"], capture_output=True, text=True, timeout=240)
+                        "--screens", "6", "--samples", str(samples)], capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr[-2000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     for key in ("rate", "events", "push_p50_ms", "push_p99_ms", "dropped", "rss_mb", "mqtt_p99_ms",
@@ -30,6 +32,14 @@ def test_bench_e2e_json() -> None:
     assert out["dropped"] == 0 and out["events_without_set"] == 0  # every pick re-ranked and reached every screen
     assert out["push_p50_ms"] is not None and out["mqtt_p50_ms"] is not None
     assert 0 < out["loop_cpu_ms_per_event"] <= out["node_cpu_ms_per_event"]  # the loop thread is part of the node
+    # 4 controllers in lockstep: each round's picks reach the node 1st..4th; a p99 per position
+    assert len(out["push_p99_ms_by_burst_position"]) == 4
+    assert all(p is not None for p in out["push_p99_ms_by_burst_position"])
+    rows = [json.loads(line) for line in samples.read_text().splitlines()]
+    assert len(rows) == out["events"]  # one timeline per measured pick
+    for row in rows:
+        assert row["write_ns"] <= row["read_ns"] <= row["ranked_ns"] <= min(row["sse_ns"])
+        assert len(row["sse_ns"]) == 6 // 4 + (1 if row["screen"] in ("screen-0", "screen-1") else 0)
 
 
 @pytest.mark.parametrize("model", [True, False])
