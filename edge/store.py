@@ -112,6 +112,7 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 _STOP = object()
 APPLY_SLICE_S = 0.02  # the writer runs queued ops this often inside the open batch (see _write_loop)
+NUDGE_MIN_S = 0.015  # ``nudge`` starts a slice early only this long after the last one began
 
 
 @dataclass
@@ -149,6 +150,8 @@ class Store:
         self._last_maintenance = 0.0
         self._closed = True
         self._closing = threading.Event()
+        self._kick = threading.Event()  # wakes the writer for its next slice early (nudge, close)
+        self._slice_at = 0.0  # monotonic time the writer last ran a slice
 
     # -- lifecycle ---------------------------------------------------------
     def open(self) -> Store:
@@ -159,6 +162,7 @@ class Store:
         self._load_caches(conn)
         self._closed = False
         self._closing = threading.Event()
+        self._kick = threading.Event()
         self._writer = threading.Thread(target=self._write_loop, args=(conn,), name="store-writer", daemon=True)
         self._writer.start()
         self._health["status"] = "ok"
@@ -171,6 +175,7 @@ class Store:
         self._closed = True
         self._q.put(_STOP)
         self._closing.set()  # the writer commits what it has now, not at the end of its interval
+        self._kick.set()
         if self._writer is not None:
             self._writer.join(timeout=10)
         conn = getattr(self._local, "conn", None)
@@ -279,7 +284,9 @@ class Store:
                 while True:
                     left = deadline - time.monotonic()
                     if left > 0:
-                        self._closing.wait(min(left, APPLY_SLICE_S))
+                        self._kick.wait(min(left, APPLY_SLICE_S))
+                        self._kick.clear()
+                    self._slice_at = time.monotonic()
                     chunk: list[Any] = []
                     while len(batch) + len(chunk) < self.max_batch:
                         try:
@@ -395,6 +402,15 @@ class Store:
                 op.future.set_exception(err)
             else:
                 op.future.set_result(res)
+
+    def nudge(self) -> None:
+        """Run the writer's next slice now rather than at its own time (at most every ``NUDGE_MIN_S``).
+
+        The event loop calls this when it has just pushed a burst's sets and is about to wait for the next
+        frames: a slice started then takes the GIL from an idle loop instead of from the middle of a burst
+        (measured in ``bench e2e``: a ranking overlapping a writer slice took ~0.1 ms longer)."""
+        if time.monotonic() - self._slice_at >= NUDGE_MIN_S and not self._kick.is_set():
+            self._kick.set()
 
     def submit(self, fn: Callable[[sqlite3.Connection], T]) -> Future[T]:
         """Run ``fn(conn)`` inside the writer's next batch; the future resolves after COMMIT."""
