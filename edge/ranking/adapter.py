@@ -64,6 +64,11 @@ class RankerScorer:
         """A new round of the ranker's frequency caps for ``session`` (the recommend room reset its own)."""
         self.ranker.reset_caps(session)
 
+    def not_shown(self, session: str, skus: list[str]) -> None:
+        """``skus`` of the last answer for ``session`` were left off the screen (the recommend room shows one
+        variant per display name): the ranker's frequency caps must not count them as shown."""
+        self.ranker.forget_shown(session, skus)
+
     def score(self, visit: Any, when: datetime, k: int, exclude: set[str],
               second_stage: bool = True) -> list[tuple[str, float, str]]:
         history: tuple[tuple[str, float, float], ...] = ()

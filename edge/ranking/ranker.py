@@ -1431,6 +1431,23 @@ class Ranker:
         self._capped_idx.pop((screen, session_id), None)
         return self._caps.pop((screen, session_id), None) is not None
 
+    def forget_shown(self, session_id: str | None, skus: Iterable[str], screen: str | None = None) -> None:
+        """Take back one showing of each of ``skus`` from (``screen``, ``session_id``)'s frequency caps: the
+        caller left them off the screen after this ranker counted them (the recommend room drops a same-name
+        variant). Counts never go below 0; a sku that drops under the cap is no longer capped."""
+        key = (screen, session_id)
+        d = self._caps.get(key)
+        if not d:
+            return
+        cap = self.rerank.repeat_cap
+        for sku in skus:
+            n = d.get(sku, 0)
+            if n <= 0:
+                continue
+            d[sku] = n - 1
+            if n == cap:  # it was capped: the capped indices are rebuilt from the counts on the next request
+                self._capped_idx.pop(key, None)
+
     def _remember(self, key: tuple[str | None, str | None], skus: list[str]) -> None:
         d = self._caps.get(key)
         if d is None:
