@@ -250,8 +250,12 @@ class Recommender:
             except Exception:
                 log.exception("session_near failed; using the shelf positions of recent picks")
             else:
-                if s is not None and s not in self.visits:
-                    self.visits[s] = VisitState(s, zone=zone, started=self.clock(), last_seen=self.clock())
+                if s is not None:
+                    seen = self.visits.get(s)
+                    if seen is None:
+                        self.visits[s] = VisitState(s, zone=zone, started=self.clock(), last_seen=self.clock())
+                    elif zone is not None:  # the camera sees them in this screen's zone now (the zone of a
+                        seen.zone = zone  # last pick elsewhere is stale): a cold shopper gets this zone's items
                 return s
         now = self.clock()
         best: VisitState | None = None

@@ -156,3 +156,33 @@ def test_the_node_shows_a_new_shopper_the_zone_s_items(tmp_path: Path) -> None:
                 assert (rs.items[0].sku in zi[z]) or same, (z, [i.name for i in rs.items])
             firsts = [[i.sku for i in rs.items] for rs in sets.values()]
             assert (firsts[0] == firsts[1]) == same
+
+
+class _Camera:
+    """``SessionLocator``: fusion's answer for the screen asked about (the shopper it sees nearest)."""
+
+    def __init__(self) -> None:
+        self.at: dict[str, str] = {}  # zone -> session standing there
+
+    def session_near(self, x: float, y: float, zone: str | None) -> str | None:
+        return self.at.get(zone or "")
+
+
+def test_a_cold_shopper_who_walks_to_another_zone_gets_that_zone(tmp_path: Path) -> None:
+    """With the camera, a visit is often made by the first screen that sees the shopper; when they walk on to
+    another zone's screen without picking anything, that screen's zone is theirs now (it was the old one's)."""
+    with Store(tmp_path / "sc.db", flush_interval_ms=5) as store:
+        store.upsert_products(bundled_catalogue()).result(5)
+        config = _demo_config(tmp_path)
+        rec = Recommender(config, store, Bus(), model=load_scorer(config, store=store))
+        cam = _Camera()
+        rec.locator = cam
+        zi = zone_items(config)
+        cam.at["drinks"] = "walker"
+        first = rec.refresh("drinks-screen")
+        assert first.session == "walker" and first.zone == "drinks" and first.items[0].sku in zi["drinks"]
+        cam.at = {"dairy": "walker"}
+        later = rec.refresh("dairy-screen")
+        assert later.session == "walker" and later.zone == "dairy"
+        assert later.items[0].sku in zi["dairy"], [i.name for i in later.items]
+        assert rec.visits["walker"].zone == "dairy"
