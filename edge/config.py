@@ -193,6 +193,11 @@ class ModelSection(_Strict):
     # the model's first stage alone, without the learned re-ranker (~0.1 ms a request). At store rates it never
     # fires; under a burst it keeps the set inside the 5 ms push budget. 0 turns the guard off.
     stage2_skip_after_ms: float = Field(default=1.0, ge=0)
+    # A new shopper (no history, no pick yet) in front of a zone's screen: the model has no zone input (its training
+    # data has no zones), so its cold list is the same in every zone. The zone's items (what its shelves stock) get
+    # this share of the request's score span added before top-k: 0 = off, 1 = the zone's items always come first.
+    # Requests without a zone, with a history or with a pick are not touched.
+    cold_zone_blend: float = Field(default=0.5, ge=0, le=1)
 
 
 class Promotion(_Strict):

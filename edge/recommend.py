@@ -261,8 +261,12 @@ class Recommender:
             except Exception:
                 log.exception("session_near failed; using the shelf positions of recent picks")
             else:
-                if s is not None and s not in self.visits:
-                    self.visits[s] = VisitState(s, zone=zone, started=self.clock(), last_seen=self.clock())
+                if s is not None:
+                    seen = self.visits.get(s)
+                    if seen is None:
+                        self.visits[s] = VisitState(s, zone=zone, started=self.clock(), last_seen=self.clock())
+                    elif zone is not None:  # the camera sees them in this screen's zone now (the zone of a
+                        seen.zone = zone  # last pick elsewhere is stale): a cold shopper gets this zone's items
                 return s
         now = self.clock()
         best: VisitState | None = None
@@ -348,6 +352,8 @@ class Recommender:
             name = sku if p is None else p.name
             if name in names:
                 self.stats["same_name_dropped"] += 1
+                if v is not None and version != "fallback":
+                    self._not_shown(v, sku)
                 continue
             names.add(name)
             # positional makers: a frozen dataclass __init__ costs ~2 µs an item, ten items a set
@@ -364,6 +370,13 @@ class Recommender:
         self.stats["recommendations"] += 1
         return _rec_set(screen, None if v is None else v.session, tuple(items), version, zone, now, self._seq,
                         f"{self._id_base}{self._seq & 0xFFFFFFFF:08x}")
+
+    def _not_shown(self, v: VisitState, sku: str) -> None:
+        """The model ranker counted ``sku`` as shown to ``v`` (its own frequency caps); it was dropped as a
+        same-name variant, so it takes that back (rare: only when a set holds two skus of one name)."""
+        fn = getattr(self.model, "not_shown", None)
+        if fn is not None:
+            fn(v.session, [sku])
 
     def _score(self, v: VisitState | None, zone: str | None, when: datetime,
                second_stage: bool = True) -> tuple[list[tuple[str, float, str]], str]:

@@ -9,12 +9,13 @@ the ranker reference atomically; requests in flight finish on the old one.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 from edge.ranking.ranker import Ranker, RecRequest, RerankConfig
 
-__all__ = ["RankerScorer", "load_scorer"]
+__all__ = ["RankerScorer", "load_scorer", "zone_items"]
 
 log = logging.getLogger("shelfcast.ranking")
 
@@ -22,10 +23,14 @@ log = logging.getLogger("shelfcast.ranking")
 class RankerScorer:
     """``ModelScorer`` for ``edge.recommend.Recommender``."""
 
-    def __init__(self, ranker: Ranker, store: Any = None, store_id: str | None = None) -> None:
+    def __init__(self, ranker: Ranker, store: Any = None, store_id: str | None = None, *,
+                 zone_items: Mapping[str, Sequence[str]] | None = None) -> None:
         self.ranker = ranker
         self.store = store
         self.store_id = store_id
+        self.zone_items = dict(zone_items or {})  # zone -> skus its shelves stock (``Ranker.set_zone_items``)
+        if self.zone_items:
+            ranker.set_zone_items(self.zone_items)
         if store is not None:
             self.attach_store(store)
 
@@ -49,6 +54,8 @@ class RankerScorer:
 
     def swap(self, ranker: Ranker) -> Ranker:
         """Install a new (already verified) ranker; returns the old one."""
+        if self.zone_items:
+            ranker.set_zone_items(self.zone_items)
         self._configure(ranker)
         old, self.ranker = self.ranker, ranker
         return old
@@ -56,6 +63,11 @@ class RankerScorer:
     def reset_caps(self, session: str) -> None:
         """A new round of the ranker's frequency caps for ``session`` (the recommend room reset its own)."""
         self.ranker.reset_caps(session)
+
+    def not_shown(self, session: str, skus: list[str]) -> None:
+        """``skus`` of the last answer for ``session`` were left off the screen (the recommend room shows one
+        variant per display name): the ranker's frequency caps must not count them as shown."""
+        self.ranker.forget_shown(session, skus)
 
     def score(self, visit: Any, when: datetime, k: int, exclude: set[str],
               second_stage: bool = True) -> list[tuple[str, float, str]]:
@@ -81,5 +93,18 @@ def load_scorer(config: Any, store: Any = None) -> RankerScorer:
     """The bundled (or configured) model, verified; raises ModelError if it must be refused."""
     m = config.model
     ranker = Ranker.load(m.path, timezone=config.node.timezone,
-                         rerank=RerankConfig(diversity=m.diversity, repeat_cap=m.repeat_cap))
-    return RankerScorer(ranker, store=store, store_id=config.node.store_id)
+                         rerank=RerankConfig(diversity=m.diversity, repeat_cap=m.repeat_cap,
+                                             cold_zone_blend=m.cold_zone_blend))
+    return RankerScorer(ranker, store=store, store_id=config.node.store_id, zone_items=zone_items(config))
+
+
+def zone_items(config: Any) -> dict[str, list[str]]:
+    """zone -> the skus its shelves stock (every shelf of the zone, in layout order; a sku stocked in two
+    zones belongs to both): what a cold shopper standing in the zone is shown first (``model.cold_zone_blend``)."""
+    out: dict[str, list[str]] = {}
+    for sh in config.layout.shelves:
+        skus = out.setdefault(sh.zone, [])
+        for sl in sh.slots:
+            if sl.sku is not None and sl.sku not in skus:
+                skus.append(sl.sku)
+    return out
