@@ -2,10 +2,11 @@
 
 Stage 1 (the int8 graph plus the node-side float terms in ``ranker.py``) scores the whole
 vocabulary; stage 2 re-scores its best ``pool`` candidates (the shopper's just-picked items, the
-request's excluded skus and suppressed items left out: the re-ranking would drop them) with a tiny MLP over per-candidate features that stage 1 mixes only linearly or not at
-all: the stage-1 score and rank, the 10 repeat columns, co-occurrence with the session (sum and max)
-and with the history, popularity, heat, the candidate category's share in the history and in the
-session, embedding similarity to the session, and the shopper's history / session size.
+request's excluded skus and suppressed items left out: the re-ranking would drop them) with a
+tiny MLP over per-candidate features that stage 1 mixes only linearly or not at all: the stage-1
+score and rank, the 10 repeat columns, co-occurrence with the session (sum and max) and with the
+history, popularity, heat, the candidate category's share in the history and in the session,
+embedding similarity to the session, and the shopper's history / session size.
 
 With ``rerank.catalogue_only`` (the node serving a store's catalogue) stage 1 scores the catalogue's items
 only and stage 2 re-ranks the best ``pool`` of those (the items that can be shown: candidate generation is
