@@ -295,14 +295,13 @@ def register(reg: CommandRegistry) -> None:
 
 
 def _stage2_args(p: argparse.ArgumentParser) -> None:
-    from models.stage2 import Stage2Config
-
-    d = Stage2Config()
-    p.add_argument("--stage2-windows", type=int, default=d.windows,
+    # literal defaults (models.stage2.Stage2Config's): importing models.stage2 here would load pandas and the
+    # ranker into every `shelfcast` process at start-up (+65 MB RSS in `shelfcast bench ranking`)
+    p.add_argument("--stage2-windows", type=int, default=1,
                    help="6-week list windows for stage 2, each scored by its own earlier stage-1 model")
-    p.add_argument("--stage2-n-ensemble", type=int, default=d.n_ensemble,
+    p.add_argument("--stage2-n-ensemble", type=int, default=1,
                    help="seeds averaged (one wider MLP) in the no-picks weight set n_")
-    p.add_argument("--stage2-window-sets", default=d.window_sets,
+    p.add_argument("--stage2-window-sets", default="sn",
                    help="weight sets (s: with picks, n: without) that also learn from windows beyond the first")
 
 

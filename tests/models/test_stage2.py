@@ -109,3 +109,17 @@ def test_window_lists_reach_only_the_sets_asked_for() -> None:
     assert rep_n["s_"]["lists"] + rep_n["s_"]["holdout_lists"] == tot["s_"]
     assert rep_n["n_"]["lists"] + rep_n["n_"]["holdout_lists"] == 2 * tot["n_"]
     assert rep_sn["s_"]["lists"] + rep_sn["s_"]["holdout_lists"] == 2 * tot["s_"]
+
+
+def test_cli_stage2_defaults_are_the_config_defaults() -> None:
+    """``models/cli.py`` spells the stage-2 defaults out (importing models.stage2 at start-up costs every CLI
+    process RSS); they must stay the config's."""
+    import argparse
+
+    from models.cli import _stage2_args
+
+    p = argparse.ArgumentParser()
+    _stage2_args(p)
+    a = p.parse_args([])
+    d = Stage2Config()
+    assert (a.stage2_windows, a.stage2_window_sets, a.stage2_n_ensemble) == (d.windows, d.window_sets, d.n_ensemble)
