@@ -84,7 +84,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     _need(work / "prepared.npz", "prepare")
     prep = Prepared.load(work)
     cfg = TrainConfig(epochs=args.epochs, seed=args.seed, dim=args.dim, per_household=args.per_household,
-                      p_cold=args.p_cold, p_cold_no_profile=args.p_cold_no_profile)
+                      p_cold=args.p_cold, p_cold_no_profile=args.p_cold_no_profile, p_session=args.p_session)
     last = prep.split.train_last_week - (6 if args.validation else 0)
     t = time.time()
     bar = _progress(args.progress)
@@ -140,7 +140,9 @@ def cmd_stage2(args: argparse.Namespace) -> int:
 
         names = {f.name for f in fields(TrainConfig)}
         s1cfg = TrainConfig(**{k: v for k, v in info["config"].items() if k in names})
-    out = build(prep, work, last, Stage2Config(seed=args.seed), stage1_cfg=s1cfg, progress=_progress(args.progress))
+    s2cfg = Stage2Config(seed=args.seed, windows=args.stage2_windows, window_sets=args.stage2_window_sets,
+                         n_ensemble=args.stage2_n_ensemble)
+    out = build(prep, work, last, s2cfg, stage1_cfg=s1cfg, progress=_progress(args.progress))
     print_json({"stage2": str(out) if out else None, "list_weeks": [last - 5, last],
                 "seconds": round(time.time() - t, 1)})
     return 0
@@ -240,6 +242,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--per-household", type=int, default=30)
     p.add_argument("--p-cold", type=float, default=0.5,
                    help="share of training examples with the history dropped (cold shoppers)")
+    p.add_argument("--p-session", type=float, default=0.6,
+                   help="share of training examples with 1-3 of the basket's items revealed as picks")
     p.add_argument("--p-cold-no-profile", type=float, default=0.0,
                    help="share of those history-dropped examples that also lose the demographics")
     p.add_argument("--validation", action="store_true",
@@ -270,6 +274,7 @@ def register(reg: CommandRegistry) -> None:
                        cmd_stage2)
     _common(p)
     _train_args_validation_only(p)
+    _stage2_args(p)
     p = reg.subcommand("model", "evaluate", "P1–P4 metrics for baselines, float and int8", cmd_evaluate)
     _common(p)
     _eval_args(p)
@@ -283,9 +288,21 @@ def register(reg: CommandRegistry) -> None:
     _train_args(p)
     p.add_argument("--stage2", action=argparse.BooleanOptionalAction, default=True,
                    help="train the second stage (a second stage-1 model 6 weeks earlier, ~4 min more)")
+    _stage2_args(p)
     _eval_args(p)
     _export_args(p)
     logging.getLogger("shelfcast.models").setLevel(logging.INFO)
+
+
+def _stage2_args(p: argparse.ArgumentParser) -> None:
+    # literal defaults (models.stage2.Stage2Config's): importing models.stage2 here would load pandas and the
+    # ranker into every `shelfcast` process at start-up (+65 MB RSS in `shelfcast bench ranking`)
+    p.add_argument("--stage2-windows", type=int, default=1,
+                   help="6-week list windows for stage 2, each scored by its own earlier stage-1 model")
+    p.add_argument("--stage2-n-ensemble", type=int, default=1,
+                   help="seeds averaged (one wider MLP) in the no-picks weight set n_")
+    p.add_argument("--stage2-window-sets", default="sn",
+                   help="weight sets (s: with picks, n: without) that also learn from windows beyond the first")
 
 
 def _train_args_validation_only(p: argparse.ArgumentParser) -> None:

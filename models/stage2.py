@@ -15,7 +15,7 @@ import hashlib
 import io
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,11 @@ class Stage2Config:
     cold_share: float = 0.15  # extra lists with the history dropped, as a share of the warm ones
     seed: int = 0
     min_lists: int = 50  # fewer lists with a positive in the pool: no weight set (stage 1 serves those)
+    # v7: list windows (window k: a stage-1 model on weeks <= last - 6k scores the 6 weeks after it; 1 = v5),
+    # which sets also learn from the windows beyond the first, and how many seeds the ``n_`` set averages
+    windows: int = 1
+    window_sets: str = "sn"
+    n_ensemble: int = 1
 
 
 # which lists train which weight set: ``s_`` requests with picks in the session (warm or cold shoppers),
@@ -120,11 +125,16 @@ def fit_sets(data: Lists, cfg: Stage2Config, log: Callable[[str], None] | None =
     sets: dict[str, dict[str, np.ndarray]] = {}
     reports: dict[str, Any] = {}
     for pre, kinds in SETS.items():
-        sub = subset(data, np.isin(data.kind, kinds))
+        # kind + 10 (k - 1): a list of window k; windows beyond the first only for the sets in ``window_sets``
+        sub = subset(data, np.isin(data.kind % 10, kinds) & ((data.kind < 10) | (pre[0] in cfg.window_sets)))
         if int(sub.y.any(axis=1).sum()) < cfg.min_lists:
             reports[pre] = {"skipped": "too few lists with a basket item in the pool"}
             continue
-        sets[pre], reports[pre] = fit(sub, cfg, log=log)
+        if pre == "n_" and cfg.n_ensemble > 1:
+            fits = [fit(sub, replace(cfg, seed=cfg.seed + j), log=log) for j in range(cfg.n_ensemble)]
+            sets[pre], reports[pre] = merge([f[0] for f in fits]), {"ensemble": [f[1] for f in fits]}
+        else:
+            sets[pre], reports[pre] = fit(sub, cfg, log=log)
     return sets, reports
 
 
@@ -139,17 +149,24 @@ def build(prep: Prepared, work: Path, last_week: int, cfg: Stage2Config, *, stag
     from models.train import TrainConfig, save_weights, train
 
     s1_last = last_week - 6
-    sub = work / "stage2"
-    sub.mkdir(parents=True, exist_ok=True)
     tcfg = stage1_cfg or TrainConfig(seed=cfg.seed)
-    ex = build_examples(prep, s1_last, tcfg.seed, per_household=tcfg.per_household, p_cold=tcfg.p_cold,
-                        p_session=tcfg.p_session, progress=progress, p_cold_no_profile=tcfg.p_cold_no_profile)
-    model = train(prep, ex, tcfg, progress=progress, last_week=s1_last)
-    save_weights(model, sub, tcfg, {"examples": len(ex), "train_last_week": s1_last, "stage2_stage1": True})
-    convert(sub / "weights.npz", ex, sub, seed=tcfg.seed)
-    export(prep, sub, sub / "release_int8", which="int8", source="stage-2 stage 1")
-    problems = stage2_problems(prep, s1_last + 1, last_week, cfg)
-    data = collect(prep, sub / "release_int8", problems, cfg.pool, progress=progress)
+    parts: list[Lists] = []
+    for k in range(1, max(1, cfg.windows) + 1):
+        w_last = last_week - 6 * k  # window k's stage 1 trains on weeks <= w_last and scores the 6 weeks after
+        sub = work / ("stage2" if k == 1 else f"stage2_w{k}")
+        sub.mkdir(parents=True, exist_ok=True)
+        ex = build_examples(prep, w_last, tcfg.seed, per_household=tcfg.per_household, p_cold=tcfg.p_cold,
+                            p_session=tcfg.p_session, progress=progress, p_cold_no_profile=tcfg.p_cold_no_profile)
+        model = train(prep, ex, tcfg, progress=progress, last_week=w_last)
+        save_weights(model, sub, tcfg, {"examples": len(ex), "train_last_week": w_last, "stage2_stage1": True})
+        convert(sub / "weights.npz", ex, sub, seed=tcfg.seed)
+        export(prep, sub, sub / "release_int8", which="int8", source="stage-2 stage 1")
+        problems = stage2_problems(prep, w_last + 1, w_last + 6, cfg)
+        part = collect(prep, sub / "release_int8", problems, cfg.pool, progress=progress)
+        part.kind += np.int8(10 * (k - 1))
+        parts.append(part)
+    data = parts[0] if len(parts) == 1 else Lists(
+        *(np.concatenate([getattr(p, f) for p in parts]) for f in ("X", "y", "n_target", "hh", "kind")))
     sets, reports = fit_sets(data, cfg, log=log)
     for f in ("stage2.npz", "stage2.json"):
         (work / f).unlink(missing_ok=True)
@@ -157,6 +174,7 @@ def build(prep: Prepared, work: Path, last_week: int, cfg: Stage2Config, *, stag
         return None
     (work / "stage2.npz").write_bytes(save(sets, cfg))
     info = {"stage1_train_last_week": s1_last, "list_weeks": [s1_last + 1, last_week], "lists": len(data.kind),
+            "windows": [[last_week - 6 * k + 1, last_week - 6 * k + 6] for k in range(1, max(1, cfg.windows) + 1)],
             "config": {k: v for k, v in cfg.__dict__.items()}, "fit": reports}
     (work / "stage2.json").write_text(json.dumps(info, indent=1))
     return work / "stage2.npz"
@@ -267,6 +285,22 @@ def fit(data: Lists, cfg: Stage2Config, holdout: float = 0.1, log: Callable[[str
             log(json.dumps(row))
     out = {k: v.astype(np.float32) for k, v in p.items()}
     return out, report
+
+
+def merge(sets: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """One weight set whose scores are the mean of ``sets``' scores (same columns, any standardisation):
+    hidden layers side by side, each re-expressed on the first set's standardisation, so the node runs one
+    wider MLP. Exact up to a constant per list (the node's shift removes it) and float32 rounding:
+    (x - m_k) i_k = xn (i_k / i) + (m - m_k) i_k with xn = (x - m) i."""
+    m, i = sets[0]["mean"].astype(np.float64), sets[0]["inv_std"].astype(np.float64)
+    K = len(sets)
+    ratio = [np.where(i > 0, p["inv_std"] / np.where(i > 0, i, 1.0), 0.0) for p in sets]
+    w1 = np.concatenate([r[:, None] * p["w1"] for r, p in zip(ratio, sets, strict=True)], axis=1)
+    b1 = np.concatenate([p["b1"] + ((m - p["mean"]) * p["inv_std"]) @ p["w1"] for p in sets])
+    wl = sum(r * p["wl"] for r, p in zip(ratio, sets, strict=True)) / K
+    w2 = np.concatenate([p["w2"] for p in sets]) / K
+    return {"mean": m.astype(np.float32), "inv_std": i.astype(np.float32), "w1": w1.astype(np.float32),
+            "b1": b1.astype(np.float32), "wl": np.asarray(wl, np.float32), "w2": w2.astype(np.float32)}
 
 
 def save(sets: dict[str, dict[str, np.ndarray]], cfg: Stage2Config) -> bytes:

@@ -1053,20 +1053,22 @@ class Ranker:
             st = self._session_state(req)
         if req.zone is not None and self.rerank.cold_zone_blend and not (st.first or rep.n_baskets):
             self._zone_blend(scores, req.zone, pt)  # a new shopper: the zone is the context that tells most
-        if self._stage2 is not None and req.second_stage:
-            # after the re-derivation: stage 2 sees the picks the exclusions use
-            # the latest SESSION_LEN distinct picks, oldest first (what ``Stage2.features`` reads of list(last))
-            lr = self._last_repeat
-            # in pool mode its pool is the best of the catalogue (the items that can be shown)
-            self._stage2.rescore(scores, rep, list(islice(reversed(st.last), SESSION_LEN))[::-1], self._heat,
-                                 lr[1] if lr is not None and lr[0] is rep else None,
-                                 None if pt is None else (pt.pool, pt.pos))
         if self.rerank.drop_session_items:
             ex = req.exclude
             excl = (ex | st.skus) if isinstance(ex, set) else st.skus.union(ex)  # one new set
         else:
             excl = set(req.exclude)
         cap_key = (req.screen, req.session_id) if (req.screen or req.session_id) else None
+        excl_idx = self._excluded_indices(cap_key, excl) if excl else None
+        if self._stage2 is not None and req.second_stage:
+            # after the re-derivation: stage 2 sees the picks the exclusions use
+            # the latest SESSION_LEN distinct picks, oldest first (what ``Stage2.features`` reads of list(last))
+            lr = self._last_repeat
+            # in pool mode its pool is the best of the catalogue (the items that can be shown); excluded and
+            # suppressed items are left out of it (the walk below drops them anyway)
+            self._stage2.rescore(scores, rep, list(islice(reversed(st.last), SESSION_LEN))[::-1], self._heat,
+                                 lr[1] if lr is not None and lr[0] is rep else None,
+                                 None if pt is None else (pt.pool, pt.pos), drop=excl_idx, block=self._rule_block)
         capped = self._caps.get(cap_key) if cap_key else None
 
         top, order, block = self._candidate_order(scores, len(excl) + k, pt)
@@ -1078,8 +1080,8 @@ class Ranker:
         # caps are masks over ``order``; tuples are built only for what the walk below reaches.
         V = self.V
         mask = np.zeros(V + 1, bool)  # index V: what ``get`` maps to -1 (not in the vocabulary)
-        if excl:
-            mask[self._excluded_indices(cap_key, excl)] = True
+        if excl_idx is not None:
+            mask[excl_idx] = True
             live = order[~mask[order]]
             mask[:] = False
         else:

@@ -1,11 +1,12 @@
 """The learned second stage (re-ranker) over the stage-1 model's candidate pool.
 
 Stage 1 (the int8 graph plus the node-side float terms in ``ranker.py``) scores the whole
-vocabulary; stage 2 re-scores its best ``pool`` candidates (the shopper's just-picked items
-left out) with a tiny MLP over per-candidate features that stage 1 mixes only linearly or not at
-all: the stage-1 score and rank, the 10 repeat columns, co-occurrence with the session (sum and max)
-and with the history, popularity, heat, the candidate category's share in the history and in the
-session, embedding similarity to the session, and the shopper's history / session size.
+vocabulary; stage 2 re-scores its best ``pool`` candidates (the shopper's just-picked items, the
+request's excluded skus and suppressed items left out: the re-ranking would drop them) with a
+tiny MLP over per-candidate features that stage 1 mixes only linearly or not at all: the stage-1
+score and rank, the 10 repeat columns, co-occurrence with the session (sum and max) and with the
+history, popularity, heat, the candidate category's share in the history and in the session,
+embedding similarity to the session, and the shopper's history / session size.
 
 With ``rerank.catalogue_only`` (the node serving a store's catalogue) stage 1 scores the catalogue's items
 only and stage 2 re-ranks the best ``pool`` of those (the items that can be shown: candidate generation is
@@ -191,8 +192,10 @@ class Stage2:
         self._visits[key] = ent
         return ent
 
-    def _pool(self, scores: np.ndarray, sess: np.ndarray) -> np.ndarray:
-        """The best ``pool`` positions of ``scores`` minus the picks ``sess`` (positions too), best first.
+    def _pool(self, scores: np.ndarray, sess: np.ndarray, block: np.ndarray | None = None) -> np.ndarray:
+        """The best ``pool`` positions of ``scores`` minus the picks ``sess`` (positions too; the caller may
+        add the request's other exclusions) and minus the positions ``block`` (a bool mask over ``scores``:
+        suppressed items) marks, best first.
         Usually: a threshold from a strided sample (``features.sample_threshold``), the picks cleared from the
         mask of the items above it, a partition of those few hundred; else ``top_m`` of all scores. The same
         items in the same order as ``top_m(scores, pool + len(sess))`` sorted, picks dropped, cut to ``pool``
@@ -203,12 +206,18 @@ class Stage2:
             if ns:
                 above[sess] = False
             cand = above.nonzero()[0]
+            if block is not None:
+                cand = cand[~block.take(cand)]
             if len(cand) >= m:  # partition the few hundred, sort the best m (negation is exact: the same keys)
                 v = -scores.take(cand)
                 best = v.argpartition(m - 1)[:m]
                 return cand.take(best.take(v.take(best).argsort(kind="stable")))
+        if block is not None and block.any():  # rare path (a thin threshold): the blocked ones out first
+            scores = np.where(block, -np.inf, scores)
         top = top_m(scores, m + ns)
         top = top.take((-scores.take(top)).argsort(kind="stable"))
+        if block is not None:
+            top = top[~block.take(top)]
         if ns:
             with self._lock:
                 mask = self._mask
@@ -219,7 +228,8 @@ class Stage2:
 
     def features(self, scores: np.ndarray, rep: RepeatFeatures, latest: Sequence[int],
                  heat: np.ndarray | None, repeat_rows: np.ndarray | None = None,
-                 subset: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 subset: tuple[np.ndarray, np.ndarray] | None = None, drop: np.ndarray | None = None,
+                 block: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(pool, X): the best ``pool`` vocabulary items by ``scores`` (just-picked items left out), best
         first, and their feature matrix [pool, F] (float32). Array methods (``take``, ``argsort``) instead of
         ``np.*`` wrappers and fancy indexing: the same numbers, ~1 µs less a call. ``repeat_rows``:
@@ -232,12 +242,15 @@ class Stage2:
         (training, requests without a catalogue) positions and vocabulary indices are the same."""
         sess = np.asarray(latest[-SESSION_LEN:], np.intp)
         ns = len(sess)
+        # what the re-ranking after stage 2 drops anyway stays out of its pool: ``drop`` (vocabulary indices of
+        # the request's excluded skus, -1 for unknown ones) and ``block`` (a [V] mask of suppressed items)
+        out = sess if drop is None or not len(drop) else np.concatenate((sess, drop[drop >= 0]))
         if subset is None:
-            pool = items = self._pool(scores, sess)
+            pool = items = self._pool(scores, out, block)
         else:
             idx, where = subset
-            sp = where.take(sess)  # the picks outside the subset cannot be in its pool
-            pool = self._pool(scores, sp[sp >= 0] if ns else sp)
+            sp = where.take(out)  # the picks outside the subset cannot be in its pool
+            pool = self._pool(scores, sp[sp >= 0] if len(out) else sp, None if block is None else block.take(idx))
             items = idx.take(pool)
         c = 2 + REPEAT_FEATURES
         n = len(rep.items)
@@ -297,15 +310,18 @@ class Stage2:
 
     def rescore(self, scores: np.ndarray, rep: RepeatFeatures, latest: Sequence[int],
                 heat: np.ndarray | None, repeat_rows: np.ndarray | None = None,
-                subset: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+                subset: tuple[np.ndarray, np.ndarray] | None = None, drop: np.ndarray | None = None,
+                block: np.ndarray | None = None) -> None:
         """Replace the pool's stage-1 scores by stage-2 scores shifted above every item outside the pool
         (so the re-ranking after this sees the pool first, in stage-2 order). ``subset``: ``scores`` are
-        those of these items only (``features``); the pool is then the best of them."""
+        those of these items only (``features``); the pool is then the best of them. ``drop`` / ``block``:
+        excluded / suppressed items, left out of the pool (``features``) so it holds items that can be shown;
+        without them (nothing excluded, no rules) the pool and scores are what they were."""
         # with picks: ``s_``; without picks but with a history: ``n_``; a cold shopper without picks: stage 1
         params = self.sets[True] if len(latest) else (self.sets[False] if rep.n_baskets else None)
         if params is None:
             return
-        pool, X = self.features(scores, rep, latest, heat, repeat_rows, subset=subset)
+        pool, X = self.features(scores, rep, latest, heat, repeat_rows, subset=subset, drop=drop, block=block)
         if not len(pool):
             return
         s2 = forward(params, X)

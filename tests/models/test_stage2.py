@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 
 import numpy as np
 
@@ -74,3 +75,51 @@ def test_node_forward_equals_the_training_graph() -> None:
         assert s32.dtype == np.float32
         np.testing.assert_allclose(s32, s64[i], rtol=1e-5, atol=1e-4)
         assert np.argsort(-s32)[:10].tolist() == np.argsort(-s64[i])[:10].tolist()
+
+
+def test_merge_scores_are_the_mean_of_the_sets_up_to_a_constant() -> None:
+    """An ``n_ensemble`` set: one wider MLP whose scores are the mean of its members' (the node's shift drops
+    the per-list constant), although each member has its own standardisation."""
+    from models.stage2 import merge
+
+    data = _lists(n=200)
+    ps = [fit(data, Stage2Config(epochs=1, batch=32, hidden=4, seed=s), holdout=0.1)[0] for s in range(3)]
+    assert not np.array_equal(ps[0]["mean"], ps[1]["mean"])  # different hold-outs: different standardisation
+    m = merge(ps)
+    assert m["w1"].shape == (F, 12) and m["w2"].shape == (12,)
+    for i in range(3):
+        x = data.X[i]
+        d = forward(m, x) - np.mean([forward(p, x) for p in ps], axis=0)
+        assert float(np.ptp(d)) < 1e-4
+
+
+def test_window_lists_reach_only_the_sets_asked_for() -> None:
+    """``windows`` > 1: lists of window k carry kind + 10 (k - 1); ``window_sets`` picks the sets they train."""
+    from models.stage2 import fit_sets
+
+    a, b = _lists(n=120, seed=1), _lists(n=120, seed=2)
+    a.kind[:] = np.arange(120) % 2  # 0: no picks (n_), 1: picks (s_)
+    b.kind[:] = 10 + np.arange(120) % 2
+    both = Lists(*(np.concatenate([getattr(a, f), getattr(b, f)]) for f in ("X", "y", "n_target", "hh", "kind")))
+    cfg = Stage2Config(epochs=1, batch=32, hidden=4, min_lists=10)
+    _, rep_n = fit_sets(both, replace(cfg, window_sets="n"))
+    _, rep_sn = fit_sets(both, replace(cfg, window_sets="sn"))
+    _, rep_1 = fit_sets(a, cfg)
+    tot = {k: v["lists"] + v["holdout_lists"] for k, v in rep_1.items()}
+    assert rep_n["s_"]["lists"] + rep_n["s_"]["holdout_lists"] == tot["s_"]
+    assert rep_n["n_"]["lists"] + rep_n["n_"]["holdout_lists"] == 2 * tot["n_"]
+    assert rep_sn["s_"]["lists"] + rep_sn["s_"]["holdout_lists"] == 2 * tot["s_"]
+
+
+def test_cli_stage2_defaults_are_the_config_defaults() -> None:
+    """``models/cli.py`` spells the stage-2 defaults out (importing models.stage2 at start-up costs every CLI
+    process RSS); they must stay the config's."""
+    import argparse
+
+    from models.cli import _stage2_args
+
+    p = argparse.ArgumentParser()
+    _stage2_args(p)
+    a = p.parse_args([])
+    d = Stage2Config()
+    assert (a.stage2_windows, a.stage2_window_sets, a.stage2_n_ensemble) == (d.windows, d.window_sets, d.n_ensemble)

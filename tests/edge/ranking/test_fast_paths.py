@@ -222,11 +222,14 @@ def _plain_recommend(r: Ranker, req: RecRequest) -> list[Recommendation]:
         return r._fallback(req, k)
     scores, u, rep, sess_idx, _ = r._invoke(req)
     scores = scores + r._tie
-    if r._stage2 is not None:  # the shipped release's second stage, on the latest distinct picks (oldest first)
-        r._stage2.rescore(scores, rep, list(r._session_state(req).last)[-SESSION_LEN:], r._heat)
     excl = set(req.exclude)
     if r.rerank.drop_session_items:
         excl |= r._session_state(req).skus
+    if r._stage2 is not None:  # the shipped release's second stage, on the latest distinct picks (oldest first);
+        # its pool without the excluded and suppressed items
+        drop = np.array([r._index.get(s, -1) for s in excl], np.int64) if excl else None
+        r._stage2.rescore(scores, rep, list(r._session_state(req).last)[-SESSION_LEN:], r._heat, drop=drop,
+                          block=r._rule_block)
     cap_key = (req.screen, req.session_id) if (req.screen or req.session_id) else None
     capped = r._caps.get(cap_key) if cap_key else None
     top, order, block = r._candidate_order(scores, len(excl) + k)

@@ -195,10 +195,11 @@ def test_stage2_takes_stage1s_repeat_rows(tmp_path: Path, monkeypatch: pytest.Mo
     features = s2.features
 
     def spy(scores: np.ndarray, rep: object, latest: list[int], heat: object,
-            repeat_rows: np.ndarray | None = None, subset: object = None) -> tuple[np.ndarray, np.ndarray]:
+            repeat_rows: np.ndarray | None = None, subset: object = None, **kw: object
+            ) -> tuple[np.ndarray, np.ndarray]:
         seen.append(repeat_rows is not None)
-        pool, X = features(scores, rep, latest, heat, repeat_rows, subset=subset)  # type: ignore[arg-type]
-        pool0, X0 = features(scores, rep, latest, heat, subset=subset)  # type: ignore[arg-type]
+        pool, X = features(scores, rep, latest, heat, repeat_rows, subset=subset, **kw)  # type: ignore[arg-type]
+        pool0, X0 = features(scores, rep, latest, heat, subset=subset, **kw)  # type: ignore[arg-type]
         assert np.array_equal(pool, pool0) and X.tobytes() == X0.tobytes()
         return pool, X
 
@@ -223,3 +224,38 @@ def test_second_stage_false_serves_stage1_alone(tmp_path: Path, stage2_weights: 
         req = _req(r1, session, hist)
         assert r2.recommend(dataclasses.replace(req, second_stage=False)) == r1.recommend(req)
         assert r2.recommend(req) != r1.recommend(req)
+
+
+def test_excluded_and_suppressed_items_stay_out_of_the_stage2_pool(tmp_path: Path, stage2_weights: Weights) -> None:
+    """The re-ranking after stage 2 drops excluded and suppressed skus anyway: they are left out of stage 2's
+    pool (which then holds ``pool`` items that can be shown). With nothing excluded beyond the picks the pool,
+    features and answers are what they were (the picks were out of the pool already)."""
+    r = Ranker.load(_release(tmp_path, _npz(stage2_weights())), rerank=RerankConfig(diversity=0.0, repeat_cap=10**9))
+    s2 = r._stage2
+    assert s2 is not None
+    req = _req(r, [5, 17], [3, 40, 77, 123])
+    scores, _, rep, _, st = r._invoke(req)
+    scores = scores + r._tie
+    latest = list(st.last)
+    pool0, X0 = s2.features(scores, rep, latest, r._heat)
+    picks = np.array([r._index[s] for s in req.session] + [-1], np.int64)  # -1: a sku outside the vocabulary
+    pool1, X1 = s2.features(scores, rep, latest, r._heat, drop=picks)
+    assert np.array_equal(pool0, pool1) and X0.tobytes() == X1.tobytes()
+    # exclude two of the pool's best, suppress a third: all three out, the pool refilled from below
+    ex = pool0[[0, 3]]
+    block = np.zeros(r.V, bool)
+    block[pool0[5]] = True
+    pool2, X2 = s2.features(scores, rep, latest, r._heat, drop=ex, block=block)
+    assert len(pool2) == POOL and not set(pool2.tolist()) & {int(ex[0]), int(ex[1]), int(pool0[5])}
+    assert pool2.tolist() == [i for i in pool0.tolist() if i not in {int(ex[0]), int(ex[1]), int(pool0[5])}] + \
+        pool2.tolist()[POOL - 3:]
+    assert (np.diff(scores[pool2]) <= 0).all() and float(X2[0, 0]) == 0.0  # s1_rel relative to the pool's best
+    # through recommend: the same answers as before for a request without exclusions; with them, no excluded sku
+    want = [x.sku for x in r.recommend(req)]
+    s2.features = lambda *a, **kw: Stage2.features(s2, *a, **{**kw, "drop": None, "block": None})  # type: ignore[method-assign]
+    assert [x.sku for x in r.recommend(req)] == want
+    del s2.features
+    req_ex = RecRequest(history=req.history, session=req.session, store_id="367", when=req.when, k=10,
+                        exclude=[r.vocabulary[int(i)] for i in ex])
+    got = [x.sku for x in r.recommend(req_ex)]
+    assert not set(got) & {r.vocabulary[int(i)] for i in ex}
