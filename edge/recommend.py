@@ -216,9 +216,7 @@ class Recommender:
         if self._obs_staged:
             self._apply_staged(OBS_SLICE)
         if due:
-            nudge = getattr(self.store, "nudge", None)
-            if nudge is not None:
-                nudge()
+            self.store.nudge()
 
     def _push(self, v: VisitState, second_stage: bool = True) -> None:
         """Rank for ``v`` and publish the set for each screen it is the nearest shopper to."""
