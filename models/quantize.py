@@ -23,12 +23,16 @@ log = logging.getLogger("shelfcast.models.quantize")
 
 
 def convert(weights: Path, ex: Examples, out_dir: Path, n_rep: int = 300, seed: int = 0) -> dict[str, Path]:
-    tf = _tf()
     with np.load(weights) as z:
         w = {k: z[k] for k in z.files}
-    C = ex.context.shape[1]
-    V = w["in_table"].shape[0] - 1
-    model = inference_model(w, C)
+    return convert_model(inference_model(w, ex.context.shape[1]), w["in_table"].shape[0] - 1, ex, out_dir,
+                         n_rep=n_rep, seed=seed)
+
+
+def convert_model(model: Any, V: int, ex: Examples, out_dir: Path, n_rep: int = 300, seed: int = 0
+                  ) -> dict[str, Path]:
+    """Float and int8 conversion of an inference Keras model (one network or a seed ensemble's)."""
+    tf = _tf()
     out_dir.mkdir(parents=True, exist_ok=True)
 
     conv = tf.lite.TFLiteConverter.from_keras_model(model)
