@@ -284,13 +284,14 @@ def repeat_from_structure(st: HistoryStructure | None, now_days: float,
     # x / -d is exactly -x / d (IEEE division is sign-symmetric): one numpy call less per exponent
     wb = np.exp(age / -DECAY_DAYS)
     items = st.items
-    decayed = np.bincount(st.inv, weights=wb[st.bk], minlength=len(items)) / wb.sum()
+    # take / add.reduce: ``wb[st.bk]`` / ``wb.sum()`` without the fancy-index and ``sum`` wrapper overhead
+    decayed = np.bincount(st.inv, weights=wb.take(st.bk), minlength=len(items)) / np.add.reduce(wb)
     share = st.share if len(st.share) == len(items) else st.count / n_b
     share32 = st.share32 if len(st.share32) == len(items) else None
-    age_last = age[st.last_b]
+    age_last = age.take(st.last_b)
     recency = np.exp(age_last / -RECENCY_DAYS)
     in_last, has_iv, iv_p1, in_last3 = st.in_last, st.has_iv, st.iv_p1, st.in_last3
-    recent = np.bincount(st.inv, weights=(age < RECENT_DAYS)[st.bk], minlength=len(items))
+    recent = np.bincount(st.inv, weights=(age < RECENT_DAYS).take(st.bk), minlength=len(items))
     if len(items) > max_items:
         keep = np.argsort(-decayed, kind="stable")[:max_items]
         items, share, recency, decayed = items[keep], share[keep], recency[keep], decayed[keep]
@@ -318,17 +319,20 @@ def repeat_features(idx: np.ndarray, t_days: np.ndarray, now_days: float,
     return repeat_from_structure(history_structure(idx, t_days), now_days, max_items)
 
 
-def history_inputs(rep: RepeatFeatures, out_items: np.ndarray, out_w: np.ndarray) -> None:
-    """Fill hist_items / hist_weights (zeroed, [HIST_LEN]) from the repeat features."""
+def history_inputs(rep: RepeatFeatures, out_items: np.ndarray, out_w: np.ndarray) -> np.ndarray | None:
+    """Fill hist_items / hist_weights (zeroed, [HIST_LEN]) from the repeat features. Returns the positions in
+    ``rep.items`` it took (``argpartition`` of the decayed shares when there are more than HIST_LEN items; the
+    ranker hands them to stage 2, whose history co-occurrence uses the same items), None without items."""
     n = len(rep.items)
     if n == 0:
-        return
+        return None
     top = np.argpartition(-rep.decayed, HIST_LEN - 1)[:HIST_LEN] if n > HIST_LEN else np.arange(n)
-    w = rep.decayed[top].astype(np.float64)
-    s = w.sum()
+    w = rep.decayed.take(top).astype(np.float64)  # take / add.reduce: [] / sum() with less overhead
+    s = np.add.reduce(w)
     m = len(top)
-    out_items[:m] = rep.items[top] + 1
+    out_items[:m] = rep.items.take(top) + 1
     out_w[:m] = (w / s) if s > 0 else 1.0 / m
+    return top
 
 
 def session_inputs(session_idx: list[int] | np.ndarray, out_items: np.ndarray, out_w: np.ndarray) -> int:

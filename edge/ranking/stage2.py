@@ -192,25 +192,38 @@ class Stage2:
         self._visits[key] = ent
         return ent
 
-    def _pool(self, scores: np.ndarray, sess: np.ndarray, block: np.ndarray | None = None) -> np.ndarray:
+    def _pool(self, scores: np.ndarray, sess: np.ndarray, block: np.ndarray | None = None,
+              left_out: list[np.ndarray] | None = None) -> np.ndarray:
         """The best ``pool`` positions of ``scores`` minus the picks ``sess`` (positions too; the caller may
         add the request's other exclusions) and minus the positions ``block`` (a bool mask over ``scores``:
         suppressed items) marks, best first.
         Usually: a threshold from a strided sample (``features.sample_threshold``), the picks cleared from the
         mask of the items above it, a partition of those few hundred; else ``top_m`` of all scores. The same
         items in the same order as ``top_m(scores, pool + len(sess))`` sorted, picks dropped, cut to ``pool``
-        (up to exact ties)."""
+        (up to exact ties).
+
+        ``left_out``: a list that gets, when the threshold path made the pool, the positions of ``sess`` and
+        ``block`` it left out although they reached the threshold (distinct): every item outside the pool that
+        scores above the pool's lowest score is one of them (``Ranker._candidate_order`` uses this)."""
         m, n, ns = self.pool, len(scores), len(sess)
         if 16 * (m + ns) < n:
             above = scores >= sample_threshold(scores, m + ns)
+            out: list[int] = []
             if ns:
+                if left_out is not None:
+                    out = sess.take(above.take(sess).nonzero()[0]).tolist()
                 above[sess] = False
             cand = above.nonzero()[0]
             if block is not None:
-                cand = cand[~block.take(cand)]
+                bm = block.take(cand)
+                if left_out is not None:
+                    out += cand.take(bm.nonzero()[0]).tolist()
+                cand = cand[~bm]
             if len(cand) >= m:  # partition the few hundred, sort the best m (negation is exact: the same keys)
                 v = -scores.take(cand)
                 best = v.argpartition(m - 1)[:m]
+                if left_out is not None:
+                    left_out.append(np.array(list(dict.fromkeys(out)), np.intp))  # a pick may be in drop too
                 return cand.take(best.take(v.take(best).argsort(kind="stable")))
         if block is not None and block.any():  # rare path (a thin threshold): the blocked ones out first
             scores = np.where(block, -np.inf, scores)
@@ -229,7 +242,9 @@ class Stage2:
     def features(self, scores: np.ndarray, rep: RepeatFeatures, latest: Sequence[int],
                  heat: np.ndarray | None, repeat_rows: np.ndarray | None = None,
                  subset: tuple[np.ndarray, np.ndarray] | None = None, drop: np.ndarray | None = None,
-                 block: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 block: np.ndarray | None = None,
+                 hist_rows: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+                 left_out: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(pool, X): the best ``pool`` vocabulary items by ``scores`` (just-picked items left out), best
         first, and their feature matrix [pool, F] (float32). Array methods (``take``, ``argsort``) instead of
         ``np.*`` wrappers and fancy indexing: the same numbers, ~1 µs less a call. ``repeat_rows``:
@@ -239,14 +254,19 @@ class Stage2:
         catalogue pool, ``catalogue_only``), ``pos`` [V + 1] their positions in it (-1 outside). The pool is
         then the best of those items and is returned as positions in ``scores``; ``s1_rel`` and ``log_rank``
         are relative to that pool (the catalogue's best), every other column is the item's own. Without it
-        (training, requests without a catalogue) positions and vocabulary indices are the same."""
+        (training, requests without a catalogue) positions and vocabulary indices are the same.
+
+        ``hist_rows`` = (top, nb, rows): for a history of more than HIST_LEN items, what the ranker's stage 1
+        gathered already: ``(-rep.decayed).argpartition(HIST_LEN - 1)[:HIST_LEN]`` (``history_inputs``), the
+        neighbour indices of those items raveled and their neighbour values [HIST_LEN, K] (the same arrays this
+        would gather). ``left_out``: passed to ``_pool`` (whole-vocabulary requests only)."""
         sess = np.asarray(latest[-SESSION_LEN:], np.intp)
         ns = len(sess)
         # what the re-ranking after stage 2 drops anyway stays out of its pool: ``drop`` (vocabulary indices of
         # the request's excluded skus, -1 for unknown ones) and ``block`` (a [V] mask of suppressed items)
         out = sess if drop is None or not len(drop) else np.concatenate((sess, drop[drop >= 0]))
         if subset is None:
-            pool = items = self._pool(scores, out, block)
+            pool = items = self._pool(scores, out, block, left_out)
         else:
             idx, where = subset
             sp = where.take(out)  # the picks outside the subset cannot be in its pool
@@ -281,6 +301,11 @@ class Stage2:
                     w = rep.decayed.astype(np.float32)
                     w /= max(float(w.sum()), 1e-12)
                     hb, hv = nbh, (nvh * w[:, None]).ravel()
+                elif hist_rows is not None:  # stage 1's: the same items and rows
+                    top_h, hb, rows = hist_rows
+                    w = rep.decayed.take(top_h).astype(np.float32, copy=False)  # a copy once, float32
+                    w /= max(float(np.add.reduce(w)), 1e-12)  # ``w.sum()`` without its wrapper
+                    hv = (rows * w[:, None]).ravel()
                 else:
                     k = min(n, HIST_LEN)
                     top_h = (-rep.decayed).argpartition(k - 1)[:k]
@@ -297,13 +322,13 @@ class Stage2:
             shares = np.zeros((self._ncat, 2))
             if n:
                 ch = np.bincount(cat_h, weights=rep.decayed, minlength=self._ncat)
-                np.divide(ch, max(float(ch.sum()), 1e-12), out=shares[:, 0])
+                np.divide(ch, max(float(np.add.reduce(ch)), 1e-12), out=shares[:, 0])
             if ns:
                 np.divide(np.bincount(self._cat.take(sess), minlength=self._ncat), ns, out=shares[:, 1])
             X[:, c + 5:c + 7] = shares.take(self._cat.take(items), 0)
             if ns:
                 # [ns, P] and max over the first axis: the same dot products as [P, ns], ~3x cheaper to reduce
-                X[:, c + 7] = (self._emb.take(sess, 0) @ self._emb.take(items, 0).T).max(0)
+                X[:, c + 7] = np.maximum.reduce(self._emb.take(sess, 0) @ self._emb.take(items, 0).T, 0)  # .max(0)
         X[:, c + 8] = self._lp(rep.n_baskets)
         X[:, c + 9] = self._lp(ns)
         return pool, X
@@ -311,25 +336,42 @@ class Stage2:
     def rescore(self, scores: np.ndarray, rep: RepeatFeatures, latest: Sequence[int],
                 heat: np.ndarray | None, repeat_rows: np.ndarray | None = None,
                 subset: tuple[np.ndarray, np.ndarray] | None = None, drop: np.ndarray | None = None,
-                block: np.ndarray | None = None) -> None:
+                block: np.ndarray | None = None,
+                hist_rows: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+                ) -> tuple[np.ndarray, np.ndarray, float] | None:
         """Replace the pool's stage-1 scores by stage-2 scores shifted above every item outside the pool
         (so the re-ranking after this sees the pool first, in stage-2 order). ``subset``: ``scores`` are
         those of these items only (``features``); the pool is then the best of them. ``drop`` / ``block``:
         excluded / suppressed items, left out of the pool (``features``) so it holds items that can be shown;
-        without them (nothing excluded, no rules) the pool and scores are what they were."""
+        without them (nothing excluded, no rules) the pool and scores are what they were.
+
+        Returns, for a whole-vocabulary request whose pool came from ``_pool``'s threshold path, (pool, left
+        out, lowest new score): the pool's items, the excluded / blocked items ``_pool`` left out although they
+        reached its threshold, and the pool's lowest stage-2 score when it is above every stage-1 score left in
+        the pool's place (the pool's lowest stage-1 score): then every item scoring at least that is in the pool
+        or left out (``Ranker._candidate_order`` takes its candidates from those few). Else None."""
         # with picks: ``s_``; without picks but with a history: ``n_``; a cold shopper without picks: stage 1
         params = self.sets[True] if len(latest) else (self.sets[False] if rep.n_baskets else None)
         if params is None:
-            return
-        pool, X = self.features(scores, rep, latest, heat, repeat_rows, subset=subset, drop=drop, block=block)
+            return None
+        left_out: list[np.ndarray] | None = [] if subset is None else None
+        pool, X = self.features(scores, rep, latest, heat, repeat_rows, subset=subset, drop=drop, block=block,
+                                hist_rows=hist_rows, left_out=left_out)
         if not len(pool):
-            return
+            return None
         s2 = forward(params, X)
         floor = scores[pool[-1]]  # the pool's lowest stage-1 score >= every score outside the pool
-        s2 -= s2.min()  # in place, in the order of ``s2 - s2.min() + floor + 1e-3``: the same numbers
+        # ``s2.min()`` without its wrapper; in place, in the order of ``s2 - s2.min() + floor + 1e-3``: the same
+        # numbers
+        s2 -= np.minimum.reduce(s2)
         s2 += floor
         s2 += 1e-3
-        scores[pool] = s2
+        scores.put(pool, s2)
+        if left_out:
+            low = float(np.minimum.reduce(s2))
+            if low > float(floor):
+                return pool, left_out[0], low
+        return None
 
 
 def load_stage2(data: bytes, ranker: Any) -> Stage2:
