@@ -96,6 +96,7 @@ def forward(params: Mapping[str, np.ndarray], X: np.ndarray) -> np.ndarray:
 
 
 VISITS = 8  # visits whose history-structure lookups (``Stage2._visit``) are kept
+SESS_MEMO = 64  # pick lists whose session columns (``Stage2.features``) are kept (~4 kB each in pool mode)
 
 
 class Stage2:
@@ -139,6 +140,9 @@ class Stage2:
         self._log_rank: dict[int, np.ndarray] = {}
         self._log1p: dict[int, float] = {}
         self._visits: dict[tuple[int, int], tuple[Any, ...]] = {}
+        # pick list bytes -> (subset it was made for or None, co-occurrence sums / maxima at the subset's items
+        # (pool mode), the picks' embedding rows, the picks' category shares); see ``features``
+        self._sess_memo: dict[bytes, tuple[Any, ...]] = {}
         self._lock = threading.Lock()  # the scratch vectors above are shared between requests
 
     @classmethod
@@ -225,19 +229,25 @@ class Stage2:
                 if left_out is not None:
                     left_out.append(np.array(list(dict.fromkeys(out)), np.intp))  # a pick may be in drop too
                 return cand.take(best.take(v.take(best).argsort(kind="stable")))
-        if block is not None and block.any():  # rare path (a thin threshold): the blocked ones out first
+        hidden = block is not None and bool(block.any())
+        if block is not None and hidden:  # rare path (a thin threshold): the blocked ones out first
             scores = np.where(block, -np.inf, scores)
         top = top_m(scores, m + ns)
         top = top.take((-scores.take(top)).argsort(kind="stable"))
-        if block is not None:
-            top = top[~block.take(top)]
+        drop = None if block is None else block.take(top)  # blocked or picked: one mask, the same order kept
         if ns:
             with self._lock:
                 mask = self._mask
                 mask[sess] = True
-                top = top[~mask.take(top)]
+                picked = mask.take(top)
                 mask[sess] = False
-        return top[:m]
+            drop = picked if drop is None else drop | picked
+        kept = top if drop is None else top[~drop]
+        if left_out is not None and not hidden:
+            # everything outside ``top`` scores at most its last, so at most the pool's last: the left-out
+            # items above that are the ones of ``top`` dropped here (distinct: ``top`` is)
+            left_out.append(top[:0] if drop is None else top[drop])
+        return kept[:m]
 
     def features(self, scores: np.ndarray, rep: RepeatFeatures, latest: Sequence[int],
                  heat: np.ndarray | None, repeat_rows: np.ndarray | None = None,
@@ -259,7 +269,7 @@ class Stage2:
         ``hist_rows`` = (top, nb, rows): for a history of more than HIST_LEN items, what the ranker's stage 1
         gathered already: ``(-rep.decayed).argpartition(HIST_LEN - 1)[:HIST_LEN]`` (``history_inputs``), the
         neighbour indices of those items raveled and their neighbour values [HIST_LEN, K] (the same arrays this
-        would gather). ``left_out``: passed to ``_pool`` (whole-vocabulary requests only)."""
+        would gather). ``left_out``: passed to ``_pool``."""
         sess = np.asarray(latest[-SESSION_LEN:], np.intp)
         ns = len(sess)
         # what the re-ranking after stage 2 drops anyway stays out of its pool: ``drop`` (vocabulary indices of
@@ -270,7 +280,8 @@ class Stage2:
         else:
             idx, where = subset
             sp = where.take(out)  # the picks outside the subset cannot be in its pool
-            pool = self._pool(scores, sp[sp >= 0] if len(out) else sp, None if block is None else block.take(idx))
+            pool = self._pool(scores, sp[sp >= 0] if len(out) else sp, None if block is None else block.take(idx),
+                              left_out)
             items = idx.take(pool)
         c = 2 + REPEAT_FEATURES
         n = len(rep.items)
@@ -284,15 +295,35 @@ class Stage2:
             if lr is None:
                 lr = self._log_rank[P] = np.log1p(np.arange(P, dtype=np.float32))
             X[:, 1] = lr
+            sm = None
             if ns:
-                nb = self._nb_idx.take(sess, 0).ravel()
-                nv = self._nb_val.take(sess, 0).ravel()
-                np.add.at(self._sum, nb, nv)
-                np.maximum.at(self._max, nb, nv)
-                X[:, c] = self._sum.take(items)
-                X[:, c + 1] = self._max.take(items)
-                self._sum[nb] = 0.0
-                self._max[nb] = 0.0
+                # what depends on the picks only, kept for the last few pick lists (a shelf's visit comes back
+                # to the same ones): in pool mode the co-occurrence sums and maxima at the subset's items
+                skey = sess.tobytes()
+                sm = self._sess_memo.get(skey)
+                if sm is not None and sm[0] is not (None if subset is None else subset[0]):
+                    sm = None
+                if sm is not None and sm[1] is not None and sm[2] is not None:
+                    X[:, c] = sm[1].take(pool)  # pool = positions in the subset
+                    X[:, c + 1] = sm[2].take(pool)
+                else:
+                    nb = self._nb_idx.take(sess, 0).ravel()
+                    nv = self._nb_val.take(sess, 0).ravel()
+                    np.add.at(self._sum, nb, nv)
+                    np.maximum.at(self._max, nb, nv)
+                    X[:, c] = self._sum.take(items)
+                    X[:, c + 1] = self._max.take(items)
+                    sub_sum = sub_max = None
+                    if subset is not None:
+                        sub_sum, sub_max = self._sum.take(subset[0]), self._max.take(subset[0])
+                    self._sum[nb] = 0.0
+                    self._max[nb] = 0.0
+                    emb_s = self._emb.take(sess, 0)
+                    cat_s = np.bincount(self._cat.take(sess), minlength=self._ncat) / ns
+                    sm = (None if subset is None else subset[0], sub_sum, sub_max, emb_s, cat_s)
+                    if len(self._sess_memo) >= SESS_MEMO:
+                        self._sess_memo.pop(next(iter(self._sess_memo)))
+                    self._sess_memo[skey] = sm
             if n:
                 _, _, pos, buf, tmpl, cat_h, nbh, nvh = self._visit(rep)
                 buf[:n] = repeat_matrix(rep, tmpl) if repeat_rows is None else repeat_rows
@@ -323,12 +354,12 @@ class Stage2:
             if n:
                 ch = np.bincount(cat_h, weights=rep.decayed, minlength=self._ncat)
                 np.divide(ch, max(float(np.add.reduce(ch)), 1e-12), out=shares[:, 0])
-            if ns:
-                np.divide(np.bincount(self._cat.take(sess), minlength=self._ncat), ns, out=shares[:, 1])
+            if sm is not None:  # the session's category shares (counts / ns, float64) and pick embeddings
+                shares[:, 1] = sm[4]
             X[:, c + 5:c + 7] = shares.take(self._cat.take(items), 0)
-            if ns:
+            if sm is not None:
                 # [ns, P] and max over the first axis: the same dot products as [P, ns], ~3x cheaper to reduce
-                X[:, c + 7] = np.maximum.reduce(self._emb.take(sess, 0) @ self._emb.take(items, 0).T, 0)  # .max(0)
+                X[:, c + 7] = np.maximum.reduce(sm[3] @ self._emb.take(items, 0).T, 0)  # .max(0)
         X[:, c + 8] = self._lp(rep.n_baskets)
         X[:, c + 9] = self._lp(ns)
         return pool, X
@@ -345,16 +376,16 @@ class Stage2:
         excluded / suppressed items, left out of the pool (``features``) so it holds items that can be shown;
         without them (nothing excluded, no rules) the pool and scores are what they were.
 
-        Returns, for a whole-vocabulary request whose pool came from ``_pool``'s threshold path, (pool, left
-        out, lowest new score): the pool's items, the excluded / blocked items ``_pool`` left out although they
-        reached its threshold, and the pool's lowest stage-2 score when it is above every stage-1 score left in
-        the pool's place (the pool's lowest stage-1 score): then every item scoring at least that is in the pool
-        or left out (``Ranker._candidate_order`` takes its candidates from those few). Else None."""
+        Returns (pool, left out, lowest new score) when ``_pool`` reported its left-out items: the pool (positions
+        in ``scores``), the excluded / blocked items ``_pool`` left out although they scored as high as the ones
+        it kept, and the pool's lowest stage-2 score when it is above every stage-1 score left in the pool's
+        place (the pool's lowest stage-1 score): then every item scoring at least that is in the pool or left
+        out (``Ranker._candidate_order`` takes its candidates from those few). Else None."""
         # with picks: ``s_``; without picks but with a history: ``n_``; a cold shopper without picks: stage 1
         params = self.sets[True] if len(latest) else (self.sets[False] if rep.n_baskets else None)
         if params is None:
             return None
-        left_out: list[np.ndarray] | None = [] if subset is None else None
+        left_out: list[np.ndarray] = []
         pool, X = self.features(scores, rep, latest, heat, repeat_rows, subset=subset, drop=drop, block=block,
                                 hist_rows=hist_rows, left_out=left_out)
         if not len(pool):
