@@ -235,7 +235,11 @@ def history_structure(idx: np.ndarray, t_days: np.ndarray) -> HistoryStructure |
         return HistoryStructure(tb, _EMPTY_I, _EMPTY_I, _EMPTY_I, _EMPTY_I, _EMPTY_I, _EMPTY_I)
     # np.unique (sort, then drop repeats) and the per-item runs written out: np.unique, np.r_ and bincount
     # cost ~10 us of Python each on a few hundred lines; the same arrays
-    pair = np.sort(idx[valid].astype(np.int64, copy=False) * n_b + binv[valid])
+    if valid.all():  # the usual case: no boolean-mask copies
+        pair = idx.astype(np.int64, copy=False) * n_b + binv
+    else:
+        pair = idx[valid].astype(np.int64, copy=False) * n_b + binv[valid]
+    pair.sort()  # a fresh array: sorted in place, np.sort's result without its copy
     keep = np.empty(len(pair), bool)
     keep[:1] = True
     np.not_equal(pair[1:], pair[:-1], out=keep[1:])
@@ -245,10 +249,10 @@ def history_structure(idx: np.ndarray, t_days: np.ndarray) -> HistoryStructure |
     new[:1] = True
     np.not_equal(it[1:], it[:-1], out=new[1:])
     items = it[new]
-    inv = np.cumsum(new) - 1
+    inv = new.cumsum() - 1
     bk = pair % n_b
     bounds = np.empty(len(items) + 1, np.intp)  # where each item's run of pairs starts, then the end
-    bounds[:-1] = np.flatnonzero(new)
+    bounds[:-1] = new.nonzero()[0]
     bounds[-1] = len(it)
     count = bounds[1:] - bounds[:-1]  # baskets holding each item
     last_b = bk[bounds[1:] - 1]  # last pair of each item = latest basket
@@ -268,7 +272,7 @@ def _unique_inverse(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     new = np.empty(len(x), bool)
     new[:1] = True
     np.not_equal(x[1:], x[:-1], out=new[1:])
-    inv = np.cumsum(new) - 1
+    inv = new.cumsum() - 1  # methods: np.cumsum's result without its wrapper
     return x[new], inv
 
 
@@ -326,7 +330,8 @@ def history_inputs(rep: RepeatFeatures, out_items: np.ndarray, out_w: np.ndarray
     n = len(rep.items)
     if n == 0:
         return None
-    top = np.argpartition(-rep.decayed, HIST_LEN - 1)[:HIST_LEN] if n > HIST_LEN else np.arange(n)
+    # the method: ``np.argpartition``'s result without its Python wrapper
+    top = (-rep.decayed).argpartition(HIST_LEN - 1)[:HIST_LEN] if n > HIST_LEN else np.arange(n)
     w = rep.decayed.take(top).astype(np.float64)  # take / add.reduce: [] / sum() with less overhead
     s = np.add.reduce(w)
     m = len(top)
