@@ -16,25 +16,26 @@ others never wait for it.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Client", "Hub", "direct_fd"]
+__all__ = ["Client", "Hub", "direct_send"]
 
 # the transport class whose ``write`` the direct path reproduces (plain TCP; never TLS, whose bytes differ)
 _PLAIN = getattr(getattr(asyncio, "selector_events", None), "_SelectorSocketTransport", None)
 
 
-def direct_fd(transport: Any) -> int:
-    """The socket ``Hub.offer`` may write a frame to itself when ``transport`` has nothing queued, or -1 (any
-    other transport: TLS, uvloop, test doubles go through ``transport.write``)."""
+def direct_send(transport: Any) -> Callable[[bytes], int] | None:
+    """The ``send`` of the socket under ``transport`` (the one ``transport.write`` calls), which ``Hub.offer``
+    may call itself when the transport has nothing queued; None for any other transport (TLS, uvloop, test
+    doubles: they go through ``transport.write``)."""
     if _PLAIN is None or type(transport) is not _PLAIN:
-        return -1
-    sock = transport.get_extra_info("socket")
-    return sock.fileno() if sock is not None else -1
+        return None
+    sock = getattr(transport, "_sock", None)
+    send = getattr(sock, "send", None)
+    return send if callable(send) else None
 
 
 @dataclass(eq=False, slots=True)
@@ -48,7 +49,7 @@ class Client:
     transport: Any = None  # set once the headers are out: frames may then be written directly
     chunked: bool = False  # HTTP/1.1 chunked body: direct writes add the chunk framing
     busy: bool = False  # the writer task is mid-write (direct writes must wait: order)
-    fd: int = -1  # the transport's socket, when it is a plain one: direct writes skip ``transport.write``
+    send: Callable[[bytes], int] | None = None  # its plain socket's ``send``: direct writes skip ``transport.write``
     sent: int = 0
     superseded: int = 0
     connected: float = field(default_factory=time.time)
@@ -91,7 +92,6 @@ class Hub:
         limit = self.direct_limit
         on_sent = self.on_sent
         clock = time.perf_counter
-        write = os.write
         direct = 0
         try:
             for c in group:  # ~12 clients a set in the e2e bench: attribute look-ups hoisted, counters summed once
@@ -104,14 +104,15 @@ class Hub:
                             if chunk is None:
                                 chunk = b"%x\r\n%b\r\n" % (len(frame), frame)
                             data = chunk
-                        if queued or c.fd < 0:
+                        send = c.send
+                        if queued or send is None:
                             tr.write(data)
                         else:
                             # nothing queued: the one send ``transport.write`` would make, without its Python
                             # checks (~0.5 us a client); a short or failed write goes through the transport,
                             # which queues the rest in order or handles the error as before
                             try:
-                                n = write(c.fd, data)
+                                n = send(data)
                             except OSError:
                                 n = 0
                             if n < len(data):

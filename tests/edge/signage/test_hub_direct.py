@@ -8,7 +8,7 @@ import asyncio
 import socket
 from typing import Any
 
-from edge.signage.hub import Client, Hub, direct_fd
+from edge.signage.hub import Client, Hub, direct_send
 
 
 async def _pair() -> tuple[Any, socket.socket, Any]:
@@ -41,11 +41,11 @@ def _read_all(peer: socket.socket, n: int) -> bytes:
 def test_direct_writes_keep_bytes_and_order_when_the_socket_fills() -> None:
     async def main() -> None:
         tr, peer, srv = await _pair()
-        fd = direct_fd(tr)
-        assert fd >= 0
+        send = direct_send(tr)
+        assert send is not None
         hub = Hub(direct_limit=1 << 30)  # always the direct path, also with bytes queued in the transport
         for chunked in (False, True):
-            c = Client(screen="s", peer="p", transport=tr, chunked=chunked, fd=fd)
+            c = Client(screen="s", peer="p", transport=tr, chunked=chunked, send=send)
             hub.add(c)
             frames = [b"id: %d\nevent: recommendations\ndata: %s\n\n" % (k, b"x" * (500 + 37 * k))
                       for k in range(120)]  # ~0.5 MB: far more than the socket takes without a reader
@@ -69,7 +69,7 @@ def test_a_peer_that_went_away_is_handled_by_the_transport() -> None:
     async def main() -> None:
         tr, peer, srv = await _pair()
         hub = Hub()
-        hub.add(Client(screen="s", peer="p", transport=tr, fd=direct_fd(tr)))
+        hub.add(Client(screen="s", peer="p", transport=tr, send=direct_send(tr)))
         peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
         peer.close()  # RST
         await asyncio.sleep(0.05)
@@ -83,10 +83,10 @@ def test_a_peer_that_went_away_is_handled_by_the_transport() -> None:
     asyncio.run(main())
 
 
-def test_only_plain_tcp_transports_get_a_direct_fd() -> None:
+def test_only_plain_tcp_transports_get_a_direct_send() -> None:
     class Fake:
         def get_extra_info(self, name: str) -> Any:
             return None
 
-    assert direct_fd(Fake()) == -1
-    assert direct_fd(None) == -1
+    assert direct_send(Fake()) is None
+    assert direct_send(None) is None
