@@ -828,9 +828,8 @@ class Ranker:
                     fed["context"] = qctx
                 self._it.invoke()
                 out = self._it.get_tensor(self._out_scores["index"])[0]
-                if okey is not None:  # kept with the user vector (read-only copies: nothing writes into them)
+                if okey is not None:  # kept with the user vector (copies: nothing downstream writes into them)
                     user = self._it.get_tensor(self._out_user["index"])[0]
-                    out.flags.writeable = user.flags.writeable = False
                     if len(self._out_memo) >= OUT_MEMO:
                         self._out_memo.pop(next(iter(self._out_memo)))
                     self._out_memo[okey] = (out, user)
