@@ -137,6 +137,10 @@ class RecRequest:
     # False: the first stage alone, even when the release has a learned second stage (the recommend room's
     # overload guard: a request that already waited in a burst skips the re-ranker's ~0.1 ms)
     second_stage: bool = True
+    # the store's promotion plan for the request's week: sku -> "display", "mailer" or "both" (unlisted skus:
+    # not promoted). Read by a second stage trained with promotion columns only; pass the same mapping object
+    # for every request of the week (it is converted once per object) and a new one when the plan changes
+    promotions: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -1068,7 +1072,8 @@ class Ranker:
             # suppressed items are left out of it (the walk below drops them anyway)
             self._stage2.rescore(scores, rep, list(islice(reversed(st.last), SESSION_LEN))[::-1], self._heat,
                                  lr[1] if lr is not None and lr[0] is rep else None,
-                                 None if pt is None else (pt.pool, pt.pos), drop=excl_idx, block=self._rule_block)
+                                 None if pt is None else (pt.pool, pt.pos), drop=excl_idx, block=self._rule_block,
+                                 promotions=req.promotions)
         capped = self._caps.get(cap_key) if cap_key else None
 
         top, order, block = self._candidate_order(scores, len(excl) + k, pt)
