@@ -235,7 +235,11 @@ def history_structure(idx: np.ndarray, t_days: np.ndarray) -> HistoryStructure |
         return HistoryStructure(tb, _EMPTY_I, _EMPTY_I, _EMPTY_I, _EMPTY_I, _EMPTY_I, _EMPTY_I)
     # np.unique (sort, then drop repeats) and the per-item runs written out: np.unique, np.r_ and bincount
     # cost ~10 us of Python each on a few hundred lines; the same arrays
-    pair = np.sort(idx[valid].astype(np.int64, copy=False) * n_b + binv[valid])
+    if valid.all():  # the usual case: no boolean-mask copies
+        pair = idx.astype(np.int64, copy=False) * n_b + binv
+    else:
+        pair = idx[valid].astype(np.int64, copy=False) * n_b + binv[valid]
+    pair.sort()  # a fresh array: sorted in place, np.sort's result without its copy
     keep = np.empty(len(pair), bool)
     keep[:1] = True
     np.not_equal(pair[1:], pair[:-1], out=keep[1:])
@@ -245,10 +249,10 @@ def history_structure(idx: np.ndarray, t_days: np.ndarray) -> HistoryStructure |
     new[:1] = True
     np.not_equal(it[1:], it[:-1], out=new[1:])
     items = it[new]
-    inv = np.cumsum(new) - 1
+    inv = new.cumsum() - 1
     bk = pair % n_b
     bounds = np.empty(len(items) + 1, np.intp)  # where each item's run of pairs starts, then the end
-    bounds[:-1] = np.flatnonzero(new)
+    bounds[:-1] = new.nonzero()[0]
     bounds[-1] = len(it)
     count = bounds[1:] - bounds[:-1]  # baskets holding each item
     last_b = bk[bounds[1:] - 1]  # last pair of each item = latest basket
@@ -268,7 +272,7 @@ def _unique_inverse(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     new = np.empty(len(x), bool)
     new[:1] = True
     np.not_equal(x[1:], x[:-1], out=new[1:])
-    inv = np.cumsum(new) - 1
+    inv = new.cumsum() - 1  # methods: np.cumsum's result without its wrapper
     return x[new], inv
 
 
@@ -284,13 +288,14 @@ def repeat_from_structure(st: HistoryStructure | None, now_days: float,
     # x / -d is exactly -x / d (IEEE division is sign-symmetric): one numpy call less per exponent
     wb = np.exp(age / -DECAY_DAYS)
     items = st.items
-    decayed = np.bincount(st.inv, weights=wb[st.bk], minlength=len(items)) / wb.sum()
+    # take / add.reduce: ``wb[st.bk]`` / ``wb.sum()`` without the fancy-index and ``sum`` wrapper overhead
+    decayed = np.bincount(st.inv, weights=wb.take(st.bk), minlength=len(items)) / np.add.reduce(wb)
     share = st.share if len(st.share) == len(items) else st.count / n_b
     share32 = st.share32 if len(st.share32) == len(items) else None
-    age_last = age[st.last_b]
+    age_last = age.take(st.last_b)
     recency = np.exp(age_last / -RECENCY_DAYS)
     in_last, has_iv, iv_p1, in_last3 = st.in_last, st.has_iv, st.iv_p1, st.in_last3
-    recent = np.bincount(st.inv, weights=(age < RECENT_DAYS)[st.bk], minlength=len(items))
+    recent = np.bincount(st.inv, weights=(age < RECENT_DAYS).take(st.bk), minlength=len(items))
     if len(items) > max_items:
         keep = np.argsort(-decayed, kind="stable")[:max_items]
         items, share, recency, decayed = items[keep], share[keep], recency[keep], decayed[keep]
@@ -318,17 +323,21 @@ def repeat_features(idx: np.ndarray, t_days: np.ndarray, now_days: float,
     return repeat_from_structure(history_structure(idx, t_days), now_days, max_items)
 
 
-def history_inputs(rep: RepeatFeatures, out_items: np.ndarray, out_w: np.ndarray) -> None:
-    """Fill hist_items / hist_weights (zeroed, [HIST_LEN]) from the repeat features."""
+def history_inputs(rep: RepeatFeatures, out_items: np.ndarray, out_w: np.ndarray) -> np.ndarray | None:
+    """Fill hist_items / hist_weights (zeroed, [HIST_LEN]) from the repeat features. Returns the positions in
+    ``rep.items`` it took (``argpartition`` of the decayed shares when there are more than HIST_LEN items; the
+    ranker hands them to stage 2, whose history co-occurrence uses the same items), None without items."""
     n = len(rep.items)
     if n == 0:
-        return
-    top = np.argpartition(-rep.decayed, HIST_LEN - 1)[:HIST_LEN] if n > HIST_LEN else np.arange(n)
-    w = rep.decayed[top].astype(np.float64)
-    s = w.sum()
+        return None
+    # the method: ``np.argpartition``'s result without its Python wrapper
+    top = (-rep.decayed).argpartition(HIST_LEN - 1)[:HIST_LEN] if n > HIST_LEN else np.arange(n)
+    w = rep.decayed.take(top).astype(np.float64)  # take / add.reduce: [] / sum() with less overhead
+    s = np.add.reduce(w)
     m = len(top)
-    out_items[:m] = rep.items[top] + 1
+    out_items[:m] = rep.items.take(top) + 1
     out_w[:m] = (w / s) if s > 0 else 1.0 / m
+    return top
 
 
 def session_inputs(session_idx: list[int] | np.ndarray, out_items: np.ndarray, out_w: np.ndarray) -> int:

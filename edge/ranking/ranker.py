@@ -73,6 +73,7 @@ MANIFEST_FORMAT = "shelfcast-ranker/1"
 HIST_CACHE_VISITS = 8  # concurrent visits whose parsed history is kept (the bench cycles 64: still misses)
 SESSION_CACHE_VISITS = 256  # visits whose session state (``_session_state``) is kept
 WIDE_MEMO = 64  # context vectors whose wide-path scores are kept (40 KB each)
+OUT_MEMO = 64  # model input sets of shoppers without history whose outputs are kept (~10 KB each, ``_invoke``)
 
 
 @dataclass(slots=True)
@@ -270,6 +271,10 @@ class Ranker:
         self._cooc_pool_memo: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
         self._zone_items: dict[str, np.ndarray] = {}  # zone -> vocabulary indices (``set_zone_items``)
         self._zone_pos: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # zone -> (pool, positions in it)
+        # (session_items bytes, picks, quantized context bytes) -> (scores, user vector) of the model, for
+        # shoppers without history (``_invoke``; under _lock)
+        self._out_memo: dict[tuple[bytes, int, bytes], tuple[np.ndarray, np.ndarray]] = {}
+        self._hour_memo: tuple[float, float, int, int] = (0.0, 0.0, 0, 0)  # ``_when``'s: (lo, hi, hour, weekday)
 
         try:
             self._it = make_interpreter(model_bytes)
@@ -362,6 +367,9 @@ class Ranker:
         # the repeat rows ``_invoke`` made last, with the repeat features they were made from: stage 2 takes
         # them when ``rep`` is its request's (identity; another thread's request just misses)
         self._last_repeat: tuple[Any, np.ndarray] | None = None
+        # (repeat features, positions of the top HIST_LEN items, their neighbour indices (raveled) and values):
+        # what ``_cooc_terms`` gathered for the history part, taken by stage 2 when ``rep`` is its request's
+        self._last_hist: tuple[Any, np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def _rebuild_base(self) -> None:
         """Per-item float vectors added to every request's scores, (no history, with history):
@@ -496,6 +504,14 @@ class Ranker:
             raise ModelError(f"model outputs {[list(o['shape']) for o in outs]} are not scores [1, {V}], "
                              "a user vector and a repeat gate [1, 1]")
         self._out_scores: dict[str, Any] = out_scores
+        # the dequantized score of each int8 output value, by its byte: ``(q - zp) * scale`` in float32 made
+        # as ``_invoke`` makes it for the whole vocabulary (the same two operations per value: the same floats)
+        self._deq_lut: np.ndarray | None = None
+        o_scale, o_zp = out_scores["quantization"]
+        if o_scale and np.dtype(out_scores["dtype"]) == np.int8:
+            lut = np.subtract(np.arange(256, dtype=np.uint8).view(np.int8), o_zp, dtype=np.float32)
+            lut *= o_scale
+            self._deq_lut = lut
         self._out_user: dict[str, Any] = out_user
         self._out_gate: dict[str, Any] = out_gate
         self.quantized = np.dtype(self._in["context"][1].dtype) == np.int8
@@ -625,8 +641,26 @@ class Ranker:
             except (TypeError, ValueError):
                 self.stats["clamped"] += 1
                 self._warn_once("when", f"request time {when!r} is not a time; using now")
+        lo, hi, hour, wd = self._hour_memo
+        if lo <= t < hi:
+            return t, hour, wd
         dt = datetime.fromtimestamp(t, self.tz)
+        self._hour_memo = self._local_hour(t, dt)
         return t, dt.hour, dt.weekday()
+
+    def _local_hour(self, t: float, dt: datetime) -> tuple[float, float, int, int]:
+        """(lo, hi, hour, weekday): Unix seconds ``lo <= t < hi`` all in ``dt``'s local hour, for ``_when``'s
+        memo (``datetime.fromtimestamp`` with a ZoneInfo costs ~3 us a request). A ms inside the hour's ends
+        (``dt`` is rounded to the microsecond); empty unless both ends have ``dt``'s date, hour and UTC offset
+        (a DST change within the hour)."""
+        start = t - (dt.minute * 60 + dt.second + dt.microsecond * 1e-6)
+        lo, hi = start + 1e-3, start + 3600.0 - 1e-3
+        want = (dt.date(), dt.hour, dt.utcoffset())
+        for end in (lo, hi):
+            e = datetime.fromtimestamp(end, self.tz)
+            if (e.date(), e.hour, e.utcoffset()) != want:
+                return (0.0, 0.0, 0, 0)
+        return (lo, hi, dt.hour, dt.weekday())
 
     def _history(self, history: Sequence[tuple[str, Any, float]]) -> HistoryStructure | None:
         """Baskets and items of the history; cached for the same history object (a visit's profile
@@ -735,7 +769,7 @@ class Ranker:
             hw.fill(0.0)
             si.fill(0)
             sw.fill(0.0)
-            history_inputs(rep, hi, hw)
+            top_h = history_inputs(rep, hi, hw)
             # ``session_inputs`` for a list that holds each pick once, oldest first, at most SESSION_LEN
             ns = len(newest)
             if ns:
@@ -764,31 +798,51 @@ class Ranker:
                     self._ctx_memo[ckey] = (None if prof is None else dict(prof), qctx, bad, wide)
             cooc = None
             if self._nb_idx is not None and self._nb_val is not None and self._cooc_w is not None:
-                cooc = self._cooc_terms(rep, hi, hw, si, sw, ns)  # before ``_set`` quantizes hw / sw in place
-            # an input tensor keeps what was set until it is set again: inputs equal to the last request's
-            # (no history, the same picks, a memoised context) are not copied in again
-            fed = self._fed
-            if len(rep.items) or not fed.get("no_history"):
-                self._it.set_tensor(self._in["hist_items"][0], hi[None, :])
-                self._set("hist_weights", hw, zero=not len(rep.items))
-                fed["no_history"] = not len(rep.items)
-            sib = si.tobytes()
-            if fed.get("session_items") != sib:
-                self._it.set_tensor(self._in["session_items"][0], si[None, :])
-                fed["session_items"] = sib
-            if fed.get("session_weights") != ns:
-                self._it.set_tensor(self._in["session_weights"][0], self._sw_q[ns])  # quantized 1/ns weights
-                fed["session_weights"] = ns
-            if fed.get("context") is not qctx:
-                self._it.set_tensor(self._in["context"][0], qctx)
-                fed["context"] = qctx
-            self._it.invoke()
-            out = self._it.get_tensor(self._out_scores["index"])[0]
+                cooc = self._cooc_terms(rep, hi, hw, si, sw, ns, top_h)  # before ``_set`` quantizes hw / sw
             # the user vector scores new items only, the gate weighs the shopper's own items only: read (copied
             # out) only when they are used
             want_user = bool(self.rerank.new_items and len(self._new_skus))
-            user = self._it.get_tensor(self._out_user["index"])[0] if want_user else _NO_USER
-            gate = self._it.get_tensor(self._out_gate["index"])[0] if len(rep.items) else _NO_USER
+            sib = si.tobytes()
+            # a shopper without history: the model's inputs are the picks and the context only, and a visit comes
+            # back to the same ones (a shelf's picks cycling over its slots, a re-rank without a new pick): the
+            # outputs of the last few such input sets are kept, by their exact bytes (the same invoke, skipped)
+            okey = None if len(rep.items) else (sib, ns, qctx.tobytes())
+            hit = self._out_memo.get(okey) if okey is not None else None
+            if hit is not None:
+                out, user = hit
+                if not want_user:
+                    user = _NO_USER
+                gate = _NO_USER
+            else:
+                # an input tensor keeps what was set until it is set again: inputs equal to the last request's
+                # (no history, the same picks, a memoised context) are not copied in again
+                fed = self._fed
+                if len(rep.items) or not fed.get("no_history"):
+                    self._it.set_tensor(self._in["hist_items"][0], hi[None, :])
+                    self._set("hist_weights", hw, zero=not len(rep.items))
+                    fed["no_history"] = not len(rep.items)
+                if fed.get("session_items") != sib:
+                    self._it.set_tensor(self._in["session_items"][0], si[None, :])
+                    fed["session_items"] = sib
+                if fed.get("session_weights") != ns:
+                    self._it.set_tensor(self._in["session_weights"][0], self._sw_q[ns])  # quantized 1/ns weights
+                    fed["session_weights"] = ns
+                if fed.get("context") is not qctx:
+                    self._it.set_tensor(self._in["context"][0], qctx)
+                    fed["context"] = qctx
+                self._it.invoke()
+                out = self._it.get_tensor(self._out_scores["index"])[0]
+                if okey is not None:  # kept with the user vector (read-only copies: nothing writes into them)
+                    user = self._it.get_tensor(self._out_user["index"])[0]
+                    out.flags.writeable = user.flags.writeable = False
+                    if len(self._out_memo) >= OUT_MEMO:
+                        self._out_memo.pop(next(iter(self._out_memo)))
+                    self._out_memo[okey] = (out, user)
+                    if not want_user:
+                        user = _NO_USER
+                else:
+                    user = self._it.get_tensor(self._out_user["index"])[0] if want_user else _NO_USER
+                gate = self._it.get_tensor(self._out_gate["index"])[0] if len(rep.items) else _NO_USER
         if bad:
             self.stats["clamped"] += bad
             self._warn_once("context", "unknown or out-of-range context values (profile/hour/weekday) "
@@ -796,7 +850,9 @@ class Ranker:
         scale, zp = self._out_scores["quantization"]
         if pt is not None:  # the pool's scores only (``_pool_scoring``): the same operations on fewer items
             out = out.take(pt.pool)
-        if scale:  # the one per-call copy of the scores: the cast and the zero point in one pass, then in place
+        if pt is not None and self._deq_lut is not None and out.dtype == np.int8:
+            scores = self._deq_lut.take(out.view(np.uint8))  # a few hundred: one gather beats two passes
+        elif scale:  # the one per-call copy of the scores: the cast and the zero point in one pass, then in place
             scores = np.subtract(out, zp, dtype=np.float32)
             scores *= scale
         else:
@@ -827,7 +883,7 @@ class Ranker:
             self._last_repeat = (rep, rfull)  # for stage 2 (``recommend``), which reads the same rows
             rmat = rfull[:, : self._rep_f]
             f = np.maximum(rmat @ self._rw1 + self._rb1, 0.0) @ self._rw2 + self._rb2 + rmat @ self._rwl + self._rbl
-            ri = self._ritem[:, rep.items]  # one gather for both rows; column 0 ("bought") is exactly 1.0
+            ri = self._ritem.take(rep.items, 1)  # one gather for both rows; column 0 ("bought") is exactly 1.0
             f += ri[0] + rmat[:, 1] * ri[1]
             # the shopper's items gathered once, both terms added in the same order, scattered once (distinct
             # indices: the same numbers as two fancy-index ``+=``); in pool mode the rows of pool items only
@@ -836,11 +892,11 @@ class Ranker:
             if sel is not None:
                 f = f[sel]
                 bl = bl[sel] if bl is not None else None
-            own = scores[own_idx]
+            own = scores.take(own_idx)  # take / put: the same elements as fancy indexing, less overhead
             own += g * (f - self._rep0)
             if bl is not None:
                 own += bl
-            scores[own_idx] = own
+            scores.put(own_idx, own)
         if want_user:
             uscale, uzp = self._out_user["quantization"]
             u = (user.astype(np.float32) - uzp) * uscale if uscale else user.astype(np.float32)
@@ -976,12 +1032,14 @@ class Ranker:
             return st
 
     def _cooc_terms(self, rep: Any, hi: np.ndarray, hw: np.ndarray, si: np.ndarray, sw: np.ndarray,
-                    ns: int) -> list[tuple[np.ndarray, np.ndarray]]:
+                    ns: int, top_h: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
         """Sparse (indices, values) parts of the co-occurrence terms with the graph's items and weights, to be
         added in this order: cw0 · Σ_session, cw1 · Σ_history, then cw2 · Σ_session on the shopper's own
         items (``features.cooc_scores`` as sparse lists: the same sums, a few numpy calls). The session part
         depends on the latest picks only and is memoised by them (a shelf's visit cycles through the same few
-        picks; under ``_lock``)."""
+        picks; under ``_lock``). ``top_h``: ``history_inputs``' positions of ``hi``'s items in ``rep.items``; with
+        more than HIST_LEN items, they and the history part's neighbour rows are kept in ``_last_hist`` for stage 2,
+        whose history co-occurrence gathers the same rows (``Stage2.features``' ``hist_rows``)."""
         assert self._nb_idx is not None and self._nb_val is not None and self._cooc_w is not None
         nh = min(len(rep.items), HIST_LEN)
         cw = self._cooc_w if (nh or self._cooc_w_cold is None) else self._cooc_w_cold
@@ -994,9 +1052,9 @@ class Ranker:
                 sess = ent[1]
             else:
                 items = si[:ns] - 1
-                val = self._nb_val[items]
+                val = self._nb_val.take(items, 0)
                 val *= (sw[:ns] * cw[0])[:, None]
-                sess = (self._nb_idx[items].ravel(), val.ravel())
+                sess = (self._nb_idx.take(items, 0).ravel(), val.ravel())
                 sess[0].flags.writeable = sess[1].flags.writeable = False
                 if len(self._cooc_memo) >= SESSION_CACHE_VISITS:
                     self._cooc_memo.pop(next(iter(self._cooc_memo)))
@@ -1004,14 +1062,17 @@ class Ranker:
             parts.append(sess)
         if nh:
             items = hi[:nh] - 1
-            val = self._nb_val[items]
-            val *= (hw[:nh] * cw[1])[:, None]
-            parts.append((self._nb_idx[items].ravel(), val.ravel()))
+            rows = self._nb_val.take(items, 0)
+            val = rows * (hw[:nh] * cw[1])[:, None]  # not in place: ``rows`` goes to stage 2 as gathered
+            nbr = self._nb_idx.take(items, 0).ravel()
+            parts.append((nbr, val.ravel()))
+            if top_h is not None and len(rep.items) > HIST_LEN:
+                self._last_hist = (rep, top_h, nbr, rows)
         if sess is not None and nh and cw[2] and cw[0]:
             mask = self._bought_mask  # all False between calls (used under the lock)
-            mask[rep.items] = True
-            sel = mask[sess[0]]
-            mask[rep.items] = False
+            mask.put(rep.items, True)
+            sel = mask.take(sess[0])
+            mask.put(rep.items, False)
             parts.append((sess[0][sel], sess[1][sel] * (cw[2] / cw[0])))
         return parts
 
@@ -1064,19 +1125,22 @@ class Ranker:
             excl = set(req.exclude)
         cap_key = (req.screen, req.session_id) if (req.screen or req.session_id) else None
         excl_idx = self._excluded_indices(cap_key, excl) if excl else None
+        hint = None
         if self._stage2 is not None and req.second_stage:
             # after the re-derivation: stage 2 sees the picks the exclusions use
             # the latest SESSION_LEN distinct picks, oldest first (what ``Stage2.features`` reads of list(last))
             lr = self._last_repeat
+            lh = self._last_hist
             # in pool mode its pool is the best of the catalogue (the items that can be shown); excluded and
             # suppressed items are left out of it (the walk below drops them anyway)
-            self._stage2.rescore(scores, rep, list(islice(reversed(st.last), SESSION_LEN))[::-1], self._heat,
+            hint = self._stage2.rescore(scores, rep, list(islice(reversed(st.last), SESSION_LEN))[::-1], self._heat,
                                  lr[1] if lr is not None and lr[0] is rep else None,
                                  None if pt is None else (pt.pool, pt.pos), drop=excl_idx, block=self._rule_block,
+                                 hist_rows=lh[1:] if lh is not None and lh[0] is rep else None,
                                  promotions=req.promotions)
         capped = self._caps.get(cap_key) if cap_key else None
 
-        top, order, block = self._candidate_order(scores, len(excl) + k, pt)
+        top, order, block = self._candidate_order(scores, len(excl) + k, pt, hint)
         get = self._index.get
         voc, cat_of = self.vocabulary, self.category
         cap = self.rerank.repeat_cap
@@ -1087,7 +1151,7 @@ class Ranker:
         mask = np.zeros(V + 1, bool)  # index V: what ``get`` maps to -1 (not in the vocabulary)
         if excl_idx is not None:
             mask[excl_idx] = True
-            live = order[~mask[order]]
+            live = order[~mask.take(order)]
             mask[:] = False
         else:
             live = order
@@ -1096,7 +1160,7 @@ class Ranker:
             ci = self._capped_indices(cap_key, capped, cap)  # type: ignore[arg-type]
             if ci:
                 mask[self._capped_array(cap_key, ci)] = True  # type: ignore[arg-type]
-                hit = mask[live]
+                hit = mask.take(live)
                 n_capped = int(np.count_nonzero(hit))
                 if n_capped:
                     live = live[~hit]
@@ -1118,7 +1182,7 @@ class Ranker:
             kept_x = [c for c in extras if capped.get(c[0], 0) < cap]
             n_capped += len(extras) - len(kept_x)
             extras = kept_x
-        live_sc = scores[live] if sc_pos is None else scores.take(sc_pos.take(live))
+        live_sc = scores.take(live) if sc_pos is None else scores.take(sc_pos.take(live))
         # where each extra sits among the live candidates: after every one scoring at least as much (the
         # stable sort by score the plain list had with new items), else after all of them
         if merge and extras:
@@ -1252,16 +1316,24 @@ class Ranker:
             span = float(scores[scores.argmax()]) - float(scores[scores.argmin()])
             scores[idx] += np.float32(self.rerank.cold_zone_blend * span)
 
-    def _candidate_order(self, scores: np.ndarray, extra: int,
-                         pt: _PoolTerms | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    def _candidate_order(self, scores: np.ndarray, extra: int, pt: _PoolTerms | None = None,
+                         hint: tuple[np.ndarray, np.ndarray, float] | None = None
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """(top, order, block): the model's best ``candidates + extra`` (catalogue items only when
         ``catalogue_only``), those best first minus the suppressed / outside-the-catalogue ones, and that
-        block mask (None: nothing blocked). With ``pt`` (``_pool_scoring``) ``scores`` are the pool's."""
+        block mask (None: nothing blocked). With ``pt`` (``_pool_scoring``) ``scores`` are the pool's.
+        ``hint``: what ``Stage2.rescore`` returned (whole vocabulary): the best are then among its pool and
+        left-out items (``_hinted_order``) instead of a threshold and partition over all the scores."""
         if pt is not None:
             pool: np.ndarray | None = pt.pool
         else:
             pool = self._catalogue_idx if (self.rerank.catalogue_only and self._catalogue_idx is not None) else None
-        if pool is not None:
+        hinted = None
+        if hint is not None and (pt is not None or pool is None):  # ``scores`` are what stage 2 re-scored
+            hinted = self._hinted_order(scores, min(len(scores), self.rerank.candidates + extra), hint)
+        if hinted is not None:
+            top = order = hinted if pt is None else pt.pool.take(hinted)  # pool positions -> vocabulary
+        elif pool is not None:
             M = min(len(pool), self.rerank.candidates + extra)
             neg = -(scores.take(pool) if pt is None else scores)  # take: the same as [] on 1-d, cheaper
             part = neg.argpartition(M - 1)[:M] if M > 0 else pool[:0]  # methods: no np.* wrapper (~1 us each)
@@ -1278,6 +1350,28 @@ class Ranker:
         if block is not None and not (pool is not None and self._rule_block is None):  # the pool is never cat-blocked
             order = order[~block[order]]
         return top, order, block
+
+    @staticmethod
+    def _hinted_order(scores: np.ndarray, M: int, hint: tuple[np.ndarray, np.ndarray, float]) -> np.ndarray | None:
+        """The ``M`` best of ``scores``, best first, from stage 2's pool and left-out items (``Stage2.rescore``):
+        every item scoring at least the pool's lowest new score is one of those, so with at least ``M`` in the
+        pool the best ``M`` are too. The answer of the partition over all scores when the order is strict (no
+        equal scores among the best ``M`` nor at the cut): else None and the caller takes that path (with equal
+        scores its order depends on the partition's)."""
+        spool, left, low = hint
+        if len(spool) < M or M <= 0:
+            return None
+        if len(left):
+            left = left[scores.take(left) >= low]
+            cand = np.concatenate((spool, left)) if len(left) else spool
+        else:
+            cand = spool
+        sc = scores.take(cand)
+        o = (-sc).argsort(kind="stable")  # negation is exact: the same keys
+        head = sc.take(o[: M + 1])
+        if not (head[:-1] > head[1:]).all():
+            return None
+        return cand.take(o[:M])
 
     def _capped_indices(self, key: tuple[str | None, str | None], counts: dict[str, int], cap: int) -> list[int]:
         """Vocabulary indices of the skus shown ``cap`` times to ``key``: kept by ``_remember`` as counts
@@ -1491,12 +1585,13 @@ class Ranker:
 
         if self.fallback is not None:
             items = self.fallback.top(req.zone, hour, k, exclude=excl, in_stock=in_stock)
-            return [Recommendation(i.sku, float(i.score), i.reason) for i in items]
+            return [_recommendation(i.sku, float(i.score), i.reason) for i in items]
         out: list[Recommendation] = []
+        stock = self.stock
         for sku, score in self._popular_order():
-            if sku in excl or not in_stock(sku):
+            if sku in excl or (stock is not None and not in_stock(sku)):
                 continue
-            out.append(Recommendation(sku, score, "popular in store"))
+            out.append(_recommendation(sku, score, "popular in store"))
             if len(out) >= k:
                 break
         return out

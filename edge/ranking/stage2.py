@@ -121,6 +121,7 @@ def forward(params: Mapping[str, np.ndarray], X: np.ndarray) -> np.ndarray:
 
 
 VISITS = 8  # visits whose history-structure lookups (``Stage2._visit``) are kept
+SESS_MEMO = 64  # pick lists whose session columns (``Stage2.features``) are kept (~4 kB each in pool mode)
 
 
 class Stage2:
@@ -170,6 +171,9 @@ class Stage2:
         self._visits: dict[tuple[int, int], tuple[Any, ...]] = {}
         self._index: Mapping[str, int] = ranker._index
         self._promo: dict[int, tuple[Mapping[str, str], np.ndarray]] = {}  # id(plan) -> (plan, [V + 1, 2])
+        # pick list bytes -> (subset it was made for or None, co-occurrence sums / maxima at the subset's items
+        # (pool mode), the picks' embedding rows, the picks' category shares); see ``features``
+        self._sess_memo: dict[bytes, tuple[Any, ...]] = {}
         self._lock = threading.Lock()  # the scratch vectors above are shared between requests
 
     @classmethod
@@ -240,44 +244,65 @@ class Stage2:
         self._visits[key] = ent
         return ent
 
-    def _pool(self, scores: np.ndarray, sess: np.ndarray, block: np.ndarray | None = None) -> np.ndarray:
+    def _pool(self, scores: np.ndarray, sess: np.ndarray, block: np.ndarray | None = None,
+              left_out: list[np.ndarray] | None = None) -> np.ndarray:
         """The best ``pool`` positions of ``scores`` minus the picks ``sess`` (positions too; the caller may
         add the request's other exclusions) and minus the positions ``block`` (a bool mask over ``scores``:
         suppressed items) marks, best first.
         Usually: a threshold from a strided sample (``features.sample_threshold``), the picks cleared from the
         mask of the items above it, a partition of those few hundred; else ``top_m`` of all scores. The same
         items in the same order as ``top_m(scores, pool + len(sess))`` sorted, picks dropped, cut to ``pool``
-        (up to exact ties)."""
+        (up to exact ties).
+
+        ``left_out``: a list that gets, when the threshold path made the pool, the positions of ``sess`` and
+        ``block`` it left out although they reached the threshold (distinct): every item outside the pool that
+        scores above the pool's lowest score is one of them (``Ranker._candidate_order`` uses this)."""
         m, n, ns = self.pool, len(scores), len(sess)
         if 16 * (m + ns) < n:
             above = scores >= sample_threshold(scores, m + ns)
+            out: list[int] = []
             if ns:
+                if left_out is not None:
+                    out = sess.take(above.take(sess).nonzero()[0]).tolist()
                 above[sess] = False
             cand = above.nonzero()[0]
             if block is not None:
-                cand = cand[~block.take(cand)]
+                bm = block.take(cand)
+                if left_out is not None:
+                    out += cand.take(bm.nonzero()[0]).tolist()
+                cand = cand[~bm]
             if len(cand) >= m:  # partition the few hundred, sort the best m (negation is exact: the same keys)
                 v = -scores.take(cand)
                 best = v.argpartition(m - 1)[:m]
+                if left_out is not None:
+                    left_out.append(np.array(list(dict.fromkeys(out)), np.intp))  # a pick may be in drop too
                 return cand.take(best.take(v.take(best).argsort(kind="stable")))
-        if block is not None and block.any():  # rare path (a thin threshold): the blocked ones out first
+        hidden = block is not None and bool(block.any())
+        if block is not None and hidden:  # rare path (a thin threshold): the blocked ones out first
             scores = np.where(block, -np.inf, scores)
         top = top_m(scores, m + ns)
         top = top.take((-scores.take(top)).argsort(kind="stable"))
-        if block is not None:
-            top = top[~block.take(top)]
+        drop = None if block is None else block.take(top)  # blocked or picked: one mask, the same order kept
         if ns:
             with self._lock:
                 mask = self._mask
                 mask[sess] = True
-                top = top[~mask.take(top)]
+                picked = mask.take(top)
                 mask[sess] = False
-        return top[:m]
+            drop = picked if drop is None else drop | picked
+        kept = top if drop is None else top[~drop]
+        if left_out is not None and not hidden:
+            # everything outside ``top`` scores at most its last, so at most the pool's last: the left-out
+            # items above that are the ones of ``top`` dropped here (distinct: ``top`` is)
+            left_out.append(top[:0] if drop is None else top[drop])
+        return kept[:m]
 
     def features(self, scores: np.ndarray, rep: RepeatFeatures, latest: Sequence[int],
                  heat: np.ndarray | None, repeat_rows: np.ndarray | None = None,
                  subset: tuple[np.ndarray, np.ndarray] | None = None, drop: np.ndarray | None = None,
-                 block: np.ndarray | None = None, promotions: Mapping[str, str] | None = None
+                 block: np.ndarray | None = None,
+                 hist_rows: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+                 left_out: list[np.ndarray] | None = None, promotions: Mapping[str, str] | None = None
                  ) -> tuple[np.ndarray, np.ndarray]:
         """(pool, X): the best ``pool`` vocabulary items by ``scores`` (just-picked items left out), best
         first, and their feature matrix [pool, F] (float32). Array methods (``take``, ``argsort``) instead of
@@ -290,19 +315,24 @@ class Stage2:
         are relative to that pool (the catalogue's best), every other column is the item's own. Without it
         (training, requests without a catalogue) positions and vocabulary indices are the same.
 
-        ``promotions``: the store's plan for the request's week (sku -> "display" / "mailer" / "both"); read only
-        when the weights have the promotion columns (absent plan: zeros)."""
+        ``hist_rows`` = (top, nb, rows): for a history of more than HIST_LEN items, what the ranker's stage 1
+        gathered already: ``(-rep.decayed).argpartition(HIST_LEN - 1)[:HIST_LEN]`` (``history_inputs``), the
+        neighbour indices of those items raveled and their neighbour values [HIST_LEN, K] (the same arrays this
+        would gather). ``left_out``: passed to ``_pool``. ``promotions``: the store's plan for the request's week
+        (sku -> "display" / "mailer" / "both"); read only when the weights have the promotion columns (absent
+        plan: zeros)."""
         sess = np.asarray(latest[-SESSION_LEN:], np.intp)
         ns = len(sess)
         # what the re-ranking after stage 2 drops anyway stays out of its pool: ``drop`` (vocabulary indices of
         # the request's excluded skus, -1 for unknown ones) and ``block`` (a [V] mask of suppressed items)
         out = sess if drop is None or not len(drop) else np.concatenate((sess, drop[drop >= 0]))
         if subset is None:
-            pool = items = self._pool(scores, out, block)
+            pool = items = self._pool(scores, out, block, left_out)
         else:
             idx, where = subset
             sp = where.take(out)  # the picks outside the subset cannot be in its pool
-            pool = self._pool(scores, sp[sp >= 0] if len(out) else sp, None if block is None else block.take(idx))
+            pool = self._pool(scores, sp[sp >= 0] if len(out) else sp, None if block is None else block.take(idx),
+                              left_out)
             items = idx.take(pool)
         c = 2 + REPEAT_FEATURES
         n = len(rep.items)
@@ -316,15 +346,35 @@ class Stage2:
             if lr is None:
                 lr = self._log_rank[P] = np.log1p(np.arange(P, dtype=np.float32))
             X[:, 1] = lr
+            sm = None
             if ns:
-                nb = self._nb_idx.take(sess, 0).ravel()
-                nv = self._nb_val.take(sess, 0).ravel()
-                np.add.at(self._sum, nb, nv)
-                np.maximum.at(self._max, nb, nv)
-                X[:, c] = self._sum.take(items)
-                X[:, c + 1] = self._max.take(items)
-                self._sum[nb] = 0.0
-                self._max[nb] = 0.0
+                # what depends on the picks only, kept for the last few pick lists (a shelf's visit comes back
+                # to the same ones): in pool mode the co-occurrence sums and maxima at the subset's items
+                skey = sess.tobytes()
+                sm = self._sess_memo.get(skey)
+                if sm is not None and sm[0] is not (None if subset is None else subset[0]):
+                    sm = None
+                if sm is not None and sm[1] is not None and sm[2] is not None:
+                    X[:, c] = sm[1].take(pool)  # pool = positions in the subset
+                    X[:, c + 1] = sm[2].take(pool)
+                else:
+                    nb = self._nb_idx.take(sess, 0).ravel()
+                    nv = self._nb_val.take(sess, 0).ravel()
+                    np.add.at(self._sum, nb, nv)
+                    np.maximum.at(self._max, nb, nv)
+                    X[:, c] = self._sum.take(items)
+                    X[:, c + 1] = self._max.take(items)
+                    sub_sum = sub_max = None
+                    if subset is not None:
+                        sub_sum, sub_max = self._sum.take(subset[0]), self._max.take(subset[0])
+                    self._sum[nb] = 0.0
+                    self._max[nb] = 0.0
+                    emb_s = self._emb.take(sess, 0)
+                    cat_s = np.bincount(self._cat.take(sess), minlength=self._ncat) / ns
+                    sm = (None if subset is None else subset[0], sub_sum, sub_max, emb_s, cat_s)
+                    if len(self._sess_memo) >= SESS_MEMO:
+                        self._sess_memo.pop(next(iter(self._sess_memo)))
+                    self._sess_memo[skey] = sm
             if n:
                 _, _, pos, buf, tmpl, cat_h, nbh, nvh = self._visit(rep)
                 buf[:n] = repeat_matrix(rep, tmpl) if repeat_rows is None else repeat_rows
@@ -333,6 +383,11 @@ class Stage2:
                     w = rep.decayed.astype(np.float32)
                     w /= max(float(w.sum()), 1e-12)
                     hb, hv = nbh, (nvh * w[:, None]).ravel()
+                elif hist_rows is not None:  # stage 1's: the same items and rows
+                    top_h, hb, rows = hist_rows
+                    w = rep.decayed.take(top_h).astype(np.float32, copy=False)  # a copy once, float32
+                    w /= max(float(np.add.reduce(w)), 1e-12)  # ``w.sum()`` without its wrapper
+                    hv = (rows * w[:, None]).ravel()
                 else:
                     k = min(n, HIST_LEN)
                     top_h = (-rep.decayed).argpartition(k - 1)[:k]
@@ -349,13 +404,13 @@ class Stage2:
             shares = np.zeros((self._ncat, 2))
             if n:
                 ch = np.bincount(cat_h, weights=rep.decayed, minlength=self._ncat)
-                np.divide(ch, max(float(ch.sum()), 1e-12), out=shares[:, 0])
-            if ns:
-                np.divide(np.bincount(self._cat.take(sess), minlength=self._ncat), ns, out=shares[:, 1])
+                np.divide(ch, max(float(np.add.reduce(ch)), 1e-12), out=shares[:, 0])
+            if sm is not None:  # the session's category shares (counts / ns, float64) and pick embeddings
+                shares[:, 1] = sm[4]
             X[:, c + 5:c + 7] = shares.take(self._cat.take(items), 0)
-            if ns:
+            if sm is not None:
                 # [ns, P] and max over the first axis: the same dot products as [P, ns], ~3x cheaper to reduce
-                X[:, c + 7] = (self._emb.take(sess, 0) @ self._emb.take(items, 0).T).max(0)
+                X[:, c + 7] = np.maximum.reduce(sm[3] @ self._emb.take(items, 0).T, 0)  # .max(0)
         X[:, c + 8] = self._lp(rep.n_baskets)
         X[:, c + 9] = self._lp(ns)
         if self.promo and promotions:
@@ -365,27 +420,43 @@ class Stage2:
     def rescore(self, scores: np.ndarray, rep: RepeatFeatures, latest: Sequence[int],
                 heat: np.ndarray | None, repeat_rows: np.ndarray | None = None,
                 subset: tuple[np.ndarray, np.ndarray] | None = None, drop: np.ndarray | None = None,
-                block: np.ndarray | None = None, promotions: Mapping[str, str] | None = None) -> None:
+                block: np.ndarray | None = None,
+                hist_rows: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+                promotions: Mapping[str, str] | None = None) -> tuple[np.ndarray, np.ndarray, float] | None:
         """Replace the pool's stage-1 scores by stage-2 scores shifted above every item outside the pool
         (so the re-ranking after this sees the pool first, in stage-2 order). ``subset``: ``scores`` are
         those of these items only (``features``); the pool is then the best of them. ``drop`` / ``block``:
         excluded / suppressed items, left out of the pool (``features``) so it holds items that can be shown;
         without them (nothing excluded, no rules) the pool and scores are what they were. ``promotions``: the
-        store's plan for the week (used only by weights with the promotion columns)."""
+        store's plan for the week (used only by weights with the promotion columns).
+
+        Returns (pool, left out, lowest new score) when ``_pool`` reported its left-out items: the pool (positions
+        in ``scores``), the excluded / blocked items ``_pool`` left out although they scored as high as the ones
+        it kept, and the pool's lowest stage-2 score when it is above every stage-1 score left in the pool's
+        place (the pool's lowest stage-1 score): then every item scoring at least that is in the pool or left
+        out (``Ranker._candidate_order`` takes its candidates from those few). Else None."""
         # with picks: ``s_``; without picks but with a history: ``n_``; a cold shopper without picks: stage 1
         params = self.sets[True] if len(latest) else (self.sets[False] if rep.n_baskets else None)
         if params is None:
-            return
+            return None
+        left_out: list[np.ndarray] = []
         pool, X = self.features(scores, rep, latest, heat, repeat_rows, subset=subset, drop=drop, block=block,
-                                promotions=promotions)
+                                hist_rows=hist_rows, left_out=left_out, promotions=promotions)
         if not len(pool):
-            return
+            return None
         s2 = forward(params, X)
         floor = scores[pool[-1]]  # the pool's lowest stage-1 score >= every score outside the pool
-        s2 -= s2.min()  # in place, in the order of ``s2 - s2.min() + floor + 1e-3``: the same numbers
+        # ``s2.min()`` without its wrapper; in place, in the order of ``s2 - s2.min() + floor + 1e-3``: the same
+        # numbers
+        s2 -= np.minimum.reduce(s2)
         s2 += floor
         s2 += 1e-3
-        scores[pool] = s2
+        scores.put(pool, s2)
+        if left_out:
+            low = float(np.minimum.reduce(s2))
+            if low > float(floor):
+                return pool, left_out[0], low
+        return None
 
 
 def load_stage2(data: bytes, ranker: Any) -> Stage2:

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from edge.events import CheckIn
-from edge.signage.hub import Client
+from edge.signage.hub import Client, direct_send
 from edge.signage.payload import ICONS
 
 if TYPE_CHECKING:
@@ -203,7 +203,8 @@ async def api_stream(request: web.Request) -> web.StreamResponse:
     transport = request.transport
     room.tune_socket(transport.get_extra_info("socket") if transport is not None else None)
     await resp.write(b"retry: 2000\n\n")  # the headers are out: from now on frames may be written directly
-    client = Client(screen=sid, peer=str(request.remote), transport=transport, chunked=chunked)
+    client = Client(screen=sid, peer=str(request.remote), transport=transport, chunked=chunked,
+                    send=direct_send(transport))
     room.hub.add(client)
     rs, data = room.set_for(sid)
     from edge.signage.payload import sse_frame

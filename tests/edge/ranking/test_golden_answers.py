@@ -154,14 +154,14 @@ def _bench_requests(r: Ranker) -> list[RecRequest]:
             reqs.append(RecRequest(history=history, session=picks[:n], store_id="367",
                                    when=T0 + 31 * 5 * DAY + i * 600 + n * 60, profile=profiles[i % 2], k=10,
                                    session_id=f"b{i}"))
-    return reqs + reqs[:40]
+    return reqs + reqs[:16]
 
 
 def _cold_requests(r: Ranker) -> list[RecRequest]:
     """Shoppers the model knows nothing or little about (the fallback and the cold paths)."""
     voc = r.vocabulary
     out = []
-    for j in range(12):
+    for j in range(10):
         when = T0 + j * 5000.0
         out += [
             RecRequest(when=when, k=(4, 10)[j % 2]),  # knows nothing: fallback
@@ -172,6 +172,25 @@ def _cold_requests(r: Ranker) -> list[RecRequest]:
             RecRequest(session=[voc[100 + j]], zone=ZONES[j % 4], when=when, k=10, session_id=f"z{j}"),
         ]
     return out
+
+
+def _shelf_requests(r: Ranker, pool: np.ndarray, shoppers: list[tuple[Any, ...]]) -> Iterator[RecRequest]:
+    """4 shelves of 8 slots, one pick a request round robin, each shelf's anonymous visit growing (append-only,
+    as the recommend room hands it over); the room's exclusions; now and then a known shopper asking twice."""
+    voc = r.vocabulary
+    shelves = [[voc[int(i)] for i in pool[8 * s:8 * s + 8]] for s in range(4)]
+    visits: list[list[str]] = [[] for _ in shelves]
+    for n in range(128):
+        s = n % 4
+        visits[s].append(shelves[s][(n // 4) % 8])
+        yield RecRequest(session=visits[s], session_append_only=True, store_id="367", zone=ZONES[s],
+                         when=T0 + 300 * DAY + n * 0.5, exclude=set(shelves[s][:2]) if n % 3 else (),
+                         k=(4, 10)[n % 2], screen=f"screen-{s}", session_id=f"anon-{s}")
+        if n % 32 == 7:
+            hist, prof, picks = shoppers[(n // 32) % len(shoppers)]
+            for _ in range(2):
+                yield RecRequest(history=hist, session=picks[:3], store_id="367", when=T0 + 301 * DAY,
+                                 profile=prof, k=10, session_id=f"known{n}")
 
 
 def _catalogue(r: Ranker, rng: np.random.Generator) -> tuple[list[dict[str, Any]], np.ndarray]:
@@ -257,6 +276,14 @@ def run_scenarios() -> dict[str, Any]:
     r.set_rules(promote={voc[int(pool[3])]: 1.0, voc[int(pool[50])]: -2.0, "NEW-2": 1.0, voc[6]: 2.0},
                 suppress=[voc[int(pool[0])], "NEW-4"], suppress_categories=[r._cat_names[5]])
     run("catalogue_rules", r, _visit_requests(r, rng, _shoppers(r, rng, 10, pool), tag="q", stage2_off_every=5))
+    # 5. the node's anonymous shelves (bench e2e / hotpath): picks cycling over each shelf's 8 slots, so the
+    # same model inputs come back; a shopper with history asking twice at the same time; stage 2 on
+    r = Ranker.load(rerank=RerankConfig(diversity=0.3, repeat_cap=3, cold_zone_blend=0.5))
+    rng = np.random.default_rng(15)
+    products, pool = _catalogue(r, rng)
+    r.set_products(products, catalogue_only=True)
+    r.set_stock_lookup(lambda sku: None if sku[-1] in "02468" else 3)
+    run("shelves", r, _shelf_requests(r, pool, _shoppers(r, rng, 2, pool)))
     res["reasons"] = {"table": list(codes.table), "requests": [], "stats": {}}
     return res
 
