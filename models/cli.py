@@ -141,7 +141,7 @@ def cmd_stage2(args: argparse.Namespace) -> int:
         names = {f.name for f in fields(TrainConfig)}
         s1cfg = TrainConfig(**{k: v for k, v in info["config"].items() if k in names})
     s2cfg = Stage2Config(seed=args.seed, windows=args.stage2_windows, window_sets=args.stage2_window_sets,
-                         n_ensemble=args.stage2_n_ensemble)
+                         n_ensemble=args.stage2_n_ensemble, promotions=args.stage2_promotions)
     out = build(prep, work, last, s2cfg, stage1_cfg=s1cfg, progress=_progress(args.progress))
     print_json({"stage2": str(out) if out else None, "list_weeks": [last - 5, last],
                 "seconds": round(time.time() - t, 1)})
@@ -303,6 +303,9 @@ def _stage2_args(p: argparse.ArgumentParser) -> None:
                    help="seeds averaged (one wider MLP) in the no-picks weight set n_")
     p.add_argument("--stage2-window-sets", default="sn",
                    help="weight sets (s: with picks, n: without) that also learn from windows beyond the first")
+    p.add_argument("--stage2-promotions", action=argparse.BooleanOptionalAction, default=False,
+                   help="the store's weekly promotion plan (on display / in the mailer) as two stage-2 columns; "
+                        "needs a promotions table in the input (without one: built without them)")
 
 
 def _train_args_validation_only(p: argparse.ArgumentParser) -> None:

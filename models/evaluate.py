@@ -51,9 +51,12 @@ class ModelAdapter:
         li = pr.basket_line
         when = datetime.fromtimestamp(float(self.line_t[li]) * 86400.0, self.tz)
         profile = self.prep.meta["customers"].get(self.prep.meta["households"][pr.hh])
+        # the store's promotion plan for the basket's week (None without a promotions table; a second stage
+        # trained without promotion columns ignores it; the baselines never see it)
+        plan = self.prep.promotion_plan(int(a["store"][li]), int(a["week"][li]))
         return RecRequest(history=hist, session=[self.skus[p] for p in pr.session],
                           store_id=self.prep.meta["store_ids"][int(a["store"][li])], when=when,
-                          profile=profile, exclude=[self.skus[p] for p in exclude], k=k)
+                          profile=profile, exclude=[self.skus[p] for p in exclude], k=k, promotions=plan)
 
     def recommend(self, pr: Problem, k: int, exclude: set[int]) -> list[int]:
         recs = self.ranker.recommend(self.request(pr, k, exclude))

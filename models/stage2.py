@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from edge.ranking.ranker import Ranker, RerankConfig
-from edge.ranking.stage2 import FEATURES, Stage2, forward
+from edge.ranking.stage2 import FEATURES, PROMO_FEATURES, Stage2, forward
 from models.data import Prepared
 from models.dataset import Problem, build_problems
 
@@ -47,6 +47,12 @@ class Stage2Config:
     windows: int = 1
     window_sets: str = "sn"
     n_ensemble: int = 1
+    # v9: the store's weekly promotion plan as two extra columns (on_display, in_mailer); needs the prepared
+    # data's promotions table (``build`` turns it off, logged, without one)
+    promotions: bool = False
+
+    def feature_names(self) -> tuple[str, ...]:
+        return FEATURES + PROMO_FEATURES if self.promotions else FEATURES
 
 
 # which lists train which weight set: ``s_`` requests with picks in the session (warm or cold shoppers),
@@ -88,17 +94,18 @@ def subset(data: Lists, mask: np.ndarray) -> Lists:
 
 
 def collect(prep: Prepared, release: Path, problems: list[tuple[int, Problem]], pool: int,
-            progress: Callable[..., Any] | None = None) -> Lists:
-    """Stage-1 pools and features of every problem, scored by ``release`` through the node's Ranker."""
+            progress: Callable[..., Any] | None = None, promotions: bool = False) -> Lists:
+    """Stage-1 pools and features of every problem, scored by ``release`` through the node's Ranker
+    (``promotions``: with the promotion columns, from the request the harness would send)."""
     from models.evaluate import ModelAdapter
 
     r = Ranker.load(release, rerank=RerankConfig(diversity=0.0, repeat_cap=10**9))
     r._stage2 = None  # stage-1 scores only
     ad = ModelAdapter(prep, r, "stage1")
-    s2 = Stage2.for_features(r, pool)
+    s2 = Stage2.for_features(r, pool, promo=promotions)
     vocab_of = prep.a["vocab_of"]
     N = len(problems)
-    X = np.zeros((N, pool, len(FEATURES)), np.float32)
+    X = np.zeros((N, pool, s2.n_features), np.float32)
     y = np.zeros((N, pool), bool)
     n_t = np.zeros(N, np.int32)
     hh = np.zeros(N, np.int64)
@@ -108,7 +115,7 @@ def collect(prep: Prepared, release: Path, problems: list[tuple[int, Problem]], 
         req = ad.request(pr, 10, set(pr.session))
         scores, _, rep, _, st = r._invoke(req)
         scores = scores + r._tie
-        pl, feats = s2.features(scores, rep, list(st.last), r._heat)
+        pl, feats = s2.features(scores, rep, list(st.last), r._heat, promotions=req.promotions)
         m = len(pl)
         X[n, :m] = feats
         tgt = vocab_of[pr.target]
@@ -150,6 +157,10 @@ def build(prep: Prepared, work: Path, last_week: int, cfg: Stage2Config, *, stag
 
     s1_last = last_week - 6
     tcfg = stage1_cfg or TrainConfig(seed=cfg.seed)
+    if cfg.promotions and prep.promo is None:
+        if log:
+            log("stage 2: no promotions table in the prepared data, built without promotion columns")
+        cfg = replace(cfg, promotions=False)
     parts: list[Lists] = []
     for k in range(1, max(1, cfg.windows) + 1):
         w_last = last_week - 6 * k  # window k's stage 1 trains on weeks <= w_last and scores the 6 weeks after
@@ -162,7 +173,8 @@ def build(prep: Prepared, work: Path, last_week: int, cfg: Stage2Config, *, stag
         convert(sub / "weights.npz", ex, sub, seed=tcfg.seed)
         export(prep, sub, sub / "release_int8", which="int8", source="stage-2 stage 1")
         problems = stage2_problems(prep, w_last + 1, w_last + 6, cfg)
-        part = collect(prep, sub / "release_int8", problems, cfg.pool, progress=progress)
+        part = collect(prep, sub / "release_int8", problems, cfg.pool, progress=progress,
+                       promotions=cfg.promotions)
         part.kind += np.int8(10 * (k - 1))
         parts.append(part)
     data = parts[0] if len(parts) == 1 else Lists(
@@ -309,7 +321,7 @@ def save(sets: dict[str, dict[str, np.ndarray]], cfg: Stage2Config) -> bytes:
     buf = io.BytesIO()
     arrays: dict[str, np.ndarray] = {pre + k: v.astype(np.float32) for pre, params in sets.items()
                                      for k, v in params.items()}
-    arrays["features"] = np.asarray(FEATURES)
+    arrays["features"] = np.asarray(cfg.feature_names())
     arrays["pool"] = np.asarray(cfg.pool, np.int32)
     np.savez(buf, **arrays)  # type: ignore[arg-type]
     return buf.getvalue()
@@ -322,6 +334,8 @@ def attach(release: Path, data: bytes, info: dict[str, Any]) -> None:
     man = json.loads(man_path.read_text())
     man["stage2_file"] = STAGE2_FILE
     man["stage2_sha256"] = hashlib.sha256(data).hexdigest()
-    man["stage2"] = {"features": list(FEATURES), **info}
+    with np.load(io.BytesIO(data)) as z:
+        names = [str(x) for x in z["features"].tolist()]
+    man["stage2"] = {"features": names, **info}
     man_path.write_text(json.dumps(man, separators=(",", ":")))
     Ranker.load(release)  # refuses its own output if anything is inconsistent

@@ -138,6 +138,10 @@ class RecRequest:
     # False: the first stage alone, even when the release has a learned second stage (the recommend room's
     # overload guard: a request that already waited in a burst skips the re-ranker's ~0.1 ms)
     second_stage: bool = True
+    # the store's promotion plan for the request's week: sku -> "display", "mailer" or "both" (unlisted skus:
+    # not promoted). Read by a second stage trained with promotion columns only; pass the same mapping object
+    # for every request of the week (it is converted once per object) and a new one when the plan changes
+    promotions: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -1131,7 +1135,8 @@ class Ranker:
             hint = self._stage2.rescore(scores, rep, list(islice(reversed(st.last), SESSION_LEN))[::-1], self._heat,
                                  lr[1] if lr is not None and lr[0] is rep else None,
                                  None if pt is None else (pt.pool, pt.pos), drop=excl_idx, block=self._rule_block,
-                                 hist_rows=lh[1:] if lh is not None and lh[0] is rep else None)
+                                 hist_rows=lh[1:] if lh is not None and lh[0] is rep else None,
+                                 promotions=req.promotions)
         capped = self._caps.get(cap_key) if cap_key else None
 
         top, order, block = self._candidate_order(scores, len(excl) + k, pt, hint)

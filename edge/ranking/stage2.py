@@ -6,7 +6,9 @@ request's excluded skus and suppressed items left out: the re-ranking would drop
 tiny MLP over per-candidate features that stage 1 mixes only linearly or not at all: the stage-1
 score and rank, the 10 repeat columns, co-occurrence with the session (sum and max) and with the
 history, popularity, heat, the candidate category's share in the history and in the session,
-embedding similarity to the session, and the shopper's history / session size.
+embedding similarity to the session, and the shopper's history / session size; optionally (v9, when the
+release's ``stage2.npz`` lists them) the store's promotion plan for the week from ``RecRequest.promotions``
+(``PROMO_FEATURES``: on display, in the mailer).
 
 With ``rerank.catalogue_only`` (the node serving a store's catalogue) stage 1 scores the catalogue's items
 only and stage 2 re-ranks the best ``pool`` of those (the items that can be shown: candidate generation is
@@ -45,7 +47,7 @@ from edge.ranking.features import (
     top_m,
 )
 
-__all__ = ["FEATURES", "Stage2", "forward", "load_stage2"]
+__all__ = ["FEATURES", "PROMO_FEATURES", "Stage2", "forward", "load_stage2", "promo_columns"]
 
 # column names of the feature matrix, in order (the manifest lists them; a mismatch is refused)
 FEATURES: tuple[str, ...] = (
@@ -64,12 +66,35 @@ FEATURES: tuple[str, ...] = (
     "log_session",  # ln(1 + distinct picks used)
 )
 F = len(FEATURES)
+# optional columns (v9): the store's promotion plan for the request's week (``RecRequest.promotions``: sku ->
+# "display", "mailer" or "both"). A release whose stage2.npz lists them gets them appended after ``FEATURES``;
+# a release without them (v5) is served exactly as before (the columns are never made)
+PROMO_FEATURES: tuple[str, ...] = (
+    "on_display",  # 1 if the item is on an in-store display this week in this store ("display" / "both")
+    "in_mailer",  # 1 if it is in this week's mailer ("mailer" / "both")
+)
+PROMO_KINDS: dict[str, tuple[float, float]] = {"display": (1.0, 0.0), "mailer": (0.0, 1.0), "both": (1.0, 1.0)}
+PROMO_PLANS = 4  # promotion mappings whose [V, 2] columns (``Stage2._promo_cols``) are kept
 
 
 WEIGHTS = ("mean", "inv_std", "w1", "b1", "wl", "w2")
 
 
-def _weights(params: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.ndarray] | None:
+def promo_columns(promotions: Mapping[str, str], index: Mapping[str, int], V: int) -> np.ndarray:
+    """[V + 1, 2] float32 (``on_display``, ``in_mailer``) of a promotion plan (sku -> "display" / "mailer" /
+    "both"; other values and skus outside the vocabulary are ignored). Row V stays 0. Training and the node
+    both make the columns here."""
+    cols = np.zeros((V + 1, 2), np.float32)
+    get, kinds = index.get, PROMO_KINDS
+    for sku, kind in promotions.items():
+        i = get(sku, -1)
+        v = kinds.get(kind)
+        if i >= 0 and v is not None:
+            cols[i] = v
+    return cols
+
+
+def _weights(params: Mapping[str, np.ndarray], prefix: str, F: int = F) -> dict[str, np.ndarray] | None:
     """One weight set (float32, shapes checked) or None if the file has none under ``prefix``."""
     if f"{prefix}w1" not in params:
         return None
@@ -111,12 +136,16 @@ class Stage2:
 
     def __init__(self, params: Mapping[str, np.ndarray], ranker: Any) -> None:
         names = tuple(str(x) for x in np.asarray(params["features"]).tolist())
-        if names != FEATURES:
-            raise ValueError(f"stage-2 features {list(names)} are not this node's {list(FEATURES)}")
+        if names not in (FEATURES, FEATURES + PROMO_FEATURES):
+            raise ValueError(f"stage-2 features {list(names)} are not this node's {list(FEATURES)} "
+                             f"(optionally + {list(PROMO_FEATURES)})")
+        # the promotion columns: only for a release trained with them (else X is exactly the v5 matrix)
+        self.promo = names != FEATURES
+        self.n_features = len(names)
         # one weight set for requests with picks in the session (prefix ``s_``), one for requests without
         # picks from shoppers with a history (``n_``); a missing set leaves those requests to stage 1
         self.sets: dict[bool, dict[str, np.ndarray] | None] = {
-            True: _weights(params, "s_"), False: _weights(params, "n_")}
+            True: _weights(params, "s_", self.n_features), False: _weights(params, "n_", self.n_features)}
         if self.sets[True] is None and self.sets[False] is None:
             raise ValueError("stage-2 file has no weight set (s_* or n_*)")
         self.pool = int(np.asarray(params["pool"]))
@@ -140,18 +169,37 @@ class Stage2:
         self._log_rank: dict[int, np.ndarray] = {}
         self._log1p: dict[int, float] = {}
         self._visits: dict[tuple[int, int], tuple[Any, ...]] = {}
+        self._index: Mapping[str, int] = ranker._index
+        self._promo: dict[int, tuple[Mapping[str, str], np.ndarray]] = {}  # id(plan) -> (plan, [V + 1, 2])
         # pick list bytes -> (subset it was made for or None, co-occurrence sums / maxima at the subset's items
         # (pool mode), the picks' embedding rows, the picks' category shares); see ``features``
         self._sess_memo: dict[bytes, tuple[Any, ...]] = {}
         self._lock = threading.Lock()  # the scratch vectors above are shared between requests
 
     @classmethod
-    def for_features(cls, ranker: Any, pool: int) -> Stage2:
-        """Zero weights: only ``features`` is used (collecting training lists, tests)."""
-        z = {"features": np.asarray(FEATURES), "pool": np.asarray(pool), "n_mean": np.zeros(F),
-             "n_inv_std": np.ones(F), "n_w1": np.zeros((F, 1)), "n_b1": np.zeros(1), "n_wl": np.zeros(F),
+    def for_features(cls, ranker: Any, pool: int, promo: bool = False) -> Stage2:
+        """Zero weights: only ``features`` is used (collecting training lists, tests); ``promo``: with the
+        promotion columns."""
+        names = FEATURES + PROMO_FEATURES if promo else FEATURES
+        nf = len(names)
+        z = {"features": np.asarray(names), "pool": np.asarray(pool), "n_mean": np.zeros(nf),
+             "n_inv_std": np.ones(nf), "n_w1": np.zeros((nf, 1)), "n_b1": np.zeros(1), "n_wl": np.zeros(nf),
              "n_w2": np.zeros(1)}
         return cls(z, ranker)
+
+    def _promo_cols(self, plan: Mapping[str, str]) -> np.ndarray:
+        """``promo_columns`` of ``plan``, made once per plan object (the store cache hands the same mapping to
+        every request of the week; keyed by identity, the entry holds the plan so its id is not reused). A
+        plan must not be edited in place: a new week's plan is a new mapping."""
+        ent = self._promo.get(id(plan))
+        if ent is not None and ent[0] is plan:
+            return ent[1]
+        cols = promo_columns(plan, self._index, self._V)
+        with self._lock:
+            if len(self._promo) >= PROMO_PLANS:
+                self._promo.pop(next(iter(self._promo)))
+            self._promo[id(plan)] = (plan, cols)
+        return cols
 
     def _static_cols(self, heat: np.ndarray | None) -> np.ndarray:
         """[V, 2] float32: ``log_pop`` and ``heat`` (0 without heat), one gather for both (8 bytes an item: a
@@ -254,7 +302,8 @@ class Stage2:
                  subset: tuple[np.ndarray, np.ndarray] | None = None, drop: np.ndarray | None = None,
                  block: np.ndarray | None = None,
                  hist_rows: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
-                 left_out: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 left_out: list[np.ndarray] | None = None, promotions: Mapping[str, str] | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
         """(pool, X): the best ``pool`` vocabulary items by ``scores`` (just-picked items left out), best
         first, and their feature matrix [pool, F] (float32). Array methods (``take``, ``argsort``) instead of
         ``np.*`` wrappers and fancy indexing: the same numbers, ~1 µs less a call. ``repeat_rows``:
@@ -269,7 +318,9 @@ class Stage2:
         ``hist_rows`` = (top, nb, rows): for a history of more than HIST_LEN items, what the ranker's stage 1
         gathered already: ``(-rep.decayed).argpartition(HIST_LEN - 1)[:HIST_LEN]`` (``history_inputs``), the
         neighbour indices of those items raveled and their neighbour values [HIST_LEN, K] (the same arrays this
-        would gather). ``left_out``: passed to ``_pool``."""
+        would gather). ``left_out``: passed to ``_pool``. ``promotions``: the store's plan for the request's week
+        (sku -> "display" / "mailer" / "both"); read only when the weights have the promotion columns (absent
+        plan: zeros)."""
         sess = np.asarray(latest[-SESSION_LEN:], np.intp)
         ns = len(sess)
         # what the re-ranking after stage 2 drops anyway stays out of its pool: ``drop`` (vocabulary indices of
@@ -287,7 +338,7 @@ class Stage2:
         n = len(rep.items)
         with self._lock:
             P = len(pool)
-            X = np.zeros((P, F), np.float32)
+            X = np.zeros((P, self.n_features), np.float32)
             X[:, c + 3:c + 5] = self._static_cols(heat).take(items, 0)  # log_pop, heat
             s = scores.take(pool)
             np.subtract(s, s[0], out=X[:, 0])
@@ -362,19 +413,22 @@ class Stage2:
                 X[:, c + 7] = np.maximum.reduce(sm[3] @ self._emb.take(items, 0).T, 0)  # .max(0)
         X[:, c + 8] = self._lp(rep.n_baskets)
         X[:, c + 9] = self._lp(ns)
+        if self.promo and promotions:
+            X[:, F:] = self._promo_cols(promotions).take(items, 0)
         return pool, X
 
     def rescore(self, scores: np.ndarray, rep: RepeatFeatures, latest: Sequence[int],
                 heat: np.ndarray | None, repeat_rows: np.ndarray | None = None,
                 subset: tuple[np.ndarray, np.ndarray] | None = None, drop: np.ndarray | None = None,
                 block: np.ndarray | None = None,
-                hist_rows: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
-                ) -> tuple[np.ndarray, np.ndarray, float] | None:
+                hist_rows: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+                promotions: Mapping[str, str] | None = None) -> tuple[np.ndarray, np.ndarray, float] | None:
         """Replace the pool's stage-1 scores by stage-2 scores shifted above every item outside the pool
         (so the re-ranking after this sees the pool first, in stage-2 order). ``subset``: ``scores`` are
         those of these items only (``features``); the pool is then the best of them. ``drop`` / ``block``:
         excluded / suppressed items, left out of the pool (``features``) so it holds items that can be shown;
-        without them (nothing excluded, no rules) the pool and scores are what they were.
+        without them (nothing excluded, no rules) the pool and scores are what they were. ``promotions``: the
+        store's plan for the week (used only by weights with the promotion columns).
 
         Returns (pool, left out, lowest new score) when ``_pool`` reported its left-out items: the pool (positions
         in ``scores``), the excluded / blocked items ``_pool`` left out although they scored as high as the ones
@@ -387,7 +441,7 @@ class Stage2:
             return None
         left_out: list[np.ndarray] = []
         pool, X = self.features(scores, rep, latest, heat, repeat_rows, subset=subset, drop=drop, block=block,
-                                hist_rows=hist_rows, left_out=left_out)
+                                hist_rows=hist_rows, left_out=left_out, promotions=promotions)
         if not len(pool):
             return None
         s2 = forward(params, X)

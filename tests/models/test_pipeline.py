@@ -136,3 +136,65 @@ def test_node_side_terms_are_added_as_trained(run: dict[str, Path]) -> None:
     cs = cooc_scores(r._nb_idx, r._nb_val, sess, np.full(2, 0.5 * cw[2], np.float32), len(voc))
     want[hist_items] += cs[hist_items]
     assert np.allclose(with_c - without, want, atol=1e-4)
+
+
+def test_promotion_columns_in_training_are_the_nodes(run: dict[str, Path], tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parity (v9): the stage-2 lists ``collect`` builds with promotions hold the feature rows the node computes
+    for the harness's request of the same problem (the plan travels in ``RecRequest.promotions``)."""
+    import io
+    import shutil
+
+    import pandas as pd
+
+    from edge.ranking import RerankConfig
+    from edge.ranking.ranker import sha256_bytes
+    from edge.ranking.stage2 import FEATURES, PROMO_FEATURES, Stage2
+    from models.data import Prepared, encode_promotions
+    from models.evaluate import ModelAdapter
+    from models.stage2 import Stage2Config, collect, stage2_problems
+
+    prep = Prepared.load(run["work"])
+    skus, stores = prep.vocab_skus(), prep.meta["store_ids"]
+    rows = [(sku, st, wk, j % 2 == 0, j % 3 == 0) for wk in range(42, 48) for st in stores
+            for j, sku in enumerate(skus[wk % 3::3])]
+    df = pd.DataFrame(rows, columns=["product_id", "store_id", "week", "display", "mailer"])
+    prep.promo, _ = encode_promotions(df, prep.meta["skus"], stores)
+    problems = stage2_problems(prep, 42, 47, Stage2Config(max_p2=40))
+    problems = [kp for kp in problems if kp[0] != 2][:40]  # a cold shopper without picks never reaches stage 2
+    pool = 20
+    lists = collect(prep, run["rel"], problems, pool, promotions=True)
+    assert lists.X.shape[2] == len(FEATURES) + len(PROMO_FEATURES) and lists.X[:, :, len(FEATURES):].any()
+    # the node: the same release with a promotion-aware stage 2 (random weights)
+    rel = tmp_path / "rel"
+    shutil.copytree(run["rel"], rel)
+    names = FEATURES + PROMO_FEATURES
+    rng = np.random.default_rng(0)
+    nf = len(names)
+    w = {"mean": np.zeros(nf), "inv_std": np.ones(nf), "w1": rng.normal(0, 1, (nf, 4)), "b1": np.zeros(4),
+         "wl": rng.normal(0, 1, nf), "w2": rng.normal(0, 1, 4)}
+    buf = io.BytesIO()
+    np.savez(buf, features=np.asarray(names), pool=np.asarray(pool, np.int32),
+             **{f"{p}{k}": v.astype(np.float32) for p in ("s_", "n_") for k, v in w.items()})
+    (rel / "stage2.npz").write_bytes(buf.getvalue())
+    man = json.loads((rel / "manifest.json").read_text())
+    man["stage2_sha256"] = sha256_bytes(buf.getvalue())
+    (rel / "manifest.json").write_text(json.dumps(man))
+    r = Ranker.load(rel, rerank=RerankConfig(diversity=0.0, repeat_cap=10**9))
+    assert r._stage2 is not None and r._stage2.promo
+    seen: list[np.ndarray] = []
+    orig = Stage2.features
+
+    def spy(self: Stage2, *a: object, **k: object) -> tuple[np.ndarray, np.ndarray]:
+        out = orig(self, *a, **k)  # type: ignore[arg-type]
+        seen.append(out[1].copy())
+        return out
+
+    monkeypatch.setattr(Stage2, "features", spy)
+    ad = ModelAdapter(prep, r, "m")
+    for n, (_, pr) in enumerate(problems):
+        seen.clear()
+        ad.recommend(pr, 10, set(pr.session))
+        assert len(seen) == 1
+        m = len(seen[0])
+        np.testing.assert_array_equal(seen[0], lists.X[n, :m])

@@ -123,3 +123,4 @@ def test_cli_stage2_defaults_are_the_config_defaults() -> None:
     a = p.parse_args([])
     d = Stage2Config()
     assert (a.stage2_windows, a.stage2_window_sets, a.stage2_n_ensemble) == (d.windows, d.window_sets, d.n_ensemble)
+    assert a.stage2_promotions == d.promotions
