@@ -336,8 +336,10 @@ class Stage2:
             items = idx.take(pool)
         c = 2 + REPEAT_FEATURES
         n = len(rep.items)
+        P = len(pool)
+        if not P:  # everything picked, excluded or blocked (a small store catalogue): nothing to re-rank
+            return pool, np.zeros((0, self.n_features), np.float32)
         with self._lock:
-            P = len(pool)
             X = np.zeros((P, self.n_features), np.float32)
             X[:, c + 3:c + 5] = self._static_cols(heat).take(items, 0)  # log_pop, heat
             s = scores.take(pool)
