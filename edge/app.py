@@ -21,9 +21,6 @@ import asyncio
 import csv
 import gc
 import logging
-import os
-import sys
-import threading
 import time
 from collections.abc import Callable
 from importlib import resources
@@ -37,29 +34,11 @@ from edge.events import RecommendationSet
 from edge.recommend import Recommender
 from edge.store import Product, Store
 
-__all__ = ["Node", "Room", "ScreenBoard", "bundled_catalogue", "set_thread_nice"]
+__all__ = ["Node", "Room", "ScreenBoard", "bundled_catalogue"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_STOCK_UNITS = 24
-
-
-def set_thread_nice(nice: int) -> tuple[int, int, str | None] | None:
-    """Set the calling thread's nice value (Linux: per thread); returns (before, after, why not) or None where
-    threads have no nice value of their own. Only the one thread: on a 2-core bench host the loop at nice -5
-    kept the screens' reader and the node's other threads from preempting a ranking pass (p99 3.5–5.8 vs
-    4.6–6.6 ms in 4 interleaved pairs, docs/signage.md)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    tid = threading.get_native_id()
-    before = os.getpriority(os.PRIO_PROCESS, tid)
-    why = None
-    if nice != before:
-        try:
-            os.setpriority(os.PRIO_PROCESS, tid, nice)
-        except OSError as exc:  # EACCES/EPERM: no LimitNICE / CAP_SYS_NICE
-            why = exc.strerror or str(exc)
-    return before, os.getpriority(os.PRIO_PROCESS, tid), why
 
 
 class Room(Protocol):
@@ -165,8 +144,6 @@ class Node:
         self.vision: Any = None  # edge.vision.VisionRoom once built (camera.enabled)
         self.synthetic_scene: Any = None  # an edge.vision.SyntheticScene for camera.source "synthetic" (demo)
         self._housekeeping: asyncio.Task[None] | None = None
-        self.loop_nice: int | None = None  # the event-loop thread's nice value while the node runs (health)
-        self._nice_before: int | None = None
 
     @property
     def store(self) -> Store:
@@ -237,7 +214,6 @@ class Node:
             log.info("starting %s", room.name)
             await room.start()
         self._housekeeping = asyncio.create_task(self._housekeep(), name="housekeeping")
-        self._prioritize_loop()  # last: the rooms' threads started above keep the nice value they had
         # What start-up built (catalogue, model tables, config, imported modules) lives as long as the node:
         # freeze it out of the cyclic collector, else every full collection walks it all and stalls the loop
         # (measured in `bench e2e`: 60–100 ms pauses, the bulk of the push p99). stop() unfreezes.
@@ -258,29 +234,6 @@ class Node:
             except Exception:
                 log.exception("room %s failed to stop cleanly", room.name)
         gc.unfreeze()  # a process that builds several nodes (tests) gets its garbage collected again
-        if self._nice_before is not None:  # the thread goes on (tests, tools): back to where it was
-            set_thread_nice(self._nice_before)
-            self._nice_before = None
-
-    def _prioritize_loop(self) -> None:
-        """The event loop (this thread) at ``node.loop_nice``: the hot path before background work."""
-        want = self.config.node.loop_nice
-        if want == 0:
-            return
-        res = set_thread_nice(want)
-        if res is None:
-            return
-        before, now, why = res
-        self.loop_nice = now
-        if now != before:
-            self._nice_before = before
-        if why is not None:
-            # under systemd (INVOCATION_ID set) the unit should have allowed it: say so louder
-            (log.warning if os.environ.get("INVOCATION_ID") else log.info)(
-                "node.loop_nice=%d: not permitted (%s); the event loop stays at nice %d. Allow it with "
-                "LimitNICE=%d in the service unit (the shipped shelfcast.service has it) or "
-                "`sudo prlimit --nice=%d --pid <pid>`, or set node.loop_nice: 0 to keep the default priority",
-                want, why, now, want, 20 - want)
 
     async def _housekeep(self) -> None:
         while True:
@@ -303,7 +256,6 @@ class Node:
             "store_id": self.config.node.store_id,
             "node_id": self.config.node.node_id,
             "uptime_s": round(time.time() - (self.started_at or time.time()), 1),
-            "loop_nice": self.loop_nice,
             "rooms": rooms,
             "bus": self.bus.health(),
         }

@@ -68,11 +68,6 @@ class NodeSection(_Strict):
     node_id: Id = "node-1"
     data_dir: Path = Path("/var/lib/shelfcast")
     timezone: str = "America/New_York"
-    # nice value of the event-loop thread (serial frames -> fusion -> ranking -> push): above the node's other
-    # threads and the device's other processes, so a busy moment delays background work, not a screen update.
-    # Lowering it needs LimitNICE (the shipped systemd unit sets LimitNICE=-5) or CAP_SYS_NICE; without that
-    # the loop keeps its nice value and the node says so once. 0 leaves the priority alone.
-    loop_nice: int = Field(default=-5, ge=-20, le=19)
 
     @field_validator("timezone")
     @classmethod

@@ -62,7 +62,6 @@ class BenchOptions:
     model: bool = True  # False: rank with the popularity fallback only (isolates the rest of the path)
     stage2_skip_after_ms: float | None = None  # None: the config default of model.stage2_skip_after_ms
     samples_path: str | None = None  # write one JSON line per measured pick (its timeline) to this file
-    loop_nice: int | None = None  # None: the config default of node.loop_nice (0: the loop keeps its priority)
 
 
 def _free_port() -> int:
@@ -93,7 +92,7 @@ def _rss_mb() -> float:
 
 
 def bench_config(data_dir: Path, ports: list[str], mqtt_url: str | None, shelves: int,
-                 stage2_skip_after_ms: float | None = None, loop_nice: int | None = None) -> NodeConfig:
+                 stage2_skip_after_ms: float | None = None) -> NodeConfig:
     cat = [p for p in bundled_catalogue() if p.unit_weight_g and p.price]
     zones, shelf_rows, screens = [], [], []
     for z in range(shelves):
@@ -104,11 +103,8 @@ def bench_config(data_dir: Path, ports: list[str], mqtt_url: str | None, shelves
         shelf_rows.append({"id": f"shelf-{z}", "zone": zid, "position": [x0 + 2, 1.0], "controller": f"bench-{z}",
                            "slots": slots})
         screens.append({"id": f"screen-{z}", "kind": "full", "position": [x0 + 2, 5.0], "zone": zid})
-    node: dict[str, Any] = {"store_id": "bench", "node_id": "bench-node", "data_dir": str(data_dir)}
-    if loop_nice is not None:
-        node["loop_nice"] = loop_nice
     raw = {
-        "node": node,
+        "node": {"store_id": "bench", "node_id": "bench-node", "data_dir": str(data_dir)},
         "layout": {"zones": zones, "shelves": shelf_rows, "screens": screens},
         "shelves": {"enabled": True, "ports": [{"port": p} for p in ports]},
         "camera": {"enabled": False},
@@ -162,7 +158,7 @@ async def _run(opts: BenchOptions) -> dict[str, Any]:
         if opts.mqtt and shutil.which("mosquitto"):
             broker = _Broker(tmp)
         config = bench_config(tmp / "node", ports, broker.url if broker else None, opts.shelves,
-                              opts.stage2_skip_after_ms, opts.loop_nice)
+                              opts.stage2_skip_after_ms)
         node = Node(config)
         await node.start()
         if not opts.model and node.recommender is not None:
@@ -407,9 +403,6 @@ async def _run(opts: BenchOptions) -> dict[str, Any]:
         # sets ranked by the model's first stage alone by the overload guard (model.stage2_skip_after_ms)
         "stage2_skipped": rec_stats.get("stage2_skipped"),
         "stage2_skip_after_ms": config.model.stage2_skip_after_ms,
-        # the event-loop thread's nice value in the run (node.loop_nice; None: left alone or not Linux). The
-        # node's service unit allows -5 (LimitNICE); a user without that permission measures at 0
-        "loop_nice": node.loop_nice,
         "screens_connected": connected,
         "sse_frames": hub_stats["frames_sent"],
         "sse_superseded": hub_stats["superseded"],

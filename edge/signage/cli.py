@@ -32,9 +32,6 @@ def register(reg: CommandRegistry) -> None:
                         "model's second stage); default: the config default")
     p.add_argument("--samples", type=Path, default=None, metavar="FILE",
                    help="write each measured pick's timeline (write, read, ranked, arrivals; ns) as JSON lines")
-    p.add_argument("--loop-nice", type=int, default=None, metavar="N",
-                   help="nice value of the node's event-loop thread (config node.loop_nice, default -5; 0 = leave "
-                        "it alone); the JSON's loop_nice says what the run got")
 
     p = reg.subcommand("bench", "hotpath", "CPU per pick of the node's ranking path alone (no pty, broker or "
                        "screens): compare code versions on a loaded machine", _bench_hotpath)
@@ -75,12 +72,9 @@ def _bench(args: argparse.Namespace) -> int:
         raise UserError("--duration must be between 0 and 600 seconds")
     if not 0 <= args.screens <= 500:
         raise UserError("--screens must be between 0 and 500")
-    if args.loop_nice is not None and not -20 <= args.loop_nice <= 19:
-        raise UserError("--loop-nice must be between -20 and 19 (0 leaves the loop's priority alone)")
     result = run(BenchOptions(rate=args.rate, duration=args.duration, screens=args.screens, mqtt=not args.no_mqtt,
                               model=not args.no_model, stage2_skip_after_ms=args.stage2_skip_after_ms,
-                              samples_path=str(args.samples) if args.samples is not None else None,
-                              loop_nice=args.loop_nice))
+                              samples_path=str(args.samples) if args.samples is not None else None))
     print_result(result, args.json)
     return 0
 

@@ -132,18 +132,6 @@ def test_units_pass_systemd_analyze_verify(root: Path, tmp_path: Path) -> None:
         assert line in svc, line
 
 
-def test_node_unit_allows_the_loop_priority_the_config_asks_for(root: Path) -> None:
-    """``node.loop_nice`` (default -5) needs LimitNICE at least that high; no capability, nothing else."""
-    from edge.config import NodeSection
-
-    svc = (root / "etc/systemd/system/shelfcast.service").read_text()
-    m = re.search(r"^LimitNICE=(-?\d+)$", svc, re.M)
-    assert m, "shelfcast.service has no LimitNICE= line"
-    assert int(m.group(1)) <= NodeSection().loop_nice < 0
-    assert re.search(r"^CapabilityBoundingSet=$", svc, re.M)  # still no capabilities at all
-    assert not re.search(r"^Nice=", svc, re.M)  # only the loop thread rises, not the whole process
-
-
 def test_node_unit_hardening_score(root: Path, tmp_path: Path) -> None:
     need_systemd_analyze()
     units = rendered_units(root, tmp_path / "units")
