@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -76,8 +77,12 @@ def bench(path: str | None = None, n_invoke: int = 3000, n_requests: int = 2000,
         inv.append((time.perf_counter_ns() - s) / 1000)
     rec: list[float] = []
     rec_first: list[float] = []
+    hist_now: tuple[tuple[str, float, float], ...] = ()
     for i in range(n_requests):
         q = requests[i % len(requests)]
+        if first[i % len(requests)]:  # a visit starts: a new history object, as a new check-in brings (the
+            hist_now = tuple(list(q.history))  # ranker's visit caches hold 128 visits: no hit from an earlier cycle)
+        q = dataclasses.replace(q, history=hist_now)
         s = time.perf_counter_ns()
         r.recommend(q)
         dt = (time.perf_counter_ns() - s) / 1000

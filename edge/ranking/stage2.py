@@ -120,7 +120,7 @@ def forward(params: Mapping[str, np.ndarray], X: np.ndarray) -> np.ndarray:
     return out
 
 
-VISITS = 8  # visits whose history-structure lookups (``Stage2._visit``) are kept
+VISITS = 128  # visits whose history-structure lookups (``Stage2._visit``) are kept (ranker.HIST_CACHE_VISITS)
 SESS_MEMO = 64  # pick lists whose session columns (``Stage2.features``) are kept (~4 kB each in pool mode)
 
 
