@@ -7,9 +7,6 @@ re-ranking visibly differs from stage 1's and a wrong feature or formula changes
 
 from __future__ import annotations
 
-import io
-import json
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,40 +14,15 @@ import numpy as np
 import pytest
 
 from edge.ranking import ModelError, Ranker, RecRequest, RerankConfig
-from edge.ranking.ranker import DEFAULT_MODEL_DIR, sha256_bytes
+from edge.ranking.ranker import DEFAULT_MODEL_DIR
 from edge.ranking.stage2 import FEATURES, Stage2, forward
 
 T0 = 1_700_000_000.0
 DAY = 86400.0
 POOL = 60
 Weights = Callable[..., dict[str, np.ndarray]]  # the ``stage2_weights`` fixture (conftest.py)
-
-
-def _npz(params: dict[str, np.ndarray], features: tuple[str, ...] = FEATURES, prefixes: str = "sn") -> bytes:
-    buf = io.BytesIO()
-    both = {f"{pre}_{k}": v for pre in prefixes for k, v in params.items()}
-    np.savez(buf, features=np.asarray(features), pool=np.asarray(POOL, np.int32), **both)  # type: ignore[arg-type]
-    return buf.getvalue()
-
-
-def _release(tmp_path: Path, data: bytes | None, digest: str | None = None) -> Path:
-    """A copy of the shipped release with ``data`` as its stage 2, or (None) without any stage 2."""
-    d = tmp_path / "rel"
-    shutil.copytree(DEFAULT_MODEL_DIR, d)
-    if data is None:
-        man = json.loads((d / "manifest.json").read_text())
-        if man.pop("stage2_file", None):
-            (d / "stage2.npz").unlink()
-        man.pop("stage2_sha256", None)
-        man.pop("stage2", None)
-        (d / "manifest.json").write_text(json.dumps(man))
-    else:
-        (d / "stage2.npz").write_bytes(data)
-        man = json.loads((d / "manifest.json").read_text())
-        man["stage2_file"] = "stage2.npz"
-        man["stage2_sha256"] = digest or sha256_bytes(data)
-        (d / "manifest.json").write_text(json.dumps(man))
-    return d
+Npz = Callable[..., bytes]  # ``stage2_npz`` (conftest.py)
+Release = Callable[..., Path]  # ``stage2_release`` (conftest.py)
 
 
 def _req(r: Ranker, session: list[int], hist_items: list[int]) -> RecRequest:
@@ -59,8 +31,8 @@ def _req(r: Ranker, session: list[int], hist_items: list[int]) -> RecRequest:
     return RecRequest(history=hist, session=[voc[i] for i in session], store_id="367", when=T0 + 50 * DAY, k=10)
 
 
-def test_release_without_stage2_loads_and_serves_stage1(tmp_path: Path) -> None:
-    r = Ranker.load(_release(tmp_path, None), rerank=RerankConfig(diversity=0.0))
+def test_release_without_stage2_loads_and_serves_stage1(tmp_path: Path, stage2_release: Release) -> None:
+    r = Ranker.load(stage2_release(tmp_path, None), rerank=RerankConfig(diversity=0.0))
     assert r._stage2 is None
     req = _req(r, [5, 17], [3, 40, 77, 123])
     recs = r.recommend(req)
@@ -70,9 +42,10 @@ def test_release_without_stage2_loads_and_serves_stage1(tmp_path: Path) -> None:
     assert [r.vocabulary[i] for i in want] == [x.sku for x in recs]
 
 
-def test_node_stage2_scores_equal_the_training_function(tmp_path: Path, stage2_weights: Weights) -> None:
+def test_node_stage2_scores_equal_the_training_function(tmp_path: Path, stage2_weights: Weights, stage2_npz: Npz,
+                                                        stage2_release: Release) -> None:
     params = stage2_weights()
-    r2 = Ranker.load(_release(tmp_path, _npz(params)), rerank=RerankConfig(diversity=0.0, repeat_cap=10**9))
+    r2 = Ranker.load(stage2_release(tmp_path, stage2_npz(params)), rerank=RerankConfig(diversity=0.0, repeat_cap=10**9))
     assert r2._stage2 is not None and r2._stage2.pool == POOL
     r1 = Ranker.load(DEFAULT_MODEL_DIR, rerank=RerankConfig(diversity=0.0, repeat_cap=10**9))
     feat = Stage2.for_features(r1, POOL)
@@ -123,25 +96,28 @@ def test_features_are_the_documented_numbers(tmp_path: Path) -> None:
     assert not feat._sum.any() and not feat._max.any() and not feat._hist.any() and not feat._mask.any()
 
 
-def test_bad_stage2_files_are_refused(tmp_path: Path, stage2_weights: Weights) -> None:
-    data = _npz(stage2_weights())
+def test_bad_stage2_files_are_refused(tmp_path: Path, stage2_weights: Weights, stage2_npz: Npz,
+                                      stage2_release: Release) -> None:
+    data = stage2_npz(stage2_weights())
     with pytest.raises(ModelError, match=r"sha256 mismatch for stage2\.npz"):
-        Ranker.load(_release(tmp_path / "a", data, digest="0" * 64))
+        Ranker.load(stage2_release(tmp_path / "a", data, digest="0" * 64))
     with pytest.raises(ModelError, match="stage-2 features"):
-        Ranker.load(_release(tmp_path / "b", _npz(stage2_weights(), FEATURES[::-1])))
+        Ranker.load(stage2_release(tmp_path / "b", stage2_npz(stage2_weights(), FEATURES[::-1])))
     p = stage2_weights()
     p["w2"] = p["w2"][:3]
     with pytest.raises(ModelError, match="s_w2"):
-        Ranker.load(_release(tmp_path / "c", _npz(p)))
-    d = _release(tmp_path / "d", data)
+        Ranker.load(stage2_release(tmp_path / "c", stage2_npz(p)))
+    d = stage2_release(tmp_path / "d", data)
     (d / "stage2.npz").unlink()
     with pytest.raises(ModelError, match=r"stage-2 file .* not found"):
         Ranker.load(d)
 
 
-def test_a_missing_weight_set_leaves_those_requests_to_stage1(tmp_path: Path, stage2_weights: Weights) -> None:
-    r2 = Ranker.load(_release(tmp_path, _npz(stage2_weights(), prefixes="s")), rerank=RerankConfig(diversity=0.0))
-    r1 = Ranker.load(_release(tmp_path / "s1", None), rerank=RerankConfig(diversity=0.0))
+def test_a_missing_weight_set_leaves_those_requests_to_stage1(tmp_path: Path, stage2_weights: Weights,
+                                                              stage2_npz: Npz, stage2_release: Release) -> None:
+    r2 = Ranker.load(stage2_release(tmp_path, stage2_npz(stage2_weights(), prefixes="s")),
+                     rerank=RerankConfig(diversity=0.0))
+    r1 = Ranker.load(stage2_release(tmp_path / "s1", None), rerank=RerankConfig(diversity=0.0))
     assert r2._stage2 is not None and r2._stage2.sets[False] is None
     warm = _req(r1, [], [3, 40, 77, 123])
     assert [x.sku for x in r2.recommend(warm)] == [x.sku for x in r1.recommend(warm)]
@@ -150,11 +126,12 @@ def test_a_missing_weight_set_leaves_those_requests_to_stage1(tmp_path: Path, st
 
 
 def test_stage2_sees_picks_appended_while_the_request_ran(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                          stage2_weights: Weights) -> None:
+                                                          stage2_weights: Weights,
+                                                          stage2_npz: Npz, stage2_release: Release) -> None:
     """An append-only session that grows between the model call and the re-ranking is derived again; stage 2
     must re-rank with that state (its picks), not the stale one the stage-1 scores were made with."""
     params = stage2_weights()
-    r2 = Ranker.load(_release(tmp_path, _npz(params)), rerank=RerankConfig(diversity=0.0, repeat_cap=10**9))
+    r2 = Ranker.load(stage2_release(tmp_path, stage2_npz(params)), rerank=RerankConfig(diversity=0.0, repeat_cap=10**9))
     r1 = Ranker.load(DEFAULT_MODEL_DIR, rerank=RerankConfig(diversity=0.0, repeat_cap=10**9))
     voc = r1.vocabulary
     base = _req(r1, [5, 17], [3, 40, 77, 123])
@@ -185,10 +162,11 @@ def test_stage2_sees_picks_appended_while_the_request_ran(tmp_path: Path, monkey
 
 
 def test_stage2_takes_stage1s_repeat_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                          stage2_weights: Weights) -> None:
+                                          stage2_weights: Weights, stage2_npz: Npz, stage2_release: Release) -> None:
     """``recommend`` hands stage 2 the repeat rows ``_invoke`` made for the same request (instead of stage 2
     making them again); the feature matrix is bit for bit the one made without them."""
-    r2 = Ranker.load(_release(tmp_path, _npz(stage2_weights())), rerank=RerankConfig(diversity=0.0, repeat_cap=10**9))
+    r2 = Ranker.load(stage2_release(tmp_path, stage2_npz(stage2_weights())), rerank=RerankConfig(diversity=0.0,
+                                                                                                 repeat_cap=10**9))
     assert r2._stage2 is not None
     s2 = r2._stage2
     seen: list[bool] = []
@@ -211,26 +189,30 @@ def test_stage2_takes_stage1s_repeat_rows(tmp_path: Path, monkeypatch: pytest.Mo
     assert seen[-1] is False
 
 
-def test_second_stage_false_serves_stage1_alone(tmp_path: Path, stage2_weights: Weights) -> None:
+def test_second_stage_false_serves_stage1_alone(tmp_path: Path, stage2_weights: Weights, stage2_npz: Npz,
+                                                stage2_release: Release) -> None:
     """``RecRequest(second_stage=False)`` (the recommend room's overload guard) gives exactly what the same
     release without its stage 2 gives; the default request still gets stage 2."""
     import dataclasses
 
     r2 = Ranker.load(DEFAULT_MODEL_DIR, rerank=RerankConfig(diversity=0.0))
-    r1 = Ranker.load(_release(tmp_path, None), rerank=RerankConfig(diversity=0.0))
+    r1 = Ranker.load(stage2_release(tmp_path, None), rerank=RerankConfig(diversity=0.0))
     if r2._stage2 is None:
-        r2 = Ranker.load(_release(tmp_path / "s2", _npz(stage2_weights())), rerank=RerankConfig(diversity=0.0))
+        r2 = Ranker.load(stage2_release(tmp_path / "s2", stage2_npz(stage2_weights())),
+                         rerank=RerankConfig(diversity=0.0))
     for session, hist in (([5, 17], [3, 40, 77, 123]), ([2500, 31, 4000], [])):
         req = _req(r1, session, hist)
         assert r2.recommend(dataclasses.replace(req, second_stage=False)) == r1.recommend(req)
         assert r2.recommend(req) != r1.recommend(req)
 
 
-def test_excluded_and_suppressed_items_stay_out_of_the_stage2_pool(tmp_path: Path, stage2_weights: Weights) -> None:
+def test_excluded_and_suppressed_items_stay_out_of_the_stage2_pool(tmp_path: Path, stage2_weights: Weights,
+                                                                   stage2_npz: Npz, stage2_release: Release) -> None:
     """The re-ranking after stage 2 drops excluded and suppressed skus anyway: they are left out of stage 2's
     pool (which then holds ``pool`` items that can be shown). With nothing excluded beyond the picks the pool,
     features and answers are what they were (the picks were out of the pool already)."""
-    r = Ranker.load(_release(tmp_path, _npz(stage2_weights())), rerank=RerankConfig(diversity=0.0, repeat_cap=10**9))
+    r = Ranker.load(stage2_release(tmp_path, stage2_npz(stage2_weights())), rerank=RerankConfig(diversity=0.0,
+                                                                                                repeat_cap=10**9))
     s2 = r._stage2
     assert s2 is not None
     req = _req(r, [5, 17], [3, 40, 77, 123])
@@ -252,7 +234,8 @@ def test_excluded_and_suppressed_items_stay_out_of_the_stage2_pool(tmp_path: Pat
     assert (np.diff(scores[pool2]) <= 0).all() and float(X2[0, 0]) == 0.0  # s1_rel relative to the pool's best
     # through recommend: the same answers as before for a request without exclusions; with them, no excluded sku
     want = [x.sku for x in r.recommend(req)]
-    s2.features = lambda *a, **kw: Stage2.features(s2, *a, **{**kw, "drop": None, "block": None})  # type: ignore[method-assign]
+    s2.features = lambda *a, **kw: Stage2.features(s2, *a, **{**kw, "drop": None,
+                                                              "block": None})  # type: ignore[method-assign]
     assert [x.sku for x in r.recommend(req)] == want
     del s2.features
     req_ex = RecRequest(history=req.history, session=req.session, store_id="367", when=req.when, k=10,

@@ -10,9 +10,6 @@ to the shipped release (as in ``test_stage2.py``), so a wrong feature or pool ch
 
 from __future__ import annotations
 
-import io
-import json
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,29 +19,15 @@ import pytest
 
 from edge.ranking import Ranker, RecRequest, RerankConfig
 from edge.ranking.features import SESSION_LEN
-from edge.ranking.ranker import DEFAULT_MODEL_DIR, sha256_bytes
-from edge.ranking.stage2 import FEATURES, Stage2, forward
+from edge.ranking.stage2 import Stage2, forward
 
 T0 = 1_700_000_000.0
 DAY = 86400.0
 POOL = 60
 Weights = Callable[..., dict[str, np.ndarray]]  # the ``stage2_weights`` fixture (conftest.py)
+Npz = Callable[..., bytes]  # ``stage2_npz`` (conftest.py)
+Release = Callable[..., Path]  # ``stage2_release`` (conftest.py)
 FAR = np.float32(-1e30)  # outside the catalogue: below every catalogue score, so never in the pool
-
-
-def _release(tmp_path: Path, sets: dict[str, dict[str, np.ndarray]]) -> Path:
-    d = tmp_path / "rel"
-    shutil.copytree(DEFAULT_MODEL_DIR, d)
-    buf = io.BytesIO()
-    both = {f"{pre}_{k}": v for pre, p in sets.items() for k, v in p.items()}
-    np.savez(buf, features=np.asarray(FEATURES), pool=np.asarray(POOL, np.int32), **both)  # type: ignore[arg-type]
-    data = buf.getvalue()
-    (d / "stage2.npz").write_bytes(data)
-    man = json.loads((d / "manifest.json").read_text())
-    man["stage2_file"] = "stage2.npz"
-    man["stage2_sha256"] = sha256_bytes(data)
-    (d / "manifest.json").write_text(json.dumps(man))
-    return d
 
 
 def _catalogue(r: Ranker, rng: np.random.Generator, size: int = 350) -> np.ndarray:
@@ -92,9 +75,10 @@ def _latest(r: Ranker, session: list[str]) -> list[int]:
 
 @pytest.mark.parametrize("seed", [3, 11])
 def test_catalogue_stage2_equals_the_plain_reference(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                     seed: int, stage2_weights: Weights) -> None:
+                                                     seed: int, stage2_weights: Weights,
+                                                     stage2_npz: Npz, stage2_release: Release) -> None:
     sets = {"s": stage2_weights(seed), "n": stage2_weights(seed + 1)}
-    rel = _release(tmp_path, sets)
+    rel = stage2_release(tmp_path, stage2_npz(sets))
     cfg = {"diversity": 0.0, "repeat_cap": 10**9}
     fast = Ranker.load(rel, rerank=RerankConfig(**cfg))
     ref = Ranker.load(rel, rerank=RerankConfig(**cfg))
@@ -154,10 +138,11 @@ def test_catalogue_stage2_equals_the_plain_reference(tmp_path: Path, monkeypatch
     assert reranked >= 5  # the random weights re-rank: a no-op stage 2 would not pass
 
 
-def test_without_catalogue_only_stage2_keeps_the_whole_vocabulary(tmp_path: Path, stage2_weights: Weights) -> None:
+def test_without_catalogue_only_stage2_keeps_the_whole_vocabulary(tmp_path: Path, stage2_weights: Weights,
+                                                                  stage2_npz: Npz, stage2_release: Release) -> None:
     """A catalogue given but ``catalogue_only`` off: stage 2's pool is the vocabulary's best, as before."""
     sets = {"s": stage2_weights(5), "n": stage2_weights(6)}
-    rel = _release(tmp_path, sets)
+    rel = stage2_release(tmp_path, stage2_npz(sets))
     r = Ranker.load(rel, rerank=RerankConfig(diversity=0.0, repeat_cap=10**9))
     plain = Ranker.load(rel, rerank=RerankConfig(diversity=0.0, repeat_cap=10**9))
     rng = np.random.default_rng(5)

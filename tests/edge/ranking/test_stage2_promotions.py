@@ -6,9 +6,6 @@ A release whose ``stage2.npz`` lists ``FEATURES + PROMO_FEATURES`` reads the pla
 
 from __future__ import annotations
 
-import io
-import json
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,7 +13,7 @@ import numpy as np
 import pytest
 
 from edge.ranking import ModelError, Ranker, RecRequest, RerankConfig
-from edge.ranking.ranker import DEFAULT_MODEL_DIR, sha256_bytes
+from edge.ranking.ranker import DEFAULT_MODEL_DIR
 from edge.ranking.stage2 import FEATURES, PROMO_FEATURES, Stage2, forward, promo_columns
 
 NAMES = FEATURES + PROMO_FEATURES
@@ -24,25 +21,8 @@ T0 = 1_700_000_000.0
 DAY = 86400.0
 POOL = 60
 Weights = Callable[..., dict[str, np.ndarray]]  # the ``stage2_weights`` fixture (conftest.py)
-
-
-def _npz(params: dict[str, np.ndarray], features: tuple[str, ...]) -> bytes:
-    buf = io.BytesIO()
-    both = {f"{pre}_{k}": v for pre in "sn" for k, v in params.items()}
-    np.savez(buf, features=np.asarray(features), pool=np.asarray(POOL, np.int32), **both)  # type: ignore[arg-type]
-    return buf.getvalue()
-
-
-def _release(tmp_path: Path, data: bytes) -> Path:
-    """A copy of the shipped release with ``data`` as its stage 2 (as test_stage2.py makes it)."""
-    d = tmp_path / f"rel{len(list(tmp_path.iterdir()))}"
-    shutil.copytree(DEFAULT_MODEL_DIR, d)
-    (d / "stage2.npz").write_bytes(data)
-    man = json.loads((d / "manifest.json").read_text())
-    man["stage2_file"] = "stage2.npz"
-    man["stage2_sha256"] = sha256_bytes(data)
-    (d / "manifest.json").write_text(json.dumps(man))
-    return d
+Npz = Callable[..., bytes]  # ``stage2_npz`` (conftest.py)
+Release = Callable[..., Path]  # ``stage2_release`` (conftest.py)
 
 
 def _req(r: Ranker, session: list[int], hist_items: list[int]) -> RecRequest:
@@ -102,9 +82,11 @@ def test_promotion_columns_are_the_plan(tmp_path: Path, stage2_weights: Weights)
     assert cols.shape == (r.V + 1, 2) and not cols[r.V].any()
 
 
-def test_node_answers_with_the_plan_as_trained(tmp_path: Path, stage2_weights: Weights) -> None:
+def test_node_answers_with_the_plan_as_trained(tmp_path: Path, stage2_weights: Weights, stage2_npz: Npz,
+                                               stage2_release: Release) -> None:
     params = _promo_weights(stage2_weights)
-    r2 = Ranker.load(_release(tmp_path, _npz(params, NAMES)), rerank=RerankConfig(diversity=0.0, repeat_cap=10**9))
+    r2 = Ranker.load(stage2_release(tmp_path, stage2_npz(params, NAMES)), rerank=RerankConfig(diversity=0.0,
+                                                                                              repeat_cap=10**9))
     assert r2._stage2 is not None and r2._stage2.promo
     r1 = Ranker.load(DEFAULT_MODEL_DIR, rerank=RerankConfig(diversity=0.0, repeat_cap=10**9))
     feat = Stage2.for_features(r1, POOL, promo=True)
@@ -125,9 +107,10 @@ def test_node_answers_with_the_plan_as_trained(tmp_path: Path, stage2_weights: W
     assert moved >= 2
 
 
-def test_a_release_without_promotion_columns_ignores_the_plan(tmp_path: Path, stage2_weights: Weights) -> None:
+def test_a_release_without_promotion_columns_ignores_the_plan(tmp_path: Path, stage2_weights: Weights,
+                                                              stage2_npz: Npz, stage2_release: Release) -> None:
     """The shipped v5 (and any stage 2 without the columns): bit-identical answers and scores with a plan."""
-    for path in (DEFAULT_MODEL_DIR, _release(tmp_path, _npz(stage2_weights(), FEATURES))):
+    for path in (DEFAULT_MODEL_DIR, stage2_release(tmp_path, stage2_npz(stage2_weights(), FEATURES))):
         r = Ranker.load(path, rerank=RerankConfig(diversity=0.0, repeat_cap=10**9))
         assert r._stage2 is None or not r._stage2.promo
         for session, hist in (([5, 17], [3, 40, 77, 123]), ([], [8, 9, 10])):
@@ -138,7 +121,8 @@ def test_a_release_without_promotion_columns_ignores_the_plan(tmp_path: Path, st
             assert [(x.sku, x.score, x.reason) for x in a] == [(x.sku, x.score, x.reason) for x in b]
 
 
-def test_other_feature_lists_are_refused(tmp_path: Path, stage2_weights: Weights) -> None:
+def test_other_feature_lists_are_refused(tmp_path: Path, stage2_weights: Weights, stage2_npz: Npz,
+                                         stage2_release: Release) -> None:
     p = _promo_weights(stage2_weights)
     with pytest.raises(ModelError, match="on_display"):
-        Ranker.load(_release(tmp_path, _npz(p, (*FEATURES, "in_mailer", "on_display"))))
+        Ranker.load(stage2_release(tmp_path, stage2_npz(p, (*FEATURES, "in_mailer", "on_display"))))
