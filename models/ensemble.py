@@ -62,22 +62,18 @@ def merge_weights(ws: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 def inference_model(ws: list[dict[str, np.ndarray]], C: int) -> Any:
     """One Keras model with the N towers: outputs (mean of the N score vectors, draw 0's user vector, mean of
     the N repeat gates); the same inputs, names and output shapes as ``models.train.inference_model``."""
-    from models.train import _tf
+    from models.train import _tf, node_inputs
 
     _tf()
     import keras
     from keras import ops
 
-    from edge.ranking.features import HIST_LEN, SESSION_LEN
+    from edge.ranking.features import HIST_LEN
 
     n = len(ws)
     V1, D = ws[0]["in_table"].shape
     V = V1 - 1
-    hi = keras.Input((HIST_LEN,), batch_size=1, dtype="int32", name="hist_items")
-    hw = keras.Input((HIST_LEN,), batch_size=1, name="hist_weights")
-    si = keras.Input((SESSION_LEN,), batch_size=1, dtype="int32", name="session_items")
-    sw = keras.Input((SESSION_LEN,), batch_size=1, name="session_weights")
-    ctx = keras.Input((C,), batch_size=1, name="context")
+    hi, hw, si, sw, ctx = node_inputs(C)
     ids = keras.layers.Concatenate(axis=1)([hi, si])
     w_all = ops.expand_dims(keras.layers.Concatenate(axis=1)([hw, sw]), -1)
     sets: list[tuple[Any, list[np.ndarray]]] = []

@@ -363,21 +363,33 @@ def save_weights(model: Any, out: Path, cfg: TrainConfig, meta: dict[str, Any]) 
     (out / "train.json").write_text(json.dumps({"config": asdict(cfg), **meta}))
 
 
+def node_inputs(C: int) -> tuple[Any, Any, Any, Any, Any]:
+    """The node model's five inputs (hist_items, hist_weights, session_items, session_weights, context), batch 1:
+    their names and shapes are the release's feature spec, which the node checks (one definition for every
+    graph a release can hold: ``inference_model`` and ``models.ensemble``)."""
+    _tf()
+    import keras
+
+    from edge.ranking.features import HIST_LEN, SESSION_LEN
+
+    return (keras.Input((HIST_LEN,), batch_size=1, dtype="int32", name="hist_items"),
+            keras.Input((HIST_LEN,), batch_size=1, name="hist_weights"),
+            keras.Input((SESSION_LEN,), batch_size=1, dtype="int32", name="session_items"),
+            keras.Input((SESSION_LEN,), batch_size=1, name="session_weights"),
+            keras.Input((C,), batch_size=1, name="context"))
+
+
 def inference_model(w: dict[str, np.ndarray], C: int, wide_in_graph: bool = False, bias_on_node: bool = True) -> Any:
     """The node's Keras model: same math as training (minus the sparse repeat term), item tables baked in."""
     _tf()
     import keras
     from keras import ops
 
-    from edge.ranking.features import HIST_LEN, SESSION_LEN
+    from edge.ranking.features import HIST_LEN
 
     V1, D = w["in_table"].shape
     V = V1 - 1
-    hi = keras.Input((HIST_LEN,), batch_size=1, dtype="int32", name="hist_items")
-    hw = keras.Input((HIST_LEN,), batch_size=1, name="hist_weights")
-    si = keras.Input((SESSION_LEN,), batch_size=1, dtype="int32", name="session_items")
-    sw = keras.Input((SESSION_LEN,), batch_size=1, name="session_weights")
-    ctx = keras.Input((C,), batch_size=1, name="context")
+    hi, hw, si, sw, ctx = node_inputs(C)
     emb = keras.layers.Embedding(V1, D, name="item_in", embeddings_initializer=keras.initializers.Constant(
         w["in_table"]))
     # one GATHER for history and session: a second lookup would duplicate the table in the .tflite
