@@ -58,6 +58,7 @@ class Rig:
             self.proc = RankingProcess(self.config, self.store, self.rec.model, hang_s=1.0, backoff_s=(0.05, 1.0))
             self.rec.attach_ranking(self.proc)
         self.sets: list[RecommendationSet] = []
+        self.refreshed = 0
         self.bus.subscribe(RecommendationSet, self.sets.append)
 
     async def start(self) -> None:
@@ -123,6 +124,11 @@ async def _run(tmp: Path, on: bool) -> tuple[list[tuple[Any, ...]], dict[str, in
                 rig.store.set_stock({s: 9 for s in rig.skus[:200]}).result(5)
                 continue
             await rig.step(ev, t)
+            if isinstance(ev, ShopperEvent) and ev.t % 10 < 0.25:  # now and then a screen asks (handover, HTTP)
+                for sc in rig.config.layout.screens:
+                    rs = rig.rec.refresh(sc.id)  # with the worker on: a blocking round trip for a visit
+                    rig.refreshed += rs.session is not None
+                    rig.bus.publish(rs)
     finally:
         await rig.stop()
     sets = [(rs.screen, rs.session, rs.model_version, rs.zone, rs.t,
@@ -134,6 +140,7 @@ def test_the_same_events_give_the_same_sets_in_process_and_in_the_ranking_proces
     here, st_here, _ = asyncio.run(_run(tmp_path / "a", on=False))
     there, st_there, rig = asyncio.run(_run(tmp_path / "b", on=True))
     assert rig.proc is not None and rig.proc.stats["requests"] > 200  # the worker ranked them
+    assert rig.refreshed > 10
     assert rig.proc.stats["crashes"] == 0 and rig.proc.stats["errors"] == 0
     assert len(here) > 200
     assert sum(1 for s in here if s[2] != "fallback") > 200  # the model ranked them, not popularity
