@@ -200,8 +200,8 @@ class ModelSection(_Strict):
     cold_zone_blend: float = Field(default=0.5, ge=0, le=1)
     # Rank in a separate worker process (edge/ranking/worker.py), so the event loop (serial, fusion, pushes) and
     # the model ranker can use two cores; it then owns the ranker's per-visit state. A worker that crashes or hangs
-    # is restarted with backoff and the node ranks in-process meanwhile. Off by default: on the 2-core dev host
-    # with the other core busy it made `bench e2e` slower (docs/signage.md, 2026-12-01); needs a free core.
+    # is restarted with backoff and the node ranks in-process meanwhile. Off by default: on the 2-core dev VM it
+    # made `bench e2e` slower, quiet or loaded (docs/signage.md, 2026-12-01); measure before turning it on.
     ranking_process: bool = False
 
 
