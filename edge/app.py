@@ -135,7 +135,6 @@ class Node:
         self.store_room = StoreRoom(config)
         self.rooms: list[Room] = [self.store_room]
         self.recommender: Recommender | None = None
-        self.ranking: Any = None  # edge.ranking.worker.RankingProcess with model.ranking_process
         self.screens = ScreenBoard(self.bus)
         self.signage: Any = None  # edge.signage.SignageRoom once built (HTTP, SSE, MQTT, shelf displays)
         self.sync: Any = None  # edge.sync.SyncRoom once built (only with mqtt.cloud.url)
@@ -158,14 +157,8 @@ class Node:
 
     def _build_rooms(self) -> None:
         """Rooms that need an open store are built after it starts."""
-        model = load_model_scorer(self.config, self.store)
-        self.recommender = Recommender(self.config, self.store, self.bus, model=model)
-        if self.config.model.ranking_process:  # the ranker in its own process (a second core for ranking)
-            from edge.ranking.worker import RankingProcess
-
-            self.ranking = RankingProcess(self.config, self.store, model)
-            self.recommender.attach_ranking(self.ranking)
-            self.rooms.append(self.ranking)  # starts before the recommend room, stops after it
+        self.recommender = Recommender(self.config, self.store, self.bus,
+                                       model=load_model_scorer(self.config, self.store))
         # Consumers start before the producers that feed them, so nothing is published into the void
         # while the node comes up; stop() runs this list backwards, so producers stop first and the
         # last events still find their consumers on the way down.

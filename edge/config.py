@@ -198,11 +198,6 @@ class ModelSection(_Strict):
     # this share of the request's score span added before top-k: 0 = off, 1 = the zone's items always come first.
     # Requests without a zone, with a history or with a pick are not touched.
     cold_zone_blend: float = Field(default=0.5, ge=0, le=1)
-    # Rank in a separate worker process (edge/ranking/worker.py), so the event loop (serial, fusion, pushes) and
-    # the model ranker can use two cores; it then owns the ranker's per-visit state. A worker that crashes or hangs
-    # is restarted with backoff and the node ranks in-process meanwhile. Off by default: on the 2-core dev VM it
-    # made `bench e2e` slower, quiet or loaded (docs/signage.md, 2026-12-01); measure before turning it on.
-    ranking_process: bool = False
 
 
 class Promotion(_Strict):

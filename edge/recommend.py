@@ -92,10 +92,7 @@ class Recommender:
         self.config = config
         self.store = store
         self.bus = bus
-        # the ranking process (``edge.ranking.worker.RankingProcess``, ``model.ranking_process``): set by the
-        # composition root before ``model`` below, so a later model swap reaches it too
-        self.ranking: Any = None
-        self._model = model
+        self.model = model
         self.clock = clock
         self.tz = ZoneInfo(config.node.timezone)
         self.k = config.model.k
@@ -133,32 +130,6 @@ class Recommender:
         # called after each visit's sets of a coalesced ranking pass are published (signage pushes them at
         # once, not after the other visits of the pass or a loop iteration later)
         self.after_push: list[Callable[[], None]] = []
-        # with the ranking process: requests in flight (id -> visit, zone, now, t_due), the visit each is for,
-        # and visits that became due again meanwhile (their first due time; re-sent when the reply is in)
-        self._rid = 0
-        self._inflight: dict[int, tuple[VisitState, str | None, float, float]] = {}
-        self._busy: dict[str, int] = {}
-        self._again: dict[str, float] = {}
-        self._worker_failed_logged = False
-        self._stock_scanned = 0.0
-
-    @property
-    def model(self) -> ModelScorer | None:
-        """The model ranker in use (None: popularity). Assigning it is the hot swap (sync's releases)."""
-        return self._model
-
-    @model.setter
-    def model(self, model: ModelScorer | None) -> None:
-        self._model = model
-        if self.ranking is not None:
-            self.ranking.swap(model)  # the worker loads the new release; the old one serves until then
-
-    def attach_ranking(self, proc: Any) -> None:
-        """Rank in ``proc`` (a ``RankingProcess``) whenever it serves the current model."""
-        self.ranking = proc
-        proc.on_reply = self._on_reply
-        proc.on_batch = self._after_replies
-        proc.on_down = self._worker_down
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -169,13 +140,6 @@ class Recommender:
     async def stop(self) -> None:
         self.bus.unsubscribe(ShopperEvent, self.on_shopper_event)
         self.bus.unsubscribe(CheckIn, self.on_check_in)
-        proc = self.ranking
-        if proc is not None:  # what the worker has in flight still goes out (it stops after this room)
-            deadline = time.monotonic() + 1.0
-            while self._inflight and proc.ready and time.monotonic() < deadline:
-                await asyncio.sleep(0.005)
-            self.ranking = None
-            self._worker_down(list(self._inflight))  # what did not come back: in-process
         self._rank_due()  # what was due still goes out
         self._loop = None
 
@@ -185,7 +149,6 @@ class Recommender:
             "status": "ok",
             "model": self.model.version if self.model is not None else None,
             "active_visits": len(self.visits),
-            "ranking_process": self.ranking is not None and self.ranking.serves(self.model),
         }
 
     # -- events -------------------------------------------------------------
@@ -200,8 +163,6 @@ class Recommender:
         self.stats["events"] += 1
         self.store.record_event(ev, upstream=self.upstream_topic,
                                 stock=(ev.sku, -ev.units if ev.action == "pick" else ev.units))
-        if self.ranking is not None:
-            self.ranking.stock_changed(ev.sku)  # the worker's stock levels: carried by the next request
         v = self.visits.get(ev.session)
         if v is None:
             v = self.visits[ev.session] = VisitState(ev.session, started=ev.t)
@@ -237,20 +198,6 @@ class Recommender:
     def _rank_due(self) -> None:
         self._rank_scheduled = False
         due, self._due = self._due, {}
-        proc = self.ranking
-        if proc is not None and proc.serves(self.model):
-            # the ranking process ranks them (one request in flight per visit; a visit due again meanwhile
-            # is re-sent when its reply is in); the replies finish in ``_on_reply``
-            left: dict[str, tuple[VisitState, float]] = {}
-            for s, (v, t_due) in due.items():
-                if s in self._busy:
-                    self.stats["coalesced"] += 1
-                    self._again.setdefault(s, t_due)
-                elif not self._send(v, t_due):
-                    left[s] = (v, t_due)
-            if not left:
-                return
-            due = left  # the worker went away meanwhile: these rank here
         skip_after = self._skip_after_s
         for v, t_due in due.values():
             # overload guard: the visits of a burst are ranked one after another; one that has already waited
@@ -270,131 +217,6 @@ class Recommender:
             self._apply_staged(OBS_SLICE)
         if due:
             self.store.nudge()
-
-    # -- ranking in the ranking process ----------------------------------------------------------------------
-    def _request(self, v: VisitState, now: float, exclude: set[str], second_stage: bool, t_due: float,
-                 reset: bool = False) -> tuple[Any, ...]:
-        """The worker's request for ``v``: what it does not have yet of the visit (new picks, the profile
-        once, skus to take back from its caps), the stock levels changed since the last request, and the
-        ranking's inputs. ``t_due`` (perf_counter, 0: none): the worker applies the overload guard."""
-        proc = self.ranking
-        sent = proc.visits.get(v.session)
-        if sent is None:
-            from edge.ranking.worker import VisitSent
-
-            sent = proc.visits[v.session] = VisitSent()
-        picked = v.picked
-        picks = picked[sent.picks:] if len(picked) > sent.picks else None
-        sent.picks = len(picked)
-        prof: Any = None  # None: unchanged since the last request
-        customer = v.customer
-        p = self.store.profile(customer) if customer else None
-        if p is not sent.profile or customer != sent.customer:
-            sent.profile, sent.customer = p, customer
-            prof = (p.history, p.demographics or None) if p is not None else ((), None)
-        not_shown = sent.not_shown
-        if not_shown:
-            sent.not_shown = []
-        self._rid += 1
-        return ("rank", self._rid, v.session, v.zone, prof, picks, now, self.k, exclude, second_stage, t_due,
-                self._skip_after_s, proc.take_stock(), not_shown or None, reset)
-
-    def _send(self, v: VisitState, t_due: float, reset: bool = False) -> bool:
-        """Ask the worker to rank for ``v``; False: it cannot (rank in-process)."""
-        if not self.screens_for(v):
-            return True  # nobody to show it to (as ``_push``)
-        now, _when, zone = self._begin(v, None)
-        msg = self._request(v, now, self._exclude(v), True, t_due, reset)
-        if not self.ranking.send(msg):
-            self._requeue_sent(v)
-            return False
-        self._inflight[msg[1]] = (v, zone, now, t_due)
-        self._busy[v.session] = msg[1]
-        return True
-
-    def _requeue_sent(self, v: VisitState) -> None:
-        """A request that never reached a worker: the next worker gets the visit from the start."""
-        if self.ranking is not None:
-            self.ranking.visits.pop(v.session, None)
-
-    def _on_reply(self, msg: tuple[Any, ...]) -> None:
-        """A ranking came back: finish the set (as ``_push``), push it, re-send the visit if due again."""
-        rec = self._inflight.pop(msg[1], None)
-        if rec is None:
-            return
-        v, zone, now, t_due = rec
-        if self._busy.get(v.session) == msg[1]:
-            del self._busy[v.session]
-        when = datetime.fromtimestamp(now, self.tz)
-        if msg[0] == "ok":
-            scored, version = msg[3], msg[2]
-            if msg[4]:
-                self.stats["stage2_skipped"] += 1
-            if not scored:
-                scored, version = self._popular(v, zone, when)
-        else:
-            if not self._worker_failed_logged:
-                self._worker_failed_logged = True
-                log.warning("the ranking process failed a request (%s); ranking it here", msg[2])
-            scored, version = self._score(v, zone, when)
-        if not scored and v.capped:
-            self._reset_caps(v, model=False)
-            if self._send(v, t_due, reset=True):
-                return
-            scored, version = self._score(v, zone, when)
-        try:
-            self._publish(v, zone, now, scored, version, via_worker=msg[0] == "ok")
-        except Exception:
-            log.exception("ranking for visit %s failed", v.session)
-        for fn in self.after_push:
-            try:
-                fn()
-            except Exception:
-                log.exception("after-push hook %r failed", fn)
-        again = self._again.pop(v.session, None)
-        if again is not None and (self.ranking is None or not self.ranking.serves(self.model)
-                                  or not self._send(v, again)):
-            self._push(v)
-
-    def _after_replies(self) -> None:
-        """The deferred work of a ranking pass (``_rank_due``), after the replies of one read."""
-        if self._obs_staged:
-            self._apply_staged(OBS_SLICE)
-        self.store.nudge()
-
-    def _worker_down(self, rids: list[int]) -> None:
-        """The worker is gone: its requests (and the visits due again behind them) are ranked here, now."""
-        lost = [self._inflight.pop(r) for r in rids if r in self._inflight]
-        self._busy.clear()
-        again, self._again = self._again, {}
-        for v, _zone, _now, _t in lost:
-            again.pop(v.session, None)
-            try:
-                self._push(v)
-            except Exception:
-                log.exception("ranking for visit %s failed", v.session)
-        for s in again:
-            v2 = self.visits.get(s)
-            if v2 is not None:
-                try:
-                    self._push(v2)
-                except Exception:
-                    log.exception("ranking for visit %s failed", s)
-        for fn in self.after_push:
-            try:
-                fn()
-            except Exception:
-                log.exception("after-push hook %r failed", fn)
-
-    def _publish(self, v: VisitState, zone: str | None, now: float, scored: list[tuple[str, float, str]],
-                 version: str, via_worker: bool) -> None:
-        screens = self.screens_for(v)
-        if screens:
-            rs = self._finish(v, screens[0], zone, now, scored, version, via_worker)
-            self.bus.publish(rs)
-            for other in screens[1:]:
-                self._seq += 1
-                self.bus.publish(dataclasses.replace(rs, screen=other, seq=self._seq))
 
     def _push(self, v: VisitState, second_stage: bool = True) -> None:
         """Rank for ``v`` and publish the set for each screen it is the nearest shopper to."""
@@ -490,18 +312,7 @@ class Recommender:
     def recommend(self, v: VisitState | None, screen: str, zone: str | None = None, *,
                   second_stage: bool = True) -> RecommendationSet:
         """The set for ``screen``: ``v``'s, or the zone's popular items with nobody there. ``second_stage=False``:
-        the model's first stage alone (the overload guard in ``_rank_due``). Synchronous: with the ranking
-        process on, a visit's ranking is one round trip to it (its state stays there)."""
-        now, when, zone = self._begin(v, zone)
-        via = [False]
-        scored, version = self._score(v, zone, when, second_stage, now, via)
-        if not scored and v is not None and v.capped:
-            self._reset_caps(v, model=not via[0])
-            scored, version = self._score(v, zone, when, second_stage, now, via, reset=via[0])
-        return self._finish(v, screen, zone, now, scored, version, via[0])
-
-    def _begin(self, v: VisitState | None, zone: str | None) -> tuple[float, datetime, str | None]:
-        """A ranking's clock, local time and zone; feeds the popularity fallback the last second's picks."""
+        the model's first stage alone (the overload guard in ``_rank_due``)."""
         now = self.clock()
         if self._observations and now - self._observed_at >= 1.0:
             self._observed_at = now
@@ -511,25 +322,19 @@ class Recommender:
                 self._stage_observations()
             else:
                 self.apply_observations()
-        if self.ranking is not None and now - self._stock_scanned >= 1.0:
-            self._stock_scanned = now  # restocks from sync or tools reach the worker within a second
-            self.ranking.scan_stock()
-        return now, datetime.fromtimestamp(now, self.tz), zone if v is None else (v.zone or zone)
-
-    def _reset_caps(self, v: VisitState, model: bool) -> None:
-        """The frequency cap has excluded everything there is (a long visit): start a new round of caps
-        rather than show a blank screen. ``model``: reset the in-process ranker's caps too (with the ranking
-        process, the next request carries the reset instead)."""
-        v.shown.clear()
-        v.capped.clear()
-        self.stats["cap_resets"] += 1
-        reset = getattr(self.model, "reset_caps", None) if model else None  # the ranker keeps caps of its own
-        if reset is not None:
-            reset(v.session)
-
-    def _finish(self, v: VisitState | None, screen: str, zone: str | None, now: float,
-                scored: list[tuple[str, float, str]], version: str, via_worker: bool = False) -> RecommendationSet:
-        """The set from a ranking: one line per display name, at most k, frequency caps counted."""
+        when = datetime.fromtimestamp(now, self.tz)
+        zone = zone if v is None else (v.zone or zone)
+        scored, version = self._score(v, zone, when, second_stage)
+        if not scored and v is not None and v.capped:
+            # the frequency cap has excluded everything there is (a long visit): start a new round of
+            # caps rather than show a blank screen
+            v.shown.clear()
+            v.capped.clear()
+            self.stats["cap_resets"] += 1
+            reset = getattr(self.model, "reset_caps", None)  # the model ranker keeps caps of its own
+            if reset is not None:
+                reset(v.session)
+            scored, version = self._score(v, zone, when, second_stage)
         self.stats["model" if version != "fallback" else "fallback"] += 1
         items: list[RecItem] = []
         product = self.store.product
@@ -546,7 +351,7 @@ class Recommender:
             if name in names:
                 self.stats["same_name_dropped"] += 1
                 if v is not None and version != "fallback":
-                    self._not_shown(v, sku, via_worker)
+                    self._not_shown(v, sku)
                 continue
             names.add(name)
             # positional makers: a frozen dataclass __init__ costs ~2 µs an item, ten items a set
@@ -564,46 +369,19 @@ class Recommender:
         return _rec_set(screen, None if v is None else v.session, tuple(items), version, zone, now, self._seq,
                         f"{self._id_base}{self._seq & 0xFFFFFFFF:08x}")
 
-    def _not_shown(self, v: VisitState, sku: str, via_worker: bool = False) -> None:
+    def _not_shown(self, v: VisitState, sku: str) -> None:
         """The model ranker counted ``sku`` as shown to ``v`` (its own frequency caps); it was dropped as a
-        same-name variant, so it takes that back (rare: only when a set holds two skus of one name). From the
-        ranking process: it takes it back before ranking ``v`` again (its caps are only read for ``v``)."""
-        if via_worker:
-            sent = self.ranking.visits.get(v.session) if self.ranking is not None else None
-            if sent is not None:
-                sent.not_shown.append(sku)
-            return
+        same-name variant, so it takes that back (rare: only when a set holds two skus of one name)."""
         fn = getattr(self.model, "not_shown", None)
         if fn is not None:
             fn(v.session, [sku])
 
-    def _exclude(self, v: VisitState | None) -> set[str]:
+    def _score(self, v: VisitState | None, zone: str | None, when: datetime,
+               second_stage: bool = True) -> tuple[list[tuple[str, float, str]], str]:
+        """(sku, score, reason) best first and the model version that made them ("fallback": popularity)."""
         exclude: set[str] = set() if v is None else set(v.picked[-20:])
         if v is not None:
             exclude.update(v.capped)
-        return exclude
-
-    def _score(self, v: VisitState | None, zone: str | None, when: datetime, second_stage: bool = True,
-               now: float | None = None, via: list[bool] | None = None,
-               reset: bool = False) -> tuple[list[tuple[str, float, str]], str]:
-        """(sku, score, reason) best first and the model version that made them ("fallback": popularity).
-        With ``now`` and ``via`` the ranking process is asked (a blocking round trip) when it serves the model;
-        ``via[0]`` tells whether it answered."""
-        exclude = self._exclude(v)
-        proc = self.ranking
-        if (now is not None and via is not None and v is not None and proc is not None
-                and proc.serves(self.model)):
-            reply = proc.call(self._request(v, now, exclude, second_stage, 0.0, reset))
-            if reply is not None and reply[0] == "ok":
-                via[0] = True
-                if not second_stage:
-                    self.stats["stage2_skipped"] += 1
-                if reply[3]:
-                    return reply[3], reply[2]
-                return self._popular(v, zone, when, exclude)
-            self._requeue_sent(v)
-        if via is not None:
-            via[0] = False
         if self.model is not None and v is not None:
             try:
                 if not second_stage:
@@ -616,13 +394,6 @@ class Recommender:
             else:
                 if scored:
                     return scored, self.model.version
-        return self._popular(v, zone, when, exclude)
-
-    def _popular(self, v: VisitState | None, zone: str | None, when: datetime,
-                 exclude: set[str] | None = None) -> tuple[list[tuple[str, float, str]], str]:
-        """Popularity by zone and hour (the model had nothing to say, or there is no model)."""
-        if exclude is None:
-            exclude = self._exclude(v)
         popular = self._diverse([(i.sku, i.score, i.reason) for i in self.fallback.top(
             zone, when.hour, self.k * 4, exclude=exclude, in_stock=self.in_stock)])
         if v is None:  # nobody there: the zone's popular items for the hour plus promotions (issue #6)
@@ -671,8 +442,6 @@ class Recommender:
         old = [s for s, v in self.visits.items() if now - v.last_seen > idle_s]
         for s in old:
             v = self.visits.pop(s)
-            if self.ranking is not None:
-                self.ranking.drop(s)
             self.store.save_session(s, started=v.started, ended=v.last_seen, zone=v.zone, customer=v.customer,
                                     items=v.picked)
         return len(old)

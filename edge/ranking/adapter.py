@@ -71,20 +71,13 @@ class RankerScorer:
 
     def score(self, visit: Any, when: datetime, k: int, exclude: set[str],
               second_stage: bool = True) -> list[tuple[str, float, str]]:
-        history: Sequence[tuple[str, Any, float]] = ()
+        history: tuple[tuple[str, float, float], ...] = ()
         profile = None
         customer = getattr(visit, "customer", None)
         if customer and self.store is not None:
             p = self.store.profile(customer)
             if p is not None:
                 history, profile = p.history, (p.demographics or None)
-        return self.score_with(visit, when, k, exclude, second_stage, history, profile)
-
-    def score_with(self, visit: Any, when: datetime, k: int, exclude: set[str], second_stage: bool,
-                   history: Sequence[tuple[str, Any, float]], profile: Mapping[str, Any] | None
-                   ) -> list[tuple[str, float, str]]:
-        """``score`` with the shopper's history and demographics given (the ranking process keeps them per
-        visit instead of a store): one place builds the request, so both paths rank alike."""
         picked = getattr(visit, "picked", ())
         # the room's visit list only ever grows (``VisitState.picked.append``): handed over as it is, so the
         # ranker maps just the new picks instead of copying and comparing the whole visit per request

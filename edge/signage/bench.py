@@ -61,7 +61,6 @@ class BenchOptions:
     shelves: int = 4
     model: bool = True  # False: rank with the popularity fallback only (isolates the rest of the path)
     stage2_skip_after_ms: float | None = None  # None: the config default of model.stage2_skip_after_ms
-    ranking_process: bool | None = None  # None: the config default of model.ranking_process
     samples_path: str | None = None  # write one JSON line per measured pick (its timeline) to this file
 
 
@@ -93,7 +92,7 @@ def _rss_mb() -> float:
 
 
 def bench_config(data_dir: Path, ports: list[str], mqtt_url: str | None, shelves: int,
-                 stage2_skip_after_ms: float | None = None, ranking_process: bool | None = None) -> NodeConfig:
+                 stage2_skip_after_ms: float | None = None) -> NodeConfig:
     cat = [p for p in bundled_catalogue() if p.unit_weight_g and p.price]
     zones, shelf_rows, screens = [], [], []
     for z in range(shelves):
@@ -112,13 +111,8 @@ def bench_config(data_dir: Path, ports: list[str], mqtt_url: str | None, shelves
         "signage": {"host": "127.0.0.1", "port": 0},
         "mqtt": {"local": {"url": mqtt_url}},
     }
-    model: dict[str, Any] = {}
     if stage2_skip_after_ms is not None:
-        model["stage2_skip_after_ms"] = stage2_skip_after_ms
-    if ranking_process is not None:
-        model["ranking_process"] = ranking_process
-    if model:
-        raw["model"] = model
+        raw["model"] = {"stage2_skip_after_ms": stage2_skip_after_ms}
     return NodeConfig.model_validate(raw)
 
 
@@ -164,7 +158,7 @@ async def _run(opts: BenchOptions) -> dict[str, Any]:
         if opts.mqtt and shutil.which("mosquitto"):
             broker = _Broker(tmp)
         config = bench_config(tmp / "node", ports, broker.url if broker else None, opts.shelves,
-                              opts.stage2_skip_after_ms, opts.ranking_process)
+                              opts.stage2_skip_after_ms)
         node = Node(config)
         await node.start()
         if not opts.model and node.recommender is not None:
@@ -279,8 +273,6 @@ async def _run(opts: BenchOptions) -> dict[str, Any]:
         measuring[0] = True
         t_start = time.perf_counter()
         cpu0 = _cpu_s()
-        ranking = node.ranking
-        worker_cpu0 = ranking.cpu_s() if ranking is not None else None
         loop_cpu0 = time.thread_time()  # this coroutine runs on the loop thread: the event loop's own CPU
         ctrl.stdin.write("go\n")
         ctrl.stdin.flush()
@@ -288,9 +280,6 @@ async def _run(opts: BenchOptions) -> dict[str, Any]:
         sent_s = time.perf_counter() - t_start
         cpu_s = _cpu_s() - cpu0
         loop_cpu_s = time.thread_time() - loop_cpu0
-        worker_cpu1 = ranking.cpu_s() if ranking is not None else None
-        worker_cpu_s = (worker_cpu1 - worker_cpu0 if worker_cpu0 is not None and worker_cpu1 is not None
-                        else None)
         expected = int(line.split()[1]) if line.startswith("done ") else 0
         deadline = time.monotonic() + 20  # a loaded machine may lag: wait for every pick to be detected
         while len(events) < expected and time.monotonic() < deadline:
@@ -298,11 +287,6 @@ async def _run(opts: BenchOptions) -> dict[str, Any]:
         await asyncio.sleep(1.0)  # and for the last pushes to arrive
         measuring[0] = False
         rss = _rss_mb()
-        from edge.ranking.worker import process_memory_mb
-
-        node_mem = process_memory_mb("self")
-        worker_mem = ranking.memory_mb() if ranking is not None else {}
-        worker_health = ranking.health() if ranking is not None else {}
         node_push = signage.push_quantiles()
         hub_stats = dict(signage.hub.stats)
         mq = signage.mqtt.health()
@@ -430,19 +414,6 @@ async def _run(opts: BenchOptions) -> dict[str, Any]:
         # the event loop thread alone (no store writer, serial supervisors): the hot path's share
         "loop_cpu_ms_per_event": round(loop_cpu_s * 1000 / detected, 3) if detected else None,
         "rss_mb": rss,
-        # the ranking process (model.ranking_process): its own memory, and the node's total (rss_mb + its RSS;
-        # the two processes share no pages: it is spawned, not forked)
-        "ranking_process": bool(worker_health.get("ready")),
-        "worker_cpu_ms_per_event": (round(worker_cpu_s * 1000 / detected, 3)
-                                    if worker_cpu_s is not None and detected else None),
-        "worker_rss_mb": worker_mem.get("rss_mb"),
-        "worker_pss_mb": worker_mem.get("pss_mb"),
-        "worker_uss_mb": worker_mem.get("uss_mb"),
-        "worker_requests": worker_health.get("requests"),
-        "worker_restarts": worker_health.get("restarts"),
-        "rss_mb_total": round(rss + worker_mem.get("rss_mb", 0.0), 1),
-        "pss_mb_total": (round(node_mem.get("pss_mb", 0.0) + worker_mem.get("pss_mb", 0.0), 1)
-                         if node_mem else None),
         "rss_mb_before_screens": rss_before,
         "load_avg_1m": round(os.getloadavg()[0], 2),  # other work on the machine skews the latencies
         "cpus": os.cpu_count(),

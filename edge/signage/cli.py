@@ -30,9 +30,6 @@ def register(reg: CommandRegistry) -> None:
     p.add_argument("--stage2-skip-after-ms", type=float, default=None, metavar="MS",
                    help="the overload guard's threshold (config model.stage2_skip_after_ms; 0 = always run the "
                         "model's second stage); default: the config default")
-    p.add_argument("--ranking-process", choices=("on", "off"), default=None,
-                   help="rank in a separate worker process or on the event loop (config model.ranking_process); "
-                        "default: the config default")
     p.add_argument("--samples", type=Path, default=None, metavar="FILE",
                    help="write each measured pick's timeline (write, read, ranked, arrivals; ns) as JSON lines")
 
@@ -77,7 +74,6 @@ def _bench(args: argparse.Namespace) -> int:
         raise UserError("--screens must be between 0 and 500")
     result = run(BenchOptions(rate=args.rate, duration=args.duration, screens=args.screens, mqtt=not args.no_mqtt,
                               model=not args.no_model, stage2_skip_after_ms=args.stage2_skip_after_ms,
-                              ranking_process=None if args.ranking_process is None else args.ranking_process == "on",
                               samples_path=str(args.samples) if args.samples is not None else None))
     print_result(result, args.json)
     return 0
