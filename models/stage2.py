@@ -159,7 +159,8 @@ def build(prep: Prepared, work: Path, last_week: int, cfg: Stage2Config, *, stag
     tcfg = stage1_cfg or TrainConfig(seed=cfg.seed)
     if cfg.promotions and prep.promo is None:
         if log:
-            log("stage 2: no promotions table in the prepared data, built without promotion columns")
+            log("stage 2: no promotions table in the prepared data, built without promotion columns "
+                "(prepare with `shelfcast model prepare --promotions`, or run `model all --stage2-promotions`)")
         cfg = replace(cfg, promotions=False)
     parts: list[Lists] = []
     for k in range(1, max(1, cfg.windows) + 1):
