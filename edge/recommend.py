@@ -38,12 +38,23 @@ from edge.events import CheckIn, RecItem, RecommendationSet, ShopperEvent, maker
 from edge.ranking.fallback import PopularityRanker
 from edge.store import Store
 
-__all__ = ["ModelScorer", "Recommender", "VisitState"]
+__all__ = ["ModelScorer", "Recommender", "VisitState", "display_family"]
 
 log = logging.getLogger(__name__)
 _rec_item = maker(RecItem)  # (sku, name, price, score, reason, category, department)
 _rec_set = maker(RecommendationSet)  # (screen, session, items, model_version, zone, t, seq, id)
 OBS_SLICE = 64  # staged popularity observations fed to the fallback after one ranking pass (~50-80 µs)
+
+
+def display_family(p: Any) -> str:
+    """A product's display name without its pack size: "Store Fluid Milk White Only 1 GA", "... 1 QT" and the
+    size-less "Store Fluid Milk White Only" read as one line to a shopper (32 such families in the bundled
+    catalogue)."""
+    name: str = p.name
+    size: str = p.package_size
+    if size and len(name) > len(size) and name.endswith(size):
+        return name[: -len(size)].rstrip()
+    return name
 
 
 class ModelScorer(Protocol):
@@ -116,6 +127,7 @@ class Recommender:
         self._obs_staged: list[tuple[str, str | None, float, int]] = []
         self._obs_pos = 0
         self._seq = 0
+        self._family: dict[str, tuple[Any, str]] = {}  # sku -> (its Product, display_family(product))
         self._id_base = new_id()[:24]  # set ids: random per process + seq (no urandom syscall per set)
         self.stats = {"events": 0, "recommendations": 0, "model": 0, "fallback": 0, "unknown_sku": 0,
                       "cap_resets": 0, "coalesced": 0, "stage2_skipped": 0, "same_name_dropped": 0}
@@ -340,14 +352,22 @@ class Recommender:
         product = self.store.product
         cap = self.config.model.repeat_cap
         k = self.k
-        names: set[str] = set()  # what the shopper reads: one line per display name
+        names: set[str] = set()  # what the shopper reads: one line per display name, sizes aside
+        family = self._family
         for sku, score, reason in scored:
             if len(items) >= k:
                 break
             p = product(sku)
-            # several skus can share a display name (sizes, pack variants: 13 "Store Shredded Cheese 8 OZ" in the
-            # bundled catalogue); a screen showing the same line twice looks broken, so the best one stands for all
-            name = sku if p is None else p.name
+            # several skus can share a display name (pack variants: 13 "Store Shredded Cheese 8 OZ" in the
+            # bundled catalogue) or differ only in size ("Store Fluid Milk White Only 1 GA" / "... 1 QT" / no
+            # size); a screen showing the same line twice looks broken, so the best one stands for all
+            if p is None:
+                name = sku
+            else:
+                f = family.get(sku)
+                if f is None or f[0] is not p:  # new or changed product (sync): recompute
+                    f = family[sku] = (p, display_family(p))
+                name = f[1]
             if name in names:
                 self.stats["same_name_dropped"] += 1
                 if v is not None and version != "fallback":
@@ -428,7 +448,7 @@ class Recommender:
         for item in scored:
             p = self.store.product(item[0])
             key = p.product_type if p is not None and p.product_type else item[0]
-            name = p.name if p is not None else item[0]
+            name = display_family(p) if p is not None else item[0]
             if seen.get(key, 0) >= per_type or name in names:
                 rest.append(item)
                 continue

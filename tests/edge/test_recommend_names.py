@@ -11,7 +11,7 @@ from typing import Any
 from edge.app import bundled_catalogue
 from edge.bus import Bus
 from edge.config import NodeConfig, parse_config
-from edge.recommend import Recommender, VisitState
+from edge.recommend import Recommender, VisitState, display_family
 from edge.store import Store
 
 
@@ -33,9 +33,9 @@ def test_same_name_skus_show_once(tmp_path: Path) -> None:
     catalogue = bundled_catalogue()
     by_name = collections.defaultdict(list)
     for p in catalogue:
-        by_name[p.name].append(p.sku)
+        by_name[display_family(p)].append(p.sku)
     twins = next(skus for skus in by_name.values() if len(skus) >= 3)
-    others = [p.sku for p in catalogue if len(by_name[p.name]) == 1][:20]
+    others = [p.sku for p in catalogue if len(by_name[display_family(p)]) == 1][:20]
     # the model ranks three same-name variants among its best k
     ranked = [twins[0], others[0], twins[1], others[1], twins[2], *others[2:]]
     with Store(tmp_path / "sc.db", flush_interval_ms=5) as store:
@@ -53,3 +53,38 @@ def test_same_name_skus_show_once(tmp_path: Path) -> None:
         rec.model = None
         fb = rec.recommend(VisitState("v2", zone="dairy"), "dairy-screen")
         assert len({i.name for i in fb.items}) == len(fb.items) == rec.k
+
+
+def test_size_variants_show_once(tmp_path: Path) -> None:
+    """"Store Fluid Milk White Only 1 GA", "... 1 QT" and the size-less name are one line to a shopper: the best
+    ranked variant stands for the family (seen in the demo: a gallon and a size-less milk in one set)."""
+    raw = parse_config(resources.files("edge").joinpath("data/demo_store.yaml").read_text()).model_dump(by_alias=True)
+    raw["node"]["data_dir"] = str(tmp_path)
+    config = NodeConfig.model_validate(raw)
+    catalogue = bundled_catalogue()
+    family = collections.defaultdict(list)
+    for p in catalogue:
+        family[display_family(p)].append(p)
+    # a family whose members carry different display names (sizes)
+    members = next(ps for ps in family.values() if len({p.name for p in ps}) >= 3)
+    sizes = list({p.name: p for p in reversed(members)}.values())[:3]  # one product per distinct name
+    assert len({p.name for p in sizes}) == 3 and all(display_family(p) == display_family(sizes[0]) for p in sizes)
+    others = [ps[0].sku for ps in family.values() if len(ps) == 1][:20]
+    ranked = [sizes[0].sku, others[0], sizes[1].sku, others[1], sizes[2].sku, *others[2:]]
+    with Store(tmp_path / "sc.db", flush_interval_ms=5) as store:
+        store.upsert_products(catalogue).result(5)
+        rec = Recommender(config, store, Bus(), model=ListScorer(ranked))
+        rs = rec.recommend(VisitState("v1", zone="dairy"), "dairy-screen")
+        shown = [i.sku for i in rs.items]
+        assert shown[0] == sizes[0].sku and sizes[1].sku not in shown and sizes[2].sku not in shown, shown
+        assert len({display_family(store.product(s)) for s in shown}) == len(shown) == rec.k - 2  # scorer gave k
+        assert rec.stats["same_name_dropped"] == 2
+
+
+def test_display_family_strips_only_a_trailing_size() -> None:
+    from edge.store import Product
+
+    assert display_family(Product("1", "Store Milk 1 GA", package_size="1 GA")) == "Store Milk"
+    assert display_family(Product("2", "Store Milk", package_size="")) == "Store Milk"
+    assert display_family(Product("3", "Cola 12 OZ Can", package_size="12 OZ")) == "Cola 12 OZ Can"
+    assert display_family(Product("4", "12 OZ", package_size="12 OZ")) == "12 OZ"  # never an empty line
