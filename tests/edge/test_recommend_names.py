@@ -26,10 +26,14 @@ class ListScorer:
         return [(s, 1.0 - i / 100, "test") for i, s in enumerate(self.skus)][:k]
 
 
-def test_same_name_skus_show_once(tmp_path: Path) -> None:
+def _demo_config(tmp_path: Path) -> NodeConfig:
     raw = parse_config(resources.files("edge").joinpath("data/demo_store.yaml").read_text()).model_dump(by_alias=True)
     raw["node"]["data_dir"] = str(tmp_path)
-    config = NodeConfig.model_validate(raw)
+    return NodeConfig.model_validate(raw)
+
+
+def test_same_name_skus_show_once(tmp_path: Path) -> None:
+    config = _demo_config(tmp_path)
     catalogue = bundled_catalogue()
     by_name = collections.defaultdict(list)
     for p in catalogue:
@@ -58,9 +62,7 @@ def test_same_name_skus_show_once(tmp_path: Path) -> None:
 def test_size_variants_show_once(tmp_path: Path) -> None:
     """"Store Fluid Milk White Only 1 GA", "... 1 QT" and the size-less name are one line to a shopper: the best
     ranked variant stands for the family (seen in the demo: a gallon and a size-less milk in one set)."""
-    raw = parse_config(resources.files("edge").joinpath("data/demo_store.yaml").read_text()).model_dump(by_alias=True)
-    raw["node"]["data_dir"] = str(tmp_path)
-    config = NodeConfig.model_validate(raw)
+    config = _demo_config(tmp_path)
     catalogue = bundled_catalogue()
     family = collections.defaultdict(list)
     for p in catalogue:
