@@ -131,7 +131,8 @@ class Recommender:
         self._family: dict[str, tuple[Any, str]] = {}  # sku -> (its Product, display_family(product))
         self._id_base = new_id()[:24]  # set ids: random per process + seq (no urandom syscall per set)
         self.stats = {"events": 0, "recommendations": 0, "model": 0, "fallback": 0, "unknown_sku": 0,
-                      "cap_resets": 0, "coalesced": 0, "stage2_skipped": 0, "same_name_dropped": 0}
+                      "cap_resets": 0, "coalesced": 0, "stage2_skipped": 0, "same_name_dropped": 0,
+                      "filled_from_popular": 0}
         self.upstream_topic = f"{config.mqtt.topic_prefix}/{config.node.store_id}/{config.node.node_id}/events"
         # bursts coalesce: visits with new picks wait here for the end of this loop iteration, then rank once
         # (the visit, perf_counter when it first became due: the overload guard's wait)
@@ -389,6 +390,8 @@ class Recommender:
                 n = v.shown[sku] = v.shown.get(sku, 0) + 1
                 if n >= cap:
                     v.capped.add(sku)
+        if len(items) < k and v is not None and version != "fallback":
+            self._fill(v, zone, now, items, names)
         if v is not None and version != "fallback" and (unshown or n_scored < len(scored)):
             # the ranker counted all it answered as shown (its own frequency caps): it takes back the dropped
             # variants and the spare items the set did not need
@@ -397,6 +400,38 @@ class Recommender:
         self.stats["recommendations"] += 1
         return _rec_set(screen, None if v is None else v.session, tuple(items), version, zone, now, self._seq,
                         f"{self._id_base}{self._seq & 0xFFFFFFFF:08x}")
+
+    def _fill(self, v: VisitState, zone: str | None, now: float, items: list[RecItem], names: set[str]) -> None:
+        """The model's answer came out short of k (in a long visit its frequency caps leave few candidates, or
+        variants were dropped): the zone's popular items for the hour fill the set, so a screen does not show a
+        half-empty list. They never reach the ranker's caps (it did not count them), only the room's."""
+        exclude = self._exclude(v)
+        exclude.update(i.sku for i in items)
+        cap = self.config.model.repeat_cap
+        product = self.store.product
+        hour = datetime.fromtimestamp(now, self.tz).hour
+        for it in self.fallback.top(zone, hour, self.k * 4, exclude=exclude, in_stock=self.in_stock):
+            if len(items) >= self.k:
+                break
+            p = product(it.sku)
+            if p is None:
+                continue
+            name = display_family(p)
+            if name in names:
+                continue
+            names.add(name)
+            items.append(_rec_item(it.sku, p.name, p.price, round(float(it.score), 6), it.reason, p.category,
+                                   p.department))
+            self.stats["filled_from_popular"] += 1
+            n = v.shown[it.sku] = v.shown.get(it.sku, 0) + 1
+            if n >= cap:
+                v.capped.add(it.sku)
+
+    def _exclude(self, v: VisitState) -> set[str]:
+        """What a visit's set must not show: its last 20 picks and the items it has seen enough (caps)."""
+        exclude = set(v.picked[-20:])
+        exclude.update(v.capped)
+        return exclude
 
     def _not_shown(self, v: VisitState, skus: list[str]) -> None:
         """The model ranker counted ``skus`` as shown to ``v`` (its own frequency caps); they were dropped as
@@ -408,9 +443,7 @@ class Recommender:
     def _score(self, v: VisitState | None, zone: str | None, when: datetime,
                second_stage: bool = True) -> tuple[list[tuple[str, float, str]], str]:
         """(sku, score, reason) best first and the model version that made them ("fallback": popularity)."""
-        exclude: set[str] = set() if v is None else set(v.picked[-20:])
-        if v is not None:
-            exclude.update(v.capped)
+        exclude: set[str] = set() if v is None else self._exclude(v)
         if self.model is not None and v is not None:
             try:
                 # SPARE more than k: a same-name variant dropped from the set leaves room for the next item

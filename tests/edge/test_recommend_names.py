@@ -90,3 +90,24 @@ def test_display_family_strips_only_a_trailing_size() -> None:
     assert display_family(Product("2", "Store Milk", package_size="")) == "Store Milk"
     assert display_family(Product("3", "Cola 12 OZ Can", package_size="12 OZ")) == "Cola 12 OZ Can"
     assert display_family(Product("4", "12 OZ", package_size="12 OZ")) == "12 OZ"  # never an empty line
+
+
+def test_a_short_model_answer_is_filled_with_popular_items(tmp_path: Path) -> None:
+    """In a long visit the model's frequency caps can leave it fewer than k items: the zone's popular items
+    fill the set (never a picked or repeated line), the model's items first, the set still the model's."""
+    config = _demo_config(tmp_path)
+    catalogue = bundled_catalogue()
+    with Store(tmp_path / "sc.db", flush_interval_ms=5) as store:
+        store.upsert_products(catalogue).result(5)
+        fam = collections.Counter(display_family(p) for p in catalogue)
+        singles = [p.sku for p in catalogue if fam[display_family(p)] == 1][:3]  # three different lines
+        rec = Recommender(config, store, Bus(), model=ListScorer(singles[:2]))
+        v = VisitState("v1", zone="dairy", picked=[singles[2]])
+        rs = rec.recommend(v, "dairy-screen")
+        skus = [i.sku for i in rs.items]
+        assert len(skus) == rec.k and skus[:2] == singles[:2], skus
+        assert rs.model_version == "test-model" and rec.stats["filled_from_popular"] == rec.k - 2
+        assert singles[2] not in skus  # just picked
+        assert len({display_family(store.product(s)) for s in skus}) == rec.k
+        assert all(i.reason != "test" for i in rs.items[2:])  # the fill carries the popularity reasons
+        assert all(v.shown[s] == 1 for s in skus)
