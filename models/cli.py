@@ -239,7 +239,8 @@ def _prepare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timezone", default="America/New_York")
     p.add_argument("--promotions", action=argparse.BooleanOptionalAction, default=None,
                    help="read and encode the optional promotions table (default: only when this run builds a "
-                        "stage 2 with --stage2-promotions; Complete Journey's costs ~35 s and ~4.8 GB peak)")
+                        "stage 2 with --stage2-promotions; Complete Journey's makes prepare 29 s / 3.8 GB peak instead "
+                        "of 6 s / 0.9 GB)")
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:

