@@ -192,7 +192,11 @@ def test_doctor_from_the_install(root: Path, tmp_path: Path) -> None:
     checks = {c["name"]: c for c in json.loads(r.stdout)["checks"]}
     assert r.returncode in (1, 2)  # an unprovisioned node with no shelves plugged in is not healthy
     assert checks["config"]["status"] == "warn" and "provision" in checks["config"]["fix"]
-    assert checks["data_dir"]["status"] == "pass"
+    data = root / "var/lib/shelfcast"  # passes unless this machine's disk really is low (then it warns)
+    from edge.doctor import WARN_FREE_MB
+
+    room = shutil.disk_usage(data if data.exists() else root).free / 1e6 >= WARN_FREE_MB
+    assert checks["data_dir"]["status"] == ("pass" if room else "warn"), checks["data_dir"]
     assert checks["shelves"]["status"] == "warn" and checks["shelves"]["fix"]
 
 

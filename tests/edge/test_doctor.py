@@ -12,6 +12,7 @@ import asyncio
 import datetime as dt
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -85,8 +86,6 @@ def golden_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def healthy(tmp_path: Path, mosquitto: Any, sim: Any, golden_data: Path) -> dict[str, Any]:
     """The demo store's config, pointed at real local services, with the cache its node left on disk."""
-    import shutil
-
     raw = yaml.safe_load(resources.files("edge").joinpath("data/demo_store.yaml").read_text())
     data = tmp_path / "data"
     shutil.copytree(golden_data, data)
@@ -113,12 +112,19 @@ def bundled_model_loads() -> bool:
     return True
 
 
+def disk_has_room(path: str) -> bool:
+    return shutil.disk_usage(path).free / 1e6 >= doctor.WARN_FREE_MB
+
+
 def test_healthy_demo_node(healthy: dict[str, Any]) -> None:
     checks = run_checks(healthy["path"], broker_timeout_s=3)
     c = by_name(checks)
-    for name in ("config", "data_dir", "database", "shelf_permissions", "shelves", "camera", "calibration",
+    for name in ("config", "database", "shelf_permissions", "shelves", "camera", "calibration",
                  "local_broker", "cloud_broker"):
         assert c[name].status == "pass", c[name]
+    # data_dir passes unless this machine's disk really is low (then the warning is the right answer)
+    want = "pass" if disk_has_room(healthy["raw"]["node"]["data_dir"]) else "warn"
+    assert c["data_dir"].status == want, c["data_dir"]
     assert SIM_CTRL in c["shelves"].detail and "fw " in c["shelves"].detail  # real handshake over the pty
     assert "CONNACK ok" in c["local_broker"].detail
     assert "integrity ok" in c["database"].detail
