@@ -11,10 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge.ranking import Ranker, RecRequest
 from edge.ranking.ranker import DEFAULT_MODEL_DIR, sha256_bytes
 from edge.ranking.stage2 import FEATURES
 
 POOL = 60  # the pool size the attached stage-2 files declare
+T0 = 1_700_000_000.0
+DAY = 86400.0
 
 
 def _random_stage2_weights(seed: int = 3, hidden: int = 8) -> dict[str, np.ndarray]:
@@ -74,3 +77,16 @@ def stage2_release() -> Callable[..., Path]:
     """``(dest, data, digest=None) -> release dir``: the shipped release with ``data`` as its stage 2 (None:
     without one), as ``models/stage2.py`` attaches it (``_stage2_release``)."""
     return _stage2_release
+
+
+def _stage2_request(r: Ranker, session: list[int], hist_items: list[int]) -> RecRequest:
+    voc = r.vocabulary
+    hist = [(voc[i], T0 + b * 9 * DAY + i, 1.0) for b in range(5) for i in hist_items[b % 2::1]]
+    return RecRequest(history=hist, session=[voc[i] for i in session], store_id="367", when=T0 + 50 * DAY, k=10)
+
+
+@pytest.fixture
+def stage2_request() -> Callable[[Ranker, list[int], list[int]], RecRequest]:
+    """``(ranker, session, hist_items) -> RecRequest``: a warm shopper (5 baskets of ``hist_items``, vocabulary
+    indices) with ``session`` picked, store 367, 50 days after the first basket."""
+    return _stage2_request

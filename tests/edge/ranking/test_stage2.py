@@ -18,23 +18,18 @@ from edge.ranking.ranker import DEFAULT_MODEL_DIR
 from edge.ranking.stage2 import FEATURES, Stage2, forward
 
 T0 = 1_700_000_000.0
-DAY = 86400.0
 POOL = 60
 Weights = Callable[..., dict[str, np.ndarray]]  # the ``stage2_weights`` fixture (conftest.py)
 Npz = Callable[..., bytes]  # ``stage2_npz`` (conftest.py)
 Release = Callable[..., Path]  # ``stage2_release`` (conftest.py)
+Request = Callable[[Ranker, list[int], list[int]], RecRequest]  # ``stage2_request`` (conftest.py)
 
 
-def _req(r: Ranker, session: list[int], hist_items: list[int]) -> RecRequest:
-    voc = r.vocabulary
-    hist = [(voc[i], T0 + b * 9 * DAY + i, 1.0) for b in range(5) for i in hist_items[b % 2::1]]
-    return RecRequest(history=hist, session=[voc[i] for i in session], store_id="367", when=T0 + 50 * DAY, k=10)
-
-
-def test_release_without_stage2_loads_and_serves_stage1(tmp_path: Path, stage2_release: Release) -> None:
+def test_release_without_stage2_loads_and_serves_stage1(tmp_path: Path, stage2_release: Release,
+                                                        stage2_request: Request) -> None:
     r = Ranker.load(stage2_release(tmp_path, None), rerank=RerankConfig(diversity=0.0))
     assert r._stage2 is None
-    req = _req(r, [5, 17], [3, 40, 77, 123])
+    req = stage2_request(r, [5, 17], [3, 40, 77, 123])
     recs = r.recommend(req)
     s1 = r.scores(req) + r._tie
     excl = {r._index[s] for s in req.session}
@@ -43,7 +38,7 @@ def test_release_without_stage2_loads_and_serves_stage1(tmp_path: Path, stage2_r
 
 
 def test_node_stage2_scores_equal_the_training_function(tmp_path: Path, stage2_weights: Weights, stage2_npz: Npz,
-                                                        stage2_release: Release) -> None:
+                                                        stage2_release: Release, stage2_request: Request) -> None:
     params = stage2_weights()
     r2 = Ranker.load(stage2_release(tmp_path, stage2_npz(params)), rerank=RerankConfig(diversity=0.0, repeat_cap=10**9))
     assert r2._stage2 is not None and r2._stage2.pool == POOL
@@ -51,7 +46,7 @@ def test_node_stage2_scores_equal_the_training_function(tmp_path: Path, stage2_w
     feat = Stage2.for_features(r1, POOL)
     changed = 0
     for session, hist in (([5, 17], [3, 40, 77, 123]), ([], [8, 9, 10]), ([2500, 31, 4000], []), ([], [])):
-        req = _req(r1, session, hist)
+        req = stage2_request(r1, session, hist)
         if not req.history and not req.session:
             req = RecRequest(store_id="367", when=T0, k=10)
         scores, _, rep, _, st = r1._invoke(req)
@@ -73,10 +68,10 @@ def test_node_stage2_scores_equal_the_training_function(tmp_path: Path, stage2_w
     assert changed >= 2  # random weights re-rank: the test would not notice a no-op hook otherwise
 
 
-def test_features_are_the_documented_numbers(tmp_path: Path) -> None:
+def test_features_are_the_documented_numbers(tmp_path: Path, stage2_request: Request) -> None:
     r = Ranker.load(DEFAULT_MODEL_DIR)
     feat = Stage2.for_features(r, POOL)
-    req = _req(r, [5, 17], [3, 40, 77, 123])
+    req = stage2_request(r, [5, 17], [3, 40, 77, 123])
     scores, _, rep, _, st = r._invoke(req)
     scores = scores + r._tie
     pool, X = feat.features(scores, rep, list(st.last), r._heat)
@@ -114,27 +109,29 @@ def test_bad_stage2_files_are_refused(tmp_path: Path, stage2_weights: Weights, s
 
 
 def test_a_missing_weight_set_leaves_those_requests_to_stage1(tmp_path: Path, stage2_weights: Weights,
-                                                              stage2_npz: Npz, stage2_release: Release) -> None:
+                                                              stage2_npz: Npz, stage2_release: Release,
+                                                              stage2_request: Request) -> None:
     r2 = Ranker.load(stage2_release(tmp_path, stage2_npz(stage2_weights(), prefixes="s")),
                      rerank=RerankConfig(diversity=0.0))
     r1 = Ranker.load(stage2_release(tmp_path / "s1", None), rerank=RerankConfig(diversity=0.0))
     assert r2._stage2 is not None and r2._stage2.sets[False] is None
-    warm = _req(r1, [], [3, 40, 77, 123])
+    warm = stage2_request(r1, [], [3, 40, 77, 123])
     assert [x.sku for x in r2.recommend(warm)] == [x.sku for x in r1.recommend(warm)]
-    picked = _req(r1, [5, 17], [3, 40, 77, 123])
+    picked = stage2_request(r1, [5, 17], [3, 40, 77, 123])
     assert [x.sku for x in r2.recommend(picked)] != [x.sku for x in r1.recommend(picked)]
 
 
 def test_stage2_sees_picks_appended_while_the_request_ran(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                           stage2_weights: Weights,
-                                                          stage2_npz: Npz, stage2_release: Release) -> None:
+                                                          stage2_npz: Npz, stage2_release: Release,
+                                                          stage2_request: Request) -> None:
     """An append-only session that grows between the model call and the re-ranking is derived again; stage 2
     must re-rank with that state (its picks), not the stale one the stage-1 scores were made with."""
     params = stage2_weights()
     r2 = Ranker.load(stage2_release(tmp_path, stage2_npz(params)), rerank=RerankConfig(diversity=0.0, repeat_cap=10**9))
     r1 = Ranker.load(DEFAULT_MODEL_DIR, rerank=RerankConfig(diversity=0.0, repeat_cap=10**9))
     voc = r1.vocabulary
-    base = _req(r1, [5, 17], [3, 40, 77, 123])
+    base = stage2_request(r1, [5, 17], [3, 40, 77, 123])
     scores, _, rep, _, _ = r1._invoke(base)  # stage 1 ran on the two picks
     scores = scores + r1._tie
     feat = Stage2.for_features(r1, POOL)
@@ -162,7 +159,8 @@ def test_stage2_sees_picks_appended_while_the_request_ran(tmp_path: Path, monkey
 
 
 def test_stage2_takes_stage1s_repeat_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                          stage2_weights: Weights, stage2_npz: Npz, stage2_release: Release) -> None:
+                                          stage2_weights: Weights, stage2_npz: Npz, stage2_release: Release,
+                                          stage2_request: Request) -> None:
     """``recommend`` hands stage 2 the repeat rows ``_invoke`` made for the same request (instead of stage 2
     making them again); the feature matrix is bit for bit the one made without them."""
     r2 = Ranker.load(stage2_release(tmp_path, stage2_npz(stage2_weights())), rerank=RerankConfig(diversity=0.0,
@@ -183,14 +181,14 @@ def test_stage2_takes_stage1s_repeat_rows(tmp_path: Path, monkeypatch: pytest.Mo
 
     monkeypatch.setattr(s2, "features", spy)
     for session, hist in (([5, 17], [3, 40, 77, 123]), ([], [8, 9, 10]), ([2500, 31, 4000], list(range(50, 130)))):
-        r2.recommend(_req(r2, session, hist))
+        r2.recommend(stage2_request(r2, session, hist))
     assert seen == [True, True, True]
-    r2.recommend(_req(r2, [5], []))  # no history: no repeat rows
+    r2.recommend(stage2_request(r2, [5], []))  # no history: no repeat rows
     assert seen[-1] is False
 
 
 def test_second_stage_false_serves_stage1_alone(tmp_path: Path, stage2_weights: Weights, stage2_npz: Npz,
-                                                stage2_release: Release) -> None:
+                                                stage2_release: Release, stage2_request: Request) -> None:
     """``RecRequest(second_stage=False)`` (the recommend room's overload guard) gives exactly what the same
     release without its stage 2 gives; the default request still gets stage 2."""
     import dataclasses
@@ -201,13 +199,14 @@ def test_second_stage_false_serves_stage1_alone(tmp_path: Path, stage2_weights: 
         r2 = Ranker.load(stage2_release(tmp_path / "s2", stage2_npz(stage2_weights())),
                          rerank=RerankConfig(diversity=0.0))
     for session, hist in (([5, 17], [3, 40, 77, 123]), ([2500, 31, 4000], [])):
-        req = _req(r1, session, hist)
+        req = stage2_request(r1, session, hist)
         assert r2.recommend(dataclasses.replace(req, second_stage=False)) == r1.recommend(req)
         assert r2.recommend(req) != r1.recommend(req)
 
 
 def test_excluded_and_suppressed_items_stay_out_of_the_stage2_pool(tmp_path: Path, stage2_weights: Weights,
-                                                                   stage2_npz: Npz, stage2_release: Release) -> None:
+                                                                   stage2_npz: Npz, stage2_release: Release,
+                                                                   stage2_request: Request) -> None:
     """The re-ranking after stage 2 drops excluded and suppressed skus anyway: they are left out of stage 2's
     pool (which then holds ``pool`` items that can be shown). With nothing excluded beyond the picks the pool,
     features and answers are what they were (the picks were out of the pool already)."""
@@ -215,7 +214,7 @@ def test_excluded_and_suppressed_items_stay_out_of_the_stage2_pool(tmp_path: Pat
                                                                                                 repeat_cap=10**9))
     s2 = r._stage2
     assert s2 is not None
-    req = _req(r, [5, 17], [3, 40, 77, 123])
+    req = stage2_request(r, [5, 17], [3, 40, 77, 123])
     scores, _, rep, _, st = r._invoke(req)
     scores = scores + r._tie
     latest = list(st.last)

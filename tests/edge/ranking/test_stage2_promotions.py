@@ -17,18 +17,11 @@ from edge.ranking.ranker import DEFAULT_MODEL_DIR
 from edge.ranking.stage2 import FEATURES, PROMO_FEATURES, Stage2, forward, promo_columns
 
 NAMES = FEATURES + PROMO_FEATURES
-T0 = 1_700_000_000.0
-DAY = 86400.0
 POOL = 60
 Weights = Callable[..., dict[str, np.ndarray]]  # the ``stage2_weights`` fixture (conftest.py)
 Npz = Callable[..., bytes]  # ``stage2_npz`` (conftest.py)
 Release = Callable[..., Path]  # ``stage2_release`` (conftest.py)
-
-
-def _req(r: Ranker, session: list[int], hist_items: list[int]) -> RecRequest:
-    voc = r.vocabulary
-    hist = [(voc[i], T0 + b * 9 * DAY + i, 1.0) for b in range(5) for i in hist_items[b % 2::1]]
-    return RecRequest(history=hist, session=[voc[i] for i in session], store_id="367", when=T0 + 50 * DAY, k=10)
+Request = Callable[[Ranker, list[int], list[int]], RecRequest]  # ``stage2_request`` (conftest.py)
 
 
 def _promo_weights(stage2_weights: Weights) -> dict[str, np.ndarray]:
@@ -54,11 +47,11 @@ def _plan(r: Ranker, req: RecRequest) -> dict[str, str]:
     return plan
 
 
-def test_promotion_columns_are_the_plan(tmp_path: Path, stage2_weights: Weights) -> None:
+def test_promotion_columns_are_the_plan(tmp_path: Path, stage2_weights: Weights, stage2_request: Request) -> None:
     r = Ranker.load(DEFAULT_MODEL_DIR)
     feat = Stage2.for_features(r, POOL, promo=True)
     assert feat.promo and feat.n_features == len(NAMES)
-    req = _req(r, [5, 17], [3, 40, 77, 123])
+    req = stage2_request(r, [5, 17], [3, 40, 77, 123])
     plan = _plan(r, req)
     scores, _, rep, _, st = r._invoke(req)
     scores = scores + r._tie
@@ -83,7 +76,7 @@ def test_promotion_columns_are_the_plan(tmp_path: Path, stage2_weights: Weights)
 
 
 def test_node_answers_with_the_plan_as_trained(tmp_path: Path, stage2_weights: Weights, stage2_npz: Npz,
-                                               stage2_release: Release) -> None:
+                                               stage2_release: Release, stage2_request: Request) -> None:
     params = _promo_weights(stage2_weights)
     r2 = Ranker.load(stage2_release(tmp_path, stage2_npz(params, NAMES)), rerank=RerankConfig(diversity=0.0,
                                                                                               repeat_cap=10**9))
@@ -92,7 +85,7 @@ def test_node_answers_with_the_plan_as_trained(tmp_path: Path, stage2_weights: W
     feat = Stage2.for_features(r1, POOL, promo=True)
     moved = 0
     for session, hist in (([5, 17], [3, 40, 77, 123]), ([], [8, 9, 10]), ([2500, 31, 4000], [])):
-        base = _req(r1, session, hist)
+        base = stage2_request(r1, session, hist)
         plan = _plan(r1, base)
         req = RecRequest(history=base.history, session=base.session, store_id=base.store_id, when=base.when,
                          k=10, promotions=plan)
@@ -108,13 +101,14 @@ def test_node_answers_with_the_plan_as_trained(tmp_path: Path, stage2_weights: W
 
 
 def test_a_release_without_promotion_columns_ignores_the_plan(tmp_path: Path, stage2_weights: Weights,
-                                                              stage2_npz: Npz, stage2_release: Release) -> None:
+                                                              stage2_npz: Npz, stage2_release: Release,
+                                                              stage2_request: Request) -> None:
     """The shipped v5 (and any stage 2 without the columns): bit-identical answers and scores with a plan."""
     for path in (DEFAULT_MODEL_DIR, stage2_release(tmp_path, stage2_npz(stage2_weights(), FEATURES))):
         r = Ranker.load(path, rerank=RerankConfig(diversity=0.0, repeat_cap=10**9))
         assert r._stage2 is None or not r._stage2.promo
         for session, hist in (([5, 17], [3, 40, 77, 123]), ([], [8, 9, 10])):
-            base = _req(r, session, hist)
+            base = stage2_request(r, session, hist)
             req = RecRequest(history=base.history, session=base.session, store_id=base.store_id, when=base.when,
                              k=10, promotions=_plan(r, base))
             a, b = r.recommend(base), r.recommend(req)
