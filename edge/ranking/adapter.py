@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from edge.ranking.ranker import Ranker, RecRequest, RerankConfig
+from edge.recommend import display_family
 
 __all__ = ["RankerScorer", "load_scorer", "zone_items"]
 
@@ -48,7 +49,11 @@ class RankerScorer:
             return
         ranker.set_stock_lookup(self.store.stock)
         try:
-            ranker.set_products(self.store.products().values(), catalogue_only=True)
+            products = list(self.store.products().values())
+            ranker.set_products(products, catalogue_only=True)
+            # one sku per display line in an answer: the room shows one anyway, and a variant it drops would
+            # leave its set short (the demo's catalogue: 14 % of sets, filled with popular items)
+            ranker.set_families({p.sku: display_family(p) for p in products})
         except Exception as exc:  # a broken catalogue must not stop ranking
             log.warning("could not load product attributes into the ranker: %s", exc)
 

@@ -235,7 +235,8 @@ class Ranker:
         self.stock = stock
         self.fallback = fallback  # optional PopularityRanker (zone × hour); else model popularity
         self.stats: dict[str, int] = {"requests": 0, "unknown_sku": 0, "clamped": 0, "fallback": 0,
-                                      "bad_lines": 0, "new_item_recs": 0, "capped": 0, "out_of_stock": 0}
+                                      "bad_lines": 0, "new_item_recs": 0, "capped": 0, "out_of_stock": 0,
+                                      "same_family": 0}
         self._warned: set[str] = set()
         self._lock = threading.Lock()
         self._caps: OrderedDict[tuple[str | None, str | None], dict[str, int]] = OrderedDict()
@@ -273,6 +274,9 @@ class Ranker:
         # pool, positions in the pool, values); holds the arrays, so their ids stay unique
         self._cooc_pool_memo: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
         self._zone_items: dict[str, np.ndarray] = {}  # zone -> vocabulary indices (``set_zone_items``)
+        # ``set_families``: vocabulary index -> family id (-1: no other variant), and the new items' ids by sku
+        self._family: list[int] | None = None
+        self._family_new: dict[str, int] = {}
         self._zone_pos: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # zone -> (pool, positions in it)
         # (session_items bytes, picks, quantized context bytes) -> (scores, user vector) of the model, for
         # shoppers without history (``_invoke``; under _lock)
@@ -1208,9 +1212,13 @@ class Ranker:
         ls = live_sc[:head].tolist()
         lc = cat_of[live[:head]].tolist()
         j = x = 0
+        fam = self._family
         if not nx and not promote:
             # the usual case (no promotions, no new items): the model's candidates in order until ``need`` in
-            # stock (``early`` holds without promotions); the tuple made only for a kept one
+            # stock (``early`` holds without promotions); the tuple made only for a kept one. With families
+            # (``set_families``) a later variant of a kept family is skipped here, so ``need`` are distinct lines
+            fseen: set[int] = set()
+            n_fam = 0
             while j < nl and n_plain < need:
                 if j >= len(li):  # the head ran out before ``need`` survivors: take the rest
                     li = live.tolist()
@@ -1219,13 +1227,21 @@ class Ranker:
                 i = li[j]
                 sku = voc[i]
                 j += 1
+                f = -1 if fam is None else fam[i]
+                if f >= 0 and f in fseen:
+                    n_fam += 1
+                    continue
                 if stock is not None:
                     units = stock(sku)
                     if units is not None and units <= 0:
                         n_oos += 1
                         continue
+                if f >= 0:
+                    fseen.add(f)
                 n_plain += 1
                 kept.append((sku, ls[j - 1], lc[j - 1], i))
+            if n_fam:
+                self.stats["same_family"] += n_fam
         while (nx or promote) and (j < nl or x < nx):  # with promotions or new items: merge them in
             if x < nx and at[x] <= j:
                 c = extras[x]
@@ -1278,6 +1294,8 @@ class Ranker:
         self.stats["out_of_stock"] += n_oos
         if nx or promote:  # the plain walk keeps ``live``'s order, already by score (a stable sort: the same)
             kept.sort(key=lambda c: -c[1])
+            if fam is not None:  # after the boosts: a promoted variant stands for its family
+                kept = self._one_per_family(kept)
         chosen = self._mmr(kept, k)
         if not chosen:
             return self._fallback_as(req, k, tuples)
@@ -1301,6 +1319,51 @@ class Ranker:
             str(z): np.array(sorted({i for i in (get(str(s), -1) for s in skus) if i >= 0}), np.intp)
             for z, skus in items.items()}
         self._zone_pos = {}
+
+    def set_families(self, families: Mapping[str, str]) -> int:
+        """sku -> what the shopper reads as one line (the node's display name without the pack size,
+        ``edge.recommend.display_family``). An answer then holds one sku per family, the best-ranked one, so its k
+        items are k different lines: a store catalogue lists pack and size variants under one name (32 such
+        families in the bundled one), the model scores them alike, and a screen showing two of them looks broken.
+        Skus without a variant (or not mentioned) are unaffected; an empty mapping turns it off. The evaluation
+        harness never calls it (its answers stay per sku). Returns the number of families with variants."""
+        by: dict[str, list[str]] = {}
+        for sku, fam in families.items():
+            by.setdefault(str(fam), []).append(str(sku))
+        get = self._index.get
+        vec = [-1] * len(self.vocabulary)
+        new: dict[str, int] = {}
+        n = 0
+        for skus in by.values():
+            if len(skus) < 2:
+                continue
+            for sku in skus:
+                i = get(sku, -1)
+                if i >= 0:
+                    vec[i] = n
+                else:
+                    new[sku] = n
+            n += 1
+        self._family, self._family_new = (vec, new) if n else (None, {})
+        return n
+
+    def _one_per_family(self, kept: list[tuple[str, float, int, int]]) -> list[tuple[str, float, int, int]]:
+        """``kept`` (best first) without the later variants of a family (``set_families``)."""
+        fam, fam_new = self._family, self._family_new
+        if fam is None:
+            return kept
+        seen: set[int] = set()
+        out = []
+        for c in kept:
+            f = fam[c[3]] if c[3] >= 0 else fam_new.get(c[0], -1)
+            if f >= 0:
+                if f in seen:
+                    continue
+                seen.add(f)
+            out.append(c)
+        if len(out) < len(kept):
+            self.stats["same_family"] += len(kept) - len(out)
+        return out
 
     def _zone_blend(self, scores: np.ndarray, zone: str, pt: _PoolTerms | None) -> None:
         """Add ``cold_zone_blend`` x (max - min of ``scores``) to ``zone``'s items, in place (pool positions with
