@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ import yaml
 from edge.cli import CommandRegistry, UserError, print_json
 from edge.config import NodeConfig, default_config, load_config, parse_config
 from edge.vision.calibration import LARGE_ERROR_CM, CalibrationError, compute_homography, draw_preview
+from edge.vision.config_edit import replace_keeping_owner, set_homography, yaml_number
 from edge.vision.scene import SyntheticScene
 from edge.vision.sources import OpenCVSource, SourceError, describe_source, source_kind
 
@@ -162,7 +161,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         if result["large_error"] and not args.accept_large_error:
             warnings.append("not written: fix the points, or pass --accept-large-error")
         else:
-            _write_homography(args.config, h)
+            warnings += _write_homography(args.config, h)
             result["written"] = True
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
@@ -182,56 +181,25 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 
 def homography_yaml(h: list[list[float]]) -> str:
-    rows = ",\n".join("    [" + ", ".join(repr(v) for v in row) + "]" for row in h)
+    rows = ",\n".join("    [" + ", ".join(yaml_number(v) for v in row) + "]" for row in h)
     return f"camera:\n  homography: [\n{rows}\n  ]"
 
 
-def _flow(h: list[list[float]]) -> str:
-    return "[" + ", ".join("[" + ", ".join(repr(v) for v in row) + "]" for row in h) + "]"
-
-
-def _write_homography(path: Path, h: list[list[float]]) -> None:
-    """Put ``camera.homography`` into the YAML file, touching only that value (comments survive)."""
+def _write_homography(path: Path, h: list[list[float]]) -> list[str]:
+    """Put ``camera.homography`` into the YAML file, touching only that value (comments survive); the file keeps
+    its mode, owner and group. Returns warnings (an owner that could not be kept)."""
     text = path.read_text()
-    lines = text.splitlines(keepends=True)
-    root = yaml.compose(text) if text.strip() else None
-    new_text: str | None = None
-    if isinstance(root, yaml.MappingNode):
-        cam = next((v for k, v in root.value if k.value == "camera"), None)
-        if isinstance(cam, yaml.MappingNode) and cam.flow_style is not True and cam.value:
-            hom = next(((k, v) for k, v in cam.value if k.value == "homography"), None)
-            if hom is not None:
-                _key, v = hom
-                start = _offset(lines, v.start_mark.line, v.start_mark.column)
-                end = _offset(lines, v.end_mark.line, v.end_mark.column)
-                new_text = text[:start] + _flow(h) + text[end:]
-            else:
-                first = cam.value[0][0]
-                indent = " " * first.start_mark.column
-                at = _offset(lines, first.start_mark.line, 0)
-                new_text = text[:at] + f"{indent}homography: {_flow(h)}\n" + text[at:]
-        elif cam is None:
-            sep = "" if text.endswith("\n") or not text else "\n"
-            new_text = text + sep + f"camera:\n  homography: {_flow(h)}\n"
-    elif not text.strip():
-        new_text = f"camera:\n  homography: {_flow(h)}\n"
+    new_text = set_homography(text, h)
     if new_text is None:
-        raise UserError(f"cannot place camera.homography in {path} automatically (flow-style camera section?); "
-                        "add it by hand:\n" + homography_yaml(h))
+        raise UserError(f"cannot place camera.homography in {path} automatically (the camera section is not a "
+                        "mapping, or the file is laid out in a way this command does not edit); add it to the "
+                        "camera section by hand:\n" + homography_yaml(h))
     parse_config(new_text, str(path))  # never write a config that would not load
-    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=".shelfcast-", suffix=".yaml")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(new_text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _offset(lines: list[str], line: int, col: int) -> int:
-    return sum(len(x) for x in lines[:line]) + col
+        return replace_keeping_owner(path, new_text)
+    except OSError as exc:
+        raise UserError(f"cannot write {path} ({exc.strerror}); run the command with `sudo`, or add this to the "
+                        "camera section by hand:\n" + homography_yaml(h)) from None
 
 
 # -- bench --------------------------------------------------------------------------
