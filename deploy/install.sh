@@ -16,7 +16,8 @@
 #
 # --destdir DIR: every file goes under DIR; apt-get, useradd, usermod, chown, systemctl and udevadm are
 # not run but recorded, one per line, in DIR/<prefix>/install-actions.log (an image builder replays them
-# in a chroot). Exit codes: 0 ok, 1 failed, 2 bad usage.
+# in a chroot). Nothing installed names DIR (venv script #! lines, pyvenv.cfg, .pyc): it runs once DIR is
+# the root. Exit codes: 0 ok, 1 failed, 2 bad usage.
 set -euo pipefail
 # the whole script is one block, read before it runs: an upgrade that replaces this file mid-run is safe
 {
@@ -156,6 +157,55 @@ render_broker_and_udev() {
     run udevadm trigger --subsystem-match=tty --action=add
 }
 
+# make_paths_final: the venv was built at DIR$PREFIX/venv but runs at $PREFIX/venv once DIR is the card's
+# root. venv and pip write their absolute location into what they install (the #! line of every venv/bin
+# script, pyvenv.cfg, the activate scripts, the source path in each .pyc), so DIR is taken out of each: text
+# files are rewritten, .pyc files that name DIR are compiled again under their final path (pip ran with
+# --no-compile, so this compiles what it installed once). The venv's own python still runs from DIR (it
+# finds its venv by its own location), which is how the rest of this script runs it.
+make_paths_final() {
+    "$PY" - "$R" "$R$PREFIX" <<'PYEOF' || die "cannot take $R out of the paths in $R$PREFIX"
+import compileall
+import glob
+import os
+import sys
+
+root, top = sys.argv[1], sys.argv[2]
+old = (root + "/").encode()
+text = links = stale = 0
+for d, dirs, files in os.walk(top):
+    for name in dirs + files:
+        path = os.path.join(d, name)
+        if os.path.islink(path):
+            target = os.readlink(path)
+            if target.startswith(root + "/"):
+                os.unlink(path)
+                os.symlink(target[len(root):], path)
+                links += 1
+            continue
+        if name not in files:
+            continue
+        with open(path, "rb") as f:
+            data = f.read()
+        if old not in data:
+            continue
+        if name.endswith(".pyc"):
+            os.unlink(path)  # compiled again below, naming its final path
+            stale += 1
+        elif b"\0" in data:
+            print(f"    note: {path} names {root} and is not text; left as is")
+        else:
+            with open(path, "r+b") as f:  # in place: keeps the mode (the #! scripts stay executable)
+                f.write(data.replace(old, b"/"))
+                f.truncate()
+            text += 1
+for lib in glob.glob(os.path.join(top, "venv", "lib", "python3*")):
+    compileall.compile_dir(lib, quiet=2, stripdir=root, prependdir="/")
+if text or links or stale:
+    print(f"    paths made final (no {root} in them): {text} text files, {links} links, {stale} .pyc compiled again")
+PYEOF
+}
+
 if [ "$FIRSTBOOT" = 1 ]; then
     BUNDLE="$R$BOOT_DIR/shelfcast"
     [ -f "$BUNDLE/firstboot.json" ] || { say "no first-boot bundle in $BUNDLE; nothing to do"; exit 0; }
@@ -165,7 +215,12 @@ if [ "$FIRSTBOOT" = 1 ]; then
     run chown -R "root:$SERVICE_USER" "$CONFDIR"
     run chown -R "$SERVICE_USER:$SERVICE_USER" "$CONFDIR/keys"  # the node reads its key and certificates
     render_broker_and_udev
-    run systemctl restart mosquitto.service
+    # Not `systemctl restart`: shelfcast-firstboot.service is ordered Before=mosquitto.service, so at boot
+    # mosquitto's start job waits for this one, and a restart job we waited for would wait for us: a deadlock
+    # until TimeoutStartSec. At boot mosquitto is not running yet and starts after us with the new config
+    # (try-restart does nothing); on a running node (the unit or this script run by hand) it restarts once
+    # we are done. --no-block: queue the job, never wait for it.
+    run systemctl --no-block try-restart mosquitto.service
     say "first boot done"
     exit 0
 fi
@@ -239,9 +294,15 @@ fi
 if [ "$SOURCE" = - ]; then
     echo "    keeping the installed ShelfCast (--source PATH to upgrade)"
 else
+    NO_COMPILE=""
+    [ -z "$DESTDIR" ] || NO_COMPILE=--no-compile  # compiled below, with the final paths
     # shellcheck disable=SC2086
-    "$PY" -m pip install --quiet --disable-pip-version-check --no-warn-script-location $PIP_OPTS "$SOURCE" \
+    "$PY" -m pip install --quiet --disable-pip-version-check --no-warn-script-location $NO_COMPILE $PIP_OPTS \
+        "$SOURCE" \
         || die "pip could not install $SOURCE; check the network or pass --pip-options '--no-index --find-links DIR'"
+fi
+if [ -n "$DESTDIR" ]; then
+    make_paths_final
 fi
 "$PY" -c 'import importlib.util as u, sys; sys.exit(u.find_spec("tensorflow") is not None and not __import__("os").environ.get("SHELFCAST_ALLOW_TF"))' \
     || echo "    note: tensorflow is importable in the venv; a node does not need it"

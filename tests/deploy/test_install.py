@@ -9,9 +9,11 @@ except the system actions (apt-get, useradd, systemctl, udevadm, chown), which d
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -85,6 +87,42 @@ def test_layout_and_recorded_system_actions(root: Path) -> None:
     assert requires and not any("tensorflow" in ln for ln in requires)
 
 
+def test_destdir_install_names_no_destdir(root: Path) -> None:
+    """An image is built with --destdir DIR, then DIR becomes the card's root: nothing installed may name DIR
+    (venv script shebangs, pyvenv.cfg, activate scripts, .pth files, the source paths in .pyc files)."""
+    hits = subprocess.run(["grep", "-rlF", "--", str(root), *(str(root / d) for d in ("opt/shelfcast", "etc", "usr"))],
+                          capture_output=True, text=True, timeout=60)
+    assert hits.returncode == 1 and hits.stdout == "", hits.stdout + hits.stderr  # 1: grep found nothing
+    venv = root / "opt/shelfcast/venv"
+    assert (venv / "bin/shelfcast").read_text().splitlines()[0] == "#!/opt/shelfcast/venv/bin/python"
+    assert 'VIRTUAL_ENV="/opt/shelfcast/venv"' in (venv / "bin/activate").read_text()
+    pyc = next(venv.glob("lib/python3*/site-packages/edge/__pycache__/doctor.*.pyc"))
+    assert b"/opt/shelfcast/venv/lib/" in pyc.read_bytes()  # tracebacks name the file where it will be
+
+
+def test_destdir_install_runs_once_dir_is_the_root(root: Path) -> None:
+    """The card as the node sees it: DIR/opt at /opt and DIR itself gone (a private mount namespace), then the
+    commands shelfcast.service and a technician run."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        if os.environ.get("SHELFCAST_REQUIRE_SERVICES") == "1":
+            pytest.fail("this check needs root and unshare(1) (util-linux): run the deploy tests with sudo in CI")
+        pytest.skip("needs root and unshare(1) to bind-mount the destdir's /opt over /opt")
+    from edge import __version__
+
+    script = (f'mount --bind "{root}/opt" /opt && mount -t tmpfs none "{root}" && test ! -e "{root}/opt" && '
+              "/opt/shelfcast/venv/bin/shelfcast version && /opt/shelfcast/bin/shelfcast version && "
+              ". /opt/shelfcast/venv/bin/activate && echo \"$VIRTUAL_ENV\" && "
+              "python -c 'import sys, edge; print(sys.prefix, edge.__file__)'")
+    r = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script], capture_output=True,
+                       text=True, timeout=120, cwd="/")  # not this checkout: `python -c` would import edge from it
+    assert r.returncode == 0, f"exit {r.returncode}: {r.stdout}{r.stderr}"
+    out = r.stdout.splitlines()
+    assert [json.loads(v)["shelfcast"] for v in out[:2]] == [__version__, __version__], r.stdout
+    assert out[2] == "/opt/shelfcast/venv", r.stdout
+    prefix, edge_file = out[3].split()
+    assert prefix == "/opt/shelfcast/venv" and edge_file.startswith("/opt/shelfcast/venv/lib/"), r.stdout
+
+
 def test_udev_mosquitto_journald(root: Path) -> None:
     rules = (root / "etc/udev/rules.d/99-shelfcast.rules").read_text()
     assert 'ATTRS{idVendor}=="1209", ATTRS{idProduct}=="5c5c"' in rules
@@ -142,6 +180,13 @@ def test_node_unit_hardening_score(root: Path, tmp_path: Path) -> None:
     assert float(m.group(1)) <= 3.0  # measured 1.9 ("OK"); docs/technician-guide.md
 
 
+def entry_point(root: Path) -> list[str]:
+    """The installed `shelfcast` script run from the destdir: its shebang names /opt/shelfcast/venv/bin/python,
+    the path it has once the destdir is the root, so here the venv's interpreter (found by its own path) runs it."""
+    venv = root / "opt/shelfcast/venv"
+    return [str(venv / "bin/python"), str(venv / "bin/shelfcast")]
+
+
 def run_config(root: Path, tmp: Path) -> Path:
     """The installed config with data_dir inside the destdir and the signage on a free port."""
     raw = yaml.safe_load((root / "etc/shelfcast/shelfcast.yaml").read_text())
@@ -160,9 +205,8 @@ def test_node_from_the_install_notifies_systemd(root: Path, tmp_path: Path) -> N
     s.bind(sock_path)
     s.settimeout(90)
     env = dict(os.environ, NOTIFY_SOCKET=sock_path, WATCHDOG_USEC="400000")
-    proc = subprocess.Popen([str(root / "opt/shelfcast/venv/bin/shelfcast"), "run", "--config",
-                             str(run_config(root, tmp_path))], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([*entry_point(root), "run", "--config", str(run_config(root, tmp_path))], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         first = s.recv(4096).decode()
         assert first.startswith("READY=1") and f"MAINPID={proc.pid}" in first
@@ -184,11 +228,9 @@ def test_node_from_the_install_notifies_systemd(root: Path, tmp_path: Path) -> N
 
 
 def test_doctor_from_the_install(root: Path, tmp_path: Path) -> None:
-    import json
-
     cfg = run_config(root, tmp_path)
-    r = subprocess.run([str(root / "opt/shelfcast/venv/bin/shelfcast"), "doctor", "--config", str(cfg), "--json",
-                        "--no-firmware"], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([*entry_point(root), "doctor", "--config", str(cfg), "--json", "--no-firmware"],
+                       capture_output=True, text=True, timeout=120)
     checks = {c["name"]: c for c in json.loads(r.stdout)["checks"]}
     assert r.returncode in (1, 2)  # an unprovisioned node with no shelves plugged in is not healthy
     assert checks["config"]["status"] == "warn" and "provision" in checks["config"]["fix"]
@@ -219,7 +261,8 @@ def test_rerun_is_idempotent_and_keeps_the_config(root: Path) -> None:
     assert "keeping the installed ShelfCast" in p.stdout and "wrote" not in p.stdout, p.stdout
 
 
-def test_firstboot_bundle_then_bridge(root: Path, tmp_path: Path) -> None:
+def write_bundle(root: Path, tmp_path: Path, store_id: str, node_id: str) -> bytes:
+    """What `shelfcast provision --boot-partition` writes onto the card's boot partition; returns the CA."""
     import datetime as dt
 
     from cryptography import x509
@@ -239,10 +282,97 @@ def test_firstboot_bundle_then_bridge(root: Path, tmp_path: Path) -> None:
     boot.mkdir(parents=True)
     python = str(root / "opt/shelfcast/venv/bin/python")  # the technician's laptop would run `shelfcast provision`
     r = subprocess.run([python, "-m", "edge.provision", "provision", "--boot-partition", str(boot),
-                        "--store-id", "store-5", "--node-id", "node-2", "--cloud-broker",
+                        "--store-id", store_id, "--node-id", node_id, "--cloud-broker",
                         "mqtts://cloud.example.com:8883", "--ca-file", str(ca_file)],
                        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
     assert r.returncode == 0, r.stderr
+    return ca_file.read_bytes()
+
+
+# systemctl verbs that queue a job which starts the unit (or restarts it) and, without --no-block, wait for it
+STARTING_VERBS = {"start", "restart", "try-restart", "reload-or-restart", "try-reload-or-restart", "condrestart",
+                  "force-reload", "reload", "isolate"}
+
+
+def blocking_jobs_on(command: str, later: set[str]) -> list[str]:
+    """The units in LATER that COMMAND (a `systemctl ...` line) starts and waits for. A unit ordered Before=X that
+    does this at boot waits for X's job while X's job waits for it: a deadlock until TimeoutStartSec."""
+    argv = shlex.split(command)
+    at = next((i for i, a in enumerate(argv) if os.path.basename(a) == "systemctl"), None)
+    if at is None:
+        return []
+    args = argv[at + 1:]
+    if "--no-block" in args:
+        return []
+    words = [a for a in args if not a.startswith("-")]
+    if not words or not (words[0] in STARTING_VERBS or (words[0] == "enable" and "--now" in args)):
+        return []
+    units = {w if "." in w else f"{w}.service" for w in words[1:]}
+    return sorted(units & later)
+
+
+def unit_settings(path: Path) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith(("#", ";", "[")) and "=" in line:
+            k, v = line.split("=", 1)
+            out.setdefault(k.strip(), []).append(v.strip())
+    return out
+
+
+def test_blocking_jobs_on_sees_the_deadlock() -> None:
+    later = {"mosquitto.service"}
+    assert blocking_jobs_on("systemctl restart mosquitto.service", later) == ["mosquitto.service"]
+    assert blocking_jobs_on("/bin/systemctl -q start mosquitto", later) == ["mosquitto.service"]
+    assert blocking_jobs_on("systemctl enable --now mosquitto.service", later) == ["mosquitto.service"]
+    assert blocking_jobs_on("systemctl --no-block try-restart mosquitto.service", later) == []
+    assert blocking_jobs_on("systemctl restart shelfcast.service", later) == []
+    assert blocking_jobs_on("systemctl enable mosquitto.service", later) == []
+
+
+def test_no_unit_waits_for_a_unit_ordered_after_it(root: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Every installed unit with Before=X: neither its Exec lines nor the script they run (install.sh --firstboot,
+    run here for real on a card with a first-boot bundle; destdir mode records each systemctl it issues)
+    starts X and waits for it."""
+    card = tmp_path_factory.mktemp("card")
+    shutil.copytree(root, card, symlinks=True, dirs_exist_ok=True)
+    shutil.rmtree(card / "boot", ignore_errors=True)
+    write_bundle(card, tmp_path_factory.mktemp("laptop"), "store-8", "node-3")
+    log = card / "opt/shelfcast/install-actions.log"
+    checked = []
+    for unit in sorted((card / "etc/systemd/system").glob("shelfcast*.service")):
+        settings = unit_settings(unit)
+        later = {u for v in settings.get("Before", []) for u in v.split()}
+        if not later:
+            continue
+        for key in ("ExecStartPre", "ExecStart", "ExecStartPost", "ExecCondition"):
+            for line in settings.get(key, []):
+                command = line.lstrip("-@:+!")
+                argv = shlex.split(command)
+                commands = [command]
+                if argv[0] == "/opt/shelfcast/lib/install.sh":
+                    log.write_text("")
+                    p = subprocess.run(["bash", str(card / argv[0].lstrip("/")), "--destdir", str(card), *argv[1:]],
+                                       capture_output=True, text=True, timeout=300)
+                    assert p.returncode == 0, p.stdout + p.stderr
+                    assert "first boot done" in p.stdout, p.stdout  # the whole first boot ran, broker part too
+                    commands = log.read_text().splitlines()
+                    assert any("systemctl" in c for c in commands), commands
+                else:
+                    assert os.path.basename(argv[0]) == "systemctl", f"{unit.name}: extend this test for {command}"
+                for c in commands:
+                    assert blocking_jobs_on(c, later) == [], (
+                        f"{unit.name} is ordered Before={' '.join(sorted(later))} but runs `{c}`, which waits "
+                        "for a job that waits for it: a boot-time deadlock until TimeoutStartSec")
+                checked.append((unit.name, command))
+    assert ("shelfcast-firstboot.service", "/opt/shelfcast/lib/install.sh --firstboot --boot-dir /boot/firmware") \
+        in checked, checked
+
+
+def test_firstboot_bundle_then_bridge(root: Path, tmp_path: Path) -> None:
+    ca_pem = write_bundle(root, tmp_path, "store-5", "node-2")
+    boot = root / "boot/firmware"
     p = subprocess.run(["bash", str(root / "opt/shelfcast/lib/install.sh"), "--destdir", str(root), "--firstboot",
                         "--boot-dir", "/boot/firmware"], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout + p.stderr
@@ -251,7 +381,7 @@ def test_firstboot_bundle_then_bridge(root: Path, tmp_path: Path) -> None:
     conf = (root / "etc/mosquitto/conf.d/shelfcast.conf").read_text()
     assert "address cloud.example.com:8883" in conf and "topic shelfcast/v1/store-5/node-2/local/# both 1" in conf
     assert "bridge_cafile /etc/mosquitto/certs/shelfcast/ca.crt" in conf
-    assert (root / "etc/mosquitto/certs/shelfcast/ca.crt").read_bytes() == ca_file.read_bytes()
+    assert (root / "etc/mosquitto/certs/shelfcast/ca.crt").read_bytes() == ca_pem
     assert not list((boot / "shelfcast").glob("keys/*.key"))  # the private key left the boot partition
     actions = (root / "opt/shelfcast/install-actions.log").read_text()
     assert "chown mosquitto:mosquitto /etc/mosquitto/certs/shelfcast/ca.crt" in actions
