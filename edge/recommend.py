@@ -504,10 +504,16 @@ class Recommender:
     def expire_visits(self, idle_s: float) -> int:
         now = self.clock()
         old = [s for s, v in self.visits.items() if now - v.last_seen > idle_s]
+        end = getattr(self.model, "end_visit", None)  # the model ranker keeps per-visit caps of its own
         for s in old:
             v = self.visits.pop(s)
             self.store.save_session(s, started=v.started, ended=v.last_seen, zone=v.zone, customer=v.customer,
                                     items=v.picked)
+            if end is not None:
+                try:
+                    end(s)
+                except Exception:  # housekeeping: a ranker error must not keep the visit alive
+                    log.exception("ending visit %s in the ranker failed", s)
         return len(old)
 
 

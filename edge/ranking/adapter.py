@@ -69,6 +69,10 @@ class RankerScorer:
         """A new round of the ranker's frequency caps for ``session`` (the recommend room reset its own)."""
         self.ranker.reset_caps(session)
 
+    def end_visit(self, session: str) -> None:
+        """The recommend room expired ``session``: the ranker drops its caps and per-visit caches."""
+        self.ranker.end_session(session)
+
     def not_shown(self, session: str, skus: list[str]) -> None:
         """``skus`` of the last answer for ``session`` were left off the screen (the recommend room shows one
         variant per display name): the ranker's frequency caps must not count them as shown."""

@@ -1617,6 +1617,20 @@ class Ranker:
         self._capped_idx.pop((screen, session_id), None)
         return self._caps.pop((screen, session_id), None) is not None
 
+    def end_session(self, session_id: str) -> int:
+        """The visit ``session_id`` is over: drop its frequency caps (on every screen) and per-visit caches.
+        Without this they stay until 4,096 newer visits push them out, which on a busy node is megabytes of
+        counts for shoppers long gone. Returns how many cap tables were dropped."""
+        keys = [k for k in self._caps if k[1] == session_id]
+        for k in keys:
+            del self._caps[k]
+        for memo in (self._capped_idx, self._capped_np, self._excl_memo):
+            for k in [k for k in memo if k[1] == session_id]:
+                del memo[k]
+        with self._sess_lock:
+            self._sess_cache.pop(session_id, None)
+        return len(keys)
+
     def forget_shown(self, session_id: str | None, skus: Iterable[str], screen: str | None = None) -> None:
         """Take back one showing of each of ``skus`` from (``screen``, ``session_id``)'s frequency caps: the
         caller left them off the screen after this ranker counted them (the recommend room drops a same-name
