@@ -7,6 +7,10 @@ Timeline: send at ``events_per_s`` for ``before_s``; SIGKILL the broker;
 keep sending for ``outage_s``; restart it; keep sending for ``after_s``; wait
 for the outbox to drain; stop the ingest with SIGTERM and compare the ids it
 wrote to Parquet with the ids the store accepted.
+
+The broker and the ingest are stopped on every way out (an error, the ingest
+dying or not subscribing in time, Ctrl-C; the CLI turns SIGTERM into Ctrl-C).
+``pyarrow`` (the ingest's Parquet) is checked before anything starts.
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -68,7 +74,22 @@ class BrokerProcess:
                 return
             except OSError:
                 time.sleep(0.01)
-        raise RuntimeError("mosquitto did not start")
+        self.kill()
+        raise RuntimeError(f"mosquitto did not start listening on 127.0.0.1:{self.port} within 5 s; "
+                           f"see {self.workdir / 'mosquitto.log'}")
+
+    def wait_saved(self, since: float, timeout: float = 5.0) -> bool:
+        """Wait until the broker has written its database (``autosave_interval 1``) after ``since`` (epoch s)."""
+        db = self.workdir / "data" / "mosquitto.db"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if db.stat().st_mtime > since:
+                    return True
+            except OSError:
+                pass
+            time.sleep(0.05)
+        return False
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -84,17 +105,66 @@ def _ordered_id() -> str:
     return f"{time.time_ns() // 1000:016x}{uuid.uuid4().hex[:16]}"
 
 
-def _wait_ready(proc: subprocess.Popen[str], timeout: float) -> bool:
-    """The ingest says ``subscribed`` on stderr once its subscription is in place."""
-    assert proc.stderr is not None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if not line:
-            return False
-        if "subscribed" in line:
-            return True
-    return False
+class IngestProcess:
+    """``shelfcast cloud ingest`` in its own process. A thread reads its stderr the whole time (the pipe
+    never fills, a silent ingest cannot block the bench) and keeps the last lines for error messages."""
+
+    def __init__(self, url: str, out: Path, client_id: str = "bench-ingest") -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "edge", "cloud", "ingest", "--broker", url, "--out",
+                                      str(out), "--client-id", client_id], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        self.subscribed = threading.Event()
+        self.tail: deque[str] = deque(maxlen=20)
+        self._reader = threading.Thread(target=self._read, name="bench-ingest-stderr", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            line = line.strip()
+            if line:
+                self.tail.append(line)
+            if "subscribed" in line:  # "ingest: subscribed to … on …"
+                self.subscribed.set()
+
+    def wait_subscribed(self, timeout: float) -> None:
+        """Return once the ingest's subscription is in place; RuntimeError with its own words otherwise."""
+        deadline = time.monotonic() + timeout
+        while not self.subscribed.wait(0.05):
+            if self.proc.poll() is not None:
+                self._reader.join(2)
+                said = self.tail[-1] if self.tail else "nothing on stderr"
+                raise RuntimeError(f"shelfcast cloud ingest exited (code {self.proc.returncode}) before it "
+                                   f"subscribed: {said}")
+            if time.monotonic() >= deadline:
+                said = f"; its last words: {self.tail[-1]}" if self.tail else ""
+                raise RuntimeError(f"shelfcast cloud ingest did not subscribe within {timeout:.0f} s{said}")
+
+    def stop(self, timeout: float = 30.0) -> dict[str, Any]:
+        """SIGTERM, then its one-line JSON summary (``{"error": …}`` if it gives none)."""
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+            assert self.proc.stdout is not None
+            return dict(json.loads(self.proc.stdout.read().strip().splitlines()[-1]))
+        except Exception as exc:
+            self.kill()
+            return {"error": f"ingest did not report: {exc!r}"}
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+        self._reader.join(2)  # EOF once the process is gone; closing stderr under its feet would raise there
+        for f in (self.proc.stdout, None if self._reader.is_alive() else self.proc.stderr):
+            if f is not None:
+                try:
+                    f.close()
+                except Exception:
+                    pass
 
 
 def _read_ids(out: Path) -> set[str]:
@@ -122,6 +192,9 @@ def _wait_ingested(out: Path, want: set[str], timeout: float) -> set[str]:
 
 def run_bench(*, events_per_s: float = 500.0, outage_s: float = 30.0, before_s: float = 5.0, after_s: float = 5.0,
               progress: TextIO | None = None, workdir: Path | None = None, ordered_ids: bool = False) -> dict[str, Any]:
+    from edge.sync.ingest import require_pyarrow
+
+    require_pyarrow()  # MissingDependency now, not "ingest did not subscribe" after the broker is up
     tmp = None
     if workdir is None:
         tmp = tempfile.TemporaryDirectory(prefix="shelfcast-bench-sync-")
@@ -147,124 +220,139 @@ async def _run(rate: float, outage_s: float, before_s: float, after_s: float, pr
     from edge.sync.room import SyncOptions, SyncRoom
 
     broker = BrokerProcess(workdir / "broker")
-    broker.start()
-    out = workdir / "ingest"
-    ingest = subprocess.Popen([sys.executable, "-m", "edge", "cloud", "ingest", "--broker", broker.url, "--out",
-                               str(out), "--client-id", "bench-ingest"], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
-    cfg = NodeConfig.model_validate({"node": {"data_dir": str(workdir / "node"), "store_id": "bench",
-                                              "node_id": "node-1"},
-                                     "mqtt": {"cloud": {"url": broker.url}}})
-    store = Store(workdir / "node" / "shelfcast.db", flush_interval_ms=cfg.store.flush_interval_ms).open()
-    opts = SyncOptions(backoff_max_s=2.0)
-    room = SyncRoom(cfg, store, Bus(), options=opts)
-    room.link.s.backoff_min_s = 0.2
-    await room.start()
-    await asyncio.to_thread(room.link.wait_connected, 10)
-    if not await asyncio.to_thread(_wait_ready, ingest, 20.0):
-        raise RuntimeError("shelfcast cloud ingest did not subscribe within 20 s")
-    accepted: list[str] = []
-    failed = 0
-    topic = room.topics.events
-    written0 = io_write_bytes()
-    t0 = time.monotonic()
-    phases = (before_s, before_s + outage_s, before_s + outage_s + after_s)
-    killed = restarted = False
-    t_restart = 0.0
-    backlog_at_restart = 0
-    drained_at: float | None = None
-    reconnected_at: float | None = None
-    acked_at_reconnect = 0
-    sent = 0
-    pending_futs: list[tuple[str, Any]] = []
-    _say(progress, f"sending {rate:.0f} events/s; broker outage of {outage_s:.0f} s after {before_s:.0f} s")
-    while True:
-        now = time.monotonic() - t0
-        if now >= phases[2]:
-            break
-        if not killed and now >= phases[0]:
-            broker.kill()
-            killed = True
-            _say(progress, "broker SIGKILLed")
-        if killed and not restarted and now >= phases[1]:
-            await asyncio.to_thread(store.flush)
-            backlog_at_restart = store.outbox_pending()
-            broker.start()
-            restarted = True
-            t_restart = time.monotonic()
-            _say(progress, f"broker restarted; backlog {backlog_at_restart} events")
-        due = int(now * rate) - sent
-        for _ in range(max(0, due)):
-            ev = ShopperEvent(session=f"s{sent % 50}", sku=f"sku-{sent % 300}", action="pick", zone="dairy",
-                              shelf="d1", slot=sent % 6, id=_ordered_id() if ordered_ids else new_id())
-            pending_futs.append((ev.id, store.append_event(ev, upstream=topic)))
-            sent += 1
-        if restarted and drained_at is None and room.link.connected.is_set():
-            if reconnected_at is None:
-                reconnected_at = time.monotonic()
-                acked_at_reconnect = room.drainer.stats["acked_events"]
-            if room.drainer.stats["acked_events"] - acked_at_reconnect >= backlog_at_restart:
-                drained_at = time.monotonic()
-        keep = []
-        for eid, f in pending_futs:
-            if f.done():
-                if f.exception() is None:
-                    accepted.append(eid)
-                else:
-                    failed += 1
-            else:
-                keep.append((eid, f))
-        pending_futs = keep
-        await asyncio.sleep(0.01)
-    for eid, f in pending_futs:
-        try:
-            await asyncio.wrap_future(f)
-            accepted.append(eid)
-        except Exception:
-            failed += 1
-    ok = await asyncio.to_thread(room.drain, 120.0)
-    t_end = time.monotonic()
-    if drained_at is None:
-        drained_at = t_end
-    written1 = io_write_bytes()
-    written = written1 - written0 if written0 is not None and written1 is not None else None
-    _say(progress, f"outbox drained: {ok}")
-    await room.stop()
-    store.close()
-    acc = set(accepted)
-    received_ids = await asyncio.to_thread(_wait_ingested, out, acc, 60.0)
-    ingest.send_signal(signal.SIGTERM)
+    ingest: IngestProcess | None = None
+    store: Store | None = None
+    room: SyncRoom | None = None
     try:
-        stdout, _ = ingest.communicate(timeout=30)
-        summary = json.loads(stdout.strip().splitlines()[-1])
-    except Exception as exc:
-        ingest.kill()
-        summary = {"error": f"ingest did not report: {exc}"}
-    broker.kill()
-    received_ids = _read_ids(out)
-    lost = len(acc - received_ids)
-    start = reconnected_at if reconnected_at is not None else t_restart
-    drain_s = max(1e-6, drained_at - start)
-    drained_events = backlog_at_restart
-    return {
-        "events": len(acc),
-        "outage_s": outage_s,
-        "events_per_s": rate,
-        "received": summary.get("received"),
-        "received_unique": len(acc & received_ids),
-        "lost": lost,
-        "duplicates_delivered": (summary.get("received") or 0) - (summary.get("unique") or 0),
-        "rejected_by_store": failed,
-        "backlog_at_reconnect": backlog_at_restart,
-        "reconnect_s": round(start - t_restart, 3),
-        "drain_s": round(drain_s, 3),
-        "drain_events_per_s": round(drained_events / drain_s, 1),
-        "bytes_written": written,
-        "bytes_written_per_1000_events": round(written / len(acc) * 1000) if acc and written is not None else None,
-        "mqtt_bytes_per_1000_events": round(room.drainer.stats["bytes"] / max(1, room.drainer.stats["events"]) * 1000),
-        "batches": room.drainer.stats["batches"],
-        "resent_events": room.drainer.stats["resends"],
-        "drained": ok,
-        "ids": "time-ordered (bench)" if ordered_ids else "edge.events.new_id",
-        "total_s": round(t_end - t0, 2),
-    }
+        broker.start()
+        out = workdir / "ingest"
+        ingest = IngestProcess(broker.url, out)
+        cfg = NodeConfig.model_validate({"node": {"data_dir": str(workdir / "node"), "store_id": "bench",
+                                                  "node_id": "node-1"},
+                                         "mqtt": {"cloud": {"url": broker.url}}})
+        store = Store(workdir / "node" / "shelfcast.db", flush_interval_ms=cfg.store.flush_interval_ms).open()
+        opts = SyncOptions(backoff_max_s=2.0)
+        node_room = SyncRoom(cfg, store, Bus(), options=opts)
+        node_room.link.s.backoff_min_s = 0.2
+        await node_room.start()
+        room = node_room  # started: the cleanup stops it
+        await asyncio.to_thread(room.link.wait_connected, 10)
+        await asyncio.to_thread(ingest.wait_subscribed, 20.0)
+        # the SIGKILL must not land before the broker has saved the ingest's session (autosave every 1 s):
+        # a broker restarted without it drops what the node sends until the ingest has subscribed again,
+        # which with a short --before-s showed up as "lost" events that were the bench's doing (2 of 8 runs)
+        await asyncio.to_thread(broker.wait_saved, time.time())
+        accepted: list[str] = []
+        failed = 0
+        topic = room.topics.events
+        written0 = io_write_bytes()
+        t0 = time.monotonic()
+        phases = (before_s, before_s + outage_s, before_s + outage_s + after_s)
+        killed = restarted = False
+        t_restart = 0.0
+        backlog_at_restart = 0
+        drained_at: float | None = None
+        reconnected_at: float | None = None
+        acked_at_reconnect = 0
+        sent = 0
+        pending_futs: list[tuple[str, Any]] = []
+        _say(progress, f"sending {rate:.0f} events/s; broker outage of {outage_s:.0f} s after {before_s:.0f} s")
+        while True:
+            now = time.monotonic() - t0
+            if now >= phases[2]:
+                break
+            if not killed and now >= phases[0]:
+                broker.kill()
+                killed = True
+                _say(progress, "broker SIGKILLed")
+            if killed and not restarted and now >= phases[1]:
+                await asyncio.to_thread(store.flush)
+                backlog_at_restart = store.outbox_pending()
+                broker.start()
+                restarted = True
+                t_restart = time.monotonic()
+                _say(progress, f"broker restarted; backlog {backlog_at_restart} events")
+            due = int(now * rate) - sent
+            for _ in range(max(0, due)):
+                ev = ShopperEvent(session=f"s{sent % 50}", sku=f"sku-{sent % 300}", action="pick", zone="dairy",
+                                  shelf="d1", slot=sent % 6, id=_ordered_id() if ordered_ids else new_id())
+                pending_futs.append((ev.id, store.append_event(ev, upstream=topic)))
+                sent += 1
+            if restarted and drained_at is None and room.link.connected.is_set():
+                if reconnected_at is None:
+                    reconnected_at = time.monotonic()
+                    acked_at_reconnect = room.drainer.stats["acked_events"]
+                if room.drainer.stats["acked_events"] - acked_at_reconnect >= backlog_at_restart:
+                    drained_at = time.monotonic()
+            keep = []
+            for eid, f in pending_futs:
+                if f.done():
+                    if f.exception() is None:
+                        accepted.append(eid)
+                    else:
+                        failed += 1
+                else:
+                    keep.append((eid, f))
+            pending_futs = keep
+            await asyncio.sleep(0.01)
+        for eid, f in pending_futs:
+            try:
+                await asyncio.wrap_future(f)
+                accepted.append(eid)
+            except Exception:
+                failed += 1
+        ok = await asyncio.to_thread(room.drain, 120.0)
+        t_end = time.monotonic()
+        if drained_at is None:
+            drained_at = t_end
+        written1 = io_write_bytes()
+        written = written1 - written0 if written0 is not None and written1 is not None else None
+        _say(progress, f"outbox drained: {ok}")
+        room = None  # stopped here, not again in the cleanup
+        await node_room.stop()
+        store.close()
+        acc = set(accepted)
+        received_ids = await asyncio.to_thread(_wait_ingested, out, acc, 60.0)
+        summary = ingest.stop()
+        broker.kill()
+        received_ids = _read_ids(out)
+        lost = len(acc - received_ids)
+        start = reconnected_at if reconnected_at is not None else t_restart
+        drain_s = max(1e-6, drained_at - start)
+        drained_events = backlog_at_restart
+        return {
+            "events": len(acc),
+            "outage_s": outage_s,
+            "events_per_s": rate,
+            "received": summary.get("received"),
+            "received_unique": len(acc & received_ids),
+            "lost": lost,
+            "duplicates_delivered": (summary.get("received") or 0) - (summary.get("unique") or 0),
+            "rejected_by_store": failed,
+            "backlog_at_reconnect": backlog_at_restart,
+            "reconnect_s": round(start - t_restart, 3),
+            "drain_s": round(drain_s, 3),
+            "drain_events_per_s": round(drained_events / drain_s, 1),
+            "bytes_written": written,
+            "bytes_written_per_1000_events": round(written / len(acc) * 1000) if acc and written is not None else None,
+            "mqtt_bytes_per_1000_events": round(node_room.drainer.stats["bytes"]
+                                                / max(1, node_room.drainer.stats["events"]) * 1000),
+            "batches": node_room.drainer.stats["batches"],
+            "resent_events": node_room.drainer.stats["resends"],
+            "drained": ok,
+            "ids": "time-ordered (bench)" if ordered_ids else "edge.events.new_id",
+            "total_s": round(t_end - t0, 2),
+        }
+    finally:  # every way out (error, ingest gone, Ctrl-C = this task cancelled): nothing of ours keeps running
+        try:
+            if ingest is not None:
+                ingest.kill()
+            broker.kill()
+            if room is not None:
+                try:
+                    await asyncio.wait_for(room.stop(), 15)
+                except Exception:
+                    pass
+        finally:
+            if store is not None:
+                store.close()

@@ -83,8 +83,12 @@ def _settings(args: argparse.Namespace, client_id: str):  # type: ignore[no-unty
 
 
 def _ingest(args: argparse.Namespace) -> int:
-    from edge.sync.ingest import Ingest
+    from edge.sync.ingest import Ingest, MissingDependency, require_pyarrow
 
+    try:
+        require_pyarrow()  # a cloud-side package, not in the node install: say so before --out or the broker
+    except MissingDependency as exc:
+        raise UserError(str(exc)) from None
     try:
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -160,15 +164,23 @@ def _keygen(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     from edge.sync.bench import run_bench
+    from edge.sync.ingest import MissingDependency
 
     if args.outage_s < 0 or args.events_per_s <= 0:
         raise UserError("--outage-s must be ≥ 0 and --events-per-s > 0")
+    # SIGTERM (kill, timeout(1), systemd) ends the run like Ctrl-C: asyncio cancels the bench, whose cleanup
+    # stops the broker and the ingest it started (the default SIGTERM action would leave both running)
+    prev = signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
     try:
         res = run_bench(events_per_s=args.events_per_s, outage_s=args.outage_s, before_s=args.before_s,
                         after_s=args.after_s, progress=None if args.json else sys.stderr,
                         ordered_ids=args.ordered_ids)
+    except MissingDependency as exc:  # checked before anything starts
+        raise UserError(f"bench sync: {exc}") from None
     except RuntimeError as exc:  # no mosquitto binary, ingest did not start, …
         raise UserError(f"bench sync: {exc}", code=3) from None
+    finally:
+        signal.signal(signal.SIGTERM, prev)
     if args.json:
         print_json(res)
     else:

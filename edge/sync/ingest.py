@@ -7,12 +7,18 @@ the broker only after the Parquet file holding them is written, so a crash
 of this process loses nothing either (the broker re-sends; dedupe absorbs it).
 On exit (SIGTERM included) it prints one JSON line: ``received``, ``unique``,
 ``duplicates``, ``written``, ``messages``, ``bad``, ``other``, ``files``.
+
+Parquet needs ``pyarrow``, which the node install (``pip install -e .``) leaves
+out on purpose (heavy, and the Pi never runs this): the ``cloud`` extra brings
+it (``pip install -e '.[cloud]'``). Without it ``Ingest`` raises
+``MissingDependency`` with that fix before it touches the broker or ``DIR``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import sys
 import threading
 import time
 from pathlib import Path
@@ -21,14 +27,35 @@ from typing import Any
 from edge.sync.link import LinkSettings, MqttLink
 from edge.sync.outbox import decode_payload
 
-__all__ = ["Ingest"]
+__all__ = ["Ingest", "MissingDependency", "require_pyarrow"]
 
 log = logging.getLogger(__name__)
+
+
+class MissingDependency(RuntimeError):
+    """A package the cloud side needs does not import; the message says how to install it."""
+
+
+def require_pyarrow() -> None:
+    """Raise ``MissingDependency`` (one line: the problem and the fix) unless ``pyarrow.parquet`` imports."""
+    try:
+        import pyarrow
+        import pyarrow.parquet  # noqa: F401
+    except ImportError as exc:
+        pip = f"{sys.executable or 'python3'} -m pip"
+        if isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] == "pyarrow":
+            raise MissingDependency(
+                "cloud ingest writes Parquet and needs pyarrow, which is not installed (`pip install -e .` leaves "
+                f"it out: the node does not need it): run `{pip} install -e '.[cloud]'` in the shelfcast checkout, "
+                f"or `{pip} install pyarrow`") from None
+        raise MissingDependency(f"pyarrow is installed but does not import ({exc}): reinstall it with "
+                                f"`{pip} install --force-reinstall pyarrow`") from None
 
 
 class Ingest:
     def __init__(self, settings: LinkSettings, out: Path, *, topic: str = "shelfcast/v1/#",
                  flush_s: float = 0.5, max_buffer: int = 20_000) -> None:
+        require_pyarrow()  # before anything: no half-started ingest that fails at its first flush
         settings.manual_ack = True
         settings.backoff_max_s = min(settings.backoff_max_s, 5.0)  # one cloud process: come back quickly
         self.out = Path(out)
