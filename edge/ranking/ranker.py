@@ -277,7 +277,6 @@ class Ranker:
         # ``set_families``: vocabulary index -> family id (-1: no other variant), and the new items' ids by sku
         self._family: list[int] | None = None
         self._family_new: dict[str, int] = {}
-        self._family_skus: dict[str, list[str]] = {}  # sku -> its family's skus (the unit of the frequency cap)
         self._zone_pos: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # zone -> (pool, positions in it)
         # (session_items bytes, picks, quantized context bytes) -> (scores, user vector) of the model, for
         # shoppers without history (``_invoke``; under _lock)
@@ -1308,8 +1307,7 @@ class Ranker:
             out = [_recommendation(c[0], round(c[1], 4), r) for c, r in zip(chosen, reasons, strict=True)]
         self.stats["new_item_recs"] += sum(1 for c in chosen if c[3] < 0)
         if cap_key is not None:
-            shown = [c[0] for c in chosen]
-            self._remember(cap_key, self._cap_units(shown) if self._family_skus else shown)
+            self._remember(cap_key, [c[0] for c in chosen])
         return out
 
     def set_zone_items(self, items: Mapping[str, Iterable[str]]) -> None:
@@ -1327,17 +1325,14 @@ class Ranker:
         ``edge.recommend.display_family``). An answer then holds one sku per family, the best-ranked one, so its k
         items are k different lines: a store catalogue lists pack and size variants under one name (32 such
         families in the bundled one), the model scores them alike, and a screen showing two of them looks broken.
-        The frequency cap counts a family as one line too: a showing of one variant counts for all of them, so a
-        capped line does not come back as its sibling. Skus without a variant (or not mentioned) are unaffected;
-        an empty mapping turns it off. The evaluation harness never calls it (its answers stay per sku). Returns
-        the number of families with variants."""
+        Skus without a variant (or not mentioned) are unaffected; an empty mapping turns it off. The evaluation
+        harness never calls it (its answers stay per sku). Returns the number of families with variants."""
         by: dict[str, list[str]] = {}
         for sku, fam in families.items():
             by.setdefault(str(fam), []).append(str(sku))
         get = self._index.get
         vec = [-1] * len(self.vocabulary)
         new: dict[str, int] = {}
-        members: dict[str, list[str]] = {}
         n = 0
         for skus in by.values():
             if len(skus) < 2:
@@ -1348,24 +1343,9 @@ class Ranker:
                     vec[i] = n
                 else:
                     new[sku] = n
-                members[sku] = skus
             n += 1
         self._family, self._family_new = (vec, new) if n else (None, {})
-        self._family_skus = members
         return n
-
-    def _cap_units(self, skus: Iterable[str]) -> list[str]:
-        """``skus`` with each family member standing for its whole family (``set_families``): what a showing
-        counts against in the frequency caps."""
-        members = self._family_skus
-        out: list[str] = []
-        for sku in skus:
-            m = members.get(sku)
-            if m is None:
-                out.append(sku)
-            else:
-                out.extend(m)
-        return out
 
     def _one_per_family(self, kept: list[tuple[str, float, int, int]]) -> list[tuple[str, float, int, int]]:
         """``kept`` (best first) without the later variants of a family (``set_families``)."""
@@ -1634,14 +1614,13 @@ class Ranker:
     def forget_shown(self, session_id: str | None, skus: Iterable[str], screen: str | None = None) -> None:
         """Take back one showing of each of ``skus`` from (``screen``, ``session_id``)'s frequency caps: the
         caller left them off the screen after this ranker counted them (the recommend room drops a same-name
-        variant). A family member (``set_families``) takes back its family's showing, as it was counted. Counts
-        never go below 0; a sku that drops under the cap is no longer capped."""
+        variant). Counts never go below 0; a sku that drops under the cap is no longer capped."""
         key = (screen, session_id)
         d = self._caps.get(key)
         if not d:
             return
         cap = self.rerank.repeat_cap
-        for sku in (self._cap_units(skus) if self._family_skus else skus):
+        for sku in skus:
             n = d.get(sku, 0)
             if n <= 0:
                 continue

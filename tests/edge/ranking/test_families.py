@@ -117,31 +117,3 @@ def test_the_node_sets_families_so_no_set_comes_out_short(tmp_path: Path) -> Non
         (dropped_on, filled_on), (dropped_off, _) = results
         assert dropped_on == 0 and filled_on == 0, results
         assert dropped_off > 0, results
-
-
-def test_a_capped_line_does_not_come_back_as_its_sibling(ranker: Ranker) -> None:
-    """The frequency cap counts a family as one line: once a variant was shown ``repeat_cap`` times, no variant
-    of it is shown to that visit again (without families the next variant would take its place)."""
-    fam = _families()
-    members: dict[str, list[str]] = {}
-    for s, f in fam.items():
-        members.setdefault(f, []).append(s)
-    cap = ranker.rerank.repeat_cap
-    req = _requests(1)[0]
-
-    def lines_over_visit(families: bool, session: str) -> list[list[str]]:
-        ranker.set_families(fam if families else {})
-        q = RecRequest(session=req.session, when=req.when, k=req.k, store_id=req.store_id, session_id=session)
-        return [[fam[s] for s, _, _ in ranker.recommend_tuples(q)] for _ in range(3 * cap)]
-
-    try:
-        off = lines_over_visit(False, "visit-off")
-        on = lines_over_visit(True, "visit-on")
-    finally:
-        ranker.set_families({})
-    # a line with variants at the top of the first answer: with families it is shown exactly ``cap`` times ...
-    line = next(f for f in on[0] if len(members[f]) >= 2)
-    assert sum(a.count(line) for a in on) == cap, [a.count(line) for a in on]
-    # ... without them its siblings bring it back after the cap (the behaviour this guards against)
-    top_off = next(f for f in off[0] if len(members[f]) >= 2)
-    assert sum(a.count(top_off) for a in off) > cap
