@@ -305,6 +305,8 @@ async def checkin(request: web.Request) -> web.Response:
         raise BadParam("'customer' (the loyalty id as a string) is required")
     session = body.get("session")
     screen = body.get("screen")
+    if screen is not None and not isinstance(screen, str):
+        raise BadParam("'screen' must be a screen id (a string, e.g. \"dairy-screen\"); see GET /api/screens")
     if session is None and screen is not None:
         if screen not in room.screens:
             return _not_found_screen(room, str(screen), as_json=True)
@@ -313,8 +315,8 @@ async def checkin(request: web.Request) -> web.Response:
     if session is not None and not isinstance(session, str):
         raise BadParam("'session' must be a string")
     salt = room.config.fusion.customer_salt.get_secret_value()
-    ev = CheckIn(customer=hash_customer(salt, body["customer"].strip()), session=session,
-                 screen=screen if isinstance(screen, str) else None, t=time.time())
+    ev = CheckIn(customer=hash_customer(salt, body["customer"].strip()), session=session, screen=screen,
+                 t=time.time())
     room.bus.publish(ev)
     if screen in room.screens:
         room.bus.publish(room.recommender.refresh(screen))

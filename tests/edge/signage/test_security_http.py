@@ -1,0 +1,111 @@
+"""Security audit of the signage HTTP server, against a real node on a free port (2026-12-01).
+
+Admin actions need the bearer token in the header (not the query, not Basic), bad admin bodies are a 400 naming
+the problem (never a 500 traceback), static files do not escape their directory, and a checked-in raw shopper id
+is nowhere on disk (database, WAL) nor in the log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+TOKEN = "audit-token-5f1e9c"
+RAW_ID = "LOYALTY-4417-0093-2211"
+
+
+def _admin(tok: str = TOKEN) -> dict[str, str]:
+    return {"Authorization": f"Bearer {tok}", "Content-Type": "application/json"}
+
+
+def _raw_get(port: int, target: str) -> bytes:
+    """A request line sent as is (no client-side path normalisation)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+    return out
+
+
+def test_admin_token_only_in_the_authorization_header(make_node: Callable[..., Any],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SC_AUDIT_TOKEN", TOKEN)
+    n = make_node(admin_token="env:SC_AUDIT_TOKEN")
+    body = json.dumps({"customer": "c-1"}).encode()
+    for path, headers, want in [
+        ("/api/checkin", {}, 401),
+        (f"/api/checkin?token={TOKEN}&admin_token={TOKEN}", {}, 401),
+        ("/api/checkin", {"Authorization": f"Basic {TOKEN}"}, 401),
+        ("/api/checkin", {"Authorization": f"bearer{TOKEN}"}, 401),
+        ("/api/checkin", _admin("wrong"), 403),
+        ("/api/checkin", _admin(TOKEN[:-1]), 403),
+        ("/api/screens/dairy-screen/refresh", {}, 401),
+    ]:
+        status, _, text = n.get(path, headers=headers, method="POST", body=body)
+        assert status == want, (path, headers, status, text)
+        assert TOKEN not in text
+    status, _, _ = n.get("/api/checkin", headers=_admin(), method="POST", body=body)
+    assert status == 200
+    for method in ("PUT", "DELETE", "PATCH"):
+        status, _, _ = n.get("/api/screens", method=method)
+        assert status == 401, method
+
+
+@pytest.mark.parametrize("screen", [["dairy-screen"], {"id": "dairy-screen"}, 7, True])
+def test_a_checkin_with_a_non_string_screen_is_a_400_not_a_500(make_node: Callable[..., Any], screen: Any,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SC_AUDIT_TOKEN", TOKEN)
+    n = make_node(admin_token="env:SC_AUDIT_TOKEN")
+    status, ctype, text = n.get("/api/checkin", headers=_admin(), method="POST",
+                                body=json.dumps({"customer": "c-1", "screen": screen}).encode())
+    assert status == 400, (status, text)
+    assert ctype.startswith("application/json")
+    assert "'screen' must be a screen id" in json.loads(text)["error"]
+    # the node still answers afterwards
+    assert n.get("/api/screens/dairy-screen/recommendations")[0] == 200
+
+
+def test_static_files_and_screen_ids_do_not_escape(make_node: Callable[..., Any]) -> None:
+    n = make_node()
+    assert b"200 OK" in _raw_get(n.port, "/static/site.css")
+    for target in ("/static/../http.py", "/static/../../config.py", "/static/%2e%2e/http.py",
+                   "/static/..%2fhttp.py", "/static//etc/passwd", "/static/%2e%2e%2f%2e%2e%2fconfig.py"):
+        out = _raw_get(n.port, target)
+        assert out.split(b"\r\n", 1)[0].split()[1] in (b"403", b"404"), (target, out[:200])
+        assert b"build_app" not in out and b"root:" not in out and b"class NodeConfig" not in out
+    status, _, text = n.get("/screens/%3Cscript%3Ealert(1)%3C%2Fscript%3E")
+    assert status == 404 and "<script>alert(1)" not in text
+
+
+def test_a_raw_shopper_id_is_stored_nowhere_and_not_logged(make_node: Callable[..., Any], tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    from edge.events import ShopperEvent
+
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.setenv("SC_AUDIT_TOKEN", TOKEN)
+    n = make_node(admin_token="env:SC_AUDIT_TOKEN")
+    n.publish(ShopperEvent(session="s-audit", sku="1029743", action="pick", zone="dairy", shelf="dairy-1", slot=0))
+    status, _, text = n.get("/api/checkin", headers=_admin(), method="POST",
+                            body=json.dumps({"customer": f"  {RAW_ID} ", "session": "s-audit"}).encode())
+    assert status == 200, text
+    hashed = json.loads(text)["customer"]
+    assert len(hashed) == 64 and RAW_ID not in text
+    n.sync(n.node.store.flush)
+    time.sleep(0.2)
+    data_dir = Path(n.config.node.data_dir)
+    files = [p for p in data_dir.rglob("*") if p.is_file()]
+    assert files
+    for p in files:  # the database, its WAL and anything else the node wrote
+        blob = p.read_bytes()
+        assert RAW_ID.encode() not in blob, p
+        assert TOKEN.encode() not in blob, p
+    assert RAW_ID not in caplog.text and TOKEN not in caplog.text
