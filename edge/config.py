@@ -262,6 +262,18 @@ class BrokerSection(_Strict):
     def _secret(cls, v: Any) -> Any:
         return _resolve_secret(v)
 
+    @model_validator(mode="after")
+    def _tls_needs_mqtts(self) -> BrokerSection:
+        # The link speaks TLS only for mqtts://: with mqtt:// these files would be ignored and the events (and any
+        # password) would go out in clear text while the config looks like TLS.
+        files = [k for k in ("ca_file", "cert_file", "key_file") if getattr(self, k) is not None]
+        if self.url is not None and self.url.startswith("mqtt://") and files:
+            tls_url = re.sub(r"^mqtt://([^/:]+)(:\d+)?/?$", r"mqtts://\1:8883", self.url)
+            raise ValueError(f"url {self.url} is plain MQTT but {', '.join(files)} {'is' if len(files) == 1 else 'are'}"
+                             f" set for TLS; the connection would not be encrypted: use url: {tls_url} (the "
+                             "broker's TLS port), or remove the TLS files")
+        return self
+
 
 class SyncSection(_Strict):
     """Cloud sync tuning (edge/sync, docs/mqtt.md); the defaults suit a store link and AWS IoT's 128 KB cap."""
