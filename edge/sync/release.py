@@ -273,6 +273,9 @@ class ReleaseManager:
         if header.kind != kind or header.index != index:
             raise ReleaseError(f"chunk header ({header.kind} #{header.index}) does not match its topic "
                                f"({kind} #{index})")
+        if header.index >= header.count:
+            raise ReleaseError(f"chunk #{header.index} of {kind} {header.version} is beyond its own count "
+                               f"({header.count}); ignored")
         if self._seen(kind, header.version):
             self.stats["chunks_skipped"] += 1
             return
@@ -306,8 +309,11 @@ class ReleaseManager:
         d = self.staging / kind / version
         mp = d / "manifest.json"
         m = ReleaseManifest.model_validate_json(mp.read_bytes()) if mp.exists() else None
-        n = len(list(d.glob("*.chunk"))) if d.exists() else 0
-        return m, n
+        if m is None:
+            return None, len(list(d.glob("*.chunk"))) if d.exists() else 0
+        # only the chunks the manifest names count: a stray chunk file (another upload of this version, or one
+        # published by someone without the signing key) must neither complete nor truncate the release
+        return m, sum(1 for i in range(m.chunks) if (d / f"{i:06d}.chunk").exists())
 
     def _maybe_complete(self, kind: str, version: str) -> None:
         m, n = self.staged(kind, version)
@@ -392,9 +398,10 @@ class ReleaseManager:
                 self._busy.discard((kind, version))
 
     def _assemble(self, d: Path, m: ReleaseManifest) -> bytes:
-        parts = sorted(d.glob("*.chunk"))
-        if len(parts) != m.chunks:
-            raise ReleaseError(f"truncated: {len(parts)} of {m.chunks} chunks staged")
+        parts = [d / f"{i:06d}.chunk" for i in range(m.chunks)]
+        have = sum(1 for p in parts if p.exists())
+        if have != m.chunks:
+            raise ReleaseError(f"truncated: {have} of {m.chunks} chunks staged")
         blob = b"".join(p.read_bytes() for p in parts)
         if len(blob) != m.size:
             raise ReleaseError(f"truncated: the chunks add up to {len(blob)} bytes, the manifest says {m.size}")
