@@ -24,7 +24,9 @@ The path of a release, each step reported upstream (``…/release/status``):
    Snapshots are validated against their schema and ``applied`` to the store.
 
 A refused release leaves the serving model untouched and is remembered, so a
-retained manifest re-delivered after a reconnect is not processed again.
+retained manifest re-delivered after a reconnect is not processed again; except
+a truncated / wrong-hash one (``ReleaseError.retry``), which publishing the same
+release again retries.
 """
 
 from __future__ import annotations
@@ -76,7 +78,12 @@ Reporter = Callable[[str, str, str, bool, str], None]  # kind, version, step, ok
 
 
 class ReleaseError(Exception):
-    pass
+    def __init__(self, message: str, *, retry: bool = False) -> None:
+        super().__init__(message)
+        # retry: the staged bytes do not add up (truncated, wrong hash). That can be a stray chunk from someone
+        # without the signing key as well as a broken upload, so the refusal is not remembered: the publisher's
+        # next upload of the same release is staged afresh and installed.
+        self.retry = retry
 
 
 # -- keys and signatures ------------------------------------------------------------
@@ -282,9 +289,9 @@ class ReleaseManager:
         d = self.staging / kind / header.version
         d.mkdir(parents=True, exist_ok=True)
         path = d / f"{index:06d}.chunk"
-        if path.exists():
+        if path.exists() and path.read_bytes() == data:
             self.stats["chunks_skipped"] += 1
-        else:
+        else:  # new, or another copy of this chunk number: the latest wins (it is what the broker now retains)
             _atomic_write(path, data)
             self.stats["chunks"] += 1
             if (kind, header.version) not in self._staging_reported:
@@ -383,8 +390,12 @@ class ReleaseManager:
         except ReleaseError as exc:
             self.stats["refused"] += 1
             log.warning("release %s %s refused: %s", kind, version, exc)
-            self.report(kind, version, "refused", False, str(exc))
-            self._mark_done(kind, version, m.sha256 if m else "unknown", f"refused: {exc}")
+            self.report(kind, version, "refused", False, str(exc) + (" (re-publish the release to retry)"
+                                                                     if exc.retry else ""))
+            if exc.retry:
+                self._staging_reported.discard((kind, version))
+            else:
+                self._mark_done(kind, version, m.sha256 if m else "unknown", f"refused: {exc}")
             if kind == "model" and self.on_registered is not None:
                 self.on_registered(version, "", m.sha256 if m else "", "refused", False, str(exc)[:500])
         except Exception as exc:
@@ -401,17 +412,18 @@ class ReleaseManager:
         parts = [d / f"{i:06d}.chunk" for i in range(m.chunks)]
         have = sum(1 for p in parts if p.exists())
         if have != m.chunks:
-            raise ReleaseError(f"truncated: {have} of {m.chunks} chunks staged")
+            raise ReleaseError(f"truncated: {have} of {m.chunks} chunks staged", retry=True)
         blob = b"".join(p.read_bytes() for p in parts)
         if len(blob) != m.size:
-            raise ReleaseError(f"truncated: the chunks add up to {len(blob)} bytes, the manifest says {m.size}")
+            raise ReleaseError(f"truncated: the chunks add up to {len(blob)} bytes, the manifest says {m.size}",
+                               retry=True)
         return blob
 
     def _verify(self, m: ReleaseManifest, blob: bytes) -> None:
         digest = hashlib.sha256(blob).hexdigest()
         if digest != m.sha256:
             raise ReleaseError(f"wrong hash: sha256 of the release is {digest[:16]}…, the manifest says "
-                               f"{m.sha256[:16]}…")
+                               f"{m.sha256[:16]}…", retry=True)
         if not m.signature:
             raise ReleaseError("unsigned release refused (the manifest has no signature)")
         if self.public_key_path is None:

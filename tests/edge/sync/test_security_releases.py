@@ -76,3 +76,32 @@ def test_chunks_swapped_after_signing_are_refused_and_the_old_model_keeps_servin
     assert "bad signature" in refused[0][2], refused
     assert node.rec.model.version == "v1"
     assert not (Path(node.room.data_dir) / "models" / "active.json").exists()
+
+
+def test_a_stray_copy_of_a_chunk_number_does_not_block_a_signed_release(
+        node: Any, mosquitto: Any, upstream: Any, steps: Any, keys: Any, fakes: Any, tmp_path: Path) -> None:
+    rel = build_release("model", fakes.write_model(tmp_path / "v5", "v5"), None, keys.private, chunk_size=64 * 1024)
+    # someone without the key stages their own chunk #1 for the upcoming version (well-formed, own sha256)
+    raw_pub(mosquitto, TOPICS.release_chunk("model", 1),
+            pack_chunk("model", "v5", 1, rel.manifest["chunks"], b"junk" * 100))
+    stray = Path(node.room.data_dir) / "sync" / "staging" / "model" / "v5" / "000001.chunk"
+    assert upstream.wait_for(stray.exists, 10), "the stray chunk was not staged (test setup)"
+    publish(mosquitto, rel)
+    wait_step(upstream, steps, "v5", "swapped")
+    assert node.rec.model.version == "v5"
+
+
+def test_a_release_refused_as_truncated_is_installed_when_published_again(
+        node: Any, mosquitto: Any, upstream: Any, steps: Any, keys: Any, fakes: Any, tmp_path: Path) -> None:
+    rel = build_release("model", fakes.write_model(tmp_path / "v6", "v6"), None, keys.private, chunk_size=64 * 1024)
+    chunks = rel.chunks()
+    last = len(chunks) - 1
+    chunks[last] = pack_chunk("model", "v6", last, len(chunks), rel.blob[last * rel.chunk_size:][:-1000])
+    publish(mosquitto, rel, chunks=chunks)  # a broken upload (or someone else's last chunk)
+    refused = wait_step(upstream, steps, "v6", "refused")
+    assert "truncated" in refused[0][2] and "re-publish" in refused[0][2], refused
+    assert node.rec.model.version == "v1"
+    node.room.releases.wait_idle()
+    publish(mosquitto, rel)  # the publisher uploads the same signed release again
+    wait_step(upstream, steps, "v6", "swapped")
+    assert node.rec.model.version == "v6"
