@@ -243,7 +243,10 @@ def _write_config(path: Path, raw: dict[str, Any]) -> None:
             + yaml.safe_dump(raw, sort_keys=False, default_flow_style=None))
     parse_config(text, str(path))  # raises ConfigError: never write a config the node would refuse
     if path.exists():
-        shutil.copy2(path, path.with_name(path.name + ".bak"))
+        bak = path.with_name(path.name + ".bak")
+        shutil.copy2(path, bak)
+        # the old config may hold literal secrets (admin_token, password): never more readable than the new one
+        os.chmod(bak, bak.stat().st_mode & 0o640)
     _atomic_write(path, text.encode(), 0o640)
 
 

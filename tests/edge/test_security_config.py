@@ -71,3 +71,19 @@ def test_provision_refuses_a_plain_broker_with_a_ca_file(tmp_path: Path) -> None
              "--cloud-broker", "mqtts://broker.example.com:8883", "--ca-file", str(ca), cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "mqtts://broker.example.com:8883" in cfg.read_text()
+
+
+def test_provision_keeps_secrets_of_the_old_config_private(tmp_path: Path) -> None:
+    cfg = tmp_path / "etc" / "shelfcast.yaml"
+    cfg.parent.mkdir()
+    cfg.write_text("node:\n  store_id: s1\nsignage:\n  admin_token: literal-admin-token-77\n")
+    os.chmod(cfg, 0o644)  # a hand-written config, world-readable
+    r = _run("provision", "--config", str(cfg), "--store-id", "s1", "--node-id", "n1", "--no-qr", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    bak = cfg.with_name("shelfcast.yaml.bak")
+    assert "literal-admin-token-77" in bak.read_text()
+    assert cfg.stat().st_mode & 0o777 == 0o640
+    assert bak.stat().st_mode & 0o007 == 0, oct(bak.stat().st_mode)  # not world-readable
+    keys = tmp_path / "etc" / "keys"
+    assert keys.stat().st_mode & 0o777 == 0o700 and (keys / "node.key").stat().st_mode & 0o777 == 0o600
+    assert "literal-admin-token-77" not in r.stdout + r.stderr
