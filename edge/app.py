@@ -32,7 +32,7 @@ from edge.bus import Bus
 from edge.config import NodeConfig
 from edge.events import RecommendationSet
 from edge.recommend import Recommender
-from edge.store import Product, Store
+from edge.store import Product, Store, StoreDiskError, StoreError
 
 __all__ = ["Node", "Room", "ScreenBoard", "bundled_catalogue"]
 
@@ -108,7 +108,15 @@ class StoreRoom:
                            retention_days=c.retention_days, max_events=c.max_events)
 
     async def start(self) -> None:
-        await asyncio.to_thread(self.store.open)
+        delay = 1.0
+        while True:  # a full disk at boot: say so and wait for space (never move the database aside, never exit)
+            try:
+                await asyncio.to_thread(self.store.open)
+                break
+            except StoreDiskError as exc:
+                log.error("%s; retrying in %.0f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(30.0, delay * 2)
         if not self.store.products():
             catalogue = bundled_catalogue()
             self.store.upsert_products(catalogue)
@@ -116,7 +124,10 @@ class StoreRoom:
         entries = [(sh.id, sl.slot, sl.sku) for sh in self.config.layout.shelves for sl in sh.slots]
         if entries:
             self.store.set_planogram(entries)
-        await asyncio.to_thread(self.store.flush)
+        try:
+            await asyncio.to_thread(self.store.flush)
+        except StoreError as exc:  # the disk refused the seed: the caches serve; store health says degraded
+            log.error("could not write the catalogue/planogram to %s (%s); serving from memory", self.store.path, exc)
 
     async def stop(self) -> None:
         await asyncio.to_thread(self.store.close)

@@ -195,6 +195,13 @@ def check_database(data_dir: Path) -> Check:
         finally:
             conn.close()
     except sqlite3.DatabaseError as exc:
+        from edge.store import is_disk_error
+
+        if is_disk_error(exc):  # a full or failing disk, not a bad file: a restart would not help
+            return Check("database", "fail", f"cannot read {db}: {exc} (its disk is full or failing; the file "
+                         "itself may be fine)", f"free space in {data_dir} (`df -h {data_dir}`, "
+                         "`sudo journalctl --vacuum-size=32M`, remove old *.corrupt-* and *.bak files there); the "
+                         "node waits for the space and resumes by itself; if the disk is not full, replace the SD card")
         return Check("database", "fail", f"{db} is corrupted: {exc}", fix_corrupt)
     if rows != ["ok"]:
         return Check("database", "fail", f"{db} failed its integrity check: {'; '.join(rows[:3])}", fix_corrupt)

@@ -18,10 +18,17 @@ Why it looks like this:
   of the file before any migration of an existing database.
 - ``PRAGMA integrity_check`` at open; a corrupt file is moved aside, reported
   in ``health()`` and replaced by a fresh one so the node keeps serving.
+- A batch that cannot be written (disk full, I/O error) is not thrown away:
+  its event rows and fire-and-forget ops wait in memory (``held``, at most
+  ``MAX_HELD``; beyond that the oldest are dropped and counted) and are
+  retried with backoff, before anything newer, until the disk takes them
+  again; health says ``degraded`` meanwhile. Ops with a future fail
+  (``StoreError``): nothing waiting on a commit is told it happened.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import queue
@@ -39,7 +46,7 @@ import sqlite_utils
 
 from edge.events import _Event
 
-__all__ = ["SCHEMA_VERSION", "Product", "Profile", "Store", "StoreError"]
+__all__ = ["SCHEMA_VERSION", "Product", "Profile", "Store", "StoreDiskError", "StoreError", "is_disk_error"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -47,6 +54,10 @@ T = TypeVar("T")
 
 class StoreError(RuntimeError):
     pass
+
+
+class StoreDiskError(StoreError):
+    """The database cannot be opened because its disk is full or failing (not because the file is bad)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +124,10 @@ SCHEMA_VERSION = len(MIGRATIONS)
 _STOP = object()
 APPLY_SLICE_S = 0.02  # the writer runs queued ops this often inside the open batch (see _write_loop)
 NUDGE_MIN_S = 0.015  # ``nudge`` starts a slice early only this long after the last one began
+MAX_HELD = 50_000  # event rows / ops kept in memory while the disk refuses writes (~0.5-1 KB each)
+RETRY_MIN_S, RETRY_MAX_S = 0.25, 5.0  # backoff between attempts to write what is held
+# errors of the disk, not of one op: the whole batch waits and is retried (sqlite3 result codes)
+_DISK_ERRORS = {10, 13, 14}  # SQLITE_IOERR, SQLITE_FULL, SQLITE_CANTOPEN
 
 
 @dataclass
@@ -146,7 +161,10 @@ class Store:
         self._planogram: dict[tuple[str, int], str | None] = {}
         self._profiles: dict[str, Profile] = {}
         self._health: dict[str, Any] = {"status": "closed", "recovered_from": None, "migrated_from": None}
-        self._counters = {"batches": 0, "ops": 0, "errors": 0}
+        self._counters = {"batches": 0, "ops": 0, "errors": 0, "dropped": 0}
+        self._held: collections.deque[Any] = collections.deque()  # writer thread only (see _write_loop)
+        self._retry_at = 0.0
+        self._retry_wait = RETRY_MIN_S
         self._last_maintenance = 0.0
         self._closed = True
         self._closing = threading.Event()
@@ -155,11 +173,25 @@ class Store:
 
     # -- lifecycle ---------------------------------------------------------
     def open(self) -> Store:
+        """Raises ``StoreDiskError`` (with the fix) when the disk is full or failing: the file is kept."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._check_integrity()
-        conn = self._connect()
-        self._migrate(conn)
-        self._load_caches(conn)
+        try:
+            self._check_integrity()
+            conn = self._connect()
+            try:
+                self._migrate(conn)
+                self._load_caches(conn)
+            except BaseException:
+                conn.close()
+                raise
+        except sqlite3.Error as exc:
+            if not is_disk_error(exc):
+                raise
+            msg = (f"cannot open {self.path}: {exc}; node.data_dir {self.path.parent} is full or failing: free "
+                   f"space (`df -h {self.path.parent}`, `sudo journalctl --vacuum-size=32M`, remove old "
+                   "*.corrupt-* and *.bak files there) or replace the SD card")
+            self._health.update(status="failed", last_error=msg)
+            raise StoreDiskError(msg) from None
         self._closed = False
         self._closing = threading.Event()
         self._kick = threading.Event()
@@ -192,12 +224,16 @@ class Store:
 
     def _connect(self, readonly: bool = False) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA foreign_keys=ON")
-        conn.execute("PRAGMA busy_timeout=30000")
-        if readonly:
-            conn.execute("PRAGMA query_only=ON")
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA busy_timeout=30000")
+            if readonly:
+                conn.execute("PRAGMA query_only=ON")
+        except BaseException:
+            conn.close()  # a half-open connection would keep the file's shared memory (and its error) alive
+            raise
         return conn
 
     def _check_integrity(self) -> None:
@@ -213,6 +249,8 @@ class Store:
             finally:
                 conn.close()
         except sqlite3.DatabaseError as exc:
+            if is_disk_error(exc):  # a full or failing disk, not a bad file: never move a good database aside
+                raise
             problem = str(exc)
         if problem is None:
             return
@@ -268,9 +306,16 @@ class Store:
     def _write_loop(self, conn: sqlite3.Connection) -> None:
         stop = False
         while not stop:
-            first = self._q.get()
-            if first is _STOP:
-                break
+            if self._held:  # the disk refused the last batch: retry what it holds first, in order
+                first = self._next_held()
+                if first is _STOP:
+                    break
+                if first is None:
+                    continue
+            else:
+                first = self._q.get()
+                if first is _STOP:
+                    break
             # One transaction (one COMMIT: SD wear) per ``flush_interval``, but the ops run as they come, a
             # slice at a time: a wake-up every APPLY_SLICE_S, not one per op (each wake-up takes the GIL from
             # the event loop), and not all 500 at the end (holding the GIL for 5-30 ms in one go starved the
@@ -288,7 +333,9 @@ class Store:
                         self._kick.clear()
                     self._slice_at = time.monotonic()
                     chunk: list[Any] = []
-                    while len(batch) + len(chunk) < self.max_batch:
+                    while self._held and len(batch) + len(chunk) < self.max_batch:
+                        chunk.append(self._held.popleft())
+                    while not self._held and len(batch) + len(chunk) < self.max_batch:
                         try:
                             item = self._q.get_nowait()
                         except queue.Empty:
@@ -309,8 +356,9 @@ class Store:
                 self._batch_done(batch, results)
             if time.monotonic() - self._last_maintenance > 3600:
                 self._run_batch(conn, [_Op(self._maintenance, None)])
-        # drain anything queued after STOP was requested
-        rest: list[Any] = []
+        # drain anything queued after STOP was requested (after what the disk refused so far)
+        rest: list[Any] = list(self._held)
+        self._held.clear()
         while True:
             try:
                 item = self._q.get_nowait()
@@ -320,11 +368,40 @@ class Store:
                 rest.append(item)
         if rest:
             self._run_batch(conn, rest)
+        if self._held:
+            log.error("store closed with %d writes the disk would not take; they are lost", len(self._held))
+            self._counters["dropped"] += len(self._held)
+            self._held.clear()
         try:
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error:
             pass
         conn.close()
+
+    def _next_held(self) -> Any:
+        """The first held item once its retry is due; until then new items queue up behind the held ones
+        (order is kept). None: nothing due yet (call again); ``_STOP``: close."""
+        wait = self._retry_at - time.monotonic()
+        if wait > 0:
+            try:
+                item = self._q.get(timeout=wait)
+            except queue.Empty:
+                return None
+            if item is _STOP:
+                return _STOP
+            self._hold([item])
+            return None
+        return self._held.popleft()
+
+    def _hold(self, items: Iterable[Any]) -> None:
+        """Keep ``items`` (after those already held) for the next attempt; drop the oldest over MAX_HELD."""
+        self._held.extend(items)
+        over = len(self._held) - MAX_HELD
+        if over > 0:
+            for _ in range(over):
+                self._held.popleft()
+            self._counters["dropped"] += over
+            log.error("store: %d writes dropped (more than %d waiting for the disk)", over, MAX_HELD)
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[Any]) -> None:
         """``batch`` in one transaction (maintenance, the last ops at close)."""
@@ -355,6 +432,7 @@ class Store:
                 run = []
             res, exc = _in_savepoint(conn, op.fn)  # one bad op must not sink the batch
             if exc is not None:
+                _raise_disk_error(exc)  # ...but a full or failing disk sinks it: it is retried whole
                 self._counters["errors"] += 1
             results.append((op, res, exc))
         if run:
@@ -362,11 +440,14 @@ class Store:
 
     def _apply_rows(self, conn: sqlite3.Connection, rows: list[_EventRow]) -> None:
         """Event rows in one savepoint; if that fails, row by row (one bad row must not sink the others)."""
-        if _in_savepoint(conn, _write_rows, rows)[1] is None:
+        exc = _in_savepoint(conn, _write_rows, rows)[1]
+        if exc is None:
             return
+        _raise_disk_error(exc)
         for row in rows:
             _, exc = _in_savepoint(conn, _write_rows, (row,))
             if exc is not None:
+                _raise_disk_error(exc)
                 self._counters["errors"] += 1
                 log.warning("store write failed: %s", exc)
 
@@ -378,18 +459,27 @@ class Store:
         self._counters["errors"] += len(batch)
         self._health["last_error"] = str(exc)
         self._health["status"] = "degraded"
-        log.error("store batch of %d failed: %s", len(batch), exc)
+        # event rows and fire-and-forget ops (nobody waits on them) are kept and retried; a waiting caller
+        # is told the write failed
+        keep = [op for op in batch if type(op) is tuple or op.future is None]
         for op in batch:
-            if type(op) is tuple:  # an event row: nobody waits on it
-                continue
-            if op.future is not None and not op.future.done():
+            if type(op) is not tuple and op.future is not None and not op.future.done():
                 op.future.set_exception(StoreError(f"write failed: {exc}"))
+        if keep:
+            self._held.extendleft(reversed(keep))  # before anything held later: order is kept
+            self._hold(())
+            self._retry_at = time.monotonic() + self._retry_wait
+            self._retry_wait = min(RETRY_MAX_S, self._retry_wait * 2)
+        log.error("store batch of %d failed: %s; %d writes held for a retry%s", len(batch), exc, len(self._held),
+                  " (free space in node.data_dir)" if is_disk_error(exc) else "")
 
     def _batch_done(self, batch: list[Any], results: list[tuple[_Op, Any, BaseException | None]]) -> None:
         """After COMMIT: counters, then the futures (only now is a write "accepted")."""
         self._counters["batches"] += 1
         self._counters["ops"] += len(batch)
-        if self._health["status"] == "degraded":
+        self._retry_at = 0.0
+        self._retry_wait = RETRY_MIN_S
+        if self._health["status"] == "degraded" and not self._held:
             self._health["status"] = "ok"
         for op, res, err in results:
             if op.future is None:
@@ -665,6 +755,7 @@ class Store:
         h.update(self._counters)
         h["path"] = str(self.path)
         h["queue"] = self._q.qsize()
+        h["held"] = len(self._held)
         h["products"] = len(self._products)
         h["profiles"] = len(self._profiles)
         try:
@@ -697,6 +788,17 @@ def _in_savepoint(conn: sqlite3.Connection, fn: Callable[..., Any], *args: Any) 
         conn.execute("ROLLBACK TO op")
         conn.execute("RELEASE op")
         return None, exc
+
+
+def is_disk_error(exc: BaseException) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(exc, sqlite3.Error) and code is not None and (code & 0xFF) in _DISK_ERRORS
+
+
+def _raise_disk_error(exc: Exception) -> None:
+    """Re-raise an error of the disk (full, I/O): the batch fails whole and is held, not half-committed."""
+    if is_disk_error(exc):
+        raise exc
 
 
 def _insert_many(conn: sqlite3.Connection, head: str, width: int, rows: list[tuple[Any, ...]]) -> None:
