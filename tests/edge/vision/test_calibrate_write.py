@@ -35,11 +35,52 @@ H = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [-4.3e-06, 1e-05, 1.0]]
 
 
 def _run(*args: str, user: str | None = None) -> subprocess.CompletedProcess[str]:
-    assert SHELFCAST.exists(), f"{SHELFCAST} missing: pip install -e . in the venv"
-    cmd = [str(SHELFCAST), *args]
     if user is not None:
-        cmd = ["setpriv", f"--reuid={user}", f"--regid={pwd.getpwnam(user).pw_gid}", "--clear-groups", *cmd]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd="/")
+        return _run_as(user, *args)
+    assert SHELFCAST.exists(), f"{SHELFCAST} missing: pip install -e . in the venv"
+    return subprocess.run([str(SHELFCAST), *args], capture_output=True, text=True, timeout=120, cwd="/")
+
+
+def _run_as(user: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI's ``main`` in a forked child that has dropped to ``user`` (real uid, gid, no groups): the real
+    syscalls fail as they do for that user. A fork rather than ``setpriv shelfcast``: the checkout and its venv may
+    sit under a directory the user cannot enter (a CI clone under a 0700 temp dir), and the modules are loaded
+    here before the drop."""
+    import edge.cli
+    import edge.vision.cli  # loaded before the child loses access to the checkout
+
+    pw = pwd.getpwnam(user)
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 70
+        try:
+            os.dup2(out_w, 1)
+            os.dup2(err_w, 2)
+            sys.stdout = os.fdopen(1, "w", closefd=False)
+            sys.stderr = os.fdopen(2, "w", closefd=False)
+            os.chdir("/")
+            os.setgroups([])
+            os.setgid(pw.pw_gid)
+            os.setuid(pw.pw_uid)
+            code = edge.cli.main(list(args))
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    os.close(out_w)
+    os.close(err_w)
+    with os.fdopen(out_r) as fo, os.fdopen(err_r) as fe:
+        out, err = fo.read(), fe.read()
+    _, status = os.waitpid(pid, 0)
+    return subprocess.CompletedProcess(["shelfcast", *args], os.waitstatus_to_exitcode(status), out, err)
 
 
 def _calibrate_write(cfg: Path, user: str | None = None) -> subprocess.CompletedProcess[str]:
