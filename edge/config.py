@@ -237,7 +237,13 @@ class SignageSection(_Strict):
     @field_validator("admin_token", mode="before")
     @classmethod
     def _secret(cls, v: Any) -> Any:
-        return _resolve_secret(v)
+        v = _resolve_secret(v)
+        # an empty token (e.g. SHELFCAST_ADMIN_TOKEN= in an EnvironmentFile, an empty file:) would let anyone
+        # with "Authorization: Bearer " plus a blank through; absence is how admin actions are turned off
+        if isinstance(v, str) and not v.strip():
+            raise ValueError("the admin token is empty; set a long random one (e.g. `openssl rand -hex 24`), or "
+                             "remove signage.admin_token to turn admin actions off")
+        return v
 
 
 class BrokerSection(_Strict):

@@ -122,7 +122,9 @@ async def _errors_and_auth(request: web.Request, handler: Any) -> web.StreamResp
             return web.json_response({"error": "this is an admin action: send 'Authorization: Bearer <token>' "
                                                "with signage.admin_token"}, status=401,
                                      headers={"WWW-Authenticate": "Bearer"})
-        if not hmac.compare_digest(got[7:].strip().encode(), token.get_secret_value().encode()):
+        # strip only HTTP's own blanks (a Unicode blank is not nothing); bytes as received, so odd bytes are a 403
+        want = token.get_secret_value().encode()
+        if not want or not hmac.compare_digest(got[7:].strip(" \t").encode("utf-8", "surrogateescape"), want):
             return web.json_response({"error": "wrong admin token"}, status=403)
     try:
         return await handler(request)

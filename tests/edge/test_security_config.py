@@ -87,3 +87,21 @@ def test_provision_keeps_secrets_of_the_old_config_private(tmp_path: Path) -> No
     keys = tmp_path / "etc" / "keys"
     assert keys.stat().st_mode & 0o777 == 0o700 and (keys / "node.key").stat().st_mode & 0o777 == 0o600
     assert "literal-admin-token-77" not in r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("value", ["env:SC_AUDIT_EMPTY", "''", "'   '", "file:{empty}"])
+def test_an_empty_admin_token_is_refused(tmp_path: Path, value: str) -> None:
+    empty = tmp_path / "token"
+    empty.write_text("\n")
+    cfg = tmp_path / "node.yaml"
+    cfg.write_text(f"signage:\n  admin_token: {value.format(empty=empty)}\n")
+    env = {**os.environ, "SC_AUDIT_EMPTY": ""}
+    r = subprocess.run([*CLI, "config", "validate", str(cfg)], capture_output=True, text=True, timeout=120,
+                       cwd=tmp_path, env=env)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out
+    assert "signage.admin_token" in out and "admin token is empty" in out and "Traceback" not in out, out
+    cfg.write_text("signage:\n  admin_token: null\n")  # no token: admin actions off, a valid config
+    r = subprocess.run([*CLI, "config", "validate", str(cfg)], capture_output=True, text=True, timeout=120,
+                       cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr

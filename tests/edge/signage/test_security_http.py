@@ -109,3 +109,28 @@ def test_a_raw_shopper_id_is_stored_nowhere_and_not_logged(make_node: Callable[.
         assert RAW_ID.encode() not in blob, p
         assert TOKEN.encode() not in blob, p
     assert RAW_ID not in caplog.text and TOKEN not in caplog.text
+
+
+def _raw_post_auth(port: int, auth: bytes) -> int:
+    body = b'{"customer": "c-raw"}'
+    req = (b"POST /api/checkin HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n"
+           b"Content-Length: " + str(len(body)).encode() + b"\r\nAuthorization: " + auth + b"\r\n\r\n" + body)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(req)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+    return int(out.split(b" ", 2)[1])
+
+
+def test_odd_bytes_and_unicode_blanks_in_the_token_are_a_403_not_a_500(make_node: Callable[..., Any],
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SC_AUDIT_TOKEN", TOKEN)
+    n = make_node(admin_token="env:SC_AUDIT_TOKEN")
+    tok = TOKEN.encode()
+    assert _raw_post_auth(n.port, b"Bearer " + tok) == 200
+    assert _raw_post_auth(n.port, b"Bearer " + tok + b" \t") == 200  # HTTP's own blanks are not part of it
+    for auth in (b"Bearer \xa0", b"Bearer " + tok + b"\xa0", b"Bearer \xff" + tok, b"Bearer " + tok + b"\xc2\xa0",
+                 b"Bearer \xe3\x80\x80" + tok):
+        assert _raw_post_auth(n.port, auth) == 403, auth
+    assert n.get("/api/screens")[0] == 200
