@@ -117,6 +117,8 @@ class OutboxDrainer:
         self.cursor = 0
         self._acked: set[int] = set()
         self._acked_lock = threading.Lock()
+        self._delete_retry: list[int] = []  # delivered rows whose delete failed (full disk): deleted again later
+        self._delete_retry_at = 0.0
         self._retry_at = 0.0
         self._retries = 0
         self._next_poll = 0.0
@@ -156,10 +158,29 @@ class OutboxDrainer:
         fut.add_done_callback(lambda f: self._forget(seqs, f))
 
     def _forget(self, seqs: list[int], fut: Future[int]) -> None:
-        if fut.exception() is not None:  # not deleted: keep skipping nothing, the next reset re-sends them
-            log.warning("outbox ack failed: %s", fut.exception())
+        if fut.exception() is not None:
+            # delivered (PUBACK) but not deleted (a full disk): they stay in _acked, so they are not sent
+            # again, and the delete is retried from pump(); forgetting them left the rows in the outbox for
+            # good (a backlog that never drained) and re-sent them after the next reconnect
+            log.warning("outbox ack of %d delivered rows failed: %s; retrying", len(seqs), fut.exception())
+            with self._acked_lock:
+                self._delete_retry += seqs
+            return
         with self._acked_lock:
             self._acked.difference_update(seqs)
+
+    def _retry_deletes(self, now: float) -> None:
+        with self._acked_lock:
+            seqs, self._delete_retry = self._delete_retry, []
+        if not seqs:
+            return
+        self._delete_retry_at = now + 1.0
+        try:
+            fut = self.store.outbox_ack(seqs)
+        except Exception as exc:  # the store is closing: the rows stay, the next start re-sends them
+            log.warning("outbox ack retry failed: %s", exc)
+            return
+        fut.add_done_callback(lambda f: self._forget(seqs, f))
 
     # -- the pump (link thread, connected) --------------------------------------------
     def _limit(self) -> int:
@@ -170,6 +191,8 @@ class OutboxDrainer:
     def pump(self) -> int:
         """Publish what may go now; returns the number of events sent."""
         now = time.monotonic()
+        if self._delete_retry and now >= self._delete_retry_at:
+            self._retry_deletes(now)
         if now < self._retry_at or now < self._next_poll:
             return 0
         window = max(1, min(self.o.window, self.receive_max()))
@@ -239,7 +262,7 @@ class OutboxDrainer:
         return len(seqs)
 
     def health(self) -> dict[str, Any]:
-        return {"inflight_batches": len(self.inflight), **self.stats}
+        return {"inflight_batches": len(self.inflight), "delete_retry": len(self._delete_retry), **self.stats}
 
 
 def evict(store: Store, *, max_rows: int, max_age_s: float) -> Future[dict[str, int]]:
