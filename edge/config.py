@@ -4,7 +4,7 @@ Loaded once (``load_config``), passed down to every room. Unknown keys are
 rejected; every problem is reported at once with its key path, the bad value,
 what is allowed and the YAML line number (``ConfigError``).
 
-Secrets (MQTT password, admin token) may be given literally, as ``env:NAME``
+Secrets (MQTT password, admin token, customer salt) may be given literally, as ``env:NAME``
 or as ``file:/path``; they are resolved at load time and never logged
 (``pydantic.SecretStr``).
 """
@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 __all__ = [
+    "DEMO_CUSTOMER_SALT",
     "ConfigError",
     "NodeConfig",
     "Problem",
@@ -38,6 +39,10 @@ __all__ = [
 ]
 
 ID_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+# The built-in fusion.customer_salt: public (it is in this file), so hashes made with it can be reversed by trying
+# every loyalty number. `shelfcast demo` uses it; a deployed node needs the retailer's own salt (provision
+# --customer-salt FILE).
+DEMO_CUSTOMER_SALT = "shelfcast-demo-salt"
 Id = Annotated[str, Field(pattern=ID_RE)]
 Point = tuple[float, float]
 
@@ -174,12 +179,24 @@ class FusionSection(_Strict):
     handoff_s: float = Field(default=2.0, ge=0, le=30)  # a lost track re-found this soon continues its session
     handoff_m: float = Field(default=1.0, ge=0, le=5)  # ... this close to where it was lost
     anonymous_idle_s: float = Field(default=60.0, gt=0)  # shelf-only session ends after this quiet time
-    customer_salt: SecretStr = SecretStr("shelfcast-demo-salt")  # chain-wide salt for hashed customer ids
+    # chain-wide salt for hashed customer ids: one retailer's secret, the same on all its nodes (the cloud joins
+    # check-ins and profiles by the hash); literal, env:NAME or file:PATH. The default is public (DEMO_CUSTOMER_SALT).
+    customer_salt: SecretStr = SecretStr(DEMO_CUSTOMER_SALT)
 
     @field_validator("customer_salt", mode="before")
     @classmethod
     def _salt(cls, v: Any) -> Any:
-        return _resolve_secret(v)
+        v = _resolve_secret(v)
+        # an empty salt (an empty file:, SHELFCAST_SALT= in an EnvironmentFile) makes the "hashed" ids plain
+        # SHA-256 of loyalty numbers: anyone can reverse them by trying every number
+        if isinstance(v, str) and not v.strip():
+            raise ValueError("the customer salt is empty; put the retailer's salt in a file and run `sudo shelfcast "
+                             "provision --customer-salt FILE` (or remove fusion.customer_salt for the demo salt)")
+        return v
+
+    def uses_demo_salt(self) -> bool:
+        """True when shopper ids are hashed with the public demo salt (fine for `shelfcast demo` only)."""
+        return self.customer_salt.get_secret_value() == DEMO_CUSTOMER_SALT
 
 
 class ModelSection(_Strict):

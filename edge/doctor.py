@@ -52,6 +52,7 @@ __all__ = [
     "check_camera",
     "check_clock",
     "check_config",
+    "check_customer_salt",
     "check_data_dir",
     "check_database",
     "check_model",
@@ -117,6 +118,18 @@ def check_config(path: Path) -> tuple[Check, NodeConfig | None]:
         return Check("config", "warn", detail + "; the node is not provisioned yet",
                      "run `sudo shelfcast provision` (store id, node id, cloud broker)"), cfg
     return _ok("config", detail), cfg
+
+
+def check_customer_salt(cfg: NodeConfig) -> Check:
+    """Warn while shopper ids are hashed with the public demo salt (reversible by trying every loyalty number)."""
+    if cfg.fusion.uses_demo_salt():
+        return Check("customer_salt", "warn",
+                     "fusion.customer_salt is the public demo salt: stored and synced shopper ids can be reversed "
+                     "by hashing every loyalty number",
+                     "get the retailer's salt file from the cloud side and run `sudo shelfcast provision "
+                     "--customer-salt FILE` (the same salt on every node of the retailer), then "
+                     "`sudo systemctl restart shelfcast`")
+    return _ok("customer_salt", "fusion.customer_salt is set (not the demo salt)")
 
 
 def check_data_dir(data_dir: Path, min_free_mb: int = MIN_FREE_MB, warn_free_mb: int = WARN_FREE_MB) -> Check:
@@ -853,11 +866,12 @@ def run_checks(config_path: Path, *, access: Callable[[str, int], bool] = os.acc
     cfg_check, cfg = check_config(config_path)
     checks = [cfg_check]
     if cfg is None:
-        for name in ("data_dir", "database", "model", "shelves", "camera", "local_broker", "cloud_broker",
-                     "signage"):
+        for name in ("customer_salt", "data_dir", "database", "model", "shelves", "camera", "local_broker",
+                     "cloud_broker", "signage"):
             checks.append(Check(name, "skip", "config invalid; fix it first", ""))
     else:
         data_dir = Path(cfg.node.data_dir)
+        checks += _guard("customer_salt", lambda: check_customer_salt(cfg))
         checks += _guard("data_dir", lambda: check_data_dir(data_dir))
         checks += _guard("database", lambda: check_database(data_dir))
         checks += _guard("model", lambda: check_model(cfg))
