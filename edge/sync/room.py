@@ -237,9 +237,10 @@ class SyncRoom:
 
     async def _housekeep(self) -> None:
         last_state = last_canary = time.monotonic()
+        last_summary: Any = self._state_summary()
         while True:
             await asyncio.sleep(2.0)
-            try:
+            try:  # on its own: a store that cannot write (full disk) must not stop the state going out
                 res = await asyncio.wrap_future(evict(self.store, max_rows=self.o.outbox_max_rows,
                                                       max_age_s=self.o.outbox_max_age_s))
                 n = res["aged"] + res["capped"]
@@ -247,10 +248,17 @@ class SyncRoom:
                     self.evicted += n
                     log.warning("outbox backlog over its caps: evicted %d oldest low-priority events "
                                 "(%d in total)", n, self.evicted)
+            except Exception as exc:
+                log.warning("outbox eviction failed: %s", exc)
+            try:
                 now = time.monotonic()
                 self._refresh_state()
-                if now - last_state >= self.o.state_interval_s and self.link.connected.is_set():
+                summary = self._state_summary()
+                # every state_interval_s, and at once when the node's, a room's or a shelf's status changes
+                if (now - last_state >= self.o.state_interval_s or summary != last_summary) \
+                        and self.link.connected.is_set():
                     last_state = now
+                    last_summary = summary
                     self.link.publish(self.topics.state, self._state_payload, qos=1, retain=True)
                 if now - last_canary >= 60.0:
                     last_canary = now
@@ -258,6 +266,30 @@ class SyncRoom:
                     await asyncio.to_thread(self.releases.check_stalled)
             except Exception:
                 log.exception("sync housekeeping failed")
+
+    def _state_summary(self) -> Any:
+        st = self._state
+        return (st.get("status"), st.get("rooms"), st.get("shelves"))
+
+    def _shelf_status(self, node: dict[str, Any]) -> dict[str, str]:
+        """Each layout shelf: ok (its controller online), offline (seen, not online now), missing (never seen),
+        starting (not seen yet, in the start-up grace), or disabled (no shelf room)."""
+        room = node.get("rooms", {}).get("shelves")
+        shelves = self.config.layout.shelves
+        if not isinstance(room, dict) or room.get("status") == "disabled":
+            return {s.id: "disabled" for s in shelves}
+        ctrls = [c for c in (room.get("controllers") or {}).values() if isinstance(c, dict)]
+        out = {}
+        for s in shelves:
+            mine = [c for c in ctrls
+                    if c.get("shelf") == s.id or (s.controller and c.get("controller") == s.controller)]
+            if any(c.get("online") for c in mine):
+                out[s.id] = "ok"
+            elif mine:
+                out[s.id] = "offline"
+            else:
+                out[s.id] = "starting" if room.get("starting") else "missing"
+        return out
 
     def _refresh_state(self) -> None:
         node: dict[str, Any] = {}
@@ -278,7 +310,7 @@ class SyncRoom:
             "evicted": self.evicted,
             "uptime_s": round(time.time() - self._started, 1),
             "screens": {s.id: "ok" for s in self.config.layout.screens},
-            "shelves": {s.id: "ok" for s in self.config.layout.shelves},
+            "shelves": self._shelf_status(node),
             "rooms": {k: v.get("status") for k, v in node.get("rooms", {}).items() if isinstance(v, dict)},
             "t": time.time(),
         }

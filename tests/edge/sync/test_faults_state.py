@@ -1,0 +1,143 @@
+"""The retained ``state`` topic tells the truth about faults, at once: a pulled shelf cable (real pty via the
+controller simulator) and a full data_dir (a real, really full 2 MB tmpfs), with a real mosquitto."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from edge.config import NodeConfig
+from edge.events import ShopperEvent
+from firmware_bridge.room import ShelfBridge
+from firmware_bridge.sim import SimulatedStore
+
+STATE = "shelfcast/v1/s1/node-1/state"
+UNITS = [100.0, 250.0, 400.0, 60.0]
+
+
+def retained_state(port: int, timeout: float = 3.0) -> dict[str, Any]:
+    """What a new subscriber gets as the retained state."""
+    got: list[bytes] = []
+    done = threading.Event()
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"probe-{time.monotonic_ns()}", protocol=mqtt.MQTTv5)
+
+    def on_message(cl: Any, u: Any, msg: mqtt.MQTTMessage) -> None:
+        if msg.retain:
+            got.append(msg.payload)
+            done.set()
+
+    c.on_message = on_message
+    c.on_connect = lambda cl, *a: cl.subscribe(STATE, qos=1)
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    done.wait(timeout)
+    c.loop_stop()
+    c.disconnect()
+    return json.loads(got[-1]) if got else {}
+
+
+def wait_state(port: int, pred: Any, timeout: float = 15.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    st: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        st = retained_state(port, 1.0)
+        if st and pred(st):
+            return st
+        time.sleep(0.2)
+    raise AssertionError(f"state never matched; last: {st}")
+
+
+def config(url: str, data_dir: Path, ports: list[str]) -> NodeConfig:
+    return NodeConfig.model_validate({
+        "node": {"data_dir": str(data_dir), "store_id": "s1", "node_id": "node-1"},
+        "mqtt": {"cloud": {"url": url}},  # state_interval_s stays 60 s: a change must not wait for it
+        "signage": {"enabled": False},
+        "layout": {
+            "zones": [{"id": "z", "polygon": [[0, 0], [4, 0], [4, 4]]}],
+            "shelves": [{"id": "shelf-a", "zone": "z", "position": [1, 1], "controller": "ctrl-a",
+                         "slots": [{"slot": i, "sku": f"sku-{i}"} for i in range(4)]}],
+        },
+        "shelves": {"enabled": True, "ports": [{"port": p} for p in ports], "reconnect_max_s": 0.2},
+    })
+
+
+def test_a_pulled_shelf_cable_shows_in_the_state_topic_at_once(mosquitto: Any, start_node: Any,
+                                                               tmp_path: Path) -> None:
+    """Old code: every layout shelf was "ok" in the state topic (and so in Home Assistant), always."""
+    with SimulatedStore(seed=11) as sim:
+        sim.add_controller("ctrl-a", slot_count=4, unit_g=UNITS)
+        cfg = config(mosquitto.url, tmp_path / "node", [sim.port("ctrl-a")])
+        rooms: dict[str, Any] = {}
+        node = start_node(cfg, state=lambda: {"status": "ok", "rooms": {k: r.health() for k, r in rooms.items()}})
+        br = ShelfBridge(cfg, lambda e: None, startup_grace_s=0.0)
+        node.run(br.start())
+        rooms["shelves"] = br
+        try:
+            wait_state(mosquitto.port, lambda st: st["shelves"] == {"shelf-a": "ok"})
+            sim.unplug("ctrl-a")
+            st = wait_state(mosquitto.port, lambda st: st["shelves"]["shelf-a"] != "ok")
+            assert st["shelves"] == {"shelf-a": "offline"} and st["rooms"]["shelves"] == "degraded", st
+            sim.replug("ctrl-a")
+            wait_state(mosquitto.port, lambda st: st["shelves"] == {"shelf-a": "ok"})
+        finally:
+            node.run(br.stop())
+
+
+def _fill(d: Path) -> Path:
+    filler = d / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        chunk = b"\0" * 65536
+        while True:
+            try:
+                f.write(chunk)
+            except OSError:
+                if len(chunk) == 1:
+                    break
+                chunk = chunk[: len(chunk) // 2]
+    return filler
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    if os.geteuid() != 0:
+        if os.environ.get("SHELFCAST_REQUIRE_SERVICES") == "1":
+            pytest.fail("mounting a 2 MB tmpfs needs root: run this test as root")
+        pytest.skip("mounting a 2 MB tmpfs needs root")
+    d = tmp_path / "tiny"
+    d.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(d)], check=True)
+    try:
+        yield d
+    finally:
+        subprocess.run(["umount", "-l", str(d)], check=False)
+
+
+def test_a_full_data_dir_shows_in_the_state_topic_at_once(mosquitto: Any, start_node: Any, tiny_disk: Path) -> None:
+    """Old code: the housekeeping's outbox eviction failed on the full disk first, which skipped the state
+    refresh and publish (a traceback every 2 s instead), and a change waited for state_interval_s anyway."""
+    cfg = config(mosquitto.url, tiny_disk, [])
+    holder: list[Any] = []
+
+    def state() -> dict[str, Any]:
+        h = holder[0].store.health() if holder else {"status": "ok"}
+        return {"status": "degraded" if h["status"] != "ok" else "ok", "rooms": {"store": h}}
+
+    node = start_node(cfg, state=state)
+    holder.append(node)
+    wait_state(mosquitto.port, lambda st: st["rooms"] == {"store": "ok"})
+    filler = _fill(tiny_disk)
+    for i in range(300):
+        node.store.record_event(ShopperEvent(f"v{i % 5}", str(i), "pick", "z"), upstream=node.room.topics.events)
+    st = wait_state(mosquitto.port, lambda st: st["rooms"]["store"] != "ok")
+    assert st["rooms"] == {"store": "degraded"} and st["status"] == "degraded", st
+    filler.unlink()
+    wait_state(mosquitto.port, lambda st: st["rooms"] == {"store": "ok"} and st["status"] == "ok", 20)
