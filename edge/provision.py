@@ -42,7 +42,7 @@ from typing import Any
 import yaml
 
 from edge.cli import CommandRegistry, UserError, print_json
-from edge.config import ID_RE, ConfigError, load_config, parse_config
+from edge.config import DEMO_CUSTOMER_SALT, ID_RE, ConfigError, NodeConfig, load_config, parse_config
 
 __all__ = [
     "BUNDLE_DIR",
@@ -66,6 +66,10 @@ BASE_CONFIG: dict[str, Any] = {
     "signage": {"host": "0.0.0.0", "port": 8080},
 }
 SECRET_KEYS = ("password", "admin_token", "customer_salt", "secret", "token")
+SALT_FILE = "customer-salt"  # the retailer's fusion.customer_salt, private beside the node key
+DEMO_SALT_WARNING = ("warning: fusion.customer_salt is the public demo salt, so stored and synced shopper ids can "
+                     "be reversed; get the retailer's salt file from the cloud side and run `sudo shelfcast provision "
+                     "--customer-salt FILE`")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +86,7 @@ class ProvisionResult:
     qr: Path | None
     fingerprint: str  # sha256 of the public key (DER), first 16 hex digits
     bundle: Path | None = None
+    demo_salt: bool = False  # shopper ids are hashed with the public demo salt (no --customer-salt yet)
 
     def to_dict(self) -> dict[str, Any]:
         out = {}
@@ -237,17 +242,37 @@ def _load_raw(path: Path) -> dict[str, Any]:
     return raw
 
 
-def _write_config(path: Path, raw: dict[str, Any]) -> None:
-    text = ("# ShelfCast node config, written by `shelfcast provision` "
-            f"({time.strftime('%Y-%m-%d %H:%M:%S')}); check it with `shelfcast config validate`\n"
-            + yaml.safe_dump(raw, sort_keys=False, default_flow_style=None))
-    parse_config(text, str(path))  # raises ConfigError: never write a config the node would refuse
+def _write_config(path: Path, raw: dict[str, Any], check_raw: dict[str, Any] | None = None) -> NodeConfig:
+    """Validate, keep the old one as ``*.bak``, write 0640; ``check_raw``: validate this instead (a bundle's
+    config names file: secrets where they will be on the node, not where they are now)."""
+    head = ("# ShelfCast node config, written by `shelfcast provision` "
+            f"({time.strftime('%Y-%m-%d %H:%M:%S')}); check it with `shelfcast config validate`\n")
+    text = head + yaml.safe_dump(raw, sort_keys=False, default_flow_style=None)
+    check = text if check_raw is None else head + yaml.safe_dump(check_raw, sort_keys=False, default_flow_style=None)
+    cfg = parse_config(check, str(path))  # raises ConfigError: never write a config the node would refuse
     if path.exists():
         bak = path.with_name(path.name + ".bak")
         shutil.copy2(path, bak)
         # the old config may hold literal secrets (admin_token, password): never more readable than the new one
         os.chmod(bak, bak.stat().st_mode & 0o640)
     _atomic_write(path, text.encode(), 0o640)
+    return cfg
+
+
+def _read_salt(src: Path) -> str:
+    """The retailer's customer salt from ``--customer-salt FILE`` (what the config loader's file: reads)."""
+    try:
+        salt = src.read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else "not a text file"
+        raise UserError(f"--customer-salt {src}: cannot read it ({why}); give the salt file you got from the "
+                        "cloud side") from None
+    if not salt:
+        raise UserError(f"--customer-salt {src} is empty; ask the cloud side for the retailer's salt file")
+    if salt == DEMO_CUSTOMER_SALT:
+        raise UserError(f"--customer-salt {src} holds the public demo salt; ask the cloud side for the retailer's "
+                        "own salt file")
+    return salt
 
 
 def _check_id(value: str, what: str) -> str:
@@ -266,12 +291,17 @@ def _check_broker(url: str) -> str:
 def provision(*, config_path: Path, keys_dir: Path, store_id: str, node_id: str, cloud_broker: str | None,
               cert: Path | None = None, ca_file: Path | None = None, model_key: Path | None = None,
               qr_path: Path | None = None, renew: bool = False, config_keys_dir: Path | None = None,
-              username: str | None = None) -> ProvisionResult:
-    """Write config + keys; ``config_keys_dir`` is where the keys will live when the config is used (bundles)."""
+              username: str | None = None, customer_salt: Path | None = None) -> ProvisionResult:
+    """Write config + keys; ``config_keys_dir`` is where the keys will live when the config is used (bundles).
+
+    ``customer_salt``: a file with the retailer's salt for hashed shopper ids (the same on every node of the
+    retailer); copied private beside the key and referenced as ``fusion.customer_salt: file:…``.
+    """
     _check_id(store_id, "store id")
     _check_id(node_id, "node id")
     if cloud_broker:
         _check_broker(cloud_broker)
+    salt = _read_salt(customer_salt) if customer_salt is not None else None
     ref = config_keys_dir or keys_dir
     keys_dir.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(OSError):
@@ -294,6 +324,8 @@ def provision(*, config_path: Path, keys_dir: Path, store_id: str, node_id: str,
     mk_path = keys_dir / "model-signing.pub"
     if model_key is not None:
         _install_model_key(model_key, mk_path)
+    if salt is not None:
+        _write_private(keys_dir / SALT_FILE, (salt + "\n").encode())
 
     raw = _load_raw(config_path)
     node = raw.setdefault("node", {})
@@ -317,8 +349,15 @@ def provision(*, config_path: Path, keys_dir: Path, store_id: str, node_id: str,
         mqtt["cloud"] = cloud
     if mk_path.exists():
         raw.setdefault("model", {})["public_key"] = str(ref / "model-signing.pub")
+    check_raw = None
+    if salt is not None:
+        fusion = raw.get("fusion")
+        fusion = fusion if isinstance(fusion, dict) else {}
+        raw["fusion"] = {**fusion, "customer_salt": f"file:{ref / SALT_FILE}"}
+        if ref != keys_dir:  # a bundle: the salt is read from where it is now
+            check_raw = {**raw, "fusion": {**raw["fusion"], "customer_salt": f"file:{keys_dir / SALT_FILE}"}}
     try:
-        _write_config(config_path, raw)
+        cfg = _write_config(config_path, raw, check_raw)
     except ConfigError as exc:
         raise UserError(f"the resulting config would be invalid:\n{exc.render()}") from None
     qr = write_qr_png(qr_path, store_id, node_id, fp) if qr_path is not None else None
@@ -326,7 +365,7 @@ def provision(*, config_path: Path, keys_dir: Path, store_id: str, node_id: str,
         hand_to_service_user(config_path, keys_dir)
     return ProvisionResult(config_path, store_id, node_id, cloud.get("url"), key_path, csr_path,
                            cert_path if cert_path.exists() else None, ca_path if ca_path.exists() else None,
-                           mk_path if mk_path.exists() else None, qr, fp)
+                           mk_path if mk_path.exists() else None, qr, fp, demo_salt=cfg.fusion.uses_demo_salt())
 
 
 def hand_to_service_user(config_path: Path, keys_dir: Path, user: str = SERVICE_USER) -> bool:
@@ -395,7 +434,7 @@ def apply_bundle(bundle: Path, config_path: Path, keys_dir: Path) -> dict[str, A
     for p in sorted((bundle / "keys").glob("*")):
         if p.is_file():
             data = p.read_bytes()
-            if p.name.endswith(".key"):
+            if p.name.endswith(".key") or p.name == SALT_FILE:
                 _write_private(keys_dir / p.name, data)
             else:
                 _atomic_write(keys_dir / p.name, data)
@@ -403,6 +442,8 @@ def apply_bundle(bundle: Path, config_path: Path, keys_dir: Path) -> dict[str, A
     def remap(v: Any) -> Any:
         if isinstance(v, str) and v.startswith(str(FINAL_KEYS_DIR) + "/"):
             return str(keys_dir / Path(v).name)
+        if isinstance(v, str) and v.startswith(f"file:{FINAL_KEYS_DIR}/"):  # a secret beside the key (the salt)
+            return f"file:{keys_dir / Path(v[5:]).name}"
         if isinstance(v, dict):
             return {k: remap(x) for k, x in v.items()}
         return v
@@ -411,9 +452,9 @@ def apply_bundle(bundle: Path, config_path: Path, keys_dir: Path) -> dict[str, A
     hand_to_service_user(config_path, keys_dir)
     if (bundle / "label.png").exists():
         shutil.copy2(bundle / "label.png", config_path.with_name("label.png"))
-    # the boot partition is FAT and readable by anyone holding the card: the key must not stay there
-    for p in (bundle / "keys").glob("*.key"):
-        p.unlink()
+    # the boot partition is FAT and readable by anyone holding the card: the key (and salt) must not stay there
+    for p in [*(bundle / "keys").glob("*.key"), bundle / "keys" / SALT_FILE]:
+        p.unlink(missing_ok=True)
     man_path.rename(bundle / "firstboot.done.json")
     return {"store_id": man["store_id"], "node_id": man["node_id"], "config": str(config_path)}
 
@@ -540,6 +581,9 @@ def register(reg: CommandRegistry) -> None:
     p.add_argument("--ca-file", type=Path, default=None, metavar="FILE", help="CA that signs the cloud broker (PEM)")
     p.add_argument("--model-key", type=Path, default=None, metavar="FILE",
                    help="Ed25519 public key (PEM) that signs model releases: pinned on the node")
+    p.add_argument("--customer-salt", type=Path, default=None, metavar="FILE",
+                   help="the retailer's salt for hashed shopper ids (a file from the cloud side, the same on every "
+                   "node of the retailer); without it the public demo salt stays in use")
     p.add_argument("--config", type=Path, default=None, metavar="FILE",
                    help=f"config to write (default: $SHELFCAST_CONFIG or {DEFAULT_CONFIG})")
     p.add_argument("--keys-dir", type=Path, default=None, metavar="DIR",
@@ -612,7 +656,7 @@ def _provision(args: argparse.Namespace) -> int:
     assert store_id and node_id
     kw: dict[str, Any] = dict(store_id=store_id, node_id=node_id, cloud_broker=broker, cert=args.cert,
                               ca_file=args.ca_file, model_key=args.model_key, renew=args.renew,
-                              username=args.username)
+                              username=args.username, customer_salt=args.customer_salt)
     try:
         if args.boot_partition is not None:
             res = write_bundle(args.boot_partition, **kw)
@@ -621,6 +665,8 @@ def _provision(args: argparse.Namespace) -> int:
             res = provision(config_path=config_path, keys_dir=keys_dir, qr_path=qr, **kw)
     except PermissionError as exc:
         raise UserError(f"cannot write {exc.filename}: permission denied; run it with sudo") from None
+    if res.demo_salt:
+        print(DEMO_SALT_WARNING, file=sys.stderr)
     if args.json:
         print_json(res.to_dict())
         return 0
@@ -634,6 +680,7 @@ def _label_text(r: ProvisionResult) -> str:
         ("key fingerprint", r.fingerprint), ("config", str(r.config)),
         ("CSR (have it signed)", str(r.csr) if r.cert is None else "signed certificate installed"),
         ("model signing key", str(r.model_key) if r.model_key else "NOT PINNED (--model-key FILE)"),
+        ("customer salt", "DEMO SALT (--customer-salt FILE)" if r.demo_salt else "the retailer's"),
         ("QR label", str(r.qr) if r.qr else "(none)"),
     ]
     if r.bundle is not None:
