@@ -8,9 +8,12 @@ Why it looks like this:
   a batch's transaction the writer runs what has queued every 20 ms: not one
   wake-up per operation, and not 500 operations holding the GIL in one go
   (both cost the event loop milliseconds).
-- WAL journal with ``synchronous=NORMAL``: a committed batch survives a
-  ``kill -9``; a power cut loses at most the last batch, which the writer has
-  not acknowledged yet (futures resolve only after COMMIT).
+- WAL journal with ``synchronous=FULL``: the WAL is fdatasync'ed at every
+  COMMIT (one per batch: at most one per ``flush_interval_ms``), so a committed
+  batch survives a ``kill -9`` and a power cut; a power cut loses at most the
+  open batch, which the writer has not acknowledged yet (futures resolve only
+  after COMMIT). ``NORMAL`` (before 2026-12-01) synced only at checkpoints: an
+  acknowledged batch could roll back after a power cut.
 - Hot-path reads (product, stock, planogram slot, profile) come from in-memory
   dicts kept in step by the writer, so they answer in microseconds without a
   query. Slower reads use a per-thread read connection.
@@ -226,7 +229,7 @@ class Store:
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
         try:
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute("PRAGMA busy_timeout=30000")
             if readonly:
