@@ -69,6 +69,8 @@ class ControllerHealth:
     pending: dict[int, asyncio.Future[P.Ack]] = field(default_factory=dict)
     shown: dict[int, P.Show] = field(default_factory=dict)
     went_offline: float | None = None
+    garbage_mark: int = 0  # the decoder's garbage_bytes / crc_errors at the last read with a valid frame
+    crc_mark: int = 0
 
     @property
     def controller_id(self) -> str | None:
@@ -201,6 +203,8 @@ class ShelfBridge:
         if c is None:
             return
         now = time.monotonic()
+        st = link.decoder.stats
+        c.garbage_mark, c.crc_mark = st.garbage_bytes, st.crc_errors
         for wall, ns, fr in items:
             if fr.version != P.PROTOCOL_VERSION:
                 c.protocol_errors += 1
@@ -408,6 +412,19 @@ class ShelfBridge:
         return (await self.command(shelf, P.Calibrate(slot, round(known_g * 1000)))).status == P.Status.OK
 
     # -- health --------------------------------------------------------------------------------
+    def _silence_error(self, c: ControllerHealth, st: Any, now: float) -> str:
+        """Why a controller whose port is open is offline: garbage on the line, or silence."""
+        if c.online or c.link.state != "open" or not c.last_frame:
+            return ""
+        age = now - c.last_frame
+        junk, bad = st.garbage_bytes - c.garbage_mark, st.crc_errors - c.crc_mark
+        if junk or bad:
+            return (f"{c.port}: no valid frame for {age:.0f} s, only garbage ({junk} bytes, {bad} frames with a bad "
+                    f"CRC): a loose or damaged cable, electrical noise, or firmware that is not ShelfCast's at "
+                    f"{c.link.baudrate} baud; reseat or replace the cable, or flash it (`shelfcast firmware flash`)")
+        return (f"{c.port}: controller silent for {age:.0f} s (port open, nothing received): it may have hung or "
+                "lost power; power-cycle the shelf controller")
+
     def health(self) -> dict[str, Any]:
         now = time.monotonic()
         ctrls: dict[str, Any] = {}
@@ -421,7 +438,7 @@ class ShelfBridge:
                 "shelf": c.shelf,
                 "online": c.online,
                 "link": c.link.state,
-                "error": c.protocol_error or c.link.error,
+                "error": c.protocol_error or c.link.error or self._silence_error(c, st, now),
                 "hardware": h.hardware_id if h else None,
                 "firmware": h.firmware_str if h else None,
                 "mode": ("bootloader" if h.mode == P.MODE_BOOTLOADER else "app") if h else None,

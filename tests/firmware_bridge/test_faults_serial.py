@@ -1,0 +1,84 @@
+"""A shelf line that carries only garbage for a while, or nothing, over a real pty: the controller goes
+offline, health says why (not just "offline" with an empty error), and it all recovers by itself."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from edge.config import default_config
+from edge.events import ShelfEvent
+from firmware_bridge.room import ShelfBridge
+from firmware_bridge.sim import SimulatedStore
+
+UNITS = [100.0, 250.0, 400.0, 60.0]
+
+
+async def until(cond: Callable[[], bool], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+def bridge(sim: SimulatedStore, events: list[ShelfEvent]) -> ShelfBridge:
+    cfg = default_config(
+        layout={"zones": [{"id": "z", "polygon": [[0, 0], [4, 0], [4, 4]]}],
+                "shelves": [{"id": "shelf-a", "zone": "z", "position": [1, 1], "controller": "ctrl-a",
+                             "slots": [{"slot": i, "sku": f"sku-{i}"} for i in range(4)]}]},
+        shelves={"ports": [{"port": sim.port("ctrl-a")}], "offline_after_s": 0.5})
+    return ShelfBridge(cfg, events.append, lambda s, n: (f"sku-{n}", UNITS[n]), startup_grace_s=0.0)
+
+
+def test_a_line_of_pure_garbage_says_so_then_recovers() -> None:
+    async def main() -> None:
+        with SimulatedStore(seed=21) as sim:
+            sim.add_controller("ctrl-a", slot_count=4, unit_g=UNITS)
+            events: list[ShelfEvent] = []
+            br = bridge(sim, events)
+            await br.start()
+            try:
+                await until(lambda: br.health()["online"] == 1)
+                f = sim.faults("ctrl-a")
+                f.corrupt_rate = 1.0  # every frame the controller sends arrives damaged
+                for _ in range(15):
+                    sim.inject_garbage("ctrl-a", 500)
+                    await asyncio.sleep(0.1)
+                h = br.health()
+                c = h["controllers"]["ctrl-a"]
+                assert h["status"] == "degraded" and not c["online"] and c["link"] == "open"
+                assert "only garbage" in c["error"] and "cable" in c["error"], c["error"]  # old code: ""
+                f.corrupt_rate = 0.0
+                await until(lambda: br.health()["online"] == 1)
+                h = br.health()
+                assert h["status"] == "ok" and h["controllers"]["ctrl-a"]["error"] == ""
+                await asyncio.sleep(1.0)
+                sim.pick("ctrl-a", 1, 1)
+                await until(lambda: len(events) == 1)
+                assert (events[0].slot, events[0].delta_units) == (1, -1)
+            finally:
+                await br.stop()
+
+    asyncio.run(main())
+
+
+def test_a_silent_controller_says_silent() -> None:
+    async def main() -> None:
+        with SimulatedStore(seed=22) as sim:
+            sim.add_controller("ctrl-a", slot_count=4, unit_g=UNITS)
+            br = bridge(sim, [])
+            await br.start()
+            try:
+                await until(lambda: br.health()["online"] == 1)
+                sim.silence("ctrl-a", 3.0)
+                await until(lambda: br.health()["offline"] == 1)
+                c = br.health()["controllers"]["ctrl-a"]
+                assert "silent" in c["error"] and "power-cycle" in c["error"], c["error"]  # old code: ""
+                await until(lambda: br.health()["online"] == 1)
+                assert br.health()["controllers"]["ctrl-a"]["error"] == ""
+            finally:
+                await br.stop()
+
+    asyncio.run(main())
