@@ -144,7 +144,14 @@ render_broker_and_udev() {
     "$PY" -m edge.deployment render --config "$R$CONFIG" --out-dir "$tmp" \
         || die "cannot render udev rules and the broker config from $R$CONFIG"
     put "$tmp/udev.rules" /etc/udev/rules.d/99-shelfcast.rules 644
-    put "$tmp/mosquitto.conf" /etc/mosquitto/conf.d/shelfcast.conf 644
+    # 0640 root:mosquitto: the bridge's remote_password (mqtt.cloud.password) is in it; mosquitto reads it
+    put "$tmp/mosquitto.conf" /etc/mosquitto/conf.d/shelfcast.conf 640
+    if [ -n "$DESTDIR" ] || getent group mosquitto >/dev/null 2>&1; then
+        run chown root:mosquitto /etc/mosquitto/conf.d/shelfcast.conf
+    else
+        echo "    note: no mosquitto group (is mosquitto installed? sudo apt-get install -y mosquitto);" \
+             "/etc/mosquitto/conf.d/shelfcast.conf stays root-only"
+    fi
     while read -r src name; do
         [ -n "$src" ] || continue
         case "$src" in "$R"/*) file="$src" ;; *) file="$R$src" ;; esac

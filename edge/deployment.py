@@ -10,6 +10,7 @@ bridge always matches the provisioned cloud broker.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             ap.error("render needs --out-dir")
         args.out_dir.mkdir(parents=True, exist_ok=True)
         (args.out_dir / "udev.rules").write_text(render_udev_rules(cfg.shelves.usb_ids))
-        (args.out_dir / "mosquitto.conf").write_text(render_mosquitto_conf(cfg, args.cert_dir))
+        _write_private(args.out_dir / "mosquitto.conf", render_mosquitto_conf(cfg, args.cert_dir))
         (args.out_dir / "tls-files").write_text("".join(f"{src} {name}\n" for src, name in _tls_files(cfg)))
     elif args.what == "udev":
         sys.stdout.write(render_udev_rules(cfg.shelves.usb_ids))
@@ -139,6 +140,14 @@ def main(argv: list[str] | None = None) -> int:
         for src, name in _tls_files(cfg):
             print(f"{src} {name}")
     return 0
+
+
+def _write_private(path: Path, text: str) -> None:
+    """0600 from the first byte: the broker config may hold the bridge's remote_password (mqtt.cloud.password)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT: narrow it too
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
 
 
 def _tls_files(cfg: NodeConfig) -> list[tuple[Path, str]]:
