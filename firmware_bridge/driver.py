@@ -85,6 +85,9 @@ def open_error_message(port: str, exc: BaseException) -> tuple[str, str]:
         return "permission", f"{port}: permission denied; {DIALOUT_FIX}"
     if code in (errno.ENOENT, errno.ENODEV, errno.ENXIO) or "No such file" in text:
         return "missing", f"{port}: not present; waiting for the controller to be plugged in"
+    if code in (errno.ENOTTY, errno.EISDIR) or "Inappropriate ioctl" in text or "Is a directory" in text:
+        return "error", (f"{port}: not a serial port; set shelves.ports to the controller's device (list them "
+                         f"with `ls {BY_ID_DIR}/`) or to auto")
     if code in (errno.EBUSY, errno.EAGAIN, errno.EWOULDBLOCK) or "lock" in text.lower():
         return "busy", (f"{port}: in use by another program (the shelfcast service or a flashing tool); "
                         "stop it first")

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 from edge.config import default_config
 from edge.events import ShelfEvent
@@ -82,3 +84,28 @@ def test_a_silent_controller_says_silent() -> None:
                 await br.stop()
 
     asyncio.run(main())
+
+
+def test_a_port_that_is_not_a_serial_device_names_the_fix(tmp_path: Path) -> None:
+    """A typo in shelves.ports pointing at a file or a directory: old code said only 'cannot open: Could not
+    configure port: (25, 'Inappropriate ioctl for device')'."""
+    plain = tmp_path / "ttyACM0.txt"
+    plain.write_text("")
+
+    async def main() -> list[dict[str, Any]]:
+        out = []
+        for port in (plain, tmp_path):
+            cfg = default_config(shelves={"ports": [{"port": str(port)}], "reconnect_max_s": 0.1})
+            br = ShelfBridge(cfg, lambda e: None, startup_grace_s=0.0)
+            await br.start()
+            try:
+                await until(lambda b=br: next(iter(b.health()["controllers"].values()))["error"] != "")
+                out.append(br.health())
+            finally:
+                await br.stop()
+        return out
+
+    for h in asyncio.run(main()):
+        c = next(iter(h["controllers"].values()))
+        assert h["status"] == "degraded"
+        assert "not a serial port" in c["error"] and "shelves.ports" in c["error"], c["error"]
