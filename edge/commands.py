@@ -74,6 +74,10 @@ def _run(args: argparse.Namespace) -> int:
     setup_logging(config.logging)
     if args.log_level:
         logging.getLogger().setLevel(args.log_level)
+    if config.fusion.uses_demo_salt():  # `shelfcast demo` does not come through here
+        log.warning("fusion.customer_salt is the public demo salt: stored and synced shopper ids can be reversed; "
+                    "get the retailer's salt file from the cloud side and run `sudo shelfcast provision "
+                    "--customer-salt FILE`")
     try:
         Path(config.node.data_dir).mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -1,0 +1,52 @@
+"""`shelfcast run` logs one WARNING at start when shopper ids would be hashed with the public demo salt."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def run_node(tmp_path: Path, extra: str = "") -> str:
+    cfg = tmp_path / "n.yaml"
+    cfg.write_text(f"node:\n  data_dir: {tmp_path / 'data'}\nshelves:\n  enabled: false\nsignage:\n  port: 0\n"
+                   + extra)
+    p = subprocess.Popen([sys.executable, "-m", "edge", "run", "--config", str(cfg)], stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, env=ENV, cwd=ROOT)
+    assert p.stdout is not None
+    lines = []
+    deadline = time.monotonic() + 60
+    for line in p.stdout:
+        lines.append(line)
+        if "running" in line or time.monotonic() > deadline:
+            break
+    p.send_signal(signal.SIGINT)
+    lines.append(p.communicate(timeout=60)[0])
+    out = "".join(lines)
+    assert "running" in out, out
+    return out
+
+
+def test_run_warns_once_on_the_demo_salt(tmp_path: Path) -> None:
+    out = run_node(tmp_path)
+    warn = [ln for ln in out.splitlines() if "demo salt" in ln]
+    assert len(warn) == 1 and "WARNING" in warn[0] and "--customer-salt FILE" in warn[0], out
+
+
+def test_run_is_quiet_with_the_retailers_salt(tmp_path: Path) -> None:
+    salt = tmp_path / "customer-salt"
+    salt.write_text("acme-7f3c9e1d2b4a68f0e5c1d9b7a3f2e6c4\n")
+    assert "demo salt" not in run_node(tmp_path, f"fusion:\n  customer_salt: file:{salt}\n")
+
+
+def test_demo_does_not_warn(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "edge", "demo", "--duration", "1", "--quiet"], capture_output=True,
+                       text=True, timeout=120, env=ENV, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert "demo salt" not in r.stdout + r.stderr
