@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from edge.app import Node
 from edge.config import NodeConfig, parse_config
 from edge.events import RecommendationSet, ShelfEvent, ShopperEvent
+from edge.store import StoreError
 
 if TYPE_CHECKING:
     from edge.vision.scene import Pick
@@ -161,6 +162,7 @@ async def run_demo(opts: DemoOptions) -> dict[str, Any]:
         shelves = DemoShelves(config, seed=opts.seed)
         node.extra_shelf_ports = shelves.ports
     t0 = time.monotonic()
+    store_error: str | None = None
     await node.start()
     truth = _GroundTruthBus(node.bus)
     if shelves is not None:
@@ -229,7 +231,10 @@ async def run_demo(opts: DemoOptions) -> dict[str, Any]:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)
         health = node.health()
-        await asyncio.to_thread(node.store.flush)
+        try:
+            await asyncio.to_thread(node.store.flush)
+        except StoreError as exc:  # the data dir filled up: the summary says so, no traceback
+            store_error = f"{exc}: free space in {data_dir} or run the demo with another --data-dir"
         if node.sync is not None:  # a cloud broker is configured: wait (bounded) for the outbox to drain
             await asyncio.to_thread(node.sync.drain, opts.drain_timeout_s)
         outbox = node.store.outbox_pending()
@@ -260,6 +265,7 @@ async def run_demo(opts: DemoOptions) -> dict[str, Any]:
         "camera_picks": truth.picks,
         "fusion_attributed": health["rooms"].get("fusion", {}).get("attributed", 0),
         "fusion_unattributed": health["rooms"].get("fusion", {}).get("unattributed", 0),
+        **({"store_error": store_error} if store_error else {}),
     }
 
 
@@ -296,4 +302,7 @@ def _synthetic_scene(config: NodeConfig, opts: DemoOptions) -> Any:
 def main(opts: DemoOptions) -> int:
     summary = asyncio.run(run_demo(opts))
     sys.stdout.write(json.dumps(summary, separators=(",", ":")) + "\n")
+    if summary.get("store_error"):
+        sys.stderr.write(f"error: the demo could not save its last events: {summary['store_error']}\n")
+        return 1
     return 0

@@ -19,7 +19,7 @@ import socket
 import subprocess
 import time
 import tty
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -150,6 +150,43 @@ def pty_pair() -> Iterator[PtyPair]:
         yield pair
     finally:
         pair.close()
+
+
+def _fill_disk(d: Path) -> Path:
+    """Fill the filesystem of ``d`` to the last byte with one file; returns it (delete it to free the space)."""
+    filler = d / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        chunk = b"\0" * 65536
+        while True:
+            try:
+                f.write(chunk)
+            except OSError:
+                if len(chunk) == 1:
+                    break
+                chunk = chunk[: len(chunk) // 2]
+    return filler
+
+
+@pytest.fixture
+def fill_disk() -> Callable[[Path], Path]:
+    """``fill_disk(d)``: fill the filesystem of ``d`` to the last byte (one file, returned)."""
+    return _fill_disk
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 2 MB tmpfs, to make a disk really full (needs root: CI and the node image run the tests as root)."""
+    if os.geteuid() != 0:
+        if os.environ.get("SHELFCAST_REQUIRE_SERVICES") == "1":
+            pytest.fail("mounting a 2 MB tmpfs needs root: run this test as root")
+        pytest.skip("mounting a 2 MB tmpfs needs root")
+    d = tmp_path / "tiny"
+    d.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(d)], check=True)
+    try:
+        yield d
+    finally:
+        subprocess.run(["umount", "-l", str(d)], check=False)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

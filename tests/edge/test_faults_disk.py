@@ -7,47 +7,12 @@ all by itself once space comes back: no restart, no lost event, each event id on
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
-
-import pytest
 
 from edge.events import ShopperEvent
 from edge.store import Store
-
-
-def _fill(d: Path) -> Path:
-    """Fill the filesystem of ``d`` to the last byte with one file; returns it."""
-    filler = d / "filler"
-    with open(filler, "wb", buffering=0) as f:
-        chunk = b"\0" * 65536
-        while True:
-            try:
-                f.write(chunk)
-            except OSError:
-                if len(chunk) == 1:
-                    break
-                chunk = chunk[: len(chunk) // 2]
-    return filler
-
-
-@pytest.fixture
-def tiny_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 2 MB tmpfs (needs root: the test runs as root in CI and on the node image)."""
-    if os.geteuid() != 0:
-        if os.environ.get("SHELFCAST_REQUIRE_SERVICES") == "1":
-            pytest.fail("mounting a 2 MB tmpfs needs root: run this test as root")
-        pytest.skip("mounting a 2 MB tmpfs needs root")
-    d = tmp_path / "tiny"
-    d.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(d)], check=True)
-    try:
-        yield d
-    finally:
-        subprocess.run(["umount", "-l", str(d)], check=False)
 
 
 def _wait(pred, timeout: float = 15.0) -> bool:  # type: ignore[no-untyped-def]
@@ -59,11 +24,12 @@ def _wait(pred, timeout: float = 15.0) -> bool:  # type: ignore[no-untyped-def]
     return bool(pred())
 
 
-def test_events_recorded_while_the_disk_is_full_are_written_once_space_is_back(tiny_disk: Path) -> None:
+def test_events_recorded_while_the_disk_is_full_are_written_once_space_is_back(
+        tiny_disk: Path, fill_disk: Callable[[Path], Path]) -> None:
     s = Store(tiny_disk / "shelfcast.db", flush_interval_ms=20).open()
     try:
         s.flush()
-        filler = _fill(tiny_disk)
+        filler = fill_disk(tiny_disk)
         ids = []
         for i in range(1000):  # ~0.7 MB of event + outbox rows: fits once the filler is gone
             ev = ShopperEvent(f"v{i % 7}", str(i), "pick", "z")
@@ -89,7 +55,7 @@ def test_events_recorded_while_the_disk_is_full_are_written_once_space_is_back(t
 
 
 def test_a_node_booting_on_a_full_disk_keeps_its_database_waits_and_starts_once_space_is_back(
-        tiny_disk: Path) -> None:
+        tiny_disk: Path, fill_disk: Callable[[Path], Path]) -> None:
     """Old code: the open's "disk I/O error" (no room for the -shm file) was taken for corruption, the good
     database (outbox included) was moved aside as *.corrupt-*, and the node then died in start()."""
     from edge.app import Node
@@ -105,7 +71,7 @@ def test_a_node_booting_on_a_full_disk_keeps_its_database_waits_and_starts_once_
         products = len(node.store.products())
         node.store.append_event(ShopperEvent("v1", "1", "pick", "z"), upstream="up").result(5)
         await node.stop()
-        filler = _fill(tiny_disk)
+        filler = fill_disk(tiny_disk)
 
         node = Node(cfg)
         start = asyncio.ensure_future(node.start())
@@ -127,13 +93,13 @@ def test_a_node_booting_on_a_full_disk_keeps_its_database_waits_and_starts_once_
     asyncio.run(run())
 
 
-def test_doctor_on_a_full_disk_says_full_not_corrupted(tiny_disk: Path) -> None:
+def test_doctor_on_a_full_disk_says_full_not_corrupted(tiny_disk: Path, fill_disk: Callable[[Path], Path]) -> None:
     """Old code: "shelfcast.db is corrupted: disk I/O error" with the fix "restart the node", on a good file."""
     from edge.doctor import check_data_dir, check_database
 
     with Store(tiny_disk / "shelfcast.db") as s:
         s.append_event(ShopperEvent("v1", "1", "pick", "z"), upstream="up").result(5)
-    filler = _fill(tiny_disk)
+    filler = fill_disk(tiny_disk)
     assert check_data_dir(tiny_disk).status == "fail"
     c = check_database(tiny_disk)
     assert c.status == "fail", c

@@ -5,48 +5,17 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from edge.events import ShopperEvent
 
 
-def _fill(d: Path) -> Path:
-    filler = d / "filler"
-    with open(filler, "wb", buffering=0) as f:
-        chunk = b"\0" * 65536
-        while True:
-            try:
-                f.write(chunk)
-            except OSError:
-                if len(chunk) == 1:
-                    break
-                chunk = chunk[: len(chunk) // 2]
-    return filler
-
-
-@pytest.fixture
-def tiny_disk(tmp_path: Path) -> Iterator[Path]:
-    if os.geteuid() != 0:
-        if os.environ.get("SHELFCAST_REQUIRE_SERVICES") == "1":
-            pytest.fail("mounting a 2 MB tmpfs needs root: run this test as root")
-        pytest.skip("mounting a 2 MB tmpfs needs root")
-    d = tmp_path / "tiny"
-    d.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(d)], check=True)
-    try:
-        yield d
-    finally:
-        subprocess.run(["umount", "-l", str(d)], check=False)
-
-
 def test_events_recorded_on_a_full_disk_reach_the_cloud_once_space_is_back(
-        mosquitto: Any, node_config: Any, start_node: Any, upstream: Any, tiny_disk: Path) -> None:
+        mosquitto: Any, node_config: Any, start_node: Any, upstream: Any, tiny_disk: Path,
+        fill_disk: Callable[[Path], Path]) -> None:
     node = start_node(node_config(mosquitto.url, data_dir=tiny_disk))
     topic = node.room.topics.events
     ids: list[str] = []
@@ -67,7 +36,7 @@ def test_events_recorded_on_a_full_disk_reach_the_cloud_once_space_is_back(
         burst(200)
         assert upstream.wait_for(lambda: node.store.outbox_pending() >= 200, 10)
         time.sleep(0.5)  # the drainer has them in flight
-        filler = _fill(tiny_disk)
+        filler = fill_disk(tiny_disk)
     finally:
         os.kill(mosquitto.proc.pid, signal.SIGCONT)  # PUBACKs arrive now: the outbox deletes hit a full disk
     assert upstream.wait_for(lambda: len({e["id"] for e in upstream.of("/events")}) >= 400, 20)
