@@ -33,6 +33,7 @@ from edge.config import NodeConfig
 from edge.events import RecommendationSet
 from edge.recommend import Recommender
 from edge.store import Product, Store, StoreDiskError, StoreError
+from edge.systemd import Notifier
 
 __all__ = ["Node", "Room", "ScreenBoard", "bundled_catalogue"]
 
@@ -115,6 +116,11 @@ class StoreRoom:
                 break
             except StoreDiskError as exc:
                 log.error("%s; retrying in %.0f s", exc, delay)
+                # under systemd: the start job must not time out (TimeoutStartSec) and restart the node, with a
+                # model load each time, while it only waits for space; `systemctl status` shows why it waits
+                n = Notifier()
+                n.notify(f"STATUS=waiting for disk space: {exc}", f"EXTEND_TIMEOUT_USEC={int((delay + 60) * 1e6)}")
+                n.close()
                 await asyncio.sleep(delay)
                 delay = min(30.0, delay * 2)
         if not self.store.products():

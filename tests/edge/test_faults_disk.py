@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from edge.events import ShopperEvent
 from edge.store import Store
 
@@ -108,3 +110,47 @@ def test_doctor_on_a_full_disk_says_full_not_corrupted(tiny_disk: Path, fill_dis
     filler.unlink()
     c = check_database(tiny_disk)
     assert c.status == "pass" and "1 in outbox" in c.detail, c
+
+
+def test_a_node_waiting_for_disk_space_keeps_systemd_from_timing_out_its_start(
+        tiny_disk: Path, fill_disk: Callable[[Path], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under systemd (Type=notify, TimeoutStartSec=120) a node waiting for space was killed and restarted every
+    ~2 minutes, a model load each time: it now extends its start timeout and says why it waits."""
+    import socket
+
+    from edge.app import StoreRoom
+    from edge.config import NodeConfig
+
+    sock_path = str(tmp_path / "notify.sock")
+    rx = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    rx.bind(sock_path)
+    rx.settimeout(0.2)
+    monkeypatch.setenv("NOTIFY_SOCKET", sock_path)
+    cfg = NodeConfig.model_validate({"node": {"data_dir": str(tiny_disk), "store_id": "s1", "node_id": "n1"}})
+    filler = fill_disk(tiny_disk)
+
+    async def run() -> list[str]:
+        room = StoreRoom(cfg)
+        start = asyncio.ensure_future(room.start())
+        await asyncio.sleep(2.5)
+        assert not start.done()
+        got = []
+        while True:
+            try:
+                got.append(rx.recv(4096).decode())
+            except TimeoutError:
+                break
+        filler.unlink()
+        await asyncio.wait_for(start, 40)
+        await room.stop()
+        return got
+
+    try:
+        got = asyncio.run(run())
+    finally:
+        rx.close()
+    assert got, "no sd_notify datagram while waiting"
+    lines = [ln for g in got for ln in g.splitlines()]
+    ext = [int(ln.split("=", 1)[1]) for ln in lines if ln.startswith("EXTEND_TIMEOUT_USEC=")]
+    assert ext and min(ext) >= 60_000_000, lines
+    assert any(ln.startswith("STATUS=waiting for disk space") for ln in lines), lines
