@@ -4,16 +4,13 @@ controller simulator) and a full data_dir (a real, really full 2 MB tmpfs), with
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-import pytest
 
 from edge.config import NodeConfig
 from edge.events import ShopperEvent
@@ -92,36 +89,8 @@ def test_a_pulled_shelf_cable_shows_in_the_state_topic_at_once(mosquitto: Any, s
             node.run(br.stop())
 
 
-def _fill(d: Path) -> Path:
-    filler = d / "filler"
-    with open(filler, "wb", buffering=0) as f:
-        chunk = b"\0" * 65536
-        while True:
-            try:
-                f.write(chunk)
-            except OSError:
-                if len(chunk) == 1:
-                    break
-                chunk = chunk[: len(chunk) // 2]
-    return filler
-
-
-@pytest.fixture
-def tiny_disk(tmp_path: Path) -> Iterator[Path]:
-    if os.geteuid() != 0:
-        if os.environ.get("SHELFCAST_REQUIRE_SERVICES") == "1":
-            pytest.fail("mounting a 2 MB tmpfs needs root: run this test as root")
-        pytest.skip("mounting a 2 MB tmpfs needs root")
-    d = tmp_path / "tiny"
-    d.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(d)], check=True)
-    try:
-        yield d
-    finally:
-        subprocess.run(["umount", "-l", str(d)], check=False)
-
-
-def test_a_full_data_dir_shows_in_the_state_topic_at_once(mosquitto: Any, start_node: Any, tiny_disk: Path) -> None:
+def test_a_full_data_dir_shows_in_the_state_topic_at_once(mosquitto: Any, start_node: Any, tiny_disk: Path,
+                                                           fill_disk: Callable[[Path], Path]) -> None:
     """Old code: the housekeeping's outbox eviction failed on the full disk first, which skipped the state
     refresh and publish (a traceback every 2 s instead), and a change waited for state_interval_s anyway."""
     cfg = config(mosquitto.url, tiny_disk, [])
@@ -134,7 +103,7 @@ def test_a_full_data_dir_shows_in_the_state_topic_at_once(mosquitto: Any, start_
     node = start_node(cfg, state=state)
     holder.append(node)
     wait_state(mosquitto.port, lambda st: st["rooms"] == {"store": "ok"})
-    filler = _fill(tiny_disk)
+    filler = fill_disk(tiny_disk)
     for i in range(300):
         node.store.record_event(ShopperEvent(f"v{i % 5}", str(i), "pick", "z"), upstream=node.room.topics.events)
     st = wait_state(mosquitto.port, lambda st: st["rooms"]["store"] != "ok")
