@@ -149,8 +149,9 @@ def check_data_dir(data_dir: Path, min_free_mb: int = MIN_FREE_MB, warn_free_mb:
     du = shutil.disk_usage(data_dir)
     free_mb = du.free / 1e6
     detail = f"{data_dir} writable; {free_mb:,.0f} MB free of {du.total / 1e6:,.0f} MB"
-    fix_space = ("free space: `sudo journalctl --vacuum-size=32M`, remove old *.corrupt-* and *.bak files in "
-                 f"{data_dir}, or lower store.retention_days")
+    from edge.store import space_fix
+
+    fix_space = f"free space: {space_fix(data_dir)}, or lower store.retention_days"
     if free_mb < min_free_mb:
         return Check("data_dir", "fail", detail + f" (needs at least {min_free_mb} MB)", fix_space)
     if free_mb < warn_free_mb:
@@ -208,13 +209,13 @@ def check_database(data_dir: Path) -> Check:
         finally:
             conn.close()
     except sqlite3.DatabaseError as exc:
-        from edge.store import is_disk_error
+        from edge.store import is_disk_error, space_fix
 
         if is_disk_error(exc):  # a full or failing disk, not a bad file: a restart would not help
             return Check("database", "fail", f"cannot read {db}: {exc} (its disk is full or failing; the file "
                          "itself may be fine)", f"free space in {data_dir} (`df -h {data_dir}`, "
-                         "`sudo journalctl --vacuum-size=32M`, remove old *.corrupt-* and *.bak files there); the "
-                         "node waits for the space and resumes by itself; if the disk is not full, replace the SD card")
+                         f"{space_fix(data_dir)}); the node waits for the space and resumes by itself; if the disk "
+                         "is not full, replace the SD card")
         return Check("database", "fail", f"{db} is corrupted: {exc}", fix_corrupt)
     if rows != ["ok"]:
         return Check("database", "fail", f"{db} failed its integrity check: {'; '.join(rows[:3])}", fix_corrupt)

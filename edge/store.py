@@ -49,7 +49,8 @@ import sqlite_utils
 
 from edge.events import _Event
 
-__all__ = ["SCHEMA_VERSION", "Product", "Profile", "Store", "StoreDiskError", "StoreError", "is_disk_error"]
+__all__ = ["SCHEMA_VERSION", "Product", "Profile", "Store", "StoreDiskError", "StoreError", "is_disk_error",
+           "space_fix"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -191,8 +192,7 @@ class Store:
             if not is_disk_error(exc):
                 raise
             msg = (f"cannot open {self.path}: {exc}; node.data_dir {self.path.parent} is full or failing: free "
-                   f"space (`df -h {self.path.parent}`, `sudo journalctl --vacuum-size=32M`, remove old "
-                   "*.corrupt-* and *.bak files there) or replace the SD card")
+                   f"space (`df -h {self.path.parent}`, {space_fix(self.path.parent)}) or replace the SD card")
             self._health.update(status="failed", last_error=msg)
             raise StoreDiskError(msg) from None
         self._closed = False
@@ -791,6 +791,11 @@ def _in_savepoint(conn: sqlite3.Connection, fn: Callable[..., Any], *args: Any) 
         conn.execute("ROLLBACK TO op")
         conn.execute("RELEASE op")
         return None, exc
+
+
+def space_fix(data_dir: Path | str) -> str:
+    """How to free space in the node's data dir: one wording for the store's errors and ``doctor``."""
+    return f"`sudo journalctl --vacuum-size=32M`, remove old *.corrupt-* and *.bak files in {data_dir}"
 
 
 def is_disk_error(exc: BaseException) -> bool:
