@@ -1323,10 +1323,11 @@ class Ranker:
     def set_families(self, families: Mapping[str, str]) -> int:
         """sku -> what the shopper reads as one line (the node's display name without the pack size,
         ``edge.recommend.display_family``). An answer then holds one sku per family, the best-ranked one, so its k
-        items are k different lines: a store catalogue lists pack and size variants under one name (32 such
-        families in the bundled one), the model scores them alike, and a screen showing two of them looks broken.
-        Skus without a variant (or not mentioned) are unaffected; an empty mapping turns it off. The evaluation
-        harness never calls it (its answers stay per sku). Returns the number of families with variants."""
+        items are k different lines: a store catalogue lists pack and size variants under one name (65 families
+        with more than one sku in the bundled one), the model scores them alike, and a screen showing two of them
+        looks broken. Skus without a variant (or not mentioned) are unaffected; an empty mapping turns it off.
+        The evaluation harness never calls it (its answers stay per sku). Returns the number of families with
+        variants."""
         by: dict[str, list[str]] = {}
         for sku, fam in families.items():
             by.setdefault(str(fam), []).append(str(sku))
