@@ -7,7 +7,6 @@ import json
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -20,27 +19,6 @@ AVAIL = "shelfcast/v1/s1/node-1/availability"
 STATE = "shelfcast/v1/s1/node-1/state"
 
 
-def retained(mosquitto: Any, topic: str, timeout: float = 3.0) -> bytes | None:
-    """What a new subscriber gets as the retained message on ``topic``."""
-    got: list[bytes] = []
-    done = threading.Event()
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"probe-{time.monotonic_ns()}", protocol=mqtt.MQTTv5)
-
-    def on_message(cl: Any, u: Any, msg: mqtt.MQTTMessage) -> None:
-        if msg.retain:
-            got.append(msg.payload)
-            done.set()
-
-    c.on_message = on_message
-    c.on_connect = lambda cl, *a: cl.subscribe(topic, qos=1)
-    c.connect("127.0.0.1", mosquitto.port)
-    c.loop_start()
-    done.wait(timeout)
-    c.loop_stop()
-    c.disconnect()
-    return got[-1] if got else None
-
-
 def wait(pred: Any, timeout: float = 10.0) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -51,34 +29,36 @@ def wait(pred: Any, timeout: float = 10.0) -> Any:
     return pred()
 
 
-def test_online_state_on_every_reconnect_then_stopped(mosquitto: Any, node_config: Any, start_node: Any) -> None:
+def test_online_state_on_every_reconnect_then_stopped(mosquitto: Any, node_config: Any, start_node: Any,
+                                                      retained: Any) -> None:
     node = start_node(node_config(mosquitto.url))
-    assert wait(lambda: retained(mosquitto, AVAIL) == b"online")
-    state = json.loads(retained(mosquitto, STATE) or b"{}")
+    assert wait(lambda: retained(mosquitto.port, AVAIL) == b"online")
+    state = json.loads(retained(mosquitto.port, STATE) or b"{}")
     assert state["node"] == "node-1" and state["model"] == "v1" and "outbox_pending" in state
     t_restart = time.time()
     mosquitto.restart()
     assert wait(lambda: node.room.link.stats["connects"] >= 2, 20)
-    fresh = wait(lambda: json.loads(retained(mosquitto, STATE) or b"{}").get("t", 0) > t_restart)
+    fresh = wait(lambda: json.loads(retained(mosquitto.port, STATE) or b"{}").get("t", 0) > t_restart)
     assert fresh, "state was not republished after the reconnect"
-    assert retained(mosquitto, AVAIL) == b"online"
+    assert retained(mosquitto.port, AVAIL) == b"online"
     node.run(node.room.stop())
-    assert retained(mosquitto, AVAIL) == b"stopped"
+    assert retained(mosquitto.port, AVAIL) == b"stopped"
     node.run(node.room.start())  # so the fixture's close() finds it running
 
 
-def test_last_will_is_offline_when_the_node_dies(mosquitto: Any, node_config: Any, tmp_path: Path) -> None:
+def test_last_will_is_offline_when_the_node_dies(mosquitto: Any, node_config: Any, tmp_path: Path,
+                                                  retained: Any) -> None:
     cfg = tmp_path / "node-config.json"
     cfg.write_text(node_config(mosquitto.url).model_dump_json(by_alias=True))
     st = tmp_path / "status.json"
     p = subprocess.Popen([sys.executable, str(HERE / "node_harness.py"), str(cfg), "--status", str(st),
                           "--fake-model"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        assert wait(lambda: retained(mosquitto, AVAIL) == b"online", 30)
+        assert wait(lambda: retained(mosquitto.port, AVAIL) == b"online", 30)
     finally:
         p.send_signal(signal.SIGKILL)
         p.wait(10)
-    assert wait(lambda: retained(mosquitto, AVAIL) == b"offline", 10)
+    assert wait(lambda: retained(mosquitto.port, AVAIL) == b"offline", 10)
 
 
 def test_home_assistant_discovery_republished_when_it_announces_itself(mosquitto: Any, node_config: Any,

@@ -4,13 +4,12 @@ controller simulator) and a full data_dir (a real, really full 2 MB tmpfs), with
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
+import pytest
 
 from edge.config import NodeConfig
 from edge.events import ShopperEvent
@@ -21,36 +20,22 @@ STATE = "shelfcast/v1/s1/node-1/state"
 UNITS = [100.0, 250.0, 400.0, 60.0]
 
 
-def retained_state(port: int, timeout: float = 3.0) -> dict[str, Any]:
-    """What a new subscriber gets as the retained state."""
-    got: list[bytes] = []
-    done = threading.Event()
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"probe-{time.monotonic_ns()}", protocol=mqtt.MQTTv5)
+@pytest.fixture
+def wait_state(mosquitto: Any, retained: Any) -> Callable[..., dict[str, Any]]:
+    """``wait_state(pred, timeout=15.0)``: poll the retained state until ``pred`` holds; returns it."""
 
-    def on_message(cl: Any, u: Any, msg: mqtt.MQTTMessage) -> None:
-        if msg.retain:
-            got.append(msg.payload)
-            done.set()
+    def wait(pred: Any, timeout: float = 15.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        st: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            raw = retained(mosquitto.port, STATE, 1.0)
+            st = json.loads(raw) if raw else {}
+            if st and pred(st):
+                return st
+            time.sleep(0.2)
+        raise AssertionError(f"state never matched; last: {st}")
 
-    c.on_message = on_message
-    c.on_connect = lambda cl, *a: cl.subscribe(STATE, qos=1)
-    c.connect("127.0.0.1", port)
-    c.loop_start()
-    done.wait(timeout)
-    c.loop_stop()
-    c.disconnect()
-    return json.loads(got[-1]) if got else {}
-
-
-def wait_state(port: int, pred: Any, timeout: float = 15.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    st: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        st = retained_state(port, 1.0)
-        if st and pred(st):
-            return st
-        time.sleep(0.2)
-    raise AssertionError(f"state never matched; last: {st}")
+    return wait
 
 
 def config(url: str, data_dir: Path, ports: list[str]) -> NodeConfig:
@@ -68,7 +53,7 @@ def config(url: str, data_dir: Path, ports: list[str]) -> NodeConfig:
 
 
 def test_a_pulled_shelf_cable_shows_in_the_state_topic_at_once(mosquitto: Any, start_node: Any,
-                                                               tmp_path: Path) -> None:
+                                                               tmp_path: Path, wait_state: Any) -> None:
     """Old code: every layout shelf was "ok" in the state topic (and so in Home Assistant), always."""
     with SimulatedStore(seed=11) as sim:
         sim.add_controller("ctrl-a", slot_count=4, unit_g=UNITS)
@@ -79,18 +64,18 @@ def test_a_pulled_shelf_cable_shows_in_the_state_topic_at_once(mosquitto: Any, s
         node.run(br.start())
         rooms["shelves"] = br
         try:
-            wait_state(mosquitto.port, lambda st: st["shelves"] == {"shelf-a": "ok"})
+            wait_state(lambda st: st["shelves"] == {"shelf-a": "ok"})
             sim.unplug("ctrl-a")
-            st = wait_state(mosquitto.port, lambda st: st["shelves"]["shelf-a"] != "ok")
+            st = wait_state(lambda st: st["shelves"]["shelf-a"] != "ok")
             assert st["shelves"] == {"shelf-a": "offline"} and st["rooms"]["shelves"] == "degraded", st
             sim.replug("ctrl-a")
-            wait_state(mosquitto.port, lambda st: st["shelves"] == {"shelf-a": "ok"})
+            wait_state(lambda st: st["shelves"] == {"shelf-a": "ok"})
         finally:
             node.run(br.stop())
 
 
 def test_a_full_data_dir_shows_in_the_state_topic_at_once(mosquitto: Any, start_node: Any, tiny_disk: Path,
-                                                           fill_disk: Callable[[Path], Path]) -> None:
+                                                           fill_disk: Callable[[Path], Path], wait_state: Any) -> None:
     """Old code: the housekeeping's outbox eviction failed on the full disk first, which skipped the state
     refresh and publish (a traceback every 2 s instead), and a change waited for state_interval_s anyway."""
     cfg = config(mosquitto.url, tiny_disk, [])
@@ -102,11 +87,11 @@ def test_a_full_data_dir_shows_in_the_state_topic_at_once(mosquitto: Any, start_
 
     node = start_node(cfg, state=state)
     holder.append(node)
-    wait_state(mosquitto.port, lambda st: st["rooms"] == {"store": "ok"})
+    wait_state(lambda st: st["rooms"] == {"store": "ok"})
     filler = fill_disk(tiny_disk)
     for i in range(300):
         node.store.record_event(ShopperEvent(f"v{i % 5}", str(i), "pick", "z"), upstream=node.room.topics.events)
-    st = wait_state(mosquitto.port, lambda st: st["rooms"]["store"] != "ok")
+    st = wait_state(lambda st: st["rooms"]["store"] != "ok")
     assert st["rooms"] == {"store": "degraded"} and st["status"] == "degraded", st
     filler.unlink()
-    wait_state(mosquitto.port, lambda st: st["rooms"] == {"store": "ok"} and st["status"] == "ok", 20)
+    wait_state(lambda st: st["rooms"] == {"store": "ok"} and st["status"] == "ok", 20)
