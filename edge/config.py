@@ -68,6 +68,14 @@ def _resolve_secret(value: Any) -> Any:
     return value
 
 
+def _nonempty_secret(value: Any, empty: str) -> Any:
+    """``_resolve_secret``, refusing a value that resolves to blanks (``empty`` says why and names the fix)."""
+    value = _resolve_secret(value)
+    if isinstance(value, str) and not value.strip():
+        raise ValueError(empty)
+    return value
+
+
 class NodeSection(_Strict):
     store_id: Id = "demo-store"
     node_id: Id = "node-1"
@@ -186,13 +194,11 @@ class FusionSection(_Strict):
     @field_validator("customer_salt", mode="before")
     @classmethod
     def _salt(cls, v: Any) -> Any:
-        v = _resolve_secret(v)
         # an empty salt (an empty file:, SHELFCAST_SALT= in an EnvironmentFile) makes the "hashed" ids plain
         # SHA-256 of loyalty numbers: anyone can reverse them by trying every number
-        if isinstance(v, str) and not v.strip():
-            raise ValueError("the customer salt is empty; put the retailer's salt in a file and run `sudo shelfcast "
-                             "provision --customer-salt FILE` (or remove fusion.customer_salt for the demo salt)")
-        return v
+        return _nonempty_secret(v, "the customer salt is empty; put the retailer's salt in a file and run `sudo "
+                                   "shelfcast provision --customer-salt FILE` (or remove fusion.customer_salt for the "
+                                   "demo salt)")
 
     def uses_demo_salt(self) -> bool:
         """True when shopper ids are hashed with the public demo salt (fine for `shelfcast demo` only)."""
@@ -254,13 +260,10 @@ class SignageSection(_Strict):
     @field_validator("admin_token", mode="before")
     @classmethod
     def _secret(cls, v: Any) -> Any:
-        v = _resolve_secret(v)
         # an empty token (e.g. SHELFCAST_ADMIN_TOKEN= in an EnvironmentFile, an empty file:) would let anyone
         # with "Authorization: Bearer " plus a blank through; absence is how admin actions are turned off
-        if isinstance(v, str) and not v.strip():
-            raise ValueError("the admin token is empty; set a long random one (e.g. `openssl rand -hex 24`), or "
-                             "remove signage.admin_token to turn admin actions off")
-        return v
+        return _nonempty_secret(v, "the admin token is empty; set a long random one (e.g. `openssl rand -hex 24`), "
+                                   "or remove signage.admin_token to turn admin actions off")
 
 
 class BrokerSection(_Strict):
