@@ -133,6 +133,11 @@ def parse_chunk(payload: bytes) -> tuple[ChunkHeader, bytes]:
     return header, data
 
 
+def _chunk_path(d: Path, index: int) -> Path:
+    """Where a release's chunk ``index`` is staged (``_stage`` reads the number back from the file's stem)."""
+    return d / f"{index:06d}.chunk"
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
@@ -288,7 +293,7 @@ class ReleaseManager:
             return
         d = self.staging / kind / header.version
         d.mkdir(parents=True, exist_ok=True)
-        path = d / f"{index:06d}.chunk"
+        path = _chunk_path(d, index)
         if path.exists() and path.read_bytes() == data:
             self.stats["chunks_skipped"] += 1
         else:  # new, or another copy of this chunk number: the latest wins (it is what the broker now retains)
@@ -320,7 +325,7 @@ class ReleaseManager:
             return None, len(list(d.glob("*.chunk"))) if d.exists() else 0
         # only the chunks the manifest names count: a stray chunk file (another upload of this version, or one
         # published by someone without the signing key) must neither complete nor truncate the release
-        return m, sum(1 for i in range(m.chunks) if (d / f"{i:06d}.chunk").exists())
+        return m, sum(1 for i in range(m.chunks) if _chunk_path(d, i).exists())
 
     def _maybe_complete(self, kind: str, version: str) -> None:
         m, n = self.staged(kind, version)
@@ -409,7 +414,7 @@ class ReleaseManager:
                 self._busy.discard((kind, version))
 
     def _assemble(self, d: Path, m: ReleaseManifest) -> bytes:
-        parts = [d / f"{i:06d}.chunk" for i in range(m.chunks)]
+        parts = [_chunk_path(d, i) for i in range(m.chunks)]
         have = sum(1 for p in parts if p.exists())
         if have != m.chunks:
             raise ReleaseError(f"truncated: {have} of {m.chunks} chunks staged", retry=True)
