@@ -255,8 +255,16 @@ class Node:
     async def _housekeep(self) -> None:
         while True:
             await asyncio.sleep(5.0)
-            if self.recommender is not None:
-                self.recommender.expire_visits(self.config.fusion.session_idle_s)
+            self.housekeep_once()
+
+    def housekeep_once(self) -> None:
+        """Every 5 s: end idle visits; let a synced catalogue change reach the ranker."""
+        if self.recommender is not None:
+            self.recommender.expire_visits(self.config.fusion.session_idle_s)
+            try:
+                self.recommender.refresh_catalogue()
+            except Exception:  # housekeeping: a bad catalogue row must not stop the loop; ranking keeps the old one
+                log.exception("could not refresh the ranker's catalogue")
 
     def health(self) -> dict[str, Any]:
         rooms = {}

@@ -501,6 +501,11 @@ class Recommender:
             out.append(item)
         return out + rest
 
+    def refresh_catalogue(self) -> bool:
+        """Housekeeping: a catalogue change from the cloud reaches the model's ranker (new products, families)."""
+        refresh = getattr(self.model, "refresh_catalogue", None)
+        return bool(refresh()) if refresh is not None else False
+
     def expire_visits(self, idle_s: float) -> int:
         now = self.clock()
         old = [s for s, v in self.visits.items() if now - v.last_seen > idle_s]

@@ -161,6 +161,7 @@ class Store:
         self._writer: threading.Thread | None = None
         self._local = threading.local()
         self._products: dict[str, Product] = {}
+        self.catalogue_gen = 0  # bumped by every product change: the ranker re-reads the catalogue when it moves
         self._stock: dict[str, int] = {}
         self._planogram: dict[tuple[str, int], str | None] = {}
         self._profiles: dict[str, Profile] = {}
@@ -555,6 +556,7 @@ class Store:
         ]
         for p in rows:
             self._products[p["sku"]] = _product_from_row(p)
+        self.catalogue_gen += 1
 
         def write(conn: sqlite3.Connection) -> int:
             sqlite_utils.Database(conn)["products"].upsert_all(rows, pk="sku")  # type: ignore[union-attr]
