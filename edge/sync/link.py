@@ -36,6 +36,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from edge.clock import CLOCK_FIX, clock_problem
+
 __all__ = ["LinkSettings", "MqttLink", "explain_connect_error", "settings_from_broker"]
 
 log = logging.getLogger(__name__)
@@ -102,8 +104,8 @@ def explain_connect_error(exc: BaseException, s: LinkSettings) -> str:
             return (f"TLS handshake with {where} failed: certificate expired — the broker's certificate has "
                     "expired; renew it on the broker (and check this node's clock with `date`)")
         if code == _VERIFY_NOT_YET_VALID or "not yet valid" in msg:
-            return (f"TLS handshake with {where} failed: the broker's certificate is not yet valid; "
-                    "check this node's clock (`timedatectl`) and NTP")
+            return (f"TLS handshake with {where} failed: the broker's certificate is not yet valid — "
+                    f"{clock_problem()}; {CLOCK_FIX}")
         if code == _VERIFY_HOSTNAME or "hostname mismatch" in msg.lower() or "ip address mismatch" in msg.lower():
             return (f"TLS handshake with {where} failed: hostname mismatch — the broker's certificate is not "
                     f"valid for {s.host!r}; use the host name in its certificate in {key}.url, or reissue the "
@@ -170,7 +172,7 @@ def _client_cert_problem(s: LinkSettings) -> str | None:
                     f"({s.cert_file}) expired on {cert.not_valid_after_utc:%Y-%m-%d}; renew it")
         if cert.not_valid_before_utc > now:
             return (f"our client certificate ({s.config_key}.cert_file) is not valid before "
-                    f"{cert.not_valid_before_utc:%Y-%m-%d}; check this node's clock")
+                    f"{cert.not_valid_before_utc:%Y-%m-%d}: {clock_problem()}; {CLOCK_FIX}")
         if s.ca_file is not None:
             cas = x509.load_pem_x509_certificates(Path(s.ca_file).read_bytes())
             for ca in cas:
