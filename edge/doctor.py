@@ -42,6 +42,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from edge.cli import CommandRegistry, UserError, print_json
+from edge.clock import CLOCK_FIX, clock_problem
 from edge.config import BrokerSection, ConfigError, NodeConfig, load_config
 
 __all__ = [
@@ -604,7 +605,9 @@ def check_broker(name: str, b: BrokerSection, timeout_s: float = 3.0) -> Check:
                     sock = None  # type: ignore[assignment]
             except ssl.SSLCertVerificationError as exc:
                 msg = exc.verify_message or str(exc)
-                if "expired" in msg:
+                if "not yet valid" in msg:
+                    fix = f"{clock_problem()}: the broker's certificate is not valid yet; {CLOCK_FIX}"
+                elif "expired" in msg:
                     fix = "the broker's certificate expired: renew it on the broker (or fix this node's clock)"
                 elif "hostname" in msg.lower() or "IP address mismatch" in msg:
                     fix = f"the broker's certificate does not name {host}: use the host name on its certificate"
