@@ -112,6 +112,12 @@ class _Bar:
         self.width = width
         self.t0 = time.monotonic()
         self.last = 0.0
+        self.open_line = False  # a bar is drawn and its line not ended yet
+
+    def end_line(self) -> None:
+        if self.open_line:
+            sys.stderr.write("\n")
+            self.open_line = False
 
     def __call__(self, done: int, total: int) -> None:
         now = time.monotonic()
@@ -123,22 +129,30 @@ class _Bar:
         rate = done / max(1e-6, now - self.t0) / 1024
         sys.stderr.write(f"\rflashing [{'#' * fill}{'.' * (self.width - fill)}] {frac * 100:5.1f}% "
                          f"{done / 1024:7.1f}/{total / 1024:.1f} KiB {rate:6.1f} KiB/s")
+        self.open_line = True
         if done >= total:
-            sys.stderr.write("\n")
+            self.end_line()
         sys.stderr.flush()
 
 
 def _flash(args: argparse.Namespace) -> int:
-    from firmware_bridge.flash import FlashError, flash
+    from firmware_bridge.flash import FlashError, FlashInterrupted, flash
     from firmware_bridge.image import ImageError, read_image
 
     try:
         image = read_image(args.image)
     except ImageError as exc:
         raise UserError(f"{args.image}: {exc}; nothing was written") from None
+    bar = None if args.json else _Bar()
     try:
-        res = flash(args.port, image, None if args.json else _Bar(), reconnect_timeout=args.reconnect_timeout)
+        res = flash(args.port, image, bar, reconnect_timeout=args.reconnect_timeout)
+    except FlashInterrupted as exc:  # Ctrl-C: say where the controller was left, exit 130 like any interrupt
+        if bar is not None:
+            bar.end_line()
+        raise UserError(str(exc), code=130) from None
     except FlashError as exc:
+        if bar is not None:
+            bar.end_line()
         raise UserError(str(exc), code=3) from None
     if args.json:
         print_json({"ok": True, "controller": res.controller_id, "hardware": res.hardware_id,

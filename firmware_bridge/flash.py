@@ -28,13 +28,17 @@ from firmware_bridge import protocol as P
 from firmware_bridge.driver import open_error_message
 from firmware_bridge.image import FirmwareImage
 
-__all__ = ["FlashError", "FlashResult", "Flasher", "flash", "query", "send_command"]
+__all__ = ["FlashError", "FlashInterrupted", "FlashResult", "Flasher", "flash", "query", "send_command"]
 
 Progress = Callable[[int, int], None]
 
 
 class FlashError(RuntimeError):
     """Flashing failed; the message says what happened to the controller and what to do."""
+
+
+class FlashInterrupted(FlashError):
+    """The technician stopped the flash (Ctrl-C); the message says what state the controller is in."""
 
 
 class Disconnected(OSError):
@@ -232,6 +236,7 @@ def flash(port: str, image: FirmwareImage, progress: Progress | None = None, *, 
     t0 = time.monotonic()
     f = Flasher(port, timeout, retries, reconnect_timeout)
     f.open()
+    phase, old, offset = "app", "", 0  # where an interruption leaves the controller: app, bootloader, booting
     try:
         try:
             first = f.hello(2.0)
@@ -246,6 +251,7 @@ def flash(port: str, image: FirmwareImage, progress: Progress | None = None, *, 
         sent = 0
         while True:
             try:
+                phase = "bootloader"  # from the REBOOT below on, an interruption leaves it there
                 f.to_bootloader()
                 ack = f.request(P.FlashBegin(image.header))
                 if ack.status == P.Status.BAD_IMAGE:
@@ -275,6 +281,7 @@ def flash(port: str, image: FirmwareImage, progress: Progress | None = None, *, 
                     raise FlashError("verification failed: the bootloader's SHA-256 of the staged image differs; "
                                      "the previous firmware stays active. Retry the flash")
                 f.inbox.clear()
+                phase = "booting"
                 ack = f.request(P.FlashBoot())
                 # WRONG_MODE: our first FLASH_BOOT arrived, its ACK was lost and the retry met the new app
                 if ack.status not in (P.Status.OK, P.Status.WRONG_MODE):
@@ -298,5 +305,22 @@ def flash(port: str, image: FirmwareImage, progress: Progress | None = None, *, 
                            max(0, resumed), time.monotonic() - t0)
     except Disconnected as exc:
         raise FlashError(f"{port}: lost the controller ({exc}); run the flash again, it resumes") from None
+    except KeyboardInterrupt:
+        raise FlashInterrupted(_interrupted(port, image, phase, old, offset)) from None
     finally:
         f.close()
+
+
+def _interrupted(port: str, image: FirmwareImage, phase: str, old: str, offset: int) -> str:
+    """What a Ctrl-C left behind, and the way out (docs/technician-guide.md, "Flashing")."""
+    again = f"`shelfcast firmware flash --port {port} IMAGE`"
+    if phase == "app":
+        return f"flash interrupted before anything was written; the controller on {port} still runs its firmware"
+    if phase == "booting":
+        return (f"flash interrupted while the controller on {port} was booting {image.version_str}; check with "
+                f"`shelfcast firmware list --port {port}`, and if it is not {image.version_str} run {again} again")
+    cur = f" {old}" if old else ""
+    done = max(0, offset) / 1024
+    return (f"flash interrupted at {done:.1f} of {image.size / 1024:.1f} KiB: the controller on {port} is "
+            f"in its bootloader and sends no weights (its firmware{cur} is kept); run {again} again with the same "
+            f"image (it resumes), or power-cycle the controller to boot its firmware{cur}")

@@ -277,6 +277,8 @@ class ShelfBridge:
             c.detector.reset()  # a reboot: same shelf, same weights, new clock
             if prev is not None and h.boot_reason in (P.BOOT_BROWN_OUT, P.BOOT_WATCHDOG):
                 log.warning("shelf controller %s rebooted (%s)", h.controller_id, P.BOOT_REASONS[h.boot_reason])
+        if (first or rebooted) and h.mode == P.MODE_BOOTLOADER:
+            log.warning("%s", self._bootloader_error(c))
         if h.mode == P.MODE_APP and (first or rebooted):
             if h.sample_rate_hz != self.cfg.sample_rate_hz:
                 self._fire(c, P.SetRate(self.cfg.sample_rate_hz))
@@ -425,6 +427,18 @@ class ShelfBridge:
         return (f"{c.port}: controller silent for {age:.0f} s (port open, nothing received): it may have hung or "
                 "lost power; power-cycle the shelf controller")
 
+    @staticmethod
+    def _bootloader_error(c: ControllerHealth) -> str:
+        """A controller that answers from its bootloader (a flash interrupted by Ctrl-C or a closed laptop) sends
+        no weights: its shelf sees no picks although the link is fine."""
+        h = c.hello
+        if h is None or h.mode != P.MODE_BOOTLOADER:
+            return ""
+        return (f"{c.port}: controller {h.controller_id} is in its bootloader (an interrupted firmware flash?) and "
+                "sends no weights, so its shelf sees no picks; `sudo systemctl stop shelfcast`, then run the same "
+                f"`shelfcast firmware flash --port {c.port} IMAGE` again (it resumes) or power-cycle the controller "
+                f"(it boots its current firmware {h.firmware_str}), then `sudo systemctl start shelfcast`")
+
     def health(self) -> dict[str, Any]:
         now = time.monotonic()
         ctrls: dict[str, Any] = {}
@@ -438,7 +452,8 @@ class ShelfBridge:
                 "shelf": c.shelf,
                 "online": c.online,
                 "link": c.link.state,
-                "error": c.protocol_error or c.link.error or self._silence_error(c, st, now),
+                "error": (c.protocol_error or c.link.error or self._silence_error(c, st, now)
+                          or self._bootloader_error(c)),
                 "hardware": h.hardware_id if h else None,
                 "firmware": h.firmware_str if h else None,
                 "mode": ("bootloader" if h.mode == P.MODE_BOOTLOADER else "app") if h else None,
@@ -467,7 +482,7 @@ class ShelfBridge:
         in_grace = now - self._t_start < self.startup_grace_s
         if not self.cfg.enabled:
             status = "disabled"
-        elif (lost or any(c.protocol_error for c in self.controllers.values())
+        elif (lost or any(c.protocol_error or self._bootloader_error(c) for c in self.controllers.values())
               or ((missing or waiting) and not in_grace)):
             status = "degraded"
         else:
