@@ -47,6 +47,7 @@ from typing import Any, TypeVar
 
 import sqlite_utils
 
+from edge.clock import BUILD_FLOOR, SYSTEM, Clock
 from edge.events import _Event
 
 __all__ = ["SCHEMA_VERSION", "Product", "Profile", "Store", "StoreDiskError", "StoreError", "is_disk_error",
@@ -151,8 +152,14 @@ class Store:
         retention_days: float = 14.0,
         max_events: int = 2_000_000,
         max_batch: int = 500,
+        clock: Clock = SYSTEM,
     ) -> None:
         self.path = Path(path)
+        self.clock = clock  # wall time for stamps and ages; its steps are noticed by the writer (_follow_clock)
+        self._wall = clock.wall
+        self._jumps = clock.watch()
+        self._clock_shift = 0.0  # a step not yet applied to the rows (the disk refused it): retried
+        self._since: tuple[int, int, int] | None = None  # last outbox seq / events / impressions rowid before open
         self.flush_interval = flush_interval_ms / 1000.0
         self.retention_s = retention_days * 86400.0
         self.max_events = max_events
@@ -186,6 +193,9 @@ class Store:
             try:
                 self._migrate(conn)
                 self._load_caches(conn)
+                self._since = tuple(int(conn.execute(q).fetchone()[0] or 0) for q in (  # type: ignore[assignment]
+                    "SELECT max(seq) FROM outbox", "SELECT max(rowid) FROM events",
+                    "SELECT max(rowid) FROM impressions"))
             except BaseException:
                 conn.close()
                 raise
@@ -329,6 +339,7 @@ class Store:
             deadline = time.monotonic() + self.flush_interval
             try:
                 conn.execute("BEGIN IMMEDIATE")
+                self._follow_clock(conn)
                 self._apply(conn, batch, results)
                 while True:
                     left = deadline - time.monotonic()
@@ -381,6 +392,33 @@ class Store:
         except sqlite3.Error:
             pass
         conn.close()
+
+    def _follow_clock(self, conn: sqlite3.Connection) -> None:
+        """The wall clock stepped (NTP after a boot at a wrong time, or a manual change): re-stamp the rows this
+        process wrote before the step by the same amount, so ages stay elapsed time. Without it a step forward
+        of a year aged out the whole outbox and the events table at the next look, and a step back kept rows
+        past their time. Rows of earlier runs are left alone (their stamps came from their own clock); those an
+        unset clock stamped (before ``BUILD_FLOOR``) are exempt from ageing (``_maintenance``, ``evict``).
+        Rows stamped after the step but before the writer's next batch (at most one batch, ~0.5 s) get the
+        shift too. Runs inside the writer's open transaction, before the batch's own operations."""
+        d = self._jumps.check()
+        if d:
+            log.warning("the wall clock stepped by %+.1f s; re-stamping this run's events, outbox and impressions",
+                        d)
+            self._counters["clock_steps"] = self._counters.get("clock_steps", 0) + 1
+            self._health["clock_step"] = {"s": round(d, 3), "t": self._wall()}
+        shift = self._clock_shift + d
+        if not shift or self._since is None:
+            return
+        seq, ev, imp = self._since
+
+        def move(c: sqlite3.Connection) -> None:
+            c.execute("UPDATE outbox SET created = created + ? WHERE seq > ?", (shift, seq))
+            c.execute("UPDATE events SET t = t + ? WHERE rowid > ?", (shift, ev))
+            c.execute("UPDATE impressions SET t = t + ? WHERE rowid > ?", (shift, imp))
+
+        _, err = _in_savepoint(conn, move)
+        self._clock_shift = shift if err is not None else 0.0
 
     def _next_held(self) -> Any:
         """The first held item once its retry is due; until then new items queue up behind the held ones
@@ -660,7 +698,7 @@ class Store:
                    stock: tuple[str, int] | None) -> _EventRow:
         eid = getattr(event, "id", None) or _event_key(event)
         t = getattr(event, "t", None)
-        now = time.time()
+        now = self._wall()
         sess: str | None = session if session is not None else getattr(event, "session", None)
         # the event itself, not its JSON: events are frozen, so the writer thread serialises it (~4 µs a
         # shopper event off the event loop)
@@ -673,7 +711,7 @@ class Store:
         return lambda conn: _write_rows(conn, (row,))
 
     def enqueue(self, topic: str, payload: str, *, id: str, priority: int = 1) -> Future[None]:
-        now = time.time()
+        now = self._wall()
         def write(conn: sqlite3.Connection) -> None:
             conn.execute("INSERT OR IGNORE INTO outbox (id, topic, payload, created, priority) VALUES (?,?,?,?,?)",
                          (id, topic, payload, now, priority))
@@ -740,8 +778,9 @@ class Store:
     def _maintenance(self, conn: sqlite3.Connection) -> dict[str, int]:
         """Retention by age and a row cap on events; the outbox is the sync room's to bound."""
         self._last_maintenance = time.monotonic()
-        cutoff = time.time() - self.retention_s
-        aged = conn.execute("DELETE FROM events WHERE t < ?", (cutoff,)).rowcount
+        cutoff = self._wall() - self.retention_s
+        # a stamp before BUILD_FLOOR came from an unset clock, not from long ago: only the row cap removes it
+        aged = conn.execute("DELETE FROM events WHERE t < ? AND t >= ?", (cutoff, BUILD_FLOOR)).rowcount
         n = conn.execute("SELECT count(*) FROM events").fetchone()[0]
         capped = 0
         if n > self.max_events:
@@ -749,7 +788,7 @@ class Store:
                 "DELETE FROM events WHERE rowid IN (SELECT rowid FROM events ORDER BY t LIMIT ?)",
                 (n - self.max_events,),
             ).rowcount
-        conn.execute("DELETE FROM impressions WHERE t < ?", (cutoff,))
+        conn.execute("DELETE FROM impressions WHERE t < ? AND t >= ?", (cutoff, BUILD_FLOOR))
         return {"aged_out": aged, "capped": capped}
 
     def run_maintenance(self) -> dict[str, int]:

@@ -35,6 +35,7 @@ from typing import Any
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from edge.clock import BUILD_FLOOR, SYSTEM, Clock
 from edge.store import Store
 
 __all__ = ["DrainOptions", "OutboxDrainer", "decode_payload", "encode_batch"]
@@ -103,8 +104,9 @@ class OutboxDrainer:
                  boot: str, options: DrainOptions | None = None,
                  max_packet: Callable[[], int | None] = lambda: None,
                  receive_max: Callable[[], int] = lambda: 65535,
-                 on_error: Callable[[str, str], None] | None = None) -> None:
+                 on_error: Callable[[str, str], None] | None = None, clock: Clock = SYSTEM) -> None:
         self.store = store
+        self._wall = clock.wall
         self.publish = publish
         self.store_id = store_id
         self.node_id = node_id
@@ -205,9 +207,11 @@ class OutboxDrainer:
             if not rows:
                 self._next_poll = now + self.o.poll_s
                 break
-            age = time.time() - float(rows[0]["created"])
+            # a row stamped "in the future" was stamped before the clock stepped back: it is due, not young (a
+            # partial batch used to wait out the whole step, an hour's step an hour, with the upstream stalled)
+            age = self._wall() - float(rows[0]["created"])
             if (len(rows) < self.o.batch_max_events and not self.flushing and now >= self.flush_until
-                    and age < self.o.batch_max_age_ms / 1000.0):
+                    and 0.0 <= age < self.o.batch_max_age_ms / 1000.0):
                 # a young partial batch: let it fill up; look again when it is due (or when it may be full)
                 self._next_poll = now + max(self.o.poll_s, self.o.batch_max_age_ms / 1000.0 - age)
                 break
@@ -266,7 +270,11 @@ class OutboxDrainer:
 
 
 def evict(store: Store, *, max_rows: int, max_age_s: float) -> Future[dict[str, int]]:
-    """Bound the backlog: rows older than ``max_age_s`` go, then the lowest-priority oldest over ``max_rows``."""
+    """Bound the backlog: rows older than ``max_age_s`` go, then the lowest-priority oldest over ``max_rows``.
+
+    Ages are in the store's clock, whose steps the store's writer has already applied to this run's rows
+    (``Store._follow_clock``, in the same transaction before this runs); rows an unset clock stamped (before
+    ``BUILD_FLOOR``) are not aged out, only capped: their stamp says nothing about their age."""
     import sqlite3
 
     def run(conn: sqlite3.Connection) -> dict[str, int]:
@@ -276,9 +284,10 @@ def evict(store: Store, *, max_rows: int, max_age_s: float) -> Future[dict[str, 
             return {"aged": 0, "capped": 0}
         aged = capped = 0
         oldest = conn.execute("SELECT created FROM outbox WHERE seq = ?", (lo,)).fetchone()[0]
-        cutoff = time.time() - max_age_s
+        cutoff = store.clock.wall() - max_age_s
         if oldest < cutoff:
-            aged = conn.execute("DELETE FROM outbox WHERE created < ?", (cutoff,)).rowcount
+            aged = conn.execute("DELETE FROM outbox WHERE created < ? AND created >= ?",
+                                (cutoff, BUILD_FLOOR)).rowcount
         n = conn.execute("SELECT count(*) FROM outbox").fetchone()[0] if hi - lo + 1 > max_rows else 0
         if n > max_rows:
             capped = conn.execute(

@@ -133,6 +133,7 @@ class SyncRoom:
             options=DrainOptions(batch_max_events=self.o.batch_max_events, batch_max_age_ms=self.o.batch_max_age_ms,
                                  max_message_bytes=self.o.max_message_bytes),
             max_packet=lambda: self.link.max_packet, receive_max=lambda: self.link.receive_max,
+            clock=store.clock,
             on_error=self._error)
         self.canary = CanarySet(store)
         self.releases = ReleaseManager(

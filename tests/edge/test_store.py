@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -123,7 +124,8 @@ def test_old_schema_is_backed_up_then_migrated(tmp_path: Path) -> None:
 
 def test_retention_drops_old_events(tmp_path: Path) -> None:
     with Store(tmp_path / "sc.db", retention_days=1, max_events=1000) as s:
-        s.append_event(ShopperEvent("v", "old", "pick", None, t=1.0)).result(5)
+        # three days old by a set clock (a stamp before the build date came from an unset clock: test_clock_outbox)
+        s.append_event(ShopperEvent("v", "old", "pick", None, t=time.time() - 3 * 86400)).result(5)
         for i in range(1005):
             s.append_event(ShopperEvent("v", str(i), "pick", None, t=2e9 + i))
         s.flush()

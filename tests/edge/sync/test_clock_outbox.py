@@ -1,0 +1,145 @@
+"""Wall-clock steps and the outbox / event retention (a Pi without a real-time clock syncs NTP late).
+
+Real SQLite files and a real Mosquitto. The store takes a clock (``edge.clock.Clock``: wall + monotonic) so a
+step can be made here without touching this machine's clock; rows "stamped before a step" are also written
+directly with the stamps such a step leaves behind, which the old code mishandled on its own clock."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from edge.clock import Clock
+from edge.events import ShopperEvent
+from edge.store import Store
+from edge.sync.outbox import evict
+
+DAY = 86400.0
+MAX_AGE = 14 * DAY
+
+
+class FakeClock:
+    """Wall and monotonic time moved by the test: ``elapse`` moves both, ``step`` only the wall (NTP)."""
+
+    def __init__(self) -> None:
+        self.w = time.time()
+        self.m = 1000.0
+
+    def elapse(self, s: float) -> None:
+        self.w += s
+        self.m += s
+
+    def step(self, s: float) -> None:
+        self.w += s
+
+    def clock(self) -> Clock:
+        return Clock(wall=lambda: self.w, mono=lambda: self.m)
+
+
+def _fill(store: Store, fc: FakeClock, n: int = 20) -> list[str]:
+    ids = []
+    for i in range(n):
+        ev = ShopperEvent(session="s1", sku=f"sku-{i}", action="pick", zone="dairy", t=fc.w)
+        ids.append(ev.id)
+        store.append_event(ev, upstream="shelfcast/v1/s1/n1/events")
+    store.flush(timeout=10)
+    return ids
+
+
+def _pending_ids(store: Store) -> list[str]:
+    return [r["id"] for r in store.outbox_peek(limit=10_000)]
+
+
+def test_a_step_forward_of_a_year_keeps_the_outbox_and_the_recent_events(tmp_path: Path) -> None:
+    fc = FakeClock()
+    with Store(tmp_path / "db.sqlite", flush_interval_ms=5, retention_days=14, clock=fc.clock()) as store:
+        ids = _fill(store, fc)
+        fc.elapse(60)
+        fc.step(365 * DAY)  # NTP: the node had booted a year behind
+        res = evict(store, max_rows=100_000, max_age_s=MAX_AGE).result(10)
+        assert res == {"aged": 0, "capped": 0}
+        assert _pending_ids(store) == ids  # all still queued for the cloud, in order
+        store.run_maintenance()
+        assert store.event_count() == 20
+        assert store.health()["clock_step"]["s"] == 365 * DAY
+        # ageing goes on in elapsed time: 15 days later they do go
+        fc.elapse(15 * DAY)
+        assert evict(store, max_rows=100_000, max_age_s=MAX_AGE).result(10)["aged"] == 20
+        store.run_maintenance()
+        assert store.event_count() == 0
+
+
+def test_a_step_back_of_a_year_does_not_keep_rows_forever(tmp_path: Path) -> None:
+    fc = FakeClock()
+    fc.w += 365 * DAY  # the clock is a year ahead (and the right time, after the step, is after BUILD_FLOOR)
+    with Store(tmp_path / "db.sqlite", flush_interval_ms=5, retention_days=14, clock=fc.clock()) as store:
+        _fill(store, fc)
+        fc.step(-365 * DAY)  # NTP puts it right
+        fc.elapse(13 * DAY)
+        assert evict(store, max_rows=100_000, max_age_s=MAX_AGE).result(10)["aged"] == 0  # not yet
+        fc.elapse(2 * DAY)
+        assert evict(store, max_rows=100_000, max_age_s=MAX_AGE).result(10)["aged"] == 20
+        store.run_maintenance()
+        assert store.event_count() == 0
+
+
+def test_rows_of_an_earlier_run_keep_their_stamps(tmp_path: Path) -> None:
+    """Only this run's rows are re-stamped: an earlier run's rows came from its own (set) clock."""
+    fc = FakeClock()
+    with Store(tmp_path / "db.sqlite", flush_interval_ms=5, clock=fc.clock()) as store:
+        _fill(store, fc, 5)
+    before = fc.w
+    fc.elapse(30)
+    with Store(tmp_path / "db.sqlite", flush_interval_ms=5, clock=fc.clock()) as store:
+        _fill(store, fc, 5)
+        fc.step(3600.0)
+        store.append_event(ShopperEvent(session="s2", sku="x", action="pick", zone="dairy", t=fc.w),
+                           upstream="t/events")
+        store.flush(timeout=10)
+        created = [float(r["created"]) for r in store.outbox_peek(limit=100)]
+    assert created[:5] == [before] * 5  # the earlier run's rows
+    assert created[5:10] == [before + 30 + 3600.0] * 5  # this run's, moved with the step
+    assert created[10] == before + 30 + 3600.0
+
+
+def test_rows_stamped_by_an_unset_clock_are_not_aged_out(tmp_path: Path) -> None:
+    """A node that ran at 1970 (no fake-hwclock) and restarted after NTP: its rows are not 56 years old."""
+    with Store(tmp_path / "db.sqlite", flush_interval_ms=5, retention_days=14) as store:
+        def write(conn: Any) -> None:
+            for i in range(10):
+                t = 86400.0 * 3 + i  # 1970-01-04
+                ev = ShopperEvent(session="s", sku=f"k{i}", action="pick", zone=None, t=t)
+                conn.execute("INSERT INTO events (id, type, t, session, payload) VALUES (?,?,?,?,?)",
+                             (ev.id, ev.TYPE, t, "s", ev.to_json()))
+                conn.execute("INSERT INTO outbox (id, topic, payload, created, priority) VALUES (?,?,?,?,1)",
+                             (ev.id, "t/events", ev.to_json(), t))
+
+        store.submit(write).result(10)
+        assert evict(store, max_rows=100_000, max_age_s=MAX_AGE).result(10) == {"aged": 0, "capped": 0}
+        assert store.outbox_pending() == 10
+        store.run_maintenance()
+        assert store.event_count() == 10
+        # the row cap still bounds them
+        assert evict(store, max_rows=4, max_age_s=MAX_AGE).result(10) == {"aged": 0, "capped": 6}
+
+
+def test_rows_stamped_before_a_step_back_leave_at_once(mosquitto: Any, node_config: Any, start_node: Any,
+                                                       upstream: Any) -> None:
+    """Rows stamped an hour "ahead" (the clock stepped back since): a partial batch is due, not young.
+    The old drainer waited out the hour before sending them."""
+    node = start_node(node_config(mosquitto.url))
+    topic = node.room.topics.events
+    ahead = time.time() + 3600.0
+    evs = [ShopperEvent(session="s", sku=f"k{i}", action="pick", zone=None, t=ahead) for i in range(3)]
+
+    def write(conn: Any) -> None:
+        for ev in evs:
+            conn.execute("INSERT INTO outbox (id, topic, payload, created, priority) VALUES (?,?,?,?,1)",
+                         (ev.id, topic, ev.to_json(), ahead))
+
+    node.store.submit(write).result(10)
+    got = upstream.wait_for(lambda: len(upstream.of("/events")) >= 3 and upstream.of("/events"), 5)
+    assert got and [e["id"] for e in got] == [ev.id for ev in evs], node.room.drainer.health()
+    assert json.loads(evs[0].to_json())["t"] == ahead  # what the cloud gets is the stamp as made
