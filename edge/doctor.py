@@ -418,7 +418,11 @@ def check_shelves(cfg: NodeConfig, access: Callable[[str, int], bool] = os.acces
             for p in ports:
                 try:
                     h = query(p, timeout=1.0)
-                    versions.append(f"{h.controller_id} fw {h.firmware_str}")
+                    if h.mode != 0:  # 1: its bootloader (an interrupted flash): it sends no weights
+                        problems.append(f"{p}: controller {h.controller_id} is in its bootloader (fw "
+                                        f"{h.firmware_str} kept) and sends no weights")
+                    else:
+                        versions.append(f"{h.controller_id} fw {h.firmware_str}")
                 except FlashError as exc:
                     text = str(exc)
                     if "in use" in text or "busy" in text.lower() or "lock" in text.lower():
@@ -427,6 +431,11 @@ def check_shelves(cfg: NodeConfig, access: Callable[[str, int], bool] = os.acces
                         problems.append(text)
                 except Exception as exc:
                     problems.append(f"{p}: {exc}")
+    if any(v.endswith("(in use by the running node)") for v in versions) and cfg.signage.enabled and cfg.signage.port:
+        # the node holds the ports: what it knows of each controller (garbage, silence, bootloader) is the answer
+        health = node_health(cfg)[2] or {}
+        ctrls = (((health.get("rooms") or {}).get("shelves") or {}).get("controllers") or {})
+        problems += [str(c["error"]) for c in ctrls.values() if isinstance(c, dict) and c.get("error")]
     detail = f"{len(ports)} controller port(s)"
     if stable:
         detail += f", {len(stable)} with stable names under /dev/shelfcast"
@@ -436,7 +445,7 @@ def check_shelves(cfg: NodeConfig, access: Callable[[str, int], bool] = os.acces
         out.append(Check("shelves", "warn", detail + "; " + "; ".join(problems),
                          "a port with no answering controller: check its power and cable, then "
                          "`shelfcast firmware list`; a controller stuck in its bootloader needs "
-                         "`shelfcast firmware flash --port PORT IMAGE`"))
+                         "`shelfcast firmware flash --port PORT IMAGE` again (it resumes) or a power-cycle"))
     else:
         out.append(_ok("shelves", detail))
     return out
