@@ -50,6 +50,10 @@ class Clock:
     mono: Callable[[], float] = time.monotonic
     jump_s: float = JUMP_S
 
+    def __call__(self) -> float:
+        """Wall time: a Clock also fits where a plain ``clock()`` function is taken."""
+        return self.wall()
+
     def watch(self) -> JumpWatch:
         return JumpWatch(self)
 

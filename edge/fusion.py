@@ -48,7 +48,6 @@ import logging
 import math
 import re
 import threading
-import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -57,6 +56,7 @@ from typing import Any, Protocol
 
 from pydantic import SecretStr
 
+from edge.clock import JUMP_S, SYSTEM, Clock
 from edge.config import NodeConfig, Shelf
 from edge.events import CheckIn, ShelfEvent, ShopperEvent, TrackUpdate, ZoneEvent, maker
 
@@ -144,8 +144,11 @@ class Fusion:
     name = "fusion"
 
     def __init__(self, config: NodeConfig, on_shopper_event: Callable[[ShopperEvent], None],
-                 on_session: Callable[[SessionView], None] | None = None, *, bus: _Bus | None = None) -> None:
+                 on_session: Callable[[SessionView], None] | None = None, *, bus: _Bus | None = None,
+                 clock: Clock = SYSTEM) -> None:
         self.bus = bus
+        self._wall = clock.wall
+        self._jumps = clock.watch()  # a step of the wall clock (NTP) shifts the room's stamps (_follow_clock)
         self._task: asyncio.Task[None] | None = None
         self.cfg = config.fusion
         self.layout = config.layout
@@ -284,7 +287,8 @@ class Fusion:
             raise ValueError("check_in takes a hashed customer key (64 hex chars): "
                              "pass hash_customer(raw_id, config.fusion.customer_salt), never the raw id")
         with self._lock:
-            now = t if t is not None else (self._now or time.time())
+            self._follow_clock()
+            now = t if t is not None else (self._now or self._wall())
             self._tick(now)
             s: _Session | None = None
             if session is not None:
@@ -330,7 +334,8 @@ class Fusion:
     def expire(self, now: float | None = None) -> None:
         """Close idle and lost sessions; cheap, call it every few seconds."""
         with self._lock:
-            self._sweep(now if now is not None else max(self._now, time.time()))
+            self._follow_clock()
+            self._sweep(now if now is not None else max(self._now, self._wall()))
 
     def health(self) -> dict[str, Any]:
         with self._lock:
@@ -344,7 +349,29 @@ class Fusion:
             }
 
     # -- internals ------------------------------------------------------------
+    def _follow_clock(self) -> None:
+        """Sessions and track histories are kept in event time, i.e. wall time. When the wall clock steps (NTP
+        syncing a Pi that booted at a wrong time), shift them by the step: else a step forward closed every
+        visit at once and a step back froze expiry (and closed each new visit as idle in the next sweep)."""
+        d = self._jumps.check()
+        if not d:
+            return
+        log.info("fusion: the wall clock stepped by %+.1f s; visits keep their idle time", d)
+        self._now += d
+        self._last_sweep += d
+        for tr, h in self._hist.items():
+            self._hist[tr] = deque(((t + d, x, y) for t, x, y in h), maxlen=h.maxlen)
+        for s in itertools.chain(self._active.values(), self._closed.values()):
+            s.started += d
+            s.last_seen += d
+            if s.lost_at is not None:
+                s.lost_at += d
+            if s.ended is not None:
+                s.ended += d
+
     def _tick(self, t: float) -> None:
+        if not -JUMP_S < t - self._now < JUMP_S:  # a gap in event time: a quiet spell, or the clock stepped
+            self._follow_clock()
         if t > self._now:
             self._now = t
         if self._now - self._last_sweep >= 0.5:

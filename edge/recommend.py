@@ -33,6 +33,7 @@ from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from edge.bus import Bus
+from edge.clock import JUMP_S, SYSTEM, Clock, JumpWatch
 from edge.config import NodeConfig
 from edge.events import CheckIn, RecItem, RecommendationSet, ShopperEvent, maker, new_id
 from edge.ranking.fallback import PopularityRanker
@@ -100,12 +101,16 @@ class Recommender:
     name = "recommend"
 
     def __init__(self, config: NodeConfig, store: Store, bus: Bus, *, model: ModelScorer | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] | Clock = SYSTEM) -> None:
         self.config = config
         self.store = store
         self.bus = bus
         self.model = model
-        self.clock = clock
+        # a Clock (the node's): wall time, and its steps shift the visits' stamps (_follow_clock); a plain
+        # function (tests that move time by hand): wall time only
+        self._jumps: JumpWatch | None = clock.watch() if isinstance(clock, Clock) else None
+        self.clock: Callable[[], float] = clock.wall if isinstance(clock, Clock) else clock
+        self._last_t = 0.0  # the latest shopper event's t: a gap in it is when to look for a clock step
         self.tz = ZoneInfo(config.node.timezone)
         self.k = config.model.k
         self.visits: dict[str, VisitState] = {}
@@ -175,6 +180,9 @@ class Recommender:
 
     def on_shopper_event(self, ev: ShopperEvent) -> None:
         self.stats["events"] += 1
+        if not -JUMP_S < ev.t - self._last_t < JUMP_S:  # a quiet spell, or the wall clock stepped
+            self._follow_clock()
+        self._last_t = ev.t
         self.store.record_event(ev, upstream=self.upstream_topic,
                                 stock=(ev.sku, -ev.units if ev.action == "pick" else ev.units))
         v = self.visits.get(ev.session)
@@ -252,6 +260,7 @@ class Recommender:
 
     def serving(self, screen: str) -> VisitState | None:
         """The visit ``screen`` serves now, or None (nobody there: the zone's popular items)."""
+        self._follow_clock()  # signage asks every second: a step between shopper events is seen here
         s = self._nearest_session(screen)
         return None if s is None else self.visits.get(s)
 
@@ -506,7 +515,22 @@ class Recommender:
         refresh = getattr(self.model, "refresh_catalogue", None)
         return bool(refresh()) if refresh is not None else False
 
+    def _follow_clock(self) -> None:
+        """Visits are stamped in event (wall) time; when the wall clock steps (NTP syncing a Pi that booted at
+        a wrong time), shift them by the step: else a step forward ended every visit at once and a step back
+        kept visits that had left "in front of" their screens and alive until the clock caught up."""
+        d = self._jumps.check() if self._jumps is not None else 0.0
+        if not d:
+            return
+        log.info("recommend: the wall clock stepped by %+.1f s; visits keep their idle time", d)
+        for v in self.visits.values():
+            v.started += d
+            v.last_seen += d
+        self._observed_at += d
+        self._last_t += d
+
     def expire_visits(self, idle_s: float) -> int:
+        self._follow_clock()
         now = self.clock()
         old = [s for s, v in self.visits.items() if now - v.last_seen > idle_s]
         end = getattr(self.model, "end_visit", None)  # the model ranker keeps per-visit caps of its own

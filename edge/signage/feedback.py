@@ -17,12 +17,12 @@ window.
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from edge.clock import SYSTEM, Clock, JumpWatch
 from edge.events import Conversion, Impression, RecommendationSet, ShopperEvent
 from edge.store import Store
 
@@ -59,13 +59,15 @@ class _SessionLog:
 
 class Feedback:
     def __init__(self, store: Store, *, window_s: float, upstream_topic: str | None,
-                 clock: Callable[[], float] = time.time, min_visible_s: float = 0.5,
+                 clock: Callable[[], float] | Clock = SYSTEM, min_visible_s: float = 0.5,
                  on_conversion: Callable[[Conversion], None] | None = None) -> None:
         self.store = store
         self.window_s = window_s
         self.min_visible_s = min_visible_s
         self.upstream = upstream_topic
-        self.clock = clock
+        # a Clock: its wall-clock steps shift what was shown (_follow_clock); a plain function: wall time only
+        self._jumps: JumpWatch | None = clock.watch() if isinstance(clock, Clock) else None
+        self.clock: Callable[[], float] = clock.wall if isinstance(clock, Clock) else clock
         self.on_conversion = on_conversion
         self._sessions: dict[str, _SessionLog] = {}
         self._on_screen: dict[str, _OnScreen] = {}
@@ -79,6 +81,7 @@ class Feedback:
         if cur is not None and cur.session == rs.session and cur.skus == skus:
             self.stats["repeats"] += 1
             return None
+        self._follow_clock()
         now = self.clock() if t is None else t
         imp = None
         if cur is not None and cur.recorded is None:
@@ -93,6 +96,7 @@ class Feedback:
 
     def tick(self, now: float | None = None) -> int:
         """Record the sets that have now been on screen long enough (housekeeping calls this)."""
+        self._follow_clock()
         now = self.clock() if now is None else now
         n = 0
         for cur in self._on_screen.values():
@@ -119,6 +123,7 @@ class Feedback:
     def on_shopper_event(self, ev: ShopperEvent) -> Conversion | None:
         if ev.action != "pick":
             return None
+        self._follow_clock()
         for cur in self._on_screen.values():  # on screen now, not recorded yet: picking from it proves it was seen
             if cur.recorded is None and cur.session == ev.session and ev.sku in cur.skus:
                 self._record(cur)
@@ -137,7 +142,23 @@ class Feedback:
                 return conv
         return None
 
+    def _follow_clock(self) -> None:
+        """What was shown is stamped in wall time, the pick that converts it too. When the wall clock steps (NTP
+        syncing a Pi that booted at a wrong time), shift what was shown by the step: else a pick after a step
+        forward never converted (and the window's sessions were all pruned at once), and after a step back
+        it could not either (a negative gap) while nothing was pruned until the clock caught up."""
+        d = self._jumps.check() if self._jumps is not None else 0.0
+        if not d:
+            return
+        for cur in self._on_screen.values():
+            cur.since += d
+        for log in self._sessions.values():
+            for s in log.shown:
+                s.t += d
+            log.last += d
+
     def prune(self, now: float | None = None) -> int:
+        self._follow_clock()
         now = self.clock() if now is None else now
         old = [s for s, log in self._sessions.items() if now - log.last > self.window_s]
         for s in old:
