@@ -1,4 +1,4 @@
-"""A real node (demo layout, temp data dir, free HTTP port) on its own event-loop thread.
+"""A real node (demo layout, temp data dir, free HTTP port) on its own event-loop thread, and headless Chromium.
 
 Tests talk to it the way screens and players do: HTTP, SSE, MQTT, a browser.
 Events go in through ``run.publish`` (thread-safe: scheduled on the node's loop).
@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
 import threading
 import urllib.error
 import urllib.request
@@ -20,6 +22,33 @@ import pytest
 
 from edge.app import Node
 from edge.config import NodeConfig, parse_config
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """The path of Debian's Chromium (skips on a developer machine without it; a failure in CI)."""
+    if not os.path.exists(CHROMIUM) or shutil.which("chromium") is None:
+        if os.environ.get("SHELFCAST_REQUIRE_SERVICES") == "1":
+            pytest.fail("chromium is required in CI: sudo apt-get install -y chromium")
+        pytest.skip("chromium not available: sudo apt-get install -y chromium")
+    return CHROMIUM
+
+
+@pytest.fixture(scope="module")
+def browser(chromium: str) -> Iterator[Any]:
+    """Headless Chromium driven by Playwright (no browser downloads), one per test module."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
 
 
 def demo_config(tmp: Path, mqtt_url: str | None = None, **signage: Any) -> NodeConfig:
