@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge.clock import SYSTEM, Clock, JumpWatch
+from edge.clock import JUMP_S, SYSTEM, Clock, JumpWatch
 from edge.events import Conversion, Impression, RecommendationSet, ShopperEvent
 from edge.store import Store
 
@@ -68,6 +68,7 @@ class Feedback:
         # a Clock: its wall-clock steps shift what was shown (_follow_clock); a plain function: wall time only
         self._jumps: JumpWatch | None = clock.watch() if isinstance(clock, Clock) else None
         self.clock: Callable[[], float] = clock.wall if isinstance(clock, Clock) else clock
+        self._last_t = 0.0  # the latest pick's t
         self.on_conversion = on_conversion
         self._sessions: dict[str, _SessionLog] = {}
         self._on_screen: dict[str, _OnScreen] = {}
@@ -123,7 +124,9 @@ class Feedback:
     def on_shopper_event(self, ev: ShopperEvent) -> Conversion | None:
         if ev.action != "pick":
             return None
-        self._follow_clock()
+        if not -JUMP_S < ev.t - self._last_t < JUMP_S:  # a quiet spell, or the wall clock stepped: look
+            self._follow_clock()
+        self._last_t = ev.t
         for cur in self._on_screen.values():  # on screen now, not recorded yet: picking from it proves it was seen
             if cur.recorded is None and cur.session == ev.session and ev.sku in cur.skus:
                 self._record(cur)
@@ -156,6 +159,7 @@ class Feedback:
             for s in log.shown:
                 s.t += d
             log.last += d
+        self._last_t += d
 
     def prune(self, now: float | None = None) -> int:
         self._follow_clock()
