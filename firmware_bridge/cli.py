@@ -7,6 +7,7 @@ report the port busy.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import time
@@ -16,12 +17,16 @@ from edge.cli import CommandRegistry, UserError, print_json, print_result
 
 __all__ = ["register"]
 
+NODE_CONFIG = Path("/etc/shelfcast/shelfcast.yaml")  # what the installer and `shelfcast provision` write
+
 
 def register(reg: CommandRegistry) -> None:
     p = reg.subcommand("firmware", "list", "shelf controllers found: port, id, hardware, firmware", _list)
     p.add_argument("--port", action="append", default=[], metavar="PORT",
-                   help="query this port (repeatable); default: shelves.ports from --config, else USB discovery")
-    p.add_argument("--config", type=Path, default=None, metavar="FILE")
+                   help="query this port (repeatable); default: shelves.ports of the node config and USB discovery "
+                   "of its shelves.usb_ids")
+    p.add_argument("--config", type=Path, default=None, metavar="FILE",
+                   help=f"node config (default: $SHELFCAST_CONFIG or {NODE_CONFIG} when it exists)")
     p.add_argument("--json", action="store_true")
 
     p = reg.subcommand("firmware", "flash", "flash a controller's firmware image (resumes after a cable pull)",
@@ -58,19 +63,42 @@ def register(reg: CommandRegistry) -> None:
     p.add_argument("--seed", type=int, default=1)
 
 
+def _node_config(usb_ids: list[str]) -> Path | None:
+    """The node's own config, as doctor and provision find it ($SHELFCAST_CONFIG, else /etc/shelfcast/shelfcast.yaml
+    when there is one): its shelves.usb_ids and shelves.ports say where the controllers are."""
+    env = os.environ.get("SHELFCAST_CONFIG")
+    if env:
+        return Path(env)
+    if os.access(NODE_CONFIG, os.R_OK):
+        return NODE_CONFIG
+    # there, but not for this user (root:shelfcast 0640 in a 0750 directory)
+    conf_dir = NODE_CONFIG.parent
+    if os.path.exists(NODE_CONFIG) or (os.path.isdir(conf_dir) and not os.access(conf_dir, os.X_OK)):
+        print(f"note: cannot read {NODE_CONFIG} as this user, so its shelves.ports and shelves.usb_ids are not used "
+              f"(run it with sudo); looking for USB ids {', '.join(usb_ids)}", file=sys.stderr)
+    return None
+
+
 def _ports(args: argparse.Namespace) -> list[str]:
     if args.port:
         return list(args.port)
+    from edge.config import ConfigError, default_config, load_config
     from firmware_bridge.driver import discover
 
-    usb_ids = ["1209:5c5c"]
+    usb_ids = default_config().shelves.usb_ids
     explicit: list[str] = []
-    if args.config is not None:
-        from edge.config import load_config
-
-        cfg = load_config(args.config)
-        usb_ids = cfg.shelves.usb_ids
-        explicit = [p.port for p in cfg.shelves.ports if p.port != "auto"]
+    path = args.config if args.config is not None else _node_config(usb_ids)
+    if path is not None:
+        try:
+            cfg = load_config(path)
+        except ConfigError:
+            if args.config is not None:
+                raise
+            print(f"note: {path} is not a valid config (`shelfcast config validate {path}`); looking for USB ids "
+                  f"{', '.join(usb_ids)}", file=sys.stderr)
+        else:
+            usb_ids = cfg.shelves.usb_ids
+            explicit = [p.port for p in cfg.shelves.ports if p.port != "auto"]
     return list(dict.fromkeys(explicit + [f.path for f in discover(usb_ids)]))
 
 
