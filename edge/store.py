@@ -395,7 +395,8 @@ class Store:
 
     def _follow_clock(self, conn: sqlite3.Connection) -> None:
         """The wall clock stepped (NTP after a boot at a wrong time, or a manual change): re-stamp the rows this
-        process wrote before the step by the same amount, so ages stay elapsed time. Without it a step forward
+        process wrote before the step by the same amount, so ages stay elapsed time, and add the step to their
+        outbox payloads (``"clock_shift"``: the event happened at ``t + clock_shift``). Without it a step forward
         of a year aged out the whole outbox and the events table at the next look, and a step back kept rows
         past their time. Rows of earlier runs are left alone (their stamps came from their own clock); those an
         unset clock stamped (before ``BUILD_FLOOR``) are exempt from ageing (``_maintenance``, ``evict``).
@@ -414,6 +415,10 @@ class Store:
 
         def move(c: sqlite3.Connection) -> None:
             c.execute("UPDATE outbox SET created = created + ? WHERE seq > ?", (shift, seq))
+            # the cloud gets the stamp as made and, beside it, the step since: t + clock_shift is the time
+            c.execute("UPDATE outbox SET payload = json_set(payload, '$.clock_shift', "
+                      "round(coalesce(json_extract(payload, '$.clock_shift'), 0) + ?, 3)) WHERE seq > ? AND "
+                      "CASE WHEN json_valid(payload) THEN json_type(payload) = 'object' ELSE 0 END", (shift, seq))
             c.execute("UPDATE events SET t = t + ? WHERE rowid > ?", (shift, ev))
             c.execute("UPDATE impressions SET t = t + ? WHERE rowid > ?", (shift, imp))
 

@@ -61,6 +61,9 @@ def test_a_step_forward_of_a_year_keeps_the_outbox_and_the_recent_events(tmp_pat
         res = evict(store, max_rows=100_000, max_age_s=MAX_AGE).result(10)
         assert res == {"aged": 0, "capped": 0}
         assert _pending_ids(store) == ids  # all still queued for the cloud, in order
+        # the cloud gets each stamp as made and the step beside it: t + clock_shift is when it happened
+        items = [json.loads(r["payload"]) for r in store.outbox_peek(limit=100)]
+        assert all(it["clock_shift"] == 365 * DAY and it["t"] + it["clock_shift"] == fc.w - 60 for it in items)
         store.run_maintenance()
         assert store.event_count() == 20
         assert store.health()["clock_step"]["s"] == 365 * DAY
@@ -99,6 +102,8 @@ def test_rows_of_an_earlier_run_keep_their_stamps(tmp_path: Path) -> None:
                            upstream="t/events")
         store.flush(timeout=10)
         created = [float(r["created"]) for r in store.outbox_peek(limit=100)]
+        shifts = [json.loads(r["payload"]).get("clock_shift") for r in store.outbox_peek(limit=100)]
+    assert shifts == [None] * 5 + [3600.0] * 5 + [None]
     assert created[:5] == [before] * 5  # the earlier run's rows
     assert created[5:10] == [before + 30 + 3600.0] * 5  # this run's, moved with the step
     assert created[10] == before + 30 + 3600.0
