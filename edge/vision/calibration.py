@@ -22,6 +22,7 @@ __all__ = [
     "Calibration",
     "CalibrationError",
     "compute_homography",
+    "draw_pixel_grid",
     "draw_preview",
     "floor_to_image",
     "image_to_floor",
@@ -144,4 +145,20 @@ def draw_preview(snapshot: np.ndarray, h: np.ndarray, layout: LayoutSection,
         for (u, v), (ru, rv) in zip(np.asarray(image_pts, dtype=np.float64), reproj, strict=False):
             cv2.circle(img, (round(u), round(v)), 6, (0, 255, 0), 2, cv2.LINE_AA)
             cv2.drawMarker(img, (round(ru), round(rv)), (0, 0, 255), cv2.MARKER_CROSS, 10, 1)
+    return img
+
+
+def draw_pixel_grid(snapshot: np.ndarray, step: int = 50) -> np.ndarray:
+    """A copy of the snapshot with a pixel grid (a line every ``step`` px, labelled every 2 steps) to read the
+    reference points' U,V from by eye (``shelfcast calibrate camera --grab``)."""
+    img = snapshot.copy() if snapshot.ndim == 3 else cv2.cvtColor(snapshot, cv2.COLOR_GRAY2BGR)
+    h, w = img.shape[:2]
+    for x in range(0, w, step):
+        cv2.line(img, (x, 0), (x, h - 1), (0, 255, 255) if x % (2 * step) == 0 else (0, 140, 140), 1)
+    for y in range(0, h, step):
+        cv2.line(img, (0, y), (w - 1, y), (0, 255, 255) if y % (2 * step) == 0 else (0, 140, 140), 1)
+    for x in range(0, w, 2 * step):
+        cv2.putText(img, str(x), (x + 2, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 255, 255), 1, cv2.LINE_AA)
+    for y in range(2 * step, h, 2 * step):
+        cv2.putText(img, str(y), (2, y - 3), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 255, 255), 1, cv2.LINE_AA)
     return img

@@ -15,7 +15,13 @@ import yaml
 
 from edge.cli import CommandRegistry, UserError, print_json
 from edge.config import NodeConfig, default_config, load_config, parse_config
-from edge.vision.calibration import LARGE_ERROR_CM, CalibrationError, compute_homography, draw_preview
+from edge.vision.calibration import (
+    LARGE_ERROR_CM,
+    CalibrationError,
+    compute_homography,
+    draw_pixel_grid,
+    draw_preview,
+)
 from edge.vision.config_edit import replace_keeping_owner, set_homography, yaml_number
 from edge.vision.scene import SyntheticScene
 from edge.vision.sources import OpenCVSource, SourceError, describe_source, source_kind
@@ -35,6 +41,10 @@ def register(reg: CommandRegistry) -> None:
                    help="YAML/JSON list of {image: [u, v], floor: [x, y]} reference points")
     p.add_argument("--synthetic", action="store_true",
                    help="use the synthetic scene's known reference points (demo and tests)")
+    p.add_argument("--grab", type=Path, metavar="PNG",
+                   help="only grab one frame from camera.source of --config into PNG (and PNG-grid.png with a "
+                   "pixel grid) to read the reference points' pixels from; then run again with --point and "
+                   "--snapshot PNG")
     p.add_argument("--snapshot", type=Path, help="image to draw the preview on (default: grab one frame)")
     p.add_argument("--preview", type=Path, default=Path("camera-calibration.png"),
                    help="where to write the preview PNG (default: %(default)s)")
@@ -97,7 +107,8 @@ def _scene(cfg: NodeConfig) -> SyntheticScene:
                           height=cfg.camera.height, noise_sigma=0.0)
 
 
-def _snapshot(args: argparse.Namespace, cfg: NodeConfig) -> np.ndarray:
+def _snapshot(args: argparse.Namespace, cfg: NodeConfig, hint: str = "or pass --snapshot FILE, or --no-preview"
+              ) -> np.ndarray:
     if args.snapshot is not None:
         img = cv2.imread(str(args.snapshot), cv2.IMREAD_COLOR)
         if img is None:
@@ -111,22 +122,51 @@ def _snapshot(args: argparse.Namespace, cfg: NodeConfig) -> np.ndarray:
         src.open()
         r = src.read()
     except SourceError as exc:
-        raise UserError(f"{exc}; or pass --snapshot FILE, or --no-preview") from None
+        raise UserError(f"{exc}; {hint}") from None
     finally:
         src.close()
     if r is None:
-        raise UserError(f"camera {describe_source(cfg.camera.source)} gave no frame; pass --snapshot FILE "
-                        "or --no-preview")
+        raise UserError(f"camera {describe_source(cfg.camera.source)} gave no frame; {hint}")
     return r[0]
 
 
+def _grab(args: argparse.Namespace) -> int:
+    """Step one of a calibration: a snapshot to read the marked floor points' pixels from."""
+    if args.config is None:
+        raise UserError("--grab needs --config PATH (the node config whose camera.source to grab from)")
+    if args.point or args.points is not None or args.synthetic or args.write:
+        raise UserError("--grab only takes the snapshot; read the points' pixels from it, then run again with "
+                        "--point U,V:X,Y ... --snapshot FILE")
+    cfg = load_config(args.config)
+    args.snapshot = None
+    # a camera the running node holds cannot be opened twice
+    snap = _snapshot(args, cfg, "if the node is running, it holds the camera: `sudo systemctl stop shelfcast` "
+                     "first, `sudo systemctl start shelfcast` after")
+    grid_path = args.grab.with_name(f"{args.grab.stem}-grid.png")
+    if not (cv2.imwrite(str(args.grab), snap) and cv2.imwrite(str(grid_path), draw_pixel_grid(snap))):
+        raise UserError(f"cannot write {args.grab}; check the directory exists and is writable (give a .png path)")
+    height, width = snap.shape[:2]
+    if args.json:
+        print_json({"snapshot": str(args.grab), "grid": str(grid_path), "width": width, "height": height})
+        return 0
+    print(f"snapshot: {args.grab} ({width}x{height} px); with a pixel grid: {grid_path}")
+    print("read the pixel U,V of each marked floor point (the grid, or any image viewer's cursor position), then:")
+    print(f"  sudo shelfcast calibrate camera --config {args.config} --snapshot {args.grab} "
+          "--point U,V:X,Y --point U,V:X,Y ... --write")
+    return 0
+
+
 def _calibrate(args: argparse.Namespace) -> int:
+    if args.grab is not None:
+        return _grab(args)
     if args.write and args.config is None:
         raise UserError("--write needs --config PATH (the node config file to update)")
     cfg = load_config(args.config) if args.config is not None else default_config()
     img, flo = _parse_points(args, cfg)
     if not img:
-        raise UserError("no reference points: give at least 4 with --point U,V:X,Y (or --points FILE)")
+        raise UserError("no reference points: give at least 4 with --point U,V:X,Y (or --points FILE); to read "
+                        "their pixels, grab a snapshot first: `shelfcast calibrate camera --config FILE --grab "
+                        "snapshot.png`")
     try:
         cal = compute_homography(img, flo)
     except CalibrationError as exc:
