@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from edge.clock import SYSTEM, Clock
 from edge.config import NodeConfig
 from edge.events import TrackUpdate, ZoneEvent
 from edge.vision.pipeline import Pipeline
@@ -54,8 +55,10 @@ class VisionRoom:
     def __init__(self, config: NodeConfig, on_track: Callable[[TrackUpdate], None],
                  on_zone: Callable[[ZoneEvent], None], *, on_status: Callable[[bool], None] | None = None,
                  on_pick: Callable[[Pick], None] | None = None, source: FrameSource | None = None,
-                 scene: SyntheticScene | None = None) -> None:
+                 scene: SyntheticScene | None = None, clock: Clock = SYSTEM) -> None:
         self.config = config
+        self._clock = clock  # "no frame for N s" in monotonic time: a step of the wall clock neither hides a dead
+        # stream for the length of a step back nor fakes a stall on a step forward
         self.cam = config.camera
         self._on_track = on_track
         self._on_zone = on_zone
@@ -130,7 +133,7 @@ class VisionRoom:
             self.status = "stopped"
 
     def health(self) -> dict[str, Any]:
-        age = time.time() - self._last_frame if self._last_frame else None
+        age = self._clock.mono() - self._last_frame if self._last_frame else None
         return {
             "status": self.status,
             "source": "synthetic" if self.scene is not None else describe_source(self.cam.source),
@@ -242,7 +245,7 @@ class VisionRoom:
                 self._n_tracks = 0
             if item is None:
                 if self.status == "ok" and self._last_frame and \
-                        time.time() - self._last_frame > self.cam.stream_timeout_s:
+                        self._clock.mono() - self._last_frame > self.cam.stream_timeout_s:
                     self.last_error = f"no frame for {self.cam.stream_timeout_s:g} s"
                     self._stalled = True
                     self._set_status("reconnecting")
@@ -261,7 +264,7 @@ class VisionRoom:
             dt = time.perf_counter() - t0
             self._proc_ms = dt * 1000 if not self.frames else 0.95 * self._proc_ms + 50 * dt
             self.frames += 1
-            self._last_frame = time.time()
+            self._last_frame = self._clock.mono()
             if last_t:
                 inst = 1.0 / max(1e-3, t - last_t)
                 self._fps = inst if self._fps == 0 else 0.9 * self._fps + 0.1 * inst
