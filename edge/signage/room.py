@@ -299,7 +299,9 @@ class SignageRoom:
             latest = self.board.latest.get(sid)
             v = self.recommender.serving(sid)
             want = None if v is None else v.session
-            if latest is None or latest.session != want or (want is None and now - latest.t > 60.0):
+            # an idle screen's set older than a minute, or stamped "ahead" (before the wall clock stepped back;
+            # else it waited out the step): refresh it
+            if latest is None or latest.session != want or (want is None and not 0.0 <= now - latest.t <= 60.0):
                 self.bus.publish(self.recommender.refresh(sid))
                 n += 1
         self.stats["handovers"] += n
