@@ -87,6 +87,9 @@ class Flasher:
             except (serial.SerialException, OSError, ValueError) as exc:
                 state, msg = open_error_message(self.port, exc)
                 if state in ("permission", "busy", "error") or time.monotonic() >= deadline:
+                    if state == "missing":  # the node waits for a replug; a field tool says where to look
+                        msg = (f"{self.port}: not present; check the USB cable and the port name "
+                               "(`ls -l /dev/shelfcast/ /dev/serial/by-id/`, `sudo shelfcast firmware list`)")
                     raise FlashError(msg) from None
                 time.sleep(delay)
                 delay = min(1.0, delay * 2)
@@ -288,7 +291,12 @@ def flash(port: str, image: FirmwareImage, progress: Progress | None = None, *, 
                     raise FlashError(f"bootloader refused to boot the new image ({P.Status.NAMES.get(ack.status)})")
                 break
             except Disconnected:
-                f.reconnect()  # cable pulled / line dead: wait for the port, then resume
+                try:
+                    f.reconnect()  # cable pulled / line dead: wait for the port, then resume
+                except FlashError as exc:
+                    raise FlashError(f"{exc}. Waited {reconnect_timeout:g} s for it to come back; the controller "
+                                     f"keeps what it staged in its bootloader (its firmware {old} stays): run the "
+                                     "same flash again once it is back, it resumes") from None
         try:
             h = f.wait_hello(boot_timeout)
         except Disconnected:  # the HELLO after boot was lost, or the port re-enumerated: ask
