@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import signal
 import sys
+import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from edge.cli import CommandRegistry, UserError, print_json
 
@@ -43,7 +47,11 @@ def register(reg: CommandRegistry) -> None:
     p.add_argument("--model", type=Path, required=True, metavar="PATH",
                    help="model directory (model.tflite + manifest.json), a .tflite file, or a JSON snapshot")
     p.add_argument("--kind", default="model", choices=["model", "catalogue", "planogram", "stock", "profiles"])
-    p.add_argument("--version", default=None, help="release version (default: the model manifest's, or a hash)")
+    p.add_argument("--version", default=None,
+                   help="release version; nodes refuse one older than what they accepted (default: the model "
+                        "manifest's, else the UTC time YYYY.MM.DD-HHMMSS). A model directory published under "
+                        "another version than its manifest's gets that version and a new created in its "
+                        "manifest (how an old model is rolled out again)")
     p.add_argument("--sign-key", type=Path, required=True, metavar="FILE",
                    help="Ed25519 private key (PEM) from `shelfcast model keygen`")
     p.add_argument("--chunk-size", type=int, default=120 * 1024, metavar="BYTES")
@@ -139,17 +147,49 @@ def _publish(args: argparse.Namespace) -> int:
         key = load_private_key(args.sign_key)
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot use --sign-key {args.sign_key}: {exc}") from None
-    try:
-        rel = build_release(args.kind, args.model, args.version, key, chunk_size=args.chunk_size)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
+    model_dir = args.kind == "model" and args.model.is_dir()
+    # nodes refuse a release older than the one they accepted (edge.sync.release): versions must grow, so the
+    # default is the time, not a hash (a model directory keeps its manifest's version, which the export dates)
+    version = args.version or (None if model_dir else time.strftime("%Y.%m.%d-%H%M%S", time.gmtime()))
+    with tempfile.TemporaryDirectory(prefix="shelfcast-publish-") as tmp:
+        source, restamped = args.model, None
+        if model_dir and args.version:
+            source, restamped = _restamp(args.model, args.version, Path(tmp))
+        try:
+            rel = build_release(args.kind, source, version, key, chunk_size=args.chunk_size)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
     topics = Topics("shelfcast/v1", args.store, args.node)
     try:
         out = publish_release(_settings(args, args.client_id), topics, rel)
     except RuntimeError as exc:
         raise UserError(str(exc), code=3) from None
+    if restamped is not None:
+        out["restamped_from"] = restamped
     print_json(out)
     return 0
+
+
+def _restamp(model: Path, version: str, tmp: Path) -> tuple[Path, dict[str, Any] | None]:
+    """A model directory published under another version than its manifest's: a copy whose manifest carries
+    that version and a new ``created`` (what nodes order models by), so an old model can be rolled out again
+    as a newer release. The weights and their sha256 stay; the old version and created are kept in
+    ``restamped_from``."""
+    mf = model / "manifest.json"
+    if not mf.exists():
+        return model, None
+    try:
+        man = json.loads(mf.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"--model {model}: manifest.json is unreadable ({exc}); re-export the model") from None
+    if not isinstance(man, dict) or man.get("version") == version:
+        return model, None
+    out = tmp / "model"
+    shutil.copytree(model, out)
+    before = {"version": man.get("version"), "created": man.get("created")}
+    man.update(version=version, created=datetime.now(UTC).isoformat(timespec="seconds"), restamped_from=before)
+    (out / "manifest.json").write_text(json.dumps(man))
+    return out, before
 
 
 def _keygen(args: argparse.Namespace) -> int:

@@ -27,6 +27,19 @@ A refused release leaves the serving model untouched and is remembered, so a
 retained manifest re-delivered after a reconnect is not processed again; except
 a truncated / wrong-hash one (``ReleaseError.retry``), which publishing the same
 release again retries.
+
+Anti-rollback (after ``verified``, before anything is installed or applied): a
+correctly signed but *older* release (last month's retained one, or one
+captured and re-published) is refused. Each kind has a mark, the newest release
+it accepted (``sync/release_marks.json``, written atomically with fsync after a
+swap / apply, never lowered by a rollback); a model must also be newer than the
+model serving. Models are ordered by the ``created`` of the ``manifest.json``
+inside the signed archive (covered by the signed sha256), else by the signed
+version; snapshots by the signed version in natural order (digit runs as
+numbers: 2026.11.30-v5 < 2026.11.30-v10). A version names one release: another
+sha256 under a version already accepted is refused. Rolling back on purpose: the
+``rollback`` command (never blocked: it does not touch the marks), or a newer
+release carrying the old content.
 """
 
 from __future__ import annotations
@@ -37,6 +50,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import struct
 import tarfile
@@ -46,6 +60,7 @@ import zlib
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -61,13 +76,16 @@ __all__ = [
     "CHUNK_MAGIC",
     "CandidateLoader",
     "GuardedScorer",
+    "Mark",
     "ReleaseError",
     "ReleaseManager",
     "key_id",
     "load_public_key",
+    "order_refusal",
     "pack_chunk",
     "parse_chunk",
     "sign_manifest",
+    "version_key",
 ]
 
 log = logging.getLogger(__name__)
@@ -167,6 +185,137 @@ def _tree_digest(root: Path) -> dict[str, str]:
     return out
 
 
+# -- anti-rollback: is a release newer than what the node accepted / serves? ----------------
+@dataclass(frozen=True)
+class Mark:
+    """A release as the anti-rollback rule orders it: the signed version and sha256 and, for a model, the
+    ``created`` and weight hashes of the ``manifest.json`` inside the verified archive (trusted: the signed
+    sha256 covers it). ``sha256`` is empty for the bundled model (not a release)."""
+
+    version: str
+    sha256: str = ""
+    created: float | None = None
+    created_text: str = ""
+    weights: str = ""
+    legacy: bool = False  # taken from releases.json (applied before marks existed): ordered only where it can be
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": self.version, "sha256": self.sha256, "created": self.created,
+                "created_text": self.created_text, "weights": self.weights, "legacy": self.legacy, "t": time.time()}
+
+    @classmethod
+    def from_json(cls, d: Any) -> Mark | None:
+        if not isinstance(d, dict) or not isinstance(d.get("version"), str):
+            return None
+        created = d.get("created")
+        return cls(d["version"], str(d.get("sha256") or ""),
+                   float(created) if isinstance(created, int | float) else None,
+                   str(d.get("created_text") or ""), str(d.get("weights") or ""), bool(d.get("legacy")))
+
+    def describe(self) -> str:
+        return self.version + (f" (created {self.created_text})" if self.created_text else "")
+
+
+_TOKENS = re.compile(r"\d+|\D+")
+
+
+def version_key(mark: Mark) -> tuple[tuple[int, int, str], ...] | None:
+    """Natural order of a signed version (digit runs compare as numbers: 2026.11.30-v5 < 2026.11.30-v10 <
+    2026.12.01). None for the old default version of a release, the first 12 hex of its sha256: a hash has no
+    order."""
+    if mark.sha256 and mark.version == mark.sha256[:12]:
+        return None
+    return tuple((0, int(t), "") if t.isdigit() else (1, 0, t) for t in _TOKENS.findall(mark.version))
+
+
+def _version_order(a: Mark, b: Mark) -> int | None:
+    """1 / -1 / 0: ``a``'s version is newer / older / the same as ``b``'s; None when they cannot be ordered (a
+    hash, or they first differ in text rather than in a number: another naming scheme, e.g. v7 and 2026.12.01)."""
+    ka, kb = version_key(a), version_key(b)
+    if ka is None or kb is None:
+        return None
+    for x, y in zip(ka, kb, strict=False):
+        if x != y:
+            return (1 if x[1] > y[1] else -1) if x[0] == y[0] == 0 else None
+    return (len(ka) > len(kb)) - (len(ka) < len(kb))
+
+
+def _parse_created(value: Any) -> tuple[float | None, str]:
+    """A model manifest's ``created`` (ISO 8601, as ``models.export`` writes it, or Unix seconds)."""
+    if isinstance(value, bool):
+        return None, ""
+    if isinstance(value, int | float):
+        try:
+            return float(value), datetime.fromtimestamp(float(value), UTC).isoformat(timespec="seconds")
+        except (OverflowError, OSError, ValueError):
+            return None, ""
+    if isinstance(value, str) and value:
+        try:
+            dt = datetime.fromisoformat(value)
+        except ValueError:
+            return None, ""
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=UTC)
+        return dt.timestamp(), value
+    return None, ""
+
+
+def _manifest_mark(version: str, sha256: str, man: Any) -> Mark:
+    if not isinstance(man, dict):
+        return Mark(version, sha256)
+    created, text = _parse_created(man.get("created"))
+    weights = "|".join(str(man.get(k) or "") for k in ("sha256", "side_sha256", "stage2_sha256")) \
+        if man.get("sha256") else ""
+    return Mark(version, sha256, created, text, weights)
+
+
+def _archived_manifest(blob: bytes) -> Any:
+    """The ``manifest.json`` inside a (verified) model tar, or None."""
+    try:
+        with tarfile.open(fileobj=io.BytesIO(blob)) as tf:
+            for member in tf.getmembers():
+                if member.isfile() and member.name.removeprefix("./") == "manifest.json" and member.size <= 64 << 20:
+                    f = tf.extractfile(member)
+                    return json.loads(f.read()) if f is not None else None
+    except (tarfile.TarError, ValueError, OSError):
+        return None
+    return None
+
+
+def order_refusal(cand: Mark, ref: Mark, what: str) -> str | None:
+    """Why ``cand`` may not follow ``ref`` (``what`` names ``ref``, e.g. "the serving"); None when it is newer.
+
+    Models with a trusted ``created`` on both sides compare by it (a tie only with the same weights: the same
+    model re-published); else the signed versions compare in natural order. A version already accepted names
+    that release: another sha256 under it is refused (TUF's rule too), unless it carries the same weights.
+    Versions that cannot be ordered are refused after a release accepted under these rules, and let through
+    after the bundled model or a release from before them (nothing trusted to order by)."""
+    same_weights = bool(cand.weights) and cand.weights == ref.weights
+    if cand.version == ref.version:
+        if same_weights:
+            return None
+        theirs = f"sha256 {ref.sha256[:12]}…" if ref.sha256 else "the bundled model"
+        return (f"release {cand.version} (sha256 {cand.sha256[:12]}…) is not {what} {cand.version} ({theirs}): "
+                "a version names one release, so another build under it is refused; publish it under a new version")
+    if cand.created is not None and ref.created is not None:
+        if cand.created > ref.created or (cand.created == ref.created and same_weights):
+            return None
+        tie = " (the same created, other weights)" if cand.created == ref.created else ""
+        return f"release {cand.describe()} is older than {what} {ref.describe()}{tie}"
+    order = _version_order(cand, ref)
+    if order is not None:
+        return None if order > 0 else \
+            f"release {cand.version} is older than {what} {ref.describe()} (versions compare in natural order)"
+    if not ref.sha256 or ref.legacy or version_key(ref) is None:
+        return None  # nothing trusted to order against
+    if version_key(cand) is None:
+        return (f"release {cand.version} has a hash for a version, which has no order, and {what} is "
+                f"{ref.version}: publish it with a date-stamped --version (the default of `shelfcast model "
+                "publish`)")
+    return (f"release {cand.version} cannot be ordered after {what} {ref.version} (they differ in text, not in a "
+            f"number): publish it under a version that continues the numbering of {ref.version}")
+
+
 class GuardedScorer:
     """Wraps a freshly swapped model: scoring errors during probation trigger a rollback."""
 
@@ -197,7 +346,7 @@ class GuardedScorer:
 @dataclass
 class ModelSlot:
     version: str
-    path: Path
+    path: Path | None  # None: the bundled model (no release directory; no models/active.json)
     scorer: Any
 
 
@@ -228,10 +377,12 @@ class ReleaseManager:
         self._stall_reported: dict[tuple[str, str], float] = {}
         self.previous: ModelSlot | None = None
         self.current: ModelSlot | None = None
-        self.stats = {"chunks": 0, "chunks_skipped": 0, "refused": 0, "applied": 0, "rollbacks": 0}
+        self.stats = {"chunks": 0, "chunks_skipped": 0, "refused": 0, "applied": 0, "rollbacks": 0,
+                      "older_refused": 0}
         self.staging.mkdir(parents=True, exist_ok=True)
         self.models_dir.mkdir(parents=True, exist_ok=True)
         self._done = self._load_done()
+        self.marks: dict[str, Mark] = self._load_marks()
 
     # -- bookkeeping of what was already handled -------------------------------------------
     def _done_path(self) -> Path:
@@ -256,6 +407,91 @@ class ReleaseManager:
             return f"{kind}/{version}/{sha}" in self._done
         return any(k.startswith(f"{kind}/{version}/") for k in self._done)
 
+    # -- anti-rollback marks: the newest release accepted per kind ---------------------------
+    def _marks_path(self) -> Path:
+        return self.root / "sync" / "release_marks.json"
+
+    def _load_marks(self) -> dict[str, Mark]:
+        marks: dict[str, Mark] = {}
+        try:
+            raw = json.loads(self._marks_path().read_text())
+            for kind, d in (raw.items() if isinstance(raw, dict) else []):
+                mark = Mark.from_json(d)
+                if mark is not None:
+                    marks[kind] = mark
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError) as exc:
+            log.error("%s is unreadable (%s); ordering releases by the ones remembered in %s and the serving "
+                      "model", self._marks_path(), exc, self._done_path().name)
+        # a kind without a mark (a node from before marks, or a lost file): the newest release it applied
+        seeded: dict[str, Mark] = {}
+        for key, rec in self._done.items():
+            kind, _, rest = key.partition("/")
+            version, _, sha = rest.rpartition("/")
+            if kind in marks or not str(rec.get("outcome", "")).startswith("applied"):
+                continue
+            cand = Mark(version, sha, legacy=True)
+            vk, best = version_key(cand), seeded.get(kind)
+            if vk is not None and (best is None or vk > (version_key(best) or ())):
+                seeded[kind] = cand
+        return {**seeded, **marks}
+
+    def _set_mark(self, kind: str, mark: Mark) -> None:
+        with self._lock:
+            self.marks[kind] = mark
+            _atomic_write(self._marks_path(), json.dumps({k: v.to_json() for k, v in self.marks.items()}).encode())
+
+    def _serving_mark(self) -> Mark | None:
+        """The model serving now: a release (its files on disk) or the bundled model."""
+        cur = self.current
+        if cur is not None and cur.path is not None:
+            try:
+                files = json.loads((cur.path / "files.json").read_text())
+                man = json.loads((cur.path / "manifest.json").read_text())
+            except (OSError, ValueError):
+                files, man = {}, None
+            return _manifest_mark(cur.version, str(files.get("sha256") or ""), man)
+        model = _unguard(self.get_model())
+        version = getattr(model, "version", None) if model is not None else None
+        if not version:
+            return None
+        man = getattr(model, "manifest", None)
+        if man is None:
+            man = getattr(getattr(model, "ranker", None), "manifest", None)
+        return _manifest_mark(str(version), "", man)
+
+    def _candidate(self, m: ReleaseManifest, blob: bytes) -> Mark:
+        man = _archived_manifest(blob) if m.kind == "model" and m.format == "tar" else None
+        return _manifest_mark(m.version, m.sha256, man)
+
+    def _check_order(self, cand: Mark, kind: str) -> bool:
+        """Refuse (ReleaseError) a release not newer than the kind's mark or, for a model, the serving one.
+        False: this very release was accepted before (nothing to do: a rollback since then stays)."""
+        refs: list[tuple[Mark, str]] = []
+        if kind == "model":
+            serving = self._serving_mark()
+            if serving is not None:
+                refs.append((serving, "the serving"))
+        mark = self.marks.get(kind)
+        if mark is not None:
+            refs.append((mark, "the newest accepted"))
+        if any(ref.sha256 == cand.sha256 for ref, _ in refs):
+            return False
+        for ref, what in refs:
+            why = order_refusal(cand, ref, what)
+            if why is not None:
+                self.stats["older_refused"] += 1
+                if kind == "model":
+                    how = ("publish the old model under a new version (`shelfcast model publish --model DIR "
+                           "--version NEW` gives it a new created), or send the node the `rollback` command "
+                           "(back to its previous model)")
+                else:
+                    how = (f"publish the old snapshot under a newer version (`shelfcast model publish --kind {kind} "
+                           "--model FILE --version NEW`)")
+                raise ReleaseError(f"{why}; to roll back on purpose, {how}")
+        return True
+
     def close(self) -> None:
         self._worker.shutdown(wait=True, cancel_futures=False)
 
@@ -270,6 +506,13 @@ class ReleaseManager:
         if m.kind != kind:
             raise ReleaseError(f"manifest for {m.kind!r} arrived on the {kind!r} topic")
         if self._seen(kind, m.version, m.sha256):
+            return
+        if self._seen(kind, m.version):  # its chunks would be skipped as handled: say why instead of stalling
+            self.stats["refused"] += 1
+            self.report(kind, m.version, "refused", False,
+                        f"{kind} {m.version} was handled here already, with another sha256 than this manifest's "
+                        f"({m.sha256[:12]}…): a version names one release, so another build under it is refused; "
+                        "publish it under a new version")
             return
         d = self.staging / kind / m.version
         d.mkdir(parents=True, exist_ok=True)
@@ -386,10 +629,17 @@ class ReleaseManager:
             blob = self._assemble(d, m)
             self._verify(m, blob)
             self.report(kind, version, "verified", True, f"sha256 {m.sha256[:12]}…, signed by {m.key_id or '?'}")
+            cand = self._candidate(m, blob)
+            if not self._check_order(cand, kind):
+                log.info("release %s %s (sha256 %s…) was accepted before; nothing to do", kind, version,
+                         m.sha256[:12])
+                self._mark_done(kind, version, m.sha256, "applied")
+                return
             if kind == "model":
                 self._install_model(m, blob)
             else:
                 self._apply(m, blob)
+            self._set_mark(kind, cand)
             self._mark_done(kind, version, m.sha256, "applied")
             self.stats["applied"] += 1
         except ReleaseError as exc:
@@ -529,10 +779,10 @@ class ReleaseManager:
     def _swap(self, slot: ModelSlot, sha: str) -> None:
         with self._lock:
             old_model = self.get_model()
-            prev = self.current or (ModelSlot(str(getattr(old_model, "version", "bundled")), Path(""), old_model)
+            prev = self.current or (ModelSlot(str(getattr(old_model, "version", "bundled")), None, old_model)
                                     if old_model is not None else None)
             pointer = {"version": slot.version, "path": str(slot.path), "sha256": sha, "t": time.time(),
-                       "previous": None if prev is None or not str(prev.path) else
+                       "previous": None if prev is None or prev.path is None else
                        {"version": prev.version, "path": str(prev.path)}}
             _atomic_write(self.models_dir / "active.json", json.dumps(pointer).encode())
             t0 = time.perf_counter()
@@ -540,7 +790,7 @@ class ReleaseManager:
             swap_ms = (time.perf_counter() - t0) * 1000
             self.previous, self.current = prev, slot
         if self.on_registered is not None:
-            self.on_registered(slot.version, str(slot.path), sha, "active", True, "")
+            self.on_registered(slot.version, str(slot.path or ""), sha, "active", True, "")
         self.report("model", slot.version, "swapped", True,
                     f"serving {slot.version} (previous {prev.version if prev else 'none'} kept; swap {swap_ms:.3f} ms)")
 
@@ -558,9 +808,10 @@ class ReleaseManager:
                 return False, "no previous model to roll back to"
             self.set_model(prev.scorer)
             pointer = {"version": prev.version, "path": str(prev.path), "t": time.time(),
-                       "previous": None if cur is None else {"version": cur.version, "path": str(cur.path)},
+                       "previous": None if cur is None or cur.path is None else
+                       {"version": cur.version, "path": str(cur.path)},
                        "rolled_back": cur.version if cur else None}
-            if str(prev.path):
+            if prev.path is not None:
                 _atomic_write(self.models_dir / "active.json", json.dumps(pointer).encode())
             else:  # back to the bundled model: no pointer means "the bundled one"
                 try:
@@ -568,14 +819,14 @@ class ReleaseManager:
                     _fsync_dir(self.models_dir)
                 except FileNotFoundError:
                     pass
-            self.current = prev if str(prev.path) else None
+            self.current = prev if prev.path is not None else None
             self.previous = cur
             self.stats["rollbacks"] += 1
         detail = f"rolled back from {cur.version if cur else '?'} to {prev.version} ({why})"
         log.warning("model %s", detail)
         self.report("model", cur.version if cur else "?", "rolled_back", True, detail)
         if self.on_registered is not None and cur is not None:
-            self.on_registered(cur.version, str(cur.path), "", "rolled_back", False, why)
+            self.on_registered(cur.version, str(cur.path or ""), "", "rolled_back", False, why)
         return True, detail
 
     def activate_on_boot(self) -> str | None:
@@ -587,6 +838,10 @@ class ReleaseManager:
             return None
         except ValueError:
             log.error("models/active.json is unreadable; serving the bundled model")
+            return None
+        if str(pointer.get("path", "")) in ("", "."):
+            # written by a rollback to the bundled model before 2026-12-01 (the bundled model's "path" was "."):
+            # the bundled model is what was asked for, not the model rolled back from
             return None
         bundled = self.get_model()
         candidates = [pointer] + ([pointer["previous"]] if pointer.get("previous") else [])
@@ -611,13 +866,13 @@ class ReleaseManager:
                     except ReleaseError:
                         self.previous = None
                 elif bundled is not None:
-                    self.previous = ModelSlot(str(getattr(bundled, "version", "bundled")), Path(""), bundled)
+                    self.previous = ModelSlot(str(getattr(bundled, "version", "bundled")), None, bundled)
             return str(c["version"])
         return None
 
     def health(self) -> dict[str, Any]:
         return {"serving": self._serving_version(), "previous": self.previous.version if self.previous else None,
-                **self.stats}
+                "marks": {k: v.version for k, v in sorted(self.marks.items())}, **self.stats}
 
 
 def _unguard(model: Any) -> Any:

@@ -1,0 +1,231 @@
+"""Anti-rollback: a correctly signed but older release (last month's retained one, or one captured off the wire
+and re-published) is refused, over a real Mosquitto with real Ed25519 signatures; the serving model stays. The
+mark survives a kill -9 of a real node process; the `rollback` command still works and is not blocked; a newer
+release after a rollback is accepted; the cloud rolls back on purpose with a newer release of the old weights
+(`shelfcast model publish --version`, which re-stamps the model's created). The real int8 model is refused when
+older than the bundled one."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge.sync.link import LinkSettings
+from edge.sync.publish import build_release, publish_release
+from edge.sync.topics import Topics
+
+HERE = Path(__file__).parent
+SHIPPED = HERE.parents[2] / "models" / "shipped"
+TOPICS = Topics("shelfcast/v1", "s1", "node-1")
+NOV30 = "2026-11-30T19:28:55+00:00"
+OCT01 = "2026-10-01T08:00:00+00:00"
+
+
+def model_dir(fakes: Any, tmp: Path, version: str, created: str | None, **kw: Any) -> Path:
+    """A fake model directory whose manifest.json carries ``created`` as ``models.export`` writes it."""
+    n = 0
+    while (tmp / f"{version}-{n}").exists():
+        n += 1
+    d = fakes.write_model(tmp / f"{version}-{n}", version, **kw)
+    man = json.loads((d / "manifest.json").read_text())
+    if created is not None:
+        man["created"] = created
+    (d / "manifest.json").write_text(json.dumps(man))
+    return d
+
+
+def publish(mosquitto: Any, rel: Any) -> None:
+    publish_release(LinkSettings(url=mosquitto.url, client_id="rollback-publisher"), TOPICS, rel)
+
+
+def wait_step(upstream: Any, steps: Any, version: str, step: str, timeout: float = 15.0) -> tuple[str, bool, str]:
+    got = upstream.wait_for(lambda: [s for s in steps(upstream, version) if s[0] == step], timeout)
+    assert got, f"no {step!r} report for {version}; got {steps(upstream, version)}"
+    return got[-1]  # type: ignore[no-any-return]
+
+
+def mosquitto_cmd(mosquitto: Any, obj: dict[str, Any]) -> None:
+    import paho.mqtt.publish as pub
+
+    pub.single(TOPICS.cmd(), json.dumps(obj).encode(), qos=1, hostname="127.0.0.1", port=mosquitto.port,
+               protocol=5)
+
+
+@pytest.fixture
+def node(mosquitto: Any, node_config: Any, keys: Any, start_node: Any) -> Any:
+    return start_node(node_config(mosquitto.url, public_key=keys.public_path))
+
+
+def test_an_older_signed_model_release_is_refused_and_the_serving_model_stays(
+        node: Any, mosquitto: Any, upstream: Any, steps: Any, keys: Any, fakes: Any, tmp_path: Path) -> None:
+    publish(mosquitto, build_release("model", model_dir(fakes, tmp_path, "2026.11.30-v5", NOV30), None,
+                                     keys.private))
+    wait_step(upstream, steps, "2026.11.30-v5", "swapped")
+    # last month's release, correctly signed, never seen by this node (captured and re-published by anyone)
+    publish(mosquitto, build_release("model", model_dir(fakes, tmp_path, "2026.10.01", OCT01), None, keys.private))
+    detail = wait_step(upstream, steps, "2026.10.01", "refused")[2]
+    assert f"release 2026.10.01 (created {OCT01}) is older than the serving 2026.11.30-v5 (created {NOV30})" \
+        in detail, detail
+    assert "rollback" in detail and "--version" in detail, detail  # names both ways to roll back on purpose
+    assert "verified" in [s[0] for s in steps(upstream, "2026.10.01")]  # the signature was fine
+    assert "swapped" not in [s[0] for s in steps(upstream, "2026.10.01")]
+    assert node.rec.model.version == "2026.11.30-v5"
+    pointer = json.loads((Path(node.room.data_dir) / "models" / "active.json").read_text())
+    assert pointer["version"] == "2026.11.30-v5"
+    assert node.room.releases.health()["older_refused"] == 1
+    node.store.flush()
+    assert node.store.query("SELECT status FROM models WHERE version = ?", ("2026.10.01",)) == [{"status": "refused"}]
+    # a newer build published under the same version (another sha256) is refused: a version names one release
+    publish(mosquitto, build_release("model", model_dir(fakes, tmp_path, "2026.11.30-v5", "2026-12-01T00:00:00+00:00",
+                                                        quality="bad"), None, keys.private))
+    node.room.releases.wait_idle()
+    refusals = upstream.wait_for(lambda: [s for s in steps(upstream, "2026.11.30-v5") if s[0] == "refused"])
+    assert refusals and "a version names one release" in refusals[-1][2], steps(upstream, "2026.11.30-v5")
+    assert node.rec.model.quality == "good"
+
+
+def test_an_older_snapshot_is_refused_and_the_store_keeps_the_newer_one(
+        node: Any, mosquitto: Any, upstream: Any, steps: Any, keys: Any, tmp_path: Path) -> None:
+    def catalogue(name: str, price: float) -> Path:
+        f = tmp_path / f"{name}.json"
+        f.write_text(json.dumps({"products": [{"sku": "sku-1", "name": name, "price": price}]}))
+        return f
+
+    publish(mosquitto, build_release("catalogue", catalogue("new", 2.0), "2026.11.30-090000", keys.private))
+    wait_step(upstream, steps, "2026.11.30-090000", "applied")
+    publish(mosquitto, build_release("catalogue", catalogue("old", 9.0), "2026.11.01-090000", keys.private))
+    detail = wait_step(upstream, steps, "2026.11.01-090000", "refused")[2]
+    assert "older than" in detail and "--kind catalogue" in detail, detail
+    # the old default version (a hash of the content) has no order: refused once the kind has a mark
+    hashed = build_release("catalogue", catalogue("hashed", 7.0), None, keys.private)
+    publish(mosquitto, hashed)
+    detail = wait_step(upstream, steps, hashed.manifest["version"], "refused")[2]
+    assert "date-stamped --version" in detail, detail
+    node.store.flush()
+    product = node.store.product("sku-1")
+    assert product is not None and product.name == "new" and product.price == 2.0
+    # a newer one is applied; natural order: 2026.11.30-090000 < 2026.12.01-000000
+    publish(mosquitto, build_release("catalogue", catalogue("newer", 3.0), "2026.12.01-000000", keys.private))
+    wait_step(upstream, steps, "2026.12.01-000000", "applied")
+    assert node.store.product("sku-1").name == "newer"  # type: ignore[union-attr]
+
+
+def start_harness(config: Any, tmp: Path, st: Path) -> subprocess.Popen[bytes]:
+    cfg = tmp / "node-config.json"
+    cfg.write_text(config.model_dump_json(by_alias=True))
+    return subprocess.Popen([sys.executable, str(HERE / "node_harness.py"), str(cfg), "--status", str(st),
+                             "--fake-model"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def wait_status(st: Path, proc: subprocess.Popen[bytes], pred: Any, timeout: float, what: str) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    s: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        try:
+            s = json.loads(st.read_text())
+        except (OSError, ValueError):
+            s = {}
+        if s.get("pid") == proc.pid and pred(s):
+            return s
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}; last status {s}")
+
+
+def test_the_mark_survives_kill9_the_rollback_command_works_and_a_newer_release_follows(
+        mosquitto: Any, node_config: Any, keys: Any, fakes: Any, upstream: Any, steps: Any, tmp_path: Path) -> None:
+    config = node_config(mosquitto.url, public_key=keys.public_path)
+    st = tmp_path / "status.json"
+    proc = start_harness(config, tmp_path, st)
+    try:
+        wait_status(st, proc, lambda s: s["connected"] and s["model"] == "v1", 30, "node up on v1")
+        publish(mosquitto, build_release("model", model_dir(fakes, tmp_path, "2026.11.30-v5", NOV30), None,
+                                         keys.private))
+        wait_status(st, proc, lambda s: s["model"] == "2026.11.30-v5", 30, "2026.11.30-v5 to swap in")
+        # the local rollback (the `rollback` command) is not blocked by the mark: back to the bundled v1
+        mosquitto_cmd(mosquitto, {"id": "rb1", "command": "rollback"})
+        res = upstream.wait_for(lambda: [r for r in upstream.of("/cmd/result") if r.get("cmd") == "rb1"])
+        assert res and res[0]["ok"], res
+        wait_status(st, proc, lambda s: s["model"] == "v1", 10, "the rollback to v1")
+        proc.send_signal(signal.SIGKILL)  # a power cut right after: no clean shutdown
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert not (Path(config.node.data_dir) / "models" / "active.json").exists()  # no pointer: the bundled model
+    marks = json.loads((Path(config.node.data_dir) / "sync" / "release_marks.json").read_text())
+    assert marks["model"]["version"] == "2026.11.30-v5" and marks["model"]["created_text"] == NOV30
+    proc = start_harness(config, tmp_path, st)
+    try:
+        wait_status(st, proc, lambda s: s["connected"] and s["model"] == "v1", 30, "the restart on v1")
+        # serving v1 now (older than the mark): last month's signed release is still refused
+        publish(mosquitto, build_release("model", model_dir(fakes, tmp_path, "2026.10.01", OCT01), None,
+                                         keys.private))
+        detail = wait_step(upstream, steps, "2026.10.01", "refused", 30)[2]
+        assert "older than the newest accepted 2026.11.30-v5" in detail, detail
+        assert json.loads(st.read_text())["model"] == "v1"
+        # a newer release after the rollback is accepted
+        publish(mosquitto, build_release("model", model_dir(fakes, tmp_path, "2026.12.02", "2026-12-02T06:00:00Z"),
+                                         None, keys.private))
+        wait_status(st, proc, lambda s: s["model"] == "2026.12.02", 30, "2026.12.02 to swap in")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+    assert json.loads((Path(config.node.data_dir) / "sync" / "release_marks.json").read_text())["model"][
+        "version"] == "2026.12.02"
+
+
+def test_the_cloud_rolls_back_with_a_newer_release_of_the_old_model(
+        node: Any, mosquitto: Any, upstream: Any, steps: Any, keys: Any, fakes: Any, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from edge.cli import main
+
+    old = model_dir(fakes, tmp_path, "2026.10.01", OCT01)
+    publish(mosquitto, build_release("model", model_dir(fakes, tmp_path, "2026.11.30-v5", NOV30), None,
+                                     keys.private))
+    wait_step(upstream, steps, "2026.11.30-v5", "swapped")
+    capsys.readouterr()
+    code = main(["model", "publish", "--broker", mosquitto.url, "--store", "s1", "--node", "node-1",
+                 "--model", str(old), "--sign-key", str(keys.private_path), "--version", "2026.12.01-rollback"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    res = json.loads(out.out)
+    assert res["version"] == "2026.12.01-rollback" and res["restamped_from"] == {"version": "2026.10.01",
+                                                                                "created": OCT01}
+    wait_step(upstream, steps, "2026.12.01-rollback", "swapped")
+    assert node.rec.model.version == "2026.10.01"  # the old weights serve again (the fake names its file's version)
+    installed = json.loads((Path(node.room.data_dir) / "models" / "2026.12.01-rollback" / "manifest.json")
+                           .read_text())
+    assert installed["version"] == "2026.12.01-rollback" and installed["created"] > NOV30
+    assert json.loads((old / "manifest.json").read_text())["created"] == OCT01  # the source is left alone
+
+
+@pytest.mark.skipif(not (SHIPPED / "model.tflite").exists(), reason="models/shipped not built")
+def test_the_real_model_older_than_the_bundled_one_is_refused(mosquitto: Any, node_config: Any, keys: Any,
+                                                             start_node: Any, upstream: Any, steps: Any,
+                                                             tmp_path: Path) -> None:
+    from edge.sync.room import default_loader
+
+    cfg = node_config(mosquitto.url, public_key=keys.public_path)
+    loader = default_loader(cfg)
+    assert loader is not None
+    bundled = loader(SHIPPED)
+    node = start_node(cfg, model=bundled, loader=loader)
+    shipped = json.loads((SHIPPED / "manifest.json").read_text())
+    d = tmp_path / "old"
+    shutil.copytree(SHIPPED, d)
+    man = dict(shipped, version="2026.10.01", created=OCT01)
+    (d / "manifest.json").write_text(json.dumps(man))
+    publish(mosquitto, build_release("model", d, None, keys.private))
+    detail = wait_step(upstream, steps, "2026.10.01", "refused", 60)[2]
+    assert f"older than the serving {shipped['version']} (created {shipped['created']})" in detail, detail
+    assert node.rec.model is bundled
+    assert not (Path(node.room.data_dir) / "models" / "2026.10.01").exists()
