@@ -368,6 +368,13 @@ run systemctl restart mosquitto.service
 run systemctl restart shelfcast.service
 
 say "done: ShelfCast $("$PY" -c 'import edge; print(edge.__version__)') in $R$VENV"
-echo "    next: sudo shelfcast provision, then shelfcast doctor (docs: $PREFIX/share/doc/technician-guide.md)"
+# the config was validated above; which store it names decides the next step (a re-run after step 3 of the
+# guide, an upgrade or a restored /etc/shelfcast is provisioned already: provisioning again is not the advice)
+STORE="$("$PY" -c 'import sys, yaml; print(((yaml.safe_load(open(sys.argv[1])) or {}).get("node") or {}).get("store_id") or "unprovisioned")' "$R$CONFIG" 2>/dev/null || echo unprovisioned)"
+if [ "$STORE" = unprovisioned ]; then
+    echo "    next: sudo shelfcast provision, then shelfcast doctor (docs: $PREFIX/share/doc/technician-guide.md)"
+else
+    echo "    next: sudo shelfcast doctor (provisioned for store $STORE; docs: $PREFIX/share/doc/technician-guide.md)"
+fi
 exit 0
 }

@@ -1,0 +1,36 @@
+"""The installer's last line is the technician's next step. After a first install it is `provision`; after a
+re-run on a provisioned node (guide step 3, an upgrade, a restored /etc/shelfcast when replacing a node) it
+used to say `provision` again, which would be wrong advice there: now it says `doctor`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+FAST = ["--python", sys.executable, "--venv-options", "--without-pip",
+        "--inherit-site", sysconfig.get_paths()["purelib"],
+        "--pip-options", "--no-deps --no-build-isolation --no-index"]
+
+
+def install(root: Path) -> str:
+    p = subprocess.run(["bash", str(REPO / "deploy" / "install.sh"), "--destdir", str(root), "--no-kiosk", *FAST],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    return p.stdout.strip().splitlines()[-1]
+
+
+def test_next_step_follows_the_config(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    first = install(root)
+    assert "next: sudo shelfcast provision" in first, first
+    conf = root / "etc/shelfcast/shelfcast.yaml"
+    # what `shelfcast provision` (or a restored backup) leaves: flow style, a store id
+    conf.write_text("node: {data_dir: /var/lib/shelfcast, store_id: store-0042, node_id: node-1}\n"
+                    "signage: {host: 0.0.0.0, port: 8080}\n")
+    again = install(root)
+    assert "next: sudo shelfcast doctor" in again and "store-0042" in again, again  # old code: provision
+    assert "shelfcast provision" not in again, again
+    assert conf.read_text().startswith("node: {data_dir")  # the installer kept the config
