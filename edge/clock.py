@@ -17,12 +17,13 @@ and ``report`` need); what measures *elapsed* time must not trust a step.
 
 from __future__ import annotations
 
+import ctypes
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-__all__ = ["BUILD_FLOOR", "CLOCK_FIX", "JUMP_S", "Clock", "JumpWatch", "clock_problem", "looks_unset"]
+__all__ = ["BUILD_FLOOR", "CLOCK_FIX", "JUMP_S", "Clock", "JumpWatch", "clock_problem", "kernel_synced", "looks_unset"]
 
 # No correct clock reads earlier than this code (2026-11-01 00:00 UTC): a stamp before it was made by an
 # unset clock (1970, or an old fake-hwclock file), never by the real time.
@@ -34,6 +35,23 @@ CLOCK_FIX = "enable NTP: `sudo timedatectl set-ntp true` (and allow NTP, UDP 123
 def looks_unset(t: float) -> bool:
     """A wall time no correct clock can show (before this software was built)."""
     return t < BUILD_FLOOR
+
+
+_libc: ctypes.CDLL | None = None
+
+
+def kernel_synced() -> bool | None:
+    """Whether the kernel's clock is NTP-synchronised (adjtimex(2), read-only: what ``timedatectl``'s
+    NTPSynchronized reads; TIME_ERROR = 5 = unsynchronised); None when it cannot be read."""
+    global _libc
+    try:
+        if _libc is None:
+            _libc = ctypes.CDLL(None, use_errno=True)
+        buf = ctypes.create_string_buffer(512)  # struct timex (~208 bytes) zeroed: modes = 0, read only
+        state = int(_libc.adjtimex(buf))
+    except (OSError, AttributeError):
+        return None
+    return None if state < 0 else state != 5
 
 
 def clock_problem(now: float | None = None) -> str:
@@ -49,6 +67,12 @@ class Clock:
     wall: Callable[[], float] = time.time
     mono: Callable[[], float] = time.monotonic
     jump_s: float = JUMP_S
+    synced: Callable[[], bool | None] = kernel_synced
+
+    def unsynced(self) -> bool:
+        """The wall clock cannot be trusted yet: before the build date, or the kernel says NTP has not synced
+        (None, unknown, counts as synced: a node without adjtimex is not flagged for ever)."""
+        return looks_unset(self.wall()) or self.synced() is False
 
     def __call__(self) -> float:
         """Wall time: a Clock also fits where a plain ``clock()`` function is taken."""

@@ -68,10 +68,12 @@ class _Batch:
 
 
 def encode_batch(store_id: str, node_id: str, boot: str, rows: list[tuple[int, str]], *,
-                 compress_min_bytes: int = 1024) -> tuple[bytes, bool]:
-    """(payload bytes, compressed?) for rows of (seq, event JSON)."""
+                 compress_min_bytes: int = 1024, clock_unsynced: bool = False) -> tuple[bytes, bool]:
+    """(payload bytes, compressed?) for rows of (seq, event JSON). ``clock_unsynced``: the node's clock was not
+    NTP-synchronised (or before the build date) when the batch left; its items' ``t`` may be off."""
+    flag = '"clock_unsynced":true,' if clock_unsynced else ""
     head = (f'{{"schema":"{ENVELOPE}","store":{json.dumps(store_id)},"node":{json.dumps(node_id)},'
-            f'"boot":"{boot}","first_seq":{rows[0][0]},"last_seq":{rows[-1][0]},"items":[')
+            f'"boot":"{boot}",{flag}"first_seq":{rows[0][0]},"last_seq":{rows[-1][0]},"items":[')
     raw = (head + ",".join(p for _, p in rows) + "]}").encode()
     if len(raw) >= compress_min_bytes:
         packed = zlib.compress(raw, 6)
@@ -106,7 +108,9 @@ class OutboxDrainer:
                  receive_max: Callable[[], int] = lambda: 65535,
                  on_error: Callable[[str, str], None] | None = None, clock: Clock = SYSTEM) -> None:
         self.store = store
+        self.clock = clock
         self._wall = clock.wall
+        self._unsynced = (False, -1e9)  # (clock.unsynced(), monotonic time read): looked up every 5 s
         self.publish = publish
         self.store_id = store_id
         self.node_id = node_id
@@ -232,7 +236,8 @@ class OutboxDrainer:
         items = [(int(r["seq"]), str(r["payload"])) for r in rows]
         while True:
             payload, packed = encode_batch(self.store_id, self.node_id, self.boot, items,
-                                           compress_min_bytes=self.o.compress_min_bytes)
+                                           compress_min_bytes=self.o.compress_min_bytes,
+                                           clock_unsynced=self.clock_unsynced())
             if len(payload) <= limit:
                 break
             if len(items) == 1:  # one event larger than a message: it can never go; say so and drop it
@@ -264,6 +269,14 @@ class OutboxDrainer:
         self.stats["bytes"] += len(payload)
         self.stats["compressed"] += int(packed)
         return len(seqs)
+
+    def clock_unsynced(self) -> bool:
+        flag, at = self._unsynced
+        now = time.monotonic()
+        if now - at >= 5.0:
+            flag = self.clock.unsynced()
+            self._unsynced = (flag, now)
+        return flag
 
     def health(self) -> dict[str, Any]:
         return {"inflight_batches": len(self.inflight), "delete_retry": len(self._delete_retry), **self.stats}

@@ -146,7 +146,7 @@ class SyncRoom:
         self._state: dict[str, Any] = {}
         self._state_payload = "{}"
         self._task: asyncio.Task[None] | None = None
-        self._started = time.time()
+        self._started = time.monotonic()  # uptime: elapsed time, whatever the wall clock steps by
         self._seq0 = 0
         self._pending0 = 0
         self.queued_total: int | None = None  # set by stop(): outbox rows this run queued upstream
@@ -309,7 +309,8 @@ class SyncRoom:
             "model": getattr(model, "version", None) or "fallback",
             "outbox_pending": self._pending(),
             "evicted": self.evicted,
-            "uptime_s": round(time.time() - self._started, 1),
+            "uptime_s": round(time.monotonic() - self._started, 1),
+            "clock_unsynced": self.drainer.clock_unsynced(),  # NTP not synced yet: this node's t may be off
             "screens": {s.id: "ok" for s in self.config.layout.screens},
             "shelves": self._shelf_status(node),
             "rooms": {k: v.get("status") for k, v in node.get("rooms", {}).items() if isinstance(v, dict)},
@@ -503,6 +504,7 @@ class SyncRoom:
             "rejected": self.errors,
             "drain": self.drainer.health(),
             "releases": self.releases.health(),
+            "clock_unsynced": self.drainer.clock_unsynced(),
         }
 
 

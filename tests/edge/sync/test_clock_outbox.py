@@ -148,3 +148,34 @@ def test_rows_stamped_before_a_step_back_leave_at_once(mosquitto: Any, node_conf
     got = upstream.wait_for(lambda: len(upstream.of("/events")) >= 3 and upstream.of("/events"), 5)
     assert got and [e["id"] for e in got] == [ev.id for ev in evs], node.room.drainer.health()
     assert json.loads(evs[0].to_json())["t"] == ahead  # what the cloud gets is the stamp as made
+
+
+def _envelopes(upstream: Any) -> list[dict[str, Any]]:
+    from edge.sync.outbox import decode_payload
+
+    return [decode_payload(p) for t, p, _ in list(upstream.raw) if t.endswith("/events")]
+
+
+def test_batches_sent_while_the_clock_is_unsynced_say_so(mosquitto: Any, node_config: Any, start_node: Any,
+                                                         upstream: Any) -> None:
+    """Until NTP has synced (kernel adjtimex) and the clock is past the build date, each batch envelope carries
+    "clock_unsynced": true, so the cloud knows its items' t may be off; once synced, the flag goes."""
+    synced = [False]
+    node = start_node(node_config(mosquitto.url))
+    node.room.drainer.clock = Clock(synced=lambda: synced[0])
+    node.room.drainer._unsynced = (False, -1e9)  # look again now, not within 5 s
+    first = ShopperEvent(session="s", sku="a", action="pick", zone=None)
+    node.store.append_event(first, upstream=node.room.topics.events)
+    assert upstream.wait_for(lambda: len(upstream.of("/events")) >= 1, 5)
+    assert node.room.health()["clock_unsynced"] is True  # and in the state topic
+    synced[0] = True
+    node.room.drainer._unsynced = (False, -1e9)
+    second = ShopperEvent(session="s", sku="b", action="pick", zone=None)
+    node.store.append_event(second, upstream=node.room.topics.events)
+    assert upstream.wait_for(lambda: len(upstream.of("/events")) >= 2, 5)
+    envs = _envelopes(upstream)
+    flags = {it["id"]: env.get("clock_unsynced") for env in envs for it in env["items"]}
+    assert flags == {first.id: True, second.id: None}
+    assert node.room.health()["clock_unsynced"] is False
+    # a clock before the build date is unsynced whatever the kernel says
+    assert Clock(wall=lambda: 86400.0, synced=lambda: True).unsynced()
