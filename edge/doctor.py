@@ -104,7 +104,7 @@ def check_config(path: Path) -> tuple[Check, NodeConfig | None]:
     try:
         cfg = load_config(path)
     except ConfigError as exc:
-        if path.exists() and not os.access(path, os.R_OK):
+        if _permission_denied(path):  # the file, or /etc/shelfcast (0750 root:shelfcast) on the way to it
             return Check("config", "fail", f"{path}: cannot read it as {_whoami()}",
                          "run the doctor with sudo: `sudo shelfcast doctor`"), None
         first = "; ".join(str(p) for p in exc.problems[:3])
@@ -158,6 +158,17 @@ def check_data_dir(data_dir: Path, min_free_mb: int = MIN_FREE_MB, warn_free_mb:
     if free_mb < warn_free_mb:
         return Check("data_dir", "warn", detail + f" (below {warn_free_mb} MB)", fix_space)
     return _ok("data_dir", detail)
+
+
+def _permission_denied(path: Path) -> bool:
+    """Not ``path.exists()``: Python 3.11 raises PermissionError from it when a parent directory is closed."""
+    try:
+        with open(path, "rb"):
+            return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
 
 
 def _whoami() -> str:
