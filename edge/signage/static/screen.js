@@ -3,7 +3,9 @@
    ping for 45 s means the link is dead), switches to an attract loop when nobody has
    been in front of the screen for a while, and is never blank: it starts from the
    set embedded in the page, then the last set it saw (localStorage), then a
-   welcome card. */
+   welcome card. The layout follows the panel's shape (landscape, portrait, or a wide
+   shelf-edge strip: one product in a row), and product names shrink to fit their box
+   (down to a floor) before they are cut. */
 (function () {
   "use strict";
   var boot = JSON.parse(document.getElementById("boot").textContent);
@@ -14,8 +16,18 @@
   window.__shelfcast = state;
   var KEY = "shelfcast:" + boot.screen;
 
-  if (boot.orientation === "landscape" || boot.orientation === "portrait") app.classList.add(boot.orientation);
   app.classList.add("kind-" + boot.kind);  // full | strip | shelf_display
+  // the panel's shape: ?orientation= wins, else the viewport; a panel 2.4x wider than tall is a shelf-edge
+  // strip whatever its configured kind (a full screen's five rows would be unreadable there)
+  function shape() {
+    var w = window.innerWidth || 1, h = window.innerHeight || 1;
+    var o = boot.orientation === "landscape" || boot.orientation === "portrait" ? boot.orientation
+      : (h > w ? "portrait" : "landscape");
+    app.classList.toggle("portrait", o === "portrait");
+    app.classList.toggle("landscape", o === "landscape");
+    app.classList.toggle("strip", boot.kind === "strip" || w / h >= 2.4);
+  }
+  shape();
 
   var SVG = {
     fruit: '<circle cx="32" cy="38" r="20" fill="#fff"/><path d="M32 18c0-6 4-10 10-11-1 6-4 10-10 11z" fill="#fff"/>',
@@ -45,6 +57,29 @@
   }
   function zoneName(z) { return z ? z.charAt(0).toUpperCase() + z.slice(1) : "the store"; }
 
+  // shrink a name until it is not cut (line clamp) and its box does not overflow, down to `floor` of its CSS size
+  // (a clamped line is a whole line hidden; a few pixels are just glyphs reaching past a tight line height)
+  function over(e, px) { return e.scrollHeight > e.clientHeight + px || e.scrollWidth > e.clientWidth + px; }
+  function fit(el, box, floor) {
+    if (!el) return;
+    el.style.fontSize = "";
+    var size = parseFloat(getComputedStyle(el).fontSize), min = size * floor;
+    while ((over(el, size / 3) || (box && over(box, size / 3))) && size * 0.92 >= min) {
+      size *= 0.92;
+      el.style.fontSize = size + "px";
+    }
+  }
+  function fitAll() {
+    if (app.dataset.mode === "attract") { fit(document.querySelector("#attract .name"), $("attract"), 0.5); return; }
+    fit(document.querySelector("#hero .name"), $("hero"), 0.55);
+    var rows = document.querySelectorAll("#more .name");
+    for (var i = 0; i < rows.length; i++) fit(rows[i], null, 0.75);
+  }
+  function shown(items) {  // a product the node has no catalogue entry for (bare sku, no price) is not worth a glance
+    var known = items.filter(function (i) { return !(i.name === i.sku && i.price == null); });
+    return known.length ? known : items;
+  }
+
   var WELCOME = { screen: boot.screen, session: null, model_version: "fallback", zone: boot.zone, seq: 0,
     items: [{ sku: "", name: "Welcome to " + (boot.store || "our store"), price: null,
               reason: "Fresh picks every day", icon: "basket" }] };
@@ -55,11 +90,11 @@
     state.data = d;
     app.dataset.seq = d.seq;
     app.dataset.session = d.session || "";
-    // a product the node has no catalogue entry for (bare sku, no price) is not worth a shopper's glance
-    var known = d.items.filter(function (i) { return !(i.name === i.sku && i.price == null); });
-    var items = (known.length ? known : d.items).slice(0, 5);
+    var items = shown(d.items).slice(0, 5);
     var h = items[0];
-    $("headline").innerHTML = d.session ? "Picked <em>for you</em>" : "Popular in <em>" + esc(zoneName(d.zone)) + "</em> right now";
+    if (app.dataset.mode !== "attract") {
+      $("headline").innerHTML = d.session ? "Picked <em>for you</em>" : "Popular in <em>" + esc(zoneName(d.zone)) + "</em> right now";
+    }
     $("hero").innerHTML = '<div class="top">' + tile(h.icon) + '<div class="price">' + price(h.price) + "</div></div>" +
       '<div class="name" data-sku="' + esc(h.sku) + '">' + esc(title(h.name)) + "</div>" +
       '<div class="reason">' + esc(h.reason) + "</div>";
@@ -73,6 +108,7 @@
     }
     $("more").innerHTML = rows;
     app.classList.toggle("single", items.length === 1);
+    fitAll();
     if (changed) { $("hero").classList.remove("fresh"); void $("hero").offsetWidth; $("hero").classList.add("fresh"); }
     $("foot").innerHTML = "<span>" + esc(boot.screen) + " · " + esc(zoneName(d.zone)) + "</span><span>" +
       (d.model_version === "fallback" ? "popular picks" : "model " + esc(d.model_version)) + "</span>";
@@ -84,12 +120,13 @@
 
   // -- the attract loop -------------------------------------------------------------------
   function attractStep() {
-    var d = state.data || WELCOME;
-    var it = d.items[state.attractIdx % d.items.length];
+    var items = shown((state.data || WELCOME).items);
+    var it = items[state.attractIdx % items.length];
     state.attractIdx++;
     $("attract").innerHTML = tile(it.icon) + '<div><div class="name">' + esc(title(it.name)) + '</div><div class="price">' +
       price(it.price) + '</div><div class="reason">' + esc(it.reason || "") + "</div></div>";
     $("attract").dataset.sku = it.sku;
+    fitAll();
   }
   function startAttract() {
     if (app.dataset.mode === "attract") return;
@@ -139,6 +176,7 @@
     $("clock").textContent = ("0" + d.getHours()).slice(-2) + ":" + ("0" + d.getMinutes()).slice(-2);
   }
   setInterval(tick, 10000); tick();
+  window.addEventListener("resize", function () { shape(); fitAll(); });
 
   var cached = null;
   try { cached = JSON.parse(localStorage.getItem(KEY) || "null"); } catch (e) { cached = null; }

@@ -51,9 +51,11 @@ def browser(chromium: str) -> Iterator[Any]:
             b.close()
 
 
-def demo_config(tmp: Path, mqtt_url: str | None = None, **signage: Any) -> NodeConfig:
+def demo_config(tmp: Path, mqtt_url: str | None = None, extra_screens: tuple[dict[str, Any], ...] = (),
+                **signage: Any) -> NodeConfig:
     raw = parse_config(resources.files("edge").joinpath("data/demo_store.yaml").read_text()).model_dump(by_alias=True)
     raw["node"]["data_dir"] = str(tmp)
+    raw["layout"]["screens"].extend(extra_screens)
     raw["signage"].update({"port": 0, **signage})
     raw["mqtt"]["local"]["url"] = mqtt_url
     raw["store"]["flush_interval_ms"] = 20
@@ -117,8 +119,9 @@ class RunningNode:
 def make_node(tmp_path: Path) -> Iterator[Callable[..., RunningNode]]:
     nodes: list[RunningNode] = []
 
-    def make(config: NodeConfig | None = None, mqtt_url: str | None = None, **signage: Any) -> RunningNode:
-        n = RunningNode(config or demo_config(tmp_path / f"node{len(nodes)}", mqtt_url, **signage))
+    def make(config: NodeConfig | None = None, mqtt_url: str | None = None,
+             extra_screens: tuple[dict[str, Any], ...] = (), **signage: Any) -> RunningNode:
+        n = RunningNode(config or demo_config(tmp_path / f"node{len(nodes)}", mqtt_url, extra_screens, **signage))
         nodes.append(n)
         return n
 
