@@ -844,7 +844,8 @@ class ReleaseManager:
             # the bundled model is what was asked for, not the model rolled back from
             return None
         bundled = self.get_model()
-        candidates = [pointer] + ([pointer["previous"]] if pointer.get("previous") else [])
+        prev_ptr = pointer.get("previous")
+        candidates = [pointer] + ([prev_ptr] if prev_ptr and str(prev_ptr.get("path", "")) not in ("", ".") else [])
         for i, c in enumerate(candidates):
             path = Path(c["path"])
             if not path.is_dir() or not self._intact(path):

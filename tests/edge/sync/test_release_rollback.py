@@ -229,3 +229,22 @@ def test_the_real_model_older_than_the_bundled_one_is_refused(mosquitto: Any, no
     assert f"older than the serving {shipped['version']} (created {shipped['created']})" in detail, detail
     assert node.rec.model is bundled
     assert not (Path(node.room.data_dir) / "models" / "2026.10.01").exists()
+
+
+def test_a_rollback_to_the_bundled_model_written_by_older_code_still_serves_the_bundled_model(
+        mosquitto: Any, node_config: Any, keys: Any, start_node: Any, upstream: Any, steps: Any, fakes: Any,
+        tmp_path: Path) -> None:
+    cfg = node_config(mosquitto.url, public_key=keys.public_path)
+    node = start_node(cfg)
+    publish(mosquitto, build_release("model", model_dir(fakes, tmp_path, "2026.11.30-v5", NOV30), None,
+                                     keys.private))
+    wait_step(upstream, steps, "2026.11.30-v5", "swapped")
+    installed = Path(node.room.data_dir) / "models" / "2026.11.30-v5"
+    node.close()
+    node.close = lambda: None  # stopped here, not again by start_node's teardown
+    # what a rollback to the bundled model wrote before 2026-12-01: the bundled model's path as "."
+    (installed.parent / "active.json").write_text(json.dumps(
+        {"version": "v1", "path": ".", "t": time.time(), "rolled_back": "2026.11.30-v5",
+         "previous": {"version": "2026.11.30-v5", "path": str(installed)}}))
+    again = start_node(cfg)
+    assert again.rec.model.version == "v1"
