@@ -58,6 +58,19 @@ class Pipeline:
         """Use this empty-scene picture as the background (skips the warm-up)."""
         self.detector.prime(empty_frame)
 
+    def shift_time(self, d: float) -> None:
+        """The wall clock (frame stamps) stepped by ``d`` s: move the tracks' and zones' times with it. Else a step
+        back froze every track as a ghost for the length of the step (no prediction for a negative dt, a coast
+        that never exceeds ``max_coast_s``, a gate shrunk below zero that matches nothing) and a step forward
+        dropped them all at once."""
+        for tr in self.tracker.tracks:
+            tr.t += d
+            tr.born += d
+            tr.last_seen += d
+        for st in self.zones._state.values():
+            st.since += d
+            st.cand_since += d
+
     def reset(self, t: float) -> list[ZoneEvent]:
         """Forget tracks and background (stream lost); returns the exit events owed."""
         self.detector.reset()

@@ -232,6 +232,7 @@ class VisionRoom:
         pipe = self._pipeline
         assert pipe is not None
         last_t = 0.0
+        jumps = self._clock.watch()
         while not self._stop.is_set():
             with self._cond:
                 if self._slot is None and not self._reset_pending:
@@ -240,7 +241,7 @@ class VisionRoom:
                 reset, self._reset_pending = self._reset_pending, False
             if reset:
                 # the stream broke: old tracks are gone, their shoppers left our sight
-                for ev in pipe.reset(time.time()):
+                for ev in pipe.reset(self._clock.wall()):
                     self._post(self._on_zone, ev)
                 self._n_tracks = 0
             if item is None:
@@ -255,6 +256,12 @@ class VisionRoom:
                 self.last_error = ""
                 self._set_status("ok")
             frame, t = item
+            step = jumps.check()
+            if step:  # the wall clock stepped: tracks follow; this frame may carry a stamp from either side of it
+                log.info("vision: the wall clock stepped by %+.1f s; tracks keep their times", step)
+                pipe.shift_time(step)
+                last_t += step
+                continue
             t0 = time.perf_counter()
             try:
                 res = pipe.process(frame, t)
