@@ -608,6 +608,23 @@ def register(reg: CommandRegistry) -> None:
                    help="also include this log file (repeatable)")
 
 
+def _readable(path: Path, how: str) -> bool:
+    """True if ``path`` can be read, False if it is not there; a UserError naming sudo if this user may not read
+    it (on a node /etc/shelfcast is 0750 root:shelfcast: Path.exists() itself raises PermissionError there)."""
+    try:
+        with open(path, "rb"):
+            return True
+    except PermissionError:
+        try:
+            user = pwd.getpwuid(os.geteuid()).pw_name
+        except KeyError:
+            user = f"uid {os.geteuid()}"
+        raise UserError(f"cannot read {path} as {user} (it belongs to root and the {SERVICE_USER} user); run it "
+                        f"with sudo: `sudo shelfcast {how}`") from None
+    except OSError:
+        return False
+
+
 def _ask(prompt: str, default: str | None = None) -> str:
     suffix = f" [{default}]" if default else ""
     try:
@@ -635,8 +652,9 @@ def _provision(args: argparse.Namespace) -> int:
             print(f"provisioned {info['store_id']}/{info['node_id']} from {args.from_bundle} -> {config_path}")
         return 0
     existing: dict[str, Any] = {}
-    with contextlib.suppress(UserError):
-        existing = _load_raw(config_path) if config_path.exists() else {}
+    if args.boot_partition is not None or _readable(config_path, "provision ..."):
+        with contextlib.suppress(UserError, OSError):
+            existing = _load_raw(config_path) if os.path.isfile(config_path) else {}
     node = existing.get("node") or {}
     cur_store = node.get("store_id") if node.get("store_id") != "unprovisioned" else None
     store_id, node_id, broker = args.store_id, args.node_id, args.cloud_broker
@@ -695,7 +713,7 @@ def _label_text(r: ProvisionResult) -> str:
 
 def _support_bundle(args: argparse.Namespace) -> int:
     config_path = _config_path(args.config)
-    if not config_path.exists():
+    if not _readable(config_path, "support-bundle"):
         raise UserError(f"config {config_path} not found; pass --config FILE")
     out = args.out
     if out is None:

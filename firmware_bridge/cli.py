@@ -67,15 +67,17 @@ def _node_config(usb_ids: list[str]) -> Path | None:
     """The node's own config, as doctor and provision find it ($SHELFCAST_CONFIG, else /etc/shelfcast/shelfcast.yaml
     when there is one): its shelves.usb_ids and shelves.ports say where the controllers are."""
     env = os.environ.get("SHELFCAST_CONFIG")
-    if env:
-        return Path(env)
-    if os.access(NODE_CONFIG, os.R_OK):
-        return NODE_CONFIG
+    path = Path(env) if env else NODE_CONFIG
+    if os.access(path, os.R_OK):
+        return path
+    ids = ", ".join(usb_ids)
     # there, but not for this user (root:shelfcast 0640 in a 0750 directory)
-    conf_dir = NODE_CONFIG.parent
-    if os.path.exists(NODE_CONFIG) or (os.path.isdir(conf_dir) and not os.access(conf_dir, os.X_OK)):
-        print(f"note: cannot read {NODE_CONFIG} as this user, so its shelves.ports and shelves.usb_ids are not used "
-              f"(run it with sudo); looking for USB ids {', '.join(usb_ids)}", file=sys.stderr)
+    if os.path.exists(path) or (os.path.isdir(path.parent) and not os.access(path.parent, os.X_OK)):
+        print(f"note: cannot read {path} as this user, so its shelves.ports and shelves.usb_ids are not used "
+              f"(run it with sudo); looking for USB ids {ids}", file=sys.stderr)
+    elif env:
+        print(f"note: $SHELFCAST_CONFIG names {path}, which does not exist; looking for USB ids {ids}",
+              file=sys.stderr)
     return None
 
 

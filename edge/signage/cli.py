@@ -50,7 +50,12 @@ def _report(args: argparse.Namespace) -> int:
         cfg = load_config(args.config) if args.config is not None else default_config()
         data_dir = Path(cfg.node.data_dir)
     db = data_dir / "shelfcast.db"
-    if not db.exists():
+    try:
+        found = db.exists()
+    except PermissionError:  # an installed node's data dir is 0750 shelfcast: pathlib raises instead of False
+        raise UserError(f"cannot read {db}: the node's data belongs to the shelfcast user; run it with sudo: "
+                        "`sudo shelfcast report`") from None
+    if not found:
         raise UserError(f"no node database at {db}; point --data-dir (or --config) at the node's node.data_dir")
     if args.since_hours is not None and args.since_hours <= 0:
         raise UserError("--since-hours must be a positive number of hours")
