@@ -43,6 +43,7 @@ ID_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 # every loyalty number. `shelfcast demo` uses it; a deployed node needs the retailer's own salt (provision
 # --customer-salt FILE).
 DEMO_CUSTOMER_SALT = "shelfcast-demo-salt"
+MIN_ADMIN_TOKEN = 16  # characters of signage.admin_token
 Id = Annotated[str, Field(pattern=ID_RE)]
 Point = tuple[float, float]
 
@@ -256,14 +257,28 @@ class SignageSection(_Strict):
     attract_after_s: float = Field(default=60.0, gt=0)
     promotions: list[Promotion] = Field(default_factory=list)  # on idle screens, in this order
     max_promotions: int = Field(default=2, ge=0, le=10)  # at most this many per idle set
+    # live SSE streams (a screen page holds one): past a cap a new one is a 503 naming the key; loopback (the node's
+    # own kiosk, `shelfcast bench --screens` up to 500) counts only towards the total. ~13 KB of RSS a stream;
+    # at most 3000: the unit's LimitNOFILE is 4096.
+    max_streams: int = Field(default=512, ge=1, le=3000)
+    max_streams_per_ip: int = Field(default=16, ge=1, le=3000)
+    # a connection that has not sent a whole request (headers, an admin body) by then is closed (slow clients)
+    request_timeout_s: float = Field(default=15.0, ge=1, le=600)
 
     @field_validator("admin_token", mode="before")
     @classmethod
     def _secret(cls, v: Any) -> Any:
         # an empty token (e.g. SHELFCAST_ADMIN_TOKEN= in an EnvironmentFile, an empty file:) would let anyone
         # with "Authorization: Bearer " plus a blank through; absence is how admin actions are turned off
-        return _nonempty_secret(v, "the admin token is empty; set a long random one (e.g. `openssl rand -hex 24`), "
-                                   "or remove signage.admin_token to turn admin actions off")
+        v = _nonempty_secret(v, "the admin token is empty; set a long random one (e.g. `openssl rand -hex 24`), "
+                                "or remove signage.admin_token to turn admin actions off")
+        raw = v.get_secret_value() if isinstance(v, SecretStr) else v
+        if isinstance(raw, str) and len(raw.strip()) < MIN_ADMIN_TOKEN:
+            # anyone on the store network may try tokens against the screens port; a short one is guessed
+            raise ValueError(f"the admin token is {len(raw.strip())} characters, too short to resist guessing; use "
+                             f"at least {MIN_ADMIN_TOKEN} random ones: `openssl rand -hex 16` (32 characters), or "
+                             "remove signage.admin_token to turn admin actions off")
+        return v
 
 
 class BrokerSection(_Strict):
