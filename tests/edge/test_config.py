@@ -57,12 +57,12 @@ def test_defaults_are_valid_and_demo_layout_loads() -> None:
 
 
 def test_secrets_from_env_and_file_are_masked(tmp_path, monkeypatch) -> None:
-    monkeypatch.setenv("SC_TOKEN", "s3cret-token")
+    monkeypatch.setenv("SC_TOKEN", "s3cret-token-for-tests")
     secret_file = tmp_path / "pw"
     secret_file.write_text("hunter2\n")
     cfg = parse_config(f"signage:\n  admin_token: env:SC_TOKEN\nmqtt:\n  cloud:\n    password: file:{secret_file}\n")
     assert cfg.signage.admin_token is not None
-    assert cfg.signage.admin_token.get_secret_value() == "s3cret-token"
+    assert cfg.signage.admin_token.get_secret_value() == "s3cret-token-for-tests"
     assert cfg.mqtt.cloud.password is not None and cfg.mqtt.cloud.password.get_secret_value() == "hunter2"
     dumped = str(cfg.redacted())
     assert "s3cret" not in dumped and "hunter2" not in dumped and "**" in dumped

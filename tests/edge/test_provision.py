@@ -212,7 +212,7 @@ def test_support_bundle_masks_secrets_and_holds_no_shopper_data(tmp_path: Path) 
     cfg.write_text(yaml.safe_dump({
         "node": {"store_id": "s1", "node_id": "n1", "data_dir": str(data)},
         "mqtt": {"cloud": {"url": "mqtt://127.0.0.1:1", "username": "node", "password": "hunter2-secret"}},
-        "signage": {"admin_token": "tok-XYZZY-123"},
+        "signage": {"admin_token": "tok-XYZZY-123-456789"},
         "fusion": {"customer_salt": "pepper-salt-987"},
     }))
     log = tmp_path / "node.log"
@@ -228,7 +228,7 @@ def test_support_bundle_masks_secrets_and_holds_no_shopper_data(tmp_path: Path) 
                  "logs/node.log"):
         assert name in members, sorted(members)
     blob = b"\n".join(members.values())
-    for secret in (b"hunter2-secret", b"tok-XYZZY-123", b"pepper-salt-987", secret_hash.encode(), b"45-54"):
+    for secret in (b"hunter2-secret", b"tok-XYZZY-123-456789", b"pepper-salt-987", secret_hash.encode(), b"45-54"):
         assert secret not in blob
     assert not any(n.endswith((".db", ".key", "-wal")) for n in members)
     stats = json.loads(members["database.json"])

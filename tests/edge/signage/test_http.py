@@ -61,7 +61,7 @@ def test_malformed_query_parameters_are_400_with_a_message(make_node: Callable[.
 
 
 def test_admin_actions_need_the_token(make_node: Callable[..., Any]) -> None:
-    n = make_node(admin_token="s3cret")
+    n = make_node(admin_token="s3cret-token-0042")
     body = json.dumps({"customer": "loyalty-42", "screen": "dairy-screen"}).encode()
     status, _, text = n.get("/api/checkin", method="POST", body=body)
     assert status == 401 and "Bearer" in text
@@ -69,16 +69,16 @@ def test_admin_actions_need_the_token(make_node: Callable[..., Any]) -> None:
     assert status == 403
     n.publish(ShopperEvent(session="s-9", sku="1029743", action="pick", zone="dairy", shelf="dairy-1", slot=0))
     status, _, text = n.get("/api/checkin", method="POST", body=body,
-                            headers={"Authorization": "Bearer s3cret", "Content-Type": "application/json"})
+                            headers={"Authorization": "Bearer s3cret-token-0042", "Content-Type": "application/json"})
     assert status == 200, text
     out = json.loads(text)
     assert out["session"] == "s-9" and "loyalty-42" not in text  # stored hashed, never echoed raw
     assert n.node.recommender.visits["s-9"].customer == out["customer"]
     status, _, text = n.get("/api/screens/dairy-screen/refresh", method="POST",
-                            headers={"Authorization": "Bearer s3cret"})
+                            headers={"Authorization": "Bearer s3cret-token-0042"})
     assert status == 200 and json.loads(text)["screen"] == "dairy-screen"
     status, _, text = n.get("/api/checkin", method="POST", body=b"not json",
-                            headers={"Authorization": "Bearer s3cret"})
+                            headers={"Authorization": "Bearer s3cret-token-0042"})
     assert status == 400 and "must be JSON" in text
 
 
