@@ -90,6 +90,9 @@ class Flasher:
                     if state == "missing":  # the node waits for a replug; a field tool says where to look
                         msg = (f"{self.port}: not present; check the USB cable and the port name "
                                "(`ls -l /dev/shelfcast/ /dev/serial/by-id/`, `sudo shelfcast firmware list`)")
+                    elif state == "busy":  # on a node, the node itself: say how to stop it
+                        msg += ": `sudo systemctl stop shelfcast`, then run this again (`sudo systemctl start " \
+                               "shelfcast` when done)"
                     raise FlashError(msg) from None
                 time.sleep(delay)
                 delay = min(1.0, delay * 2)

@@ -144,8 +144,9 @@ def test_port_held_by_the_node_is_reported_busy_not_fought_over() -> None:
         sim.add_controller("c1", slot_count=4)
         held = serial.Serial(sim.port("c1"), 115200, timeout=0, exclusive=True)  # as the running node does
         try:
-            with pytest.raises(FlashError, match="in use by another program"):
+            with pytest.raises(FlashError, match="in use by another program") as err:
                 flash(sim.port("c1"), read_image(image()))
+            assert "`sudo systemctl stop shelfcast`" in str(err.value)  # the usual holder, and how to stop it
             assert not wrote_anything(sim, "c1")
         finally:
             held.close()
