@@ -42,7 +42,15 @@ from typing import Any
 import yaml
 
 from edge.cli import CommandRegistry, UserError, print_json
-from edge.config import DEMO_CUSTOMER_SALT, ID_RE, ConfigError, NodeConfig, load_config, parse_config
+from edge.config import (
+    DEMO_CUSTOMER_SALT,
+    ID_RE,
+    MIN_ADMIN_TOKEN,
+    ConfigError,
+    NodeConfig,
+    load_config,
+    parse_config,
+)
 
 __all__ = [
     "BUNDLE_DIR",
@@ -67,6 +75,7 @@ BASE_CONFIG: dict[str, Any] = {
 }
 SECRET_KEYS = ("password", "admin_token", "customer_salt", "secret", "token")
 SALT_FILE = "customer-salt"  # the retailer's fusion.customer_salt, private beside the node key
+TOKEN_FILE = "admin-token"  # signage.admin_token (check-ins, refreshes), private beside the node key
 DEMO_SALT_WARNING = ("warning: fusion.customer_salt is the public demo salt, so stored and synced shopper ids can "
                      "be reversed; get the retailer's salt file from the cloud side and run `sudo shelfcast provision "
                      "--customer-salt FILE`")
@@ -87,6 +96,7 @@ class ProvisionResult:
     fingerprint: str  # sha256 of the public key (DER), first 16 hex digits
     bundle: Path | None = None
     demo_salt: bool = False  # shopper ids are hashed with the public demo salt (no --customer-salt yet)
+    admin_token: bool = False  # signage.admin_token is set: check-ins and refreshes are on
 
     def to_dict(self) -> dict[str, Any]:
         out = {}
@@ -275,6 +285,29 @@ def _read_salt(src: Path) -> str:
     return salt
 
 
+def _read_token(src: Path) -> str:
+    """The signage admin token from ``--admin-token FILE``: what check-in devices send as ``Bearer``."""
+    try:
+        token = src.read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else "not a text file"
+        raise UserError(f"--admin-token {src}: cannot read it ({why})") from None
+    if len(token) < MIN_ADMIN_TOKEN or any(c.isspace() for c in token):
+        raise UserError(f"--admin-token {src}: the token must be one word of at least {MIN_ADMIN_TOKEN} random "
+                        f"characters (anyone on the store network may try to guess it); make one with "
+                        f"`openssl rand -hex 16 > {src}`") from None
+    return token
+
+
+def _relocate(obj: Any, old: str, new: str) -> Any:
+    """``obj`` with every string starting with ``old`` starting with ``new`` instead."""
+    if isinstance(obj, dict):
+        return {k: _relocate(v, old, new) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_relocate(v, old, new) for v in obj]
+    return new + obj[len(old):] if isinstance(obj, str) and obj.startswith(old) else obj
+
+
 def _check_id(value: str, what: str) -> str:
     if not re.fullmatch(ID_RE, value):
         raise UserError(f"{what} {value!r} is not valid: letters, digits, '.', '_' and '-', starting with a letter "
@@ -291,17 +324,21 @@ def _check_broker(url: str) -> str:
 def provision(*, config_path: Path, keys_dir: Path, store_id: str, node_id: str, cloud_broker: str | None,
               cert: Path | None = None, ca_file: Path | None = None, model_key: Path | None = None,
               qr_path: Path | None = None, renew: bool = False, config_keys_dir: Path | None = None,
-              username: str | None = None, customer_salt: Path | None = None) -> ProvisionResult:
+              username: str | None = None, customer_salt: Path | None = None,
+              admin_token: Path | None = None) -> ProvisionResult:
     """Write config + keys; ``config_keys_dir`` is where the keys will live when the config is used (bundles).
 
     ``customer_salt``: a file with the retailer's salt for hashed shopper ids (the same on every node of the
     retailer); copied private beside the key and referenced as ``fusion.customer_salt: file:…``.
+    ``admin_token``: a file with the signage admin token (check-ins, refreshes), likewise as
+    ``signage.admin_token: file:…``.
     """
     _check_id(store_id, "store id")
     _check_id(node_id, "node id")
     if cloud_broker:
         _check_broker(cloud_broker)
     salt = _read_salt(customer_salt) if customer_salt is not None else None
+    token = _read_token(admin_token) if admin_token is not None else None
     ref = config_keys_dir or keys_dir
     keys_dir.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(OSError):
@@ -326,6 +363,8 @@ def provision(*, config_path: Path, keys_dir: Path, store_id: str, node_id: str,
         _install_model_key(model_key, mk_path)
     if salt is not None:
         _write_private(keys_dir / SALT_FILE, (salt + "\n").encode())
+    if token is not None:
+        _write_private(keys_dir / TOKEN_FILE, (token + "\n").encode())
 
     raw = _load_raw(config_path)
     node = raw.setdefault("node", {})
@@ -349,13 +388,16 @@ def provision(*, config_path: Path, keys_dir: Path, store_id: str, node_id: str,
         mqtt["cloud"] = cloud
     if mk_path.exists():
         raw.setdefault("model", {})["public_key"] = str(ref / "model-signing.pub")
-    check_raw = None
     if salt is not None:
         fusion = raw.get("fusion")
         fusion = fusion if isinstance(fusion, dict) else {}
         raw["fusion"] = {**fusion, "customer_salt": f"file:{ref / SALT_FILE}"}
-        if ref != keys_dir:  # a bundle: the salt is read from where it is now
-            check_raw = {**raw, "fusion": {**raw["fusion"], "customer_salt": f"file:{keys_dir / SALT_FILE}"}}
+    if token is not None:
+        signage = raw.get("signage")
+        signage = signage if isinstance(signage, dict) else {}
+        raw["signage"] = {**signage, "admin_token": f"file:{ref / TOKEN_FILE}"}
+    # a bundle: the file: secrets (salt, token) are read from where they are now, not where they will be
+    check_raw = _relocate(raw, f"file:{ref}/", f"file:{keys_dir}/") if ref != keys_dir else None
     try:
         cfg = _write_config(config_path, raw, check_raw)
     except ConfigError as exc:
@@ -365,7 +407,8 @@ def provision(*, config_path: Path, keys_dir: Path, store_id: str, node_id: str,
         hand_to_service_user(config_path, keys_dir)
     return ProvisionResult(config_path, store_id, node_id, cloud.get("url"), key_path, csr_path,
                            cert_path if cert_path.exists() else None, ca_path if ca_path.exists() else None,
-                           mk_path if mk_path.exists() else None, qr, fp, demo_salt=cfg.fusion.uses_demo_salt())
+                           mk_path if mk_path.exists() else None, qr, fp, demo_salt=cfg.fusion.uses_demo_salt(),
+                           admin_token=cfg.signage.admin_token is not None)
 
 
 def hand_to_service_user(config_path: Path, keys_dir: Path, user: str = SERVICE_USER) -> bool:
@@ -434,7 +477,7 @@ def apply_bundle(bundle: Path, config_path: Path, keys_dir: Path) -> dict[str, A
     for p in sorted((bundle / "keys").glob("*")):
         if p.is_file():
             data = p.read_bytes()
-            if p.name.endswith(".key") or p.name == SALT_FILE:
+            if p.name.endswith(".key") or p.name in (SALT_FILE, TOKEN_FILE):
                 _write_private(keys_dir / p.name, data)
             else:
                 _atomic_write(keys_dir / p.name, data)
@@ -452,8 +495,8 @@ def apply_bundle(bundle: Path, config_path: Path, keys_dir: Path) -> dict[str, A
     hand_to_service_user(config_path, keys_dir)
     if (bundle / "label.png").exists():
         shutil.copy2(bundle / "label.png", config_path.with_name("label.png"))
-    # the boot partition is FAT and readable by anyone holding the card: the key (and salt) must not stay there
-    for p in [*(bundle / "keys").glob("*.key"), bundle / "keys" / SALT_FILE]:
+    # the boot partition is FAT and readable by anyone holding the card: the key, salt and token must not stay
+    for p in [*(bundle / "keys").glob("*.key"), bundle / "keys" / SALT_FILE, bundle / "keys" / TOKEN_FILE]:
         p.unlink(missing_ok=True)
     man_path.rename(bundle / "firstboot.done.json")
     return {"store_id": man["store_id"], "node_id": man["node_id"], "config": str(config_path)}
@@ -584,6 +627,10 @@ def register(reg: CommandRegistry) -> None:
     p.add_argument("--customer-salt", type=Path, default=None, metavar="FILE",
                    help="the retailer's salt for hashed shopper ids (a file from the cloud side, the same on every "
                    "node of the retailer); without it the public demo salt stays in use")
+    p.add_argument("--admin-token", type=Path, default=None, metavar="FILE",
+                   help=f"the signage admin token (>= {MIN_ADMIN_TOKEN} random characters, e.g. `openssl rand -hex "
+                   "16 > FILE`) that check-in devices and refreshes send as 'Authorization: Bearer'; without it "
+                   "the one configured stays (none: admin actions off)")
     p.add_argument("--config", type=Path, default=None, metavar="FILE",
                    help=f"config to write (default: $SHELFCAST_CONFIG or {DEFAULT_CONFIG})")
     p.add_argument("--keys-dir", type=Path, default=None, metavar="DIR",
@@ -674,7 +721,8 @@ def _provision(args: argparse.Namespace) -> int:
     assert store_id and node_id
     kw: dict[str, Any] = dict(store_id=store_id, node_id=node_id, cloud_broker=broker, cert=args.cert,
                               ca_file=args.ca_file, model_key=args.model_key, renew=args.renew,
-                              username=args.username, customer_salt=args.customer_salt)
+                              username=args.username, customer_salt=args.customer_salt,
+                              admin_token=args.admin_token)
     try:
         if args.boot_partition is not None:
             res = write_bundle(args.boot_partition, **kw)
@@ -699,12 +747,13 @@ def _label_text(r: ProvisionResult) -> str:
         ("CSR (have it signed)", str(r.csr) if r.cert is None else "signed certificate installed"),
         ("model signing key", str(r.model_key) if r.model_key else "NOT PINNED (--model-key FILE)"),
         ("customer salt", "DEMO SALT (--customer-salt FILE)" if r.demo_salt else "the retailer's"),
+        ("admin token", "set" if r.admin_token else "none: check-ins off (--admin-token FILE)"),
         ("QR label", str(r.qr) if r.qr else "(none)"),
     ]
     if r.bundle is not None:
         rows.append(("first-boot bundle", f"{r.bundle} (eject the card, put it in the node, power on)"))
     width = max(len(k) for k, _ in rows)
-    line = "+" + "-" * (width + 50) + "+"
+    line = "+" + "-" * max(width + 50, max(width + len(v) + 4 for _, v in rows)) + "+"  # long paths fit inside
     out = [line, "| SHELFCAST NODE".ljust(len(line) - 1) + "|", line]
     out += [f"| {k.ljust(width)}  {v}".ljust(len(line) - 1) + "|" for k, v in rows]
     out.append(line)

@@ -255,3 +255,46 @@ def test_files_are_handed_to_the_service_user(tmp_path: Path) -> None:
         assert p.stat().st_uid == nobody.pw_uid, p
     assert (keys / "node.key").stat().st_mode & 0o777 == 0o600
     assert not hand_to_service_user(cfg, keys, user="no-such-user-here")
+
+
+def test_admin_token_from_a_file(tmp_path: Path, sc: Callable[..., Result]) -> None:
+    """Check-ins and refreshes need signage.admin_token; the guide had no way to set it but editing the root-owned
+    YAML by hand (and a short token now stops the node from starting)."""
+    conf = tmp_path / "etc" / "shelfcast.yaml"
+    short = tmp_path / "short.txt"
+    short.write_text("1234\n")
+    r = sc("provision", "--config", str(conf), "--store-id", "s1", "--node-id", "n1", "--admin-token", str(short))
+    assert r.returncode == 2 and "openssl rand -hex 16" in r.stderr, r.stderr  # old code: unrecognized argument
+    assert not conf.exists()  # refused before anything was written
+    token = tmp_path / "admin-token.txt"
+    token.write_text("0f3c" * 8 + "\n")
+    r = sc("provision", "--config", str(conf), "--store-id", "s1", "--node-id", "n1", "--admin-token", str(token))
+    assert r.returncode == 0, r.stderr
+    assert "admin token" in r.stdout and "set" in r.stdout
+    keyfile = tmp_path / "etc" / "keys" / "admin-token"
+    assert keyfile.stat().st_mode & 0o077 == 0  # private beside the node key
+    raw = yaml.safe_load(conf.read_text())
+    assert raw["signage"]["admin_token"] == f"file:{keyfile}" and raw["signage"]["host"] == "0.0.0.0"
+    cfg = load_config(conf)
+    assert cfg.signage.admin_token is not None and cfg.signage.admin_token.get_secret_value() == "0f3c" * 8
+    assert "0f3c0f3c" not in conf.read_text()  # the config names the file, never the token
+
+
+def test_boot_partition_bundle_carries_the_admin_token_and_takes_it_off_the_card(
+        tmp_path: Path, sc: Callable[..., Result]) -> None:
+    boot = tmp_path / "bootfs"
+    boot.mkdir()
+    token = tmp_path / "admin-token.txt"
+    token.write_text("a1b2" * 8)
+    r = sc("provision", "--boot-partition", str(boot), "--store-id", "s1", "--node-id", "n1",
+           "--admin-token", str(token))
+    assert r.returncode == 0, r.stderr
+    bundle = boot / "shelfcast"
+    assert yaml.safe_load((bundle / "shelfcast.yaml").read_text())["signage"]["admin_token"] == \
+        "file:/etc/shelfcast/keys/admin-token"  # where it will be on the node
+    etc = tmp_path / "etc"
+    apply_bundle(bundle, etc / "shelfcast.yaml", etc / "keys")
+    assert (etc / "keys" / "admin-token").stat().st_mode & 0o077 == 0
+    cfg = load_config(etc / "shelfcast.yaml")
+    assert cfg.signage.admin_token is not None and cfg.signage.admin_token.get_secret_value() == "a1b2" * 8
+    assert not (bundle / "keys" / "admin-token").exists()  # off the FAT partition, like the key and the salt
