@@ -357,7 +357,8 @@ class ReleaseManager:
                  get_model: Callable[[], Any], set_model: Callable[[Any], None], report: Reporter,
                  canary: CanarySet | None = None, canary_options: CanaryOptions | None = None,
                  apply_snapshot: Callable[[str, BaseModel], None] | None = None,
-                 on_registered: Callable[[str, str, str, str, bool, str], None] | None = None) -> None:
+                 on_registered: Callable[[str, str, str, str, bool, str], None] | None = None,
+                 mono: Callable[[], float] = time.monotonic) -> None:
         self.root = Path(data_dir)
         self.staging = self.root / "sync" / "staging"
         self.models_dir = self.root / "models"
@@ -375,6 +376,11 @@ class ReleaseManager:
         self._busy: set[tuple[str, str]] = set()
         self._staging_reported: set[tuple[str, str]] = set()
         self._stall_reported: dict[tuple[str, str], float] = {}
+        # staging activity in monotonic time (a Pi's wall clock steps when NTP syncs: file mtimes would make a
+        # download in progress look a day old, or hide a real stall); a dir from before a restart counts from when
+        # this process first looks at it
+        self._mono = mono
+        self._activity: dict[tuple[str, str], float] = {}
         self.previous: ModelSlot | None = None
         self.current: ModelSlot | None = None
         self.stats = {"chunks": 0, "chunks_skipped": 0, "refused": 0, "applied": 0, "rollbacks": 0,
@@ -516,6 +522,7 @@ class ReleaseManager:
             return
         d = self.staging / kind / m.version
         d.mkdir(parents=True, exist_ok=True)
+        self._activity[(kind, m.version)] = self._mono()
         self._prune_staging(kind, keep=m.version)
         _atomic_write(d / "manifest.json", payload)
         self.report(kind, m.version, "manifest", True, f"{m.size} bytes in {m.chunks} chunks")
@@ -536,6 +543,7 @@ class ReleaseManager:
             return
         d = self.staging / kind / header.version
         d.mkdir(parents=True, exist_ok=True)
+        self._activity[(kind, header.version)] = self._mono()
         path = _chunk_path(d, index)
         if path.exists() and path.read_bytes() == data:
             self.stats["chunks_skipped"] += 1
@@ -553,12 +561,14 @@ class ReleaseManager:
         for d in base.iterdir() if base.exists() else []:
             if d.name == keep or not d.is_dir():
                 continue
-            try:
-                stale = time.time() - d.stat().st_mtime > 86400
-            except OSError:
-                continue
-            if stale or self._seen(kind, d.name):
+            if self._idle(kind, d.name) > 86400 or self._seen(kind, d.name):
                 shutil.rmtree(d, ignore_errors=True)
+                self._activity.pop((kind, d.name), None)
+
+    def _idle(self, kind: str, version: str) -> float:
+        """Seconds (monotonic) since the staging of ``kind``/``version`` last moved in this process."""
+        now = self._mono()
+        return now - self._activity.setdefault((kind, version), now)
 
     def staged(self, kind: str, version: str) -> tuple[ReleaseManifest | None, int]:
         d = self.staging / kind / version
@@ -593,18 +603,18 @@ class ReleaseManager:
     def check_stalled(self, after_s: float = 600.0, every_s: float = 3600.0) -> list[str]:
         """Report (at most hourly) releases whose staging has not moved for ``after_s``: which chunks are missing."""
         out = []
-        now = time.time()
+        now = self._mono()
         for kind_dir in self.staging.iterdir() if self.staging.exists() else []:
             for d in kind_dir.iterdir():
                 try:
                     m, n = self.staged(kind_dir.name, d.name)
-                    idle = now - max(p.stat().st_mtime for p in [d, *d.iterdir()])
                 except (OSError, ValueError):
                     continue
+                idle = self._idle(kind_dir.name, d.name)
                 if m is None or n >= m.chunks or idle < after_s:
                     continue
                 key = (kind_dir.name, d.name)
-                if now - self._stall_reported.get(key, 0.0) < every_s:
+                if key in self._stall_reported and now - self._stall_reported[key] < every_s:
                     continue
                 self._stall_reported[key] = now
                 have = {int(p.stem) for p in d.glob("*.chunk")}
