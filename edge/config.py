@@ -610,6 +610,9 @@ def load_config(path: str | os.PathLike[str]) -> NodeConfig:
         text = p.read_text()
     except FileNotFoundError:
         raise ConfigError(str(p), [Problem(path="(file)", message="file not found; check the path")]) from None
+    except PermissionError as exc:  # an installed node's config is root:shelfcast 0640 in a 0750 directory
+        raise ConfigError(str(p), [Problem(path="(file)", message=f"cannot read: {exc.strerror} (on a node the "
+                                           "config is root:shelfcast 0640): run the command with sudo")]) from None
     except OSError as exc:
         raise ConfigError(str(p), [Problem(path="(file)", message=f"cannot read: {exc.strerror}")]) from None
     return parse_config(text, str(p))

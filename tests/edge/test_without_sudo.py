@@ -87,3 +87,12 @@ def test_firmware_list(closed: Path) -> None:
     no_traceback(r)
     assert r.returncode == 0, r.stderr
     assert "cannot read" in r.stderr and "run it with sudo" in r.stderr, r.stderr  # old code: "not a valid config"
+
+
+@pytest.mark.parametrize("args", [["config", "validate"], ["calibrate", "camera", "--grab", "/tmp/x.png", "--config"],
+                                  ["run", "--config"]])
+def test_commands_that_load_the_config_say_sudo(closed: Path, args: list[str]) -> None:
+    r = unprivileged([*args, config(closed)])
+    no_traceback(r)
+    assert r.returncode == 1 and "Permission denied" in r.stderr, r.stderr
+    assert "run the command with sudo" in r.stderr, r.stderr  # old code: "cannot read: Permission denied" only
