@@ -147,13 +147,19 @@
   }, 1000);
 
   // -- live updates -----------------------------------------------------------------------
-  function setLive(ok) { $("dot").className = ok ? "dot" : "dot off"; app.dataset.link = ok ? "live" : "down"; }
+  function setLive(ok) {
+    if (!ok) state.wasDown = true;
+    $("dot").className = ok ? "dot" : "dot off"; app.dataset.link = ok ? "live" : "down";
+  }
   function connect() {
     if (state.es) state.es.close();
     state.connects++;
     var es = new EventSource("/api/screens/" + encodeURIComponent(boot.screen) + "/stream");
     state.es = es;
-    es.onopen = function () { setLive(true); state.backoff = 1000; state.lastMsg = Date.now(); };
+    es.onopen = function () {
+      setLive(true); state.backoff = 1000; state.lastMsg = Date.now();
+      if (state.wasDown) { state.wasDown = false; checkForUpdate(); }
+    };
     es.addEventListener("recommendations", function (e) {
       state.lastMsg = Date.now(); state.messages++;
       try { render(JSON.parse(e.data)); } catch (err) { /* a bad frame must not blank the screen */ }
@@ -170,6 +176,41 @@
   setInterval(function () {  // watchdog: a half-open link looks "open" forever
     if (Date.now() - state.lastMsg > 45000) { state.lastMsg = Date.now(); setLive(false); connect(); }
   }, 5000);
+
+  // -- the node is back after a restart: new page code (an upgrade) or a changed screen (kind, zone,
+  // orientation ... in the config) loads itself; the same code and screen keep running without a flash.
+  // The page itself is never cached (no-store); the files are revalidated here, so the reload gets the new ones.
+  var ASSETS = ["/static/screen.js", "/static/screen.css"];
+  var BOOT = /<script id="boot" type="application\/json">([\s\S]*?)<\/script>/;
+  function pageKey() {  // the page's markup and its screen settings, without the set it embeds
+    return fetch(location.href, { cache: "no-store" }).then(function (r) { return r.ok ? r.text() : ""; })
+      .then(function (t) {
+        var m = BOOT.exec(t), b = {}, k;
+        if (!m) return "";
+        try { b = JSON.parse(m[1]); } catch (e) { return ""; }
+        delete b.initial;
+        var keys = Object.keys(b).sort(), out = [];
+        for (k = 0; k < keys.length; k++) out.push(keys[k] + "=" + JSON.stringify(b[keys[k]]));
+        return t.replace(m[0], "") + out.join("&");
+      }, function () { return ""; });
+  }
+  function versions(mode) {
+    return Promise.all(ASSETS.map(function (u) {
+      return fetch(u, { cache: mode }).then(function (r) {
+        return r.ok ? (r.headers.get("ETag") || r.headers.get("Last-Modified") || "") : "";
+      }, function () { return ""; });
+    }).concat([pageKey()]));
+  }
+  versions("force-cache").then(function (v) { state.version = v; });
+  function checkForUpdate() {
+    versions("no-cache").then(function (v) {
+      var old = state.version;
+      if (!old) { state.version = v; return; }
+      for (var i = 0; i < v.length; i++) {
+        if (v[i] && old[i] && v[i] !== old[i]) { state.reloads = (state.reloads || 0) + 1; location.reload(); return; }
+      }
+    });
+  }
 
   function tick() {
     var d = new Date();

@@ -55,7 +55,8 @@ def demo_config(tmp: Path, mqtt_url: str | None = None, extra_screens: tuple[dic
                 **signage: Any) -> NodeConfig:
     raw = parse_config(resources.files("edge").joinpath("data/demo_store.yaml").read_text()).model_dump(by_alias=True)
     raw["node"]["data_dir"] = str(tmp)
-    raw["layout"]["screens"].extend(extra_screens)
+    for sc in extra_screens:  # a new screen, or one that replaces the demo's screen of that id
+        raw["layout"]["screens"] = [s for s in raw["layout"]["screens"] if s["id"] != sc["id"]] + [sc]
     raw["signage"].update({"port": 0, **signage})
     raw["mqtt"]["local"]["url"] = mqtt_url
     raw["store"]["flush_interval_ms"] = 20

@@ -81,3 +81,77 @@ def test_portrait_and_attract_loop(make_node: Callable[..., Any], browser: Any) 
     # a shopper arrives: back to live, for them
     n.publish(ShopperEvent(session="b-1", sku="883404", action="pick", zone="bakery", shelf="bakery-1", slot=0))
     page.wait_for_selector("#app[data-mode='live'][data-session='b-1']", timeout=5000)
+
+
+def wait_page(page: Any, js: str, timeout: float = 15.0) -> None:
+    """Like wait_for_function, through reloads (the page's own context goes away while it reloads)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if page.evaluate(js):
+                return
+        except Exception:  # navigating right now
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{js} not true after {timeout} s")
+        time.sleep(0.1)
+
+
+def test_node_restart_with_the_same_page_keeps_it_without_a_reload(make_node: Callable[..., Any],
+                                                                    browser: Any) -> None:
+    n = make_node()
+    page = browser.new_page(viewport={"width": 1280, "height": 720})
+    page.goto(n.base + "/screens/dairy-screen")
+    page.wait_for_function("window.__shelfcast.messages >= 1 && !!window.__shelfcast.version")
+    page.evaluate("window.__marker = 1")
+    n.call(n.node.signage.stop_http())
+    page.wait_for_function("document.getElementById('app').dataset.link === 'down'", timeout=5000)
+    for _ in range(10):  # while the node is away the screen keeps its products
+        assert page.inner_text("#hero .name").strip()
+        time.sleep(0.2)
+    n.call(n.node.signage.start_http())
+    page.wait_for_function("document.getElementById('app').dataset.link === 'live'", timeout=10000)
+    time.sleep(1.5)  # the version check ran: nothing changed, so no reload (no flash)
+    assert page.evaluate("window.__marker") == 1
+    assert not page.evaluate("window.__shelfcast.reloads")
+
+
+def test_an_upgraded_page_loads_itself_when_the_node_is_back(make_node: Callable[..., Any], browser: Any,
+                                                             tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    from edge.signage import http
+
+    n = make_node()
+    page = browser.new_page(viewport={"width": 1280, "height": 720})
+    page.goto(n.base + "/screens/dairy-screen")
+    page.wait_for_function("window.__shelfcast.messages >= 1 && !!window.__shelfcast.version")
+    page.evaluate("window.__marker = 1")
+    # an upgrade: the node goes away and comes back serving a new stylesheet
+    n.call(n.node.signage.stop_http())
+    static = tmp_path / "static"
+    shutil.copytree(http.STATIC, static)
+    with (static / "screen.css").open("a") as f:
+        f.write('\n#app { --release: "2"; }\n')
+    monkeypatch.setattr(http, "STATIC", static)
+    n.call(n.node.signage.start_http())
+    wait_page(page, "!window.__marker && getComputedStyle(document.getElementById('app'))"
+                    ".getPropertyValue('--release').trim() === '\"2\"'")
+    page.wait_for_selector("#app[data-mode='live']")
+    assert page.inner_text("#hero .name").strip()
+
+
+def test_a_changed_screen_loads_itself_when_the_node_restarts(make_node: Callable[..., Any], browser: Any) -> None:
+    first = make_node()
+    port = first.port
+    page = browser.new_page(viewport={"width": 1920, "height": 1080})
+    page.goto(first.base + "/screens/dairy-screen")
+    page.wait_for_function("window.__shelfcast.messages >= 1 && !!window.__shelfcast.version")
+    assert page.get_attribute("#app", "class") and "kind-full" in page.get_attribute("#app", "class")
+    # the technician makes dairy-screen a shelf-edge strip and restarts the node (same port)
+    first.call(first.node.signage.stop_http())
+    make_node(port=port, extra_screens=({"id": "dairy-screen", "kind": "strip", "position": [12, 4.6],
+                                         "zone": "dairy", "orientation": "landscape"},))
+    wait_page(page, "document.getElementById('app').classList.contains('kind-strip')")
+    page.wait_for_selector("#app[data-mode='live']")
+    assert page.inner_text("#hero .name").strip()
