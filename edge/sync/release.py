@@ -649,9 +649,17 @@ class ReleaseManager:
                 self._install_model(m, blob)
             else:
                 self._apply(m, blob)
-            self._set_mark(kind, cand)
-            self._mark_done(kind, version, m.sha256, "applied")
             self.stats["applied"] += 1
+            try:  # bookkeeping after the fact: the release is applied (a model: serving) whatever happens here
+                self._set_mark(kind, cand)
+                self._mark_done(kind, version, m.sha256, "applied")
+            except OSError as exc:
+                log.error("release %s %s is applied, but its anti-rollback mark could not be saved: %s", kind,
+                          version, exc)
+                self.report(kind, version, "mark", False,
+                            f"applied, but the anti-rollback mark could not be saved in {self.root / 'sync'} "
+                            f"({exc.strerror or exc}); free some space: until it is saved, a restart forgets that "
+                            "older releases must be refused")
         except ReleaseError as exc:
             self.stats["refused"] += 1
             log.warning("release %s %s refused: %s", kind, version, exc)

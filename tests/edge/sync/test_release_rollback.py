@@ -248,3 +248,26 @@ def test_a_rollback_to_the_bundled_model_written_by_older_code_still_serves_the_
          "previous": {"version": "2026.11.30-v5", "path": str(installed)}}))
     again = start_node(cfg)
     assert again.rec.model.version == "v1"
+
+
+def test_a_mark_that_cannot_be_saved_leaves_the_release_applied_and_says_why(
+        node: Any, mosquitto: Any, upstream: Any, steps: Any, keys: Any, fakes: Any, tmp_path: Path) -> None:
+    """Old code: the swap happened, then the failing mark write reported the release 'failed' (and remembered it
+    so) while it was serving."""
+    marks = Path(node.room.data_dir) / "sync" / "release_marks.json"
+    marks.unlink(missing_ok=True)
+    marks.mkdir()  # the atomic write's rename onto it fails: an OSError as from a full or failing card
+    try:
+        publish(mosquitto, build_release("model", model_dir(fakes, tmp_path, "2026.11.30-v5", NOV30), None,
+                                         keys.private))
+        wait_step(upstream, steps, "2026.11.30-v5", "swapped")
+        detail = wait_step(upstream, steps, "2026.11.30-v5", "mark")[2]
+        assert "applied, but the anti-rollback mark could not be saved" in detail and "free some space" in detail
+        assert "failed" not in [s[0] for s in steps(upstream, "2026.11.30-v5")]
+        assert node.rec.model.version == "2026.11.30-v5"
+        # in this run the mark holds all the same: last month's release is refused
+        publish(mosquitto, build_release("model", model_dir(fakes, tmp_path, "2026.10.01", OCT01), None,
+                                         keys.private))
+        assert "older than" in wait_step(upstream, steps, "2026.10.01", "refused")[2]
+    finally:
+        marks.rmdir()
