@@ -213,7 +213,8 @@ def _calibrate(args: argparse.Namespace) -> int:
     if result["preview"]:
         print(f"preview: {result['preview']}")
     if result["written"]:
-        print(f"homography written to {args.config}")
+        print(f"homography written to {args.config}; the node reads it when it starts: "
+              "`sudo systemctl restart shelfcast`")
     else:
         print("add this to the camera section of the config:")
         print(homography_yaml(h))

@@ -48,8 +48,10 @@ def test_grab_a_snapshot_then_calibrate_on_it(tmp_path: Path, capsys: pytest.Cap
     preview = tmp_path / "camera-calibration.png"
     rc = main(["calibrate", "camera", "--config", str(cfg_path), "--snapshot", str(snap), "--preview", str(preview),
                *points, "--write"])
-    assert rc == 0, capsys.readouterr()
+    out = capsys.readouterr().out
+    assert rc == 0, out
     assert load_config(cfg_path).camera.homography is not None and preview.exists()
+    assert "sudo systemctl restart shelfcast" in out, out  # the running node keeps its old homography until then
 
 
 def test_grab_mistakes_are_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
