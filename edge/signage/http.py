@@ -15,14 +15,23 @@ Routes::
     GET  /metrics                            Prometheus text format
     POST /api/checkin                        {"customer": raw id, "screen" | "session": ...}   (admin)
     POST /api/screens/<id>/refresh           re-rank and push now                             (admin)
+
+Limits against a hostile or broken client on the store network: live streams are capped in total
+(``signage.max_streams``) and per client address (``signage.max_streams_per_ip``; loopback, the node itself,
+counts only towards the total) — past a cap a new stream is a 503 with ``Retry-After`` and one line naming the
+key, the connected screens are not touched. A connection that has not sent a whole request within
+``signage.request_timeout_s`` is closed (slow or idle clients), an admin body that does not arrive in that time is
+a 408, and one over 64 KiB a 413.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import html
 import json
+import logging
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,13 +47,24 @@ if TYPE_CHECKING:
 
 __all__ = ["build_app"]
 
+log = logging.getLogger("shelfcast.signage")
+
 STATIC = Path(__file__).parent / "static"
 ROOM: web.AppKey[SignageRoom] = web.AppKey("signage_room")
+REFUSALS: web.AppKey[dict[str, float]] = web.AppKey("signage_refusals")  # when a refusal was last logged
+MAX_BODY = 64 * 1024  # admin request bodies (a check-in is ~100 bytes)
+RETRY_AFTER_S = 30  # a refused stream: the page's own reconnect backs off up to 30 s
+CHECKIN_SHAPE = '{"customer": "<loyalty id>", "screen": "<screen id>"}'
 KIND_LABEL = {"full": "full screen", "strip": "shelf-edge strip", "shelf_display": "shelf display"}
 
 
 class BadParam(ValueError):
     pass
+
+
+def _shown(raw: str, limit: int = 40) -> str:
+    """``raw`` for an error message: repr, cut to ``limit`` characters (a query value may be 8 KB)."""
+    return repr(raw) if len(raw) <= limit else repr(raw[:limit]) + f"... ({len(raw)} characters)"
 
 
 def _int_param(request: web.Request, name: str, lo: int, hi: int, default: int | None) -> int | None:
@@ -54,7 +74,7 @@ def _int_param(request: web.Request, name: str, lo: int, hi: int, default: int |
     try:
         v = int(raw)
     except ValueError:
-        raise BadParam(f"query parameter {name}={raw!r} is not a whole number; use {lo}..{hi}") from None
+        raise BadParam(f"query parameter {name}={_shown(raw)} is not a whole number; use {lo}..{hi}") from None
     if not lo <= v <= hi:
         raise BadParam(f"query parameter {name}={v} is out of range; use {lo}..{hi}")
     return v
@@ -63,7 +83,7 @@ def _int_param(request: web.Request, name: str, lo: int, hi: int, default: int |
 def _choice_param(request: web.Request, name: str, choices: tuple[str, ...], default: str) -> str:
     raw = request.query.get(name, default)
     if raw not in choices:
-        raise BadParam(f"query parameter {name}={raw!r} is not allowed; use one of {', '.join(choices)}")
+        raise BadParam(f"query parameter {name}={_shown(raw)} is not allowed; use one of {', '.join(choices)}")
     return raw
 
 
@@ -130,6 +150,20 @@ async def _errors_and_auth(request: web.Request, handler: Any) -> web.StreamResp
         return await handler(request)
     except BadParam as exc:
         return _bad_request(str(exc), as_json)
+    except web.HTTPRequestEntityTooLarge:
+        resp = web.json_response({"error": f"the request body is larger than {MAX_BODY // 1024} KiB, the most this "
+                                           f"node reads; a check-in is a small JSON object like {CHECKIN_SHAPE}"},
+                                 status=413)
+        resp.force_close()  # close after it (aiohttp drops at most lingering_time more of the body)
+        return resp
+    except web.HTTPMethodNotAllowed as exc:
+        allowed = ", ".join(sorted(m for m in exc.allowed_methods if m != "HEAD"))
+        msg = f"{request.method} is not allowed on {request.path}; use {allowed}"
+        if "POST" in exc.allowed_methods:
+            msg += " with 'Authorization: Bearer <signage.admin_token>' (an admin action)"
+        if as_json:
+            return web.json_response({"error": msg}, status=405, headers={"Allow": ", ".join(exc.allowed_methods)})
+        return _page("Method not allowed", f"<h1>Method not allowed</h1><p>{html.escape(msg)}</p>", status=405)
     except web.HTTPNotFound:
         if as_json:
             return web.json_response({"error": f"no such endpoint {request.path}; see GET /"}, status=404)
@@ -196,31 +230,66 @@ async def api_stream(request: web.Request) -> web.StreamResponse:
     sid = request.match_info["id"]
     if sid not in room.screens:
         return _not_found_screen(room, sid, as_json=True)
-    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store",
-                                       "X-Accel-Buffering": "no"})
-    chunked = request.version >= (1, 1)
-    if chunked:
-        resp.enable_chunked_encoding()
-    await resp.prepare(request)
-    transport = request.transport
-    room.tune_socket(transport.get_extra_info("socket") if transport is not None else None)
-    await resp.write(b"retry: 2000\n\n")  # the headers are out: from now on frames may be written directly
-    client = Client(screen=sid, peer=str(request.remote), transport=transport, chunked=chunked,
-                    send=direct_send(transport))
+    peer = str(request.remote)
+    cfg = room.cfg
+    refused = room.hub.refuse(peer, cfg.max_streams, cfg.max_streams_per_ip)
+    if refused is not None:
+        return _refuse_stream(request, refused, peer)
+    # the slot is taken before the first await, so a burst of connects cannot all slip past the caps; until the
+    # transport is set, ``Hub.offer`` only leaves frames in the client's mailbox
+    client = Client(screen=sid, peer=peer)
     room.hub.add(client)
-    rs, data = room.set_for(sid)
-    from edge.signage.payload import sse_frame
+    try:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store",
+                                           "X-Accel-Buffering": "no"})
+        chunked = request.version >= (1, 1)
+        if chunked:
+            resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        transport = request.transport
+        room.tune_socket(transport.get_extra_info("socket") if transport is not None else None)
+        await resp.write(b"retry: 2000\n\n")  # the headers are out: from now on frames may be written directly
+        client.transport, client.chunked, client.send = transport, chunked, direct_send(transport)
+        rs, data = room.set_for(sid)
+        from edge.signage.payload import sse_frame
 
-    client.pending = sse_frame("recommendations", data, rs.seq)
-    client.pending_t = -1.0
-    client.wake.set()
+        client.pending = sse_frame("recommendations", data, rs.seq)
+        client.pending_t = -1.0
+        client.wake.set()
 
-    def buffered() -> int:
-        return transport.get_write_buffer_size() if transport is not None else 0
+        def buffered() -> int:
+            return transport.get_write_buffer_size() if transport is not None else 0
 
-    why = await room.hub.serve(client, resp.write, buffered)
+        why = await room.hub.serve(client, resp.write, buffered)
+    finally:
+        room.hub.remove(client)  # its slot, however it ended (``serve`` removes it too; twice is a no-op)
     if why == "slow" and transport is not None:
         transport.abort()  # drop it: it was not reading; the others never waited
+    return resp
+
+
+def _refuse_stream(request: web.Request, which: str, peer: str) -> web.Response:
+    """A 503 for a stream past a cap: one line naming the limit and the key to raise; the connection is closed."""
+    cfg = request.app[ROOM].cfg
+    if which == "total":
+        key, cap = "signage.max_streams", cfg.max_streams
+        what = f"this node already serves {cap} live screen streams, its limit ({key})"
+        fix = "close screen pages that are not in use"
+    else:
+        key, cap = "signage.max_streams_per_ip", cfg.max_streams_per_ip
+        what = f"{peer} already has {cap} live screen streams open, the limit per device ({key})"
+        fix = "close that device's screen pages that are not in use"
+    msg = (f"refused: {what}; {fix}, or raise {key} in /etc/shelfcast/shelfcast.yaml and run "
+           f"`sudo systemctl restart shelfcast`; retry in {RETRY_AFTER_S} s")
+    last = request.app[REFUSALS]
+    now = time.monotonic()
+    if now - last.get(which, -1e9) >= 60.0:  # an exhaustion attempt is thousands of these: one line a minute
+        last[which] = now
+        log.warning("SSE stream from %s %s (more are counted in health and /metrics, logged once a minute)",
+                    peer, msg)
+    resp = web.Response(text=msg + "\n", status=503, content_type="text/plain",
+                        headers={"Retry-After": str(RETRY_AFTER_S), "Cache-Control": "no-store"})
+    resp.force_close()
     return resp
 
 
@@ -262,6 +331,9 @@ async def metrics(request: web.Request) -> web.Response:
            [({}, hs["superseded"])])
     metric("shelfcast_signage_sse_dropped_clients_total", "counter", "clients dropped for not reading",
            [({}, hs["dropped_slow"])])
+    metric("shelfcast_signage_sse_refused_total", "counter", "streams refused (503) by the cap named in 'limit'",
+           [({"limit": "max_streams"}, hs["refused_max_streams"]),
+            ({"limit": "max_streams_per_ip"}, hs["refused_max_streams_per_ip"])])
     q = room.push_quantiles()
     metric("shelfcast_signage_push_latency_seconds", "summary", "set accepted to SSE transport write",
            [({"quantile": "0.5"}, (q["p50_ms"] or 0) / 1e3), ({"quantile": "0.99"}, (q["p99_ms"] or 0) / 1e3)])
@@ -298,11 +370,20 @@ def hash_customer(salt: str, raw: str) -> str:
 
 async def checkin(request: web.Request) -> web.Response:
     room = request.app[ROOM]
+    wait = room.cfg.request_timeout_s
     try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise BadParam("the body must be JSON like {\"customer\": \"<loyalty id>\", \"screen\": \"<screen id>\"}")\
-            from None
+        async with asyncio.timeout(wait):
+            raw = await request.read()
+    except TimeoutError:
+        resp = web.json_response({"error": f"the request body did not arrive within {wait:g} s "
+                                           "(signage.request_timeout_s); send the whole body at once, with a "
+                                           "Content-Length that matches it"}, status=408)
+        resp.force_close()
+        return resp
+    try:
+        body = json.loads(raw.decode(request.charset or "utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, LookupError, RecursionError):
+        raise BadParam(f"the body must be JSON like {CHECKIN_SHAPE}") from None
     if not isinstance(body, dict) or not isinstance(body.get("customer"), str) or not body["customer"].strip():
         raise BadParam("'customer' (the loyalty id as a string) is required")
     session = body.get("session")
@@ -336,8 +417,13 @@ async def refresh(request: web.Request) -> web.Response:
 
 
 def build_app(room: SignageRoom) -> web.Application:
-    app = web.Application(middlewares=[_errors_and_auth], client_max_size=64 * 1024)
+    # keepalive_timeout: aiohttp closes a connection that has not sent a whole request this long after it opened
+    # or after its last response (a slow-header client, an idle one); its default is an hour. lingering_time: how
+    # long it reads and drops the unread rest of a refused body (a 401, 408, 413) before closing; default 10 s
+    app = web.Application(middlewares=[_errors_and_auth], client_max_size=MAX_BODY,
+                          handler_args={"keepalive_timeout": room.cfg.request_timeout_s, "lingering_time": 2.0})
     app[ROOM] = room
+    app[REFUSALS] = {}
     app.router.add_get("/", index)
     app.router.add_get("/screens/{id}", screen_page)
     app.router.add_get("/api/screens", api_screens)

@@ -11,11 +11,16 @@ bounded by one frame plus the transport's write buffer. A client whose socket
 stops draining (its write is stuck longer than ``write_timeout_s``, or the
 transport buffer grows past ``max_buffer``) is disconnected and counted; the
 others never wait for it.
+
+Admission: ``refuse`` says whether one more live stream would pass a cap — in total, or per client address
+(loopback, the node itself, counts only towards the total). The counts are kept by ``add``/``remove``, so the
+check is a dict look-up at connect time; ``offer`` does not see it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -55,33 +60,67 @@ class Client:
     connected: float = field(default_factory=time.time)
 
 
+def is_loopback(peer: str) -> bool:
+    """``peer`` (an IP address as text) is this machine's loopback (IPv4-mapped IPv6 included)."""
+    try:
+        ip = ipaddress.ip_address(peer)
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return bool((mapped or ip).is_loopback)
+
+
 class Hub:
     def __init__(self, *, write_timeout_s: float = 5.0, max_buffer: int = 256 * 1024, direct_limit: int = 32 * 1024,
                  on_sent: Callable[[float], None] | None = None) -> None:
         self.direct_limit = direct_limit
         self.clients: dict[str, set[Client]] = {}
+        self.live = 0  # clients added and not removed
+        self.per_peer: dict[str, int] = {}  # peer -> live clients (no entry at 0)
         self.write_timeout_s = write_timeout_s
         self.max_buffer = max_buffer
         self.on_sent = on_sent  # called with seconds from offer() to the transport write
         self.stats = {"connected_total": 0, "dropped_slow": 0, "disconnected": 0, "frames_sent": 0,
-                      "direct": 0, "superseded": 0}
+                      "direct": 0, "superseded": 0, "refused_max_streams": 0, "refused_max_streams_per_ip": 0}
 
     def count(self, screen: str | None = None) -> int:
         if screen is not None:
             return len(self.clients.get(screen, ()))
-        return sum(len(s) for s in self.clients.values())
+        return self.live
+
+    def refuse(self, peer: str, max_total: int, max_per_peer: int) -> str | None:
+        """Which cap one more client from ``peer`` would pass: "total", "per_ip", or None (welcome; then ``add`` it
+        before the next ``await``, so concurrent connects cannot all slip through). A refusal is counted."""
+        if self.live >= max_total:
+            self.stats["refused_max_streams"] += 1
+            return "total"
+        if self.per_peer.get(peer, 0) >= max_per_peer and not is_loopback(peer):
+            self.stats["refused_max_streams_per_ip"] += 1
+            return "per_ip"
+        return None
 
     def add(self, client: Client) -> None:
-        self.clients.setdefault(client.screen, set()).add(client)
+        group = self.clients.setdefault(client.screen, set())
+        if client in group:
+            return
+        group.add(client)
+        self.live += 1
+        self.per_peer[client.peer] = self.per_peer.get(client.peer, 0) + 1
         self.stats["connected_total"] += 1
 
     def remove(self, client: Client) -> None:
         client.closed = True
         group = self.clients.get(client.screen)
-        if group is not None:
+        if group is not None and client in group:
             group.discard(client)
             if not group:
                 del self.clients[client.screen]
+            self.live -= 1
+            left = self.per_peer.get(client.peer, 0) - 1
+            if left > 0:
+                self.per_peer[client.peer] = left
+            else:
+                self.per_peer.pop(client.peer, None)
 
     def offer(self, screen: str, frame: bytes, t: float) -> int:
         """Hand ``frame`` to every client of ``screen``; returns how many got it. Never blocks."""
@@ -161,7 +200,10 @@ class Hub:
                     return "slow"
                 client.busy = True
                 try:
-                    await asyncio.wait_for(write(frame), self.write_timeout_s)
+                    # asyncio.timeout, not wait_for: on 3.11 wait_for loses a cancellation that comes as the write
+                    # completes (a client gone right after its first frame stayed counted until the next ping)
+                    async with asyncio.timeout(self.write_timeout_s):
+                        await write(frame)
                 except TimeoutError:
                     self.stats["dropped_slow"] += 1
                     return "slow"

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -134,3 +137,39 @@ def test_odd_bytes_and_unicode_blanks_in_the_token_are_a_403_not_a_500(make_node
                  b"Bearer \xe3\x80\x80" + tok):
         assert _raw_post_auth(n.port, auth) == 403, auth
     assert n.get("/api/screens")[0] == 200
+
+
+CLI = [sys.executable, "-m", "edge"]
+
+
+@pytest.mark.parametrize("form", ["literal", "env", "file"])
+def test_a_short_admin_token_is_refused_at_config_load(tmp_path: Path, form: str) -> None:
+    """Anyone on the store network may try tokens against the screens port: fewer than 16 characters is refused,
+    naming the key and the fix, never echoing the token; 16 are accepted."""
+
+    def config_with(token: str) -> tuple[Path, dict[str, str]]:
+        env = {**os.environ}
+        value = token
+        if form == "env":
+            env["SC_SHORT_TOKEN"] = token
+            value = "env:SC_SHORT_TOKEN"
+        elif form == "file":
+            (tmp_path / "token").write_text(token + "\n")
+            value = f"file:{tmp_path / 'token'}"
+        cfg = tmp_path / "node.yaml"
+        cfg.write_text(f"node:\n  data_dir: {tmp_path / 'data'}\nsignage:\n  admin_token: '{value}'\n")
+        return cfg, env
+
+    for token in ("s3cret", "audit-tok-5f1e9c"[:15]):
+        cfg, env = config_with(token)
+        for cmd in (["config", "validate", str(cfg)], ["run", "--config", str(cfg)]):
+            r = subprocess.run([*CLI, *cmd], capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+            out = r.stdout + r.stderr
+            assert r.returncode != 0, (cmd, out)
+            assert "signage.admin_token" in out and f"is {len(token)} characters" in out, out
+            assert "`openssl rand -hex 16`" in out and "Traceback" not in out, out
+            assert token not in out
+    cfg, env = config_with("audit-tok-5f1e9c")  # 16 characters
+    r = subprocess.run([*CLI, "config", "validate", str(cfg)], capture_output=True, text=True, timeout=120,
+                       cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
