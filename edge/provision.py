@@ -68,6 +68,7 @@ DEFAULT_CONFIG = Path("/etc/shelfcast/shelfcast.yaml")
 BUNDLE_DIR = "shelfcast"  # on the boot partition
 SERVICE_USER = "shelfcast"
 FINAL_KEYS_DIR = Path("/etc/shelfcast/keys")
+INSTALLER = Path("/opt/shelfcast/lib/install.sh")  # on an installed node: re-renders the bridge, restarts the node
 BASE_CONFIG: dict[str, Any] = {
     "node": {"data_dir": "/var/lib/shelfcast"},
     "mqtt": {"local": {"url": "mqtt://127.0.0.1:1883"}},
@@ -737,6 +738,10 @@ def _provision(args: argparse.Namespace) -> int:
         print_json(res.to_dict())
         return 0
     print(_label_text(res))
+    if res.bundle is None and os.path.isfile(INSTALLER):
+        # the running node and the broker bridge still use the old config until the installer re-renders and restarts
+        print(f"next: `sudo {INSTALLER}` (renders the broker bridge from this config and restarts the node), "
+              "then `sudo shelfcast doctor`")
     return 0
 
 

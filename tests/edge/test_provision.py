@@ -298,3 +298,26 @@ def test_boot_partition_bundle_carries_the_admin_token_and_takes_it_off_the_card
     cfg = load_config(etc / "shelfcast.yaml")
     assert cfg.signage.admin_token is not None and cfg.signage.admin_token.get_secret_value() == "a1b2" * 8
     assert not (bundle / "keys" / "admin-token").exists()  # off the FAT partition, like the key and the salt
+
+
+def test_on_an_installed_node_provision_names_the_next_step(tmp_path: Path, sc: Callable[..., Result],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The node the installer started keeps running the old config, and the broker bridge is rendered by the
+    installer: provision used to end with the label only."""
+    import edge.provision as prov
+
+    conf = tmp_path / "etc" / "shelfcast.yaml"
+    r = sc("provision", "--config", str(conf), "--store-id", "s1", "--node-id", "n1", "--no-qr")
+    assert r.returncode == 0 and "next:" not in r.stdout  # not an installed node (a laptop, a test)
+    installer = tmp_path / "opt" / "install.sh"
+    installer.parent.mkdir()
+    installer.write_text("#!/bin/sh\n")
+    monkeypatch.setattr(prov, "INSTALLER", installer)
+    r = sc("provision", "--config", str(conf), "--store-id", "s1", "--node-id", "n1", "--no-qr")
+    assert r.returncode == 0, r.stderr
+    last = r.stdout.strip().splitlines()[-1]
+    assert last.startswith("next:") and f"sudo {installer}" in last and "restarts the node" in last, last
+    boot = tmp_path / "bootfs"
+    boot.mkdir()
+    r = sc("provision", "--boot-partition", str(boot), "--store-id", "s1", "--node-id", "n1")
+    assert r.returncode == 0 and "next:" not in r.stdout  # a bundle: the first boot does it
