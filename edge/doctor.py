@@ -523,9 +523,10 @@ def check_camera(cfg: NodeConfig, open_timeout_s: float = 3.0) -> list[Check]:
             out.append(Check("camera_group", "fail", f"service user {SERVICE_USER} is not in the video group",
                              "`sudo usermod -aG video shelfcast`, then `sudo systemctl restart shelfcast`"))
         out.append(_probe_camera(src, open_timeout_s))
-    fix = ("recalibrate: mark >= 4 floor points you can measure, then `shelfcast calibrate camera --config FILE "
-           "--point U,V:X,Y ... --write` (pixel U,V is floor X,Y metres; check camera-calibration.png), then "
-           "restart the node")
+    fix = ("recalibrate: mark >= 4 floor points you can measure, read their pixels in a snapshot (`sudo shelfcast "
+           "calibrate camera --config FILE --grab snapshot.png`, the node stopped), then `sudo shelfcast calibrate "
+           "camera --config FILE --snapshot snapshot.png --point U,V:X,Y ... --write` (pixel U,V is floor X,Y "
+           "metres; check camera-calibration.png), then restart the node")
     if src == "synthetic" and cam.homography is None:
         out.append(_ok("calibration", "synthetic source uses its built-in ground-truth homography"))
     else:

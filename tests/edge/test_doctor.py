@@ -245,6 +245,7 @@ def test_bad_calibration(healthy: dict[str, Any], homography: list[list[float]],
     c = by_name(run_checks(write_cfg(healthy["tmp"] / "c.yaml", raw), query_firmware=False))["calibration"]
     assert c.status == "fail" and expect in c.detail
     assert "shelfcast calibrate camera" in c.fix
+    assert "--grab snapshot.png" in c.fix  # how to get the pixels the points need
 
 
 def test_good_calibration_and_missing_camera(healthy: dict[str, Any]) -> None:
