@@ -392,38 +392,43 @@ def cross_check(raw: dict[str, Any]) -> list[str]:
         v = layout.get(name)
         return [x for x in v if isinstance(x, dict)] if isinstance(v, list) else []
 
+    def key(v: Any) -> Any:  # a wrong-typed id or reference (a list, a mapping) is compared by its text
+        return v if v is None or isinstance(v, (str, int, float, bool)) else repr(v)
+
     for section in ("zones", "shelves", "screens"):
         seen: set[Any] = set()
         for i, it in enumerate(items(section)):
-            if it.get("id") in seen:
+            if key(it.get("id")) in seen:
                 problems.append(
                     f"layout.{section}.{i}.id: two {section} with id {it.get('id')!r}; ids must be unique"
                 )
-            seen.add(it.get("id"))
-    zones = {z.get("id") for z in items("zones")}
-    shelves = {s.get("id") for s in items("shelves")}
+            seen.add(key(it.get("id")))
+    zones = {key(z.get("id")) for z in items("zones")}
+    shelves = {key(s.get("id")) for s in items("shelves")}
     for i, sh in enumerate(items("shelves")):
-        if "zone" in sh and sh["zone"] not in zones:
+        if "zone" in sh and key(sh["zone"]) not in zones:
             problems.append(
                 f"layout.shelves.{i}.zone: shelf {sh.get('id')!r} is in unknown zone {sh['zone']!r}; "
                 f"known zones: {sorted(str(z) for z in zones)}"
             )
-        slots = [s.get("slot") for s in sh.get("slots") or [] if isinstance(s, dict)]
+        raw_slots = sh.get("slots")
+        slots = [key(s.get("slot")) for s in raw_slots if isinstance(s, dict)] if isinstance(raw_slots, list) else []
         if len(slots) != len(set(slots)):
             problems.append(f"layout.shelves.{i}.slots: shelf {sh.get('id')!r} lists a slot number twice")
     for i, sc in enumerate(items("screens")):
-        if "zone" in sc and sc["zone"] not in zones:
+        if "zone" in sc and key(sc["zone"]) not in zones:
             problems.append(
                 f"layout.screens.{i}.zone: screen {sc.get('id')!r} is in unknown zone {sc['zone']!r}; "
                 f"known zones: {sorted(str(z) for z in zones)}"
             )
-        if sc.get("shelf") is not None and sc["shelf"] not in shelves:
+        if sc.get("shelf") is not None and key(sc["shelf"]) not in shelves:
             problems.append(f"layout.screens.{i}.shelf: screen {sc.get('id')!r} names unknown shelf {sc['shelf']!r}")
     signage = raw.get("signage")
     promos = signage.get("promotions") if isinstance(signage, dict) else None
     for i, pr in enumerate(promos if isinstance(promos, list) else []):
-        for z in (pr.get("zones") or []) if isinstance(pr, dict) else []:
-            if zones and z not in zones:
+        pz = pr.get("zones") if isinstance(pr, dict) else None
+        for z in pz if isinstance(pz, list) else []:
+            if zones and key(z) not in zones:
                 problems.append(f"signage.promotions.{i}.zones: unknown zone {z!r}; "
                                 f"known zones: {sorted(str(z) for z in zones)}")
     return problems
