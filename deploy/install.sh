@@ -60,6 +60,9 @@ EOF
 }
 
 die() { echo "install.sh: $*" >&2; exit 1; }
+# a system command that fails (apt-get, useradd, systemctl, a full disk...) stops the script under set -e with
+# only that command's own words; say where it stopped and that a re-run after the fix is the way on
+trap 'rc=$?; echo "install.sh: stopped at line $LINENO (\`$BASH_COMMAND\` exited $rc): the steps before it are in place, none after it; fix what it says above and run the installer again (it is idempotent)" >&2' ERR
 
 while [ $# -gt 0 ]; do
     case "$1" in

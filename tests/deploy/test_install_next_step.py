@@ -34,3 +34,19 @@ def test_next_step_follows_the_config(tmp_path: Path) -> None:
     assert "next: sudo shelfcast doctor" in again and "store-0042" in again, again  # old code: provision
     assert "shelfcast provision" not in again, again
     assert conf.read_text().startswith("node: {data_dir")  # the installer kept the config
+
+
+def test_a_step_that_fails_says_where_it_stopped_and_to_run_again(tmp_path: Path) -> None:
+    """Under set -e a failing command stopped the installer with only that command's own message, leaving a
+    half-done install and no word on what to do; it now names the step and says a re-run after the fix is safe."""
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "shelfcast").write_text("")  # a file where the config directory goes: mkdir fails
+    p = subprocess.run(["bash", str(REPO / "deploy" / "install.sh"), "--destdir", str(root), "--no-kiosk", *FAST],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 1, p.stdout + p.stderr
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith("install.sh: stopped at line") and "mkdir -p" in last, p.stderr  # old code: mkdir's words
+    assert "run the installer again" in last, last
+    (root / "etc" / "shelfcast").unlink()  # fixed: the same command finishes
+    assert "next: sudo shelfcast provision" in install(root)
