@@ -16,6 +16,7 @@ import argparse
 import importlib
 import json
 import logging
+import math
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -126,8 +127,20 @@ def _broken_module(mod: str, exc: BaseException) -> None:
           "reinstall ShelfCast or run `shelfcast doctor`", file=sys.stderr)
 
 
+def _finite(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float as None: ``NaN`` is not JSON (jq and browsers refuse it)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, separators=(",", ":"), default=str) + "\n")
+    """One line of strict JSON on stdout (a measurement that has no value, e.g. a p99 of nothing, is null)."""
+    sys.stdout.write(json.dumps(_finite(obj), separators=(",", ":"), default=str, allow_nan=False) + "\n")
     sys.stdout.flush()
 
 
