@@ -77,6 +77,8 @@ BASE_CONFIG: dict[str, Any] = {
 SECRET_KEYS = ("password", "admin_token", "customer_salt", "secret", "token")
 SALT_FILE = "customer-salt"  # the retailer's fusion.customer_salt, private beside the node key
 TOKEN_FILE = "admin-token"  # signage.admin_token (check-ins, refreshes), private beside the node key
+PASSWORD_FILE = "mqtt-password"  # mqtt.cloud.password (a broker that wants a user name and password)
+PRIVATE_FILES = (SALT_FILE, TOKEN_FILE, PASSWORD_FILE)  # secrets beside the key: 0600, off the boot partition
 DEMO_SALT_WARNING = ("warning: fusion.customer_salt is the public demo salt, so stored and synced shopper ids can "
                      "be reversed; get the retailer's salt file from the cloud side and run `sudo shelfcast provision "
                      "--customer-salt FILE`")
@@ -300,6 +302,18 @@ def _read_token(src: Path) -> str:
     return token
 
 
+def _read_password(src: Path) -> str:
+    """The cloud broker password from ``--password-file FILE`` (store ops hand it over with the user name)."""
+    try:
+        password = src.read_text().strip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else "not a text file"
+        raise UserError(f"--password-file {src}: cannot read it ({why})") from None
+    if not password.strip():
+        raise UserError(f"--password-file {src} is empty; put the cloud broker password from store ops in it")
+    return password
+
+
 def _relocate(obj: Any, old: str, new: str) -> Any:
     """``obj`` with every string starting with ``old`` starting with ``new`` instead."""
     if isinstance(obj, dict):
@@ -316,6 +330,14 @@ def _check_id(value: str, what: str) -> str:
     return value
 
 
+def _configured_broker(config_path: Path) -> str | None:
+    with contextlib.suppress(UserError, OSError, AttributeError):
+        raw = _load_raw(config_path) if os.path.isfile(config_path) else {}
+        url = ((raw.get("mqtt") or {}).get("cloud") or {}).get("url")
+        return str(url) if url else None
+    return None
+
+
 def _check_broker(url: str) -> str:
     if not re.fullmatch(r"mqtts?://[^/:\s]+(:\d{1,5})?/?", url):
         raise UserError(f"--cloud-broker {url!r} must look like mqtts://HOST:8883 (TLS) or mqtt://HOST:1883")
@@ -326,13 +348,13 @@ def provision(*, config_path: Path, keys_dir: Path, store_id: str, node_id: str,
               cert: Path | None = None, ca_file: Path | None = None, model_key: Path | None = None,
               qr_path: Path | None = None, renew: bool = False, config_keys_dir: Path | None = None,
               username: str | None = None, customer_salt: Path | None = None,
-              admin_token: Path | None = None) -> ProvisionResult:
+              admin_token: Path | None = None, password: Path | None = None) -> ProvisionResult:
     """Write config + keys; ``config_keys_dir`` is where the keys will live when the config is used (bundles).
 
     ``customer_salt``: a file with the retailer's salt for hashed shopper ids (the same on every node of the
     retailer); copied private beside the key and referenced as ``fusion.customer_salt: file:…``.
     ``admin_token``: a file with the signage admin token (check-ins, refreshes), likewise as
-    ``signage.admin_token: file:…``.
+    ``signage.admin_token: file:…``; ``password``: the cloud broker password, as ``mqtt.cloud.password: file:…``.
     """
     _check_id(store_id, "store id")
     _check_id(node_id, "node id")
@@ -340,6 +362,10 @@ def provision(*, config_path: Path, keys_dir: Path, store_id: str, node_id: str,
         _check_broker(cloud_broker)
     salt = _read_salt(customer_salt) if customer_salt is not None else None
     token = _read_token(admin_token) if admin_token is not None else None
+    secret = _read_password(password) if password is not None else None
+    if secret is not None and not (cloud_broker or _configured_broker(config_path)):
+        raise UserError("--password-file is the cloud broker's password: give the broker too "
+                        "(--cloud-broker mqtts://HOST:8883)")
     ref = config_keys_dir or keys_dir
     keys_dir.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(OSError):
@@ -366,6 +392,8 @@ def provision(*, config_path: Path, keys_dir: Path, store_id: str, node_id: str,
         _write_private(keys_dir / SALT_FILE, (salt + "\n").encode())
     if token is not None:
         _write_private(keys_dir / TOKEN_FILE, (token + "\n").encode())
+    if secret is not None:
+        _write_private(keys_dir / PASSWORD_FILE, (secret + "\n").encode())
 
     raw = _load_raw(config_path)
     node = raw.setdefault("node", {})
@@ -386,6 +414,8 @@ def provision(*, config_path: Path, keys_dir: Path, store_id: str, node_id: str,
             cloud["ca_file"] = str(ref / "ca.crt")
         if username:
             cloud["username"] = username
+        if secret is not None:
+            cloud["password"] = f"file:{ref / PASSWORD_FILE}"
         mqtt["cloud"] = cloud
     if mk_path.exists():
         raw.setdefault("model", {})["public_key"] = str(ref / "model-signing.pub")
@@ -478,7 +508,7 @@ def apply_bundle(bundle: Path, config_path: Path, keys_dir: Path) -> dict[str, A
     for p in sorted((bundle / "keys").glob("*")):
         if p.is_file():
             data = p.read_bytes()
-            if p.name.endswith(".key") or p.name in (SALT_FILE, TOKEN_FILE):
+            if p.name.endswith(".key") or p.name in PRIVATE_FILES:
                 _write_private(keys_dir / p.name, data)
             else:
                 _atomic_write(keys_dir / p.name, data)
@@ -497,7 +527,7 @@ def apply_bundle(bundle: Path, config_path: Path, keys_dir: Path) -> dict[str, A
     if (bundle / "label.png").exists():
         shutil.copy2(bundle / "label.png", config_path.with_name("label.png"))
     # the boot partition is FAT and readable by anyone holding the card: the key, salt and token must not stay
-    for p in [*(bundle / "keys").glob("*.key"), bundle / "keys" / SALT_FILE, bundle / "keys" / TOKEN_FILE]:
+    for p in [*(bundle / "keys").glob("*.key"), *(bundle / "keys" / name for name in PRIVATE_FILES)]:
         p.unlink(missing_ok=True)
     man_path.rename(bundle / "firstboot.done.json")
     return {"store_id": man["store_id"], "node_id": man["node_id"], "config": str(config_path)}
@@ -620,6 +650,8 @@ def register(reg: CommandRegistry) -> None:
     p.add_argument("--node-id", default=None, metavar="ID")
     p.add_argument("--cloud-broker", default=None, metavar="URL", help="mqtts://HOST:8883 (or mqtt://HOST:1883)")
     p.add_argument("--username", default=None, help="MQTT user name at the cloud broker, if it wants one")
+    p.add_argument("--password-file", type=Path, default=None, metavar="FILE",
+                   help="a file holding the cloud broker password for --username, if the broker wants one")
     p.add_argument("--cert", type=Path, default=None, metavar="FILE",
                    help="the node's signed client certificate (PEM), once the CA has signed node.csr")
     p.add_argument("--ca-file", type=Path, default=None, metavar="FILE", help="CA that signs the cloud broker (PEM)")
@@ -723,7 +755,7 @@ def _provision(args: argparse.Namespace) -> int:
     kw: dict[str, Any] = dict(store_id=store_id, node_id=node_id, cloud_broker=broker, cert=args.cert,
                               ca_file=args.ca_file, model_key=args.model_key, renew=args.renew,
                               username=args.username, customer_salt=args.customer_salt,
-                              admin_token=args.admin_token)
+                              admin_token=args.admin_token, password=args.password_file)
     try:
         if args.boot_partition is not None:
             res = write_bundle(args.boot_partition, **kw)
@@ -734,6 +766,9 @@ def _provision(args: argparse.Namespace) -> int:
         raise UserError(f"cannot write {exc.filename}: permission denied; run it with sudo") from None
     if res.demo_salt:
         print(DEMO_SALT_WARNING, file=sys.stderr)
+    if args.password_file is not None and (res.cloud_broker or "").startswith("mqtt://"):
+        print(f"warning: {res.cloud_broker} is plain MQTT: the password goes over the network unencrypted; use the "
+              "broker's TLS port (--cloud-broker mqtts://HOST:8883)", file=sys.stderr)
     if args.json:
         print_json(res.to_dict())
         return 0

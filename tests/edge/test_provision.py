@@ -286,8 +286,11 @@ def test_boot_partition_bundle_carries_the_admin_token_and_takes_it_off_the_card
     boot.mkdir()
     token = tmp_path / "admin-token.txt"
     token.write_text("a1b2" * 8)
+    pw = tmp_path / "pw.txt"
+    pw.write_text("bridge-pass\n")
     r = sc("provision", "--boot-partition", str(boot), "--store-id", "s1", "--node-id", "n1",
-           "--admin-token", str(token))
+           "--admin-token", str(token), "--cloud-broker", "mqtts://cloud.example.com:8883", "--username", "u1",
+           "--password-file", str(pw))
     assert r.returncode == 0, r.stderr
     bundle = boot / "shelfcast"
     assert yaml.safe_load((bundle / "shelfcast.yaml").read_text())["signage"]["admin_token"] == \
@@ -297,7 +300,10 @@ def test_boot_partition_bundle_carries_the_admin_token_and_takes_it_off_the_card
     assert (etc / "keys" / "admin-token").stat().st_mode & 0o077 == 0
     cfg = load_config(etc / "shelfcast.yaml")
     assert cfg.signage.admin_token is not None and cfg.signage.admin_token.get_secret_value() == "a1b2" * 8
-    assert not (bundle / "keys" / "admin-token").exists()  # off the FAT partition, like the key and the salt
+    assert cfg.mqtt.cloud.password is not None and cfg.mqtt.cloud.password.get_secret_value() == "bridge-pass"
+    assert (etc / "keys" / "mqtt-password").stat().st_mode & 0o077 == 0
+    # off the FAT partition, like the key and the salt
+    assert not (bundle / "keys" / "admin-token").exists() and not (bundle / "keys" / "mqtt-password").exists()
 
 
 def test_on_an_installed_node_provision_names_the_next_step(tmp_path: Path, sc: Callable[..., Result],
@@ -321,3 +327,31 @@ def test_on_an_installed_node_provision_names_the_next_step(tmp_path: Path, sc: 
     boot.mkdir()
     r = sc("provision", "--boot-partition", str(boot), "--store-id", "s1", "--node-id", "n1")
     assert r.returncode == 0 and "next:" not in r.stdout  # a bundle: the first boot does it
+
+
+def test_cloud_broker_password_from_a_file(tmp_path: Path, sc: Callable[..., Result]) -> None:
+    """A broker that wants a user name and password: --username existed, the password had to be typed into the
+    root-owned YAML by hand (where the bridge and the node read it from)."""
+    conf = tmp_path / "etc" / "shelfcast.yaml"
+    pw = tmp_path / "pw.txt"
+    pw.write_text("s3cr3t pass\n")
+    r = sc("provision", "--config", str(conf), "--store-id", "s1", "--node-id", "n1", "--no-qr", "--password-file",
+           str(pw))
+    assert r.returncode == 2 and "--cloud-broker" in r.stderr, r.stderr  # old code: unrecognized argument
+    assert not conf.exists()
+    r = sc("provision", "--config", str(conf), "--store-id", "s1", "--node-id", "n1", "--no-qr",
+           "--cloud-broker", "mqtts://cloud.example.com:8883", "--username", "node-s1", "--password-file", str(pw))
+    assert r.returncode == 0, r.stderr
+    keyfile = tmp_path / "etc" / "keys" / "mqtt-password"
+    assert keyfile.stat().st_mode & 0o077 == 0
+    raw = yaml.safe_load(conf.read_text())
+    assert raw["mqtt"]["cloud"]["password"] == f"file:{keyfile}" and raw["mqtt"]["cloud"]["username"] == "node-s1"
+    cloud = load_config(conf).mqtt.cloud
+    assert cloud.password is not None and cloud.password.get_secret_value() == "s3cr3t pass"
+    assert "s3cr3t" not in conf.read_text()
+    from edge.deployment import render_mosquitto_conf
+
+    assert "remote_password s3cr3t pass" in render_mosquitto_conf(load_config(conf))  # the bridge logs in with it
+    r = sc("provision", "--config", str(conf), "--no-qr", "--cloud-broker", "mqtt://cloud.example.com:1883",
+           "--password-file", str(pw))
+    assert r.returncode == 0 and "unencrypted" in r.stderr, r.stderr
