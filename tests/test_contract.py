@@ -416,8 +416,10 @@ def test_issue7_topics_ingest_publish_bench_sync(tmp_path: Path, mosquitto: Any)
     try:
         assert p.stderr is not None
         deadline = time.monotonic() + 30
-        while "subscribed" not in p.stderr.readline() and time.monotonic() < deadline:
-            pass
+        while time.monotonic() < deadline:  # SIGTERM once it listens (its stderr says so)
+            line = p.stderr.readline()
+            if not line or "subscribed" in line:
+                break
         p.send_signal(signal.SIGTERM)
         out, _ = p.communicate(timeout=30)
     finally:
