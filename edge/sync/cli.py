@@ -197,8 +197,9 @@ def _keygen(args: argparse.Namespace) -> int:
 
     priv, pub = keygen(args.out, args.name)
     print_json({"private_key": str(priv), "public_key": str(pub),
-                "hint": "copy the .pub file to each node and set model.public_key to its path; keep the .key "
-                        "offline"})
+                "hint": f"pin the .pub on each node: `sudo shelfcast provision --model-key {pub.name}` (it sets "
+                        "model.public_key; store ops hand the file to the technicians as model-signing.pub); keep "
+                        "the .key offline"})
     return 0
 
 
