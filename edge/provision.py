@@ -100,6 +100,7 @@ class ProvisionResult:
     bundle: Path | None = None
     demo_salt: bool = False  # shopper ids are hashed with the public demo salt (no --customer-salt yet)
     admin_token: bool = False  # signage.admin_token is set: check-ins and refreshes are on
+    timezone: str = ""  # node.timezone: the store's local hour and weekday (ranking features)
 
     def to_dict(self) -> dict[str, Any]:
         out = {}
@@ -338,6 +339,17 @@ def _configured_broker(config_path: Path) -> str | None:
     return None
 
 
+def _check_timezone(name: str) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise UserError(f"--timezone {name!r} is not an IANA time zone name; use the store's, like America/Chicago "
+                        "or Europe/Berlin (`timedatectl list-timezones` lists them)") from None
+    return name
+
+
 def _check_broker(url: str) -> str:
     if not re.fullmatch(r"mqtts?://[^/:\s]+(:\d{1,5})?/?", url):
         raise UserError(f"--cloud-broker {url!r} must look like mqtts://HOST:8883 (TLS) or mqtt://HOST:1883")
@@ -348,7 +360,8 @@ def provision(*, config_path: Path, keys_dir: Path, store_id: str, node_id: str,
               cert: Path | None = None, ca_file: Path | None = None, model_key: Path | None = None,
               qr_path: Path | None = None, renew: bool = False, config_keys_dir: Path | None = None,
               username: str | None = None, customer_salt: Path | None = None,
-              admin_token: Path | None = None, password: Path | None = None) -> ProvisionResult:
+              admin_token: Path | None = None, password: Path | None = None,
+              timezone: str | None = None) -> ProvisionResult:
     """Write config + keys; ``config_keys_dir`` is where the keys will live when the config is used (bundles).
 
     ``customer_salt``: a file with the retailer's salt for hashed shopper ids (the same on every node of the
@@ -358,6 +371,8 @@ def provision(*, config_path: Path, keys_dir: Path, store_id: str, node_id: str,
     """
     _check_id(store_id, "store id")
     _check_id(node_id, "node id")
+    if timezone is not None:
+        _check_timezone(timezone)
     if cloud_broker:
         _check_broker(cloud_broker)
     salt = _read_salt(customer_salt) if customer_salt is not None else None
@@ -398,6 +413,8 @@ def provision(*, config_path: Path, keys_dir: Path, store_id: str, node_id: str,
     raw = _load_raw(config_path)
     node = raw.setdefault("node", {})
     node["store_id"], node["node_id"] = store_id, node_id
+    if timezone is not None:
+        node["timezone"] = timezone
     mqtt = raw.setdefault("mqtt", {})
     cloud = mqtt.get("cloud") or {}
     if cloud_broker is not None:
@@ -439,7 +456,7 @@ def provision(*, config_path: Path, keys_dir: Path, store_id: str, node_id: str,
     return ProvisionResult(config_path, store_id, node_id, cloud.get("url"), key_path, csr_path,
                            cert_path if cert_path.exists() else None, ca_path if ca_path.exists() else None,
                            mk_path if mk_path.exists() else None, qr, fp, demo_salt=cfg.fusion.uses_demo_salt(),
-                           admin_token=cfg.signage.admin_token is not None)
+                           admin_token=cfg.signage.admin_token is not None, timezone=cfg.node.timezone)
 
 
 def hand_to_service_user(config_path: Path, keys_dir: Path, user: str = SERVICE_USER) -> bool:
@@ -649,6 +666,9 @@ def register(reg: CommandRegistry) -> None:
     p.add_argument("--store-id", default=None, metavar="ID")
     p.add_argument("--node-id", default=None, metavar="ID")
     p.add_argument("--cloud-broker", default=None, metavar="URL", help="mqtts://HOST:8883 (or mqtt://HOST:1883)")
+    p.add_argument("--timezone", default=None, metavar="NAME",
+                   help="the store's IANA time zone, e.g. America/Chicago (node.timezone: the local hour and weekday "
+                   "the ranking uses; default America/New_York)")
     p.add_argument("--username", default=None, help="MQTT user name at the cloud broker, if it wants one")
     p.add_argument("--password-file", type=Path, default=None, metavar="FILE",
                    help="a file holding the cloud broker password for --username, if the broker wants one")
@@ -739,11 +759,15 @@ def _provision(args: argparse.Namespace) -> int:
     cur_store = node.get("store_id") if node.get("store_id") != "unprovisioned" else None
     store_id, node_id, broker = args.store_id, args.node_id, args.cloud_broker
     cur_broker = ((existing.get("mqtt") or {}).get("cloud") or {}).get("url")
+    timezone = args.timezone
     if sys.stdin.isatty() and not args.json:
         store_id = store_id or _ask("store id (as on the work order)", cur_store)
         node_id = node_id or _ask("node id (e.g. node-1)", node.get("node_id") or "node-1")
         if broker is None:
             broker = _ask("cloud broker (mqtts://HOST:8883, empty for none)", cur_broker) or None
+        if timezone is None:
+            timezone = _ask("store time zone (IANA name, e.g. America/Chicago)",
+                            node.get("timezone") or "America/New_York")
     else:
         store_id = store_id or cur_store
         node_id = node_id or node.get("node_id")
@@ -755,7 +779,7 @@ def _provision(args: argparse.Namespace) -> int:
     kw: dict[str, Any] = dict(store_id=store_id, node_id=node_id, cloud_broker=broker, cert=args.cert,
                               ca_file=args.ca_file, model_key=args.model_key, renew=args.renew,
                               username=args.username, customer_salt=args.customer_salt,
-                              admin_token=args.admin_token, password=args.password_file)
+                              admin_token=args.admin_token, password=args.password_file, timezone=timezone)
     try:
         if args.boot_partition is not None:
             res = write_bundle(args.boot_partition, **kw)
@@ -783,6 +807,7 @@ def _provision(args: argparse.Namespace) -> int:
 def _label_text(r: ProvisionResult) -> str:
     rows = [
         ("store", r.store_id), ("node", r.node_id), ("cloud broker", r.cloud_broker or "(none)"),
+        ("time zone", r.timezone),
         ("key fingerprint", r.fingerprint), ("config", str(r.config)),
         ("CSR (have it signed)", str(r.csr) if r.cert is None else "signed certificate installed"),
         ("model signing key", str(r.model_key) if r.model_key else "NOT PINNED (--model-key FILE)"),

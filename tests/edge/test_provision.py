@@ -159,7 +159,8 @@ def test_interactive_prompts_on_a_terminal(tmp_path: Path) -> None:
     os.close(slave)
     try:
         # canonical-mode tty: the line discipline holds the answers until input() reads them, one line each
-        os.write(master, b"store-7\n\nmqtt://127.0.0.1:1883\n")  # node id: take the offered default
+        # node id: take the offered default; the store's time zone is asked too
+        os.write(master, b"store-7\n\nmqtt://127.0.0.1:1883\nAmerica/Chicago\n")
         _out, err = p.communicate(timeout=120)
     finally:
         os.close(master)
@@ -167,6 +168,7 @@ def test_interactive_prompts_on_a_terminal(tmp_path: Path) -> None:
     conf = load_config(cfg)
     assert conf.node.store_id == "store-7" and conf.node.node_id == "node-1"
     assert conf.mqtt.cloud.url == "mqtt://127.0.0.1:1883"
+    assert conf.node.timezone == "America/Chicago"  # old code: no question, US Eastern for every store
 
 
 def test_boot_partition_bundle_provisions_a_fresh_card(tmp_path: Path, sc: Callable[..., Result]) -> None:
@@ -355,3 +357,19 @@ def test_cloud_broker_password_from_a_file(tmp_path: Path, sc: Callable[..., Res
     r = sc("provision", "--config", str(conf), "--no-qr", "--cloud-broker", "mqtt://cloud.example.com:1883",
            "--password-file", str(pw))
     assert r.returncode == 0 and "unencrypted" in r.stderr, r.stderr
+
+
+def test_timezone_flag(tmp_path: Path, sc: Callable[..., Result]) -> None:
+    """node.timezone gives the ranking its local hour and weekday; a store outside US Eastern had to hand-edit
+    the config (docs/architecture.md named the gap)."""
+    conf = tmp_path / "etc" / "shelfcast.yaml"
+    r = sc("provision", "--config", str(conf), "--store-id", "s1", "--node-id", "n1", "--no-qr",
+           "--timezone", "Pacific/Nowhere")
+    assert r.returncode == 2 and "IANA" in r.stderr and "timedatectl list-timezones" in r.stderr, r.stderr
+    assert not conf.exists()
+    r = sc("provision", "--config", str(conf), "--store-id", "s1", "--node-id", "n1", "--no-qr",
+           "--timezone", "Europe/Berlin")
+    assert r.returncode == 0, r.stderr
+    assert load_config(conf).node.timezone == "Europe/Berlin" and "Europe/Berlin" in r.stdout
+    r = sc("provision", "--config", str(conf), "--store-id", "s1", "--node-id", "n2", "--no-qr")
+    assert r.returncode == 0 and load_config(conf).node.timezone == "Europe/Berlin"  # a re-run keeps it
