@@ -334,6 +334,45 @@ def test_issue5_vision_calibrate_track_update_bench(tmp_path: Path) -> None:
                                     "attribution_recall attribution_precision")
 
 
+def test_issue5_check_in_by_mqtt_and_by_http(tmp_path: Path, mosquitto: Any) -> None:
+    """"A session linked to a known customer when a check-in arrives (... app check-in by MQTT or HTTP)": the
+    cloud sends `cmd` `check_in` with the salted hash (old code: the command was rejected, no MQTT path)."""
+    import paho.mqtt.publish as publish
+
+    from edge.config import NodeConfig
+    from edge.events import ShopperEvent
+    from edge.fusion import hash_customer
+
+    helpers = _signage_helpers()
+    raw = helpers.demo_config(tmp_path / "node").model_dump(by_alias=True)
+    raw["mqtt"]["cloud"]["url"] = mosquitto.url
+    node = helpers.RunningNode(NodeConfig.model_validate(raw))
+    try:
+        sync = node.node.sync
+        assert sync is not None and sync.link.connected.wait(15), "the node did not reach the cloud broker"
+        customer = hash_customer("loyalty-42", node.config.fusion.customer_salt.get_secret_value())
+        node.publish(ShopperEvent(session="s-9", sku="1029743", action="pick", zone="dairy", shelf="dairy-1", slot=0))
+        cmd = {"id": "c0ffee01", "command": "check_in", "args": {"customer": customer, "screen": "dairy-screen"}}
+        publish.single("shelfcast/v1/demo-store/demo-node/cmd", json.dumps(cmd), qos=1, hostname="127.0.0.1",
+                       port=mosquitto.port)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            v = node.sync(lambda: node.node.recommender.visits.get("s-9"))
+            if v is not None and v.customer == customer:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail(f"the MQTT check-in did not link session s-9 (errors: {sync.errors})")
+        with pytest.raises(ValueError, match="salted hash"):
+            sync._check_in_event({"customer": "loyalty-42", "screen": "dairy-screen"})  # a raw id is refused
+        with pytest.raises(ValueError, match="known screens"):
+            sync._check_in_event({"customer": customer, "screen": ["dairy-screen"]})
+        status, _, _ = node.get("/api/checkin", method="POST", body=b"{}")
+        assert status in (401, 403), "the HTTP check-in is an admin action"
+    finally:
+        node.stop()
+
+
 # -- #6 Signage -------------------------------------------------------------------------------------------
 def _signage_helpers() -> Any:
     spec = importlib.util.spec_from_file_location("contract_signage_conftest",

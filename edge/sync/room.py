@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -27,7 +28,7 @@ from pydantic import BaseModel, ValidationError
 from edge import __version__
 from edge.bus import Bus
 from edge.config import NodeConfig
-from edge.events import ShopperEvent
+from edge.events import CheckIn, ShopperEvent
 from edge.store import Product, Profile, Store
 from edge.sync.canary import CanaryOptions, CanarySet
 from edge.sync.ha import discovery_messages
@@ -54,6 +55,7 @@ from edge.sync.topics import Topics
 __all__ = ["SyncOptions", "SyncRoom", "default_loader"]
 
 log = logging.getLogger(__name__)
+_CUSTOMER_HASH = re.compile(r"[0-9a-f]{64}")  # edge.fusion.hash_customer: SHA-256 hex
 
 PRIORITY_REPORT = 2  # release steps, errors, command results: evicted last
 
@@ -146,6 +148,7 @@ class SyncRoom:
         self._state: dict[str, Any] = {}
         self._state_payload = "{}"
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._started = time.monotonic()  # uptime: elapsed time, whatever the wall clock steps by
         self._seq0 = 0
         self._pending0 = 0
@@ -173,6 +176,7 @@ class SyncRoom:
         return self._outbox_seq() - self._seq0
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()  # commands arrive on the link's thread; bus work goes here
         await asyncio.to_thread(self.store.flush)
         self._seq0 = self._outbox_seq()
         self._pending0 = self.store.outbox_pending()
@@ -443,6 +447,38 @@ class SyncRoom:
         elif cmd.command == "homeassistant_discovery":
             self._ha_discovery()
             done(True, "discovery published")
+        elif cmd.command == "check_in":
+            ev = self._check_in_event(cmd.args)
+            if self._loop is None:
+                raise ValueError("the node is not started; send the check-in again")
+            self._loop.call_soon_threadsafe(self._check_in, ev, done)
+
+    def _check_in_event(self, args: dict[str, Any]) -> CheckIn:
+        """``check_in`` args: ``customer`` (the salted hash, as in profiles) and ``screen`` or ``session``."""
+        customer, screen, session = args.get("customer"), args.get("screen"), args.get("session")
+        if not isinstance(customer, str) or not _CUSTOMER_HASH.fullmatch(customer):
+            raise ValueError("check_in: args.customer must be the salted hash of the loyalty id (64 lowercase hex, "
+                             "hash_customer(id, fusion.customer_salt) as in profiles), never the raw id")
+        if screen is None and session is None:
+            raise ValueError('check_in: give args.screen (the screen the shopper scanned at) or args.session')
+        screens = {s.id for s in self.config.layout.screens}
+        if screen is not None and (not isinstance(screen, str) or screen not in screens):
+            raise ValueError(f"check_in: no screen {screen!r} on this node; known screens: {sorted(screens)}")
+        if session is not None and not isinstance(session, str):
+            raise ValueError("check_in: args.session must be a string")
+        return CheckIn(customer=customer, session=session, screen=screen, t=time.time())
+
+    def _check_in(self, ev: CheckIn, done: Callable[[bool, str], None]) -> None:
+        """On the node's loop, as ``POST /api/checkin``: the session the screen serves, then a fresh set."""
+        if ev.session is None and ev.screen is not None and self.recommender is not None:
+            v = self.recommender.serving(ev.screen)
+            ev = CheckIn(customer=ev.customer, session=v.session if v is not None else None, screen=ev.screen,
+                         t=ev.t, id=ev.id)
+        self.bus.publish(ev)
+        if ev.screen is not None and self.recommender is not None:
+            self.bus.publish(self.recommender.refresh(ev.screen))
+        done(True, f"session {ev.session}" if ev.session else
+             f"{ev.screen} serves nobody now: fusion links the shopper within 3 m of it, or opens a visit there")
 
     RUNTIME_KEYS = ("logging.level", "mqtt.sync.batch_max_events", "mqtt.sync.batch_max_age_ms",
                     "mqtt.sync.state_interval_s")

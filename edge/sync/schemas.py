@@ -150,7 +150,7 @@ class Command(_Strict):
     """``…/cmd``: one command; the result goes to ``…/cmd/result`` with the same id."""
 
     id: MsgId
-    command: Literal["rollback", "republish_state", "flush_outbox", "ping", "homeassistant_discovery"]
+    command: Literal["rollback", "republish_state", "flush_outbox", "ping", "homeassistant_discovery", "check_in"]
     args: dict[str, Any] = Field(default_factory=dict)
 
 
