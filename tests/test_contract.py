@@ -240,6 +240,10 @@ def test_issue3_ranker_api_manifest_model_cli_bench(tmp_path: Path) -> None:
     assert vocab[2] not in [x.sku for x in recs]
     assert ranker.stats["unknown_sku"] == 1, ranker.stats  # "ignored and counted"
     assert ranker.recommend(RecRequest()), "an empty request falls back, never an empty list"
+    clamped = ranker.stats["clamped"]
+    for bad_when in (float("nan"), 1e30, -1e30):  # "NaN or out-of-range context is clamped" (old code: 1e30 crashed)
+        assert len(ranker.recommend(RecRequest(when=bad_when, session=[vocab[1]]))) == 10
+    assert ranker.stats["clamped"] == clamped + 3, ranker.stats
     broken = tmp_path / "broken"
     broken.mkdir()
     for f in SHIPPED.iterdir():

@@ -67,6 +67,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("shelfcast.ranking")
+_LAST_TIME = 253_402_214_400.0  # 9999-12-31 00:00 UTC: a request time past it (or before 1970) is clamped to now
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "shipped"
 MANIFEST_FORMAT = "shelfcast-ranker/1"
@@ -641,11 +642,11 @@ class Ranker:
         if when is not None:
             try:
                 f = float(when)
-                if math.isfinite(f):
+                if math.isfinite(f) and 0.0 <= f < _LAST_TIME:
                     t = f
                 else:
                     raise ValueError
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 self.stats["clamped"] += 1
                 self._warn_once("when", f"request time {when!r} is not a time; using now")
         lo, hi, hour, wd = self._hour_memo
