@@ -381,6 +381,10 @@ def provision(*, config_path: Path, keys_dir: Path, store_id: str, node_id: str,
     if secret is not None and not (cloud_broker or _configured_broker(config_path)):
         raise UserError("--password-file is the cloud broker's password: give the broker too "
                         "(--cloud-broker mqtts://HOST:8883)")
+    if cert is not None and not (cloud_broker or _configured_broker(config_path)):
+        # installed but never referenced: the node would not use it, and the label would say it is in
+        raise UserError(f"--cert {cert}: no cloud broker is configured, so nothing would use the certificate; give "
+                        "the broker too (--cloud-broker mqtts://HOST:8883)")
     ref = config_keys_dir or keys_dir
     keys_dir.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(OSError):

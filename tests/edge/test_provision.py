@@ -132,6 +132,11 @@ def test_signed_certificate_and_wrong_certificate(tmp_path: Path, sc: Callable[.
     wrong, _ = sign_csr(other / "keys" / "node.csr", other)
     r = sc("provision", "--config", str(cfg), "--cert", str(wrong))
     assert r.returncode == 2 and "another key" in r.stderr and "Traceback" not in r.stderr
+    # a signed certificate on a node without a cloud broker would sit unused while the label says it is in
+    before = (other / "c.yaml").read_text()
+    r = sc("provision", "--config", str(other / "c.yaml"), "--cert", str(wrong), "--no-qr")
+    assert r.returncode == 2 and "--cloud-broker" in r.stderr, r.stderr  # old code: 0, "signed certificate installed"
+    assert (other / "c.yaml").read_text() == before and not (other / "keys" / "node.crt").exists()
 
 
 def test_bad_input_is_refused_with_the_fix(tmp_path: Path, sc: Callable[..., Result]) -> None:
