@@ -278,6 +278,9 @@ def test_issue3_ranker_api_manifest_model_cli_bench(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr[-2000:]
     has_keys(strict_json(r.stdout), "catalog_items invoke_p50_us invoke_p99_us recommend_p50_us recommend_p99_us "
                                     "rss_mb")
+    r = sc("bench", "ranking", "--json", "--n-requests", "0")
+    no_traceback(r)  # old code: IndexError traceback
+    assert r.returncode == 2 and "--n-requests must be at least 1" in r.stderr, r.stderr
 
 
 # -- #4 firmware_bridge -----------------------------------------------------------------------------------

@@ -108,6 +108,10 @@ def bench(path: str | None = None, n_invoke: int = 3000, n_requests: int = 2000,
 
 
 def _cmd(args: argparse.Namespace) -> int:
+    for flag, v in (("--n-invoke", args.n_invoke), ("--n-requests", args.n_requests), ("--baskets", args.baskets)):
+        if v < 1:
+            raise UserError(f"{flag} must be at least 1 (got {v}); the defaults are 3000 invokes, 2000 requests "
+                            "and 30 baskets")
     res = bench(args.model, n_invoke=args.n_invoke, n_requests=args.n_requests, baskets=args.baskets)
     if args.json:
         print_json(res)
