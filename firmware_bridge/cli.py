@@ -37,6 +37,13 @@ def register(reg: CommandRegistry) -> None:
     p.add_argument("--reconnect-timeout", type=float, default=60.0, metavar="S",
                    help="how long to wait for the port to come back after a cable pull")
 
+    p = reg.subcommand("firmware", "identify",
+                       "show the controller id and slot numbers on its shelf-edge displays for a while (which shelf "
+                       "is which)", _identify)
+    p.add_argument("--port", required=True, metavar="PORT")
+    p.add_argument("--seconds", type=float, default=30.0, metavar="S",
+                   help="how long the displays show it before they are cleared (default 30; Ctrl-C clears at once)")
+
     p = reg.subcommand("firmware", "tare", "zero a slot's scale (empty the slot first)", _tare)
     p.add_argument("--port", required=True, metavar="PORT")
     p.add_argument("--slot", type=int, default=None, help="slot number (default: all slots)")
@@ -192,6 +199,28 @@ def _flash(args: argparse.Namespace) -> int:
     else:
         print(f"controller {res.controller_id}: {res.old_version} -> {res.new_version} "
               f"({res.bytes_sent} bytes, {res.retries} retries, {res.reconnects} reconnects, {res.seconds:.1f} s)")
+    return 0
+
+
+def _identify(args: argparse.Namespace) -> int:
+    from firmware_bridge.flash import FlashError, identify
+    from firmware_bridge.protocol import Hello
+
+    if not 0 <= args.seconds <= 3600:
+        raise UserError("--seconds must be between 0 and 3600")
+
+    def shown(h: Hello) -> None:
+        print(f"controller {h.controller_id} on {args.port}: its {h.slot_count} shelf-edge displays show "
+              f"'{h.controller_id}' and 'slot N' for {args.seconds:g} s (Ctrl-C ends it); in the config that shelf "
+              f"is `controller: {h.controller_id}` in layout.shelves", flush=True)
+
+    try:
+        identify(args.port, args.seconds, shown)
+    except FlashError as exc:
+        raise UserError(str(exc), code=3) from None
+    except KeyboardInterrupt:
+        pass  # identify() cleared the displays on its way out
+    print("displays cleared")
     return 0
 
 

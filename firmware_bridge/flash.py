@@ -28,7 +28,8 @@ from firmware_bridge import protocol as P
 from firmware_bridge.driver import open_error_message
 from firmware_bridge.image import FirmwareImage
 
-__all__ = ["FlashError", "FlashInterrupted", "FlashResult", "Flasher", "flash", "query", "send_command"]
+__all__ = ["FlashError", "FlashInterrupted", "FlashResult", "Flasher", "flash", "identify", "query",
+           "send_command"]
 
 Progress = Callable[[int, int], None]
 
@@ -230,6 +231,34 @@ def send_command(port: str, msg: P.Message, timeout: float = 2.0) -> tuple[P.Hel
             if h.mode != P.MODE_APP:
                 raise FlashError(f"controller {h.controller_id} is in its bootloader; flash it or power-cycle it")
             return h, f.request(msg)
+        except Disconnected as exc:
+            raise FlashError(f"{port}: no shelf controller answered ({exc})") from None
+
+
+def identify(port: str, seconds: float, on_shown: Callable[[P.Hello], None] | None = None) -> P.Hello:
+    """Show the controller's id and each slot's number on its shelf-edge displays for ``seconds``, then clear
+    them: which shelf is which controller (``layout.shelves[].controller``) and which slot is which."""
+    with Flasher(port, timeout=0.5, retries=3) as f:
+        try:
+            h = f.hello(2.0)
+            if h.mode != P.MODE_APP:
+                raise FlashError(f"controller {h.controller_id} is in its bootloader (no displays there); flash it "
+                                 "or power-cycle it")
+            if not h.capabilities & P.CAP_DISPLAY:
+                raise FlashError(f"controller {h.controller_id} on {port} has no shelf-edge displays; find its shelf "
+                                 "by unplugging its USB cable: its line goes from `sudo shelfcast firmware list`")
+            name = P.sanitize_text(h.controller_id, P.NAME_MAX)
+            try:
+                for slot in range(h.slot_count):
+                    f.request(P.Show(slot, name, None, P.sanitize_text(f"slot {slot}", P.PROMO_MAX)))
+                if on_shown is not None:
+                    on_shown(h)
+                time.sleep(seconds)
+            finally:  # also on Ctrl-C: the displays must not keep saying IDENTIFY to shoppers
+                for slot in range(h.slot_count):
+                    with contextlib.suppress(Disconnected):
+                        f.request(P.Show(slot, "", None, "", clear=True))
+            return h
         except Disconnected as exc:
             raise FlashError(f"{port}: no shelf controller answered ({exc})") from None
 
