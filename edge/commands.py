@@ -131,6 +131,9 @@ def _config_schema(args: argparse.Namespace) -> int:
 def _bench_store(args: argparse.Namespace) -> int:
     from edge.bench_store import main
 
+    if args.events < 1 or not args.rate > 0 or args.flush_interval_ms < 0:
+        raise UserError("--events must be at least 1, --rate above 0 events per second and --flush-interval-ms "
+                        "0 or more (defaults: 5000 events at 1000/s, 500 ms)")
     return main(args)
 
 

@@ -195,6 +195,14 @@ def test_issue2_foundation_cli_config_store_events_demo(tmp_path: Path, mosquitt
     no_traceback(r)
     assert r.returncode == 1 and "file not found" in r.stderr, r.stderr
 
+    # `shelfcast bench store --json --rate R` (the #2 closing note's SD-wear and latency command)
+    r = sc("bench", "store", "--json", "--events", "50", "--rate", "500", "--flush-interval-ms", "20")
+    assert r.returncode == 0, r.stderr
+    has_keys(strict_json(r.stdout), "events rate commit_latency_p50_ms bytes_written_per_1000_events")
+    r = sc("bench", "store", "--json", "--events", "0")
+    no_traceback(r)  # old code: IndexError (--events 0) / ZeroDivisionError (--rate 0) tracebacks
+    assert r.returncode == 2 and "--events must be at least 1" in r.stderr, r.stderr
+
     from edge.events import Impression, RecommendationSet, ShelfEvent, ShopperEvent, TrackUpdate
     assert {"session", "sku", "action", "zone", "t"} <= set(fields(ShopperEvent))
     assert {"screen", "session", "items", "model_version", "t"} <= set(fields(RecommendationSet))
@@ -477,6 +485,9 @@ def test_issue7_topics_ingest_publish_bench_sync(tmp_path: Path, mosquitto: Any)
     r = sc("model", "keygen", "--out", str(tmp_path / "keys"))
     assert r.returncode == 0, r.stderr
     key = json.loads(r.stdout)["private_key"]
+    r = sc("model", "keygen", "--out", "/proc/no-such-dir")
+    no_traceback(r)  # old code: FileNotFoundError traceback
+    assert r.returncode == 2 and "pick a writable directory" in r.stderr, r.stderr
     r = sc("model", "publish", "--broker", mosquitto.url, "--store", "s1", "--model", str(SHIPPED),
            "--sign-key", key, "--version", "2026.12.01-contract")
     assert r.returncode == 0, r.stderr

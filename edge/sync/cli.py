@@ -195,7 +195,11 @@ def _restamp(model: Path, version: str, tmp: Path) -> tuple[Path, dict[str, Any]
 def _keygen(args: argparse.Namespace) -> int:
     from edge.sync.publish import keygen
 
-    priv, pub = keygen(args.out, args.name)
+    try:
+        priv, pub = keygen(args.out, args.name)
+    except OSError as exc:
+        raise UserError(f"cannot write the key pair into --out {args.out}: {exc.strerror or exc}; "
+                        "pick a writable directory (keep the .key offline)") from None
     print_json({"private_key": str(priv), "public_key": str(pub),
                 "hint": f"pin the .pub on each node: `sudo shelfcast provision --model-key {pub.name}` (it sets "
                         "model.public_key; store ops hand the file to the technicians as model-signing.pub); keep "
