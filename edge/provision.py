@@ -843,8 +843,18 @@ def _support_bundle(args: argparse.Namespace) -> int:
         path = support_bundle(config_path, out, args.since, args.log_file)
     except PermissionError as exc:
         raise UserError(f"cannot write {exc.filename}: permission denied; pick another --out") from None
+    _give_to_sudo_user(path)
     print(f"{path} ({path.stat().st_size / 1024:.0f} KiB): send it to ShelfCast support")
     return 0
+
+
+def _give_to_sudo_user(path: Path) -> None:
+    """Under ``sudo`` the bundle (0600) would be root's, and the technician could not copy it off the node
+    (scp as their own user): hand it to the user who ran sudo."""
+    uid, gid = os.environ.get("SUDO_UID", ""), os.environ.get("SUDO_GID", "")
+    if os.geteuid() == 0 and uid.isdigit() and gid.isdigit():
+        with contextlib.suppress(OSError):
+            os.chown(path, int(uid), int(gid))
 
 
 if __name__ == "__main__":  # `python -m edge.provision ...`: only these commands, without importing every room's CLI

@@ -378,3 +378,23 @@ def test_timezone_flag(tmp_path: Path, sc: Callable[..., Result]) -> None:
     assert load_config(conf).node.timezone == "Europe/Berlin" and "Europe/Berlin" in r.stdout
     r = sc("provision", "--config", str(conf), "--store-id", "s1", "--node-id", "n2", "--no-qr")
     assert r.returncode == 0 and load_config(conf).node.timezone == "Europe/Berlin"  # a re-run keeps it
+
+
+def test_support_bundle_made_with_sudo_belongs_to_the_technician(tmp_path: Path) -> None:
+    """The guide's `sudo shelfcast support-bundle` wrote a root-owned 0600 file the technician's own user could
+    not copy off the node (scp); it is now handed to the user who ran sudo (SUDO_UID/SUDO_GID)."""
+    if os.geteuid() != 0:
+        if os.environ.get("SHELFCAST_REQUIRE_SERVICES") == "1":
+            pytest.fail("this check runs the command as root, as sudo does: run the tests as root in CI")
+        pytest.skip("needs root: sudo's case")
+    cfg = tmp_path / "node.yaml"
+    cfg.write_text(yaml.safe_dump({"node": {"store_id": "s1", "node_id": "n1", "data_dir": str(tmp_path / "d")},
+                                   "signage": {"enabled": False}}))
+    out = tmp_path / "bundle.tar.gz"
+    env = {**os.environ, "SUDO_UID": "65534", "SUDO_GID": "65534"}
+    r = subprocess.run([sys.executable, "-m", "edge.provision", "support-bundle", "--config", str(cfg), "--out",
+                        str(out), "--since=-1min"], capture_output=True, text=True, timeout=180, env=env)
+    assert r.returncode == 0, r.stderr
+    st = out.stat()
+    assert (st.st_uid, st.st_gid) == (65534, 65534), (st.st_uid, st.st_gid)  # old code: 0, 0 (root's)
+    assert st.st_mode & 0o777 == 0o600  # still private to that user
