@@ -17,6 +17,7 @@ import importlib
 import json
 import logging
 import math
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -54,6 +55,10 @@ class UserError(Exception):
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:  # argparse would print usage + exit 2; keep that, shorter
         self.print_usage(sys.stderr)
+        m = re.fullmatch(r"argument (--[\w-]+)(?:/\S+)?: expected one argument", message)
+        if m:  # `--since -2d`: argparse takes a value starting with '-' for an option
+            message += f" (a value that starts with '-' must be joined to it with '=': {m.group(1)}=-VALUE)"
+            # (or the value is simply missing at the end of the line)
         raise UserError(f"{self.prog}: {message}")
 
 
