@@ -707,8 +707,8 @@ def register(reg: CommandRegistry) -> None:
     p.add_argument("--config", type=Path, default=None, metavar="FILE")
     p.add_argument("--out", type=Path, default=None, metavar="FILE",
                    help="output file (default: ./shelfcast-support-<node>-<time>.tar.gz)")
-    p.add_argument("--since", default="-2d", help="journal window, journalctl --since syntax (default -2d); a value starting with '-' "
-                   "is joined with '=': --since=-6h")
+    p.add_argument("--since", default="-2d", help="journal window, journalctl --since syntax (default -2d); a "
+                   "value starting with '-' is joined with '=': --since=-6h")
     p.add_argument("--log-file", type=Path, action="append", default=[], metavar="FILE",
                    help="also include this log file (repeatable)")
 
