@@ -61,6 +61,9 @@ def register(reg: CommandRegistry) -> None:
     p = reg.subcommand("model", "keygen", "make an Ed25519 key pair for signing releases", _keygen)
     p.add_argument("--out", type=Path, required=True, metavar="DIR")
     p.add_argument("--name", default="release-signing")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing key pair of that name (every node pinned to the old .pub then refuses "
+                        "new releases until it is re-provisioned)")
 
     p = reg.subcommand("bench", "sync", "outbox → broker → ingest through a broker outage", _bench)
     p.add_argument("--json", action="store_true", help="print one JSON line")
@@ -195,6 +198,12 @@ def _restamp(model: Path, version: str, tmp: Path) -> tuple[Path, dict[str, Any]
 def _keygen(args: argparse.Namespace) -> int:
     from edge.sync.publish import keygen
 
+    existing = [p for p in (args.out / f"{args.name}.key", args.out / f"{args.name}.pub") if p.exists()]
+    if existing and not args.force:
+        # the signing key is what every node in the field trusts: a second keygen in the same place would lose it
+        raise UserError(f"{existing[0]} exists: keeping it (nodes pinned to its .pub refuse releases signed by any "
+                        "other key); to make another pair use another --out or --name, or pass --force to replace it "
+                        "and then re-pin the new .pub on every node (`sudo shelfcast provision --model-key …`)")
     try:
         priv, pub = keygen(args.out, args.name)
     except OSError as exc:
