@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -84,6 +86,8 @@ def _run(args: argparse.Namespace) -> int:
         raise UserError(f"node.data_dir {config.node.data_dir} is not usable ({exc.strerror}); create it and "
                         "give the service user write access: `sudo chown shelfcast: DIR`") from None
 
+    lock = _hold_data_dir(Path(config.node.data_dir))
+
     async def main() -> None:
         from edge.systemd import Notifier
 
@@ -108,8 +112,35 @@ def _run(args: argparse.Namespace) -> int:
             await node.stop()
             notifier.close()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        os.close(lock)
     return 0
+
+
+def _hold_data_dir(data_dir: Path) -> int:
+    """One node per data dir: a second ``shelfcast run`` on the same config (by hand while the service runs, or
+    an old and a new unit during a swap) would share the database and knock the first off the local broker
+    every few seconds (same client ids) with nothing in the log naming why. The flock goes with the process
+    (kill -9, power cut: no stale lock); the file keeps the holder's pid for the message."""
+    path = data_dir / "shelfcast.lock"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
+    except OSError as exc:
+        raise UserError(f"cannot open {path} ({exc.strerror}); give the service user write access to "
+                        f"node.data_dir: `sudo chown -R shelfcast: {data_dir}`") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise UserError(f"another shelfcast node is running on node.data_dir {data_dir} (pid {holder}): stop it "
+                        "first (`sudo systemctl stop shelfcast`, or Ctrl-C in its terminal); two nodes on one "
+                        "config share one database and knock each other off the broker") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def _config_validate(args: argparse.Namespace) -> int:
