@@ -24,7 +24,7 @@ from typing import Any
 
 from edge.config import ConfigError
 
-__all__ = ["COMMAND_MODULES", "CommandRegistry", "UserError", "main"]
+__all__ = ["COMMAND_MODULES", "CommandRegistry", "UserError", "main", "positive_float"]
 
 log = logging.getLogger("shelfcast")
 
@@ -50,6 +50,18 @@ class UserError(Exception):
     def __init__(self, message: str, code: int = 2) -> None:
         super().__init__(message)
         self.code = code
+
+
+def positive_float(text: str) -> float:
+    """argparse ``type=`` for a number that must be above 0 (a negative error bound or duration is a typo that
+    would otherwise run and report nonsense)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (v > 0 and v != float("inf")):
+        raise argparse.ArgumentTypeError(f"{text} must be a number above 0")
+    return v
 
 
 class _Parser(argparse.ArgumentParser):

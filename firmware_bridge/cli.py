@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from edge.cli import CommandRegistry, UserError, print_json, print_result
+from edge.cli import CommandRegistry, UserError, positive_float, print_json, print_result
 
 __all__ = ["register"]
 
@@ -62,9 +62,9 @@ def register(reg: CommandRegistry) -> None:
 
     p = reg.subcommand("bench", "serial", "shelf serial link: throughput, latency, detection quality", _bench)
     p.add_argument("--json", action="store_true")
-    p.add_argument("--shelf-hours", type=float, default=24.0,
+    p.add_argument("--shelf-hours", type=positive_float, default=24.0,
                    help="simulated shelf-hours fed straight to the detector (default 24)")
-    p.add_argument("--pty-seconds", type=float, default=20.0,
+    p.add_argument("--pty-seconds", type=positive_float, default=20.0,
                    help="seconds of scripted picks through a real pty (default 20)")
     p.add_argument("--frames", type=int, default=50_000, help="frames for the throughput run")
     p.add_argument("--seed", type=int, default=1)

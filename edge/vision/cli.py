@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import yaml
 
-from edge.cli import CommandRegistry, UserError, print_json
+from edge.cli import CommandRegistry, UserError, positive_float, print_json
 from edge.config import NodeConfig, default_config, load_config, parse_config
 from edge.vision.calibration import (
     LARGE_ERROR_CM,
@@ -50,7 +50,7 @@ def register(reg: CommandRegistry) -> None:
                    help="where to write the preview PNG (default: %(default)s)")
     p.add_argument("--no-preview", action="store_true", help="do not grab a snapshot or write a preview")
     p.add_argument("--write", action="store_true", help="write the homography into --config")
-    p.add_argument("--max-error-cm", type=float, default=LARGE_ERROR_CM,
+    p.add_argument("--max-error-cm", type=positive_float, default=LARGE_ERROR_CM,
                    help="reprojection RMSE above which the result is refused for --write (default: %(default)s)")
     p.add_argument("--accept-large-error", action="store_true", help="write even above --max-error-cm")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
