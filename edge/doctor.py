@@ -894,7 +894,9 @@ def run_checks(config_path: Path, *, access: Callable[[str, int], bool] = os.acc
     if cfg is None:
         for name in ("customer_salt", "data_dir", "database", "model", "shelves", "camera", "local_broker",
                      "cloud_broker", "signage"):
-            checks.append(Check(name, "skip", "config invalid; fix it first", ""))
+            # the config check above says why: unreadable (permissions, missing) or invalid
+            checks.append(Check(name, "skip", f"needs the config, which is not usable ({cfg_check.status}): see "
+                                              "the config line above", ""))
     else:
         data_dir = Path(cfg.node.data_dir)
         checks += _guard("customer_salt", lambda: check_customer_salt(cfg))
