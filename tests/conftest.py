@@ -5,6 +5,8 @@
   keep queued messages). It can be stopped, killed and restarted on the same
   port.
 - ``pty_pair``: a real pseudo-terminal pair (master fd, slave path), raw mode.
+- ``node_process``: starts real ``shelfcast run`` processes (``python -m edge run --config``), waits for
+  "running", stops them with SIGINT; any left running are killed at the end.
 
 Fixtures skip only when the binary is missing on a developer's machine; CI sets
 ``SHELFCAST_REQUIRE_SERVICES=1`` which turns that skip into a failure.
@@ -17,6 +19,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import tty
 from collections.abc import Callable, Iterator
@@ -198,3 +201,56 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if skipped and session.exitstatus == 0:
         print(f"\nCI: {skipped} test(s) skipped; every test must run in CI")
         session.exitstatus = 1
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class NodeProcesses:
+    """Real ``shelfcast run`` processes on a config file, from this checkout."""
+
+    def __init__(self) -> None:
+        self.env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self.started: list[subprocess.Popen[str]] = []
+
+    def start(self, cfg: Path) -> subprocess.Popen[str]:
+        p = subprocess.Popen([sys.executable, "-m", "edge", "run", "--config", str(cfg)], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, env=self.env, cwd=ROOT)
+        self.started.append(p)
+        return p
+
+    def wait_running(self, p: subprocess.Popen[str], timeout: float = 60.0) -> str:
+        """Its output up to the "running" line (asserted)."""
+        assert p.stdout is not None
+        lines = []
+        deadline = time.monotonic() + timeout
+        for line in p.stdout:
+            lines.append(line)
+            if "running" in line or time.monotonic() > deadline:
+                break
+        out = "".join(lines)
+        assert "running" in out, out
+        return out
+
+    def stop(self, p: subprocess.Popen[str]) -> str:
+        """SIGINT, as Ctrl-C or systemd's stop; the rest of its output."""
+        if p.poll() is not None:
+            return p.communicate()[0] or ""
+        p.send_signal(signal.SIGINT)
+        try:
+            return p.communicate(timeout=60)[0] or ""
+        except subprocess.TimeoutExpired:
+            p.kill()
+            return p.communicate()[0] or ""
+
+
+@pytest.fixture
+def node_process() -> Iterator[NodeProcesses]:
+    procs = NodeProcesses()
+    try:
+        yield procs
+    finally:
+        for p in procs.started:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()

@@ -3,46 +3,33 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
-def run_node(tmp_path: Path, extra: str = "") -> str:
+def run_node(tmp_path: Path, procs: Any, extra: str = "") -> str:
     cfg = tmp_path / "n.yaml"
     cfg.write_text(f"node:\n  data_dir: {tmp_path / 'data'}\nshelves:\n  enabled: false\nsignage:\n  port: 0\n"
                    + extra)
-    p = subprocess.Popen([sys.executable, "-m", "edge", "run", "--config", str(cfg)], stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True, env=ENV, cwd=ROOT)
-    assert p.stdout is not None
-    lines = []
-    deadline = time.monotonic() + 60
-    for line in p.stdout:
-        lines.append(line)
-        if "running" in line or time.monotonic() > deadline:
-            break
-    p.send_signal(signal.SIGINT)
-    lines.append(p.communicate(timeout=60)[0])
-    out = "".join(lines)
-    assert "running" in out, out
-    return out
+    p = procs.start(cfg)
+    return procs.wait_running(p) + procs.stop(p)
 
 
-def test_run_warns_once_on_the_demo_salt(tmp_path: Path) -> None:
-    out = run_node(tmp_path)
+def test_run_warns_once_on_the_demo_salt(tmp_path: Path, node_process: Any) -> None:
+    out = run_node(tmp_path, node_process)
     warn = [ln for ln in out.splitlines() if "demo salt" in ln]
     assert len(warn) == 1 and "WARNING" in warn[0] and "--customer-salt FILE" in warn[0], out
 
 
-def test_run_is_quiet_with_the_retailers_salt(tmp_path: Path) -> None:
+def test_run_is_quiet_with_the_retailers_salt(tmp_path: Path, node_process: Any) -> None:
     salt = tmp_path / "customer-salt"
     salt.write_text("acme-7f3c9e1d2b4a68f0e5c1d9b7a3f2e6c4\n")
-    assert "demo salt" not in run_node(tmp_path, f"fusion:\n  customer_salt: file:{salt}\n")
+    assert "demo salt" not in run_node(tmp_path, node_process, f"fusion:\n  customer_salt: file:{salt}\n")
 
 
 def test_demo_does_not_warn(tmp_path: Path) -> None:
