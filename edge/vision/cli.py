@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -130,6 +131,34 @@ def _snapshot(args: argparse.Namespace, cfg: NodeConfig, hint: str = "or pass --
     return r[0]
 
 
+def write_private_image(path: Path, img: np.ndarray) -> bool:
+    """Write a camera frame (or an image drawn on one) readable by its owner only (0600), whatever the umask, also
+    over an older readable file; under ``sudo`` the file goes to the technician who ran it, so their image viewer
+    opens it without root. False when the image cannot be encoded for that file name or the file written."""
+    try:
+        ok, buf = cv2.imencode(path.suffix or ".png", img)
+    except cv2.error:
+        return False
+    if not ok:
+        return False
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    except OSError:
+        return False
+    try:
+        os.fchmod(fd, 0o600)  # O_CREAT's mode does not change an existing file's
+        uid, gid = os.environ.get("SUDO_UID", ""), os.environ.get("SUDO_GID", "")
+        if os.geteuid() == 0 and uid.isdigit() and gid.isdigit():
+            os.fchown(fd, int(uid), int(gid))
+        with os.fdopen(fd, "wb", closefd=False) as f:
+            f.write(buf.tobytes())
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
 def _grab(args: argparse.Namespace) -> int:
     """Step one of a calibration: a snapshot to read the marked floor points' pixels from."""
     if args.config is None:
@@ -143,7 +172,7 @@ def _grab(args: argparse.Namespace) -> int:
     snap = _snapshot(args, cfg, "if the node is running, it holds the camera: `sudo systemctl stop shelfcast` "
                      "first, `sudo systemctl start shelfcast` after")
     grid_path = args.grab.with_name(f"{args.grab.stem}-grid.png")
-    if not (cv2.imwrite(str(args.grab), snap) and cv2.imwrite(str(grid_path), draw_pixel_grid(snap))):
+    if not (write_private_image(args.grab, snap) and write_private_image(grid_path, draw_pixel_grid(snap))):
         raise UserError(f"cannot write {args.grab}; check the directory exists and is writable (give a .png path)")
     height, width = snap.shape[:2]
     if args.json:
@@ -194,7 +223,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     if not args.no_preview:
         snap = _snapshot(args, cfg)
         preview = draw_preview(snap, np.asarray(h), cfg.layout, img, flo)
-        if not cv2.imwrite(str(args.preview), preview):
+        if not write_private_image(args.preview, preview):
             raise UserError(f"cannot write the preview to {args.preview}; check the directory exists")
         result["preview"] = str(args.preview)
     if args.write:
