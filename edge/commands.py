@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import signal
+import stat
 import sys
 from pathlib import Path
 
@@ -80,11 +81,15 @@ def _run(args: argparse.Namespace) -> int:
         log.warning("fusion.customer_salt is the public demo salt: stored and synced shopper ids can be reversed; "
                     "get the retailer's salt file from the cloud side and run `sudo shelfcast provision "
                     "--customer-salt FILE`")
+    # the cache holds hashed shopper keys, profiles and visit histories: nothing the node writes is readable by
+    # other users, however it was started (the systemd unit has UMask=0027 too)
+    os.umask(os.umask(0o027) | 0o027)
     try:
         Path(config.node.data_dir).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"node.data_dir {config.node.data_dir} is not usable ({exc.strerror}); create it and "
                         "give the service user write access: `sudo chown shelfcast: DIR`") from None
+    _close_to_others(Path(config.node.data_dir))
 
     lock = _hold_data_dir(Path(config.node.data_dir))
 
@@ -117,6 +122,20 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         os.close(lock)
     return 0
+
+
+def _close_to_others(data_dir: Path) -> None:
+    """Take the permissions for others off the data dir and the files directly in it (a database from an
+    earlier run under umask 022); a WARNING naming the fix when that is not allowed (not the owner)."""
+    for p in (data_dir, *(f for f in data_dir.iterdir() if f.is_file() and not f.is_symlink())):
+        try:
+            mode = stat.S_IMODE(p.stat().st_mode)
+            if mode & 0o007:
+                p.chmod(mode & ~0o007)
+        except OSError as exc:
+            log.warning("cannot take the permissions for others off %s (%s): shopper data in it may be readable "
+                        "by every user; run `sudo chmod -R o-rwx %s`", p, exc.strerror, data_dir)
+            return
 
 
 def _hold_data_dir(data_dir: Path) -> int:
