@@ -127,7 +127,11 @@ def _run(args: argparse.Namespace) -> int:
 def _close_to_others(data_dir: Path) -> None:
     """Take the permissions for others off the data dir and the files directly in it (a database from an
     earlier run under umask 022); a WARNING naming the fix when that is not allowed (not the owner)."""
-    for p in (data_dir, *(f for f in data_dir.iterdir() if f.is_file() and not f.is_symlink())):
+    try:
+        paths = [data_dir, *(f for f in data_dir.iterdir() if f.is_file() and not f.is_symlink())]
+    except OSError:
+        paths = [data_dir]  # not listable: the store names the problem when it opens the database
+    for p in paths:
         try:
             mode = stat.S_IMODE(p.stat().st_mode)
             if mode & 0o007:
