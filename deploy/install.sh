@@ -292,6 +292,25 @@ chmod 700 "$R$CONFDIR/keys"
 run chown "root:$SERVICE_USER" "$CONFDIR"
 run chown "$SERVICE_USER:$SERVICE_USER" "$CONFDIR/keys" "$DATADIR"
 
+# An upgrade checks the node's existing config with the ShelfCast about to be installed *before* pip replaces
+# the running one: a key made stricter (signage.admin_token >= 16 characters) used to be found only after the
+# venv held the new code, so the node kept running until its next restart and then refused to start. The new
+# code is imported from SOURCE itself (a checkout, or a wheel: a pure-Python wheel is importable as a zip) with
+# the installed venv's dependencies; if it cannot be imported that way the config is checked after pip.
+if [ "$SOURCE" != - ] && [ -f "$R$CONFIG" ] && [ -x "$PY" ]; then
+    say "config $CONFIG checked with the ShelfCast in $SOURCE, before anything is replaced"
+    if PYTHONPATH="$SOURCE" "$PY" -P -c \
+        'import sys, edge, edge.deployment; sys.exit(0 if edge.__file__.startswith(sys.argv[1]) else 1)' \
+        "$SOURCE" >/dev/null 2>&1; then
+        PYTHONPATH="$SOURCE" "$PY" -P -m edge.deployment validate --config "$R$CONFIG" >/dev/null \
+            || die "the config $CONFIG is not valid for the ShelfCast in $SOURCE (listed above); nothing was" \
+                   "replaced: the installed ShelfCast and the running node are as they were. Fix what is listed (the" \
+                   "installed \`shelfcast config validate\` still passes it: the rule is new), then run the installer again"
+    else
+        echo "    note: the new ShelfCast cannot be imported before it is installed; the config is checked after"
+    fi
+fi
+
 say "venv $VENV (ShelfCast + runtime dependencies, no extras)"
 if [ ! -x "$PY" ]; then
     # shellcheck disable=SC2086

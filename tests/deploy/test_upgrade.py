@@ -1,0 +1,93 @@
+"""An upgrade as a technician does it: ``deploy/install.sh`` run again, with a newer ShelfCast, over an installed
+and configured node (``--destdir`` scratch root, the same fast venv as tests/deploy/test_install.py).
+
+The newer ShelfCast is a copy of this checkout's tracked files with one module added (``edge/_upgrade_probe.py``),
+so the test can see whether the venv was replaced. The config check before the upgrade is what the run of
+c31f3ee -> f568f4e needed: a token the installed version accepted and the new one refuses.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+INSTALL = REPO / "deploy" / "install.sh"
+FAST = ["--python", sys.executable, "--venv-options", "--without-pip",
+        "--inherit-site", sysconfig.get_paths()["purelib"],
+        "--pip-options", "--no-deps --no-build-isolation --no-index"]
+PROBE = f"opt/shelfcast/venv/lib/python3.{sys.version_info.minor}/site-packages/edge/_upgrade_probe.py"
+
+
+def install(root: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bash", str(INSTALL), "--destdir", str(root), *FAST, *extra], capture_output=True,
+                          text=True, timeout=300)
+
+
+def newer_source(dest: Path) -> Path:
+    """This checkout's tracked files (as they are in the working tree) plus a module only the 'new' one has."""
+    files = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z"], capture_output=True, check=True).stdout
+    for name in files.decode().split("\0"):
+        src = REPO / name
+        if name and src.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+    (dest / "edge" / "_upgrade_probe.py").write_text('"""only in the newer ShelfCast of tests/deploy/test_upgrade"""\n')
+    return dest
+
+
+def set_token(cfg: Path, token: str) -> None:
+    c = yaml.safe_load(cfg.read_text())
+    c.setdefault("signage", {})["admin_token"] = token
+    cfg.write_text(yaml.safe_dump(c))
+
+
+def test_upgrade_refused_before_the_venv_is_replaced_when_the_new_code_refuses_the_config(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    p = install(root)
+    assert p.returncode == 0, p.stdout + p.stderr
+    cfg = root / "etc/shelfcast/shelfcast.yaml"
+    # a config the installed node ran with; the newer ShelfCast's rule (>= 16 characters) refuses it. The rule
+    # exists in both here, so the "installed" node is simulated by editing after its install.
+    set_token(cfg, "shelf-admin1")
+    new = newer_source(tmp_path / "new")
+    assert not (root / PROBE).exists()
+
+    p = install(root, "--source", str(new))
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "signage.admin_token" in p.stderr and "openssl rand -hex 16" in p.stderr, p.stderr
+    assert "nothing was replaced" in p.stderr and "Traceback" not in p.stderr, p.stderr
+    assert "shelf-admin1" not in p.stdout + p.stderr  # the token itself is masked
+    assert not (root / PROBE).exists(), "the venv was replaced before the config was checked"
+    actions = (root / "opt/shelfcast/install-actions.log").read_text()
+    assert "systemctl restart shelfcast.service" not in actions, actions
+
+    set_token(cfg, "0123456789abcdef0123")
+    p = install(root, "--source", str(new))
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert (root / PROBE).exists()
+    actions = (root / "opt/shelfcast/install-actions.log").read_text().splitlines()
+    assert actions.count("systemctl restart shelfcast.service") == 1, actions  # the node restarts once
+
+
+def test_upgrade_from_a_wheel_checks_the_config_first(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    p = install(root)
+    assert p.returncode == 0, p.stdout + p.stderr
+    set_token(root / "etc/shelfcast/shelfcast.yaml", "short")
+    new = newer_source(tmp_path / "new")
+    wheels = tmp_path / "wheels"
+    w = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                        "--no-index", "-w", str(wheels), str(new)], capture_output=True, text=True, timeout=300)
+    assert w.returncode == 0, w.stderr
+    (wheel,) = wheels.glob("shelfcast-*.whl")
+    p = install(root, "--source", str(wheel))
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "signage.admin_token" in p.stderr and "nothing was replaced" in p.stderr, p.stderr
+    assert "cannot be imported before it is installed" not in p.stdout, p.stdout  # checked from the wheel itself
+    assert not (root / PROBE).exists()
