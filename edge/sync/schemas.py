@@ -9,10 +9,11 @@ crash). ``python -m edge.sync.schemas`` prints every schema as JSON Schema
 from __future__ import annotations
 
 import json
+import re
 import sys
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 __all__ = [
     "SCHEMAS",
@@ -33,6 +34,7 @@ __all__ = [
 
 MAX_MESSAGE_BYTES = 128 * 1024  # AWS IoT Core's cap on one MQTT message
 VERSION_RE = r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$"
+_CUSTOMER_HASH = re.compile(r"[0-9a-f]{64}")  # edge.fusion.hash_customer: salted SHA-256, hex
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 Sku = Annotated[str, Field(min_length=1, max_length=64)]
 MsgId = Annotated[str, Field(min_length=1, max_length=128)]
@@ -93,11 +95,22 @@ class PlanogramEntry(_Strict):
 
 
 class ProfileIn(_Strict):
-    customer: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{8,128}$")]  # the salted hash, never a raw id
+    # the salted hash, never a raw id: hash_customer's 64 lowercase hex, the only key a check-in can match (a
+    # loyalty number, which the old pattern [A-Za-z0-9_-]{8,128} accepted, would be stored as is)
+    customer: str
     demographics: dict[str, str | int | float | None] = Field(default_factory=dict)
     history: list[tuple[Sku, float, float]] = Field(default_factory=list)  # (sku, unix time, quantity)
     visits: int = Field(default=0, ge=0)
     updated: float = 0.0
+
+
+    @field_validator("customer")
+    @classmethod
+    def _hashed(cls, v: str) -> str:
+        if not _CUSTOMER_HASH.fullmatch(v):
+            raise ValueError("must be the salted hash of the customer id, hash_customer(id, fusion.customer_salt): "
+                             "64 lowercase hex; a raw loyalty id is never accepted")
+        return v
 
 
 class CatalogueDelta(_Strict):

@@ -66,16 +66,16 @@ def test_deltas_are_applied(node: Any, mosquitto: Any) -> None:
     send(mosquitto, TOPICS.delta("stock"), {"id": "s1", "levels": {"p1": 10}})
     send(mosquitto, TOPICS.delta("stock"), {"id": "s2", "adjust": {"p1": -3}})
     send(mosquitto, TOPICS.delta("profiles"), {"id": "pr1", "profiles": [
-        {"customer": "abcdef0123456789", "demographics": {"age": "35-44"}, "history": [["p1", 1.7e9, 2.0]]}]})
+        {"customer": "abcdef0123456789" * 4, "demographics": {"age": "35-44"}, "history": [["p1", 1.7e9, 2.0]]}]})
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        if node.store.profile("abcdef0123456789") is not None and node.store.stock("p1") == 7:
+        if node.store.profile("abcdef0123456789" * 4) is not None and node.store.stock("p1") == 7:
             break
         time.sleep(0.05)
     assert node.store.product("p1").name == "Oat milk 1 l"
     assert node.store.planogram_slot("dairy-1", 3) == "p1"
     assert node.store.stock("p1") == 7
-    prof = node.store.profile("abcdef0123456789")
+    prof = node.store.profile("abcdef0123456789" * 4)
     assert prof is not None and prof.demographics == {"age": "35-44"} and prof.history[0][0] == "p1"
 
 
