@@ -388,6 +388,12 @@ run systemctl enable mosquitto.service shelfcast-firstboot.service shelfcast.ser
 run systemctl restart mosquitto.service
 [ "$WITH_KIOSK" = 0 ] || run systemctl enable shelfcast-kiosk.service
 run systemctl restart shelfcast.service
+if [ "$WITH_KIOSK" = 1 ] && [ "$SOURCE" != - ]; then
+    # a new ShelfCast: the attached screen's page was loaded from the old one, and a page from before the
+    # self-reload (0310387) never loads the new code by itself (nor does a running launcher); a kiosk that is
+    # running restarts (its launcher shows the welcome card until the node answers), one that is not is left so
+    run systemctl --no-block try-restart shelfcast-kiosk.service
+fi
 
 say "done: ShelfCast $("$PY" -c 'import edge; print(edge.__version__)') in $R$VENV"
 # the config was validated above; which store it names decides the next step (a re-run after step 3 of the

@@ -73,6 +73,15 @@ def test_upgrade_refused_before_the_venv_is_replaced_when_the_new_code_refuses_t
     assert (root / PROBE).exists()
     actions = (root / "opt/shelfcast/install-actions.log").read_text().splitlines()
     assert actions.count("systemctl restart shelfcast.service") == 1, actions  # the node restarts once
+    # the attached screen's page came from the old ShelfCast; one from before 0310387 never reloads by itself
+    assert "systemctl --no-block try-restart shelfcast-kiosk.service" in actions, actions
+    # the installer's own copy re-run (a config change, no new ShelfCast): the kiosk is left alone
+    p = subprocess.run(["bash", str(root / "opt/shelfcast/lib/install.sh"), "--destdir", str(root)],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    actions = (root / "opt/shelfcast/install-actions.log").read_text().splitlines()
+    assert "systemctl restart shelfcast.service" in actions and not [a for a in actions if "kiosk.service" in a
+                                                                     and "restart" in a], actions
 
 
 def test_upgrade_from_a_wheel_checks_the_config_first(tmp_path: Path) -> None:
