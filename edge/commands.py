@@ -117,8 +117,12 @@ def _run(args: argparse.Namespace) -> int:
             await node.stop()
             notifier.close()
 
+    from edge.store import StoreNewerError
+
     try:
         asyncio.run(main())
+    except StoreNewerError as exc:  # a downgrade: one clear message (exit 2), not a traceback
+        raise UserError(str(exc)) from None
     finally:
         os.close(lock)
     return 0

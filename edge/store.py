@@ -50,8 +50,8 @@ import sqlite_utils
 from edge.clock import BUILD_FLOOR, SYSTEM, Clock
 from edge.events import _Event
 
-__all__ = ["SCHEMA_VERSION", "Product", "Profile", "Store", "StoreDiskError", "StoreError", "is_disk_error",
-           "space_fix"]
+__all__ = ["SCHEMA_VERSION", "Product", "Profile", "Store", "StoreDiskError", "StoreError", "StoreNewerError",
+           "is_disk_error", "space_fix"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -63,6 +63,10 @@ class StoreError(RuntimeError):
 
 class StoreDiskError(StoreError):
     """The database cannot be opened because its disk is full or failing (not because the file is bad)."""
+
+
+class StoreNewerError(StoreError):
+    """The database was migrated by a newer ShelfCast (a downgrade): this code must not write it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,9 +285,15 @@ class Store:
     def _migrate(self, conn: sqlite3.Connection) -> None:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
-            raise StoreError(
+            # a downgrade after an upgrade that migrated: the copy that upgrade made is the way back to this code
+            backup = self.path.with_name(f"{self.path.name}.v{SCHEMA_VERSION}.bak")
+            back = (f"; to stay on this version, restore the copy made before the upgrade (what the node recorded "
+                    f"since is lost): `sudo systemctl stop shelfcast && sudo cp -p {backup} {self.path} && "
+                    f"sudo rm -f {self.path}-wal {self.path}-shm && sudo systemctl start shelfcast`"
+                    if backup.exists() else "")
+            raise StoreNewerError(
                 f"{self.path} has schema version {version}, newer than this ShelfCast ({SCHEMA_VERSION}); "
-                "upgrade ShelfCast or point node.data_dir at another directory"
+                "upgrade ShelfCast or point node.data_dir at another directory" + back
             )
         if version == SCHEMA_VERSION:
             return
