@@ -315,10 +315,21 @@ def check_model(cfg: NodeConfig, bench_n: int = 30) -> Check:
             "warn", "the node is too slow to rank: check `shelfcast doctor` power/throttling, or a hot CPU")
     if status == "fail":
         return Check("model", status, detail, fix)
-    detail = f"{detail}; {key_detail}"
+    detail = f"{detail}; {key_detail}{_served_release(cfg)}"
     if key_status == "fail" or (key_status == "warn" and status == "pass"):
         return Check("model", key_status, detail, key_fix)
     return Check("model", status, detail, fix)
+
+
+def _served_release(cfg: NodeConfig) -> str:
+    """A release the node installed is what it serves (models/active.json), not the model checked above: said, so
+    a technician after an upgrade does not take the bundled model's version for a lost release."""
+    try:
+        pointer = json.loads((Path(cfg.node.data_dir) / "models" / "active.json").read_text())
+    except (OSError, ValueError):
+        return ""
+    version = pointer.get("version") if isinstance(pointer, dict) else None
+    return f"; the node serves installed release {version} (models/active.json)" if version else ""
 
 
 def _generic_model_check(model_file: Path, bench_n: int) -> tuple[str, str, str]:
