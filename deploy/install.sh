@@ -245,6 +245,8 @@ if [ -z "$SOURCE" ]; then
     fi
 fi
 [ "$SOURCE" = - ] || [ -e "$SOURCE" ] || die "--source $SOURCE does not exist"
+# absolute: pip reads a bare relative directory (--source shelfcast-new) as a package name to download
+case "$SOURCE" in -|/*) ;; *) SOURCE="$(cd "$(dirname "$SOURCE")" && pwd)/$(basename "$SOURCE")" ;; esac
 [ -n "$CONFIG_IN" ] || CONFIG_IN="$HERE/etc/shelfcast.yaml"
 [ -f "$CONFIG_IN" ] || die "--config $CONFIG_IN does not exist"
 command -v "$PYTHON" >/dev/null 2>&1 || die "$PYTHON not found: sudo apt-get install -y python3 python3-venv"
@@ -299,13 +301,16 @@ run chown "$SERVICE_USER:$SERVICE_USER" "$CONFDIR/keys" "$DATADIR"
 # the installed venv's dependencies; if it cannot be imported that way the config is checked after pip.
 if [ "$SOURCE" != - ] && [ -f "$R$CONFIG" ] && [ -x "$PY" ]; then
     say "config $CONFIG checked with the ShelfCast in $SOURCE, before anything is replaced"
-    if PYTHONPATH="$SOURCE" "$PY" -P -c \
-        'import sys, edge, edge.deployment; sys.exit(0 if edge.__file__.startswith(sys.argv[1]) else 1)' \
-        "$SOURCE" >/dev/null 2>&1; then
+    # imported from SOURCE, not the installed one (a relative --source, a symlink: compared as real paths)
+    probe='import os, sys, edge, edge.deployment
+r = os.path.realpath
+sys.exit(not r(edge.__file__).startswith(r(sys.argv[1]) + "/"))'
+    if PYTHONPATH="$SOURCE" "$PY" -P -c "$probe" "$SOURCE" >/dev/null 2>&1; then
         PYTHONPATH="$SOURCE" "$PY" -P -m edge.deployment validate --config "$R$CONFIG" >/dev/null \
             || die "the config $CONFIG is not valid for the ShelfCast in $SOURCE (listed above); nothing was" \
-                   "replaced: the installed ShelfCast and the running node are as they were. Fix what is listed (the" \
-                   "installed \`shelfcast config validate\` still passes it: the rule is new), then run the installer again"
+                   "replaced: the installed ShelfCast and the running node are as they were. Fix what is listed" \
+                   "(the installed \`shelfcast config validate\` still passes it: the rule is new), then run the" \
+                   "installer again"
     else
         echo "    note: the new ShelfCast cannot be imported before it is installed; the config is checked after"
     fi

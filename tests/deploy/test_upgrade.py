@@ -24,9 +24,9 @@ FAST = ["--python", sys.executable, "--venv-options", "--without-pip",
 PROBE = f"opt/shelfcast/venv/lib/python3.{sys.version_info.minor}/site-packages/edge/_upgrade_probe.py"
 
 
-def install(root: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+def install(root: Path, *extra: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["bash", str(INSTALL), "--destdir", str(root), *FAST, *extra], capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=300, cwd=cwd)
 
 
 def newer_source(dest: Path) -> Path:
@@ -55,10 +55,10 @@ def test_upgrade_refused_before_the_venv_is_replaced_when_the_new_code_refuses_t
     # a config the installed node ran with; the newer ShelfCast's rule (>= 16 characters) refuses it. The rule
     # exists in both here, so the "installed" node is simulated by editing after its install.
     set_token(cfg, "shelf-admin1")
-    new = newer_source(tmp_path / "new")
+    newer_source(tmp_path / "new")  # used as a relative --source from tmp_path below
     assert not (root / PROBE).exists()
 
-    p = install(root, "--source", str(new))
+    p = install(root, "--source", "new", cwd=tmp_path)  # a relative --source, as `sudo ./deploy/install.sh` types
     assert p.returncode == 1, p.stdout + p.stderr
     assert "signage.admin_token" in p.stderr and "openssl rand -hex 16" in p.stderr, p.stderr
     assert "nothing was replaced" in p.stderr and "Traceback" not in p.stderr, p.stderr
@@ -68,7 +68,7 @@ def test_upgrade_refused_before_the_venv_is_replaced_when_the_new_code_refuses_t
     assert "systemctl restart shelfcast.service" not in actions, actions
 
     set_token(cfg, "0123456789abcdef0123")
-    p = install(root, "--source", str(new))
+    p = install(root, "--source", "new", cwd=tmp_path)
     assert p.returncode == 0, p.stdout + p.stderr
     assert (root / PROBE).exists()
     actions = (root / "opt/shelfcast/install-actions.log").read_text().splitlines()
