@@ -804,7 +804,18 @@ class Store:
                 (n - self.max_events,),
             ).rowcount
         conn.execute("DELETE FROM impressions WHERE t < ? AND t >= ?", (cutoff, BUILD_FLOOR))
-        return {"aged_out": aged, "capped": capped}
+        # a finished visit (its customer hash and picks: personal data, docs/privacy.md) lives no longer than the
+        # events it came from; before, the sessions table was never pruned
+        when = "coalesce(ended, started)"
+        sessions = conn.execute(f"DELETE FROM sessions WHERE {when} < ? AND {when} >= ?",
+                                (cutoff, BUILD_FLOOR)).rowcount
+        # and neither table outgrows the event cap, whatever the clock said when the rows were written
+        for table, order in (("sessions", when), ("impressions", "t")):
+            n = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+            if n > self.max_events:
+                conn.execute(f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} ORDER BY {order} "
+                             "LIMIT ?)", (n - self.max_events,))
+        return {"aged_out": aged, "capped": capped, "sessions_aged_out": sessions}
 
     def run_maintenance(self) -> dict[str, int]:
         return self.submit(self._maintenance).result(30)
