@@ -682,6 +682,24 @@ class Store:
 
         return self.submit(write)
 
+    def delete_profiles(self, customers: Iterable[str]) -> Future[int]:
+        """Erase shoppers (salted hashes) from the node: their profile, and their hash on stored visits. Returns
+        how many profiles were deleted."""
+        keys = [c for c in dict.fromkeys(customers)]
+        for c in keys:
+            self._profiles.pop(c, None)
+
+        def write(conn: sqlite3.Connection) -> int:
+            n = 0
+            for i in range(0, len(keys), 500):
+                part = keys[i:i + 500]
+                marks = ",".join("?" * len(part))
+                n += conn.execute(f"DELETE FROM profiles WHERE customer IN ({marks})", part).rowcount
+                conn.execute(f"UPDATE sessions SET customer = NULL WHERE customer IN ({marks})", part)
+            return n
+
+        return self.submit(write)
+
     # -- sessions --------------------------------------------------------------
     def save_session(self, session_id: str, *, started: float, ended: float | None, zone: str | None,
                      customer: str | None, items: Sequence[str]) -> None:

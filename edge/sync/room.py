@@ -414,7 +414,10 @@ class SyncRoom:
         elif isinstance(m, StockSnapshot):
             s.set_stock(dict(m.levels))
         elif isinstance(m, ProfilesDelta | ProfilesSnapshot):
-            s.upsert_profiles([_profile(p) for p in m.profiles])
+            if m.profiles:
+                s.upsert_profiles([_profile(p) for p in m.profiles])
+            if isinstance(m, ProfilesDelta) and m.delete:
+                s.delete_profiles(m.delete)
         else:  # pragma: no cover - the schema tables and this switch go together
             raise ValueError(f"no handler for {kind}")
 

@@ -13,7 +13,7 @@ import re
 import sys
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 __all__ = [
     "SCHEMAS",
@@ -136,10 +136,27 @@ class StockDelta(_Strict):
 
 
 class ProfilesDelta(_Strict):
-    """``…/profiles/delta``: shopper profiles to add or replace (hashed ids only)."""
+    """``…/profiles/delta``: shopper profiles to add or replace, and ``delete``: hashed ids to erase from the node
+    (a shopper's right to erasure: their profile goes, and their hash is cleared from stored visits)."""
 
     id: MsgId
-    profiles: list[ProfileIn] = Field(min_length=1)
+    profiles: list[ProfileIn] = Field(default_factory=list)
+    delete: list[str] = Field(default_factory=list)
+
+    @field_validator("delete")
+    @classmethod
+    def _hashed(cls, v: list[str]) -> list[str]:
+        for c in v:
+            if not _CUSTOMER_HASH.fullmatch(c):
+                raise ValueError("each entry must be the salted hash of a customer id (64 lowercase hex), as in "
+                                 "profiles[].customer; a raw loyalty id is never accepted")
+        return v
+
+    @model_validator(mode="after")
+    def _something(self) -> ProfilesDelta:
+        if not self.profiles and not self.delete:
+            raise ValueError("a profiles delta needs at least one entry in 'profiles' or 'delete'")
+        return self
 
 
 class CatalogueSnapshot(_Strict):
