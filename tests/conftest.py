@@ -213,6 +213,13 @@ class NodeProcesses:
         self.env = {**os.environ, "PYTHONPATH": str(ROOT)}
         self.started: list[subprocess.Popen[str]] = []
 
+    @staticmethod
+    def minimal_config(d: Path, extra: str = "") -> Path:
+        """``d/n.yaml``: a node on ``d/data`` with no shelves and the screens port on a free one."""
+        cfg = d / "n.yaml"
+        cfg.write_text(f"node:\n  data_dir: {d / 'data'}\nshelves:\n  enabled: false\nsignage:\n  port: 0\n" + extra)
+        return cfg
+
     def start(self, cfg: Path) -> subprocess.Popen[str]:
         p = subprocess.Popen([sys.executable, "-m", "edge", "run", "--config", str(cfg)], stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True, env=self.env, cwd=ROOT)

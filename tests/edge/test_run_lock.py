@@ -10,15 +10,9 @@ from pathlib import Path
 from typing import Any
 
 
-def _config(tmp_path: Path) -> Path:
-    cfg = tmp_path / "n.yaml"
-    cfg.write_text(f"node:\n  data_dir: {tmp_path / 'data'}\nshelves:\n  enabled: false\nsignage:\n  port: 0\n")
-    return cfg
-
-
 def test_a_second_node_on_the_same_data_dir_is_refused_and_the_first_keeps_running(
         tmp_path: Path, node_process: Any) -> None:
-    cfg = _config(tmp_path)
+    cfg = node_process.minimal_config(tmp_path)
     first = node_process.start(cfg)
     node_process.wait_running(first)
     second = node_process.start(cfg)
@@ -35,7 +29,7 @@ def test_a_second_node_on_the_same_data_dir_is_refused_and_the_first_keeps_runni
 
 
 def test_a_lock_left_by_a_killed_node_does_not_block_the_next(tmp_path: Path, node_process: Any) -> None:
-    cfg = _config(tmp_path)
+    cfg = node_process.minimal_config(tmp_path)
     first = node_process.start(cfg)
     node_process.wait_running(first)
     first.kill()  # kill -9: the lock file stays, the flock does not

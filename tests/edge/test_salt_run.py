@@ -13,10 +13,7 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
 def run_node(tmp_path: Path, procs: Any, extra: str = "") -> str:
-    cfg = tmp_path / "n.yaml"
-    cfg.write_text(f"node:\n  data_dir: {tmp_path / 'data'}\nshelves:\n  enabled: false\nsignage:\n  port: 0\n"
-                   + extra)
-    p = procs.start(cfg)
+    p = procs.start(procs.minimal_config(tmp_path, extra))
     return procs.wait_running(p) + procs.stop(p)
 
 

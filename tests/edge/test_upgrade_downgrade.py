@@ -17,15 +17,9 @@ from typing import Any
 from edge.store import SCHEMA_VERSION, Store
 
 
-def _config(tmp_path: Path) -> Path:
-    cfg = tmp_path / "n.yaml"
-    cfg.write_text(f"node:\n  data_dir: {tmp_path / 'data'}\nshelves:\n  enabled: false\nsignage:\n  port: 0\n")
-    return cfg
-
-
 def test_the_older_shelfcast_refuses_the_newer_database_and_names_the_way_back(
         tmp_path: Path, node_process: Any) -> None:
-    cfg = _config(tmp_path)
+    cfg = node_process.minimal_config(tmp_path)
     db = tmp_path / "data" / "shelfcast.db"
     db.parent.mkdir()
     s = Store(db)
@@ -60,7 +54,7 @@ def test_the_older_shelfcast_refuses_the_newer_database_and_names_the_way_back(
 
 
 def test_without_a_backup_the_refusal_says_upgrade(tmp_path: Path, node_process: Any) -> None:
-    cfg = _config(tmp_path)
+    cfg = node_process.minimal_config(tmp_path)
     db = tmp_path / "data" / "shelfcast.db"
     db.parent.mkdir()
     with closing(sqlite3.connect(db)) as c, c:
