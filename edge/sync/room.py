@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import time
 import uuid
 from collections.abc import Callable
@@ -49,13 +48,13 @@ from edge.sync.schemas import (
     StockDelta,
     StockSnapshot,
     describe_error,
+    is_customer_hash,
 )
 from edge.sync.topics import Topics
 
 __all__ = ["SyncOptions", "SyncRoom", "default_loader"]
 
 log = logging.getLogger(__name__)
-_CUSTOMER_HASH = re.compile(r"[0-9a-f]{64}")  # edge.fusion.hash_customer: SHA-256 hex
 
 PRIORITY_REPORT = 2  # release steps, errors, command results: evicted last
 
@@ -459,7 +458,7 @@ class SyncRoom:
     def _check_in_event(self, args: dict[str, Any]) -> CheckIn:
         """``check_in`` args: ``customer`` (the salted hash, as in profiles) and ``screen`` or ``session``."""
         customer, screen, session = args.get("customer"), args.get("screen"), args.get("session")
-        if not isinstance(customer, str) or not _CUSTOMER_HASH.fullmatch(customer):
+        if not is_customer_hash(customer):
             raise ValueError("check_in: args.customer must be the salted hash of the loyalty id (64 lowercase hex, "
                              "hash_customer(id, fusion.customer_salt) as in profiles), never the raw id")
         if screen is None and session is None:

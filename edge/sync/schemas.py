@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 import sys
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeGuard
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -35,6 +35,11 @@ __all__ = [
 MAX_MESSAGE_BYTES = 128 * 1024  # AWS IoT Core's cap on one MQTT message
 VERSION_RE = r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$"
 _CUSTOMER_HASH = re.compile(r"[0-9a-f]{64}")  # edge.fusion.hash_customer: salted SHA-256, hex
+
+
+def is_customer_hash(v: object) -> TypeGuard[str]:
+    """The only form a shopper id may take in a message: hash_customer's 64 lowercase hex (never a raw id)."""
+    return isinstance(v, str) and _CUSTOMER_HASH.fullmatch(v) is not None
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 Sku = Annotated[str, Field(min_length=1, max_length=64)]
 MsgId = Annotated[str, Field(min_length=1, max_length=128)]
@@ -107,7 +112,7 @@ class ProfileIn(_Strict):
     @field_validator("customer")
     @classmethod
     def _hashed(cls, v: str) -> str:
-        if not _CUSTOMER_HASH.fullmatch(v):
+        if not is_customer_hash(v):
             raise ValueError("must be the salted hash of the customer id, hash_customer(id, fusion.customer_salt): "
                              "64 lowercase hex; a raw loyalty id is never accepted")
         return v
@@ -147,7 +152,7 @@ class ProfilesDelta(_Strict):
     @classmethod
     def _hashed(cls, v: list[str]) -> list[str]:
         for c in v:
-            if not _CUSTOMER_HASH.fullmatch(c):
+            if not is_customer_hash(c):
                 raise ValueError("each entry must be the salted hash of a customer id (64 lowercase hex), as in "
                                  "profiles[].customer; a raw loyalty id is never accepted")
         return v
