@@ -17,6 +17,7 @@ import importlib
 import json
 import logging
 import math
+import os
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -24,7 +25,7 @@ from typing import Any
 
 from edge.config import ConfigError
 
-__all__ = ["COMMAND_MODULES", "CommandRegistry", "UserError", "main", "positive_float"]
+__all__ = ["COMMAND_MODULES", "CommandRegistry", "UserError", "main", "positive_float", "sudo_user"]
 
 log = logging.getLogger("shelfcast")
 
@@ -50,6 +51,15 @@ class UserError(Exception):
     def __init__(self, message: str, code: int = 2) -> None:
         super().__init__(message)
         self.code = code
+
+
+def sudo_user() -> tuple[int, int] | None:
+    """(uid, gid) of the technician who ran this command with sudo, else None: files a command writes for them
+    (a support bundle, a calibration snapshot) are handed back to them, not left to root."""
+    uid, gid = os.environ.get("SUDO_UID", ""), os.environ.get("SUDO_GID", "")
+    if os.geteuid() == 0 and uid.isdigit() and gid.isdigit():
+        return int(uid), int(gid)
+    return None
 
 
 def positive_float(text: str) -> float:

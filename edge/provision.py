@@ -41,7 +41,7 @@ from typing import Any
 
 import yaml
 
-from edge.cli import CommandRegistry, UserError, print_json
+from edge.cli import CommandRegistry, UserError, print_json, sudo_user
 from edge.config import (
     DEMO_CUSTOMER_SALT,
     ID_RE,
@@ -852,10 +852,10 @@ def _support_bundle(args: argparse.Namespace) -> int:
 def _give_to_sudo_user(path: Path) -> None:
     """Under ``sudo`` the bundle (0600) would be root's, and the technician could not copy it off the node
     (scp as their own user): hand it to the user who ran sudo."""
-    uid, gid = os.environ.get("SUDO_UID", ""), os.environ.get("SUDO_GID", "")
-    if os.geteuid() == 0 and uid.isdigit() and gid.isdigit():
+    owner = sudo_user()
+    if owner is not None:
         with contextlib.suppress(OSError):
-            os.chown(path, int(uid), int(gid))
+            os.chown(path, *owner)
 
 
 if __name__ == "__main__":  # `python -m edge.provision ...`: only these commands, without importing every room's CLI

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import yaml
 
-from edge.cli import CommandRegistry, UserError, positive_float, print_json
+from edge.cli import CommandRegistry, UserError, positive_float, print_json, sudo_user
 from edge.config import NodeConfig, default_config, load_config, parse_config
 from edge.vision.calibration import (
     LARGE_ERROR_CM,
@@ -147,9 +147,9 @@ def write_private_image(path: Path, img: np.ndarray) -> bool:
         return False
     try:
         os.fchmod(fd, 0o600)  # O_CREAT's mode does not change an existing file's
-        uid, gid = os.environ.get("SUDO_UID", ""), os.environ.get("SUDO_GID", "")
-        if os.geteuid() == 0 and uid.isdigit() and gid.isdigit():
-            os.fchown(fd, int(uid), int(gid))
+        owner = sudo_user()
+        if owner is not None:
+            os.fchown(fd, *owner)
         with os.fdopen(fd, "wb", closefd=False) as f:
             f.write(buf.tobytes())
     except OSError:
