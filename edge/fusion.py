@@ -46,7 +46,6 @@ import hashlib
 import itertools
 import logging
 import math
-import re
 import threading
 import uuid
 from collections import OrderedDict, deque
@@ -59,6 +58,7 @@ from pydantic import SecretStr
 from edge.clock import JUMP_S, SYSTEM, Clock
 from edge.config import NodeConfig, Shelf
 from edge.events import CheckIn, ShelfEvent, ShopperEvent, TrackUpdate, ZoneEvent, maker
+from edge.sync.schemas import is_customer_hash
 
 __all__ = ["Fusion", "SessionView", "hash_customer", "shopper_event_id"]
 
@@ -66,7 +66,6 @@ log = logging.getLogger("shelfcast.fusion")
 # (session, sku, action, zone, units, shelf, slot, t, attributed, id): the frozen dataclass __init__ is ~2 µs
 _shopper_event = maker(ShopperEvent)
 
-_HASH_RE = re.compile(r"^[0-9a-f]{64}$")
 LOST_AFTER_S = 1.0  # a track without updates this long is lost (its session may still be handed off)
 TRACK_HISTORY_S = 10.0
 CLOSED_KEPT = 1000
@@ -283,7 +282,7 @@ class Fusion:
     def check_in(self, customer_hash: str, track: int | None = None, session: str | None = None,
                  screen: str | None = None, t: float | None = None) -> str:
         """Link a visit to a hashed customer; returns the session id (a new one if nobody fits)."""
-        if not isinstance(customer_hash, str) or not _HASH_RE.match(customer_hash):
+        if not is_customer_hash(customer_hash):  # the one check (``$`` let a trailing newline through)
             raise ValueError("check_in takes a hashed customer key (64 hex chars): "
                              "pass hash_customer(raw_id, config.fusion.customer_salt), never the raw id")
         with self._lock:
