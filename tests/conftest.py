@@ -7,6 +7,7 @@
 - ``pty_pair``: a real pseudo-terminal pair (master fd, slave path), raw mode.
 - ``node_process``: starts real ``shelfcast run`` processes (``python -m edge run --config``), waits for
   "running", stops them with SIGINT; any left running are killed at the end.
+- ``retained``: ``retained(port, topic, timeout=3.0)``, what a new MQTT subscriber gets as the retained message.
 
 Fixtures skip only when the binary is missing on a developer's machine; CI sets
 ``SHELFCAST_REQUIRE_SERVICES=1`` which turns that skip into a failure.
@@ -20,12 +21,15 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import tty
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import paho.mqtt.client as mqtt
 import pytest
 
 
@@ -127,6 +131,35 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
         yield broker
     finally:
         broker.kill()
+
+
+def _retained(port: int, topic: str, timeout: float = 3.0, *, protocol: int = mqtt.MQTTv5) -> bytes | None:
+    """What a new subscriber on the broker at ``port`` gets as the retained message on ``topic`` (None: none
+    within ``timeout``). ``protocol``: the subscriber's MQTT version (``mqtt.MQTTv311`` as mosquitto_sub)."""
+    got: list[bytes] = []
+    done = threading.Event()
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"probe-{time.monotonic_ns()}", protocol=protocol)
+
+    def on_message(cl: Any, u: Any, msg: mqtt.MQTTMessage) -> None:
+        if msg.retain:
+            got.append(msg.payload)
+            done.set()
+
+    c.on_message = on_message
+    c.on_connect = lambda cl, *a: cl.subscribe(topic, qos=1)
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    done.wait(timeout)
+    c.loop_stop()
+    c.disconnect()
+    return got[-1] if got else None
+
+
+@pytest.fixture
+def retained() -> Callable[..., bytes | None]:
+    """``retained(port, topic, timeout=3.0, protocol=mqtt.MQTTv5)``: the retained message a new subscriber gets,
+    or None."""
+    return _retained
 
 
 @dataclass

@@ -21,7 +21,6 @@ import sqlite3
 import subprocess
 import sys
 import tarfile
-import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -104,25 +103,9 @@ def need(tree: dict[str, Any], path: str, wanted: str) -> None:
     assert not missing, f"`shelfcast {path}` lost {sorted(missing)}"
 
 
-def retained(port: int, topic: str, timeout: float = 5.0) -> bytes | None:
-    """The retained message a new subscriber gets on ``topic`` (None: none within ``timeout``)."""
-    got: list[bytes] = []
-    done = threading.Event()
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"contract-{time.monotonic_ns()}")
-
-    def on_message(cl: Any, u: Any, msg: mqtt.MQTTMessage) -> None:
-        if msg.retain:
-            got.append(msg.payload)
-            done.set()
-
-    c.on_message = on_message
-    c.on_connect = lambda cl, *a: cl.subscribe(topic, qos=1)
-    c.connect("127.0.0.1", port)
-    c.loop_start()
-    done.wait(timeout)
-    c.loop_stop()
-    c.disconnect()
-    return got[-1] if got else None
+# ``retained`` (the fixture in tests/conftest.py): the retained message a new subscriber gets; here asked as an
+# operator's script would, with mosquitto_sub's MQTT 3.1.1 and 5 s: ``retained(port, topic, **AS_SCRIPT)``.
+AS_SCRIPT: dict[str, Any] = {"timeout": 5.0, "protocol": mqtt.MQTTv311}
 
 
 def demo_yaml_with(data_dir: Path) -> str:
@@ -134,7 +117,7 @@ def fields(cls: Any) -> list[str]:
 
 
 # -- #2 Foundation ----------------------------------------------------------------------------------------
-def test_issue2_foundation_cli_config_store_events_demo(tmp_path: Path, mosquitto: Any) -> None:
+def test_issue2_foundation_cli_config_store_events_demo(tmp_path: Path, mosquitto: Any, retained: Any) -> None:
     tree = cli_tree()
     for cmd in ("demo", "run", "config", "version", "bench", "doctor", "firmware", "calibrate", "model", "cloud",
                 "provision", "report", "support-bundle"):
@@ -223,8 +206,8 @@ def test_issue2_foundation_cli_config_store_events_demo(tmp_path: Path, mosquitt
     assert {"products", "planogram", "stock", "profiles", "sessions", "events", "outbox", "impressions",
             "models"} <= tables, tables
     # #7: availability and state under shelfcast/v1/<store>/<node>/
-    assert retained(mosquitto.port, "shelfcast/v1/demo-store/demo-node/availability") == b"stopped"
-    state = json.loads(retained(mosquitto.port, "shelfcast/v1/demo-store/demo-node/state") or b"{}")
+    assert retained(mosquitto.port, "shelfcast/v1/demo-store/demo-node/availability", **AS_SCRIPT) == b"stopped"
+    state = json.loads(retained(mosquitto.port, "shelfcast/v1/demo-store/demo-node/state", **AS_SCRIPT) or b"{}")
     has_keys(state, "status version store node model outbox_pending screens shelves")
 
 
@@ -398,7 +381,7 @@ def _signage_helpers() -> Any:
     return mod
 
 
-def test_issue6_signage_http_mqtt_report_bench(tmp_path: Path, mosquitto: Any) -> None:
+def test_issue6_signage_http_mqtt_report_bench(tmp_path: Path, mosquitto: Any, retained: Any) -> None:
     helpers = _signage_helpers()
     node = helpers.RunningNode(helpers.demo_config(tmp_path / "node", mosquitto.url))
     try:
@@ -429,7 +412,7 @@ def test_issue6_signage_http_mqtt_report_bench(tmp_path: Path, mosquitto: Any) -
 
         topic = f"shelfcast/v1/{node.config.node.store_id}/{node.config.node.node_id}/screens/{screens[0]}" \
                 "/recommendations"
-        payload = retained(mosquitto.port, topic, timeout=10)
+        payload = retained(mosquitto.port, topic, **{**AS_SCRIPT, "timeout": 10})
         assert payload is not None, f"nothing retained on {topic}"
         msg = json.loads(payload)
         has_keys(msg, "schema screen session items model_version updated")
@@ -449,7 +432,7 @@ def test_issue6_signage_http_mqtt_report_bench(tmp_path: Path, mosquitto: Any) -
 
 
 # -- #7 Cloud sync ----------------------------------------------------------------------------------------
-def test_issue7_topics_ingest_publish_bench_sync(tmp_path: Path, mosquitto: Any) -> None:
+def test_issue7_topics_ingest_publish_bench_sync(tmp_path: Path, mosquitto: Any, retained: Any) -> None:
     from edge.sync.topics import Topics
 
     t = Topics("shelfcast/v1", "s1", "n1")
@@ -491,10 +474,10 @@ def test_issue7_topics_ingest_publish_bench_sync(tmp_path: Path, mosquitto: Any)
     r = sc("model", "publish", "--broker", mosquitto.url, "--store", "s1", "--model", str(SHIPPED),
            "--sign-key", key, "--version", "2026.12.01-contract")
     assert r.returncode == 0, r.stderr
-    manifest = json.loads(retained(mosquitto.port, "shelfcast/v1/s1/_all/release/model/manifest") or b"{}")
+    manifest = json.loads(retained(mosquitto.port, "shelfcast/v1/s1/_all/release/model/manifest", **AS_SCRIPT) or b"{}")
     has_keys(manifest, "version sha256 size signature")
     assert manifest["version"] == "2026.12.01-contract"
-    chunk = retained(mosquitto.port, "shelfcast/v1/s1/_all/release/model/chunk/0")
+    chunk = retained(mosquitto.port, "shelfcast/v1/s1/_all/release/model/chunk/0", **AS_SCRIPT)
     assert chunk is not None and len(chunk) <= 128 * 1024
 
     r = sc("bench", "sync", "--json", "--events-per-s", "100", "--outage-s", "1", "--before-s", "1", "--after-s", "1",

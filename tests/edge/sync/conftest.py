@@ -185,30 +185,3 @@ def start_node(fakes: ModuleType) -> Iterator[Callable[..., Running]]:
     yield start
     for r in reversed(started):
         r.close()
-
-
-def _retained(port: int, topic: str, timeout: float = 3.0) -> bytes | None:
-    """What a new subscriber on the broker at ``port`` gets as the retained message on ``topic`` (None: none)."""
-    got: list[bytes] = []
-    done = threading.Event()
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"probe-{time.monotonic_ns()}", protocol=mqtt.MQTTv5)
-
-    def on_message(cl: Any, u: Any, msg: mqtt.MQTTMessage) -> None:
-        if msg.retain:
-            got.append(msg.payload)
-            done.set()
-
-    c.on_message = on_message
-    c.on_connect = lambda cl, *a: cl.subscribe(topic, qos=1)
-    c.connect("127.0.0.1", port)
-    c.loop_start()
-    done.wait(timeout)
-    c.loop_stop()
-    c.disconnect()
-    return got[-1] if got else None
-
-
-@pytest.fixture
-def retained() -> Callable[..., bytes | None]:
-    """``retained(port, topic, timeout=3.0)``: the retained message a new subscriber gets, or None."""
-    return _retained
