@@ -415,6 +415,8 @@ async def _run(opts: BenchOptions) -> dict[str, Any]:
         "loop_cpu_ms_per_event": round(loop_cpu_s * 1000 / detected, 3) if detected else None,
         "rss_mb": rss,
         "rss_mb_before_screens": rss_before,
+        # the screen clients' reading loop (the instrument) shares the machine: its CPU while reading, in cores
+        "screens_cpu_util": got.get("cpu_util"),
         "load_avg_1m": round(os.getloadavg()[0], 2),  # other work on the machine skews the latencies
         "cpus": os.cpu_count(),
         "duration_s": round(sent_s, 2),

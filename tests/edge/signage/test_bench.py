@@ -32,6 +32,7 @@ def test_bench_e2e_json(tmp_path: Path) -> None:
     assert out["dropped"] == 0 and out["events_without_set"] == 0  # every pick re-ranked and reached every screen
     assert out["push_p50_ms"] is not None and out["mqtt_p50_ms"] is not None
     assert 0 < out["loop_cpu_ms_per_event"] <= out["node_cpu_ms_per_event"]  # the loop thread is part of the node
+    assert 0 < out["screens_cpu_util"] < 1  # the instrument's own CPU (one reading thread) is reported
     # 4 controllers in lockstep: each round's picks reach the node 1st..4th; a p99 per position
     assert len(out["push_p99_ms_by_burst_position"]) == 4
     assert all(p is not None for p in out["push_p99_ms_by_burst_position"])
