@@ -5,16 +5,28 @@ screen with nobody in front of it. It needs nothing but the catalogue: a prior
 from each product's sales heat (boosted in the product's home zone) plus the
 picks this node has seen, bucketed by zone and local hour and decayed so the
 store's rhythm shows through (coffee in the morning, beer in the evening).
+
+The decay runs on elapsed (monotonic) time, not on the picks' wall-clock
+stamps: NTP stepping a Pi's clock (booted at fake-hwclock's last-shutdown
+time, an RTC running ahead) neither wipes the learned counts (a month forward
+multiplied them by 0.05, a step from 1970 by 0) nor freezes them (a step back
+left the stamps in the future). The hour bucket still comes from the pick's
+local wall time (the caller's ``hour``).
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-__all__ = ["FallbackItem", "PopularityRanker"]
+__all__ = ["DECAY_GRAIN_S", "FallbackItem", "PopularityRanker"]
+
+# a count is decayed once at least this much time passed since its stamp (the stamp stays until then, so no time
+# is lost): picks applied in any rhythm within a minute give the same counts, and half-lives of days lose nothing
+DECAY_GRAIN_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,8 +48,10 @@ class PopularityRanker:
         live_weight: float = 5.0,
         home_zone_boost: float = 3.0,
         half_life_s: float = 7 * 86400.0,
+        mono: Callable[[], float] = time.monotonic,
     ) -> None:
-        """``items``: (sku, sales_heat, home zone or None)."""
+        """``items``: (sku, sales_heat, home zone or None). ``mono``: the elapsed-time clock the decay runs on
+        (``Clock.mono``; tests pass their own)."""
         self._prior: dict[str, float] = {}
         self._home: dict[str, str | None] = {}
         for sku, heat, zone in items:
@@ -46,8 +60,11 @@ class PopularityRanker:
         self.live_weight = live_weight
         self.home_zone_boost = home_zone_boost
         self.half_life_s = half_life_s
-        # (zone, hour) -> sku -> (count, last t)
+        self._mono = mono
+        # (zone, hour) -> sku -> [count, wall t of its latest pick]
         self._live: dict[tuple[str | None, int], dict[str, list[float]]] = defaultdict(dict)
+        # (zone, hour) -> sku -> monotonic time its count was last decayed to (the decay's clock, not the wall's)
+        self._decayed: dict[tuple[str | None, int], dict[str, float]] = defaultdict(dict)
         self._cache: dict[tuple[str | None, int], list[tuple[str, float]]] = {}
         norm = max(self._prior.values(), default=1.0) or 1.0
         for k in self._prior:
@@ -58,15 +75,24 @@ class PopularityRanker:
         return list(self._prior)
 
     def observe(self, sku: str, zone: str | None, hour: int, t: float, units: int = 1) -> None:
-        bucket = self._live[(zone, hour % self.HOURS)]
+        """A pick in ``zone`` at local ``hour``. ``t`` (its wall-clock stamp) is not used for the decay, which
+        runs on ``mono`` (see the module docstring); the parameter stays for the callers."""
+        key = (zone, hour % self.HOURS)
+        bucket = self._live[key]
+        stamps = self._decayed[key]
         cur = bucket.get(sku)
+        now = self._mono()
         if cur is None:
             bucket[sku] = [float(units), t]
+            stamps[sku] = now
         else:
-            decay = 0.5 ** ((t - cur[1]) / self.half_life_s) if t > cur[1] else 1.0
-            cur[0] = cur[0] * decay + units
+            dt = now - stamps[sku]
+            if dt >= DECAY_GRAIN_S:
+                cur[0] *= 0.5 ** (dt / self.half_life_s)
+                stamps[sku] = now
+            cur[0] += units
             cur[1] = max(cur[1], t)
-        self._cache.pop((zone, hour % self.HOURS), None)
+        self._cache.pop(key, None)
 
     def _ranked(self, zone: str | None, hour: int) -> list[tuple[str, float]]:
         key = (zone, hour % self.HOURS)
