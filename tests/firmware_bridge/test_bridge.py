@@ -5,62 +5,29 @@ from __future__ import annotations
 import asyncio
 import errno
 import time
-from collections.abc import Callable
 from typing import Any
 
-from edge.config import NodeConfig, default_config
 from edge.events import ShelfEvent
 from firmware_bridge.driver import DIALOUT_FIX, discover, open_error_message
 from firmware_bridge.physics import NoiseModel
 from firmware_bridge.room import ShelfBridge
 from firmware_bridge.sim import SimulatedStore
 
-UNITS = [100.0, 250.0, 400.0, 60.0]
 
-
-def config(ports: list[str], **shelves: Any) -> NodeConfig:
-    return default_config(
-        layout={
-            "zones": [{"id": "z", "polygon": [[0, 0], [4, 0], [4, 4]]}],
-            "shelves": [{"id": "shelf-a", "zone": "z", "position": [1, 1], "controller": "ctrl-a",
-                         "slots": [{"slot": i, "sku": f"sku-{i}"} for i in range(4)]}],
-        },
-        shelves={"ports": [{"port": p} for p in ports], **shelves},
-    )
-
-
-def planogram(shelf: str, slot: int) -> tuple[str | None, float | None]:
-    return (f"sku-{slot}", UNITS[slot]) if shelf == "shelf-a" else (None, UNITS[slot])
-
-
-async def until(cond: Callable[[], bool], timeout: float = 15.0) -> None:
-    """Generous timeouts: these are correctness checks, not speed checks (CI machines are busy)."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
-
-
-def started(sim: SimulatedStore, events: list[ShelfEvent], **shelves: Any) -> ShelfBridge:
-    ports = [sim.port(cid) for cid in sim.controllers]
-    return ShelfBridge(config(ports, **shelves), events.append, planogram, startup_grace_s=0.0)
-
-
-def test_picks_become_shelf_events_and_displays_show_text() -> None:
+def test_picks_become_shelf_events_and_displays_show_text(rig: Any) -> None:
     async def main() -> None:
         with SimulatedStore(seed=1) as sim:
-            sim.add_controller("ctrl-a", slot_count=4, unit_g=UNITS)
+            sim.add_controller("ctrl-a", slot_count=4, unit_g=rig.UNITS)
             events: list[ShelfEvent] = []
-            br = started(sim, events)
+            br = rig.started(sim, events)
             await br.start()
             try:
-                await until(lambda: br.health()["online"] == 1)
+                await rig.until(lambda: br.health()["online"] == 1)
                 await asyncio.sleep(1.0)  # the detector's first stable level
                 sim.pick("ctrl-a", 1, 2)
                 sim.pick("ctrl-a", 2, 1, delay=0.1)  # neighbour, same moment
                 sim.put("ctrl-a", 3, 1, delay=0.2)
-                await until(lambda: len(events) >= 3, 20.0)
+                await rig.until(lambda: len(events) >= 3, 20.0)
                 await asyncio.sleep(1.0)
                 got = sorted((e.shelf, e.slot, e.sku, e.delta_units, e.controller) for e in events)
                 assert got == [("shelf-a", 1, "sku-1", -2, "ctrl-a"), ("shelf-a", 2, "sku-2", -1, "ctrl-a"),
@@ -77,8 +44,8 @@ def test_picks_become_shelf_events_and_displays_show_text() -> None:
                 assert not await br.show("shelf-a", 9, "x", 1.0)
 
                 sim.brownout("ctrl-a")  # display RAM lost: the node restores it after HELLO
-                await until(lambda: br.health()["controllers"]["ctrl-a"]["reboots"] == 1)
-                await until(lambda: sim.display("ctrl-a", 2) is not None)
+                await rig.until(lambda: br.health()["controllers"]["ctrl-a"]["reboots"] == 1)
+                await rig.until(lambda: sim.display("ctrl-a", 2) is not None)
                 assert br.health()["controllers"]["ctrl-a"]["boot_reason"] == "brown-out"
             finally:
                 await br.stop()
@@ -86,16 +53,16 @@ def test_picks_become_shelf_events_and_displays_show_text() -> None:
     asyncio.run(main())
 
 
-def test_garbage_corruption_and_drops_are_counted_and_sensing_continues() -> None:
+def test_garbage_corruption_and_drops_are_counted_and_sensing_continues(rig: Any) -> None:
     async def main() -> None:
         with SimulatedStore(seed=2) as sim:
-            sim.add_controller("ctrl-a", slot_count=4, unit_g=UNITS, noise=NoiseModel())
+            sim.add_controller("ctrl-a", slot_count=4, unit_g=rig.UNITS, noise=NoiseModel())
             events: list[ShelfEvent] = []
-            br = started(sim, events)
+            br = rig.started(sim, events)
             await br.start()
             lag = 0.0
             try:
-                await until(lambda: br.health()["online"] == 1)
+                await rig.until(lambda: br.health()["online"] == 1)
                 f = sim.faults("ctrl-a")
                 f.corrupt_rate, f.drop_rate = 0.05, 0.02
                 t_prev = time.monotonic()
@@ -107,7 +74,7 @@ def test_garbage_corruption_and_drops_are_counted_and_sensing_continues() -> Non
                     t_prev = now
                 await asyncio.sleep(1.0)
                 sim.pick("ctrl-a", 0, 1)
-                await until(lambda: any(e.slot == 0 for e in events), 20.0)
+                await rig.until(lambda: any(e.slot == 0 for e in events), 20.0)
                 h = br.health()["controllers"]["ctrl-a"]
                 assert h["garbage_bytes"] >= 100_000 and h["resyncs"] > 0
                 assert h["crc_errors"] > 0 and h["lost_frames"] > 0
@@ -120,25 +87,25 @@ def test_garbage_corruption_and_drops_are_counted_and_sensing_continues() -> Non
     asyncio.run(main())
 
 
-def test_unplug_replug_reconnects_and_keeps_sensing() -> None:
+def test_unplug_replug_reconnects_and_keeps_sensing(rig: Any) -> None:
     async def main() -> None:
         with SimulatedStore(seed=3) as sim:
-            sim.add_controller("ctrl-a", slot_count=4, unit_g=UNITS)
+            sim.add_controller("ctrl-a", slot_count=4, unit_g=rig.UNITS)
             events: list[ShelfEvent] = []
-            br = started(sim, events, reconnect_max_s=0.2)
+            br = rig.started(sim, events, reconnect_max_s=0.2)
             await br.start()
             try:
-                await until(lambda: br.health()["online"] == 1)
+                await rig.until(lambda: br.health()["online"] == 1)
                 sim.unplug("ctrl-a")
-                await until(lambda: br.health()["online"] == 0)
+                await rig.until(lambda: br.health()["online"] == 0)
                 h = br.health()["controllers"]["ctrl-a"]
                 assert h["link"] in ("missing", "lost") and h["error"]
                 await asyncio.sleep(0.5)
                 sim.replug("ctrl-a")
-                await until(lambda: br.health()["online"] == 1)
+                await rig.until(lambda: br.health()["online"] == 1)
                 await asyncio.sleep(1.0)
                 sim.pick("ctrl-a", 2, 1)
-                await until(lambda: len(events) == 1, 20.0)
+                await rig.until(lambda: len(events) == 1, 20.0)
                 assert events[0].slot == 2 and events[0].delta_units == -1
                 h = br.health()["controllers"]["ctrl-a"]
                 assert h["reconnects"] >= 1 and h["link"] == "open"
@@ -148,18 +115,18 @@ def test_unplug_replug_reconnects_and_keeps_sensing() -> None:
     asyncio.run(main())
 
 
-def test_silent_controller_goes_offline_and_comes_back() -> None:
+def test_silent_controller_goes_offline_and_comes_back(rig: Any) -> None:
     async def main() -> None:
         with SimulatedStore(seed=4) as sim:
-            sim.add_controller("ctrl-a", slot_count=4, unit_g=UNITS)
-            br = started(sim, [], offline_after_s=0.5)
+            sim.add_controller("ctrl-a", slot_count=4, unit_g=rig.UNITS)
+            br = rig.started(sim, [], offline_after_s=0.5)
             await br.start()
             try:
-                await until(lambda: br.health()["online"] == 1)
+                await rig.until(lambda: br.health()["online"] == 1)
                 sim.silence("ctrl-a", 3.0)
-                await until(lambda: br.health()["offline"] == 1, 20.0)
+                await rig.until(lambda: br.health()["offline"] == 1, 20.0)
                 assert br.health()["status"] == "degraded"
-                await until(lambda: br.health()["online"] == 1, 20.0)
+                await rig.until(lambda: br.health()["online"] == 1, 20.0)
                 assert br.health()["status"] == "ok"
             finally:
                 await br.stop()
@@ -167,32 +134,32 @@ def test_silent_controller_goes_offline_and_comes_back() -> None:
     asyncio.run(main())
 
 
-def test_unknown_protocol_version_is_an_error_for_that_controller_only() -> None:
+def test_unknown_protocol_version_is_an_error_for_that_controller_only(rig: Any) -> None:
     async def main() -> None:
         with SimulatedStore(seed=5) as sim:
-            sim.add_controller("ctrl-a", slot_count=4, unit_g=UNITS)
+            sim.add_controller("ctrl-a", slot_count=4, unit_g=rig.UNITS)
             sim.add_controller("ctrl-future", slot_count=4, protocol_version=2)
             events: list[ShelfEvent] = []
-            br = started(sim, events)
+            br = rig.started(sim, events)
             await br.start()
             try:
-                await until(lambda: br.health()["online"] == 1)
+                await rig.until(lambda: br.health()["online"] == 1)
                 await asyncio.sleep(1.0)
                 h = br.health()
                 bad = h["controllers"][sim.port("ctrl-future")]
                 assert bad["protocol_errors"] > 0 and "protocol v2" in bad["error"] and not bad["online"]
                 assert h["controllers"]["ctrl-a"]["online"]
                 sim.pick("ctrl-a", 0, 1)
-                await until(lambda: len(events) == 1, 20.0)
+                await rig.until(lambda: len(events) == 1, 20.0)
             finally:
                 await br.stop()
 
     asyncio.run(main())
 
 
-def test_missing_port_is_reported_and_retried_without_exiting(tmp_path: Any) -> None:
+def test_missing_port_is_reported_and_retried_without_exiting(tmp_path: Any, rig: Any) -> None:
     async def main() -> None:
-        br = ShelfBridge(config([str(tmp_path / "ttyACM9")], reconnect_max_s=0.1), lambda e: None,
+        br = ShelfBridge(rig.config([str(tmp_path / "ttyACM9")], reconnect_max_s=0.1), lambda e: None,
                          startup_grace_s=0.3)
         await br.start()
         try:
@@ -217,18 +184,18 @@ def test_discovery_ignores_ports_without_our_usb_id(tmp_path: Any) -> None:
     assert discover(["1209:5c5c"], by_id_dir=str(tmp_path)) == []
 
 
-def test_controller_is_set_to_the_configured_sample_rate_and_still_detects() -> None:
+def test_controller_is_set_to_the_configured_sample_rate_and_still_detects(rig: Any) -> None:
     async def main() -> None:
         with SimulatedStore(seed=6) as sim:
-            c = sim.add_controller("ctrl-a", slot_count=4, unit_g=UNITS, rate_hz=10)
+            c = sim.add_controller("ctrl-a", slot_count=4, unit_g=rig.UNITS, rate_hz=10)
             events: list[ShelfEvent] = []
-            br = started(sim, events, sample_rate_hz=25)
+            br = rig.started(sim, events, sample_rate_hz=25)
             await br.start()
             try:
-                await until(lambda: c.rate_hz == 25)
+                await rig.until(lambda: c.rate_hz == 25)
                 await asyncio.sleep(1.0)
                 sim.pick("ctrl-a", 3, 2)
-                await until(lambda: len(events) == 1, 20.0)
+                await rig.until(lambda: len(events) == 1, 20.0)
                 assert (events[0].slot, events[0].delta_units) == (3, -2)
             finally:
                 await br.stop()

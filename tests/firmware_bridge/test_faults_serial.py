@@ -4,8 +4,6 @@ offline, health says why (not just "offline" with an empty error), and it all re
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,35 +12,16 @@ from edge.events import ShelfEvent
 from firmware_bridge.room import ShelfBridge
 from firmware_bridge.sim import SimulatedStore
 
-UNITS = [100.0, 250.0, 400.0, 60.0]
 
-
-async def until(cond: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
-
-
-def bridge(sim: SimulatedStore, events: list[ShelfEvent]) -> ShelfBridge:
-    cfg = default_config(
-        layout={"zones": [{"id": "z", "polygon": [[0, 0], [4, 0], [4, 4]]}],
-                "shelves": [{"id": "shelf-a", "zone": "z", "position": [1, 1], "controller": "ctrl-a",
-                             "slots": [{"slot": i, "sku": f"sku-{i}"} for i in range(4)]}]},
-        shelves={"ports": [{"port": sim.port("ctrl-a")}], "offline_after_s": 0.5})
-    return ShelfBridge(cfg, events.append, lambda s, n: (f"sku-{n}", UNITS[n]), startup_grace_s=0.0)
-
-
-def test_a_line_of_pure_garbage_says_so_then_recovers() -> None:
+def test_a_line_of_pure_garbage_says_so_then_recovers(rig: Any) -> None:
     async def main() -> None:
         with SimulatedStore(seed=21) as sim:
-            sim.add_controller("ctrl-a", slot_count=4, unit_g=UNITS)
+            sim.add_controller("ctrl-a", slot_count=4, unit_g=rig.UNITS)
             events: list[ShelfEvent] = []
-            br = bridge(sim, events)
+            br = rig.started(sim, events, offline_after_s=0.5)
             await br.start()
             try:
-                await until(lambda: br.health()["online"] == 1)
+                await rig.until(lambda: br.health()["online"] == 1)
                 f = sim.faults("ctrl-a")
                 f.corrupt_rate = 1.0  # every frame the controller sends arrives damaged
                 for _ in range(15):
@@ -53,12 +32,12 @@ def test_a_line_of_pure_garbage_says_so_then_recovers() -> None:
                 assert h["status"] == "degraded" and not c["online"] and c["link"] == "open"
                 assert "only garbage" in c["error"] and "cable" in c["error"], c["error"]  # old code: ""
                 f.corrupt_rate = 0.0
-                await until(lambda: br.health()["online"] == 1)
+                await rig.until(lambda: br.health()["online"] == 1)
                 h = br.health()
                 assert h["status"] == "ok" and h["controllers"]["ctrl-a"]["error"] == ""
                 await asyncio.sleep(1.0)
                 sim.pick("ctrl-a", 1, 1)
-                await until(lambda: len(events) == 1)
+                await rig.until(lambda: len(events) == 1)
                 assert (events[0].slot, events[0].delta_units) == (1, -1)
             finally:
                 await br.stop()
@@ -66,19 +45,19 @@ def test_a_line_of_pure_garbage_says_so_then_recovers() -> None:
     asyncio.run(main())
 
 
-def test_a_silent_controller_says_silent() -> None:
+def test_a_silent_controller_says_silent(rig: Any) -> None:
     async def main() -> None:
         with SimulatedStore(seed=22) as sim:
-            sim.add_controller("ctrl-a", slot_count=4, unit_g=UNITS)
-            br = bridge(sim, [])
+            sim.add_controller("ctrl-a", slot_count=4, unit_g=rig.UNITS)
+            br = rig.started(sim, [], offline_after_s=0.5)
             await br.start()
             try:
-                await until(lambda: br.health()["online"] == 1)
+                await rig.until(lambda: br.health()["online"] == 1)
                 sim.silence("ctrl-a", 3.0)
-                await until(lambda: br.health()["offline"] == 1)
+                await rig.until(lambda: br.health()["offline"] == 1)
                 c = br.health()["controllers"]["ctrl-a"]
                 assert "silent" in c["error"] and "power-cycle" in c["error"], c["error"]  # old code: ""
-                await until(lambda: br.health()["online"] == 1)
+                await rig.until(lambda: br.health()["online"] == 1)
                 assert br.health()["controllers"]["ctrl-a"]["error"] == ""
             finally:
                 await br.stop()
@@ -86,7 +65,7 @@ def test_a_silent_controller_says_silent() -> None:
     asyncio.run(main())
 
 
-def test_a_port_that_is_not_a_serial_device_names_the_fix(tmp_path: Path) -> None:
+def test_a_port_that_is_not_a_serial_device_names_the_fix(tmp_path: Path, rig: Any) -> None:
     """A typo in shelves.ports pointing at a file or a directory: old code said only 'cannot open: Could not
     configure port: (25, 'Inappropriate ioctl for device')'."""
     plain = tmp_path / "ttyACM0.txt"
@@ -99,7 +78,7 @@ def test_a_port_that_is_not_a_serial_device_names_the_fix(tmp_path: Path) -> Non
             br = ShelfBridge(cfg, lambda e: None, startup_grace_s=0.0)
             await br.start()
             try:
-                await until(lambda b=br: next(iter(b.health()["controllers"].values()))["error"] != "")
+                await rig.until(lambda b=br: next(iter(b.health()["controllers"].values()))["error"] != "")
                 out.append(br.health())
             finally:
                 await br.stop()

@@ -11,27 +11,16 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from edge.config import default_config
 from edge.events import ShelfEvent
 from firmware_bridge import protocol as P
 from firmware_bridge.flash import Flasher, query
 from firmware_bridge.image import build_image, read_image
-from firmware_bridge.room import ShelfBridge
 from firmware_bridge.sim import SimulatedStore
 
 REPO = Path(__file__).resolve().parents[2]
-UNITS = [100.0, 250.0, 400.0, 60.0]
-
-
-async def until(cond: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 def stop_in_bootloader(port: str, image: Path, chunks: int = 20) -> None:
@@ -46,26 +35,21 @@ def stop_in_bootloader(port: str, image: Path, chunks: int = 20) -> None:
             assert f.request(P.FlashData(off, img.payload[off:off + P.FLASH_CHUNK])).status == P.Status.OK
 
 
-def test_controller_left_in_its_bootloader_is_degraded_with_the_fix(tmp_path: Path) -> None:
+def test_controller_left_in_its_bootloader_is_degraded_with_the_fix(tmp_path: Path, rig: Any) -> None:
     image = tmp_path / "fw.scfw"
     image.write_bytes(build_image(os.urandom(20_000), "SC-LC8-r2", (1, 9, 0)))
 
     async def main() -> None:
         with SimulatedStore(seed=5) as sim:
-            sim.add_controller("ctrl-a", slot_count=4, unit_g=UNITS)
+            sim.add_controller("ctrl-a", slot_count=4, unit_g=rig.UNITS)
             port = sim.port("ctrl-a")
             stop_in_bootloader(port, image)
             assert query(port).mode == P.MODE_BOOTLOADER
-            cfg = default_config(
-                layout={"zones": [{"id": "z", "polygon": [[0, 0], [4, 0], [4, 4]]}],
-                        "shelves": [{"id": "shelf-a", "zone": "z", "position": [1, 1], "controller": "ctrl-a",
-                                     "slots": [{"slot": i, "sku": f"sku-{i}"} for i in range(4)]}]},
-                shelves={"ports": [{"port": port}], "offline_after_s": 0.5})
             events: list[ShelfEvent] = []
-            br = ShelfBridge(cfg, events.append, lambda s, n: (f"sku-{n}", UNITS[n]), startup_grace_s=0.0)
+            br = rig.started(sim, events, offline_after_s=0.5)
             await br.start()
             try:
-                await until(lambda: br.health()["controllers"].get("ctrl-a", {}).get("mode") == "bootloader")
+                await rig.until(lambda: br.health()["controllers"].get("ctrl-a", {}).get("mode") == "bootloader")
                 await asyncio.sleep(1.0)  # past offline_after_s: the bootloader's heartbeats keep the link up
                 h = br.health()
                 c = h["controllers"]["ctrl-a"]
@@ -76,12 +60,12 @@ def test_controller_left_in_its_bootloader_is_degraded_with_the_fix(tmp_path: Pa
                 sim.unplug("ctrl-a")
                 await asyncio.sleep(0.3)
                 sim.replug("ctrl-a")
-                await until(lambda: br.health()["controllers"]["ctrl-a"].get("mode") == "app")
+                await rig.until(lambda: br.health()["controllers"]["ctrl-a"].get("mode") == "app")
                 h = br.health()
                 assert h["status"] == "ok" and h["controllers"]["ctrl-a"]["error"] == "", h
                 await asyncio.sleep(1.0)
                 sim.pick("ctrl-a", 1, 1)
-                await until(lambda: any(e.slot == 1 for e in events))
+                await rig.until(lambda: any(e.slot == 1 for e in events))
             finally:
                 await br.stop()
 
