@@ -43,6 +43,14 @@ ID_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 # every loyalty number. `shelfcast demo` uses it; a deployed node needs the retailer's own salt (provision
 # --customer-salt FILE).
 DEMO_CUSTOMER_SALT = "shelfcast-demo-salt"
+# ...and with a cloud link those hashes would leave the node: raw-id check-ins (POST /api/checkin) are refused
+# (NodeConfig.refuses_raw_checkins); the cloud's already-hashed cmd check_in and everything else keep working.
+DEMO_SALT_CHECKINS_REFUSED = (
+    "fusion.customer_salt is the public demo salt and mqtt.cloud.url is set: check-ins with a raw loyalty id "
+    "(POST /api/checkin) are refused, because their hashes would go to the cloud and anyone can reverse them by "
+    "trying every loyalty number (the cloud's already-hashed cmd check_in still works); get the retailer's salt "
+    "file from the cloud side and run `sudo shelfcast provision --customer-salt FILE`, then "
+    "`sudo systemctl restart shelfcast`")
 MIN_ADMIN_TOKEN = 16  # characters of signage.admin_token
 Id = Annotated[str, Field(pattern=ID_RE)]
 Point = tuple[float, float]
@@ -370,6 +378,10 @@ class NodeConfig(_Strict):
         return self
 
     # -- helpers -----------------------------------------------------------
+    def refuses_raw_checkins(self) -> bool:
+        """The public demo salt with a cloud link: POST /api/checkin is refused (DEMO_SALT_CHECKINS_REFUSED)."""
+        return self.fusion.uses_demo_salt() and self.mqtt.cloud.url is not None
+
     def redacted(self) -> dict[str, Any]:
         """The config as plain JSON data with every secret masked."""
         return json.loads(self.model_dump_json(by_alias=True))
