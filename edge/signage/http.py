@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from edge.config import DEMO_SALT_CHECKINS_REFUSED
 from edge.events import CheckIn
 from edge.signage.hub import Client, direct_send
 from edge.signage.payload import ICONS
@@ -370,6 +371,8 @@ def hash_customer(salt: str, raw: str) -> str:
 
 async def checkin(request: web.Request) -> web.Response:
     room = request.app[ROOM]
+    if room.config.refuses_raw_checkins():  # the demo salt's hashes must not reach the cloud (docs/privacy.md)
+        return web.json_response({"error": DEMO_SALT_CHECKINS_REFUSED}, status=409)
     wait = room.cfg.request_timeout_s
     try:
         async with asyncio.timeout(wait):
