@@ -43,7 +43,7 @@ from urllib.parse import urlsplit
 
 from edge.cli import CommandRegistry, UserError, print_json
 from edge.clock import CLOCK_FIX, clock_problem, looks_unset
-from edge.config import BrokerSection, ConfigError, NodeConfig, load_config
+from edge.config import DEMO_SALT_CHECKINS_REFUSED, BrokerSection, ConfigError, NodeConfig, load_config
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -122,7 +122,13 @@ def check_config(path: Path) -> tuple[Check, NodeConfig | None]:
 
 
 def check_customer_salt(cfg: NodeConfig) -> Check:
-    """Warn while shopper ids are hashed with the public demo salt (reversible by trying every loyalty number)."""
+    """Warn while shopper ids are hashed with the public demo salt (reversible by trying every loyalty number);
+    fail when a cloud link makes the node refuse raw-id check-ins because of it."""
+    if cfg.refuses_raw_checkins():
+        return Check("customer_salt", "fail", DEMO_SALT_CHECKINS_REFUSED.split("; get ")[0],
+                     "get the retailer's salt file from the cloud side and run `sudo shelfcast provision "
+                     "--customer-salt FILE` (the same salt on every node of the retailer), then "
+                     "`sudo systemctl restart shelfcast`")
     if cfg.fusion.uses_demo_salt():
         return Check("customer_salt", "warn",
                      "fusion.customer_salt is the public demo salt: stored and synced shopper ids can be reversed "
