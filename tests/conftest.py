@@ -8,6 +8,8 @@
 - ``node_process``: starts real ``shelfcast run`` processes (``python -m edge run --config``), waits for
   "running", stops them with SIGINT; any left running are killed at the end.
 - ``retained``: ``retained(port, topic, timeout=3.0)``, what a new MQTT subscriber gets as the retained message.
+- ``node_thread``: ``with node_thread(config_path): ...``, a real ``edge.app.Node`` running in this process (its
+  own event-loop thread) for the block.
 
 Fixtures skip only when the binary is missing on a developer's machine; CI sets
 ``SHELFCAST_REQUIRE_SERVICES=1`` which turns that skip into a failure.
@@ -15,6 +17,8 @@ Fixtures skip only when the binary is missing on a developer's machine; CI sets
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -160,6 +164,43 @@ def retained() -> Callable[..., bytes | None]:
     """``retained(port, topic, timeout=3.0, protocol=mqtt.MQTTv5)``: the retained message a new subscriber gets,
     or None."""
     return _retained
+
+
+@contextlib.contextmanager
+def _node_thread(config_path: Path, timeout: float = 60.0) -> Iterator[None]:
+    """A real node (``edge.app.Node`` on ``config_path``) started on its own event-loop thread for the block;
+    stopped (``Node.stop``) and its loop closed after it."""
+    from edge.app import Node
+    from edge.config import load_config
+
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    stop = asyncio.Event()
+
+    async def serve() -> None:
+        node = Node(load_config(config_path))
+        await node.start()
+        started.set()
+        try:
+            await stop.wait()
+        finally:
+            await node.stop()
+
+    t = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
+    t.start()
+    try:
+        assert started.wait(timeout), f"the node on {config_path} did not start in {timeout:.0f} s"
+        yield
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        t.join(timeout)
+        loop.close()
+
+
+@pytest.fixture
+def node_thread() -> Callable[..., contextlib.AbstractContextManager[None]]:
+    """``with node_thread(config_path, timeout=60.0): ...``: a real node running in this process for the block."""
+    return _node_thread
 
 
 @dataclass

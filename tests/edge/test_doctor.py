@@ -260,11 +260,7 @@ def test_good_calibration_and_missing_camera(healthy: dict[str, Any]) -> None:
     assert "video group" in c["camera"].fix
 
 
-def test_signage_page_and_running_node_health(healthy: dict[str, Any]) -> None:
-    import threading
-
-    from edge.app import Node
-
+def test_signage_page_and_running_node_health(healthy: dict[str, Any], node_thread: Any) -> None:
     raw = healthy["raw"]
     raw["signage"] = {"enabled": True, "host": "127.0.0.1", "port": free_port()}
     raw["shelves"] = {"enabled": False}
@@ -273,28 +269,8 @@ def test_signage_page_and_running_node_health(healthy: dict[str, Any]) -> None:
     c = doctor.check_signage(load_config(path))  # the node is not running
     assert c.status == "fail" and "does not answer" in c.detail and "systemctl start shelfcast" in c.fix
 
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
-    stop = asyncio.Event()
-
-    async def serve() -> None:
-        node = Node(load_config(path))
-        await node.start()
-        started.set()
-        try:
-            await stop.wait()
-        finally:
-            await node.stop()
-
-    t = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
-    t.start()
-    try:
-        assert started.wait(60)
+    with node_thread(path):
         c = doctor.check_signage(load_config(path))
-    finally:
-        loop.call_soon_threadsafe(stop.set)
-        t.join(60)
-        loop.close()
     assert c.status in ("pass", "warn") and "running node reports" in c.detail, c
     if c.status == "warn":
         assert c.fix

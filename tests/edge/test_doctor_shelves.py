@@ -4,9 +4,7 @@ reads the node's own health). Both used to PASS while the shelf sent no weights.
 
 from __future__ import annotations
 
-import asyncio
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -72,27 +70,10 @@ def test_controller_in_its_bootloader_is_a_warning(tmp_path: Path, stuck: str) -
     assert "firmware flash --port" in c.fix and "power-cycle" in c.fix, c.fix
 
 
-def test_running_node_holding_the_port_reports_what_it_knows(tmp_path: Path, stuck: str, mosquitto: Any) -> None:
-    from edge.app import Node
-
+def test_running_node_holding_the_port_reports_what_it_knows(tmp_path: Path, stuck: str, mosquitto: Any,
+                                                              node_thread: Any) -> None:
     path = config(tmp_path, stuck, mosquitto.url, free_port())
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
-    stop = asyncio.Event()
-
-    async def serve() -> None:
-        node = Node(load_config(path))
-        await node.start()
-        started.set()
-        try:
-            await stop.wait()
-        finally:
-            await node.stop()
-
-    t = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
-    t.start()
-    try:
-        assert started.wait(60)
+    with node_thread(path):
         cfg = load_config(path)
         deadline = time.monotonic() + 15
         while True:  # the node opens the port and hears the bootloader's HELLO shortly after it starts
@@ -102,10 +83,6 @@ def test_running_node_holding_the_port_reports_what_it_knows(tmp_path: Path, stu
                 break
             time.sleep(0.1)
         c = {x.name: x for x in doctor.check_shelves(cfg)}["shelves"]
-    finally:
-        loop.call_soon_threadsafe(stop.set)
-        t.join(60)
-        loop.close()
     assert "in use by the running node" in c.detail, c.detail
     assert c.status == "warn", c  # old code: pass
     assert "is in its bootloader" in c.detail and "firmware flash --port" in c.detail, c.detail
