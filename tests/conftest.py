@@ -10,6 +10,8 @@
 - ``retained``: ``retained(port, topic, timeout=3.0)``, what a new MQTT subscriber gets as the retained message.
 - ``node_thread``: ``with node_thread(config_path): ...``, a real ``edge.app.Node`` running in this process (its
   own event-loop thread) for the block.
+- ``fake_clock``: ``fc = fake_clock(wall=None, mono=1000.0)``, wall and monotonic time the test moves, for the
+  rooms that take an ``edge.clock.Clock`` (``fc.clock()``).
 
 Fixtures skip only when the binary is missing on a developer's machine; CI sets
 ``SHELFCAST_REQUIRE_SERVICES=1`` which turns that skip into a failure.
@@ -201,6 +203,34 @@ def _node_thread(config_path: Path, timeout: float = 60.0) -> Iterator[None]:
 def node_thread() -> Callable[..., contextlib.AbstractContextManager[None]]:
     """``with node_thread(config_path, timeout=60.0): ...``: a real node running in this process for the block."""
     return _node_thread
+
+
+class FakeClock:
+    """Wall and monotonic time moved by the test: ``elapse`` moves both (time passes), ``step`` only the wall
+    (NTP stepping a clock that had no real-time clock). ``wall`` None: now."""
+
+    def __init__(self, wall: float | None = None, mono: float = 1000.0) -> None:
+        self.w = time.time() if wall is None else wall
+        self.m = mono
+
+    def elapse(self, s: float) -> None:
+        self.w += s
+        self.m += s
+
+    def step(self, s: float) -> None:
+        self.w += s
+
+    def clock(self) -> Any:
+        """An ``edge.clock.Clock`` reading this fake."""
+        from edge.clock import Clock
+
+        return Clock(wall=lambda: self.w, mono=lambda: self.m)
+
+
+@pytest.fixture
+def fake_clock() -> type[FakeClock]:
+    """``fake_clock(wall=None, mono=1000.0)``: a ``FakeClock`` (``.w``, ``.m``, ``elapse``, ``step``, ``clock()``)."""
+    return FakeClock
 
 
 @dataclass

@@ -2,17 +2,17 @@
 
 A Pi without a real-time clock runs until NTP syncs, then its wall clock steps by hours or years. A step
 forward must not end every visit at once; a step back must not freeze expiry. The rooms take a clock
-(``edge.clock.Clock``: wall + monotonic); ``FakeClock`` moves both (time passes) or only the wall (a step).
-Real SQLite, the bundled demo store and catalogue."""
+(``edge.clock.Clock``: wall + monotonic); the ``fake_clock`` fixture (tests/conftest.py) moves both (time
+passes) or only the wall (a step). Real SQLite, the bundled demo store and catalogue."""
 
 from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from edge.app import bundled_catalogue
 from edge.bus import Bus
-from edge.clock import Clock
 from edge.config import NodeConfig, parse_config
 from edge.events import RecItem, RecommendationSet, ShelfEvent, ShopperEvent, TrackUpdate
 from edge.fusion import Fusion
@@ -22,6 +22,7 @@ from edge.store import Store
 
 DAY = 86400.0
 YEAR = 365 * DAY
+WALL0, MONO0 = 1_800_000_000.0, 500.0  # where each test's fake clock starts
 LAYOUT = {
     "zones": [{"id": "dairy", "polygon": [[0, 0], [5, 0], [5, 4], [0, 4]]}],
     "shelves": [
@@ -33,35 +34,19 @@ LAYOUT = {
 }
 
 
-class FakeClock:
-    def __init__(self, w: float = 1_800_000_000.0) -> None:
-        self.w = w
-        self.m = 500.0
-
-    def elapse(self, s: float) -> None:
-        self.w += s
-        self.m += s
-
-    def step(self, s: float) -> None:
-        self.w += s
-
-    def clock(self) -> Clock:
-        return Clock(wall=lambda: self.w, mono=lambda: self.m)
-
-
 def _cfg(camera: bool) -> NodeConfig:
     return NodeConfig.model_validate({"layout": LAYOUT, "camera": {"enabled": camera},
                                       "fusion": {"customer_salt": "s", "anonymous_idle_s": 60}})
 
 
-def _stand(f: Fusion, fc: FakeClock, secs: float, x: float = 2.0, y: float = 1.0) -> None:
+def _stand(f: Fusion, fc: Any, secs: float, x: float = 2.0, y: float = 1.0) -> None:
     for _ in range(int(secs * 15)):
         f.on_track(TrackUpdate(track=7, x=x, y=y, zone="dairy", t=fc.w))
         fc.elapse(1 / 15)
 
 
-def test_a_tracked_shopper_keeps_their_visit_across_a_step_forward() -> None:
-    fc = FakeClock()
+def test_a_tracked_shopper_keeps_their_visit_across_a_step_forward(fake_clock: Any) -> None:
+    fc = fake_clock(WALL0, MONO0)
     out: list[ShopperEvent] = []
     f = Fusion(_cfg(camera=True), out.append, clock=fc.clock())
     _stand(f, fc, 2.0)
@@ -77,8 +62,8 @@ def test_a_tracked_shopper_keeps_their_visit_across_a_step_forward() -> None:
     assert v is not None and v.items == (("MILK", 1), ("BUTTER", 1))
 
 
-def test_shelf_only_visits_across_steps_expire_by_elapsed_time() -> None:
-    fc = FakeClock()
+def test_shelf_only_visits_across_steps_expire_by_elapsed_time(fake_clock: Any) -> None:
+    fc = fake_clock(WALL0, MONO0)
     out: list[ShopperEvent] = []
     f = Fusion(_cfg(camera=False), out.append, clock=fc.clock())
     f.on_shelf_event(ShelfEvent(shelf="milk", slot=0, sku=None, delta_units=-1, t=fc.w))
@@ -106,11 +91,11 @@ def _demo(tmp_path: Path) -> NodeConfig:
     return NodeConfig.model_validate(raw)
 
 
-def test_recommend_visits_expire_by_elapsed_time_across_steps(tmp_path: Path) -> None:
+def test_recommend_visits_expire_by_elapsed_time_across_steps(tmp_path: Path, fake_clock: Any) -> None:
     config = _demo(tmp_path)
     shelf = config.layout.shelves[0]
     sku = next(sl.sku for sl in shelf.slots if sl.sku)
-    fc = FakeClock()
+    fc = fake_clock(WALL0, MONO0)
     with Store(tmp_path / "sc.db", flush_interval_ms=5) as store:
         store.upsert_products(bundled_catalogue()).result(5)
         rec = Recommender(config, store, Bus(), clock=fc.clock())
@@ -141,8 +126,8 @@ def _set(session: str, skus: list[str]) -> RecommendationSet:
                              items=tuple(RecItem(sku=s, name=s, price=1.0, score=1.0, reason="r") for s in skus))
 
 
-def test_a_pick_after_a_step_still_converts_within_the_window(tmp_path: Path) -> None:
-    fc = FakeClock()
+def test_a_pick_after_a_step_still_converts_within_the_window(tmp_path: Path, fake_clock: Any) -> None:
+    fc = fake_clock(WALL0, MONO0)
     with Store(tmp_path / "db.sqlite", flush_interval_ms=5) as store:
         fb = Feedback(store, window_s=600, upstream_topic="up", min_visible_s=0.0, clock=fc.clock())
         fb.shown(_set("s1", ["x", "y"]))

@@ -20,25 +20,7 @@ DAY = 86400.0
 MAX_AGE = 14 * DAY
 
 
-class FakeClock:
-    """Wall and monotonic time moved by the test: ``elapse`` moves both, ``step`` only the wall (NTP)."""
-
-    def __init__(self) -> None:
-        self.w = time.time()
-        self.m = 1000.0
-
-    def elapse(self, s: float) -> None:
-        self.w += s
-        self.m += s
-
-    def step(self, s: float) -> None:
-        self.w += s
-
-    def clock(self) -> Clock:
-        return Clock(wall=lambda: self.w, mono=lambda: self.m)
-
-
-def _fill(store: Store, fc: FakeClock, n: int = 20) -> list[str]:
+def _fill(store: Store, fc: Any, n: int = 20) -> list[str]:
     ids = []
     for i in range(n):
         ev = ShopperEvent(session="s1", sku=f"sku-{i}", action="pick", zone="dairy", t=fc.w)
@@ -52,8 +34,8 @@ def _pending_ids(store: Store) -> list[str]:
     return [r["id"] for r in store.outbox_peek(limit=10_000)]
 
 
-def test_a_step_forward_of_a_year_keeps_the_outbox_and_the_recent_events(tmp_path: Path) -> None:
-    fc = FakeClock()
+def test_a_step_forward_of_a_year_keeps_the_outbox_and_the_recent_events(tmp_path: Path, fake_clock: Any) -> None:
+    fc = fake_clock()
     with Store(tmp_path / "db.sqlite", flush_interval_ms=5, retention_days=14, clock=fc.clock()) as store:
         ids = _fill(store, fc)
         fc.elapse(60)
@@ -74,8 +56,8 @@ def test_a_step_forward_of_a_year_keeps_the_outbox_and_the_recent_events(tmp_pat
         assert store.event_count() == 0
 
 
-def test_a_step_back_of_a_year_does_not_keep_rows_forever(tmp_path: Path) -> None:
-    fc = FakeClock()
+def test_a_step_back_of_a_year_does_not_keep_rows_forever(tmp_path: Path, fake_clock: Any) -> None:
+    fc = fake_clock()
     fc.w += 365 * DAY  # the clock is a year ahead (and the right time, after the step, is after BUILD_FLOOR)
     with Store(tmp_path / "db.sqlite", flush_interval_ms=5, retention_days=14, clock=fc.clock()) as store:
         _fill(store, fc)
@@ -88,9 +70,9 @@ def test_a_step_back_of_a_year_does_not_keep_rows_forever(tmp_path: Path) -> Non
         assert store.event_count() == 0
 
 
-def test_rows_of_an_earlier_run_keep_their_stamps(tmp_path: Path) -> None:
+def test_rows_of_an_earlier_run_keep_their_stamps(tmp_path: Path, fake_clock: Any) -> None:
     """Only this run's rows are re-stamped: an earlier run's rows came from its own (set) clock."""
-    fc = FakeClock()
+    fc = fake_clock()
     with Store(tmp_path / "db.sqlite", flush_interval_ms=5, clock=fc.clock()) as store:
         _fill(store, fc, 5)
     before = fc.w
