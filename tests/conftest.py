@@ -12,6 +12,10 @@
   own event-loop thread) for the block.
 - ``fake_clock``: ``fc = fake_clock(wall=None, mono=1000.0)``, wall and monotonic time the test moves, for the
   rooms that take an ``edge.clock.Clock`` (``fc.clock()``).
+- ``demo_yaml``: ``demo_yaml(d, camera={...}, ...)``, the bundled demo store's config as ``d/shelfcast.yaml`` (data
+  on ``d/data``), the given sections replaced whole.
+- ``mqtt_spy``: ``spy = mqtt_spy(port, topic="#")``, a subscriber recording every (topic, payload), outbox batches
+  decompressed.
 
 Fixtures skip only when the binary is missing on a developer's machine; CI sets
 ``SHELFCAST_REQUIRE_SERVICES=1`` which turns that skip into a failure.
@@ -30,6 +34,7 @@ import sys
 import threading
 import time
 import tty
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +42,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+import yaml
 
 
 def require_or_skip(what: str, fix: str) -> None:
@@ -231,6 +237,76 @@ class FakeClock:
 def fake_clock() -> type[FakeClock]:
     """``fake_clock(wall=None, mono=1000.0)``: a ``FakeClock`` (``.w``, ``.m``, ``elapse``, ``step``, ``clock()``)."""
     return FakeClock
+
+
+def _demo_yaml(d: Path, **sections: Any) -> Path:
+    """``d/shelfcast.yaml``: the bundled demo store's config (``edge/data/demo_store.yaml``) with its data dir on
+    ``d/data`` and each section given replaced whole (``camera={"enabled": False}``, ``node={...}``)."""
+    from importlib import resources
+
+    raw = yaml.safe_load(resources.files("edge").joinpath("data/demo_store.yaml").read_text())
+    raw["node"]["data_dir"] = str(d / "data")
+    raw.update(sections)
+    path = d / "shelfcast.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def demo_yaml() -> Callable[..., Path]:
+    """``demo_yaml(d, **sections)``: the demo store's config written to ``d/shelfcast.yaml`` (data on ``d/data``)."""
+    return _demo_yaml
+
+
+class MqttSpy:
+    """A subscriber on the broker at ``port`` that records (topic, payload) of every message on ``topic``; an outbox
+    batch (zlib, first byte ``x``) is recorded decompressed. ``client`` can publish too."""
+
+    def __init__(self, port: int, topic: str = "#") -> None:
+        self._seen: list[tuple[str, bytes]] = []
+        self._lock = threading.Lock()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"spy-{time.monotonic_ns()}")
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.subscribe(topic, qos=1)
+        self.client.loop_start()
+
+    def _on_message(self, _c: Any, _u: Any, m: mqtt.MQTTMessage) -> None:
+        data = bytes(m.payload)
+        if data[:1] == b"x":  # an outbox batch, zlib-compressed
+            try:
+                data = zlib.decompress(data)
+            except zlib.error:
+                pass
+        with self._lock:
+            self._seen.append((m.topic, data))
+
+    def messages(self) -> list[tuple[str, bytes]]:
+        """(topic, payload) of what arrived so far, in order."""
+        with self._lock:
+            return list(self._seen)
+
+    def payloads(self) -> list[bytes]:
+        return [d for _t, d in self.messages()]
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+@pytest.fixture
+def mqtt_spy() -> Iterator[Callable[..., MqttSpy]]:
+    """``mqtt_spy(port, topic="#")``: a started ``MqttSpy``; ``close()`` it to stop recording (done at the end
+    anyway)."""
+    spies: list[MqttSpy] = []
+
+    def make(port: int, topic: str = "#") -> MqttSpy:
+        spies.append(MqttSpy(port, topic))
+        return spies[-1]
+
+    yield make
+    for s in spies:
+        s.close()
 
 
 @dataclass

@@ -8,21 +8,13 @@ import os
 import stat
 import subprocess
 import sys
-from importlib import resources
 from pathlib import Path
-
-import yaml
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def demo_config(tmp_path: Path) -> Path:
-    raw = yaml.safe_load(resources.files("edge").joinpath("data/demo_store.yaml").read_text())
-    raw["node"]["data_dir"] = str(tmp_path / "data")
-    raw["camera"] = {"enabled": True, "source": "synthetic"}
-    path = tmp_path / "shelfcast.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
+CAMERA = {"enabled": True, "source": "synthetic"}  # demo_yaml(tmp_path, camera=CAMERA): the grab's config
 
 
 def shelfcast(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -36,8 +28,8 @@ def mode(p: Path) -> int:
     return stat.S_IMODE(p.stat().st_mode)
 
 
-def test_grab_writes_the_snapshot_and_grid_owner_only(tmp_path: Path) -> None:
-    cfg = demo_config(tmp_path)
+def test_grab_writes_the_snapshot_and_grid_owner_only(tmp_path: Path, demo_yaml: Any) -> None:
+    cfg = demo_yaml(tmp_path, camera=CAMERA)
     snap = tmp_path / "snapshot.png"
     r = shelfcast("calibrate", "camera", "--config", str(cfg), "--grab", str(snap))
     assert r.returncode == 0, r.stderr
@@ -47,8 +39,8 @@ def test_grab_writes_the_snapshot_and_grid_owner_only(tmp_path: Path) -> None:
     assert mode(grid) == 0o600, oct(mode(grid))
 
 
-def test_preview_is_owner_only_and_an_old_readable_file_is_tightened(tmp_path: Path) -> None:
-    cfg = demo_config(tmp_path)
+def test_preview_is_owner_only_and_an_old_readable_file_is_tightened(tmp_path: Path, demo_yaml: Any) -> None:
+    cfg = demo_yaml(tmp_path, camera=CAMERA)
     preview = tmp_path / "camera-calibration.png"
     preview.write_bytes(b"old")
     preview.chmod(0o644)
@@ -58,9 +50,9 @@ def test_preview_is_owner_only_and_an_old_readable_file_is_tightened(tmp_path: P
     assert mode(preview) == 0o600, oct(mode(preview))
 
 
-def test_nothing_is_written_without_a_technician_asking(tmp_path: Path) -> None:
+def test_nothing_is_written_without_a_technician_asking(tmp_path: Path, demo_yaml: Any) -> None:
     # --no-preview: no frame grabbed, no image anywhere in the working directory or beside the config
-    cfg = demo_config(tmp_path)
+    cfg = demo_yaml(tmp_path, camera=CAMERA)
     r = subprocess.run([sys.executable, "-m", "edge", "calibrate", "camera", "--config", str(cfg), "--synthetic",
                         "--no-preview"], capture_output=True, text=True, timeout=120, cwd=tmp_path,
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -68,17 +60,17 @@ def test_nothing_is_written_without_a_technician_asking(tmp_path: Path) -> None:
     assert not list(tmp_path.rglob("*.png")), list(tmp_path.rglob("*.png"))
 
 
-def test_an_unwritable_image_path_is_named_not_a_traceback(tmp_path: Path) -> None:
-    cfg = demo_config(tmp_path)
+def test_an_unwritable_image_path_is_named_not_a_traceback(tmp_path: Path, demo_yaml: Any) -> None:
+    cfg = demo_yaml(tmp_path, camera=CAMERA)
     r = shelfcast("calibrate", "camera", "--config", str(cfg), "--grab", str(tmp_path / "no" / "s.png"))
     assert r.returncode == 2 and "cannot write" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
-def test_under_sudo_the_snapshot_belongs_to_the_technician(tmp_path: Path) -> None:
+def test_under_sudo_the_snapshot_belongs_to_the_technician(tmp_path: Path, demo_yaml: Any) -> None:
     # 0600 root-owned would lock out the technician's image viewer; as root with SUDO_UID the file is theirs,
     # as anyone else SUDO_UID is ignored and the file is the caller's
     tmp_path.chmod(0o755)
-    cfg = demo_config(tmp_path)
+    cfg = demo_yaml(tmp_path, camera=CAMERA)
     snap = tmp_path / "s.png"
     r = shelfcast("calibrate", "camera", "--config", str(cfg), "--grab", str(snap),
                   env={"SUDO_UID": "65534", "SUDO_GID": "65534"})

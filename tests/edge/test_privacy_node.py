@@ -9,16 +9,10 @@ import json
 import subprocess
 import sys
 import tarfile
-import threading
 import time
 import urllib.request
-import zlib
-from importlib import resources
 from pathlib import Path
 from typing import Any
-
-import paho.mqtt.client as mqtt
-import yaml
 
 from edge.fusion import hash_customer
 
@@ -35,20 +29,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def node_config(tmp_path: Path, broker_url: str, port: int) -> Path:
+def node_config(demo_yaml: Any, tmp_path: Path, broker_url: str, port: int) -> Path:
     (tmp_path / "salt").write_text(SALT + "\n")
     (tmp_path / "token").write_text(TOKEN + "\n")
-    raw = yaml.safe_load(resources.files("edge").joinpath("data/demo_store.yaml").read_text())
-    raw["node"] = {"store_id": "s1", "node_id": "n1", "data_dir": str(tmp_path / "data")}
-    raw["camera"] = {"enabled": False}
-    raw["shelves"] = {"enabled": False}
-    raw["signage"] = {"host": "127.0.0.1", "port": port, "admin_token": f"file:{tmp_path / 'token'}"}
-    raw["fusion"] = {"customer_salt": f"file:{tmp_path / 'salt'}"}
-    raw["mqtt"] = {"cloud": {"url": broker_url}}
-    raw["logging"] = {"level": "DEBUG"}
-    path = tmp_path / "shelfcast.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
+    return demo_yaml(tmp_path, node={"store_id": "s1", "node_id": "n1", "data_dir": str(tmp_path / "data")},
+                     camera={"enabled": False}, shelves={"enabled": False},
+                     signage={"host": "127.0.0.1", "port": port, "admin_token": f"file:{tmp_path / 'token'}"},
+                     fusion={"customer_salt": f"file:{tmp_path / 'salt'}"}, mqtt={"cloud": {"url": broker_url}},
+                     logging={"level": "DEBUG"})
 
 
 def http(port: int, path: str, body: dict[str, Any] | None = None) -> bytes:
@@ -60,28 +48,11 @@ def http(port: int, path: str, body: dict[str, Any] | None = None) -> bytes:
         return bytes(r.read())
 
 
-def test_a_raw_loyalty_id_and_the_salt_never_leave_their_place(tmp_path: Path, mosquitto: Any,
-                                                               node_process: Any) -> None:
+def test_a_raw_loyalty_id_and_the_salt_never_leave_their_place(tmp_path: Path, mosquitto: Any, node_process: Any,
+                                                               demo_yaml: Any, mqtt_spy: Any) -> None:
     port = free_port()
-    cfg = node_config(tmp_path, mosquitto.url, port)
-    seen: list[tuple[str, bytes]] = []
-    lock = threading.Lock()
-
-    def on_message(_c: Any, _u: Any, m: Any) -> None:
-        data = bytes(m.payload)
-        if data[:1] == b"x":  # an outbox batch, zlib-compressed
-            try:
-                data = zlib.decompress(data)
-            except zlib.error:
-                pass
-        with lock:
-            seen.append((m.topic, data))
-
-    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="privacy-spy")
-    sub.on_message = on_message
-    sub.connect("127.0.0.1", mosquitto.port)
-    sub.subscribe("#", qos=1)
-    sub.loop_start()
+    cfg = node_config(demo_yaml, tmp_path, mosquitto.url, port)
+    spy = mqtt_spy(mosquitto.port, "#")
     p = node_process.start(cfg)
     try:
         out = node_process.wait_running(p)
@@ -93,14 +64,13 @@ def test_a_raw_loyalty_id_and_the_salt_never_leave_their_place(tmp_path: Path, m
         hashed = hash_customer(RAW_ID, SALT)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            with lock:
-                if any(hashed.encode() in d for _t, d in seen):
-                    break
+            if any(hashed.encode() in d for d in spy.payloads()):
+                break
             time.sleep(0.2)
     finally:
         out = out + node_process.stop(p) if "out" in locals() else node_process.stop(p)
-        sub.loop_stop()
-        sub.disconnect()
+        spy.close()
+    seen = spy.messages()
     log = tmp_path / "node.log"
     log.write_text(out)
     bundle = tmp_path / "bundle.tar.gz"

@@ -7,15 +7,9 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 import time
-import zlib
-from importlib import resources
 from pathlib import Path
 from typing import Any
-
-import paho.mqtt.client as mqtt
-import yaml
 
 from edge.fusion import hash_customer
 
@@ -23,43 +17,25 @@ RAW = "4242424242"  # a loyalty number: 10 digits, which the old pattern [A-Za-z
 SALT = "acme-profile-salt-0b1c2d3e4f5a6b7c8d9e"
 
 
-def node_config(tmp_path: Path, broker_url: str) -> Path:
+def node_config(demo_yaml: Any, tmp_path: Path, broker_url: str) -> Path:
     (tmp_path / "salt").write_text(SALT + "\n")
-    raw = yaml.safe_load(resources.files("edge").joinpath("data/demo_store.yaml").read_text())
-    raw["node"] = {"store_id": "s1", "node_id": "n1", "data_dir": str(tmp_path / "data")}
-    raw["camera"] = {"enabled": False}
-    raw["shelves"] = {"enabled": False}
-    raw["signage"] = {"host": "127.0.0.1", "port": 0}
-    raw["fusion"] = {"customer_salt": f"file:{tmp_path / 'salt'}"}
-    raw["mqtt"] = {"cloud": {"url": broker_url}}
-    path = tmp_path / "shelfcast.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
+    return demo_yaml(tmp_path, node={"store_id": "s1", "node_id": "n1", "data_dir": str(tmp_path / "data")},
+                     camera={"enabled": False}, shelves={"enabled": False}, signage={"host": "127.0.0.1", "port": 0},
+                     fusion={"customer_salt": f"file:{tmp_path / 'salt'}"}, mqtt={"cloud": {"url": broker_url}})
 
 
-def test_a_profile_keyed_by_a_raw_id_is_refused(tmp_path: Path, mosquitto: Any, node_process: Any) -> None:
-    cfg = node_config(tmp_path, mosquitto.url)
+def test_a_profile_keyed_by_a_raw_id_is_refused(tmp_path: Path, mosquitto: Any, node_process: Any, demo_yaml: Any,
+                                                mqtt_spy: Any) -> None:
+    cfg = node_config(demo_yaml, tmp_path, mosquitto.url)
     hashed = hash_customer("loyalty-77", SALT)
-    errors: list[bytes] = []
-    got = threading.Event()
-
-    def on_message(_c: Any, _u: Any, m: Any) -> None:
-        data = bytes(m.payload)
-        errors.append(zlib.decompress(data) if data[:1] == b"x" else data)  # a batch may be zlib-compressed
-        got.set()
-
-    spy = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="privacy-profiles")
-    spy.on_message = on_message
-    spy.connect("127.0.0.1", mosquitto.port)
-    spy.subscribe("shelfcast/v1/s1/n1/error", qos=1)
-    spy.loop_start()
+    spy = mqtt_spy(mosquitto.port, "shelfcast/v1/s1/n1/error")  # a batch arrives decompressed
     p = node_process.start(cfg)
     try:
         out = node_process.wait_running(p)
         time.sleep(1.0)  # the node's cloud link subscribes after 'running'
 
         def send(payload: dict[str, Any]) -> None:
-            spy.publish("shelfcast/v1/s1/n1/profiles/delta", json.dumps(payload), qos=1).wait_for_publish(5)
+            spy.client.publish("shelfcast/v1/s1/n1/profiles/delta", json.dumps(payload), qos=1).wait_for_publish(5)
 
         send({"id": "pr-raw", "profiles": [{"customer": RAW, "demographics": {"age": "35-44"},
                                             "history": [["1082185", 1.7e9, 2.0]]}]})
@@ -72,19 +48,18 @@ def test_a_profile_keyed_by_a_raw_id_is_refused(tmp_path: Path, mosquitto: Any, 
             if db.exists():
                 with sqlite3.connect(db) as c:
                     keys = [r[0] for r in c.execute("SELECT customer FROM profiles")]
-                if hashed in keys and b"".join(errors).count(b"hash_customer") >= 2:
+                if hashed in keys and b"".join(spy.payloads()).count(b"hash_customer") >= 2:
                     break
             time.sleep(0.2)
     finally:
         out = out + node_process.stop(p) if "out" in locals() else node_process.stop(p)
-        spy.loop_stop()
-        spy.disconnect()
+        spy.close()
     with sqlite3.connect(tmp_path / "data" / "shelfcast.db") as c:
         keys = [r[0] for r in c.execute("SELECT customer FROM profiles")]
     assert keys == [hashed], keys  # old code: ['4242424242', 'ABCD…' (upper case), hash]
     rejected = [ln for ln in out.splitlines() if "rejected message" in ln and "profiles/delta" in ln]
     assert len(rejected) == 2 and all("hash_customer" in ln for ln in rejected), out
     assert RAW not in out and hashed.upper() not in out
-    upstream = b"".join(errors)
+    upstream = b"".join(spy.payloads())
     assert upstream.count(b"hash_customer") >= 2, upstream
     assert RAW.encode() not in upstream

@@ -4,30 +4,23 @@ takes it (and a copy with a pixel grid), and the same file then serves as --snap
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import pytest
-import yaml
 
 from edge.cli import main
 from edge.config import load_config
 from edge.vision.scene import SyntheticScene
 
-
-def demo_config(tmp_path: Path) -> Path:
-    raw = yaml.safe_load(resources.files("edge").joinpath("data/demo_store.yaml").read_text())
-    raw["node"]["data_dir"] = str(tmp_path / "data")
-    raw["camera"] = {"enabled": True, "source": "synthetic"}
-    path = tmp_path / "shelfcast.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
+CAMERA = {"enabled": True, "source": "synthetic"}  # demo_yaml(tmp_path, camera=CAMERA): the grab's config
 
 
-def test_grab_a_snapshot_then_calibrate_on_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    cfg_path = demo_config(tmp_path)
+def test_grab_a_snapshot_then_calibrate_on_it(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                              demo_yaml: Any) -> None:
+    cfg_path = demo_yaml(tmp_path, camera=CAMERA)
     snap = tmp_path / "snapshot.png"
     assert main(["calibrate", "camera", "--config", str(cfg_path), "--grab", str(snap)]) == 0  # old code: exit 2
     out = capsys.readouterr().out
@@ -54,8 +47,8 @@ def test_grab_a_snapshot_then_calibrate_on_it(tmp_path: Path, capsys: pytest.Cap
     assert "sudo systemctl restart shelfcast" in out, out  # the running node keeps its old homography until then
 
 
-def test_grab_mistakes_are_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    cfg_path = demo_config(tmp_path)
+def test_grab_mistakes_are_named(tmp_path: Path, capsys: pytest.CaptureFixture[str], demo_yaml: Any) -> None:
+    cfg_path = demo_yaml(tmp_path, camera=CAMERA)
     assert main(["calibrate", "camera", "--grab", str(tmp_path / "s.png")]) == 2
     assert "--grab needs --config" in capsys.readouterr().err
     assert main(["calibrate", "camera", "--config", str(cfg_path), "--grab", str(tmp_path / "s.png"),
