@@ -16,7 +16,7 @@ from pathlib import Path
 
 from edge import __version__
 from edge.cli import CommandRegistry, UserError, print_json
-from edge.config import ConfigError, json_schema, load_config
+from edge.config import DEMO_SALT_CHECKINS_REFUSED, ConfigError, json_schema, load_config
 
 log = logging.getLogger("shelfcast")
 
@@ -77,7 +77,9 @@ def _run(args: argparse.Namespace) -> int:
     setup_logging(config.logging)
     if args.log_level:
         logging.getLogger().setLevel(args.log_level)
-    if config.fusion.uses_demo_salt():  # `shelfcast demo` does not come through here
+    if config.refuses_raw_checkins():
+        log.warning(DEMO_SALT_CHECKINS_REFUSED)
+    elif config.fusion.uses_demo_salt():  # `shelfcast demo` does not come through here
         log.warning("fusion.customer_salt is the public demo salt: stored and synced shopper ids can be reversed; "
                     "get the retailer's salt file from the cloud side and run `sudo shelfcast provision "
                     "--customer-salt FILE`")
@@ -178,6 +180,8 @@ def _config_validate(args: argparse.Namespace) -> int:
         return 1
     print(f"{args.file}: valid ({len(cfg.layout.zones)} zones, {len(cfg.layout.shelves)} shelves, "
           f"{len(cfg.layout.screens)} screens)")
+    if cfg.refuses_raw_checkins():
+        print(f"note: {DEMO_SALT_CHECKINS_REFUSED}", file=sys.stderr)
     return 0
 
 
