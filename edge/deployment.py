@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from edge.config import NodeConfig, load_config
+from edge.config import DEMO_SALT_CHECKINS_REFUSED, NodeConfig, load_config
 
 __all__ = [
     "LOCAL_BROKER_PORT",
@@ -125,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(args.config)
     if args.what == "validate":  # quicker than `shelfcast config validate` (no command modules to import)
         print(f"{args.config}: valid")
+        if cfg.refuses_raw_checkins():  # on stderr: the installer shows it before an upgrade replaces anything
+            print(f"    note: {DEMO_SALT_CHECKINS_REFUSED}", file=sys.stderr)
     elif args.what == "render":  # everything at once: one interpreter start instead of three
         if args.out_dir is None:
             ap.error("render needs --out-dir")
