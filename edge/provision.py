@@ -44,6 +44,7 @@ import yaml
 from edge.cli import CommandRegistry, UserError, print_json, sudo_user
 from edge.config import (
     DEMO_CUSTOMER_SALT,
+    DEMO_SALT_CHECKINS_REFUSED,
     ID_RE,
     MIN_ADMIN_TOKEN,
     ConfigError,
@@ -793,8 +794,8 @@ def _provision(args: argparse.Namespace) -> int:
             res = provision(config_path=config_path, keys_dir=keys_dir, qr_path=qr, **kw)
     except PermissionError as exc:
         raise UserError(f"cannot write {exc.filename}: permission denied; run it with sudo") from None
-    if res.demo_salt:
-        print(DEMO_SALT_WARNING, file=sys.stderr)
+    if res.demo_salt:  # with a cloud broker the node refuses raw-id check-ins until the salt is set
+        print(f"warning: {DEMO_SALT_CHECKINS_REFUSED}" if res.cloud_broker else DEMO_SALT_WARNING, file=sys.stderr)
     if args.password_file is not None and (res.cloud_broker or "").startswith("mqtt://"):
         print(f"warning: {res.cloud_broker} is plain MQTT: the password goes over the network unencrypted; use the "
               "broker's TLS port (--cloud-broker mqtts://HOST:8883)", file=sys.stderr)
