@@ -60,6 +60,12 @@ EOF
 }
 
 die() { echo "install.sh: $*" >&2; exit 1; }
+NEW=""        # the new venv being built, until it is switched in
+SWITCHED=0
+# a run that stops before the switch (pip failed, a config the new code refuses, any step) removes the venv it was
+# building: the node keeps the one it runs, and nothing half-built is left on the card
+trap 'rc=$?; if [ "$rc" != 0 ] && [ -n "$NEW" ] && [ "$SWITCHED" = 0 ] && [ -e "$NEW" ]; then
+    rm -rf "$NEW"; echo "install.sh: removed the unfinished new venv; $VENV is the one the node ran before" >&2; fi' EXIT
 # a system command that fails (apt-get, useradd, systemctl, a full disk...) stops the script under set -e with
 # only that command's own words; say where it stopped and that a re-run after the fix is the way on
 trap 'rc=$?; echo "install.sh: stopped at line $LINENO (\`$BASH_COMMAND\` exited $rc): the steps before it are in place, none after it; fix what it says above and run the installer again (it is idempotent)" >&2' ERR
@@ -93,7 +99,8 @@ if [ -z "$DESTDIR" ] && [ "$(id -u)" -ne 0 ]; then
     die "run it as root (sudo $0 $*), or use --destdir DIR to install into a scratch root"
 fi
 
-VENV="$PREFIX/venv"
+VENV="$PREFIX/venv"    # a symlink to the venv in use, $VENVS/<id>
+VENVS="$PREFIX/venvs"
 R="$DESTDIR"  # the root every path is written under
 LOG="$R$PREFIX/install-actions.log"
 MANIFEST="$R$PREFIX/install-manifest.txt"
@@ -167,53 +174,100 @@ render_broker_and_udev() {
     run udevadm trigger --subsystem-match=tty --action=add
 }
 
-# make_paths_final: the venv was built at DIR$PREFIX/venv but runs at $PREFIX/venv once DIR is the card's
-# root. venv and pip write their absolute location into what they install (the #! line of every venv/bin
-# script, pyvenv.cfg, the activate scripts, the source path in each .pyc), so DIR is taken out of each: text
-# files are rewritten, .pyc files that name DIR are compiled again under their final path (pip ran with
-# --no-compile, so this compiles what it installed once). The venv's own python still runs from DIR (it
-# finds its venv by its own location), which is how the rest of this script runs it.
+# make_paths_final: the new venv was built at DIR$PREFIX/venvs/<id> but runs as $PREFIX/venv (the link the units,
+# the `shelfcast` links and a technician's `activate` name) once it is switched in and, with --destdir, once DIR
+# is the card's root. venv and pip write their absolute location into what they install (the #! line of every
+# venv/bin script, pyvenv.cfg, the activate scripts, the source path in each .pyc), so the build path is made
+# $PREFIX/venv in each and DIR is taken out: text files are replaced (a new file renamed over the old one, never
+# written in place: the files the new venv shares with the previous one by hard link stay as they are), .pyc
+# files that name the build path are compiled again under the final one (pip ran with --no-compile, so this
+# compiles what it installed once). Only files not shared with the previous venv (link count 1) can name the new
+# build path, so an upgrade reads only what pip and venv wrote. Every venv names $PREFIX/venv: the previous one
+# kept for a rollback is right again the moment the link points back at it. The venv's own python still runs from
+# its build path (it finds its venv by its own location), which is how the rest of this script runs it.
 make_paths_final() {
-    "$PY" - "$R" "$R$PREFIX" <<'PYEOF' || die "cannot take $R out of the paths in $R$PREFIX"
+    "$PY" - "$R" "$1" "$VENV" <<'PYEOF' || die "cannot make the paths in $1 final ($VENV)"
 import compileall
 import glob
 import os
+import shutil
 import sys
 
-root, top = sys.argv[1], sys.argv[2]
-old = (root + "/").encode()
+root, build, final = sys.argv[1], sys.argv[2], sys.argv[3]
+subs = [(build.encode(), final.encode())]
+if root:
+    subs.append(((root + "/").encode(), b"/"))
 text = links = stale = 0
-for d, dirs, files in os.walk(top):
+for d, dirs, files in os.walk(build):
     for name in dirs + files:
         path = os.path.join(d, name)
         if os.path.islink(path):
-            target = os.readlink(path)
-            if target.startswith(root + "/"):
-                os.unlink(path)
-                os.symlink(target[len(root):], path)
+            target = new = os.readlink(path)
+            if new == build or new.startswith(build + "/"):
+                new = final + new[len(build):]
+            elif root and new.startswith(root + "/"):
+                new = new[len(root):]
+            if new != target:
+                os.symlink(new, path + ".final")
+                os.replace(path + ".final", path)
                 links += 1
             continue
-        if name not in files:
-            continue
+        if name not in files or os.lstat(path).st_nlink > 1:
+            continue  # a hard link shared with the previous venv: it names the final paths already
         with open(path, "rb") as f:
             data = f.read()
-        if old not in data:
+        if not any(old in data for old, _ in subs):
             continue
         if name.endswith(".pyc"):
             os.unlink(path)  # compiled again below, naming its final path
             stale += 1
         elif b"\0" in data:
-            print(f"    note: {path} names {root} and is not text; left as is")
+            print(f"    note: {path} names {build} and is not text; left as is")
         else:
-            with open(path, "r+b") as f:  # in place: keeps the mode (the #! scripts stay executable)
-                f.write(data.replace(old, b"/"))
-                f.truncate()
+            for old, new_bytes in subs:
+                data = data.replace(old, new_bytes)
+            with open(path + ".final", "wb") as f:
+                f.write(data)
+            shutil.copymode(path, path + ".final")  # the #! scripts stay executable
+            os.replace(path + ".final", path)
             text += 1
-for lib in glob.glob(os.path.join(top, "venv", "lib", "python3*")):
-    compileall.compile_dir(lib, quiet=2, stripdir=root, prependdir="/")
+for lib in glob.glob(os.path.join(build, "lib", "python3*")):
+    compileall.compile_dir(lib, quiet=2, stripdir=build, prependdir=final)
 if text or links or stale:
-    print(f"    paths made final (no {root} in them): {text} text files, {links} links, {stale} .pyc compiled again")
+    print(f"    paths made final ({final}): {text} text files, {links} links, {stale} .pyc compiled again")
 PYEOF
+}
+
+# switch_venv: $VENV (a symlink) to the new venv, by one rename; a real directory there (a node installed before
+# 2026-12-01) is first moved to $VENVS, named by its version and creation time, and becomes the previous venv
+PREV_ID=""
+switch_venv() {
+    local link="$R$VENV" ver
+    if [ -L "$link" ]; then
+        PREV_ID="$(basename "$(readlink "$link")")"
+    elif [ -d "$link" ]; then
+        ver="$("$link/bin/python" -P -c 'import edge; print(edge.__version__)' 2>/dev/null | tr -cd 'A-Za-z0-9.+_-' || true)"
+        PREV_ID="${ver:+$ver-}$(date -u -r "$link/pyvenv.cfg" +%Y%m%dT%H%M%SZ 2>/dev/null || echo before)"
+        [ ! -e "$R$VENVS/$PREV_ID" ] || PREV_ID="$PREV_ID-$$"
+        mv -T "$link" "$R$VENVS/$PREV_ID"
+        echo "    moved the venv of the previous layout to $VENVS/$PREV_ID"
+    fi
+    ln -sfn "venvs/$NEW_ID" "$link.switch"
+    mv -T "$link.switch" "$link"
+    SWITCHED=1
+    echo "    $VENV -> venvs/$NEW_ID${PREV_ID:+ (previous: venvs/$PREV_ID, kept for a rollback)}"
+}
+
+# prune_venvs: keep the venv in use and the previous one; older ones and unfinished ones (a power cut during an
+# install) go
+prune_venvs() {
+    local d
+    for d in "$R$VENVS"/*; do
+        [ -d "$d" ] || continue
+        case "$(basename "$d")" in "$NEW_ID"|"$PREV_ID") continue ;; esac
+        rm -rf "$d"
+        echo "    removed the older venv $VENVS/$(basename "$d")"
+    done
 }
 
 if [ "$FIRSTBOOT" = 1 ]; then
@@ -317,26 +371,53 @@ sys.exit(not r(edge.__file__).startswith(r(sys.argv[1]) + "/"))'
 fi
 
 say "venv $VENV (ShelfCast + runtime dependencies, no extras)"
-if [ ! -x "$PY" ]; then
-    # shellcheck disable=SC2086
-    "$PYTHON" -m venv $VENV_OPTS "$R$VENV" || die "cannot create the venv: sudo apt-get install -y python3-venv"
-fi
-if [ -n "$INHERIT_SITE" ]; then
-    SITE="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-    echo "$INHERIT_SITE" >"$SITE/shelfcast-inherit.pth"
-fi
+# The node never runs on a half-installed venv: the new ShelfCast goes into a new venv beside the one the node
+# runs ($VENVS/<version>-<time>), seeded with hard links to the installed one (no space, no download: pip only
+# replaces what changed, and pip unlinks a file before writing it, so the shared files never change), and
+# $VENV, a symlink, is switched to it by one rename when the node is stopped for its restart. Until then a node
+# restart (crash, watchdog, power cut) starts the old venv, whole; a pip that fails leaves it serving. The
+# previous venv is kept for a rollback, older ones are removed. A node installed before 2026-12-01 has a real
+# directory at $VENV: it is moved to $VENVS at the switch and becomes the previous venv.
+# inherit_site SITE: the --inherit-site line, written as a new file (the old one may be a link shared with the
+# previous venv)
+inherit_site() {
+    [ -n "$INHERIT_SITE" ] || return 0
+    local site
+    site="$("$1" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+    printf '%s\n' "$INHERIT_SITE" >"$site/shelfcast-inherit.pth.new"
+    mv -f "$site/shelfcast-inherit.pth.new" "$site/shelfcast-inherit.pth"
+}
+NEW_ID=""
 if [ "$SOURCE" = - ]; then
+    inherit_site "$PY"
     echo "    keeping the installed ShelfCast (--source PATH to upgrade)"
 else
-    NO_COMPILE=""
-    [ -z "$DESTDIR" ] || NO_COMPILE=--no-compile  # compiled below, with the final paths
+    # <version>-<UTC time>: `ls $VENVS` tells a technician which is which
+    ver="$(PYTHONPATH="$SOURCE" "$PYTHON" -P -c 'import edge; print(edge.__version__)' 2>/dev/null | tr -cd 'A-Za-z0-9.+_-' || true)"
+    NEW_ID="${ver:+$ver-}$(date -u +%Y%m%dT%H%M%SZ)"
+    n=1; base="$NEW_ID"
+    while [ -e "$R$VENVS/$NEW_ID" ]; do n=$((n + 1)); NEW_ID="$base-$n"; done
+    NEW="$R$VENVS/$NEW_ID"
+    mkdir -p "$R$VENVS"
+    # the installed venv is a seed only if it runs the same interpreter (a venv is made for one Python)
+    if [ -x "$PY" ] && [ "$(readlink -f "$PY")" = "$(readlink -f "$(command -v "$PYTHON")")" ]; then
+        cp -al "$(readlink -f "$R$VENV")" "$NEW" 2>/dev/null || { rm -rf "$NEW"; cp -a "$(readlink -f "$R$VENV")" "$NEW"; } \
+            || die "cannot copy the installed venv to $VENVS/$NEW_ID (disk full? df -h $PREFIX); nothing was replaced"
+        echo "    new venv $VENVS/$NEW_ID, seeded from the installed one"
+    else
+        # shellcheck disable=SC2086
+        "$PYTHON" -m venv $VENV_OPTS "$NEW" || die "cannot create the venv: sudo apt-get install -y python3-venv"
+        echo "    new venv $VENVS/$NEW_ID"
+    fi
+    PY="$NEW/bin/python"  # from here on the new ShelfCast; the node runs the installed one until the switch
+    inherit_site "$PY"
     # shellcheck disable=SC2086
-    "$PY" -m pip install --quiet --disable-pip-version-check --no-warn-script-location $NO_COMPILE $PIP_OPTS \
+    "$PY" -m pip install --quiet --disable-pip-version-check --no-warn-script-location --no-compile $PIP_OPTS \
         "$SOURCE" \
-        || die "pip could not install $SOURCE; check the network or pass --pip-options '--no-index --find-links DIR'"
-fi
-if [ -n "$DESTDIR" ]; then
-    make_paths_final
+        || die "pip could not install $SOURCE (its words are above); nothing was replaced: the node keeps running" \
+               "the installed ShelfCast. Check the network (or pass --pip-options '--no-index --find-links DIR'" \
+               "with the wheels) and free space (df -h $PREFIX), then run the installer again"
+    make_paths_final "$NEW"
 fi
 "$PY" -c 'import importlib.util as u, sys; sys.exit(u.find_spec("tensorflow") is not None and not __import__("os").environ.get("SHELFCAST_ALLOW_TF"))' \
     || echo "    note: tensorflow is importable in the venv; a node does not need it"
@@ -349,7 +430,8 @@ grep -qxF /usr/local/bin/shelfcast "$MANIFEST" || echo /usr/local/bin/shelfcast 
 say "config $CONFIG"
 if [ -f "$R$CONFIG" ]; then
     tmp="$(mktemp)"; cp "$CONFIG_IN" "$tmp"
-    if ! cmp -s "$tmp" "$R$CONFIG"; then install -m 640 "$tmp" "$R$CONFIG.dist"; fi
+    # the template when it differs from the config; one left by an older run that matches no more is stale: removed
+    if ! cmp -s "$tmp" "$R$CONFIG"; then install -m 640 "$tmp" "$R$CONFIG.dist"; else rm -f "$R$CONFIG.dist"; fi
     rm -f "$tmp"
     echo "    kept the existing config (template beside it as $CONFIG.dist when different)"
 else
@@ -357,8 +439,14 @@ else
     echo "    wrote $CONFIG"
 fi
 run chown "root:$SERVICE_USER" "$CONFIG"
-"$PY" -m edge.deployment validate --config "$R$CONFIG" >/dev/null \
-    || die "the config $CONFIG is not valid; fix what is listed above, then run the installer again"
+if [ -n "$NEW" ]; then
+    "$PY" -m edge.deployment validate --config "$R$CONFIG" >/dev/null \
+        || die "the config $CONFIG is not valid for the ShelfCast in $SOURCE (listed above); nothing was replaced:" \
+               "the node keeps running the installed ShelfCast. Fix what is listed, then run the installer again"
+else
+    "$PY" -m edge.deployment validate --config "$R$CONFIG" >/dev/null \
+        || die "the config $CONFIG is not valid; fix what is listed above, then run the installer again"
+fi
 
 say "helper scripts and docs"
 # the installer keeps a copy of itself and what it installs from, so `$PREFIX/lib/install.sh` re-runs it
@@ -392,7 +480,16 @@ run systemctl restart systemd-journald.service
 run systemctl enable mosquitto.service shelfcast-firstboot.service shelfcast.service
 run systemctl restart mosquitto.service
 [ "$WITH_KIOSK" = 0 ] || run systemctl enable shelfcast-kiosk.service
-run systemctl restart shelfcast.service
+if [ -n "$NEW" ]; then
+    # stopped, switched, started: the old node never sees the new files, the new one never the old; the switch
+    # itself is one rename (no time added to the restart)
+    run systemctl stop shelfcast.service
+    switch_venv
+    run systemctl start shelfcast.service
+    prune_venvs
+else
+    run systemctl restart shelfcast.service
+fi
 if [ "$WITH_KIOSK" = 1 ] && [ "$SOURCE" != - ]; then
     # a new ShelfCast: the attached screen's page was loaded from the old one, and a page from before the
     # self-reload (0310387) never loads the new code by itself (nor does a running launcher); a kiosk that is

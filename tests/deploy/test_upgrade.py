@@ -72,7 +72,9 @@ def test_upgrade_refused_before_the_venv_is_replaced_when_the_new_code_refuses_t
     assert p.returncode == 0, p.stdout + p.stderr
     assert (root / PROBE).exists()
     actions = (root / "opt/shelfcast/install-actions.log").read_text().splitlines()
-    assert actions.count("systemctl restart shelfcast.service") == 1, actions  # the node restarts once
+    # the node restarts once: stopped, the venv link switched to the new venv, started
+    assert (actions.count("systemctl stop shelfcast.service"), actions.count("systemctl start shelfcast.service"),
+            actions.count("systemctl restart shelfcast.service")) == (1, 1, 0), actions
     # the attached screen's page came from the old ShelfCast; one from before 0310387 never reloads by itself
     assert "systemctl --no-block try-restart shelfcast-kiosk.service" in actions, actions
     # the installer's own copy re-run (a config change, no new ShelfCast): the kiosk is left alone
