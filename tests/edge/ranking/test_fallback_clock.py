@@ -15,31 +15,10 @@ from typing import Any
 import pytest
 
 from edge.bus import Bus
-from edge.clock import Clock
 from edge.ranking.fallback import PopularityRanker
 
 DAY = 86400.0
 T0 = 1_800_000_000.0  # 2027-01-15, the real date once NTP has synced
-
-
-class SteppedClock:
-    """A wall clock that NTP steps, over a monotonic clock that only moves forward."""
-
-    def __init__(self, wall: float) -> None:
-        self.mono_t = 1000.0
-        self.offset = wall - self.mono_t
-
-    def wall(self) -> float:
-        return self.mono_t + self.offset
-
-    def mono(self) -> float:
-        return self.mono_t
-
-    def advance(self, s: float) -> None:
-        self.mono_t += s
-
-    def step(self, s: float) -> None:
-        self.offset += s
 
 
 def items() -> list[tuple[str, float, str | None]]:
@@ -74,35 +53,37 @@ def test_a_step_forward_does_not_wipe_what_was_learned() -> None:
 
 
 @pytest.mark.parametrize("step_days", [-30.0, -1.0, 1.0, 365.0])
-def test_decay_follows_elapsed_time_whatever_the_wall_clock_does(step_days: float) -> None:
-    clock = SteppedClock(T0)
+def test_decay_follows_elapsed_time_whatever_the_wall_clock_does(step_days: float, fake_clock: Any) -> None:
+    fc = fake_clock(T0)
+    clock = fc.clock()
     r = PopularityRanker(items(), half_life_s=7 * DAY, mono=clock.mono)
     for _ in range(20):
         r.observe("milk", "dairy", 9, clock.wall())
-    clock.step(step_days * DAY)  # NTP corrects the clock
-    clock.advance(7 * DAY)  # one half-life really passes
+    fc.step(step_days * DAY)  # NTP corrects the clock
+    fc.elapse(7 * DAY)  # one half-life really passes
     r.observe("milk", "dairy", 9, clock.wall())
     assert live(r, "dairy", 9)["milk"] == pytest.approx(20 * 0.5 + 1)  # before: frozen at 21 after a step back
-    clock.advance(7 * DAY)
+    fc.elapse(7 * DAY)
     r.observe("milk", "dairy", 9, clock.wall())
     assert live(r, "dairy", 9)["milk"] == pytest.approx(11 * 0.5 + 1)
 
 
-def test_picks_within_a_minute_do_not_decay_each_other() -> None:
+def test_picks_within_a_minute_do_not_decay_each_other(fake_clock: Any) -> None:
     """Decay is applied once at least DECAY_GRAIN_S passed (the time is not lost: the stamp stays until then), so
     the same picks give the same counts however fast the node applies them."""
-    clock = SteppedClock(T0)
+    fc = fake_clock(T0)
+    clock = fc.clock()
     r = PopularityRanker(items(), mono=clock.mono)
     for _ in range(30):
         r.observe("milk", "dairy", 9, clock.wall())
-        clock.advance(1.0)
+        fc.elapse(1.0)
     assert live(r, "dairy", 9)["milk"] == 30.0
-    clock.advance(7 * DAY - 30.0)  # a half-life after the first pick
+    fc.elapse(7 * DAY - 30.0)  # a half-life after the first pick
     r.observe("milk", "dairy", 9, clock.wall())
     assert live(r, "dairy", 9)["milk"] == pytest.approx(30 * 0.5 + 1, rel=1e-4)
 
 
-def test_the_recommend_room_keeps_the_zones_popular_items_over_a_clock_step(tmp_path: Path) -> None:
+def test_the_recommend_room_keeps_the_zones_popular_items_over_a_clock_step(tmp_path: Path, fake_clock: Any) -> None:
     """The room's path: picks stamped by a wall clock that NTP steps a month forward, fed to the fallback, the
     idle dairy screen's set after the step (real SQLite, the bundled demo store and catalogue)."""
     from importlib import resources
@@ -119,10 +100,11 @@ def test_the_recommend_room_keeps_the_zones_popular_items_over_a_clock_step(tmp_
     config = NodeConfig.model_validate(raw)
     shelf = next(s for s in config.layout.shelves if s.zone == "dairy")
     screen = next(s.id for s in config.layout.screens if s.zone == "dairy" and s.kind != "shelf_display")
-    clock = SteppedClock(T0 - 30 * DAY)
+    fc = fake_clock(T0 - 30 * DAY)
+    clock = fc.clock()
     with Store(tmp_path / "sc.db", flush_interval_ms=5) as store:
         store.upsert_products(bundled_catalogue()).result(5)
-        rec = Recommender(config, store, Bus(), clock=Clock(wall=clock.wall, mono=clock.mono))
+        rec = Recommender(config, store, Bus(), clock=clock)
         idle = [i.sku for i in rec.recommend(None, screen, "dairy").items]
         # shoppers pick the least popular dairy items, a lot: they become the idle screen's first items
         dairy = [sl.sku for s in config.layout.shelves if s.zone == "dairy" for sl in s.slots if sl.sku]
@@ -139,8 +121,8 @@ def test_the_recommend_room_keeps_the_zones_popular_items_over_a_clock_step(tmp_
         hour = int((clock.wall() % DAY) // 3600)
         before = [i.sku for i in rec.recommend(None, screen, "dairy").items]
         assert before[0] == learned[0], (before, learned)  # the picks show through
-        clock.advance(60.0)
-        clock.step(30 * DAY)  # NTP syncs: a month forward, at the same time of day
+        fc.elapse(60.0)
+        fc.step(30 * DAY)  # NTP syncs: a month forward, at the same time of day
         assert int((clock.wall() % DAY) // 3600) == hour
         pick(learned[0], 1)  # one more pick of the first after the step
         after: Any = [i.sku for i in rec.recommend(None, screen, "dairy").items]
