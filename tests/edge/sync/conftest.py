@@ -73,6 +73,24 @@ def node_config(tmp_path: Path) -> Callable[..., NodeConfig]:
     return make
 
 
+def wait_for(pred: Callable[[], Any], timeout: float = 10.0) -> Any:
+    """Poll ``pred`` every 50 ms until it returns something truthy (returned) or ``timeout`` passes (its last
+    value is returned: the caller asserts)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.05)
+    return pred()
+
+
+@pytest.fixture(name="wait_for")
+def wait_for_fixture() -> Callable[..., Any]:
+    """``wait_for(pred, timeout=10.0)``: ``pred()``'s first truthy value, or its last one after ``timeout``."""
+    return wait_for
+
+
 class Upstream:
     """Subscribes to everything under shelfcast/v1/# and decodes batch envelopes."""
 
@@ -106,13 +124,7 @@ class Upstream:
             return [it for t, it in self.items if t.endswith(suffix)]
 
     def wait_for(self, pred: Callable[[], Any], timeout: float = 10.0) -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            v = pred()
-            if v:
-                return v
-            time.sleep(0.05)
-        return pred()
+        return wait_for(pred, timeout)
 
     def last_raw(self, suffix: str) -> bytes | None:
         with self._lock:
