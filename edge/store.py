@@ -297,8 +297,9 @@ class Store:
             )
         if version == SCHEMA_VERSION:
             return
+        taken: Path | None = None
         if version > 0:
-            backup = self.path.with_name(f"{self.path.name}.v{version}.bak")
+            backup = taken = self.path.with_name(f"{self.path.name}.v{version}.bak")
             dst = sqlite3.connect(backup)
             with dst:
                 conn.backup(dst)
@@ -314,6 +315,14 @@ class Store:
             except Exception:
                 conn.execute("ROLLBACK")
                 raise
+        if taken is not None:
+            # one migration backup is kept, the one just taken: it is what going back to the code before this
+            # upgrade restores (the refusal above names it, the technician guide's downgrade copies it back).
+            # Older ones are copies of schemas no installed venv runs any more, each the database's size.
+            for old in self.path.parent.glob(f"{self.path.name}.v*.bak"):
+                if old != taken and old.name[len(self.path.name) + 2:-4].isdigit():
+                    old.unlink(missing_ok=True)
+                    log.info("removed the older migration backup %s (kept %s)", old, taken.name)
 
     def _load_caches(self, conn: sqlite3.Connection) -> None:
         db = sqlite_utils.Database(conn)
