@@ -26,8 +26,10 @@ from edge.sync.room import SyncRoom
 HERE = Path(__file__).parent
 
 
-def _load_fakes() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("sync_test_fakes", HERE / "fakes.py")
+def load_helpers(name: str, filename: str) -> ModuleType:
+    """The file ``filename`` beside this conftest, loaded as module ``name`` (tests cannot import each other under
+    --import-mode=importlib)."""
+    spec = importlib.util.spec_from_file_location(name, HERE / filename)
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -36,7 +38,13 @@ def _load_fakes() -> ModuleType:
 
 @pytest.fixture(scope="session")
 def fakes() -> ModuleType:
-    return _load_fakes()
+    return load_helpers("sync_test_fakes", "fakes.py")
+
+
+@pytest.fixture(scope="session")
+def tls() -> ModuleType:
+    """test_tls.py's helpers (test PKI, a TLS listener on the broker, the link's error): ``tls.start_tls`` ..."""
+    return load_helpers("sync_test_tls_helpers", "test_tls.py")
 
 
 class Keys:

@@ -5,9 +5,7 @@ real certificates made here."""
 from __future__ import annotations
 
 import datetime as dt
-import importlib.util
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -18,19 +16,6 @@ from cryptography.x509.oid import NameOID
 
 from edge.config import BrokerSection
 from edge.doctor import check_broker
-
-HERE = Path(__file__).parent
-
-
-def _tls_helpers() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("sync_test_tls_helpers", HERE / "test_tls.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-T = _tls_helpers()
 
 
 def _future_server(ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey], start: dt.datetime
@@ -49,19 +34,19 @@ def _future_server(ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey], star
 
 
 @pytest.fixture(scope="module")
-def pki_future(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def pki_future(tmp_path_factory: pytest.TempPathFactory, tls: Any) -> Path:
     d = tmp_path_factory.mktemp("pki-future")
-    ca = T._ca("ShelfCast test CA")
-    T._write(d / "ca", ca[0])
-    T._write(d / "server", *_future_server(ca, T.NOW + dt.timedelta(days=2)))
-    T._write(d / "client", *T._leaf(ca, "node-1", server=False))
+    ca = tls._ca("ShelfCast test CA")
+    tls._write(d / "ca", ca[0])
+    tls._write(d / "server", *_future_server(ca, tls.NOW + dt.timedelta(days=2)))
+    tls._write(d / "client", *tls._leaf(ca, "node-1", server=False))
     return d
 
 
 def test_link_says_the_clock_is_wrong_when_the_broker_certificate_is_not_yet_valid(mosquitto: Any,
-                                                                                   pki_future: Path) -> None:
-    port = T.start_tls(mosquitto, pki_future)
-    ok, err = T.link_error(T.settings(port, pki_future, host="localhost"))
+                                                                                   pki_future: Path, tls: Any) -> None:
+    port = tls.start_tls(mosquitto, pki_future)
+    ok, err = tls.link_error(tls.settings(port, pki_future, host="localhost"))
     assert not ok
     assert err is not None and "not yet valid" in err, err
     assert "the clock is wrong (this node says " in err, err
@@ -69,8 +54,8 @@ def test_link_says_the_clock_is_wrong_when_the_broker_certificate_is_not_yet_val
     assert f"localhost:{port}" in err
 
 
-def test_doctor_says_the_clock_is_wrong_not_the_ca(mosquitto: Any, pki_future: Path) -> None:
-    port = T.start_tls(mosquitto, pki_future)
+def test_doctor_says_the_clock_is_wrong_not_the_ca(mosquitto: Any, pki_future: Path, tls: Any) -> None:
+    port = tls.start_tls(mosquitto, pki_future)
     b = BrokerSection(url=f"mqtts://localhost:{port}", ca_file=pki_future / "ca.pem",
                       cert_file=pki_future / "client.pem", key_file=pki_future / "client.key")
     c = check_broker("cloud_broker", b, timeout_s=3.0)
