@@ -38,6 +38,7 @@ from edge.config import NodeConfig
 from edge.events import CheckIn, RecItem, RecommendationSet, ShopperEvent, maker, new_id
 from edge.ranking.fallback import PopularityRanker
 from edge.store import Store
+from edge.sync.schemas import is_customer_hash
 
 __all__ = ["ModelScorer", "Recommender", "VisitState", "display_family"]
 
@@ -172,7 +173,7 @@ class Recommender:
 
     # -- events -------------------------------------------------------------
     def on_check_in(self, ev: CheckIn) -> None:
-        if ev.session is None:
+        if ev.session is None or not is_customer_hash(ev.customer):  # never store a raw id (fusion logs it)
             return
         v = self.visits.setdefault(ev.session, VisitState(ev.session))
         v.customer = ev.customer

@@ -69,3 +69,25 @@ def test_no_other_hand_rolled_64_hex_check_in_the_node() -> None:
             if re.search(r"\{64\}|0-9a-f\]", line):
                 copies.append(f"{py.relative_to(ROOT)}:{n}: {line.strip()}")
     assert copies == [], "use edge.sync.schemas.is_customer_hash instead of:\n" + "\n".join(copies)
+
+
+def test_the_recommender_does_not_store_a_check_in_that_is_not_a_hash(tmp_path: Path) -> None:
+    """The recommend room stores every check-in it is handed (the event goes up to the cloud): one whose customer
+    is not a hash (a raw id, hash + "\\n") is dropped there too, not only in fusion. Real SQLite."""
+    from edge.recommend import Recommender
+    from edge.store import Store
+
+    cfg = NodeConfig.model_validate({"layout": LAYOUT, "camera": {"enabled": False},
+                                     "node": {"data_dir": str(tmp_path)}, "fusion": {"customer_salt": SALT}})
+    good = hash_customer("C1", SALT)
+    with Store(tmp_path / "sc.db", flush_interval_ms=5) as store:
+        rec = Recommender(cfg, store, Bus())
+        for bad in ("LOYALTY-0042", good + "\n", good.upper()):
+            rec.on_check_in(CheckIn(customer=bad, session="v-bad"))
+        rec.on_check_in(CheckIn(customer=good, session="v-good"))
+        store.flush()
+        assert "v-bad" not in rec.visits and rec.visits["v-good"].customer == good
+        rows = store.query("SELECT payload FROM events")
+    payloads = "\n".join(r["payload"] for r in rows)
+    assert good in payloads and "LOYALTY-0042" not in payloads and good.upper() not in payloads
+    assert payloads.count(good) == 1, payloads  # not the newline copy either
