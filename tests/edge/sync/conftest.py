@@ -20,8 +20,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edge.bus import Bus
 from edge.config import NodeConfig
 from edge.store import Store
+from edge.sync.link import LinkSettings
 from edge.sync.outbox import decode_payload
+from edge.sync.publish import publish_release
 from edge.sync.room import SyncRoom
+from edge.sync.topics import Topics
 
 HERE = Path(__file__).parent
 
@@ -134,6 +137,12 @@ class Upstream:
     def wait_for(self, pred: Callable[[], Any], timeout: float = 10.0) -> Any:
         return wait_for(pred, timeout)
 
+    def wait_step(self, version: str, step: str, timeout: float = 15.0) -> list[tuple[str, bool, str]]:
+        """The release status reports of ``step`` for ``version`` (asserted: at least one within ``timeout``)."""
+        got = self.wait_for(lambda: [s for s in release_steps(self, version) if s[0] == step], timeout)
+        assert got, f"no {step!r} report for {version}; got {release_steps(self, version)}"
+        return got  # type: ignore[no-any-return]
+
     def last_raw(self, suffix: str) -> bytes | None:
         with self._lock:
             got = [p for t, p, _ in self.raw if t.endswith(suffix)]
@@ -160,6 +169,25 @@ def release_steps(up: Upstream, version: str) -> list[tuple[str, bool, str]]:
 @pytest.fixture
 def steps() -> Callable[[Upstream, str], list[tuple[str, bool, str]]]:
     return release_steps
+
+
+RELEASE_TOPICS = Topics("shelfcast/v1", "s1", "node-1")  # the node node_config() makes (store s1)
+
+
+@pytest.fixture
+def node(mosquitto: Any, node_config: Callable[..., NodeConfig], keys: Keys, start_node: Callable[..., Any]) -> Any:
+    """A running node (s1 / node-1) on the test broker that trusts ``keys``: what the release tests publish to."""
+    return start_node(node_config(mosquitto.url, public_key=keys.public_path))
+
+
+@pytest.fixture
+def publish(mosquitto: Any) -> Callable[..., None]:
+    """``publish(rel, **kw)``: publish a built release (``build_release``) for store s1 on the test broker."""
+    def pub(rel: Any, **kw: Any) -> None:
+        publish_release(LinkSettings(url=mosquitto.url, client_id=f"publisher-{time.monotonic_ns()}"),
+                        RELEASE_TOPICS, rel, **kw)
+
+    return pub
 
 
 def dumps(obj: Any) -> bytes:

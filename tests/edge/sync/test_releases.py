@@ -8,35 +8,20 @@ from typing import Any
 
 import pytest
 
-from edge.sync.link import LinkSettings
-from edge.sync.publish import build_release, publish_release
+from edge.sync.publish import build_release
 from edge.sync.topics import Topics
 
 TOPICS = Topics("shelfcast/v1", "s1", "node-1")
 
 
-@pytest.fixture
-def node(mosquitto: Any, node_config: Any, keys: Any, start_node: Any) -> Any:
-    return start_node(node_config(mosquitto.url, public_key=keys.public_path))
-
-
-def publish(mosquitto: Any, rel: Any, **kw: Any) -> None:
-    publish_release(LinkSettings(url=mosquitto.url, client_id="test-publisher"), TOPICS, rel, **kw)
-
-
-def wait_step(upstream: Any, steps: Any, version: str, step: str, timeout: float = 15.0) -> list[Any]:
-    got = upstream.wait_for(lambda: [s for s in steps(upstream, version) if s[0] == step], timeout)
-    assert got, f"no {step!r} report for {version}; got {steps(upstream, version)}"
-    return got  # type: ignore[no-any-return]
-
-
 def test_good_release_swaps_in_keeps_previous_and_rolls_back_on_command(
-        node: Any, mosquitto: Any, upstream: Any, steps: Any, keys: Any, fakes: Any, tmp_path: Path) -> None:
+        node: Any, mosquitto: Any, upstream: Any, steps: Any, keys: Any, fakes: Any, tmp_path: Path,
+        publish: Any) -> None:
     rel = build_release("model", fakes.write_model(tmp_path / "v2", "v2"), None, keys.private, chunk_size=64 * 1024)
     assert rel.manifest["version"] == "v2" and rel.manifest["chunks"] >= 4
     assert all(len(c) <= 128 * 1024 for c in rel.chunks())
-    publish(mosquitto, rel)
-    wait_step(upstream, steps, "v2", "swapped")
+    publish(rel)
+    upstream.wait_step("v2", "swapped")
     assert node.rec.model.version == "v2"
     names = [s[0] for s in steps(upstream, "v2")]
     for step in ("manifest", "staging", "verified", "staged", "loaded", "canary", "swapped"):
@@ -45,7 +30,7 @@ def test_good_release_swaps_in_keeps_previous_and_rolls_back_on_command(
     assert pointer["version"] == "v2"
     assert node.room.releases.previous is not None and node.room.releases.previous.version == "v1"
     # the same retained release delivered again (e.g. after a reconnect) is not processed twice
-    publish(mosquitto, rel)
+    publish(rel)
     node.room.releases.wait_idle()
     assert [s[0] for s in steps(upstream, "v2")].count("swapped") == 1
     # rollback on command
@@ -53,7 +38,7 @@ def test_good_release_swaps_in_keeps_previous_and_rolls_back_on_command(
     res = upstream.wait_for(lambda: [r for r in upstream.of("/cmd/result") if r.get("cmd") == "c1"])
     assert res and res[0]["ok"], res
     assert node.rec.model.version == "v1"
-    wait_step(upstream, steps, "v2", "rolled_back")
+    upstream.wait_step("v2", "rolled_back")
 
 
 def mosquitto_pub(mosquitto: Any, topic: str, obj: Any, retain: bool = False) -> None:
@@ -68,7 +53,7 @@ def mosquitto_pub(mosquitto: Any, topic: str, obj: Any, retain: bool = False) ->
                                   "truncated_model_file"])
 def test_bad_release_is_refused_old_model_keeps_serving(
         case: str, node: Any, mosquitto: Any, upstream: Any, steps: Any, keys: Any, fakes: Any,
-        tmp_path: Path) -> None:
+        tmp_path: Path, publish: Any) -> None:
     from edge.sync.release import sign_manifest
 
     version = f"bad-{case.replace('_', '-')}"
@@ -93,8 +78,8 @@ def test_bad_release_is_refused_old_model_keeps_serving(
         fields = {k: v for k, v in rel.manifest.items() if k not in ("signature", "key_id")}
         fields["sha256"] = "0" * 64
         kw["manifest"] = sign_manifest(fields, keys.private)
-    publish(mosquitto, rel, **kw)
-    refused = wait_step(upstream, steps, version, "refused")
+    publish(rel, **kw)
+    refused = upstream.wait_step(version, "refused")
     assert node.rec.model.version == "v1"
     assert "swapped" not in [s[0] for s in steps(upstream, version)]
     detail = refused[0][2]
@@ -107,25 +92,25 @@ def test_bad_release_is_refused_old_model_keeps_serving(
     assert node.store.query("SELECT status FROM models WHERE version = ?", (version,)) == [{"status": "refused"}]
 
 
-def test_snapshots_travel_the_same_signed_path(node: Any, mosquitto: Any, upstream: Any, steps: Any,
-                                                keys: Any, tmp_path: Path) -> None:
+def test_snapshots_travel_the_same_signed_path(node: Any, mosquitto: Any, upstream: Any,
+                                                keys: Any, tmp_path: Path, publish: Any) -> None:
     snap = tmp_path / "catalogue.json"
     snap.write_text(json.dumps({"products": [{"sku": f"new-{i}", "name": f"New product {i}", "department": "DELI",
                                               "price": 1.5 + i} for i in range(50)]}))
     rel = build_release("catalogue", snap, "cat-7", keys.private)
-    publish(mosquitto, rel)
-    wait_step(upstream, steps, "cat-7", "applied")
+    publish(rel)
+    upstream.wait_step("cat-7", "applied")
     assert node.store.product("new-3") is not None and node.store.product("new-3").price == 4.5  # type: ignore[union-attr]
     # an unsigned stock snapshot is refused and changes nothing
     stock = tmp_path / "stock.json"
     stock.write_text(json.dumps({"levels": {"new-3": 0}}))
-    publish(mosquitto, build_release("stock", stock, "stock-1", None))
-    wait_step(upstream, steps, "stock-1", "refused")
+    publish(build_release("stock", stock, "stock-1", None))
+    upstream.wait_step("stock-1", "refused")
     assert node.store.stock("new-3") is None
 
 
 def test_swap_drops_no_request_and_a_model_failing_after_the_swap_is_rolled_back(
-        node: Any, mosquitto: Any, upstream: Any, steps: Any, keys: Any, fakes: Any, tmp_path: Path) -> None:
+        node: Any, mosquitto: Any, upstream: Any, keys: Any, fakes: Any, tmp_path: Path, publish: Any) -> None:
     import threading
     import time as _time
 
@@ -149,35 +134,35 @@ def test_swap_drops_no_request_and_a_model_failing_after_the_swap_is_rolled_back
     t = threading.Thread(target=hammer)
     t.start()
     try:
-        publish(mosquitto, build_release("model", fakes.write_model(tmp_path / "v2", "v2"), None, keys.private))
-        wait_step(upstream, steps, "v2", "swapped")
+        publish(build_release("model", fakes.write_model(tmp_path / "v2", "v2"), None, keys.private))
+        upstream.wait_step("v2", "swapped")
         _time.sleep(0.2)
     finally:
         stop.set()
         t.join(5)
     assert not failures and "v1" in answered and answered[-1] == "v2"
     # a model that passes the canary but then fails in service is rolled back automatically
-    publish(mosquitto, build_release("model", fakes.write_model(tmp_path / "v3", "v3", quality="breaks_after_canary"),
+    publish(build_release("model", fakes.write_model(tmp_path / "v3", "v3", quality="breaks_after_canary"),
                                      None, keys.private))
-    wait_step(upstream, steps, "v3", "swapped")
+    upstream.wait_step("v3", "swapped")
     visit = VisitState("s", zone="dairy", picked=["sku-3"])
     for _ in range(20):
         try:
             node.rec.model.score(visit, None, 5, set())
         except RuntimeError:
             pass
-    rolled = wait_step(upstream, steps, "v3", "rolled_back")
+    rolled = upstream.wait_step("v3", "rolled_back")
     assert "automatic" in rolled[0][2]
     assert node.rec.model.version == "v2"
 
 
 def test_a_stalled_staging_is_reported_with_the_missing_chunks(node: Any, mosquitto: Any, upstream: Any,
                                                                steps: Any, keys: Any, fakes: Any,
-                                                               tmp_path: Path) -> None:
+                                                               tmp_path: Path, publish: Any) -> None:
     rel = build_release("model", fakes.write_model(tmp_path / "v4", "v4"), None, keys.private, chunk_size=64 * 1024)
     chunks = rel.chunks()
-    publish(mosquitto, rel, chunks=chunks[:2])  # the link dropped before the rest
-    wait_step(upstream, steps, "v4", "staging")
+    publish(rel, chunks=chunks[:2])  # the link dropped before the rest
+    upstream.wait_step("v4", "staging")
     assert node.room.releases.check_stalled(after_s=0.0)
     stalled = upstream.wait_for(lambda: [s for s in steps(upstream, "v4") if s[0] == "staging" and not s[1]])
     assert stalled and "missing 2, 3" in stalled[0][2], steps(upstream, "v4")
