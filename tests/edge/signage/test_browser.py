@@ -83,6 +83,14 @@ def test_portrait_and_attract_loop(make_node: Callable[..., Any], browser: Any) 
     page.wait_for_selector("#app[data-mode='live'][data-session='b-1']", timeout=5000)
 
 
+def open_live(browser: Any, base: str, w: int = 1280, h: int = 720) -> Any:
+    """dairy-screen in a new w x h page, once its stream is up and it knows the page version it was served."""
+    page = browser.new_page(viewport={"width": w, "height": h})
+    page.goto(base + "/screens/dairy-screen")
+    page.wait_for_function("window.__shelfcast.messages >= 1 && !!window.__shelfcast.version")
+    return page
+
+
 def wait_page(page: Any, js: str, timeout: float = 15.0) -> None:
     """Like wait_for_function, through reloads (the page's own context goes away while it reloads)."""
     deadline = time.monotonic() + timeout
@@ -100,9 +108,7 @@ def wait_page(page: Any, js: str, timeout: float = 15.0) -> None:
 def test_node_restart_with_the_same_page_keeps_it_without_a_reload(make_node: Callable[..., Any],
                                                                     browser: Any) -> None:
     n = make_node()
-    page = browser.new_page(viewport={"width": 1280, "height": 720})
-    page.goto(n.base + "/screens/dairy-screen")
-    page.wait_for_function("window.__shelfcast.messages >= 1 && !!window.__shelfcast.version")
+    page = open_live(browser, n.base)
     page.evaluate("window.__marker = 1")
     n.call(n.node.signage.stop_http())
     page.wait_for_function("document.getElementById('app').dataset.link === 'down'", timeout=5000)
@@ -123,9 +129,7 @@ def test_an_upgraded_page_loads_itself_when_the_node_is_back(make_node: Callable
     from edge.signage import http
 
     n = make_node()
-    page = browser.new_page(viewport={"width": 1280, "height": 720})
-    page.goto(n.base + "/screens/dairy-screen")
-    page.wait_for_function("window.__shelfcast.messages >= 1 && !!window.__shelfcast.version")
+    page = open_live(browser, n.base)
     page.evaluate("window.__marker = 1")
     # an upgrade: the node goes away and comes back serving a new stylesheet
     n.call(n.node.signage.stop_http())
@@ -144,9 +148,7 @@ def test_an_upgraded_page_loads_itself_when_the_node_is_back(make_node: Callable
 def test_a_changed_screen_loads_itself_when_the_node_restarts(make_node: Callable[..., Any], browser: Any) -> None:
     first = make_node()
     port = first.port
-    page = browser.new_page(viewport={"width": 1920, "height": 1080})
-    page.goto(first.base + "/screens/dairy-screen")
-    page.wait_for_function("window.__shelfcast.messages >= 1 && !!window.__shelfcast.version")
+    page = open_live(browser, first.base, 1920, 1080)
     assert page.get_attribute("#app", "class") and "kind-full" in page.get_attribute("#app", "class")
     # the technician makes dairy-screen a shelf-edge strip and restarts the node (same port)
     first.call(first.node.signage.stop_http())
