@@ -21,6 +21,11 @@ def _rate(conv: int, imps: int) -> float | None:
     return round(conv / imps, 4) if imps else None
 
 
+def _counters(table: dict[str, dict[str, Any]], key: str | None) -> dict[str, Any]:
+    """The counters of ``key`` (a screen or a model version; "?" when missing) in ``table``, created at 0."""
+    return table.setdefault(key or "?", {"impressions": 0, "personal_impressions": 0, "sessions": 0, "conversions": 0})
+
+
 def conversion_report(db: Path, since: float | None = None) -> dict[str, Any]:
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
     try:
@@ -31,9 +36,7 @@ def conversion_report(db: Path, since: float | None = None) -> dict[str, Any]:
             "SELECT screen, model_version, count(*), sum(session IS NOT NULL), count(DISTINCT session) "
             "FROM impressions WHERE t >= ? GROUP BY screen, model_version", (t0,)
         ):
-            for key, table in ((screen, screens), (mv, models)):
-                row = table.setdefault(key or "?", {"impressions": 0, "personal_impressions": 0, "sessions": 0,
-                                                    "conversions": 0})
+            for row in (_counters(screens, screen), _counters(models, mv)):
                 row["impressions"] += n
                 row["personal_impressions"] += personal or 0
                 row["sessions"] += sessions
@@ -41,9 +44,7 @@ def conversion_report(db: Path, since: float | None = None) -> dict[str, Any]:
             "SELECT json_extract(payload, '$.screen'), json_extract(payload, '$.model_version'), count(*) "
             "FROM events WHERE type = 'conversion' AND t >= ? GROUP BY 1, 2", (t0,)
         ):
-            for key, table in ((screen, screens), (mv, models)):
-                row = table.setdefault(key or "?", {"impressions": 0, "personal_impressions": 0, "sessions": 0,
-                                                    "conversions": 0})
+            for row in (_counters(screens, screen), _counters(models, mv)):
                 row["conversions"] += n
     finally:
         conn.close()
