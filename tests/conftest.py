@@ -16,6 +16,8 @@
   on ``d/data``), the given sections replaced whole.
 - ``mqtt_spy``: ``spy = mqtt_spy(port, topic="#")``, a subscriber recording every (topic, payload), outbox batches
   decompressed.
+- ``run_cli``: ``r = run_cli("model", "keygen", ...)``, the real command line in-process (``r.returncode``,
+  ``r.stdout``, ``r.stderr``).
 
 Fixtures skip only when the binary is missing on a developer's machine; CI sets
 ``SHELFCAST_REQUIRE_SERVICES=1`` which turns that skip into a failure.
@@ -307,6 +309,28 @@ def mqtt_spy() -> Iterator[Callable[..., MqttSpy]]:
     yield make
     for s in spies:
         s.close()
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def run_cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., CliResult]:
+    """The CLI in-process (the same ``main`` the console script runs; a subprocess per call costs seconds of
+    imports): exit code, stdout, stderr. stdin is not a terminal here, as in a script."""
+    from edge.cli import main
+
+    def run(*args: str) -> CliResult:
+        capsys.readouterr()
+        code = main(list(args))
+        out = capsys.readouterr()
+        return CliResult(code, out.out, out.err)
+
+    return run
 
 
 @dataclass

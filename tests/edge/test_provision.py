@@ -8,8 +8,6 @@ import os
 import subprocess
 import sys
 import tarfile
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,30 +19,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 
-from edge.cli import main as cli_main
 from edge.config import load_config
 from edge.provision import apply_bundle
-
-
-@dataclass
-class Result:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-@pytest.fixture
-def sc(capsys: pytest.CaptureFixture[str]) -> Callable[..., Result]:
-    """The CLI in-process (the same ``main`` the console script runs; a subprocess per call costs seconds
-    of imports): exit code, stdout, stderr. stdin is not a terminal here, as in a script."""
-
-    def run(*args: str) -> Result:
-        capsys.readouterr()
-        code = cli_main(list(args))
-        out = capsys.readouterr()
-        return Result(code, out.out, out.err)
-
-    return run
 
 
 def decode_qr(png: Path) -> dict[str, Any]:
@@ -80,11 +56,11 @@ def sign_csr(csr_path: Path, tmp: Path) -> tuple[Path, Path]:
     return tmp / "node-signed.crt", tmp / "fleet-ca.crt"
 
 
-def test_provision_with_flags_writes_config_keys_csr_and_qr(tmp_path: Path, sc: Callable[..., Result]) -> None:
+def test_provision_with_flags_writes_config_keys_csr_and_qr(tmp_path: Path, run_cli: Any) -> None:
     cfg = tmp_path / "etc" / "shelfcast.yaml"
     mk = ed25519_pub(tmp_path / "release-signing.pub")
-    r = sc("provision", "--config", str(cfg), "--store-id", "store-0042", "--node-id", "node-3",
-           "--cloud-broker", "mqtts://broker.example.com:8883", "--model-key", str(mk))
+    r = run_cli("provision", "--config", str(cfg), "--store-id", "store-0042", "--node-id", "node-3",
+                "--cloud-broker", "mqtts://broker.example.com:8883", "--model-key", str(mk))
     assert r.returncode == 0, r.stderr
     assert "store-0042" in r.stdout and "node-3" in r.stdout and "CSR" in r.stdout
     conf = load_config(cfg)
@@ -105,19 +81,19 @@ def test_provision_with_flags_writes_config_keys_csr_and_qr(tmp_path: Path, sc: 
 
     # idempotent: the key is kept; --renew makes a new one
     fp = qr["key"]
-    assert sc("provision", "--config", str(cfg), "--store-id", "store-0042", "--node-id", "node-3").returncode == 0
+    assert run_cli("provision", "--config", str(cfg), "--store-id", "store-0042", "--node-id", "node-3").returncode == 0
     assert decode_qr(tmp_path / "etc" / "label.png")["key"] == fp
     assert load_config(cfg).mqtt.cloud.url == "mqtts://broker.example.com:8883"  # kept from before
-    assert sc("provision", "--config", str(cfg), "--renew", "--json").returncode == 0
+    assert run_cli("provision", "--config", str(cfg), "--renew", "--json").returncode == 0
     assert decode_qr(tmp_path / "etc" / "label.png")["key"] != fp
 
 
-def test_signed_certificate_and_wrong_certificate(tmp_path: Path, sc: Callable[..., Result]) -> None:
+def test_signed_certificate_and_wrong_certificate(tmp_path: Path, run_cli: Any) -> None:
     cfg = tmp_path / "shelfcast.yaml"
-    assert sc("provision", "--config", str(cfg), "--store-id", "s1", "--node-id", "n1",
-              "--cloud-broker", "mqtts://127.0.0.1:8883", "--no-qr").returncode == 0
+    assert run_cli("provision", "--config", str(cfg), "--store-id", "s1", "--node-id", "n1",
+                   "--cloud-broker", "mqtts://127.0.0.1:8883", "--no-qr").returncode == 0
     crt, ca = sign_csr(tmp_path / "keys" / "node.csr", tmp_path)
-    r = sc("provision", "--config", str(cfg), "--cert", str(crt), "--ca-file", str(ca), "--json")
+    r = run_cli("provision", "--config", str(cfg), "--cert", str(crt), "--ca-file", str(ca), "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["cert"].endswith("node.crt") and out["ca"].endswith("ca.crt")
@@ -127,31 +103,31 @@ def test_signed_certificate_and_wrong_certificate(tmp_path: Path, sc: Callable[.
     # a certificate for some other key (the classic swapped-file mistake) is refused, nothing changes
     other = tmp_path / "other"
     other.mkdir()
-    assert sc("provision", "--config", str(other / "c.yaml"), "--store-id", "s2", "--node-id", "n2",
-              "--no-qr").returncode == 0
+    assert run_cli("provision", "--config", str(other / "c.yaml"), "--store-id", "s2", "--node-id", "n2",
+                   "--no-qr").returncode == 0
     wrong, _ = sign_csr(other / "keys" / "node.csr", other)
-    r = sc("provision", "--config", str(cfg), "--cert", str(wrong))
+    r = run_cli("provision", "--config", str(cfg), "--cert", str(wrong))
     assert r.returncode == 2 and "another key" in r.stderr and "Traceback" not in r.stderr
     # a signed certificate on a node without a cloud broker would sit unused while the label says it is in
     before = (other / "c.yaml").read_text()
-    r = sc("provision", "--config", str(other / "c.yaml"), "--cert", str(wrong), "--no-qr")
+    r = run_cli("provision", "--config", str(other / "c.yaml"), "--cert", str(wrong), "--no-qr")
     assert r.returncode == 2 and "--cloud-broker" in r.stderr, r.stderr  # old code: 0, "signed certificate installed"
     assert (other / "c.yaml").read_text() == before and not (other / "keys" / "node.crt").exists()
 
 
-def test_bad_input_is_refused_with_the_fix(tmp_path: Path, sc: Callable[..., Result]) -> None:
+def test_bad_input_is_refused_with_the_fix(tmp_path: Path, run_cli: Any) -> None:
     cfg = tmp_path / "c.yaml"
-    r = sc("provision", "--config", str(cfg), "--store-id", "bad store!", "--node-id", "n1")
+    r = run_cli("provision", "--config", str(cfg), "--store-id", "bad store!", "--node-id", "n1")
     assert r.returncode == 2 and "store id" in r.stderr
-    r = sc("provision", "--config", str(cfg), "--store-id", "s", "--node-id", "n", "--cloud-broker", "http://x")
+    r = run_cli("provision", "--config", str(cfg), "--store-id", "s", "--node-id", "n", "--cloud-broker", "http://x")
     assert r.returncode == 2 and "mqtts://HOST:8883" in r.stderr
     ec_pub = ec.generate_private_key(ec.SECP256R1()).public_key()
     bad_key = tmp_path / "ec.pub"
     bad_key.write_bytes(ec_pub.public_bytes(serialization.Encoding.PEM,
                                             serialization.PublicFormat.SubjectPublicKeyInfo))
-    r = sc("provision", "--config", str(cfg), "--store-id", "s", "--node-id", "n", "--model-key", str(bad_key))
+    r = run_cli("provision", "--config", str(cfg), "--store-id", "s", "--node-id", "n", "--model-key", str(bad_key))
     assert r.returncode == 2 and "Ed25519" in r.stderr
-    r = sc("provision", "--config", str(cfg))  # no terminal to ask in, no flags
+    r = run_cli("provision", "--config", str(cfg))  # no terminal to ask in, no flags
     assert r.returncode == 2 and "--store-id" in r.stderr
     assert not cfg.exists()
 
@@ -176,12 +152,12 @@ def test_interactive_prompts_on_a_terminal(tmp_path: Path) -> None:
     assert conf.node.timezone == "America/Chicago"  # old code: no question, US Eastern for every store
 
 
-def test_boot_partition_bundle_provisions_a_fresh_card(tmp_path: Path, sc: Callable[..., Result]) -> None:
+def test_boot_partition_bundle_provisions_a_fresh_card(tmp_path: Path, run_cli: Any) -> None:
     boot = tmp_path / "bootfs"
     boot.mkdir()
     mk = ed25519_pub(tmp_path / "m.pub")
-    r = sc("provision", "--boot-partition", str(boot), "--store-id", "store-9", "--node-id", "node-1",
-           "--cloud-broker", "mqtts://cloud.example.com:8883", "--model-key", str(mk))
+    r = run_cli("provision", "--boot-partition", str(boot), "--store-id", "store-9", "--node-id", "node-1",
+                "--cloud-broker", "mqtts://cloud.example.com:8883", "--model-key", str(mk))
     assert r.returncode == 0, r.stderr
     bundle = boot / "shelfcast"
     man = json.loads((bundle / "firstboot.json").read_text())
@@ -264,18 +240,18 @@ def test_files_are_handed_to_the_service_user(tmp_path: Path) -> None:
     assert not hand_to_service_user(cfg, keys, user="no-such-user-here")
 
 
-def test_admin_token_from_a_file(tmp_path: Path, sc: Callable[..., Result]) -> None:
+def test_admin_token_from_a_file(tmp_path: Path, run_cli: Any) -> None:
     """Check-ins and refreshes need signage.admin_token; the guide had no way to set it but editing the root-owned
     YAML by hand (and a short token now stops the node from starting)."""
     conf = tmp_path / "etc" / "shelfcast.yaml"
     short = tmp_path / "short.txt"
     short.write_text("1234\n")
-    r = sc("provision", "--config", str(conf), "--store-id", "s1", "--node-id", "n1", "--admin-token", str(short))
+    r = run_cli("provision", "--config", str(conf), "--store-id", "s1", "--node-id", "n1", "--admin-token", str(short))
     assert r.returncode == 2 and "openssl rand -hex 16" in r.stderr, r.stderr  # old code: unrecognized argument
     assert not conf.exists()  # refused before anything was written
     token = tmp_path / "admin-token.txt"
     token.write_text("0f3c" * 8 + "\n")
-    r = sc("provision", "--config", str(conf), "--store-id", "s1", "--node-id", "n1", "--admin-token", str(token))
+    r = run_cli("provision", "--config", str(conf), "--store-id", "s1", "--node-id", "n1", "--admin-token", str(token))
     assert r.returncode == 0, r.stderr
     assert "admin token" in r.stdout and "set" in r.stdout
     keyfile = tmp_path / "etc" / "keys" / "admin-token"
@@ -288,16 +264,16 @@ def test_admin_token_from_a_file(tmp_path: Path, sc: Callable[..., Result]) -> N
 
 
 def test_boot_partition_bundle_carries_the_admin_token_and_takes_it_off_the_card(
-        tmp_path: Path, sc: Callable[..., Result]) -> None:
+        tmp_path: Path, run_cli: Any) -> None:
     boot = tmp_path / "bootfs"
     boot.mkdir()
     token = tmp_path / "admin-token.txt"
     token.write_text("a1b2" * 8)
     pw = tmp_path / "pw.txt"
     pw.write_text("bridge-pass\n")
-    r = sc("provision", "--boot-partition", str(boot), "--store-id", "s1", "--node-id", "n1",
-           "--admin-token", str(token), "--cloud-broker", "mqtts://cloud.example.com:8883", "--username", "u1",
-           "--password-file", str(pw))
+    r = run_cli("provision", "--boot-partition", str(boot), "--store-id", "s1", "--node-id", "n1",
+                "--admin-token", str(token), "--cloud-broker", "mqtts://cloud.example.com:8883", "--username", "u1",
+                "--password-file", str(pw))
     assert r.returncode == 0, r.stderr
     bundle = boot / "shelfcast"
     assert yaml.safe_load((bundle / "shelfcast.yaml").read_text())["signage"]["admin_token"] == \
@@ -313,41 +289,41 @@ def test_boot_partition_bundle_carries_the_admin_token_and_takes_it_off_the_card
     assert not (bundle / "keys" / "admin-token").exists() and not (bundle / "keys" / "mqtt-password").exists()
 
 
-def test_on_an_installed_node_provision_names_the_next_step(tmp_path: Path, sc: Callable[..., Result],
+def test_on_an_installed_node_provision_names_the_next_step(tmp_path: Path, run_cli: Any,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """The node the installer started keeps running the old config, and the broker bridge is rendered by the
     installer: provision used to end with the label only."""
     import edge.provision as prov
 
     conf = tmp_path / "etc" / "shelfcast.yaml"
-    r = sc("provision", "--config", str(conf), "--store-id", "s1", "--node-id", "n1", "--no-qr")
+    r = run_cli("provision", "--config", str(conf), "--store-id", "s1", "--node-id", "n1", "--no-qr")
     assert r.returncode == 0 and "next:" not in r.stdout  # not an installed node (a laptop, a test)
     installer = tmp_path / "opt" / "install.sh"
     installer.parent.mkdir()
     installer.write_text("#!/bin/sh\n")
     monkeypatch.setattr(prov, "INSTALLER", installer)
-    r = sc("provision", "--config", str(conf), "--store-id", "s1", "--node-id", "n1", "--no-qr")
+    r = run_cli("provision", "--config", str(conf), "--store-id", "s1", "--node-id", "n1", "--no-qr")
     assert r.returncode == 0, r.stderr
     last = r.stdout.strip().splitlines()[-1]
     assert last.startswith("next:") and f"sudo {installer}" in last and "restarts the node" in last, last
     boot = tmp_path / "bootfs"
     boot.mkdir()
-    r = sc("provision", "--boot-partition", str(boot), "--store-id", "s1", "--node-id", "n1")
+    r = run_cli("provision", "--boot-partition", str(boot), "--store-id", "s1", "--node-id", "n1")
     assert r.returncode == 0 and "next:" not in r.stdout  # a bundle: the first boot does it
 
 
-def test_cloud_broker_password_from_a_file(tmp_path: Path, sc: Callable[..., Result]) -> None:
+def test_cloud_broker_password_from_a_file(tmp_path: Path, run_cli: Any) -> None:
     """A broker that wants a user name and password: --username existed, the password had to be typed into the
     root-owned YAML by hand (where the bridge and the node read it from)."""
     conf = tmp_path / "etc" / "shelfcast.yaml"
     pw = tmp_path / "pw.txt"
     pw.write_text("s3cr3t pass\n")
-    r = sc("provision", "--config", str(conf), "--store-id", "s1", "--node-id", "n1", "--no-qr", "--password-file",
-           str(pw))
+    r = run_cli("provision", "--config", str(conf), "--store-id", "s1", "--node-id", "n1", "--no-qr", "--password-file",
+                str(pw))
     assert r.returncode == 2 and "--cloud-broker" in r.stderr, r.stderr  # old code: unrecognized argument
     assert not conf.exists()
-    r = sc("provision", "--config", str(conf), "--store-id", "s1", "--node-id", "n1", "--no-qr",
-           "--cloud-broker", "mqtts://cloud.example.com:8883", "--username", "node-s1", "--password-file", str(pw))
+    r = run_cli("provision", "--config", str(conf), "--store-id", "s1", "--node-id", "n1", "--no-qr",
+                "--cloud-broker", "mqtts://cloud.example.com:8883", "--username", "node-s1", "--password-file", str(pw))
     assert r.returncode == 0, r.stderr
     keyfile = tmp_path / "etc" / "keys" / "mqtt-password"
     assert keyfile.stat().st_mode & 0o077 == 0
@@ -359,24 +335,24 @@ def test_cloud_broker_password_from_a_file(tmp_path: Path, sc: Callable[..., Res
     from edge.deployment import render_mosquitto_conf
 
     assert "remote_password s3cr3t pass" in render_mosquitto_conf(load_config(conf))  # the bridge logs in with it
-    r = sc("provision", "--config", str(conf), "--no-qr", "--cloud-broker", "mqtt://cloud.example.com:1883",
-           "--password-file", str(pw))
+    r = run_cli("provision", "--config", str(conf), "--no-qr", "--cloud-broker", "mqtt://cloud.example.com:1883",
+                "--password-file", str(pw))
     assert r.returncode == 0 and "unencrypted" in r.stderr, r.stderr
 
 
-def test_timezone_flag(tmp_path: Path, sc: Callable[..., Result]) -> None:
+def test_timezone_flag(tmp_path: Path, run_cli: Any) -> None:
     """node.timezone gives the ranking its local hour and weekday; a store outside US Eastern had to hand-edit
     the config (docs/architecture.md named the gap)."""
     conf = tmp_path / "etc" / "shelfcast.yaml"
-    r = sc("provision", "--config", str(conf), "--store-id", "s1", "--node-id", "n1", "--no-qr",
-           "--timezone", "Pacific/Nowhere")
+    r = run_cli("provision", "--config", str(conf), "--store-id", "s1", "--node-id", "n1", "--no-qr",
+                "--timezone", "Pacific/Nowhere")
     assert r.returncode == 2 and "IANA" in r.stderr and "timedatectl list-timezones" in r.stderr, r.stderr
     assert not conf.exists()
-    r = sc("provision", "--config", str(conf), "--store-id", "s1", "--node-id", "n1", "--no-qr",
-           "--timezone", "Europe/Berlin")
+    r = run_cli("provision", "--config", str(conf), "--store-id", "s1", "--node-id", "n1", "--no-qr",
+                "--timezone", "Europe/Berlin")
     assert r.returncode == 0, r.stderr
     assert load_config(conf).node.timezone == "Europe/Berlin" and "Europe/Berlin" in r.stdout
-    r = sc("provision", "--config", str(conf), "--store-id", "s1", "--node-id", "n2", "--no-qr")
+    r = run_cli("provision", "--config", str(conf), "--store-id", "s1", "--node-id", "n2", "--no-qr")
     assert r.returncode == 0 and load_config(conf).node.timezone == "Europe/Berlin"  # a re-run keeps it
 
 
