@@ -274,14 +274,19 @@ def _write_config(path: Path, raw: dict[str, Any], check_raw: dict[str, Any] | N
     return cfg
 
 
-def _read_salt(src: Path) -> str:
-    """The retailer's customer salt from ``--customer-salt FILE`` (what the config loader's file: reads)."""
+def _read_text(src: Path, flag: str, hint: str = "") -> str:
+    """The text of the file given as ``flag FILE``; one that is missing, unreadable or not text is a UserError
+    naming the flag, the file and why (then ``hint``)."""
     try:
-        salt = src.read_text().strip()
+        return src.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         why = exc.strerror if isinstance(exc, OSError) else "not a text file"
-        raise UserError(f"--customer-salt {src}: cannot read it ({why}); give the salt file you got from the "
-                        "cloud side") from None
+        raise UserError(f"{flag} {src}: cannot read it ({why}){hint}") from None
+
+
+def _read_salt(src: Path) -> str:
+    """The retailer's customer salt from ``--customer-salt FILE`` (what the config loader's file: reads)."""
+    salt = _read_text(src, "--customer-salt", "; give the salt file you got from the cloud side").strip()
     if not salt:
         raise UserError(f"--customer-salt {src} is empty; ask the cloud side for the retailer's salt file")
     if salt == DEMO_CUSTOMER_SALT:
@@ -292,11 +297,7 @@ def _read_salt(src: Path) -> str:
 
 def _read_token(src: Path) -> str:
     """The signage admin token from ``--admin-token FILE``: what check-in devices send as ``Bearer``."""
-    try:
-        token = src.read_text().strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        why = exc.strerror if isinstance(exc, OSError) else "not a text file"
-        raise UserError(f"--admin-token {src}: cannot read it ({why})") from None
+    token = _read_text(src, "--admin-token").strip()
     if len(token) < MIN_ADMIN_TOKEN or any(c.isspace() for c in token):
         raise UserError(f"--admin-token {src}: the token must be one word of at least {MIN_ADMIN_TOKEN} random "
                         f"characters (anyone on the store network may try to guess it); make one with "
@@ -306,11 +307,7 @@ def _read_token(src: Path) -> str:
 
 def _read_password(src: Path) -> str:
     """The cloud broker password from ``--password-file FILE`` (store ops hand it over with the user name)."""
-    try:
-        password = src.read_text().strip("\r\n")
-    except (OSError, UnicodeDecodeError) as exc:
-        why = exc.strerror if isinstance(exc, OSError) else "not a text file"
-        raise UserError(f"--password-file {src}: cannot read it ({why})") from None
+    password = _read_text(src, "--password-file").strip("\r\n")
     if not password.strip():
         raise UserError(f"--password-file {src} is empty; put the cloud broker password from store ops in it")
     return password

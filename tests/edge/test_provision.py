@@ -129,6 +129,16 @@ def test_bad_input_is_refused_with_the_fix(tmp_path: Path, run_cli: Any) -> None
     assert r.returncode == 2 and "Ed25519" in r.stderr
     r = run_cli("provision", "--config", str(cfg))  # no terminal to ask in, no flags
     assert r.returncode == 2 and "--store-id" in r.stderr
+    # a secret file that is missing or not text: named with the flag and why, no traceback
+    binary = tmp_path / "secret.bin"
+    binary.write_bytes(b"\xff\xfe\x00secret")
+    for flag, extra in (("--customer-salt", "; give the salt file you got from the cloud side"),
+                        ("--admin-token", ""), ("--password-file", "")):
+        for src, why in ((tmp_path / "no-such-file", "No such file or directory"), (binary, "not a text file")):
+            r = run_cli("provision", "--config", str(cfg), "--store-id", "s", "--node-id", "n", "--cloud-broker",
+                        "mqtts://cloud.example.com:8883", "--username", "u1", flag, str(src))
+            assert r.returncode == 2 and f"{flag} {src}: cannot read it ({why}){extra}" in r.stderr, r.stderr
+            assert "Traceback" not in r.stderr
     assert not cfg.exists()
 
 
