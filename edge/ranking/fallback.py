@@ -65,7 +65,8 @@ class PopularityRanker:
         self._live: dict[tuple[str | None, int], dict[str, list[float]]] = defaultdict(dict)
         # (zone, hour) -> sku -> monotonic time its count was last decayed to (the decay's clock, not the wall's)
         self._decayed: dict[tuple[str | None, int], dict[str, float]] = defaultdict(dict)
-        self._cache: dict[tuple[str | None, int], list[tuple[str, float]]] = {}
+        # (zone, hour) -> (monotonic time it was ranked, the ranking); re-ranked after DECAY_GRAIN_S or a pick
+        self._cache: dict[tuple[str | None, int], tuple[float, list[tuple[str, float]]]] = {}
         norm = max(self._prior.values(), default=1.0) or 1.0
         for k in self._prior:
             self._prior[k] /= norm
@@ -96,22 +97,28 @@ class PopularityRanker:
 
     def _ranked(self, zone: str | None, hour: int) -> list[tuple[str, float]]:
         key = (zone, hour % self.HOURS)
+        now = self._mono()
         hit = self._cache.get(key)
-        if hit is not None:
-            return hit
+        if hit is not None and now - hit[0] < DECAY_GRAIN_S:
+            return hit[1]
         live = self._live.get(key, {})
-        total = sum(c for c, _ in live.values()) or 1.0
+        # every count decayed to *now* before they are compared: a sku that stopped selling a week ago counts half,
+        # not as much as one picked a minute ago (each count is stored as of its own last pick)
+        stamps = self._decayed.get(key, {})
+        hl = self.half_life_s
+        counts = {sku: c[0] * 0.5 ** (max(0.0, now - stamps.get(sku, now)) / hl) for sku, c in live.items()}
+        total = sum(counts.values()) or 1.0
         scores = []
         for sku, prior in self._prior.items():
             s = prior
             if zone is not None and self._home.get(sku) == zone:
                 s *= self.home_zone_boost
-            c = live.get(sku)
+            c = counts.get(sku)
             if c is not None:
-                s += self.live_weight * c[0] / total
+                s += self.live_weight * c / total
             scores.append((sku, s))
         scores.sort(key=lambda x: -x[1])
-        self._cache[key] = scores
+        self._cache[key] = (now, scores)
         return scores
 
     def top(
