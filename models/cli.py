@@ -269,26 +269,20 @@ def _export_args(p: argparse.ArgumentParser) -> None:
 
 
 def register(reg: CommandRegistry) -> None:
-    p = reg.subcommand("model", "prepare", "clean, encode and split the training data", cmd_prepare)
-    _common(p)
-    _prepare_args(p)
-    p = reg.subcommand("model", "train", "train the Keras ranking model", cmd_train)
-    _common(p)
-    _train_args(p)
-    p = reg.subcommand("model", "quantize", "convert to float and full-int8 TFLite", cmd_quantize)
-    _common(p)
-    p = reg.subcommand("model", "stage2", "train the second stage (re-ranker) on held-out stage-1 scores",
-                       cmd_stage2)
-    _common(p)
-    _train_args_validation_only(p)
-    _stage2_args(p)
-    p = reg.subcommand("model", "evaluate", "P1–P4 metrics for baselines, float and int8", cmd_evaluate)
-    _common(p)
-    _eval_args(p)
-    _train_args_validation_only(p)
-    p = reg.subcommand("model", "export", "write model.tflite + items.npz + manifest.json", cmd_export)
-    _common(p)
-    _export_args(p)
+    steps = (  # name, help, command, the argument groups after _common
+        ("prepare", "clean, encode and split the training data", cmd_prepare, (_prepare_args,)),
+        ("train", "train the Keras ranking model", cmd_train, (_train_args,)),
+        ("quantize", "convert to float and full-int8 TFLite", cmd_quantize, ()),
+        ("stage2", "train the second stage (re-ranker) on held-out stage-1 scores", cmd_stage2,
+         (_train_args_validation_only, _stage2_args)),
+        ("evaluate", "P1–P4 metrics for baselines, float and int8", cmd_evaluate,
+         (_eval_args, _train_args_validation_only)),
+        ("export", "write model.tflite + items.npz + manifest.json", cmd_export, (_export_args,)),
+    )
+    for name, help_text, cmd, arg_groups in steps:
+        p = reg.subcommand("model", name, help_text, cmd)
+        for add_args in (_common, *arg_groups):
+            add_args(p)
     p = reg.subcommand("model", "all", "prepare → train → quantize → stage2 → evaluate → export", cmd_all)
     _common(p)
     _prepare_args(p)
