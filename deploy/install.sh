@@ -5,6 +5,7 @@
 #   sudo deploy/install.sh --source shelfcast-0.2.0-py3-none-any.whl
 #   deploy/install.sh --destdir /tmp/root       # into a scratch root; nothing outside it is touched
 #   sudo /opt/shelfcast/lib/install.sh --firstboot [--boot-dir /boot/firmware]
+#   sudo /opt/shelfcast/lib/install.sh --rollback   # back to the ShelfCast before the last upgrade
 #
 # What it does: apt packages (python3-venv, mosquitto, chromium, cage); the `shelfcast` service user in
 # the dialout and video groups; a venv with ShelfCast and the node's runtime dependencies only (no
@@ -35,6 +36,7 @@ INHERIT_SITE=""
 WITH_KIOSK=1
 WITH_APT=1
 FIRSTBOOT=0
+ROLLBACK=0
 BOOT_DIR=/boot/firmware
 SERVICE_USER=shelfcast
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -55,6 +57,8 @@ Options:
   --no-kiosk           do not install or enable the Chromium kiosk unit
   --no-apt             do not install Debian packages (they are there already)
   --firstboot          consume the provisioning bundle on the boot partition, then exit
+  --rollback           switch the node back to the venv before the last upgrade (kept as $PREFIX/venv.previous),
+                       restart it, then exit; run again to go forward
   --boot-dir DIR       the mounted boot partition (default $BOOT_DIR)
 EOF
 }
@@ -83,6 +87,7 @@ while [ $# -gt 0 ]; do
         --no-kiosk) WITH_KIOSK=0; shift ;;
         --no-apt) WITH_APT=0; shift ;;
         --firstboot) FIRSTBOOT=1; shift ;;
+        --rollback) ROLLBACK=1; shift ;;
         --boot-dir) BOOT_DIR="${2:?--boot-dir needs a directory}"; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "install.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
@@ -239,7 +244,8 @@ PYEOF
 }
 
 # switch_venv: $VENV (a symlink) to the new venv, by one rename; a real directory there (a node installed before
-# 2026-12-01) is first moved to $VENVS, named by its version and creation time, and becomes the previous venv
+# 2026-12-01) is first moved to $VENVS, named by its version and creation time, and becomes the previous venv,
+# which $VENV.previous (a symlink) names
 PREV_ID=""
 switch_venv() {
     local link="$R$VENV" ver
@@ -255,6 +261,10 @@ switch_venv() {
     ln -sfn "venvs/$NEW_ID" "$link.switch"
     mv -T "$link.switch" "$link"
     SWITCHED=1
+    if [ -n "$PREV_ID" ] && [ "$PREV_ID" != "$NEW_ID" ]; then  # what --rollback goes back to
+        ln -sfn "venvs/$PREV_ID" "$link.switch"
+        mv -T "$link.switch" "$link.previous"
+    fi
     echo "    $VENV -> venvs/$NEW_ID${PREV_ID:+ (previous: venvs/$PREV_ID, kept for a rollback)}"
 }
 
@@ -286,6 +296,54 @@ if [ "$FIRSTBOOT" = 1 ]; then
     # we are done. --no-block: queue the job, never wait for it.
     run systemctl --no-block try-restart mosquitto.service
     say "first boot done"
+    exit 0
+fi
+
+if [ "$ROLLBACK" = 1 ]; then
+    # the program only: units, udev rules, the broker config and these helper scripts stay as the last run wrote
+    # them (for those, run the old version's installer: technician guide, section 8)
+    if ! [ -L "$R$VENV" ] || ! [ -L "$R$VENV.previous" ] || ! [ -x "$R$VENV.previous/bin/python" ]; then
+        die "no previous venv to go back to ($VENV.previous): only an upgrade by this installer keeps one. Roll" \
+            "back by running the old version's installer (sudo ./deploy/install.sh in its checkout, or --source" \
+            "its wheel): technician guide, section 8"
+    fi
+    rm -f "$LOG"
+    NEW_ID="$(basename "$(readlink "$R$VENV.previous")")"
+    say "rollback: $VENV -> venvs/$NEW_ID (from venvs/$(basename "$(readlink "$R$VENV")"))"
+    OLD_PY="$R$VENV.previous/bin/python"
+    "$OLD_PY" -P -m edge.deployment validate --config "$R$CONFIG" >/dev/null \
+        || die "the config $CONFIG is not valid for the ShelfCast in $VENVS/$NEW_ID (listed above): take out what" \
+               "you added for the newer version, then run --rollback again; nothing was changed"
+    # a database the newer version migrated: the older code refuses it at start; say so now, with the way back
+    "$OLD_PY" -P - "$R" "$R$CONFIG" <<'PYEOF' || die "nothing was changed: restore the database first (above), then run --rollback again"
+import sqlite3
+import sys
+
+try:
+    from edge.config import load_config
+    from edge.store import SCHEMA_VERSION
+    db = sys.argv[1] + str(load_config(sys.argv[2]).node.data_dir / "shelfcast.db")
+except Exception:  # an older ShelfCast than this check knows: its node says it at start
+    sys.exit(0)
+try:
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as c:
+        version = c.execute("PRAGMA user_version").fetchone()[0]
+except sqlite3.Error:
+    sys.exit(0)  # no database yet, or one the node itself will judge
+if version > SCHEMA_VERSION:
+    final = db[len(sys.argv[1]):]
+    print(f"install.sh: {final} has schema version {version}, newer than the ShelfCast you go back to "
+          f"({SCHEMA_VERSION}); the newer one migrated it. Restore the copy it made before migrating (what the node "
+          f"recorded since is lost): sudo systemctl stop shelfcast && sudo cp -p {final}.v{SCHEMA_VERSION}.bak "
+          f"{final} && sudo rm -f {final}-wal {final}-shm", file=sys.stderr)
+    sys.exit(1)
+PYEOF
+    run systemctl stop shelfcast.service
+    switch_venv
+    run systemctl start shelfcast.service
+    [ "$WITH_KIOSK" = 0 ] || run systemctl --no-block try-restart shelfcast-kiosk.service
+    say "rolled back to ShelfCast $("$R$VENV/bin/python" -P -c 'import edge; print(edge.__version__)');" \
+        "--rollback again goes forward to venvs/$PREV_ID"
     exit 0
 fi
 

@@ -15,12 +15,16 @@ import hashlib
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import sysconfig
+from contextlib import closing
 from pathlib import Path
 
 import yaml
+
+from edge.store import SCHEMA_VERSION
 
 REPO = Path(__file__).resolve().parents[2]
 INSTALL = REPO / "deploy" / "install.sh"
@@ -69,7 +73,9 @@ def snapshot(tree: Path) -> dict[str, tuple[int, int, int, str]]:
 
 
 def actions(root: Path) -> list[str]:
-    return (root / "opt/shelfcast/install-actions.log").read_text().splitlines()
+    """The system actions the last run recorded (none: no log)."""
+    log = root / "opt/shelfcast/install-actions.log"
+    return log.read_text().splitlines() if log.exists() else []
 
 
 def version_from(root: Path) -> str:
@@ -244,3 +250,53 @@ def test_a_rerun_without_a_new_shelfcast_keeps_the_venv(tmp_path: Path) -> None:
     assert p.returncode == 0, p.stdout + p.stderr
     assert served(root) == first and [d.name for d in first.parent.iterdir()] == [first.name]
     assert actions(root).count("systemctl restart shelfcast.service") == 1
+
+
+def rollback(root: Path) -> subprocess.CompletedProcess[str]:
+    """What the guide has a technician type: the installer's own copy, --rollback."""
+    return subprocess.run(["bash", str(root / "opt/shelfcast/lib/install.sh"), "--destdir", str(root), "--rollback"],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_rollback_switches_back_to_the_previous_venv_and_forward_again(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    p = install(root)
+    assert p.returncode == 0, p.stdout + p.stderr
+    p = rollback(root)  # a first install has nothing to go back to
+    assert p.returncode == 1 and "no previous venv to go back to" in p.stderr and "section 8" in p.stderr, p.stderr
+    first = served(root)
+    p = install(root, "--source", str(newer_source(tmp_path / "new")))
+    assert p.returncode == 0, p.stdout + p.stderr
+    second = served(root)
+    assert (root / "opt/shelfcast/venv.previous").resolve() == first
+
+    # the newer version migrated the database: going back is refused before anything changes, with the way back
+    db = root / "var/lib/shelfcast/shelfcast.db"
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with closing(sqlite3.connect(db)) as c:
+        c.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    p = rollback(root)
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert f"sudo cp -p /var/lib/shelfcast/shelfcast.db.v{SCHEMA_VERSION}.bak" in p.stderr, p.stderr
+    assert "nothing was changed" in p.stderr and "Traceback" not in p.stderr, p.stderr
+    assert served(root) == second and "systemctl stop shelfcast.service" not in actions(root)
+    with closing(sqlite3.connect(db)) as c:
+        c.execute(f"PRAGMA user_version={SCHEMA_VERSION}")  # the technician restored the backup
+
+    p = rollback(root)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert served(root) == first and not (root / "opt/shelfcast/venv" / SITE / "edge/_upgrade_probe.py").exists()
+    assert (root / "opt/shelfcast/venv.previous").resolve() == second
+    acts = actions(root)
+    assert acts.index("systemctl stop shelfcast.service") < acts.index("systemctl start shelfcast.service"), acts
+    assert "systemctl restart shelfcast.service" not in acts, acts
+    from edge import __version__
+
+    assert version_from(root) == __version__
+    p = rollback(root)  # and forward again
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert served(root) == second and (root / "opt/shelfcast/venv" / SITE / "edge/_upgrade_probe.py").exists()
+    # the next upgrade keeps the one it replaces and the venv it is built from, removes the other
+    p = install(root, "--source", str(newer_source(tmp_path / "newer", "_upgrade_probe2")))
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert sorted(d.name for d in served(root).parent.iterdir()) == sorted([second.name, served(root).name])
