@@ -272,6 +272,43 @@ class SignageSection(_Strict):
     max_streams_per_ip: int = Field(default=16, ge=1, le=3000)
     # a connection that has not sent a whole request (headers, an admin body) by then is closed (slow clients)
     request_timeout_s: float = Field(default=15.0, ge=1, le=600)
+    # every TCP connection to the port (a stream holds one; so do pages, JSON, health and idle keep-alive ones):
+    # past a cap a new one gets a 503 naming the key and is closed; loopback (the node itself) is never refused and
+    # counts only towards the total. A connection holds 1 descriptor (2 while a file is sent); the defaults leave
+    # most of the unit's LimitNOFILE 4096 to the node. Left out, they stay above raised stream caps.
+    max_connections: int = Field(default=1024, ge=16, le=3100)
+    max_connections_per_ip: int = Field(default=64, ge=2, le=3100)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _connection_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            try:
+                streams, per_ip = int(data.get("max_streams", 512)), int(data.get("max_streams_per_ip", 16))
+            except (TypeError, ValueError):
+                return data  # the field's own check names it
+            if "max_connections" not in data and streams + 64 > 1024:
+                data = {**data, "max_connections": min(3100, streams + 64)}
+            if "max_connections_per_ip" not in data and per_ip + 16 > 64:
+                total = data.get("max_connections", 1024)
+                cap = min(3100, per_ip + 16, total if isinstance(total, int) else 3100)
+                data = {**data, "max_connections_per_ip": cap}
+        return data
+
+    @model_validator(mode="after")
+    def _connections_above_streams(self) -> SignageSection:
+        # a stream holds a connection: at the connection cap a device could not even load the page it streams to
+        for conns, streams in (("max_connections", "max_streams"),
+                               ("max_connections_per_ip", "max_streams_per_ip")):
+            c, s = getattr(self, conns), getattr(self, streams)
+            if c <= s:
+                raise ValueError(f"signage.{conns} ({c}) must be above signage.{streams} ({s}): every live screen "
+                                 f"stream holds a connection and its page, JSON and health requests need more; set "
+                                 f"{conns} to at least {s + 16}, or leave it out")
+        if self.max_connections_per_ip > self.max_connections:
+            raise ValueError(f"signage.max_connections_per_ip ({self.max_connections_per_ip}) is above "
+                             f"signage.max_connections ({self.max_connections}); lower it or raise max_connections")
+        return self
 
     @field_validator("admin_token", mode="before")
     @classmethod
