@@ -22,21 +22,34 @@ counts only towards the total) — past a cap a new stream is a 503 with ``Retry
 key, the connected screens are not touched. A connection that has not sent a whole request within
 ``signage.request_timeout_s`` is closed (slow or idle clients), an admin body that does not arrive in that time is
 a 408, and one over 64 KiB a 413.
+
+One level down, every TCP connection goes through a gate (``ScreensRunner``) before aiohttp sees it: open
+connections are capped in total (``signage.max_connections``) and per client address
+(``signage.max_connections_per_ip``; loopback is never refused) — past a cap the connection gets a 503 naming the
+key and is closed, so a flood of idle, slow or keep-alive sockets from the store network cannot use up the
+descriptors (LimitNOFILE) the rest of the node needs. A connection whose answer sits unacknowledged for
+``request_timeout_s`` (the client stopped reading) is dropped by the kernel (TCP_USER_TIMEOUT). Static files are
+revalidated on every use (``Cache-Control: no-cache`` with their ETag): an upgraded node's screen.js is never
+taken from a stale cache.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import html
 import json
 import logging
+import socket
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from edge.config import DEMO_SALT_CHECKINS_REFUSED
 from edge.events import CheckIn
@@ -46,17 +59,53 @@ from edge.signage.payload import ICONS
 if TYPE_CHECKING:
     from edge.signage.room import SignageRoom
 
-__all__ = ["build_app"]
+__all__ = ["ScreensRunner", "build_app"]
 
 log = logging.getLogger("shelfcast.signage")
 
 STATIC = Path(__file__).parent / "static"
 ROOM: web.AppKey[SignageRoom] = web.AppKey("signage_room")
 REFUSALS: web.AppKey[dict[str, float]] = web.AppKey("signage_refusals")  # when a refusal was last logged
+GATE: web.AppKey[Gate] = web.AppKey("signage_gate")
+
+
+class _ClientFaults(logging.Filter):
+    """aiohttp logs every request it cannot parse (a header too long, bytes that are not HTTP) as an ERROR with a
+    traceback, ~10 lines: any device on the store network could fill the journal (and wear the SD card). Those
+    are one WARNING line a minute, saying how many were left out; the node's own errors (a 500) pass untouched."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last = -1e9
+        self.left_out = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        now = time.monotonic()
+        if now - self.last < 60.0:
+            self.left_out += 1
+            return False
+        self.last = now
+        what, why = record.getMessage(), " ".join(str(exc.message).split())
+        record.msg = "bad HTTP request: %s: %s (one line a minute; %d left out since the last)"
+        record.args = (what, why, self.left_out)
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.exc_info, record.exc_text = None, None
+        self.left_out = 0
+        return True
+
+
+HTTP_LOG = logging.getLogger("shelfcast.signage.http")  # aiohttp's connection handler logs here
+HTTP_LOG.addFilter(_ClientFaults())
 MAX_BODY = 64 * 1024  # admin request bodies (a check-in is ~100 bytes)
+MAX_HEADERS, MAX_FIELD = 32, 4096  # headers a request may have, bytes in one (aiohttp: 128, 8190)
 RETRY_AFTER_S = 30  # a refused stream: the page's own reconnect backs off up to 30 s
 CHECKIN_SHAPE = '{"customer": "<loyalty id>", "screen": "<screen id>"}'
 KIND_LABEL = {"full": "full screen", "strip": "shelf-edge strip", "shelf_display": "shelf display"}
+LINGER_S = 1.0  # a refused connection: how long its request is read (and dropped) so the 503 is not lost to a reset
+MAX_LINGERING = 64  # refused connections lingering at once; past that one is closed right after its 503
 
 
 class BadParam(ValueError):
@@ -335,6 +384,14 @@ async def metrics(request: web.Request) -> web.Response:
     metric("shelfcast_signage_sse_refused_total", "counter", "streams refused (503) by the cap named in 'limit'",
            [({"limit": "max_streams"}, hs["refused_max_streams"]),
             ({"limit": "max_streams_per_ip"}, hs["refused_max_streams_per_ip"])])
+    metric("shelfcast_signage_connections", "gauge", "open TCP connections to the screens port",
+           [({}, hs["connections"])])
+    metric("shelfcast_signage_connections_refused_total", "counter",
+           "connections refused (503) by the cap named in 'limit'",
+           [({"limit": "max_connections"}, hs["refused_max_connections"]),
+            ({"limit": "max_connections_per_ip"}, hs["refused_max_connections_per_ip"])])
+    metric("shelfcast_signage_connections_stalled_total", "counter",
+           "connections dropped for not reading their answers (request_timeout_s)", [({}, hs["closed_stalled"])])
     q = room.push_quantiles()
     metric("shelfcast_signage_push_latency_seconds", "summary", "set accepted to SSE transport write",
            [({"quantile": "0.5"}, (q["p50_ms"] or 0) / 1e3), ({"quantile": "0.99"}, (q["p99_ms"] or 0) / 1e3)])
@@ -404,6 +461,7 @@ async def checkin(request: web.Request) -> web.Response:
     ev = CheckIn(customer=hash_customer(salt, body["customer"].strip()), session=session, screen=screen,
                  t=time.time())
     room.bus.publish(ev)
+    session = room.recommender.check_in_session(ev.id) or session  # the visit fusion bound (maybe a new one)
     if screen in room.screens:
         room.bus.publish(room.recommender.refresh(screen))
     return web.json_response({"ok": True, "session": session, "customer": ev.customer, "id": ev.id})
@@ -422,11 +480,19 @@ async def refresh(request: web.Request) -> web.Response:
 def build_app(room: SignageRoom) -> web.Application:
     # keepalive_timeout: aiohttp closes a connection that has not sent a whole request this long after it opened
     # or after its last response (a slow-header client, an idle one); its default is an hour. lingering_time: how
-    # long it reads and drops the unread rest of a refused body (a 401, 408, 413) before closing; default 10 s
+    # long it reads and drops the unread rest of a refused body (a 401, 408, 413) before closing; default 10 s.
+    # max_headers/max_field_size: a request's header block is held until it is whole; aiohttp's 128 x 8 KiB let a
+    # client park ~1.9 MB of RSS per connection for request_timeout_s (60 of them: +111 MB); a browser sends ~15
+    # headers of well under 1 KiB, and the node sets no cookies. Past them a request is a 400 naming the header.
     app = web.Application(middlewares=[_errors_and_auth], client_max_size=MAX_BODY,
-                          handler_args={"keepalive_timeout": room.cfg.request_timeout_s, "lingering_time": 2.0})
+                          handler_args={"keepalive_timeout": room.cfg.request_timeout_s, "lingering_time": 2.0,
+                                        "max_headers": MAX_HEADERS, "max_field_size": MAX_FIELD,
+                                        "logger": HTTP_LOG})
     app[ROOM] = room
     app[REFUSALS] = {}
+    app[GATE] = Gate(room)
+    app.cleanup_ctx.append(_lingering)
+    app.on_response_prepare.append(_static_headers)
     app.router.add_get("/", index)
     app.router.add_get("/screens/{id}", screen_page)
     app.router.add_get("/api/screens", api_screens)
@@ -438,3 +504,171 @@ def build_app(room: SignageRoom) -> web.Application:
     app.router.add_post("/api/screens/{id}/refresh", refresh)
     app.router.add_static("/static", STATIC, show_index=False)
     return app
+
+
+# -- connections: the gate in front of aiohttp ---------------------------------------------------------------------
+
+
+async def _static_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """``/static/...`` (screen.js, screen.css): always revalidated. Without a Cache-Control a browser keeps a file
+    "fresh" for a tenth of its age (Last-Modified), so after an upgrade a kiosk restart ran days-old screen.js
+    under the new page; with ``no-cache`` every use is a conditional request, a 304 of ~200 bytes while the ETag
+    (mtime + size) is the same, the new file once it changed."""
+    if request.path.startswith("/static/") and "Cache-Control" not in response.headers:
+        response.headers["Cache-Control"] = "no-cache" if response.status < 400 else "no-store"
+
+
+class Gate:
+    """Every TCP connection to the screens port, before aiohttp parses a byte: admitted (counted in the hub, handed
+    to aiohttp's handler) or refused (a 503 naming the cap, closed).
+
+    An admitted socket gets ``TCP_USER_TIMEOUT`` = ``request_timeout_s``: the kernel drops it once data it sent
+    has gone unacknowledged, or sat behind a zero receive window, that long. A client that stopped reading used to
+    hold its socket (and the static file being sent) for as long as it stayed connected: aiohttp's timeouts do not
+    cover an answer being written, and a file goes out by sendfile, past the transport's buffer."""
+
+    def __init__(self, room: SignageRoom) -> None:
+        self.room = room
+        self.open: dict[_Conn, None] = {}  # admitted, not yet lost (insertion-ordered set)
+        self.lingering: set[_Conn] = set()
+        self.last_log: dict[str, float] = {}
+
+    def refusal(self, which: str, peer: str) -> bytes:
+        cfg = self.room.cfg
+        if which == "total":
+            key, cap = "signage.max_connections", cfg.max_connections
+            what = f"this node already has {cap} open connections on its screens port, its limit ({key})"
+            fix = "close screen pages and players that are not in use"
+        else:
+            key, cap = "signage.max_connections_per_ip", cfg.max_connections_per_ip
+            what = f"{peer} already has {cap} open connections to this node, the limit per device ({key})"
+            fix = "close that device's screen pages that are not in use"
+        msg = (f"refused: {what}; {fix}, or raise {key} in /etc/shelfcast/shelfcast.yaml and run "
+               f"`sudo systemctl restart shelfcast`; retry in {RETRY_AFTER_S} s")
+        now = time.monotonic()
+        if now - self.last_log.get(which, -1e9) >= 60.0:  # a flood is thousands of these: one line a minute
+            self.last_log[which] = now
+            log.warning("connection from %s %s (more are counted in health and /metrics, logged once a minute)",
+                        peer, msg)
+        body = (msg + "\n").encode()
+        return (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                b"Content-Length: %d\r\nRetry-After: %d\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n%b"
+                % (len(body), RETRY_AFTER_S, body))
+
+    def close_all(self) -> None:
+        for c in list(self.lingering):
+            c.close()
+
+
+async def _lingering(app: web.Application) -> AsyncIterator[None]:
+    yield
+    app[GATE].close_all()  # the port is closing: refused connections still lingering go at once
+
+
+def _peer(transport: asyncio.BaseTransport) -> str:
+    pn = transport.get_extra_info("peername")
+    return str(pn[0]) if isinstance(pn, (list, tuple)) and pn else str(pn)  # what ``request.remote`` says
+
+
+class _Conn(asyncio.Protocol):
+    """One connection: forwards to aiohttp's ``RequestHandler`` when admitted, else answers the 503 and lingers
+    (reads and drops the request, up to ``LINGER_S``) so closing does not reset the answer away."""
+
+    __slots__ = ("gate", "inner", "peer", "seen", "server", "timer", "transport")
+
+    def __init__(self, gate: Gate, server: web.Server) -> None:
+        self.gate, self.server = gate, server
+        self.inner: asyncio.Protocol | None = None
+        self.transport: asyncio.Transport | None = None
+        self.peer = ""
+        self.seen = b""
+        self.timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        tr = cast(asyncio.Transport, transport)
+        self.transport, self.peer = tr, _peer(tr)
+        gate = self.gate
+        cfg, hub = gate.room.cfg, gate.room.hub
+        which = hub.refuse_connection(self.peer, cfg.max_connections, cfg.max_connections_per_ip)
+        if which is None:
+            hub.connection_opened(self.peer)
+            gate.open[self] = None
+            sock = tr.get_extra_info("socket")
+            if sock is not None and hasattr(socket, "TCP_USER_TIMEOUT"):
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(cfg.request_timeout_s * 1000))
+            self.inner = self.server()
+            self.inner.connection_made(tr)
+            return
+        tr.write(gate.refusal(which, self.peer))
+        if len(gate.lingering) >= MAX_LINGERING:
+            tr.close()
+            return
+        gate.lingering.add(self)
+        self.timer = asyncio.get_running_loop().call_later(LINGER_S, self.close)
+
+    def data_received(self, data: bytes) -> None:
+        if self.inner is not None:
+            self.inner.data_received(data)
+            return
+        seen = self.seen + data  # the request is read and dropped; its end (a blank line) ends the linger
+        if b"\r\n\r\n" in seen:
+            self.close()
+        self.seen = seen[-3:]
+
+    def eof_received(self) -> bool | None:
+        if self.inner is not None:
+            return self.inner.eof_received()
+        return False  # refused: the client is done, close
+
+    def pause_writing(self) -> None:
+        if self.inner is not None:
+            self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.inner is not None:
+            self.inner.resume_writing()
+
+    def close(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        gate = self.gate
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        gate.lingering.discard(self)
+        if self.inner is not None:
+            if gate.open.pop(self, 0) is None:
+                hub = gate.room.hub
+                hub.connection_closed(self.peer)
+                if isinstance(exc, TimeoutError):  # ETIMEDOUT: TCP_USER_TIMEOUT, the client stopped reading
+                    hub.stats["closed_stalled"] += 1
+            self.inner.connection_lost(exc)
+        self.transport = None
+
+
+class _GatedServer:
+    """aiohttp's ``Server`` (the protocol factory ``loop.create_server`` calls) with the gate in front; the rest
+    (shutdown, connections) is the server's own."""
+
+    def __init__(self, server: web.Server, gate: Gate) -> None:
+        self._server, self._gate = server, gate
+
+    def __call__(self) -> _Conn:
+        return _Conn(self._gate, self._server)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._server, name)
+
+
+class ScreensRunner(web.AppRunner):
+    """``web.AppRunner`` whose sites accept connections through the app's gate (``build_app``)."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        return cast(web.Server, _GatedServer(server, self.app[GATE]))

@@ -14,7 +14,9 @@ others never wait for it.
 
 Admission: ``refuse`` says whether one more live stream would pass a cap — in total, or per client address
 (loopback, the node itself, counts only towards the total). The counts are kept by ``add``/``remove``, so the
-check is a dict look-up at connect time; ``offer`` does not see it.
+check is a dict look-up at connect time; ``offer`` does not see it. ``refuse_connection`` does the same one level
+down, for every TCP connection to the screens port (a stream holds one; so do pages, JSON, health and idle
+keep-alive ones), counted by ``connection_opened``/``connection_closed``; loopback is never refused there.
 """
 
 from __future__ import annotations
@@ -81,7 +83,10 @@ class Hub:
         self.max_buffer = max_buffer
         self.on_sent = on_sent  # called with seconds from offer() to the transport write
         self.stats = {"connected_total": 0, "dropped_slow": 0, "disconnected": 0, "frames_sent": 0,
-                      "direct": 0, "superseded": 0, "refused_max_streams": 0, "refused_max_streams_per_ip": 0}
+                      "direct": 0, "superseded": 0, "refused_max_streams": 0, "refused_max_streams_per_ip": 0,
+                      "connections": 0, "refused_max_connections": 0, "refused_max_connections_per_ip": 0,
+                      "closed_stalled": 0}
+        self.conn_per_peer: dict[str, int] = {}  # peer -> open TCP connections to the port (no entry at 0)
 
     def count(self, screen: str | None = None) -> int:
         if screen is not None:
@@ -98,6 +103,35 @@ class Hub:
             self.stats["refused_max_streams_per_ip"] += 1
             return "per_ip"
         return None
+
+    def refuse_connection(self, peer: str, max_total: int, max_per_peer: int) -> str | None:
+        """Which cap one more TCP connection from ``peer`` would pass: "total", "per_ip", or None (welcome; then
+        ``connection_opened`` it). Loopback, the node's own kiosk, is never refused (it counts towards the total,
+        so it can crowd out the network, never the other way round). A refusal is counted."""
+        stats = self.stats
+        if stats["connections"] >= max_total:
+            if is_loopback(peer):
+                return None
+            stats["refused_max_connections"] += 1
+            return "total"
+        if self.conn_per_peer.get(peer, 0) >= max_per_peer and not is_loopback(peer):
+            stats["refused_max_connections_per_ip"] += 1
+            return "per_ip"
+        return None
+
+    def connection_opened(self, peer: str) -> None:
+        self.stats["connections"] += 1
+        self.conn_per_peer[peer] = self.conn_per_peer.get(peer, 0) + 1
+
+    def connection_closed(self, peer: str) -> None:
+        left = self.conn_per_peer.get(peer, 0) - 1
+        if left < 0:
+            return  # not counted (twice is a no-op)
+        self.stats["connections"] -= 1
+        if left:
+            self.conn_per_peer[peer] = left
+        else:
+            del self.conn_per_peer[peer]
 
     def add(self, client: Client) -> None:
         group = self.clients.setdefault(client.screen, set())

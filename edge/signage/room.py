@@ -157,10 +157,11 @@ class SignageRoom:
             self._tasks.append(asyncio.create_task(self._retry_http(port), name="signage-http-retry"))
 
     async def _try_bind(self, port: int | None) -> bool:
-        from edge.signage.http import build_app
+        from edge.signage.http import ScreensRunner, build_app
 
         want = self.cfg.port if port is None else port
-        runner = web.AppRunner(build_app(self), handle_signals=False, access_log=None, handler_cancellation=True,
+        # ScreensRunner: aiohttp's AppRunner with the connection caps (signage.max_connections...) in front
+        runner = ScreensRunner(build_app(self), handle_signals=False, access_log=None, handler_cancellation=True,
                                shutdown_timeout=1.0)
         await runner.setup()
         site = web.TCPSite(runner, self.cfg.host, want, reuse_address=True)
