@@ -35,6 +35,7 @@ from urllib.parse import urlparse
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge.clock import CLOCK_FIX, clock_problem
 
@@ -271,6 +272,27 @@ class MqttLink:
             return None
         self.stats["published"] += 1
         return int(info.mid)
+
+    def subscribe(self, filters: list[str], *, if_new: bool = True) -> bool:
+        """Subscribe ``filters`` (QoS 1) on the live connection; False when not connected (nothing is remembered:
+        the caller subscribes again from its ``on_connected``). ``if_new``: the broker sends the retained messages
+        only for a filter this session did not have yet (MQTT 5 retain handling 1), so renewing a subscription
+        after a reconnect does not download them again."""
+        c = self._client
+        if not filters or c is None or not self.connected.is_set():
+            return False
+        opts = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB if if_new
+                                else SubscribeOptions.RETAIN_SEND_ON_SUBSCRIBE)
+        rc, _ = c.subscribe([(t, opts) for t in filters])
+        return bool(rc == mqtt.MQTT_ERR_SUCCESS)
+
+    def unsubscribe(self, filters: list[str]) -> bool:
+        """Drop ``filters`` from the session (one that was not subscribed is fine); False when not connected."""
+        c = self._client
+        if not filters or c is None or not self.connected.is_set():
+            return False
+        rc, _ = c.unsubscribe(filters)
+        return bool(rc == mqtt.MQTT_ERR_SUCCESS)
 
     def ack(self, mid: int, qos: int) -> None:
         """Acknowledge a message (``manual_ack`` only); call on the link thread (``on_tick``)."""
