@@ -3,7 +3,11 @@
 The path of a release, each step reported upstream (``…/release/status``):
 
 1. ``manifest`` (retained, JSON: kind, version, sha256, size, chunks,
-   signature) arrives; so do chunks (≤ 128 KB each, a JSON header + bytes).
+   signature) arrives and is checked as far as it alone decides (``on_manifest``:
+   handled before, signature, version already handled, older by its signed
+   fields, room on disk). Only then is its kind's chunk topic subscribed, until
+   every chunk is staged: a release refused there costs its manifest, not its
+   chunks. Chunks are ≤ 128 KB each, a JSON header + bytes.
 2. ``staging``: each chunk is checked against its own sha256 and written to
    disk (temp file, fsync, rename) *before* the broker's PUBACK goes out, so a
    ``kill -9`` loses nothing: staged chunks stay on disk and unacknowledged
@@ -24,9 +28,10 @@ The path of a release, each step reported upstream (``…/release/status``):
    Snapshots are validated against their schema and ``applied`` to the store.
 
 A refused release leaves the serving model untouched and is remembered, so a
-retained manifest re-delivered after a reconnect is not processed again; except
-a truncated / wrong-hash one (``ReleaseError.retry``), which publishing the same
-release again retries.
+retained manifest re-delivered after a reconnect is not processed (nor
+downloaded, nor reported) again; except a truncated / wrong-hash one
+(``ReleaseError.retry``), whose staging stays and is checked again once a chunk
+changes (the publisher's re-upload).
 
 Anti-rollback (after ``verified``, before anything is installed or applied): a
 correctly signed but *older* release (last month's retained one, or one
@@ -71,6 +76,7 @@ from pydantic import BaseModel, ValidationError
 
 from edge.sync.canary import CanaryOptions, CanarySet, run_canary
 from edge.sync.schemas import SNAPSHOTS, ChunkHeader, ReleaseManifest, describe_error
+from edge.sync.topics import RELEASE_KINDS, Topics
 
 __all__ = [
     "CHUNK_MAGIC",
@@ -96,12 +102,16 @@ Reporter = Callable[[str, str, str, bool, str], None]  # kind, version, step, ok
 
 
 class ReleaseError(Exception):
-    def __init__(self, message: str, *, retry: bool = False) -> None:
+    def __init__(self, message: str, *, retry: bool = False, unsigned: bool = False) -> None:
         super().__init__(message)
         # retry: the staged bytes do not add up (truncated, wrong hash). That can be a stray chunk from someone
         # without the signing key as well as a broken upload, so the refusal is not remembered: the publisher's
         # next upload of the same release is staged afresh and installed.
         self.retry = retry
+        # unsigned: the signature did not check out (or could not be checked: no key on the node). Anyone who can
+        # publish can send that, so the refusal does not claim the version (the signed release under it still
+        # gets in).
+        self.unsigned = unsigned
 
 
 # -- keys and signatures ------------------------------------------------------------
@@ -316,6 +326,19 @@ def order_refusal(cand: Mark, ref: Mark, what: str) -> str | None:
             f"number): publish it under a version that continues the numbering of {ref.version}")
 
 
+_UNSIGNED = ("refused: unsigned release", "refused: bad signature", "refused: no signing key",
+             "refused: the provisioned key")
+
+
+def _claims(rec: Any) -> bool:
+    """Whether a ``releases.json`` record claims its version (see ``ReleaseManager._seen``)."""
+    if not isinstance(rec, dict):
+        return True
+    if "claims" in rec:
+        return bool(rec["claims"])
+    return not str(rec.get("outcome", "")).startswith(_UNSIGNED)
+
+
 class GuardedScorer:
     """Wraps a freshly swapped model: scoring errors during probation trigger a rollback."""
 
@@ -358,7 +381,10 @@ class ReleaseManager:
                  canary: CanarySet | None = None, canary_options: CanaryOptions | None = None,
                  apply_snapshot: Callable[[str, BaseModel], None] | None = None,
                  on_registered: Callable[[str, str, str, str, bool, str], None] | None = None,
-                 mono: Callable[[], float] = time.monotonic) -> None:
+                 mono: Callable[[], float] = time.monotonic, topics: Topics | None = None,
+                 subscribe: Callable[[list[str]], Any] | None = None,
+                 unsubscribe: Callable[[list[str]], Any] | None = None,
+                 reserve_bytes: int = 16 << 20) -> None:
         self.root = Path(data_dir)
         self.staging = self.root / "sync" / "staging"
         self.models_dir = self.root / "models"
@@ -384,7 +410,27 @@ class ReleaseManager:
         self.previous: ModelSlot | None = None
         self.current: ModelSlot | None = None
         self.stats = {"chunks": 0, "chunks_skipped": 0, "refused": 0, "applied": 0, "rollbacks": 0,
-                      "older_refused": 0}
+                      "older_refused": 0, "not_downloaded": 0}
+        # chunk topics are listened to only while a release that passed the checks at its announcement is being
+        # staged (subscribe / unsubscribe on the link; the room wires them): a release refused there, or
+        # accepted before, costs its manifest and not a byte of its chunks
+        self.topics = topics
+        self._subscribe = subscribe
+        self._unsubscribe = unsubscribe
+        self._want: dict[tuple[str, str], set[str]] = {}
+        self._listening: set[str] = set()
+        self._connected = False
+        self.reserve_bytes = reserve_bytes  # kept free beside a download (the store keeps writing)
+        self._space_reported: set[str] = set()
+        # chunk writes per staged release, and the count a truncated / wrong-hash refusal saw: that staging stays
+        # (and listened to) and is checked again once a chunk changes (the publisher's re-upload; its chunks may
+        # come after the old ones the broker retained, sent again when the node subscribes)
+        self._gen: dict[tuple[str, str], int] = {}
+        self._failed_gen: dict[tuple[str, str], int] = {}
+        # what is staged, in memory (the manifest, the chunk numbers on disk), so a chunk costs O(1) to count:
+        # reading the staging dir for each chunk made staging quadratic (2,000 chunks: 29 s of the link thread)
+        self._man: dict[tuple[str, str], ReleaseManifest] = {}
+        self._have: dict[tuple[str, str], set[int]] = {}
         self.staging.mkdir(parents=True, exist_ok=True)
         self.models_dir.mkdir(parents=True, exist_ok=True)
         self._done = self._load_done()
@@ -400,18 +446,38 @@ class ReleaseManager:
         except (OSError, ValueError):
             return {}
 
-    def _mark_done(self, kind: str, version: str, sha: str, outcome: str) -> None:
+    def _mark_done(self, kind: str, version: str, sha: str, outcome: str, **extra: Any) -> None:
         with self._lock:
-            self._done[f"{kind}/{version}/{sha}"] = {"outcome": outcome, "t": time.time()}
+            self._done[f"{kind}/{version}/{sha}"] = {"outcome": outcome, "t": time.time(), **extra}
             if len(self._done) > 200:
                 for k in sorted(self._done, key=lambda k: self._done[k]["t"])[:-200]:
                     del self._done[k]
             _atomic_write(self._done_path(), json.dumps(self._done).encode())
 
     def _seen(self, kind: str, version: str, sha: str | None = None) -> bool:
+        """Handled: ``kind``/``version``/``sha``; without ``sha``, the version is claimed by a release handled here
+        (accepted, or refused for what its signed fields say: a refusal for a missing or bad signature claims no
+        version, as anyone who can publish can send one)."""
         if sha is not None:
             return f"{kind}/{version}/{sha}" in self._done
-        return any(k.startswith(f"{kind}/{version}/") for k in self._done)
+        return any(k.startswith(f"{kind}/{version}/") and _claims(rec) for k, rec in self._done.items())
+
+    def _handled(self, m: ReleaseManifest) -> bool:
+        """This announcement was handled: skip it (no report, no download). A refusal decided at an announcement
+        holds for that signature under the key this node trusts now: provisioning the key (or re-signing)
+        re-checks it."""
+        rec = self._done.get(f"{m.kind}/{m.version}/{m.sha256}")
+        if rec is None:
+            return False
+        if "sig" in rec:
+            return bool(rec["sig"] == (m.signature or "") and rec.get("key") == self._trusted_key())
+        return True
+
+    def _trusted_key(self) -> str:
+        try:
+            return key_id(load_public_key(self.public_key_path)) if self.public_key_path is not None else ""
+        except (OSError, ValueError, ReleaseError):
+            return ""
 
     # -- anti-rollback marks: the newest release accepted per kind ---------------------------
     def _marks_path(self) -> Path:
@@ -471,9 +537,14 @@ class ReleaseManager:
         man = _archived_manifest(blob) if m.kind == "model" and m.format == "tar" else None
         return _manifest_mark(m.version, m.sha256, man)
 
-    def _check_order(self, cand: Mark, kind: str) -> bool:
+    def _check_order(self, cand: Mark, kind: str, *, announced: bool = False) -> bool:
         """Refuse (ReleaseError) a release not newer than the kind's mark or, for a model, the serving one.
-        False: this very release was accepted before (nothing to do: a rollback since then stays)."""
+        False: this very release was accepted before (nothing to do: a rollback since then stays).
+
+        ``announced``: ``cand`` is from the announcement alone (signed version and sha256, no archive). Only what
+        that decides is refused: every other kind exactly as after the download; a model only against a reference
+        without a ``created`` and under another version, since the ``created`` (and weights) inside its archive
+        would decide the rest (the announcement's own ``created`` is not signed, so it is not used)."""
         refs: list[tuple[Mark, str]] = []
         if kind == "model":
             serving = self._serving_mark()
@@ -485,6 +556,8 @@ class ReleaseManager:
         if any(ref.sha256 == cand.sha256 for ref, _ in refs):
             return False
         for ref, what in refs:
+            if announced and kind == "model" and (ref.created is not None or ref.version == cand.version):
+                continue
             why = order_refusal(cand, ref, what)
             if why is not None:
                 self.stats["older_refused"] += 1
@@ -502,7 +575,14 @@ class ReleaseManager:
         self._worker.shutdown(wait=True, cancel_futures=False)
 
     # -- messages (link thread; must be quick and durable before returning) -----------------
-    def on_manifest(self, kind: str, payload: bytes) -> None:
+    def on_manifest(self, kind: str, payload: bytes, source: str | None = None) -> None:
+        """An announcement (``source``: the topic it came on). What it alone decides is decided here, before a
+        byte of the release is downloaded: handled before (skipped, silently), unsigned or not signed by the
+        provisioned key, another build under a version handled here, older than the kind's mark / the serving
+        model as far as the signed fields tell (``_check_order(announced=True)``), no room on the disk. Such a
+        refusal is reported once and remembered by kind/version/sha256 (with the signature and the trusted key),
+        never accepted early, and marks nothing: the checks after the download stay the authority. A release
+        that passes is listened to: its chunk topic is subscribed until all its chunks are staged."""
         if not payload:
             return  # a cleared retained manifest
         try:
@@ -511,22 +591,145 @@ class ReleaseManager:
             raise ReleaseError(f"malformed {kind} manifest: {describe_error(exc)}") from None
         if m.kind != kind:
             raise ReleaseError(f"manifest for {m.kind!r} arrived on the {kind!r} topic")
-        if self._seen(kind, m.version, m.sha256):
+        if self._handled(m):
             return
-        if self._seen(kind, m.version):  # its chunks would be skipped as handled: say why instead of stalling
-            self.stats["refused"] += 1
-            self.report(kind, m.version, "refused", False,
-                        f"{kind} {m.version} was handled here already, with another sha256 than this manifest's "
-                        f"({m.sha256[:12]}…): a version names one release, so another build under it is refused; "
-                        "publish it under a new version")
+        try:
+            self._check_signature(m)
+            if self._seen(kind, m.version):  # its chunks would be skipped as handled: say why instead of stalling
+                raise ReleaseError(f"{kind} {m.version} was handled here already, with another sha256 than this "
+                                   f"manifest's ({m.sha256[:12]}…): a version names one release, so another build "
+                                   "under it is refused; publish it under a new version")
+            if not self._check_order(Mark(m.version, m.sha256), kind, announced=True):
+                log.info("release %s %s (sha256 %s…) is the one accepted before; not downloaded", kind, m.version,
+                         m.sha256[:12])
+                return
+        except ReleaseError as exc:
+            self._refuse_announced(m, exc)
+            return
+        if not self._room_for(m):
             return
         d = self.staging / kind / m.version
         d.mkdir(parents=True, exist_ok=True)
         self._activity[(kind, m.version)] = self._mono()
         self._prune_staging(kind, keep=m.version)
+        filters = self._chunk_filters(kind, source)
+        if source is not None:  # announced on the node's and the store's topic: its chunks may come on either
+            if (d / "source").exists():
+                filters |= self._source_filters(kind, m.version)
+            _atomic_write(d / "source", "\n".join(sorted(filters)).encode())
         _atomic_write(d / "manifest.json", payload)
+        self._man[(kind, m.version)] = m
         self.report(kind, m.version, "manifest", True, f"{m.size} bytes in {m.chunks} chunks")
+        self._listen(kind, m.version, filters)
         self._maybe_complete(kind, m.version)
+
+    def _refuse_announced(self, m: ReleaseManifest, exc: ReleaseError) -> None:
+        self.stats["refused"] += 1
+        self.stats["not_downloaded"] += 1
+        detail = f"{exc} (refused at its announcement: nothing was downloaded)"
+        log.warning("release %s %s refused: %s", m.kind, m.version, detail)
+        self.report(m.kind, m.version, "refused", False, detail)
+        self._mark_done(m.kind, m.version, m.sha256, f"refused: {exc}", sig=m.signature or "",
+                        key=self._trusted_key(), claims=not exc.unsigned)
+        if m.kind == "model" and self.on_registered is not None:
+            self.on_registered(m.version, "", m.sha256, "refused", False, str(exc)[:500])
+
+    def _room_for(self, m: ReleaseManifest) -> bool:
+        """Whether the data dir has room for the release (its chunks; a model unpacked beside them) and
+        ``reserve_bytes`` more. If not, it is not downloaded: reported once, not remembered (free space, then
+        re-publish)."""
+        d = self.staging / m.kind / m.version
+        have = sum(p.stat().st_size for p in d.glob("*.chunk")) if d.is_dir() else 0
+        need = max(0, m.size - have) + (m.size if m.kind == "model" else 0) + self.reserve_bytes
+        try:
+            free = shutil.disk_usage(self.staging).free
+        except OSError:
+            return True
+        key = f"{m.kind}/{m.version}/{m.sha256}"
+        if free >= need:
+            self._space_reported.discard(key)
+            return True
+        if key not in self._space_reported:
+            self._space_reported.add(key)
+            self.stats["not_downloaded"] += 1
+            mb = 1 << 20
+            self.report(m.kind, m.version, "refused", False,
+                        f"no room: {m.kind} {m.version} needs {need / mb:.0f} MB free in {self.root} ("
+                        f"{m.size / mb:.1f} MB of chunks{', as much again to unpack' if m.kind == 'model' else ''}"
+                        f", {self.reserve_bytes / mb:.0f} MB kept for the store), there are {free / mb:.0f} MB; "
+                        "not downloaded: free some space (old backups, logs), then re-publish the release to retry")
+        return False
+
+    # -- which chunk topics to listen to ---------------------------------------------------------
+    def _chunk_filters(self, kind: str, source: str | None) -> set[str]:
+        """The chunk topic filter beside the manifest topic ``source``; without one (staged by an older node),
+        the kind's chunk topics of this node and of its store."""
+        if source is not None and source.endswith("/manifest"):
+            return {source.removesuffix("manifest") + "chunk/+"}
+        if self.topics is None:
+            return set()
+        return {f"{base}/release/{kind}/chunk/+" for base in (self.topics.base, self.topics.store_base)}
+
+    def _source_filters(self, kind: str, version: str) -> set[str]:
+        """The chunk topic filters a staged release was announced with (kept in its staging dir)."""
+        try:
+            return set((self.staging / kind / version / "source").read_text().split())
+        except OSError:
+            return self._chunk_filters(kind, None)
+
+    def _all_chunk_filters(self) -> set[str]:
+        if self.topics is None:
+            return set()
+        out = set()
+        for base in (self.topics.base, self.topics.store_base):
+            out.add(f"{base}/release/+/chunk/+")  # what nodes before 2026-12-01 subscribed for good
+            out |= {f"{base}/release/{k}/chunk/+" for k in RELEASE_KINDS}
+        return out
+
+    def _listen(self, kind: str, version: str, filters: set[str]) -> None:
+        with self._lock:
+            self._want[(kind, version)] = set(filters)
+            self._sync_listen()
+
+    def _unlisten(self, kind: str, version: str) -> None:
+        with self._lock:
+            if self._want.pop((kind, version), None) is not None:
+                self._sync_listen()
+
+    def _sync_listen(self) -> None:
+        want = set().union(*self._want.values()) if self._want else set()
+        if not self._connected:
+            return
+        gone, new = sorted(self._listening - want), sorted(want - self._listening)
+        if gone and self._unsubscribe is not None:
+            self._unsubscribe(gone)
+        if new and self._subscribe is not None:
+            self._subscribe(new)
+        self._listening = want
+
+    def listening(self) -> set[str]:
+        """The chunk topic filters subscribed now."""
+        with self._lock:
+            return set(self._listening)
+
+    def on_connected(self, session_present: bool) -> None:
+        """(Link thread, after each CONNACK.) Subscribe the chunk topics of the releases being staged; on a resumed
+        session, first drop any other chunk subscription it holds (from an earlier run, or the wildcard every
+        node subscribed for good before 2026-12-01)."""
+        with self._lock:
+            self._connected = True
+            want = set().union(*self._want.values()) if self._want else set()
+            stale = sorted(self._all_chunk_filters() - want)
+            if session_present and stale and self._unsubscribe is not None:
+                self._unsubscribe(stale)
+            if want and self._subscribe is not None:
+                self._subscribe(sorted(want))
+            self._listening = want
+
+    def on_disconnected(self) -> None:
+        with self._lock:
+            self._connected = False
+            self._listening = set()
 
     def on_chunk(self, kind: str, index: int, payload: bytes) -> None:
         if not payload:
@@ -550,6 +753,10 @@ class ReleaseManager:
         else:  # new, or another copy of this chunk number: the latest wins (it is what the broker now retains)
             _atomic_write(path, data)
             self.stats["chunks"] += 1
+            key = (kind, header.version)
+            self._gen[key] = self._gen.get(key, 0) + 1
+            with self._lock:
+                self._chunks_on_disk(kind, header.version).add(index)
             if (kind, header.version) not in self._staging_reported:
                 self._staging_reported.add((kind, header.version))
                 self.report(kind, header.version, "staging", True, f"staging {header.count} chunks to disk")
@@ -564,6 +771,8 @@ class ReleaseManager:
             if self._idle(kind, d.name) > 86400 or self._seen(kind, d.name):
                 shutil.rmtree(d, ignore_errors=True)
                 self._activity.pop((kind, d.name), None)
+                self._forget(kind, d.name)
+                self._unlisten(kind, d.name)
 
     def _idle(self, kind: str, version: str) -> float:
         """Seconds (monotonic) since the staging of ``kind``/``version`` last moved in this process."""
@@ -580,10 +789,39 @@ class ReleaseManager:
         # published by someone without the signing key) must neither complete nor truncate the release
         return m, sum(1 for i in range(m.chunks) if _chunk_path(d, i).exists())
 
+    def _chunks_on_disk(self, kind: str, version: str) -> set[int]:
+        key = (kind, version)
+        have = self._have.get(key)
+        if have is None:
+            d = self.staging / kind / version
+            have = {int(p.stem) for p in d.glob("*.chunk") if p.stem.isdigit()} if d.is_dir() else set()
+            self._have[key] = have
+        return have
+
+    def _forget(self, kind: str, version: str) -> None:
+        """Drop what is kept in memory about a staging dir that is gone."""
+        key = (kind, version)
+        self._gen.pop(key, None)
+        self._failed_gen.pop(key, None)
+        self._man.pop(key, None)
+        self._have.pop(key, None)
+
     def _maybe_complete(self, kind: str, version: str) -> None:
-        m, n = self.staged(kind, version)
-        if m is None or n < m.chunks:
-            return
+        key = (kind, version)
+        m = self._man.get(key)
+        if m is None:
+            m, _ = self.staged(kind, version)
+            if m is None:
+                return
+            self._man[key] = m
+        with self._lock:  # the worker checks again after a retry refusal while the link thread stages
+            have = self._chunks_on_disk(kind, version)
+            # only the chunks the manifest names count (see ``staged``); counted only once there can be enough
+            if len(have) < m.chunks or sum(1 for i in have if i < m.chunks) < m.chunks:
+                return
+        if key in self._failed_gen and self._failed_gen[key] == self._gen.get(key, 0):
+            return  # these very chunks were refused as truncated / wrong hash: wait for one to change
+        self._unlisten(kind, version)  # all staged: its chunk topic is not needed any more
         with self._lock:
             if (kind, version) in self._busy:
                 return
@@ -591,17 +829,22 @@ class ReleaseManager:
         self._worker.submit(self._process, kind, version)
 
     def resume(self) -> None:
-        """At start: finish any release whose chunks were all staged before a restart."""
+        """At start: finish any release whose chunks were all staged before a restart; listen for the rest of
+        the ones still missing chunks."""
         for kind_dir in self.staging.iterdir() if self.staging.exists() else []:
             for d in kind_dir.iterdir():
                 if d.is_dir():
                     try:
                         self._maybe_complete(kind_dir.name, d.name)
+                        m, n = self.staged(kind_dir.name, d.name)
+                        if m is not None and n < m.chunks and not self._seen(kind_dir.name, d.name):
+                            self._listen(kind_dir.name, d.name, self._source_filters(kind_dir.name, d.name))
                     except Exception as exc:
                         log.warning("cannot resume staged release %s: %s", d, exc)
 
-    def check_stalled(self, after_s: float = 600.0, every_s: float = 3600.0) -> list[str]:
-        """Report (at most hourly) releases whose staging has not moved for ``after_s``: which chunks are missing."""
+    def check_stalled(self, after_s: float = 600.0, every_s: float = 3600.0, drop_s: float = 86400.0) -> list[str]:
+        """Report (at most hourly) releases whose staging has not moved for ``after_s``: which chunks are missing.
+        One that has not moved for ``drop_s`` (a day) is dropped, and its chunk topic no longer listened to."""
         out = []
         now = self._mono()
         for kind_dir in self.staging.iterdir() if self.staging.exists() else []:
@@ -611,9 +854,22 @@ class ReleaseManager:
                 except (OSError, ValueError):
                     continue
                 idle = self._idle(kind_dir.name, d.name)
+                key = (kind_dir.name, d.name)
+                with self._lock:
+                    busy = key in self._busy
+                if idle > drop_s and not busy and (m is None or n < m.chunks or key in self._failed_gen):
+                    shutil.rmtree(d, ignore_errors=True)
+                    self._activity.pop(key, None)
+                    self._forget(*key)
+                    self._unlisten(*key)
+                    if m is not None:
+                        detail = (f"dropped: {n} of {m.chunks} chunks staged, none for {idle / 3600:.0f} h; no longer "
+                                  "listening for its chunks (re-publish the release)")
+                        self.report(kind_dir.name, d.name, "staging", False, detail)
+                        out.append(detail)
+                    continue
                 if m is None or n >= m.chunks or idle < after_s:
                     continue
-                key = (kind_dir.name, d.name)
                 if key in self._stall_reported and now - self._stall_reported[key] < every_s:
                     continue
                 self._stall_reported[key] = now
@@ -633,6 +889,8 @@ class ReleaseManager:
     def _process(self, kind: str, version: str) -> None:
         d = self.staging / kind / version
         m: ReleaseManifest | None = None
+        gen0 = self._gen.get((kind, version), 0)
+        keep = False
         try:
             m, _ = self.staged(kind, version)
             assert m is not None
@@ -667,8 +925,11 @@ class ReleaseManager:
                                                                      if exc.retry else ""))
             if exc.retry:
                 self._staging_reported.discard((kind, version))
+                keep = True
+                self._failed_gen[(kind, version)] = gen0
             else:
-                self._mark_done(kind, version, m.sha256 if m else "unknown", f"refused: {exc}")
+                self._mark_done(kind, version, m.sha256 if m else "unknown", f"refused: {exc}",
+                                **({"claims": False} if exc.unsigned else {}))
             if kind == "model" and self.on_registered is not None:
                 self.on_registered(version, "", m.sha256 if m else "", "refused", False, str(exc)[:500])
         except Exception as exc:
@@ -677,9 +938,17 @@ class ReleaseManager:
             self.report(kind, version, "failed", False, f"{type(exc).__name__}: {exc}")
             self._mark_done(kind, version, m.sha256 if m else "unknown", f"failed: {exc}")
         finally:
-            shutil.rmtree(d, ignore_errors=True)
+            if not keep:
+                shutil.rmtree(d, ignore_errors=True)
+                self._forget(kind, version)
             with self._lock:
                 self._busy.discard((kind, version))
+            if keep:  # listen for the re-upload; a chunk that changed meanwhile is checked at once
+                self._listen(kind, version, self._source_filters(kind, version))
+                if self._gen.get((kind, version), 0) != gen0:
+                    self._maybe_complete(kind, version)
+            else:
+                self._unlisten(kind, version)
 
     def _assemble(self, d: Path, m: ReleaseManifest) -> bytes:
         parts = [_chunk_path(d, i) for i in range(m.chunks)]
@@ -697,22 +966,27 @@ class ReleaseManager:
         if digest != m.sha256:
             raise ReleaseError(f"wrong hash: sha256 of the release is {digest[:16]}…, the manifest says "
                                f"{m.sha256[:16]}…", retry=True)
+        self._check_signature(m)
+
+    def _check_signature(self, m: ReleaseManifest) -> None:
+        """The Ed25519 signature over (kind, version, sha256, size): all it needs is in the manifest, so it is
+        checked at the announcement and again after the download (the key may have changed meanwhile)."""
         if not m.signature:
-            raise ReleaseError("unsigned release refused (the manifest has no signature)")
+            raise ReleaseError("unsigned release refused (the manifest has no signature)", unsigned=True)
         if self.public_key_path is None:
             raise ReleaseError("no signing key provisioned on this node (set model.public_key); releases "
-                               "cannot be verified and are refused")
+                               "cannot be verified and are refused", unsigned=True)
         try:
             pub = load_public_key(self.public_key_path)
         except (OSError, ValueError, ReleaseError) as exc:
             raise ReleaseError(f"the provisioned key model.public_key ({self.public_key_path}) cannot be "
-                               f"read: {exc}") from None
+                               f"read: {exc}", unsigned=True) from None
         try:
             sig = base64.b64decode(m.signature, validate=True)
             pub.verify(sig, m.signed_message())
         except (InvalidSignature, ValueError):
             other = f" (signed by key {m.key_id}, this node trusts {key_id(pub)})" if m.key_id else ""
-            raise ReleaseError(f"bad signature: not signed by the provisioned key{other}") from None
+            raise ReleaseError(f"bad signature: not signed by the provisioned key{other}", unsigned=True) from None
 
     # -- snapshots -----------------------------------------------------------------------------
     def _apply(self, m: ReleaseManifest, blob: bytes) -> None:
