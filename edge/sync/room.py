@@ -118,7 +118,9 @@ class SyncRoom:
         self.boot = uuid.uuid4().hex[:12]
         self.data_dir = Path(config.node.data_dir)
         self.loader = loader if loader is not None else default_loader(config, store)
-        subs = self.topics.subscriptions()
+        # chunk topics are not listened to for good: the release manager subscribes a kind's chunks while a
+        # release that passed the checks at its announcement is staged (a refused one is never downloaded)
+        subs = [t for t in self.topics.subscriptions() if "/chunk/" not in t]
         if self.o.homeassistant:
             subs.append(f"{self.o.homeassistant_prefix}/status")
         s = link_settings or settings_from_broker(
@@ -141,7 +143,8 @@ class SyncRoom:
             self.data_dir, public_key=config.model.public_key, loader=self.loader,
             get_model=self._get_model, set_model=self._set_model, report=self._report, canary=self.canary,
             canary_options=CanaryOptions(k=max(10, config.model.k)), apply_snapshot=self._apply_snapshot,
-            on_registered=self._registered)
+            on_registered=self._registered, topics=self.topics, subscribe=self.link.subscribe,
+            unsubscribe=self.link.unsubscribe)
         self.errors = 0
         self.evicted = int(store.meta_get("sync.evicted", "0") or 0)
         self._state: dict[str, Any] = {}
@@ -337,6 +340,7 @@ class SyncRoom:
     # -- link callbacks (link thread) ------------------------------------------------------
     def _on_connected(self, session_present: bool) -> None:
         self.drainer.reset()
+        self.releases.on_connected(session_present)
         self.link.publish(self.topics.availability, "online", qos=1, retain=True)
         self.link.publish(self.topics.state, self._state_now(), qos=1, retain=True)
         if self.o.homeassistant:
@@ -345,6 +349,7 @@ class SyncRoom:
 
     def _on_disconnected(self) -> None:
         self.drainer.reset()
+        self.releases.on_disconnected()
 
     def _on_publish(self, mid: int, ok: bool, reason: str) -> None:
         self.drainer.on_publish(mid, ok, reason)
@@ -368,7 +373,7 @@ class SyncRoom:
         try:
             if kind == "manifest":
                 assert sub is not None
-                self.releases.on_manifest(sub, payload)
+                self.releases.on_manifest(sub, payload, source=topic)
             elif kind == "chunk":
                 assert sub is not None and index is not None
                 self.releases.on_chunk(sub, index, payload)
@@ -477,9 +482,10 @@ class SyncRoom:
             ev = CheckIn(customer=ev.customer, session=v.session if v is not None else None, screen=ev.screen,
                          t=ev.t, id=ev.id)
         self.bus.publish(ev)
+        bound = self.recommender.check_in_session(ev.id) if self.recommender is not None else None
         if ev.screen is not None and self.recommender is not None:
             self.bus.publish(self.recommender.refresh(ev.screen))
-        done(True, f"session {ev.session}" if ev.session else
+        done(True, f"session {bound or ev.session}" if bound or ev.session else
              f"{ev.screen} serves nobody now: fusion links the shopper within 3 m of it, or opens a visit there")
 
     RUNTIME_KEYS = ("logging.level", "mqtt.sync.batch_max_events", "mqtt.sync.batch_max_age_ms",
