@@ -13,7 +13,9 @@
 # (data); udev rules naming shelf controllers /dev/shelfcast/shelf-<serial> (from shelves.usb_ids);
 # a loopback Mosquitto with a bridge to the cloud broker (from mqtt.cloud); journald size limits; /tmp
 # and the node's caches on tmpfs; the systemd units. Running it again changes nothing that is already
-# right and never overwrites an existing config (a newer template lands beside it as *.dist).
+# right and never overwrites an existing config (a newer template lands beside it as *.dist). A new
+# ShelfCast goes into a new venv, $PREFIX/venvs/<version>-<time>, beside the one the node runs;
+# $PREFIX/venv (a symlink) is switched to it at the node's restart, the replaced one kept for --rollback.
 #
 # --destdir DIR: every file goes under DIR; apt-get, useradd, usermod, chown, systemctl and udevadm are
 # not run but recorded, one per line, in DIR/<prefix>/install-actions.log (an image builder replays them
@@ -51,7 +53,8 @@ Options:
   --source PATH        what pip installs: a checkout or a wheel (default: the checkout holding this script)
   --config FILE        node config to install when none is there yet (default: deploy/etc/shelfcast.yaml)
   --python EXE         interpreter for the venv (default python3; Python >= 3.11)
-  --venv-options STR   extra options for 'python -m venv' (e.g. --system-site-packages)
+  --venv-options STR   extra options for 'python -m venv' (e.g. --system-site-packages); used when a venv is
+                       created (first install, another --python); an upgrade copies the installed one
   --pip-options STR    extra options for pip install (e.g. '--no-index --find-links /media/wheels')
   --inherit-site DIR   add DIR (a site-packages) to the venv's path: CI and offline images only
   --no-kiosk           do not install or enable the Chromium kiosk unit
