@@ -6,6 +6,7 @@ to make the node refuse (and remember as refused) a correctly signed release by 
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +41,21 @@ def wait_step(upstream: Any, steps: Any, version: str, step: str, timeout: float
     return got  # type: ignore[no-any-return]
 
 
+def listen_for_chunks(node: Any, mosquitto: Any, rel: Any) -> None:
+    """Announce ``rel`` without its chunks: the node listens to the model chunk topic (it does only while a release
+    that passed the checks at its announcement is staged), so stray chunks published now are staged first."""
+    publish(mosquitto, rel, chunks=[])
+    deadline = time.monotonic() + 10
+    while not node.room.releases.listening() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert node.room.releases.listening(), "the node does not listen to the chunk topic (test setup)"
+
+
 def test_a_stray_chunk_beyond_the_manifest_does_not_block_a_signed_release(
         node: Any, mosquitto: Any, upstream: Any, steps: Any, keys: Any, fakes: Any, tmp_path: Path) -> None:
     rel = build_release("model", fakes.write_model(tmp_path / "v2", "v2"), None, keys.private, chunk_size=64 * 1024)
     n = rel.manifest["chunks"]
+    listen_for_chunks(node, mosquitto, rel)
     # someone without the key stages a chunk for the same version first (well-formed, own sha256, index > n)
     raw_pub(mosquitto, TOPICS.release_chunk("model", n + 3), pack_chunk("model", "v2", n + 3, n + 4, b"junk" * 100))
     # and one whose index is beyond its own count
@@ -81,6 +93,7 @@ def test_chunks_swapped_after_signing_are_refused_and_the_old_model_keeps_servin
 def test_a_stray_copy_of_a_chunk_number_does_not_block_a_signed_release(
         node: Any, mosquitto: Any, upstream: Any, steps: Any, keys: Any, fakes: Any, tmp_path: Path) -> None:
     rel = build_release("model", fakes.write_model(tmp_path / "v5", "v5"), None, keys.private, chunk_size=64 * 1024)
+    listen_for_chunks(node, mosquitto, rel)
     # someone without the key stages their own chunk #1 for the upcoming version (well-formed, own sha256)
     raw_pub(mosquitto, TOPICS.release_chunk("model", 1),
             pack_chunk("model", "v5", 1, rel.manifest["chunks"], b"junk" * 100))
