@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.publish as pub
@@ -39,7 +40,17 @@ GARBAGE = [b"not json at all", b'{"id": 5}', b"[1,2,3]", b"\xff\xfe\x00garbage",
 
 
 def test_malformed_payloads_on_every_downstream_topic_are_rejected_with_an_error_event(
-        node: Any, mosquitto: Any, upstream: Any) -> None:
+        node: Any, mosquitto: Any, upstream: Any, keys: Any, fakes: Any, tmp_path: Path) -> None:
+    # the node listens to a kind's chunk topic only while it stages a release announced there: announce one on
+    # its own and on its store's topic (manifest only)
+    from edge.sync.link import LinkSettings
+    from edge.sync.publish import build_release, publish_release
+
+    rel = build_release("model", fakes.write_model(tmp_path / "v2", "v2"), None, keys.private)
+    for everyone in (False, True):
+        publish_release(LinkSettings(url=mosquitto.url, client_id="downstream-publisher"), TOPICS, rel, chunks=[],
+                        everyone=everyone)
+    assert upstream.wait_for(lambda: len(node.room.releases.listening()) == 2, 10), node.room.releases.listening()
     topics = downstream_topics()
     for t in topics:
         for g in GARBAGE:
