@@ -10,6 +10,17 @@ guessing. A session runs from a track's entry to its exit (a track lost and
 re-found within ``handoff_s`` / ``handoff_m`` keeps its session) and collects
 the picked items. A check-in links a session to a hashed customer key.
 
+A check-in (``check_in``; from the bus, ``CheckIn``) always ends on a live visit at that screen: the named session
+if it is active, else the tracked shopper's, else the shopper within 3 m of the screen, else a new visit placed at
+the screen. A visit already linked to another customer is never relinked (a second shopper checking in at the same
+screen gets a visit of their own), and an ended session is never reopened (the check-in opens a new visit). With
+the camera down, the checked-in visit also stands in for the anonymous per-shelf sessions of its zone's shelves
+that have none, so the shopper's next picks there land on it (and keep the customer); with the camera on, a visit
+checked in with nobody tracked near the screen is taken by the first new track seen within 3 m of the screen in the
+next 30 s (the shopper walking into view), so their picks are attributed to it. On the bus, fusion sees a
+``CheckIn`` first and, when it bound another session than the event names, publishes the event again (same id)
+with that session: the recommender binds the visit fusion bound, and ignores the first copy (by its id).
+
 Without a working camera (disabled, reconnecting, failed), every shelf event
 goes to an anonymous per-shelf session (``attributed=False``), so ranking and
 signage keep working on shelf data alone.
@@ -23,7 +34,7 @@ event loop; they never block and are also guarded by a lock)::
     fusion.on_track(TrackUpdate)
     fusion.on_zone(ZoneEvent)
     fusion.set_camera_status(ok: bool)     # wire to VisionRoom(on_status=...)
-    fusion.check_in(customer_hash, track=None, session=None, screen=None) -> session id
+    fusion.check_in(customer_hash, track=None, session=None, screen=None) -> session id (never an ended one)
     fusion.on_check_in(CheckIn)            # same, from a CheckIn event
     fusion.active_sessions() -> list[SessionView]
     fusion.session(session_id) -> SessionView | None
@@ -42,6 +53,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import itertools
 import logging
@@ -71,6 +83,9 @@ TRACK_HISTORY_S = 10.0
 CLOSED_KEPT = 1000
 QUICK_REJECT_M = 2.5  # a track last seen farther than reach + this from a shelf cannot have picked there
 MOTION_PENALTY_S = 0.4  # metres of distance added per m/s of walking speed around the pick
+CHECK_IN_NEAR_M = 3.0  # a check-in at a screen binds the shopper this close to it
+CLAIM_S = 30.0  # a check-in nobody was tracked near: a new track this soon after, this close to the screen, takes it
+CHECK_INS_KEPT = 256  # check-in event ids seen (a re-published CheckIn is not bound twice)
 
 
 def hash_customer(raw_id: str, salt: str | SecretStr) -> str:
@@ -132,8 +147,9 @@ class _Session:
 
 
 class _Bus(Protocol):
-    def subscribe(self, event_type: type[Any], handler: Callable[[Any], None]) -> None: ...
+    def subscribe(self, event_type: type[Any], handler: Callable[[Any], None], *, first: bool = False) -> None: ...
     def unsubscribe(self, event_type: type[Any], handler: Callable[[Any], None]) -> None: ...
+    def publish(self, event: Any) -> None: ...
 
 
 class Fusion:
@@ -162,12 +178,13 @@ class Fusion:
         self._active: dict[str, _Session] = {}
         self._closed: OrderedDict[str, _Session] = OrderedDict()
         self._anon_by_shelf: dict[str, str] = {}
+        self._check_ins_seen: OrderedDict[str, None] = OrderedDict()  # CheckIn ids handled (bus re-publish)
         self._now = 0.0
         self._last_sweep = 0.0
         self.stats: dict[str, int] = {k: 0 for k in (
             "shelf_events", "attributed", "unattributed", "ambiguous", "nobody_in_reach", "shelf_only",
-            "unknown_shelf", "no_sku", "bad_events", "check_ins", "handoffs", "sessions_opened",
-            "sessions_closed", "track_updates")}
+            "unknown_shelf", "no_sku", "bad_events", "check_ins", "check_ins_elsewhere", "check_ins_claimed",
+            "handoffs", "sessions_opened", "sessions_closed", "track_updates")}
 
     # -- room lifecycle -------------------------------------------------------
     async def start(self) -> None:
@@ -175,7 +192,8 @@ class Fusion:
             self.bus.subscribe(ShelfEvent, self.on_shelf_event)
             self.bus.subscribe(TrackUpdate, self.on_track)
             self.bus.subscribe(ZoneEvent, self.on_zone)
-            self.bus.subscribe(CheckIn, self._on_check_in_event)
+            # first: the visit is bound here before the recommender sees the event (_on_check_in_event)
+            self.bus.subscribe(CheckIn, self._on_check_in_event, first=True)
         self._task = asyncio.create_task(self._housekeep(), name="fusion-expire")
 
     async def stop(self) -> None:
@@ -196,11 +214,21 @@ class Fusion:
             self.expire()
 
     def _on_check_in_event(self, ev: CheckIn) -> None:
+        if ev.id in self._check_ins_seen:  # our own re-publish (below), or a replay
+            return
+        self._check_ins_seen[ev.id] = None
+        while len(self._check_ins_seen) > CHECK_INS_KEPT:
+            self._check_ins_seen.popitem(last=False)
         try:
-            self.on_check_in(ev)
+            sid = self.on_check_in(ev)
         except ValueError:
             self.stats["bad_events"] += 1
             log.warning("fusion: check-in with a customer key that is not a salted hash; ignored")
+            return
+        if sid != ev.session and self.bus is not None:
+            # the event named no session (the screen served nobody), an ended one or another customer's: the
+            # recommender must bind the visit bound here, so it gets the event again (same id) naming it
+            self.bus.publish(dataclasses.replace(ev, session=sid))
 
     # -- inputs ---------------------------------------------------------------
     def set_camera_status(self, ok: bool) -> None:
@@ -226,7 +254,7 @@ class Fusion:
             sid = self._track_session.get(u.track)
             s = self._active.get(sid) if sid else None
             if s is None:
-                s = self._handoff(u) or self._open(u.t, track=u.track)
+                s = self._handoff(u) or self._claim(u) or self._open(u.t, track=u.track)
                 self._track_session[u.track] = s.id
                 if u.track not in s.tracks:
                     s.tracks.append(u.track)
@@ -281,7 +309,13 @@ class Fusion:
 
     def check_in(self, customer_hash: str, track: int | None = None, session: str | None = None,
                  screen: str | None = None, t: float | None = None) -> str:
-        """Link a visit to a hashed customer; returns the session id (a new one if nobody fits)."""
+        """Link a live visit to a hashed customer; returns its session id.
+
+        In order: ``session`` if active, the ``track``'s visit, the shopper within 3 m of ``screen``; a visit
+        linked to another customer is skipped, an ended ``session`` is never reopened. Nobody fits: a new visit,
+        at the screen (else where the named session was last seen), with the id ``session`` if that names no
+        visit this node has seen. Without a camera the visit takes over the free shelves of its zone
+        (``_stand_in``) so the shopper's picks there land on it."""
         if not is_customer_hash(customer_hash):  # the one check (``$`` let a trailing newline through)
             raise ValueError("check_in takes a hashed customer key (64 hex chars): "
                              "pass hash_customer(raw_id, config.fusion.customer_salt), never the raw id")
@@ -289,22 +323,39 @@ class Fusion:
             self._follow_clock()
             now = t if t is not None else (self._now or self._wall())
             self._tick(now)
+
+            def fits(c: _Session | None) -> _Session | None:
+                return c if c is not None and c.customer in (None, customer_hash) else None
+
             s: _Session | None = None
+            named: _Session | None = None  # the named session when it cannot be bound (ended, another customer)
             if session is not None:
-                s = self._active.get(session) or self._closed.get(session)
+                named = self._active.get(session) or self._closed.get(session)
+                s = fits(self._active.get(session))
+                if s is not None:
+                    named = None
+                elif named is not None:
+                    self.stats["check_ins_elsewhere"] += 1
             if s is None and track is not None:
                 sid = self._track_session.get(track)
-                s = self._active.get(sid) if sid else None
+                s = fits(self._active.get(sid) if sid else None)
             scr = self._screens.get(screen) if screen else None
             if s is None and scr is not None:
-                near = self._near(scr.position[0], scr.position[1], scr.zone, 3.0)
+                near = self._near(scr.position[0], scr.position[1], scr.zone, CHECK_IN_NEAR_M, customer_hash)
                 s = self._active.get(near.id) if near is not None else None
             if s is None:
-                s = self._open(now)
+                # a caller's own visit id is kept when it names nothing here (never an ended or taken one)
+                s = self._open(now, sid=session if session is not None and named is None else None)
                 if scr is not None:
                     s.x, s.y, s.zone = scr.position[0], scr.position[1], scr.zone
+                elif named is not None:
+                    s.x, s.y, s.zone = named.x, named.y, named.zone
+            elif scr is not None and s.track is None and s.shelf is None:
+                s.x, s.y, s.zone = scr.position[0], scr.position[1], scr.zone  # an untracked visit: at the screen
             s.customer = customer_hash
             s.last_seen = max(s.last_seen, now)
+            if not self.camera_ok and s.track is None:
+                self._stand_in(s)
             self.stats["check_ins"] += 1
             return s.id
 
@@ -376,8 +427,8 @@ class Fusion:
         if self._now - self._last_sweep >= 0.5:
             self._sweep(self._now)
 
-    def _open(self, t: float, track: int | None = None, shelf: str | None = None) -> _Session:
-        s = _Session(id=uuid.uuid4().hex, started=t, last_seen=t, track=track, shelf=shelf)
+    def _open(self, t: float, track: int | None = None, shelf: str | None = None, sid: str | None = None) -> _Session:
+        s = _Session(id=sid or uuid.uuid4().hex, started=t, last_seen=t, track=track, shelf=shelf)
         if track is not None:
             s.tracks.append(track)
         self._active[s.id] = s
@@ -443,6 +494,20 @@ class Fusion:
         self.stats["handoffs"] += 1
         return best[1]
 
+    def _claim(self, u: TrackUpdate) -> _Session | None:
+        """A new track near a screen where a shopper checked in with nobody tracked there (``check_in`` opened an
+        untracked visit): the shopper walking into view takes that visit, the newest within ``CLAIM_S``."""
+        best: _Session | None = None
+        for s in self._active.values():
+            if (s.customer is None or s.track is not None or s.shelf is not None or s.tracks or s.x is None
+                    or s.y is None or not 0.0 <= u.t - s.last_seen <= CLAIM_S):
+                continue
+            if math.hypot(u.x - s.x, u.y - s.y) <= CHECK_IN_NEAR_M and (best is None or s.last_seen > best.last_seen):
+                best = s
+        if best is not None:
+            self.stats["check_ins_claimed"] += 1
+        return best
+
     def _attribute(self, shelf: Shelf, t: float) -> _Session | None:
         sx, sy = shelf.position
         lo, hi = t - self.cfg.time_tolerance_s, t + 0.25
@@ -488,11 +553,22 @@ class Fusion:
             self._track_session[track] = s.id
         return s
 
+    def _stand_in(self, s: _Session) -> None:
+        """Camera down: ``s`` (a checked-in visit) becomes the anonymous session of each shelf of its zone that has
+        none active, so the shopper's picks there go to it (until it is quiet for ``anonymous_idle_s``)."""
+        if s.zone is None:
+            return
+        for sh in self._shelves.values():
+            if sh.zone == s.zone:
+                cur = self._anon_by_shelf.get(sh.id)
+                if cur is None or cur not in self._active:
+                    self._anon_by_shelf[sh.id] = s.id
+
     def _anonymous(self, shelf: str, t: float) -> _Session:
         sid = self._anon_by_shelf.get(shelf)
         s = self._active.get(sid) if sid else None
         if s is None or t - s.last_seen > self.cfg.anonymous_idle_s:
-            if s is not None:
+            if s is not None and s.shelf == shelf:  # this shelf's own; a checked-in stand-in ends as any visit
                 self._close(s, s.last_seen)
             s = self._open(t, shelf=shelf)
             sh = self._shelves.get(shelf)
@@ -501,11 +577,15 @@ class Fusion:
             self._anon_by_shelf[shelf] = s.id
         return s
 
-    def _near(self, x: float, y: float, zone: str | None, max_m: float) -> SessionView | None:
+    def _near(self, x: float, y: float, zone: str | None, max_m: float,
+              customer: str | None = None) -> SessionView | None:
+        """``customer``: skip visits linked to another customer (a check-in never relinks them)."""
         best: tuple[float, _Session] | None = None
         fresh = self._now - 2.0
         for s in self._active.values():
             if s.x is None or s.y is None or s.lost_at is not None:
+                continue
+            if customer is not None and s.customer not in (None, customer):
                 continue
             if zone is not None and s.zone != zone:
                 continue
@@ -515,6 +595,7 @@ class Fusion:
             d = math.hypot(s.x - x, s.y - y)
             if s.track is None:
                 d += 0.5  # a live tracked shopper beats a shelf-only stand-in at the same distance
-            if d <= max_m and (best is None or d < best[0]):
+            # the same distance (two check-ins at one screen): the one seen last
+            if d <= max_m and (best is None or d < best[0] or (d == best[0] and s.last_seen > best[1].last_seen)):
                 best = (d, s)
         return best[1].view() if best is not None else None

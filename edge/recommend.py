@@ -8,6 +8,12 @@ picks came in it (bursts coalesce), the catalogue scored for that visit → a
 and MQTT pushes subscribe to ``RecommendationSet`` on the bus; this room
 knows nothing about them (``after_push`` hooks let signage push at once).
 
+A check-in (``CheckIn`` with its ``session``, bound by fusion first: see ``edge.fusion``) puts the customer on
+that visit and places it at the check-in's screen, seen now: the screen serves it from its next set on (the
+customer's profile history from the store cache goes to the model), its later picks keep the customer, and it is
+saved with the customer when it expires like any visit. The check-in is stored and queued upstream once per event
+id (fusion re-publishes an event naming the visit it bound; the first copy is ignored).
+
 Nobody in front of a screen: the zone's popular items for the hour, with the
 configured promotions (``signage.promotions``) first. A visit long enough to
 have been shown everything (frequency caps) starts a new round of caps
@@ -26,6 +32,7 @@ import logging
 import math
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -47,6 +54,7 @@ _rec_item = maker(RecItem)  # (sku, name, price, score, reason, category, depart
 _rec_set = maker(RecommendationSet)  # (screen, session, items, model_version, zone, t, seq, id)
 SPARE = 3  # items asked of the model beyond k (see ``_score``)
 OBS_SLICE = 64  # staged popularity observations fed to the fallback after one ranking pass (~50-80 µs)
+CHECK_INS_KEPT = 256  # check-in event ids bound (fusion re-publishes an event: the copy is not bound twice)
 
 
 def display_family(p: Any) -> str:
@@ -150,6 +158,7 @@ class Recommender:
         # called after each visit's sets of a coalesced ranking pass are published (signage pushes them at
         # once, not after the other visits of the pass or a loop iteration later)
         self.after_push: list[Callable[[], None]] = []
+        self._check_ins: OrderedDict[str, str] = OrderedDict()  # CheckIn id -> the session it bound
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -173,11 +182,31 @@ class Recommender:
 
     # -- events -------------------------------------------------------------
     def on_check_in(self, ev: CheckIn) -> None:
+        """Bind ``ev.customer`` to the visit ``ev.session`` (fusion has bound it first and re-publishes an event
+        that named no visit, an ended one or another customer's: that first copy comes after and is ignored by its
+        id). With ``ev.screen`` the visit is placed at that screen, seen now, so the screen serves it."""
         if ev.session is None or not is_customer_hash(ev.customer):  # never store a raw id (fusion logs it)
             return
-        v = self.visits.setdefault(ev.session, VisitState(ev.session))
+        if ev.id in self._check_ins:
+            return
+        self._check_ins[ev.id] = ev.session
+        while len(self._check_ins) > CHECK_INS_KEPT:
+            self._check_ins.popitem(last=False)
+        self._follow_clock()
+        now = ev.t
+        v = self.visits.get(ev.session)
+        if v is None:
+            v = self.visits[ev.session] = VisitState(ev.session, started=now, last_seen=now)
         v.customer = ev.customer
+        v.last_seen = max(v.last_seen, now)
+        at = self._screen_at.get(ev.screen) if ev.screen is not None else None
+        if at is not None:  # the shopper stands at this screen now: it serves them (``_nearest_session``)
+            (v.x, v.y), v.zone = at
         self.store.append_event(ev, upstream=self.upstream_topic)
+
+    def check_in_session(self, event_id: str) -> str | None:
+        """The visit the check-in ``event_id`` bound (None: not bound, e.g. nobody bound a visit for it)."""
+        return self._check_ins.get(event_id)
 
     def on_shopper_event(self, ev: ShopperEvent) -> None:
         self.stats["events"] += 1
