@@ -482,9 +482,10 @@ class SyncRoom:
             ev = CheckIn(customer=ev.customer, session=v.session if v is not None else None, screen=ev.screen,
                          t=ev.t, id=ev.id)
         self.bus.publish(ev)
+        bound = self.recommender.check_in_session(ev.id) if self.recommender is not None else None
         if ev.screen is not None and self.recommender is not None:
             self.bus.publish(self.recommender.refresh(ev.screen))
-        done(True, f"session {ev.session}" if ev.session else
+        done(True, f"session {bound or ev.session}" if bound or ev.session else
              f"{ev.screen} serves nobody now: fusion links the shopper within 3 m of it, or opens a visit there")
 
     RUNTIME_KEYS = ("logging.level", "mqtt.sync.batch_max_events", "mqtt.sync.batch_max_age_ms",
