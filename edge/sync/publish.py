@@ -5,6 +5,13 @@ a tar) or a single ``.tflite`` file; catalogue, planogram, stock and profile
 snapshots are JSON documents (sent zlib-compressed). The manifest (version,
 sha256, size, chunk count, Ed25519 signature) and every chunk are published
 retained, QoS 1, so a node that joins or comes back later still gets them.
+
+The chunks go first and the manifest last: a node subscribes to a kind's chunk
+topic when a manifest it accepts arrives, and then gets the chunks the broker
+retains. Published the other way round, an online node would get the previous
+release's chunks (still retained at that moment) as well as the new ones. Chunk
+topics the previous release of that kind used beyond the new chunk count are
+cleared (an empty retained message), so no node downloads them again.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import io
 import json
 import os
 import tarfile
+import threading
 import time
 import zlib
 from dataclasses import dataclass
@@ -116,10 +124,40 @@ def build_release(kind: str, source: Path | bytes, version: str | None, key: Ed2
     return Release(manifest=fields, blob=blob, chunk_size=chunk_size)
 
 
+def _retained_chunk_count(c: mqtt.Client, topic: str, wait_s: float) -> int:
+    """The chunk count of the manifest the broker retains on ``topic`` (0: none, or unreadable)."""
+    got: list[bytes] = []
+    subscribed, arrived = threading.Event(), threading.Event()
+
+    def on_message(client: Any, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic == topic and msg.retain:
+            got.append(bytes(msg.payload))
+            arrived.set()
+
+    c.on_message = on_message
+    c.on_subscribe = lambda *a: subscribed.set()
+    c.subscribe(topic, qos=1)
+    if subscribed.wait(wait_s * 5):
+        arrived.wait(wait_s)  # a retained message follows the SUBACK at once; none: nothing retained
+    c.unsubscribe(topic)
+    c.on_message = None
+    try:
+        n = json.loads(got[-1]).get("chunks") if got else 0
+    except (ValueError, AttributeError):
+        return 0
+    return n if isinstance(n, int) and 0 < n <= 100_000 else 0
+
+
 def publish_release(settings: LinkSettings, topics: Topics, release: Release, *, everyone: bool = False,
                     chunks: list[bytes] | None = None, manifest: dict[str, Any] | bytes | None = None,
-                    chunk_interval_s: float = 0.0, retain: bool = True, timeout: float = 30.0) -> dict[str, Any]:
-    """Publish manifest then chunks (QoS 1, retained), waiting for every PUBACK. Raises RuntimeError."""
+                    chunk_interval_s: float = 0.0, retain: bool = True, timeout: float = 30.0,
+                    manifest_first: bool = False, stale_wait_s: float = 0.5) -> dict[str, Any]:
+    """Publish the chunks, then the manifest (QoS 1, retained), waiting for every PUBACK; clear the chunk topics
+    the retained release of that kind used beyond this one's count. Raises RuntimeError.
+
+    ``manifest_first``: the order before 2026-12-01 (a node online then downloads the previous release's
+    retained chunks too; kept for tests of a slow upload). ``retain=False`` reaches only nodes that listen to
+    the chunk topic already, since a node subscribes to it when the manifest comes."""
     kind = release.manifest["kind"]
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=settings.client_id, protocol=mqtt.MQTTv5)
     if settings.username is not None:
@@ -133,11 +171,20 @@ def publish_release(settings: LinkSettings, topics: Topics, release: Release, *,
     c.loop_start()
     try:
         body = manifest if isinstance(manifest, bytes) else json.dumps(manifest or release.manifest).encode()
-        infos = [c.publish(topics.release_manifest(kind, everyone=everyone), body, qos=1, retain=retain)]
-        for i, payload in enumerate(chunks if chunks is not None else release.chunks()):
+        manifest_topic = topics.release_manifest(kind, everyone=everyone)
+        old_count = _retained_chunk_count(c, manifest_topic, stale_wait_s) if retain and stale_wait_s > 0 else 0
+        infos = []
+        if manifest_first:
+            infos.append(c.publish(manifest_topic, body, qos=1, retain=retain))
+        payloads = chunks if chunks is not None else release.chunks()
+        for i, payload in enumerate(payloads):
             if chunk_interval_s:
                 time.sleep(chunk_interval_s)
             infos.append(c.publish(topics.release_chunk(kind, i, everyone=everyone), payload, qos=1, retain=retain))
+        for i in range(max(len(payloads), release.manifest["chunks"]), old_count):  # the previous release's rest
+            infos.append(c.publish(topics.release_chunk(kind, i, everyone=everyone), b"", qos=1, retain=True))
+        if not manifest_first:  # the broker handles one client's messages in order: the chunks are retained first
+            infos.append(c.publish(manifest_topic, body, qos=1, retain=retain))
         deadline = time.monotonic() + timeout
         for info in infos:
             info.wait_for_publish(max(0.1, deadline - time.monotonic()))

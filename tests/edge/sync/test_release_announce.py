@@ -392,3 +392,28 @@ def test_a_download_stalled_for_a_day_is_dropped_and_its_chunk_topic_left(tmp_pa
         assert unsubs[-1] == [chunk_filter] and rm.listening() == set()
     finally:
         rm.close()
+
+
+def test_a_new_release_costs_its_own_size_and_leaves_no_older_chunks_retained(
+        mosquitto: Any, meter: Any, node_config: Any, keys: Any, start_node: Any, upstream: Any, steps: Any,
+        tmp_path: Path, retained: Any) -> None:
+    node = start_node(node_config(meter.url, public_key=keys.public_path))
+    settings = LinkSettings(url=mosquitto.url, client_id="announce-publisher")
+    a = build_release("catalogue", catalogue(tmp_path, "a"), "2026.12.01-000000", keys.private, chunk_size=8 * 1024)
+    publish_release(settings, TOPICS, a, chunk_interval_s=0.02)  # an upload that takes a while, as over a WAN
+    wait_report(upstream, steps, "2026.12.01-000000", "applied")
+    b0 = meter.quiet()
+    b = build_release("catalogue", catalogue(tmp_path, "b", n=1000), "2026.12.02-000000", keys.private,
+                      chunk_size=8 * 1024)
+    assert b.manifest["chunks"] < a.manifest["chunks"] - 2
+    publish_release(settings, TOPICS, b, chunk_interval_s=0.02)
+    wait_report(upstream, steps, "2026.12.02-000000", "applied")
+    got = meter.quiet() - b0
+    # its own chunks once; with the manifest published first, the node subscribed while the broker still retained
+    # most of the previous release's chunks, and got those too
+    assert got < b.manifest["size"] * 1.1 + 4_000, f"{got} bytes came down for a {b.manifest['size']}-byte release"
+    # the previous release's chunks beyond the new count are no longer retained: no node downloads them again
+    assert retained(mosquitto.port, TOPICS.release_chunk("catalogue", b.manifest["chunks"]), 1.0) is None
+    assert retained(mosquitto.port, TOPICS.release_chunk("catalogue", a.manifest["chunks"] - 1), 1.0) is None
+    assert retained(mosquitto.port, TOPICS.release_chunk("catalogue", b.manifest["chunks"] - 1), 1.0) is not None
+    assert node.room.releases.stats["chunks_skipped"] == 0

@@ -67,7 +67,10 @@ def test_kill9_during_chunk_staging_resumes_and_installs(mosquitto: Any, node_co
     rel = build_release("model", fakes.write_model(tmp_path / "v2", "v2"), None, keys.private, chunk_size=4096)
     assert rel.manifest["chunks"] > 60
     pub = threading.Thread(target=publish_release, args=(LinkSettings(url=mosquitto.url, client_id="pub"), TOPICS,
-                                                         rel), kwargs={"chunk_interval_s": 0.05, "timeout": 60})
+                                                         rel),
+                           # manifest first: the node stages at the upload's pace (published chunks-first, it gets
+                           # them all at once when the manifest comes last), so the kill lands mid-staging
+                           kwargs={"chunk_interval_s": 0.05, "timeout": 60, "manifest_first": True})
     pub.start()
     staging = Path(config.node.data_dir) / "sync" / "staging" / "model" / "v2"
     deadline = time.monotonic() + 20
