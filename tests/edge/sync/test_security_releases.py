@@ -10,23 +10,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from edge.sync.link import LinkSettings
-from edge.sync.publish import build_release, publish_release
+from edge.sync.publish import build_release
 from edge.sync.release import pack_chunk, sign_manifest
 from edge.sync.topics import Topics
 
 TOPICS = Topics("shelfcast/v1", "s1", "node-1")
-
-
-@pytest.fixture
-def node(mosquitto: Any, node_config: Any, keys: Any, start_node: Any) -> Any:
-    return start_node(node_config(mosquitto.url, public_key=keys.public_path))
-
-
-def publish(mosquitto: Any, rel: Any, **kw: Any) -> None:
-    publish_release(LinkSettings(url=mosquitto.url, client_id="audit-publisher"), TOPICS, rel, **kw)
 
 
 def raw_pub(mosquitto: Any, topic: str, payload: bytes) -> None:
@@ -35,16 +23,10 @@ def raw_pub(mosquitto: Any, topic: str, payload: bytes) -> None:
     pub.single(topic, payload, qos=1, retain=True, hostname="127.0.0.1", port=mosquitto.port, protocol=5)
 
 
-def wait_step(upstream: Any, steps: Any, version: str, step: str, timeout: float = 15.0) -> list[Any]:
-    got = upstream.wait_for(lambda: [s for s in steps(upstream, version) if s[0] == step], timeout)
-    assert got, f"no {step!r} report for {version}; got {steps(upstream, version)}"
-    return got  # type: ignore[no-any-return]
-
-
-def listen_for_chunks(node: Any, mosquitto: Any, rel: Any) -> None:
+def listen_for_chunks(node: Any, publish: Any, rel: Any) -> None:
     """Announce ``rel`` without its chunks: the node listens to the model chunk topic (it does only while a release
     that passed the checks at its announcement is staged), so stray chunks published now are staged first."""
-    publish(mosquitto, rel, chunks=[])
+    publish(rel, chunks=[])
     deadline = time.monotonic() + 10
     while not node.room.releases.listening() and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -52,69 +34,70 @@ def listen_for_chunks(node: Any, mosquitto: Any, rel: Any) -> None:
 
 
 def test_a_stray_chunk_beyond_the_manifest_does_not_block_a_signed_release(
-        node: Any, mosquitto: Any, upstream: Any, steps: Any, keys: Any, fakes: Any, tmp_path: Path) -> None:
+        node: Any, mosquitto: Any, upstream: Any, steps: Any, keys: Any, fakes: Any, tmp_path: Path,
+        publish: Any) -> None:
     rel = build_release("model", fakes.write_model(tmp_path / "v2", "v2"), None, keys.private, chunk_size=64 * 1024)
     n = rel.manifest["chunks"]
-    listen_for_chunks(node, mosquitto, rel)
+    listen_for_chunks(node, publish, rel)
     # someone without the key stages a chunk for the same version first (well-formed, own sha256, index > n)
     raw_pub(mosquitto, TOPICS.release_chunk("model", n + 3), pack_chunk("model", "v2", n + 3, n + 4, b"junk" * 100))
     # and one whose index is beyond its own count
     raw_pub(mosquitto, TOPICS.release_chunk("model", n + 9), pack_chunk("model", "v2", n + 9, 2, b"junk"))
     stray = Path(node.room.data_dir) / "sync" / "staging" / "model" / "v2" / f"{n + 3:06d}.chunk"
     assert upstream.wait_for(stray.exists, 10), "the stray chunk was not staged (test setup)"
-    publish(mosquitto, rel)
-    wait_step(upstream, steps, "v2", "swapped")
+    publish(rel)
+    upstream.wait_step("v2", "swapped")
     assert node.rec.model.version == "v2"
     assert "refused" not in [s[0] for s in steps(upstream, "v2")]
 
 
 def test_chunks_swapped_after_signing_are_refused_and_the_old_model_keeps_serving(
-        node: Any, mosquitto: Any, upstream: Any, steps: Any, keys: Any, fakes: Any, tmp_path: Path) -> None:
+        node: Any, mosquitto: Any, upstream: Any, keys: Any, fakes: Any, tmp_path: Path, publish: Any) -> None:
     good = build_release("model", fakes.write_model(tmp_path / "v3", "v3"), None, keys.private,
                          chunk_size=64 * 1024)
     evil = build_release("model", fakes.write_model(tmp_path / "v3e", "v3", quality="bad"), None, keys.other,
                          chunk_size=64 * 1024)
     # the signed manifest of the good release, with the other release's chunks (each with a correct own hash)
-    publish(mosquitto, good, chunks=evil.chunks()[:good.manifest["chunks"]])
-    refused = wait_step(upstream, steps, "v3", "refused")
+    publish(good, chunks=evil.chunks()[:good.manifest["chunks"]])
+    refused = upstream.wait_step("v3", "refused")
     assert "wrong hash" in refused[0][2] or "truncated" in refused[0][2], refused
     assert node.rec.model.version == "v1"
     # a manifest re-signed by a key the node does not trust, naming the evil payload, is refused too
     evil_b = build_release("model", fakes.write_model(tmp_path / "v3b", "v3b", quality="bad"), None, keys.other,
                            chunk_size=64 * 1024)
-    publish(mosquitto, evil_b, manifest=sign_manifest({k: v for k, v in evil_b.manifest.items()
+    publish(evil_b, manifest=sign_manifest({k: v for k, v in evil_b.manifest.items()
                                                        if k not in ("signature", "key_id")}, keys.other))
-    refused = wait_step(upstream, steps, "v3b", "refused")
+    refused = upstream.wait_step("v3b", "refused")
     assert "bad signature" in refused[0][2], refused
     assert node.rec.model.version == "v1"
     assert not (Path(node.room.data_dir) / "models" / "active.json").exists()
 
 
 def test_a_stray_copy_of_a_chunk_number_does_not_block_a_signed_release(
-        node: Any, mosquitto: Any, upstream: Any, steps: Any, keys: Any, fakes: Any, tmp_path: Path) -> None:
+        node: Any, mosquitto: Any, upstream: Any, keys: Any, fakes: Any, tmp_path: Path, publish: Any) -> None:
     rel = build_release("model", fakes.write_model(tmp_path / "v5", "v5"), None, keys.private, chunk_size=64 * 1024)
-    listen_for_chunks(node, mosquitto, rel)
+    listen_for_chunks(node, publish, rel)
     # someone without the key stages their own chunk #1 for the upcoming version (well-formed, own sha256)
     raw_pub(mosquitto, TOPICS.release_chunk("model", 1),
             pack_chunk("model", "v5", 1, rel.manifest["chunks"], b"junk" * 100))
     stray = Path(node.room.data_dir) / "sync" / "staging" / "model" / "v5" / "000001.chunk"
     assert upstream.wait_for(stray.exists, 10), "the stray chunk was not staged (test setup)"
-    publish(mosquitto, rel)
-    wait_step(upstream, steps, "v5", "swapped")
+    publish(rel)
+    upstream.wait_step("v5", "swapped")
     assert node.rec.model.version == "v5"
 
 
 def test_a_release_refused_as_truncated_is_installed_when_published_again(
-        node: Any, mosquitto: Any, upstream: Any, steps: Any, keys: Any, fakes: Any, tmp_path: Path) -> None:
+        node: Any, mosquitto: Any, upstream: Any, keys: Any, fakes: Any, tmp_path: Path, publish: Any) -> None:
     rel = build_release("model", fakes.write_model(tmp_path / "v6", "v6"), None, keys.private, chunk_size=64 * 1024)
     chunks = rel.chunks()
     last = len(chunks) - 1
     chunks[last] = pack_chunk("model", "v6", last, len(chunks), rel.blob[last * rel.chunk_size:][:-1000])
-    publish(mosquitto, rel, chunks=chunks)  # a broken upload (or someone else's last chunk)
-    refused = wait_step(upstream, steps, "v6", "refused")
+    publish(rel, chunks=chunks)  # a broken upload (or someone else's last chunk)
+    refused = upstream.wait_step("v6", "refused")
     assert "truncated" in refused[0][2] and "re-publish" in refused[0][2], refused
     assert node.rec.model.version == "v1"
     node.room.releases.wait_idle()
-    publish(mosquitto, rel)  # the publisher uploads the same signed release again
-    wait_step(upstream, steps, "v6", "swapped")
+    publish(rel)  # the publisher uploads the same signed release again
+    upstream.wait_step("v6", "swapped")
     assert node.rec.model.version == "v6"
