@@ -929,7 +929,8 @@ class ReleaseManager:
                 self._failed_gen[(kind, version)] = gen0
             else:
                 self._mark_done(kind, version, m.sha256 if m else "unknown", f"refused: {exc}",
-                                **({"claims": False} if exc.unsigned else {}))
+                                **({"claims": False, "sig": m.signature or "", "key": self._trusted_key()}
+                                   if exc.unsigned and m is not None else {}))
             if kind == "model" and self.on_registered is not None:
                 self.on_registered(version, "", m.sha256 if m else "", "refused", False, str(exc)[:500])
         except Exception as exc:

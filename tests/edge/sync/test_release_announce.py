@@ -18,6 +18,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+from cryptography.hazmat.primitives import serialization
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -417,3 +418,37 @@ def test_a_new_release_costs_its_own_size_and_leaves_no_older_chunks_retained(
     assert retained(mosquitto.port, TOPICS.release_chunk("catalogue", a.manifest["chunks"] - 1), 1.0) is None
     assert retained(mosquitto.port, TOPICS.release_chunk("catalogue", b.manifest["chunks"] - 1), 1.0) is not None
     assert node.room.releases.stats["chunks_skipped"] == 0
+
+
+def test_a_release_refused_for_its_signature_after_the_download_is_checked_again_under_another_key(
+        tmp_path: Path, keys: Any) -> None:
+    """The key file changed while the release was downloading (a technician fixing model.public_key): the
+    refusal holds for the key it was made under only."""
+    from edge.sync.release import ReleaseManager
+
+    applied: list[str] = []
+    got: list[tuple[str, str, str, bool, str]] = []
+    rm = ReleaseManager(tmp_path / "node", public_key=keys.public_path, loader=None, get_model=lambda: None,
+                        set_model=lambda m: None, report=lambda *a: got.append(a),
+                        apply_snapshot=lambda kind, snap: applied.append(kind))
+    try:
+        rel = build_release("catalogue", catalogue(tmp_path, "c", n=50), "2026.12.01-000000", keys.private,
+                            chunk_size=1024)
+        good = keys.public_path.read_bytes()
+        rm.on_manifest("catalogue", json.dumps(rel.manifest).encode())  # passes: signed by the trusted key
+        keys.public_path.write_bytes(keys.other.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        for i, c in enumerate(rel.chunks()):
+            rm.on_chunk("catalogue", i, c)
+        rm.wait_idle()
+        refused = [a[4] for a in got if a[2] == "refused"]
+        assert len(refused) == 1 and "bad signature" in refused[0], got
+        assert applied == []
+        keys.public_path.write_bytes(good)  # the right key again; the cloud publishes the release again
+        rm.on_manifest("catalogue", json.dumps(rel.manifest).encode())
+        for i, c in enumerate(rel.chunks()):
+            rm.on_chunk("catalogue", i, c)
+        rm.wait_idle()
+        assert applied == ["catalogue"], got  # before: skipped for good as handled
+    finally:
+        rm.close()
