@@ -101,7 +101,8 @@ class Kiosk:
                 last = shown(self.screen(pw, within=max(1.0, deadline - time.monotonic())))
                 if check(last):
                     return last
-            except AssertionError:
+            except AssertionError as exc:  # no browser at all (the launcher ended)
+                last = {"error": str(exc)[:300]}
                 break
             except Exception as exc:  # the page is navigating or has just crashed
                 last = {"error": str(exc)[:200]}
@@ -128,7 +129,7 @@ class Kiosk:
 
     def browser_pid(self) -> int:
         pids = [p for p, c in self.chromium_processes().items() if " --type=" not in c
-                and " --remote-debugging-pipe " in c]
+                and "kiosk-watchdog.py" not in c]  # the watchdog's own arguments name the profile too
         assert len(pids) == 1, f"not one Chromium browser process: {pids}"
         return pids[0]
 
