@@ -386,7 +386,8 @@ if [ "$WITH_APT" = 1 ]; then
     if [ -z "$DESTDIR" ] && ! apt-cache show chromium >/dev/null 2>&1; then
         BROWSER_PKG=chromium-browser  # older Raspberry Pi OS Bookworm images name it so
     fi
-    [ "$WITH_KIOSK" = 0 ] || PKGS="$PKGS $BROWSER_PKG cage"
+    # xwayland: Debian's cage 0.1.4 declares no dependency on it, but refuses to start without /usr/bin/Xwayland
+    [ "$WITH_KIOSK" = 0 ] || PKGS="$PKGS $BROWSER_PKG cage xwayland"
     run apt-get update -qq
     # shellcheck disable=SC2086
     run env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $PKGS
