@@ -20,7 +20,9 @@ Why it looks like this:
 - Forward-only migrations keyed on ``PRAGMA user_version``, with a backup copy
   of the file before any migration of an existing database.
 - ``PRAGMA integrity_check`` at open; a corrupt file is moved aside, reported
-  in ``health()`` and replaced by a fresh one so the node keeps serving.
+  in ``health()`` and replaced by a fresh one so the node keeps serving. Only
+  the newest ``KEEP_CORRUPT`` set-aside copies stay (each the database's size;
+  a dying card would otherwise fill up with them).
 - A batch that cannot be written (disk full, I/O error) is not thrown away:
   its event rows and fire-and-forget ops wait in memory (``held``, at most
   ``MAX_HELD``; beyond that the oldest are dropped and counted) and are
@@ -51,7 +53,7 @@ from edge.clock import BUILD_FLOOR, SYSTEM, Clock
 from edge.events import _Event
 
 __all__ = ["SCHEMA_VERSION", "Product", "Profile", "Store", "StoreDiskError", "StoreError", "StoreNewerError",
-           "is_disk_error", "space_fix"]
+           "corrupt_copies", "is_disk_error", "space_fix"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -133,6 +135,7 @@ SCHEMA_VERSION = len(MIGRATIONS)
 _STOP = object()
 APPLY_SLICE_S = 0.02  # the writer runs queued ops this often inside the open batch (see _write_loop)
 NUDGE_MIN_S = 0.015  # ``nudge`` starts a slice early only this long after the last one began
+KEEP_CORRUPT = 2  # corrupt databases kept beside the live one for support (the newest); older ones are removed
 MAX_HELD = 50_000  # event rows / ops kept in memory while the disk refuses writes (~0.5-1 KB each)
 RETRY_MIN_S, RETRY_MAX_S = 0.25, 5.0  # backoff between attempts to write what is held
 # errors of the disk, not of one op: the whole batch waits and is retried (sqlite3 result codes)
@@ -189,27 +192,33 @@ class Store:
 
     # -- lifecycle ---------------------------------------------------------
     def open(self) -> Store:
-        """Raises ``StoreDiskError`` (with the fix) when the disk is full or failing: the file is kept."""
+        """Raises ``StoreDiskError`` (with the fix) when the disk is full or failing: the file is kept (corrupt
+        copies set aside earlier are removed first, and the open tried once more)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._check_integrity()
-            conn = self._connect()
+        for attempt in (1, 2):
             try:
-                self._migrate(conn)
-                self._load_caches(conn)
-                self._since = tuple(int(conn.execute(q).fetchone()[0] or 0) for q in (  # type: ignore[assignment]
-                    "SELECT max(seq) FROM outbox", "SELECT max(rowid) FROM events",
-                    "SELECT max(rowid) FROM impressions"))
-            except BaseException:
-                conn.close()
-                raise
-        except sqlite3.Error as exc:
-            if not is_disk_error(exc):
-                raise
-            msg = (f"cannot open {self.path}: {exc}; node.data_dir {self.path.parent} is full or failing: free "
-                   f"space (`df -h {self.path.parent}`, {space_fix(self.path.parent)}) or replace the SD card")
-            self._health.update(status="failed", last_error=msg)
-            raise StoreDiskError(msg) from None
+                self._check_integrity()
+                self._prune_corrupt()
+                conn = self._connect()
+                try:
+                    self._migrate(conn)
+                    self._load_caches(conn)
+                    self._since = tuple(int(conn.execute(q).fetchone()[0] or 0) for q in (  # type: ignore[assignment]
+                        "SELECT max(seq) FROM outbox", "SELECT max(rowid) FROM events",
+                        "SELECT max(rowid) FROM impressions"))
+                except BaseException:
+                    conn.close()
+                    raise
+                break
+            except sqlite3.Error as exc:
+                if not is_disk_error(exc):
+                    raise
+                if attempt == 1 and self._prune_corrupt(keep=0):
+                    continue  # a full card: the corrupt copies kept for support go before the node stops serving
+                msg = (f"cannot open {self.path}: {exc}; node.data_dir {self.path.parent} is full or failing: free "
+                       f"space (`df -h {self.path.parent}`; {space_fix(self.path.parent)}) or replace the SD card")
+                self._health.update(status="failed", last_error=msg)
+                raise StoreDiskError(msg) from None
         self._closed = False
         self._closing = threading.Event()
         self._kick = threading.Event()
@@ -274,6 +283,10 @@ class Store:
             return
         stamp = time.strftime("%Y%m%dT%H%M%S")
         aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        n = 1
+        while any(Path(str(aside) + sfx).exists() for sfx in ("", "-wal", "-shm")):  # never overwrite a copy
+            n += 1
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}.{n}")
         for suffix in ("", "-wal", "-shm"):
             src = Path(str(self.path) + suffix)
             if src.exists():
@@ -281,6 +294,37 @@ class Store:
         log.error("database %s failed its integrity check (%s); moved aside to %s and started fresh",
                   self.path, problem, aside)
         self._health["recovered_from"] = {"path": str(aside), "problem": problem, "t": time.time()}
+
+    def _prune_corrupt(self, keep: int = KEEP_CORRUPT) -> list[str]:
+        """Keep the newest ``keep`` corrupt copies set aside beside the database, remove the older ones; returns
+        the names removed.
+
+        Each is the database's size (up to ~700 MB at the ``store.max_events`` cap) and nothing else ever removed
+        them: a card that keeps corrupting (a dying card, power cuts) filled up with them. The one just set aside
+        is kept whatever its name's stamp says (an unset clock). ``keep=0``: the card is full, they all go. A copy
+        that cannot be removed is logged, never fatal: the node serves from the fresh database either way."""
+        copies = corrupt_copies(self.path)
+        just = (self._health.get("recovered_from") or {}).get("path")
+        copies.sort(key=lambda p: str(p) == just)  # stable: by name (time), the one just set aside last
+        removed: list[str] = []
+        for old in copies[:len(copies) - keep]:
+            try:
+                for suffix in ("", "-wal", "-shm"):
+                    Path(str(old) + suffix).unlink(missing_ok=True)
+                removed.append(old.name)
+            except OSError as exc:
+                log.warning("cannot remove the old corrupt copy %s (%s); remove it: `sudo rm -f %s*`",
+                            old, exc.strerror, old)
+        kept = [p.name for p in copies if p.name not in removed]
+        if removed and keep == 0:
+            log.warning("%s is full or failing: removed the corrupt copies kept for support (%s) to make room",
+                        self.path.parent, ", ".join(removed))
+        elif removed:
+            log.warning("removed %d older corrupt copies of %s (%s); kept the newest %s. The database was found "
+                        "corrupt more than once: the SD card is suspect, replace it", len(removed), self.path.name,
+                        ", ".join(removed), ", ".join(kept))
+        self._health["corrupt_copies"] = kept
+        return removed
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -887,9 +931,25 @@ def _in_savepoint(conn: sqlite3.Connection, fn: Callable[..., Any], *args: Any) 
         return None, exc
 
 
+def corrupt_copies(db: Path) -> list[Path]:
+    """The corrupt copies of ``db`` set aside beside it (``<name>.corrupt-<time>``; their -wal and -shm go with
+    them, not listed), oldest first."""
+    try:
+        return sorted(p for p in db.parent.glob(f"{db.name}.corrupt-*") if not p.name.endswith(("-wal", "-shm")))
+    except OSError:
+        return []
+
+
 def space_fix(data_dir: Path | str) -> str:
-    """How to free space in the node's data dir: one wording for the store's errors and ``doctor``."""
-    return f"`sudo journalctl --vacuum-size=32M`, remove old *.corrupt-* and *.bak files in {data_dir}"
+    """How to free space in the node's data dir: one wording for the store's errors and ``doctor``. What is safe to
+    delete and what is not: ``shelfcast.db.v<N>.bak`` is the copy a rollback restores (install.sh --rollback,
+    the technician guide's downgrade), not a leftover."""
+    d = Path(data_dir)
+    return (f"safe to delete: the journal's old entries (`sudo journalctl --vacuum-size=32M`), the package cache "
+            f"(`sudo apt-get clean`) and corrupt copies set aside (`sudo rm -f {d}/shelfcast.db.corrupt-*`); keep "
+            f"{d}/shelfcast.db with its -wal and -shm (the cache and the events not sent yet) and "
+            f"{d}/shelfcast.db.v<N>.bak (what going back to the previous version restores; delete it only if this "
+            "node will not be rolled back)")
 
 
 def is_disk_error(exc: BaseException) -> bool:
