@@ -158,7 +158,7 @@ def check_data_dir(data_dir: Path, min_free_mb: int = MIN_FREE_MB, warn_free_mb:
     detail = f"{data_dir} writable; {free_mb:,.0f} MB free of {du.total / 1e6:,.0f} MB"
     from edge.store import space_fix
 
-    fix_space = f"free space: {space_fix(data_dir)}, or lower store.retention_days"
+    fix_space = f"free space ({space_fix(data_dir)}), or lower store.retention_days"
     if free_mb < min_free_mb:
         return Check("data_dir", "fail", detail + f" (needs at least {min_free_mb} MB)", fix_space)
     if free_mb < warn_free_mb:
@@ -211,8 +211,9 @@ def check_database(data_dir: Path) -> Check:
     db = data_dir / "shelfcast.db"
     fix_corrupt = ("restart the node: it moves a corrupt file aside and starts a fresh cache that the cloud refills "
                    "(`sudo systemctl restart shelfcast`); if it keeps happening the SD card is failing: replace it")
-    aside = sorted(data_dir.glob("shelfcast.db.corrupt-*")) if data_dir.is_dir() else []
-    aside = [p for p in aside if not p.name.endswith(("-wal", "-shm"))]
+    from edge.store import KEEP_CORRUPT, corrupt_copies
+
+    aside = corrupt_copies(db)
     if os.geteuid() != 0 and data_dir.is_dir() and not (os.access(data_dir, os.R_OK | os.X_OK) and
                                                         (not db.exists() or os.access(db, os.R_OK))):
         return Check("database", "warn", f"cannot read {db} as {_whoami()}",
@@ -249,10 +250,17 @@ def check_database(data_dir: Path) -> Check:
     r = stats["rows"]
     detail = (f"integrity ok; schema {stats['schema_version']}; {stats['size_bytes'] / 1e6:.1f} MB; "
               f"{r.get('products', 0)} products, {r.get('events', 0)} events, {r.get('outbox', 0)} in outbox")
+    if len(aside) > 1:  # the node keeps the newest KEEP_CORRUPT: two mean it was corrupt at least twice
+        return Check("database", "warn", detail + f"; found corrupt and set aside at least {len(aside)} times "
+                     f"({', '.join(p.name for p in aside[-3:])}): the SD card is suspect",
+                     "replace the SD card (docs/technician-guide.md, Replacing a node or its SD card); the node "
+                     f"keeps the newest {KEEP_CORRUPT} copies for support and removes older ones itself; to free "
+                     f"their space now: `sudo rm -f {data_dir}/shelfcast.db.corrupt-*`")
     if aside:
         return Check("database", "warn", detail + f"; an earlier corrupt copy was moved aside: {aside[-1].name}",
-                     f"the node recovered by itself; if this repeats the SD card is failing. Delete {aside[-1]} "
-                     "once a support bundle has it")
+                     "the node recovered by itself; if this repeats the SD card is failing. The copy is kept for "
+                     "support (a support bundle lists it, it does not hold it); to free its space: "
+                     f"`sudo rm -f {aside[-1]}*`")
     return _ok("database", detail)
 
 
