@@ -6,7 +6,7 @@ broker we target) with a CSR for the fleet CA to sign, or a certificate the
 technician brings; the pinned Ed25519 key that signs model releases; a printed
 label and a QR code PNG for the cabinet. It is idempotent: the key is kept
 unless ``--renew``; the config is validated before it replaces the old one
-(kept as ``*.bak``).
+(kept as ``*.bak``, 0600, without the literal secrets the new one replaced).
 
 ``--boot-partition DIR`` writes the same thing as a first-boot bundle onto a
 mounted SD card's boot partition (``DIR/shelfcast/``); on first boot
@@ -266,12 +266,49 @@ def _write_config(path: Path, raw: dict[str, Any], check_raw: dict[str, Any] | N
     check = text if check_raw is None else head + yaml.safe_dump(check_raw, sort_keys=False, default_flow_style=None)
     cfg = parse_config(check, str(path))  # raises ConfigError: never write a config the node would refuse
     if path.exists():
-        bak = path.with_name(path.name + ".bak")
-        shutil.copy2(path, bak)
-        # the old config may hold literal secrets (admin_token, password): never more readable than the new one
-        os.chmod(bak, bak.stat().st_mode & 0o640)
+        _keep_previous(path, raw)
     _atomic_write(path, text.encode(), 0o640)
     return cfg
+
+
+def _keep_previous(path: Path, new_raw: dict[str, Any]) -> None:
+    """``path`` kept as ``path.bak``: 0600 (the service never reads it), and without the literal secrets the new
+    config no longer holds (a token or password rotated, or moved to a ``file:``): an old admin token or broker
+    password must not linger on the card until the next provision. A secret the new config still holds stays (it
+    adds no exposure), and a config that loses nothing is kept byte for byte, comments and all."""
+    old_text = path.read_bytes()
+    try:
+        old_raw = yaml.safe_load(old_text)
+    except yaml.YAMLError:
+        old_raw = None
+    dropped: list[str] = []
+    if isinstance(old_raw, dict):
+        old_raw = _drop_old_secrets(old_raw, new_raw, "", dropped)
+    data = old_text
+    if dropped:
+        data = (f"# ShelfCast: the config before `shelfcast provision` of {time.strftime('%Y-%m-%d %H:%M:%S')}. "
+                f"Removed from this copy: {', '.join(dropped)} (secrets the new config replaced); the live config "
+                "has the current ones (`sudo shelfcast provision --admin-token FILE`, `--password-file FILE`, "
+                "`--customer-salt FILE` set them)\n"
+                + yaml.safe_dump(old_raw, sort_keys=False, default_flow_style=None)).encode()
+    _write_private(path.with_name(path.name + ".bak"), data)
+
+
+def _drop_old_secrets(old: dict[str, Any], new: Any, prefix: str, dropped: list[str]) -> dict[str, Any]:
+    """``old`` without the literal secret values (keys named like ``SECRET_KEYS``; not ``file:``/``env:``
+    references) that ``new`` does not hold at the same place; their dotted paths appended to ``dropped``."""
+    new = new if isinstance(new, dict) else {}
+    out: dict[str, Any] = {}
+    for k, v in old.items():
+        where = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out[k] = _drop_old_secrets(v, new.get(k), where + ".", dropped)
+        elif (any(s in str(k).lower() for s in SECRET_KEYS) and isinstance(v, str) and v.strip()
+              and not v.startswith(("file:", "env:")) and new.get(k) != v):
+            dropped.append(where)
+        else:
+            out[k] = v
+    return out
 
 
 def _read_text(src: Path, flag: str, hint: str = "") -> str:
