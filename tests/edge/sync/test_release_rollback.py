@@ -59,11 +59,6 @@ def mosquitto_cmd(mosquitto: Any, obj: dict[str, Any]) -> None:
                protocol=5)
 
 
-@pytest.fixture
-def node(mosquitto: Any, node_config: Any, keys: Any, start_node: Any) -> Any:
-    return start_node(node_config(mosquitto.url, public_key=keys.public_path))
-
-
 def test_an_older_signed_model_release_is_refused_and_the_serving_model_stays(
         node: Any, mosquitto: Any, upstream: Any, steps: Any, keys: Any, fakes: Any, tmp_path: Path) -> None:
     publish(mosquitto, build_release("model", model_dir(fakes, tmp_path, "2026.11.30-v5", NOV30), None,
