@@ -18,8 +18,7 @@ from typing import Any
 
 import pytest
 
-from edge.sync.link import LinkSettings
-from edge.sync.publish import build_release, publish_release
+from edge.sync.publish import build_release
 from edge.sync.topics import Topics
 
 HERE = Path(__file__).parent
@@ -42,16 +41,6 @@ def model_dir(fakes: Any, tmp: Path, version: str, created: str | None, **kw: An
     return d
 
 
-def publish(mosquitto: Any, rel: Any) -> None:
-    publish_release(LinkSettings(url=mosquitto.url, client_id="rollback-publisher"), TOPICS, rel)
-
-
-def wait_step(upstream: Any, steps: Any, version: str, step: str, timeout: float = 15.0) -> tuple[str, bool, str]:
-    got = upstream.wait_for(lambda: [s for s in steps(upstream, version) if s[0] == step], timeout)
-    assert got, f"no {step!r} report for {version}; got {steps(upstream, version)}"
-    return got[-1]  # type: ignore[no-any-return]
-
-
 def mosquitto_cmd(mosquitto: Any, obj: dict[str, Any]) -> None:
     import paho.mqtt.publish as pub
 
@@ -60,13 +49,14 @@ def mosquitto_cmd(mosquitto: Any, obj: dict[str, Any]) -> None:
 
 
 def test_an_older_signed_model_release_is_refused_and_the_serving_model_stays(
-        node: Any, mosquitto: Any, upstream: Any, steps: Any, keys: Any, fakes: Any, tmp_path: Path) -> None:
-    publish(mosquitto, build_release("model", model_dir(fakes, tmp_path, "2026.11.30-v5", NOV30), None,
+        node: Any, mosquitto: Any, upstream: Any, publish: Any,
+        steps: Any, keys: Any, fakes: Any, tmp_path: Path) -> None:
+    publish(build_release("model", model_dir(fakes, tmp_path, "2026.11.30-v5", NOV30), None,
                                      keys.private))
-    wait_step(upstream, steps, "2026.11.30-v5", "swapped")
+    upstream.wait_step("2026.11.30-v5", "swapped")
     # last month's release, correctly signed, never seen by this node (captured and re-published by anyone)
-    publish(mosquitto, build_release("model", model_dir(fakes, tmp_path, "2026.10.01", OCT01), None, keys.private))
-    detail = wait_step(upstream, steps, "2026.10.01", "refused")[2]
+    publish(build_release("model", model_dir(fakes, tmp_path, "2026.10.01", OCT01), None, keys.private))
+    detail = upstream.wait_step("2026.10.01", "refused")[-1][2]
     assert f"release 2026.10.01 (created {OCT01}) is older than the serving 2026.11.30-v5 (created {NOV30})" \
         in detail, detail
     assert "rollback" in detail and "--version" in detail, detail  # names both ways to roll back on purpose
@@ -79,7 +69,7 @@ def test_an_older_signed_model_release_is_refused_and_the_serving_model_stays(
     node.store.flush()
     assert node.store.query("SELECT status FROM models WHERE version = ?", ("2026.10.01",)) == [{"status": "refused"}]
     # a newer build published under the same version (another sha256) is refused: a version names one release
-    publish(mosquitto, build_release("model", model_dir(fakes, tmp_path, "2026.11.30-v5", "2026-12-01T00:00:00+00:00",
+    publish(build_release("model", model_dir(fakes, tmp_path, "2026.11.30-v5", "2026-12-01T00:00:00+00:00",
                                                         quality="bad"), None, keys.private))
     node.room.releases.wait_idle()
     refusals = upstream.wait_for(lambda: [s for s in steps(upstream, "2026.11.30-v5") if s[0] == "refused"])
@@ -88,28 +78,28 @@ def test_an_older_signed_model_release_is_refused_and_the_serving_model_stays(
 
 
 def test_an_older_snapshot_is_refused_and_the_store_keeps_the_newer_one(
-        node: Any, mosquitto: Any, upstream: Any, steps: Any, keys: Any, tmp_path: Path) -> None:
+        node: Any, mosquitto: Any, upstream: Any, publish: Any, steps: Any, keys: Any, tmp_path: Path) -> None:
     def catalogue(name: str, price: float) -> Path:
         f = tmp_path / f"{name}.json"
         f.write_text(json.dumps({"products": [{"sku": "sku-1", "name": name, "price": price}]}))
         return f
 
-    publish(mosquitto, build_release("catalogue", catalogue("new", 2.0), "2026.11.30-090000", keys.private))
-    wait_step(upstream, steps, "2026.11.30-090000", "applied")
-    publish(mosquitto, build_release("catalogue", catalogue("old", 9.0), "2026.11.01-090000", keys.private))
-    detail = wait_step(upstream, steps, "2026.11.01-090000", "refused")[2]
+    publish(build_release("catalogue", catalogue("new", 2.0), "2026.11.30-090000", keys.private))
+    upstream.wait_step("2026.11.30-090000", "applied")
+    publish(build_release("catalogue", catalogue("old", 9.0), "2026.11.01-090000", keys.private))
+    detail = upstream.wait_step("2026.11.01-090000", "refused")[-1][2]
     assert "older than" in detail and "--kind catalogue" in detail, detail
     # the old default version (a hash of the content) has no order: refused once the kind has a mark
     hashed = build_release("catalogue", catalogue("hashed", 7.0), None, keys.private)
-    publish(mosquitto, hashed)
-    detail = wait_step(upstream, steps, hashed.manifest["version"], "refused")[2]
+    publish(hashed)
+    detail = upstream.wait_step(hashed.manifest["version"], "refused")[-1][2]
     assert "date-stamped --version" in detail, detail
     node.store.flush()
     product = node.store.product("sku-1")
     assert product is not None and product.name == "new" and product.price == 2.0
     # a newer one is applied; natural order: 2026.11.30-090000 < 2026.12.01-000000
-    publish(mosquitto, build_release("catalogue", catalogue("newer", 3.0), "2026.12.01-000000", keys.private))
-    wait_step(upstream, steps, "2026.12.01-000000", "applied")
+    publish(build_release("catalogue", catalogue("newer", 3.0), "2026.12.01-000000", keys.private))
+    upstream.wait_step("2026.12.01-000000", "applied")
     assert node.store.product("sku-1").name == "newer"  # type: ignore[union-attr]
 
 
@@ -135,13 +125,14 @@ def wait_status(st: Path, proc: subprocess.Popen[bytes], pred: Any, timeout: flo
 
 
 def test_the_mark_survives_kill9_the_rollback_command_works_and_a_newer_release_follows(
-        mosquitto: Any, node_config: Any, keys: Any, fakes: Any, upstream: Any, steps: Any, tmp_path: Path) -> None:
+        mosquitto: Any, node_config: Any, keys: Any, fakes: Any, upstream: Any, publish: Any,
+        steps: Any, tmp_path: Path) -> None:
     config = node_config(mosquitto.url, public_key=keys.public_path)
     st = tmp_path / "status.json"
     proc = start_harness(config, tmp_path, st)
     try:
         wait_status(st, proc, lambda s: s["connected"] and s["model"] == "v1", 30, "node up on v1")
-        publish(mosquitto, build_release("model", model_dir(fakes, tmp_path, "2026.11.30-v5", NOV30), None,
+        publish(build_release("model", model_dir(fakes, tmp_path, "2026.11.30-v5", NOV30), None,
                                          keys.private))
         wait_status(st, proc, lambda s: s["model"] == "2026.11.30-v5", 30, "2026.11.30-v5 to swap in")
         # the local rollback (the `rollback` command) is not blocked by the mark: back to the bundled v1
@@ -162,13 +153,13 @@ def test_the_mark_survives_kill9_the_rollback_command_works_and_a_newer_release_
     try:
         wait_status(st, proc, lambda s: s["connected"] and s["model"] == "v1", 30, "the restart on v1")
         # serving v1 now (older than the mark): last month's signed release is still refused
-        publish(mosquitto, build_release("model", model_dir(fakes, tmp_path, "2026.10.01", OCT01), None,
+        publish(build_release("model", model_dir(fakes, tmp_path, "2026.10.01", OCT01), None,
                                          keys.private))
-        detail = wait_step(upstream, steps, "2026.10.01", "refused", 30)[2]
+        detail = upstream.wait_step("2026.10.01", "refused", 30)[-1][2]
         assert "older than the newest accepted 2026.11.30-v5" in detail, detail
         assert json.loads(st.read_text())["model"] == "v1"
         # a newer release after the rollback is accepted
-        publish(mosquitto, build_release("model", model_dir(fakes, tmp_path, "2026.12.02", "2026-12-02T06:00:00Z"),
+        publish(build_release("model", model_dir(fakes, tmp_path, "2026.12.02", "2026-12-02T06:00:00Z"),
                                          None, keys.private))
         wait_status(st, proc, lambda s: s["model"] == "2026.12.02", 30, "2026.12.02 to swap in")
     finally:
@@ -179,14 +170,14 @@ def test_the_mark_survives_kill9_the_rollback_command_works_and_a_newer_release_
 
 
 def test_the_cloud_rolls_back_with_a_newer_release_of_the_old_model(
-        node: Any, mosquitto: Any, upstream: Any, steps: Any, keys: Any, fakes: Any, tmp_path: Path,
+        node: Any, mosquitto: Any, upstream: Any, publish: Any, steps: Any, keys: Any, fakes: Any, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
     from edge.cli import main
 
     old = model_dir(fakes, tmp_path, "2026.10.01", OCT01)
-    publish(mosquitto, build_release("model", model_dir(fakes, tmp_path, "2026.11.30-v5", NOV30), None,
+    publish(build_release("model", model_dir(fakes, tmp_path, "2026.11.30-v5", NOV30), None,
                                      keys.private))
-    wait_step(upstream, steps, "2026.11.30-v5", "swapped")
+    upstream.wait_step("2026.11.30-v5", "swapped")
     capsys.readouterr()
     code = main(["model", "publish", "--broker", mosquitto.url, "--store", "s1", "--node", "node-1",
                  "--model", str(old), "--sign-key", str(keys.private_path), "--version", "2026.12.01-rollback"])
@@ -195,7 +186,7 @@ def test_the_cloud_rolls_back_with_a_newer_release_of_the_old_model(
     res = json.loads(out.out)
     assert res["version"] == "2026.12.01-rollback" and res["restamped_from"] == {"version": "2026.10.01",
                                                                                 "created": OCT01}
-    wait_step(upstream, steps, "2026.12.01-rollback", "swapped")
+    upstream.wait_step("2026.12.01-rollback", "swapped")
     assert node.rec.model.version == "2026.10.01"  # the old weights serve again (the fake names its file's version)
     installed = json.loads((Path(node.room.data_dir) / "models" / "2026.12.01-rollback" / "manifest.json")
                            .read_text())
@@ -205,7 +196,7 @@ def test_the_cloud_rolls_back_with_a_newer_release_of_the_old_model(
 
 @pytest.mark.skipif(not (SHIPPED / "model.tflite").exists(), reason="models/shipped not built")
 def test_the_real_model_older_than_the_bundled_one_is_refused(mosquitto: Any, node_config: Any, keys: Any,
-                                                             start_node: Any, upstream: Any, steps: Any,
+                                                             start_node: Any, upstream: Any, publish: Any, steps: Any,
                                                              tmp_path: Path) -> None:
     from edge.sync.room import default_loader
 
@@ -219,21 +210,22 @@ def test_the_real_model_older_than_the_bundled_one_is_refused(mosquitto: Any, no
     shutil.copytree(SHIPPED, d)
     man = dict(shipped, version="2026.10.01", created=OCT01)
     (d / "manifest.json").write_text(json.dumps(man))
-    publish(mosquitto, build_release("model", d, None, keys.private))
-    detail = wait_step(upstream, steps, "2026.10.01", "refused", 60)[2]
+    publish(build_release("model", d, None, keys.private))
+    detail = upstream.wait_step("2026.10.01", "refused", 60)[-1][2]
     assert f"older than the serving {shipped['version']} (created {shipped['created']})" in detail, detail
     assert node.rec.model is bundled
     assert not (Path(node.room.data_dir) / "models" / "2026.10.01").exists()
 
 
 def test_a_rollback_to_the_bundled_model_written_by_older_code_still_serves_the_bundled_model(
-        mosquitto: Any, node_config: Any, keys: Any, start_node: Any, upstream: Any, steps: Any, fakes: Any,
+        mosquitto: Any, node_config: Any, keys: Any, start_node: Any, upstream: Any, publish: Any,
+        steps: Any, fakes: Any,
         tmp_path: Path) -> None:
     cfg = node_config(mosquitto.url, public_key=keys.public_path)
     node = start_node(cfg)
-    publish(mosquitto, build_release("model", model_dir(fakes, tmp_path, "2026.11.30-v5", NOV30), None,
+    publish(build_release("model", model_dir(fakes, tmp_path, "2026.11.30-v5", NOV30), None,
                                      keys.private))
-    wait_step(upstream, steps, "2026.11.30-v5", "swapped")
+    upstream.wait_step("2026.11.30-v5", "swapped")
     installed = Path(node.room.data_dir) / "models" / "2026.11.30-v5"
     node.close()
     node.close = lambda: None  # stopped here, not again by start_node's teardown
@@ -246,23 +238,24 @@ def test_a_rollback_to_the_bundled_model_written_by_older_code_still_serves_the_
 
 
 def test_a_mark_that_cannot_be_saved_leaves_the_release_applied_and_says_why(
-        node: Any, mosquitto: Any, upstream: Any, steps: Any, keys: Any, fakes: Any, tmp_path: Path) -> None:
+        node: Any, mosquitto: Any, upstream: Any, publish: Any,
+        steps: Any, keys: Any, fakes: Any, tmp_path: Path) -> None:
     """Old code: the swap happened, then the failing mark write reported the release 'failed' (and remembered it
     so) while it was serving."""
     marks = Path(node.room.data_dir) / "sync" / "release_marks.json"
     marks.unlink(missing_ok=True)
     marks.mkdir()  # the atomic write's rename onto it fails: an OSError as from a full or failing card
     try:
-        publish(mosquitto, build_release("model", model_dir(fakes, tmp_path, "2026.11.30-v5", NOV30), None,
+        publish(build_release("model", model_dir(fakes, tmp_path, "2026.11.30-v5", NOV30), None,
                                          keys.private))
-        wait_step(upstream, steps, "2026.11.30-v5", "swapped")
-        detail = wait_step(upstream, steps, "2026.11.30-v5", "mark")[2]
+        upstream.wait_step("2026.11.30-v5", "swapped")
+        detail = upstream.wait_step("2026.11.30-v5", "mark")[-1][2]
         assert "applied, but the anti-rollback mark could not be saved" in detail and "free some space" in detail
         assert "failed" not in [s[0] for s in steps(upstream, "2026.11.30-v5")]
         assert node.rec.model.version == "2026.11.30-v5"
         # in this run the mark holds all the same: last month's release is refused
-        publish(mosquitto, build_release("model", model_dir(fakes, tmp_path, "2026.10.01", OCT01), None,
+        publish(build_release("model", model_dir(fakes, tmp_path, "2026.10.01", OCT01), None,
                                          keys.private))
-        assert "older than" in wait_step(upstream, steps, "2026.10.01", "refused")[2]
+        assert "older than" in upstream.wait_step("2026.10.01", "refused")[-1][2]
     finally:
         marks.rmdir()
