@@ -9,17 +9,11 @@ import time
 from typing import Any
 
 import paho.mqtt.publish as pub
-import pytest
 
 from edge.sync.topics import Topics
 
 TOPICS = Topics("shelfcast/v1", "s1", "node-1")
 A, B = "a1" * 32, "b2" * 32
-
-
-@pytest.fixture
-def node(mosquitto: Any, node_config: Any, keys: Any, start_node: Any) -> Any:
-    return start_node(node_config(mosquitto.url, public_key=keys.public_path))
 
 
 def send(mosquitto: Any, payload: Any) -> None:
