@@ -21,24 +21,16 @@ def send(mosquitto: Any, payload: Any) -> None:
                port=mosquitto.port, protocol=5)
 
 
-def wait(cond: Any, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return False
-
-
-def test_a_profiles_delta_with_delete_erases_the_shopper(node: Any, mosquitto: Any, upstream: Any) -> None:
+def test_a_profiles_delta_with_delete_erases_the_shopper(node: Any, mosquitto: Any, upstream: Any,
+                                                         wait_for: Any) -> None:
     send(mosquitto, {"id": "p1", "profiles": [{"customer": A, "demographics": {"age": "35-44"}},
                                               {"customer": B, "demographics": {"age": "25-34"}}]})
-    assert wait(lambda: node.store.profile(A) is not None and node.store.profile(B) is not None)
+    assert wait_for(lambda: node.store.profile(A) is not None and node.store.profile(B) is not None)
     node.store.save_session("visit-a", started=time.time() - 600, ended=time.time() - 60, zone="dairy",
                             customer=A, items=["p1"])
     node.store.flush()
     send(mosquitto, {"id": "p2", "delete": [A]})
-    assert wait(lambda: node.store.profile(A) is None), "the profile was not erased"
+    assert wait_for(lambda: node.store.profile(A) is None), "the profile was not erased"
     node.store.flush()
     assert node.store.query("SELECT customer FROM profiles") == [{"customer": B}]
     assert node.store.query("SELECT customer, items FROM sessions WHERE id = 'visit-a'") == [
