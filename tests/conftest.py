@@ -59,6 +59,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.fixture(name="free_port")
+def free_port_fixture() -> Callable[[], int]:
+    """``free_port()``: a TCP port nothing listens on at 127.0.0.1 right now (for a node, a browser's DevTools)."""
+    return free_port
+
+
 def wait_port(port: int, host: str = "127.0.0.1", timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
