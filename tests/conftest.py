@@ -18,6 +18,9 @@
   decompressed.
 - ``run_cli``: ``r = run_cli("model", "keygen", ...)``, the real command line in-process (``r.returncode``,
   ``r.stdout``, ``r.stderr``).
+- ``doctor_json``: ``checks = doctor_json(config_path)``, the real ``shelfcast doctor --json`` in a subprocess, its
+  checks by name.
+- ``free_port``: ``free_port()``, a loopback TCP port free right now.
 
 Fixtures skip only when the binary is missing on a developer's machine; CI sets
 ``SHELFCAST_REQUIRE_SERVICES=1`` which turns that skip into a failure.
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -471,3 +475,19 @@ def node_process() -> Iterator[NodeProcesses]:
             if p.poll() is None:
                 p.kill()
                 p.communicate()
+
+
+def _doctor_json(cfg: Path) -> dict[str, dict[str, str]]:
+    r = subprocess.run([sys.executable, "-m", "edge.doctor", "doctor", "--config", str(cfg), "--json",
+                        "--no-firmware", "--timeout", "1"], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
+    assert r.returncode in (1, 2), r.stderr  # other checks fail on a test machine (no node running)
+    return {c["name"]: c for c in json.loads(r.stdout)["checks"]}
+
+
+@pytest.fixture
+def doctor_json() -> Callable[[Path], dict[str, dict[str, str]]]:
+    """``doctor_json(cfg)``: ``shelfcast doctor --config cfg --json --no-firmware --timeout 1`` run from this
+    checkout in a subprocess; its checks by name (``{"status", "detail", "fix", ...}``). Exit 1 or 2 is asserted:
+    other checks fail on a test machine, where no node runs."""
+    return _doctor_json
