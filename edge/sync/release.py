@@ -50,8 +50,8 @@ release carrying the old content.
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
-import io
 import json
 import logging
 import os
@@ -191,8 +191,13 @@ def _tree_digest(root: Path) -> dict[str, str]:
     out = {}
     for p in sorted(root.rglob("*")):
         if p.is_file() and p.name != "files.json":
-            out[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest()
+            with open(p, "rb") as f:  # streamed: a model file can be hundreds of MB
+                out[str(p.relative_to(root))] = hashlib.file_digest(f, "sha256").hexdigest()
     return out
+
+
+ASSEMBLED = "release.assembled"  # the chunks joined into one file, in the release's staging dir
+_READ = 1 << 20  # read / decompress buffer: what a release costs in RAM while it is assembled and unpacked
 
 
 # -- anti-rollback: is a release newer than what the node accepted / serves? ----------------
@@ -279,10 +284,11 @@ def _manifest_mark(version: str, sha256: str, man: Any) -> Mark:
     return Mark(version, sha256, created, text, weights)
 
 
-def _archived_manifest(blob: bytes) -> Any:
-    """The ``manifest.json`` inside a (verified) model tar, or None."""
+def _archived_manifest(path: Path) -> Any:
+    """The ``manifest.json`` inside a (verified) model tar file, or None. Reads the tar headers and that member
+    only, never the archive whole."""
     try:
-        with tarfile.open(fileobj=io.BytesIO(blob)) as tf:
+        with tarfile.open(path) as tf:
             for member in tf.getmembers():
                 if member.isfile() and member.name.removeprefix("./") == "manifest.json" and member.size <= 64 << 20:
                     f = tf.extractfile(member)
@@ -533,8 +539,8 @@ class ReleaseManager:
             man = getattr(getattr(model, "ranker", None), "manifest", None)
         return _manifest_mark(str(version), "", man)
 
-    def _candidate(self, m: ReleaseManifest, blob: bytes) -> Mark:
-        man = _archived_manifest(blob) if m.kind == "model" and m.format == "tar" else None
+    def _candidate(self, m: ReleaseManifest, assembled: Path) -> Mark:
+        man = _archived_manifest(assembled) if m.kind == "model" and m.format == "tar" else None
         return _manifest_mark(m.version, m.sha256, man)
 
     def _check_order(self, cand: Mark, kind: str, *, announced: bool = False) -> bool:
@@ -635,12 +641,13 @@ class ReleaseManager:
             self.on_registered(m.version, "", m.sha256, "refused", False, str(exc)[:500])
 
     def _room_for(self, m: ReleaseManifest) -> bool:
-        """Whether the data dir has room for the release (its chunks; a model unpacked beside them) and
-        ``reserve_bytes`` more. If not, it is not downloaded: reported once, not remembered (free space, then
-        re-publish)."""
+        """Whether the data dir has room for the release (its chunks; the file they are assembled into; a model
+        tar unpacked beside them: a single-file model is the assembled file, moved) and ``reserve_bytes`` more.
+        If not, it is not downloaded: reported once, not remembered (free space, then re-publish)."""
         d = self.staging / m.kind / m.version
         have = sum(p.stat().st_size for p in d.glob("*.chunk")) if d.is_dir() else 0
-        need = max(0, m.size - have) + (m.size if m.kind == "model" else 0) + self.reserve_bytes
+        unpack = m.size if m.kind == "model" and m.format == "tar" else 0
+        need = max(0, m.size - have) + m.size + unpack + self.reserve_bytes
         try:
             free = shutil.disk_usage(self.staging).free
         except OSError:
@@ -655,8 +662,9 @@ class ReleaseManager:
             mb = 1 << 20
             self.report(m.kind, m.version, "refused", False,
                         f"no room: {m.kind} {m.version} needs {need / mb:.0f} MB free in {self.root} ("
-                        f"{m.size / mb:.1f} MB of chunks{', as much again to unpack' if m.kind == 'model' else ''}"
-                        f", {self.reserve_bytes / mb:.0f} MB kept for the store), there are {free / mb:.0f} MB; "
+                        f"{m.size / mb:.1f} MB of chunks, as much again to assemble them"
+                        f"{' and again to unpack' if unpack else ''}, {self.reserve_bytes / mb:.0f} MB kept for "
+                        f"the store), there are {free / mb:.0f} MB; "
                         "not downloaded: free some space (old backups, logs), then re-publish the release to retry")
         return False
 
@@ -894,19 +902,20 @@ class ReleaseManager:
         try:
             m, _ = self.staged(kind, version)
             assert m is not None
-            blob = self._assemble(d, m)
-            self._verify(m, blob)
+            self._check_signature(m)  # before a byte is assembled; checked again after (the key may change)
+            assembled, digest = self._assemble(d, m)
+            self._verify(m, digest)
             self.report(kind, version, "verified", True, f"sha256 {m.sha256[:12]}…, signed by {m.key_id or '?'}")
-            cand = self._candidate(m, blob)
+            cand = self._candidate(m, assembled)
             if not self._check_order(cand, kind):
                 log.info("release %s %s (sha256 %s…) was accepted before; nothing to do", kind, version,
                          m.sha256[:12])
                 self._mark_done(kind, version, m.sha256, "applied")
                 return
             if kind == "model":
-                self._install_model(m, blob)
+                self._install_model(m, assembled)
             else:
-                self._apply(m, blob)
+                self._apply(m, assembled)
             self.stats["applied"] += 1
             try:  # bookkeeping after the fact: the release is applied (a model: serving) whatever happens here
                 self._set_mark(kind, cand)
@@ -924,6 +933,7 @@ class ReleaseManager:
             self.report(kind, version, "refused", False, str(exc) + (" (re-publish the release to retry)"
                                                                      if exc.retry else ""))
             if exc.retry:
+                (d / ASSEMBLED).unlink(missing_ok=True)  # the chunks stay (and are assembled again), not the file
                 self._staging_reported.discard((kind, version))
                 keep = True
                 self._failed_gen[(kind, version)] = gen0
@@ -951,19 +961,50 @@ class ReleaseManager:
             else:
                 self._unlisten(kind, version)
 
-    def _assemble(self, d: Path, m: ReleaseManifest) -> bytes:
+    def _assemble(self, d: Path, m: ReleaseManifest) -> tuple[Path, str]:
+        """Join the staged chunks into one file (``release.assembled`` in the staging dir) and its sha256,
+        hashed as it is written: the release is never in RAM (``_READ`` bytes at a time). The chunks stay until
+        the release is handled, so a ``kill -9`` here loses nothing: the next start assembles again from them
+        (the file is rewritten)."""
         parts = [_chunk_path(d, i) for i in range(m.chunks)]
         have = sum(1 for p in parts if p.exists())
         if have != m.chunks:
             raise ReleaseError(f"truncated: {have} of {m.chunks} chunks staged", retry=True)
-        blob = b"".join(p.read_bytes() for p in parts)
-        if len(blob) != m.size:
-            raise ReleaseError(f"truncated: the chunks add up to {len(blob)} bytes, the manifest says {m.size}",
-                               retry=True)
-        return blob
+        out = d / ASSEMBLED
+        h = hashlib.sha256()
+        size = 0
+        try:
+            with open(out, "wb") as f:
+                for p in parts:
+                    with open(p, "rb") as c:
+                        while block := c.read(_READ):
+                            size += len(block)
+                            if size > m.size:
+                                break
+                            h.update(block)
+                            f.write(block)
+                    if size > m.size:
+                        break
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            out.unlink(missing_ok=True)
+            mb = 1 << 20
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise ReleaseError(f"no room to assemble {m.kind} {m.version} ({m.size / mb:.1f} MB) in {d}: "
+                                   f"{exc.strerror}; free some space (old backups, logs), then re-publish the "
+                                   "release to retry", retry=True) from None
+            raise ReleaseError(f"cannot assemble {m.kind} {m.version} in {d}: {exc}; if this repeats, check the "
+                               "SD card (`sudo shelfcast doctor`)", retry=True) from None
+        if size != m.size:
+            out.unlink(missing_ok=True)
+            raise ReleaseError(f"truncated: the chunks add up to {'more than ' if size > m.size else ''}{size} "
+                               f"bytes, the manifest says {m.size}", retry=True)
+        return out, h.hexdigest()
 
-    def _verify(self, m: ReleaseManifest, blob: bytes) -> None:
-        digest = hashlib.sha256(blob).hexdigest()
+    def _verify(self, m: ReleaseManifest, digest: str) -> None:
+        """``digest``: the sha256 ``_assemble`` computed while it wrote the assembled file (only this worker
+        writes it: a chunk re-delivered meanwhile cannot change what was verified)."""
         if digest != m.sha256:
             raise ReleaseError(f"wrong hash: sha256 of the release is {digest[:16]}…, the manifest says "
                                f"{m.sha256[:16]}…", retry=True)
@@ -990,12 +1031,14 @@ class ReleaseManager:
             raise ReleaseError(f"bad signature: not signed by the provisioned key{other}", unsigned=True) from None
 
     # -- snapshots -----------------------------------------------------------------------------
-    def _apply(self, m: ReleaseManifest, blob: bytes) -> None:
+    def _apply(self, m: ReleaseManifest, assembled: Path) -> None:
         schema = SNAPSHOTS.get(m.kind)
         if schema is None:
             raise ReleaseError(f"unknown release kind {m.kind!r}")
         try:
-            data = zlib.decompress(blob) if m.format == "json+zlib" else blob
+            # the compressed release is streamed from its file; the JSON it holds is parsed whole (the snapshot
+            # schema validates one document)
+            data = _inflate(assembled) if m.format == "json+zlib" else assembled.read_bytes()
             snap = schema.model_validate_json(data)
         except (zlib.error, ValidationError) as exc:
             detail = describe_error(exc) if isinstance(exc, ValidationError) else str(exc)
@@ -1006,7 +1049,7 @@ class ReleaseManager:
         self.report(m.kind, m.version, "applied", True, "snapshot applied")
 
     # -- models --------------------------------------------------------------------------------
-    def _unpack(self, m: ReleaseManifest, blob: bytes) -> Path:
+    def _unpack(self, m: ReleaseManifest, assembled: Path) -> Path:
         final = self.models_dir / m.version
         if final.exists() and self._intact(final):
             return final
@@ -1015,15 +1058,15 @@ class ReleaseManager:
         tmp.mkdir(parents=True)
         if m.format == "tar":
             try:
-                with tarfile.open(fileobj=io.BytesIO(blob)) as tf:
+                with tarfile.open(assembled) as tf:  # read from the file, member by member, in blocks
                     for member in tf.getmembers():
                         if not (member.isfile() or member.isdir()):
                             raise ReleaseError(f"model archive holds a non-file entry {member.name!r}")
                     tf.extractall(tmp, filter="data")
             except tarfile.TarError as exc:
                 raise ReleaseError(f"model archive unreadable: {exc}") from None
-        else:
-            (tmp / "model.tflite").write_bytes(blob)
+        else:  # the assembled file is the model: moved, not copied
+            _move(assembled, tmp / "model.tflite")
         files = _tree_digest(tmp)
         (tmp / "files.json").write_text(json.dumps({"version": m.version, "sha256": m.sha256, "files": files}))
         for p in tmp.rglob("*"):
@@ -1051,8 +1094,8 @@ class ReleaseManager:
         except Exception as exc:
             raise ReleaseError(f"the model does not load: {exc}") from None
 
-    def _install_model(self, m: ReleaseManifest, blob: bytes) -> None:
-        path = self._unpack(m, blob)
+    def _install_model(self, m: ReleaseManifest, assembled: Path) -> None:
+        path = self._unpack(m, assembled)
         self.report("model", m.version, "staged", True, f"unpacked to {path.name}")
         new = self._load(path)
         self.report("model", m.version, "loaded", True, f"loaded beside {self._serving_version()}")
@@ -1167,6 +1210,29 @@ class ReleaseManager:
     def health(self) -> dict[str, Any]:
         return {"serving": self._serving_version(), "previous": self.previous.version if self.previous else None,
                 "marks": {k: v.version for k, v in sorted(self.marks.items())}, **self.stats}
+
+
+def _inflate(path: Path) -> bytearray:
+    """A zlib-compressed file, decompressed reading ``_READ`` bytes at a time (the compressed copy is never whole
+    in RAM)."""
+    z = zlib.decompressobj()
+    out = bytearray()
+    with open(path, "rb") as f:
+        while block := f.read(_READ):
+            out += z.decompress(block)
+    out += z.flush()
+    if not z.eof:
+        raise zlib.error("incomplete or truncated stream")
+    return out  # not copied to bytes: pydantic parses a bytearray as it is
+
+
+def _move(src: Path, dest: Path) -> None:
+    """Rename ``src`` to ``dest`` (the same file system: both under the data dir), else copy it in blocks."""
+    try:
+        os.replace(src, dest)
+    except OSError:
+        shutil.copyfile(src, dest)
+        src.unlink(missing_ok=True)
 
 
 def _unguard(model: Any) -> Any:
