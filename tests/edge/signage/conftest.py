@@ -2,6 +2,7 @@
 
 Tests talk to it the way screens and players do: HTTP, SSE, MQTT, a browser.
 Events go in through ``run.publish`` (thread-safe: scheduled on the node's loop).
+``kiosk(url)`` starts the kiosk launcher (deploy/shelfcast-kiosk) the way systemd does, with real Chromium.
 """
 
 from __future__ import annotations
@@ -10,7 +11,11 @@ import asyncio
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -24,6 +29,7 @@ from edge.app import Node
 from edge.config import NodeConfig, parse_config
 
 CHROMIUM = "/usr/bin/chromium"
+KIOSK_LAUNCHER = Path(__file__).resolve().parents[3] / "deploy" / "shelfcast-kiosk"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
@@ -129,3 +135,152 @@ def make_node(tmp_path: Path) -> Iterator[Callable[..., RunningNode]]:
     yield make
     for n in nodes:
         n.stop()
+
+
+KIOSK_WRAPPER = """#!{python}
+import os, sys
+args = [a for a in sys.argv[1:] if not a.startswith("--ozone-platform")]
+with open(os.environ["KIOSK_ARGS_FILE"], "a") as f:  # one line per browser start, its arguments NUL-separated
+    f.write("\\x00".join(args) + "\\n")
+os.execv({chromium!r}, [{chromium!r}, "--headless", "--no-sandbox", "--disable-gpu",
+         "--remote-debugging-port=" + os.environ["KIOSK_CDP_PORT"], *args])
+"""
+
+
+class Kiosk:
+    """deploy/shelfcast-kiosk, started as systemd would (its own process group, output to a log), as on a Pi with
+    a desktop session (``DISPLAY`` set: no ``cage``). ``chromium`` on its PATH is a small wrapper that starts
+    Debian's Chromium headless with a DevTools port on loopback, through which a test looks at the screen
+    (Playwright ``connect_over_cdp``)."""
+
+    def __init__(self, tmp: Path, chromium: str, url: str | None, cdp: int) -> None:
+        bindir = tmp / "bin"
+        bindir.mkdir(parents=True)
+        wrapper = bindir / "chromium"
+        wrapper.write_text(KIOSK_WRAPPER.format(python=sys.executable, chromium=chromium))
+        wrapper.chmod(0o755)
+        self.args_file = tmp / "chromium-args.txt"
+        self.cdp = cdp
+        self.run = tmp / "run"
+        env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "DISPLAY": ":kiosk-test",
+               "RUNTIME_DIRECTORY": str(self.run), "KIOSK_ARGS_FILE": str(self.args_file),
+               "KIOSK_CDP_PORT": str(self.cdp)}
+        env.pop("WAYLAND_DISPLAY", None)
+        env.pop("SHELFCAST_KIOSK_URL", None)
+        if url is not None:
+            env["SHELFCAST_KIOSK_URL"] = url
+        self.log_path = tmp / "kiosk.log"
+        self.log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
+        self.proc = subprocess.Popen(["sh", str(KIOSK_LAUNCHER)], env=env, stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.started = time.monotonic()
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def browser_starts(self) -> int:
+        return len(self.args_file.read_text().splitlines()) if self.args_file.exists() else 0
+
+    def last_args(self) -> list[str]:
+        """The arguments the launcher gave the browser it started last."""
+        return self.args_file.read_text().splitlines()[-1].split("\x00")
+
+    def screen(self, pw: Any, within: float = 20) -> Any:
+        """The page on screen now, over a fresh DevTools connection (a crashed page's old handle is dead); fails
+        if no browser shows up within ``within`` seconds."""
+        deadline = time.monotonic() + within
+        while True:
+            try:
+                b = pw.chromium.connect_over_cdp(f"http://127.0.0.1:{self.cdp}", timeout=2000)
+                pages = [p for c in b.contexts for p in c.pages]
+                if pages:
+                    return pages[0]
+            except Exception:
+                pass
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise AssertionError(f"no browser on the screen within {within:.0f} s (launcher exit code "
+                                     f"{self.proc.poll()}); its output: {self.output()[-800:]!r}")
+            time.sleep(0.3)
+
+    @staticmethod
+    def shown(page: Any) -> dict[str, Any]:
+        """What a shopper sees: the address, the page's text, and the signage page's mode and product."""
+        return dict(page.evaluate("""() => ({
+            url: location.href, text: document.body ? document.body.innerText : '',
+            card: !!document.getElementById('shelfcast-waiting'),
+            mode: (document.getElementById('app') || {dataset: {}}).dataset.mode || null,
+            link: (document.getElementById('app') || {dataset: {}}).dataset.link || null,
+            seq: (document.getElementById('app') || {dataset: {}}).dataset.seq || null,
+            mark: window.__kioskTestMark || null,
+            strip: !!document.querySelector('#app.strip'),
+            hero: (document.querySelector('#hero .name') || {}).textContent || '',
+            connects: window.__shelfcast ? window.__shelfcast.connects : null,
+            messages: window.__shelfcast ? window.__shelfcast.messages : null })"""))
+
+    def wait_for(self, pw: Any, what: str, check: Callable[[dict[str, Any]], bool], within: float) -> dict[str, Any]:
+        """Poll what the screen shows (a fresh connection each time) until ``check`` holds; fails naming it."""
+        deadline = time.monotonic() + within
+        last: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            try:
+                last = self.shown(self.screen(pw, within=max(1.0, deadline - time.monotonic())))
+                if check(last):
+                    return last
+            except AssertionError as exc:  # no browser at all (the launcher ended)
+                last = {"error": str(exc)[:300]}
+                break
+            except Exception as exc:  # the page is navigating or has just crashed
+                last = {"error": str(exc)[:200]}
+            time.sleep(0.3)
+        raise AssertionError(f"the screen did not show {what} within {within:.0f} s; it showed {last!r}; "
+                             f"the kiosk said: {self.output()[-1200:]!r}")
+
+    def chromium_processes(self) -> dict[int, str]:
+        """This kiosk's Chromium processes (its profile on the command line): pid -> command line (renderers
+        forked by the zygote rewrite theirs into one string)."""
+        found = {}
+        mark = f"--user-data-dir={self.run}/profile"
+        for d in Path("/proc").iterdir():
+            try:
+                cmd = (d / "cmdline").read_bytes().decode(errors="replace").replace("\x00", " ") + " "
+            except OSError:
+                continue
+            if d.name.isdigit() and mark + " " in cmd:
+                found[int(d.name)] = cmd
+        return found
+
+    def renderer_pids(self) -> list[int]:
+        return [p for p, c in self.chromium_processes().items() if " --type=renderer " in c]
+
+    def browser_pid(self) -> int:
+        pids = [p for p, c in self.chromium_processes().items() if " --type=" not in c
+                and "kiosk-watchdog.py" not in c]  # the watchdog's own arguments name the profile too
+        assert len(pids) == 1, f"not one Chromium browser process: {pids}"
+        return pids[0]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self.log.close()
+
+
+@pytest.fixture
+def kiosk(tmp_path: Path, chromium: str, free_port: Callable[[], int]) -> Iterator[Callable[[str | None], Kiosk]]:
+    """``kiosk(url)``: the kiosk launcher showing ``url`` (None: SHELFCAST_KIOSK_URL unset), stopped at the end.
+    Its helpers: ``screen(pw)``, ``shown(page)``, ``wait_for(pw, what, check, within)``, ``output()``,
+    ``browser_starts()``, ``last_args()``, ``browser_pid()``, ``renderer_pids()``, ``stop()``."""
+    started: list[Kiosk] = []
+
+    def start(url: str | None) -> Kiosk:
+        k = Kiosk(tmp_path / f"kiosk{len(started)}", chromium, url, free_port())
+        started.append(k)
+        return k
+
+    yield start
+    for k in started:
+        k.stop()

@@ -2,103 +2,20 @@
 
 The launcher runs as on a Pi with a desktop session (``DISPLAY`` set, so it execs the browser without
 ``cage``); ``chromium`` on its PATH is a small wrapper that starts Debian's Chromium headless with a DevTools
-port, so the test can look at the screen through Playwright (``connect_over_cdp``).
+port, so the test can look at the screen through Playwright (``connect_over_cdp``): the ``kiosk`` fixture, in
+conftest.py.
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 pytestmark = pytest.mark.browser
-
-LAUNCHER = Path(__file__).resolve().parents[3] / "deploy" / "shelfcast-kiosk"
-
-WRAPPER = """#!{python}
-import os, sys
-args = [a for a in sys.argv[1:] if not a.startswith("--ozone-platform")]
-with open(os.environ["KIOSK_ARGS_FILE"], "w") as f:
-    f.write("\\n".join(args))
-os.execv({chromium!r}, [{chromium!r}, "--headless", "--no-sandbox", "--disable-gpu",
-         "--remote-debugging-port=" + os.environ["KIOSK_CDP_PORT"], *args])
-"""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Kiosk:
-    def __init__(self, tmp: Path, chromium: str, url: str) -> None:
-        bindir = tmp / "bin"
-        bindir.mkdir(parents=True)
-        wrapper = bindir / "chromium"
-        wrapper.write_text(WRAPPER.format(python=sys.executable, chromium=chromium))
-        wrapper.chmod(0o755)
-        self.args_file = tmp / "chromium-args.txt"
-        self.cdp = free_port()
-        self.run = tmp / "run"
-        env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "DISPLAY": ":kiosk-test",
-               "SHELFCAST_KIOSK_URL": url, "RUNTIME_DIRECTORY": str(self.run),
-               "KIOSK_ARGS_FILE": str(self.args_file), "KIOSK_CDP_PORT": str(self.cdp)}
-        env.pop("WAYLAND_DISPLAY", None)
-        self.log_path = tmp / "kiosk.log"
-        self.log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
-        self.proc = subprocess.Popen(["sh", str(LAUNCHER)], env=env, stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        self.started = time.monotonic()
-
-    def screen(self, pw: Any, within: float) -> Any:
-        """The page on screen, via the browser's DevTools port (fails if no browser shows up in time)."""
-        deadline = self.started + within
-        while True:
-            try:
-                b = pw.chromium.connect_over_cdp(f"http://127.0.0.1:{self.cdp}", timeout=2000)
-                pages = [p for c in b.contexts for p in c.pages]
-                if pages:
-                    return pages[0]
-            except Exception:
-                pass
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise AssertionError(f"no browser on the screen {within:.0f} s after the kiosk started "
-                                     f"(launcher exit code {self.proc.poll()}); its output: "
-                                     f"{self.log_path.read_text()[-600:]!r}")
-            time.sleep(0.3)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        self.log.close()
-
-
-@pytest.fixture
-def kiosk(tmp_path: Path, chromium: str) -> Iterator[Callable[[str], Kiosk]]:
-    started: list[Kiosk] = []
-
-    def start(url: str) -> Kiosk:
-        k = Kiosk(tmp_path / f"kiosk{len(started)}", chromium, url)
-        started.append(k)
-        return k
-
-    yield start
-    for k in started:
-        k.stop()
 
 
 def text_of(page: Any) -> str:
@@ -109,7 +26,7 @@ def text_of(page: Any) -> str:
 
 
 def test_kiosk_shows_a_welcome_card_before_the_node_is_up_then_the_page(
-        kiosk: Callable[[str], Kiosk], make_node: Callable[..., Any]) -> None:
+        kiosk: Any, make_node: Callable[..., Any], free_port: Callable[[], int]) -> None:
     from playwright.sync_api import sync_playwright
 
     port = free_port()
@@ -124,7 +41,7 @@ def test_kiosk_shows_a_welcome_card_before_the_node_is_up_then_the_page(
         assert page.url.startswith("file://"), page.url
         assert "Welcome" in text_of(page) and "can't be reached" not in text_of(page)
         assert url in text_of(page)  # the technician's line names what it waits for
-        args = k.args_file.read_text().splitlines()
+        args = k.last_args()
         assert "--kiosk" in args and args[-1] == f"file://{k.run}/waiting.html"
         # the node comes up (late, on its port): the screen switches to the signage page by itself
         t0 = time.monotonic()
@@ -137,7 +54,7 @@ def test_kiosk_shows_a_welcome_card_before_the_node_is_up_then_the_page(
 
 @pytest.mark.parametrize("bad", ["127.0.0.1:8080/screens/dairy-screen", "http://127.0.0.1:8080/screens/my screen",
                                  "http://x/\"</script>"])
-def test_kiosk_refuses_a_url_it_cannot_open_and_names_the_fix(kiosk: Callable[[str], Kiosk], bad: str) -> None:
+def test_kiosk_refuses_a_url_it_cannot_open_and_names_the_fix(kiosk: Any, bad: str) -> None:
     k = kiosk(bad)
     try:
         rc = k.proc.wait(10)
