@@ -56,6 +56,7 @@ __all__ = [
     "check_customer_salt",
     "check_data_dir",
     "check_database",
+    "check_kiosk",
     "check_model",
     "check_power",
     "check_sd_card",
@@ -900,6 +901,54 @@ def check_signage(cfg: NodeConfig, timeout_s: float = 2.0) -> Check:
     return _ok("signage", detail + "; the kiosk unit shows the page on the attached screen")
 
 
+KIOSK_UNIT = "shelfcast-kiosk.service"
+KIOSK_ENV = Path("/etc/shelfcast/kiosk.env")
+
+
+def _env_file_value(text: str, key: str) -> str:
+    """``key``'s value in a systemd ``EnvironmentFile=`` (comments skipped, quotes taken off, the last one wins)."""
+    value = ""
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line[0] in "#;" or "=" not in line:
+            continue
+        k, v = line.split("=", 1)
+        if k.strip() == key:
+            v = v.strip()
+            value = v[1:-1] if len(v) >= 2 and v[0] == v[-1] and v[0] in "\"'" else v
+    return value
+
+
+def check_kiosk(cfg: NodeConfig | None, root: Path = Path("/")) -> Check:
+    """An enabled kiosk unit with no SHELFCAST_KIOSK_URL shows only the welcome card (deploy/shelfcast-kiosk)."""
+    units = root / "etc" / "systemd" / "system"
+    if not any((root / d / KIOSK_UNIT).exists() for d in ("etc/systemd/system", "lib/systemd/system",
+                                                          "usr/lib/systemd/system")):
+        return Check("kiosk", "skip", f"{KIOSK_UNIT} is not installed (no screen wired to this node)", "")
+    if not any(os.path.lexists(d / KIOSK_UNIT) for d in units.glob("*.wants")):  # `systemctl enable`'s link
+        return Check("kiosk", "skip", f"{KIOSK_UNIT} is installed but not enabled: the attached screen shows "
+                                      "nothing (`sudo systemctl enable --now shelfcast-kiosk` to show the page)", "")
+    try:
+        url = _env_file_value((root / KIOSK_ENV.relative_to("/")).read_text(errors="replace"),
+                              "SHELFCAST_KIOSK_URL")
+        missing = "has no SHELFCAST_KIOSK_URL"
+    except FileNotFoundError:
+        url, missing = "", "does not exist, so there is no SHELFCAST_KIOSK_URL"
+    except OSError as exc:
+        return Check("kiosk", "warn", f"cannot read {KIOSK_ENV} as {_whoami()} ({exc.strerror or exc})",
+                     "run the doctor with sudo: `sudo shelfcast doctor`")
+    if url:
+        return _ok("kiosk", f"{KIOSK_UNIT} enabled; it shows {url} ({KIOSK_ENV})")
+    port = cfg.signage.port if cfg is not None and cfg.signage.port else 8080
+    ids = [s.id for s in cfg.layout.screens] if cfg is not None else []
+    screen = ids[0] if len(ids) == 1 else "<screen id>"
+    choose = f" (the config's screens: {', '.join(ids)})" if len(ids) > 1 else ""
+    return Check("kiosk", "warn", f"{KIOSK_UNIT} is enabled but {KIOSK_ENV} {missing}: the attached screen "
+                                  "shows only the welcome card",
+                 f"add the line SHELFCAST_KIOSK_URL=http://127.0.0.1:{port}/screens/{screen} to {KIOSK_ENV}"
+                 f"{choose}, then `sudo systemctl restart shelfcast-kiosk`")
+
+
 # -- driver --------------------------------------------------------------------------------------------
 
 
@@ -913,7 +962,8 @@ def _guard(name: str, fn: Callable[[], Check | list[Check]]) -> list[Check]:
 
 
 def run_checks(config_path: Path, *, access: Callable[[str, int], bool] = os.access, broker_timeout_s: float = 3.0,
-               query_firmware: bool = True, throttle_sysfs: Path = THROTTLE_SYSFS) -> list[Check]:
+               query_firmware: bool = True, throttle_sysfs: Path = THROTTLE_SYSFS, root: Path = Path("/")
+               ) -> list[Check]:
     cfg_check, cfg = check_config(config_path)
     checks = [cfg_check]
     if cfg is None:
@@ -932,6 +982,7 @@ def run_checks(config_path: Path, *, access: Callable[[str, int], bool] = os.acc
         checks += _guard("camera", lambda: check_camera(cfg))
         checks += _guard("brokers", lambda: check_brokers(cfg, broker_timeout_s))
         checks += _guard("signage", lambda: check_signage(cfg))
+    checks += _guard("kiosk", lambda: check_kiosk(cfg, root))
     checks += _guard("clock", check_clock)
     checks += _guard("power", lambda: check_power(throttle_sysfs))
     checks += _guard("sd_card", check_sd_card)
