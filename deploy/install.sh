@@ -563,6 +563,11 @@ say "done: ShelfCast $("$PY" -c 'import edge; print(edge.__version__)') in $R$VE
 # the config was validated above; which store it names decides the next step (a re-run after step 3 of the
 # guide, an upgrade or a restored /etc/shelfcast is provisioned already: provisioning again is not the advice)
 STORE="$("$PY" -c 'import sys, yaml; print(((yaml.safe_load(open(sys.argv[1])) or {}).get("node") or {}).get("store_id") or "unprovisioned")' "$R$CONFIG" 2>/dev/null || echo unprovisioned)"
+if [ "$WITH_KIOSK" = 1 ] && ! grep -Eqs '^[[:space:]]*SHELFCAST_KIOSK_URL=[[:space:]]*[^[:space:]"'"'"']' "$R$CONFDIR/kiosk.env"; then
+    # the kiosk unit is enabled but has no page to show: the attached screen keeps the welcome card (90d0c6e)
+    echo "    screen: the attached screen shows a welcome card until /etc/shelfcast/kiosk.env has the line" \
+         "SHELFCAST_KIOSK_URL=http://127.0.0.1:8080/screens/<screen id>; then sudo systemctl restart shelfcast-kiosk"
+fi
 if [ "$STORE" = unprovisioned ]; then
     echo "    next: sudo shelfcast provision, then shelfcast doctor (docs: $PREFIX/share/doc/technician-guide.md)"
 else
