@@ -123,15 +123,7 @@ def test_without_a_cloud_link_a_checkin_works_as_before(tmp_path: Path, node_pro
     assert "refused" not in out
 
 
-def doctor_json(cfg: Path) -> dict[str, dict[str, str]]:
-    r = subprocess.run([sys.executable, "-m", "edge.doctor", "doctor", "--config", str(cfg), "--json",
-                        "--no-firmware", "--timeout", "1"], capture_output=True, text=True, timeout=120, env=ENV,
-                       cwd=ROOT)
-    assert r.returncode in (1, 2), r.stderr  # other checks fail on a test machine (no node running)
-    return {c["name"]: c for c in json.loads(r.stdout)["checks"]}
-
-
-def test_doctor_says_checkins_are_refused(tmp_path: Path, demo_yaml: Any) -> None:
+def test_doctor_says_checkins_are_refused(tmp_path: Path, demo_yaml: Any, doctor_json: Any) -> None:
     c = doctor_json(node_config(demo_yaml, tmp_path, 8080, "mqtts://cloud.example.com:8883"))["customer_salt"]
     assert c["status"] == "warn", c  # the node still serves and syncs: a warning, as without the cloud link
     assert "POST /api/checkin" in c["detail"] and "refused" in c["detail"], c

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -27,15 +28,7 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
-def doctor_json(cfg: Path) -> dict[str, dict[str, str]]:
-    r = subprocess.run([sys.executable, "-m", "edge.doctor", "doctor", "--config", str(cfg), "--json",
-                        "--no-firmware", "--timeout", "1"], capture_output=True, text=True, timeout=120, env=ENV,
-                       cwd=ROOT)
-    assert r.returncode in (1, 2), r.stderr  # other checks fail on a test machine (no node running)
-    return {c["name"]: c for c in json.loads(r.stdout)["checks"]}
-
-
-def test_doctor_warns_on_the_demo_salt_and_names_the_fix(tmp_path: Path) -> None:
+def test_doctor_warns_on_the_demo_salt_and_names_the_fix(tmp_path: Path, doctor_json: Any) -> None:
     cfg = write(tmp_path / "n.yaml", f"node:\n  data_dir: {tmp_path}\nshelves:\n  enabled: false\n")
     c = doctor_json(cfg)["customer_salt"]
     assert c["status"] == "warn", c
@@ -43,7 +36,7 @@ def test_doctor_warns_on_the_demo_salt_and_names_the_fix(tmp_path: Path) -> None
     assert "shelfcast provision --customer-salt FILE" in c["fix"]
 
 
-def test_doctor_passes_with_the_retailers_salt_from_a_file(tmp_path: Path) -> None:
+def test_doctor_passes_with_the_retailers_salt_from_a_file(tmp_path: Path, doctor_json: Any) -> None:
     salt = write(tmp_path / "customer-salt", RETAILER_SALT + "\n")
     cfg = write(tmp_path / "n.yaml", f"node:\n  data_dir: {tmp_path}\nshelves:\n  enabled: false\n"
                                      f"fusion:\n  customer_salt: file:{salt}\n")
@@ -93,7 +86,7 @@ def checkin_hash(salt: str, raw_id: str = "LOYALTY-0042") -> str:
     return checkin_customer(salt, raw_id)
 
 
-def test_provision_with_customer_salt_sets_the_retailers_salt(tmp_path: Path) -> None:
+def test_provision_with_customer_salt_sets_the_retailers_salt(tmp_path: Path, doctor_json: Any) -> None:
     src = write(tmp_path / "acme.salt", RETAILER_SALT + "\n")
     r = provision(tmp_path, "--customer-salt", str(src))
     assert r.returncode == 0, r.stderr
