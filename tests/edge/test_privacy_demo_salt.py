@@ -33,13 +33,6 @@ TOKEN = "tok-demo-salt-0123456789abcdef"
 FIX = "shelfcast provision --customer-salt FILE"
 
 
-def free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def node_config(demo_yaml: Any, d: Path, port: int, cloud: str | None) -> Path:
     """The demo store, no fusion.customer_salt (the demo salt), an admin token, and a cloud link or none."""
     (d / "token").write_text(TOKEN + "\n")
@@ -63,7 +56,7 @@ def http(port: int, path: str, body: dict[str, Any] | None = None) -> tuple[int,
 
 def test_with_a_cloud_link_raw_checkins_are_refused_and_the_rest_works(tmp_path: Path, mosquitto: Any,
                                                                        node_process: Any, demo_yaml: Any,
-                                                                       mqtt_spy: Any) -> None:
+                                                                       mqtt_spy: Any, free_port: Any) -> None:
     port = free_port()
     cfg = node_config(demo_yaml, tmp_path, port, mosquitto.url)
     spy = mqtt_spy(mosquitto.port)
@@ -110,7 +103,8 @@ def test_with_a_cloud_link_raw_checkins_are_refused_and_the_rest_works(tmp_path:
     assert len(warn) == 1 and "WARNING" in warn[0] and "refused" in warn[0] and FIX in warn[0], out
 
 
-def test_without_a_cloud_link_a_checkin_works_as_before(tmp_path: Path, node_process: Any, demo_yaml: Any) -> None:
+def test_without_a_cloud_link_a_checkin_works_as_before(tmp_path: Path, node_process: Any, demo_yaml: Any,
+                                                        free_port: Any) -> None:
     port = free_port()
     p = node_process.start(node_config(demo_yaml, tmp_path, port, None))
     try:

@@ -22,13 +22,6 @@ SALT = "acme-privacy-salt-7f3c9e1d2b4a68f0e5c1"
 TOKEN = "tok-privacy-0123456789abcdef"
 
 
-def free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def node_config(demo_yaml: Any, tmp_path: Path, broker_url: str, port: int) -> Path:
     (tmp_path / "salt").write_text(SALT + "\n")
     (tmp_path / "token").write_text(TOKEN + "\n")
@@ -49,7 +42,7 @@ def http(port: int, path: str, body: dict[str, Any] | None = None) -> bytes:
 
 
 def test_a_raw_loyalty_id_and_the_salt_never_leave_their_place(tmp_path: Path, mosquitto: Any, node_process: Any,
-                                                               demo_yaml: Any, mqtt_spy: Any) -> None:
+                                                               demo_yaml: Any, mqtt_spy: Any, free_port: Any) -> None:
     port = free_port()
     cfg = node_config(demo_yaml, tmp_path, mosquitto.url, port)
     spy = mqtt_spy(mosquitto.port, "#")
