@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -55,6 +56,27 @@ def browser(chromium: str) -> Iterator[Any]:
             yield b
         finally:
             b.close()
+
+
+def _lan_address() -> str | None:
+    """A non-loopback IPv4 address of this machine (the source address of its default route), or None."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.123", 9))  # TEST-NET-1: nothing is sent
+            addr = str(s.getsockname()[0])
+        except OSError:
+            return None
+    return None if addr.startswith("127.") or addr == "0.0.0.0" else addr
+
+
+@pytest.fixture
+def lan() -> str:
+    """A non-loopback IPv4 address of this machine, to bind a node to and connect from as a device on the store
+    network would (the node's own loopback clients are treated apart); skips on a machine without one."""
+    addr = _lan_address()
+    if addr is None:
+        pytest.skip("this machine has no non-loopback IPv4 address to connect from")
+    return addr
 
 
 def demo_config(tmp: Path, mqtt_url: str | None = None, extra_screens: tuple[dict[str, Any], ...] = (),

@@ -35,31 +35,6 @@ TOKEN = "connections-token-5e1f9a2c7b"
 SCREEN = "dairy-screen"
 
 
-def _lan_address() -> str | None:
-    """A non-loopback IPv4 address of this machine (the source address of its default route), or None."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.connect(("192.0.2.123", 9))  # TEST-NET-1: nothing is sent
-            addr = str(s.getsockname()[0])
-        except OSError:
-            return None
-    return None if addr.startswith("127.") or addr == "0.0.0.0" else addr
-
-
-@pytest.fixture
-def lan() -> str:
-    addr = _lan_address()
-    if addr is None:
-        pytest.skip("this machine has no non-loopback IPv4 address to connect from")
-    return addr
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _connect(host: str, port: int, source: str | None = None) -> socket.socket:
     s = socket.socket()
     if source is not None:
@@ -138,9 +113,10 @@ def _fds(pid: int) -> int:
 
 
 def test_a_flood_of_idle_sockets_from_one_device_is_capped_and_the_screens_keep_updating(
-        tmp_path: Path, node_process: Any, lan: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, node_process: Any, lan: str, monkeypatch: pytest.MonkeyPatch,
+        free_port: Callable[[], int]) -> None:
     monkeypatch.setitem(node_process.env, "SC_CONN_TOKEN", TOKEN)
-    port = _free_port()
+    port = free_port()
     p = node_process.start(_node_config(tmp_path, port, max_connections_per_ip=24))
     node_process.wait_running(p)
     assert _wait(lambda: _http(f"http://127.0.0.1:{port}/api/health")[0] == 200, timeout=30)
