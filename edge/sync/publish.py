@@ -24,6 +24,8 @@ import tarfile
 import threading
 import time
 import zlib
+from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,7 @@ from edge.sync.topics import Topics
 __all__ = ["Release", "build_release", "keygen", "load_private_key", "publish_release"]
 
 DEFAULT_CHUNK = 120 * 1024  # + header + topic stays under 128 KB
+WINDOW = 32  # chunks sent and not yet acknowledged by the broker (the rest are made as these are acknowledged)
 
 
 @dataclass(frozen=True)
@@ -49,10 +52,14 @@ class Release:
     chunk_size: int
 
     def chunks(self) -> list[bytes]:
+        return list(self.iter_chunks())
+
+    def iter_chunks(self) -> Iterator[bytes]:
+        """The chunks one at a time (``publish_release`` sends them so: never all of them in RAM at once)."""
         m = self.manifest
         size = self.chunk_size
-        return [pack_chunk(m["kind"], m["version"], i, m["chunks"], self.blob[i * size:(i + 1) * size])
-                for i in range(m["chunks"])]
+        for i in range(m["chunks"]):
+            yield pack_chunk(m["kind"], m["version"], i, m["chunks"], self.blob[i * size:(i + 1) * size])
 
 
 def keygen(out_dir: Path, name: str = "release-signing") -> tuple[Path, Path]:
@@ -153,7 +160,9 @@ def publish_release(settings: LinkSettings, topics: Topics, release: Release, *,
                     chunk_interval_s: float = 0.0, retain: bool = True, timeout: float = 30.0,
                     manifest_first: bool = False, stale_wait_s: float = 0.5) -> dict[str, Any]:
     """Publish the chunks, then the manifest (QoS 1, retained), waiting for every PUBACK; clear the chunk topics
-    the retained release of that kind used beyond this one's count. Raises RuntimeError.
+    the retained release of that kind used beyond this one's count. Raises RuntimeError: the broker acknowledged
+    nothing for ``timeout`` seconds. At most ``WINDOW`` chunks wait for their PUBACK at a time, so the chunks of
+    a big release are never all in RAM (paho keeps every unacknowledged message).
 
     ``manifest_first``: the order before 2026-12-01 (a node online then downloads the previous release's
     retained chunks too; kept for tests of a slow upload). ``retain=False`` reaches only nodes that listen to
@@ -173,24 +182,34 @@ def publish_release(settings: LinkSettings, topics: Topics, release: Release, *,
         body = manifest if isinstance(manifest, bytes) else json.dumps(manifest or release.manifest).encode()
         manifest_topic = topics.release_manifest(kind, everyone=everyone)
         old_count = _retained_chunk_count(c, manifest_topic, stale_wait_s) if retain and stale_wait_s > 0 else 0
-        infos = []
+        infos: deque[mqtt.MQTTMessageInfo] = deque()
+
+        def settle(keep: int) -> None:
+            """Wait until at most ``keep`` messages are unacknowledged (each may take ``timeout``)."""
+            while len(infos) > keep:
+                info = infos[0]
+                info.wait_for_publish(timeout)
+                if not info.is_published():
+                    raise RuntimeError(f"broker {settings.host}:{settings.port} did not acknowledge the release "
+                                       f"in {timeout:.0f} s")
+                infos.popleft()
+
         if manifest_first:
             infos.append(c.publish(manifest_topic, body, qos=1, retain=retain))
-        payloads = chunks if chunks is not None else release.chunks()
+        payloads: Iterable[bytes] = chunks if chunks is not None else release.iter_chunks()
+        sent = 0
         for i, payload in enumerate(payloads):
             if chunk_interval_s:
                 time.sleep(chunk_interval_s)
             infos.append(c.publish(topics.release_chunk(kind, i, everyone=everyone), payload, qos=1, retain=retain))
-        for i in range(max(len(payloads), release.manifest["chunks"]), old_count):  # the previous release's rest
+            sent += 1
+            settle(WINDOW)
+        for i in range(max(sent, release.manifest["chunks"]), old_count):  # the previous release's rest
             infos.append(c.publish(topics.release_chunk(kind, i, everyone=everyone), b"", qos=1, retain=True))
+            settle(WINDOW)
         if not manifest_first:  # the broker handles one client's messages in order: the chunks are retained first
             infos.append(c.publish(manifest_topic, body, qos=1, retain=retain))
-        deadline = time.monotonic() + timeout
-        for info in infos:
-            info.wait_for_publish(max(0.1, deadline - time.monotonic()))
-            if not info.is_published():
-                raise RuntimeError(f"broker {settings.host}:{settings.port} did not acknowledge the release in "
-                                   f"{timeout:.0f} s")
+        settle(0)
     finally:
         c.disconnect()
         c.loop_stop()

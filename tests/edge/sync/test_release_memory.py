@@ -190,3 +190,38 @@ def test_the_room_check_at_the_announcement_counts_the_assembled_file(tmp_path: 
         assert not (tiny_disk / "sync" / "staging" / "model" / "v2").exists()
     finally:
         rm.close()
+
+
+PUBLISHER = """
+import sys, time
+from pathlib import Path
+from edge.sync.link import LinkSettings
+from edge.sync.publish import build_release, load_private_key, publish_release
+from edge.sync.topics import Topics
+
+def hwm():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+
+rel = build_release("model", Path(sys.argv[1]), "v2", load_private_key(Path(sys.argv[2])))
+before = hwm()
+publish_release(LinkSettings(url=sys.argv[3], client_id="pub-mem"), Topics("shelfcast/v1", "s1", "node-1"), rel,
+                timeout=120)
+print(before, hwm())
+"""
+
+
+@pytest.mark.slow
+def test_publishing_a_100mb_release_does_not_hold_its_chunks_in_ram(
+        mosquitto: Any, keys: Any, fakes: Any, big_dir: Path) -> None:
+    """The publisher (``shelfcast model publish``) holds the release once, not its chunks as well: paho keeps
+    every message until its PUBACK, so at most a window of chunks waits for one."""
+    src, _ = big_model_dir(fakes, big_dir / "v2", "v2", 100)
+    out = subprocess.run([sys.executable, "-c", PUBLISHER, str(src), str(keys.private_path), mosquitto.url],
+                         capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-2000:]
+    before, after = (int(x) for x in out.stdout.split())
+    print(f"publisher VmHWM grew {(after - before) / MB:.1f} MB publishing a 100 MB release")
+    assert after - before < 32 * MB, f"the publisher's peak RSS grew {(after - before) / MB:.0f} MB publishing " \
+                                     "a 100 MB release (its chunks were all in RAM)"
