@@ -79,6 +79,74 @@ def lan() -> str:
     return addr
 
 
+class SseStream:
+    """A screen's SSE stream on a raw socket (HTTP/1.1, chunked: the frames are read as plain text), from
+    ``source`` when given (a device on the store network). ``status`` and ``head`` are the response's; ``buf`` is
+    everything read so far."""
+
+    def __init__(self, host: str, port: int, screen: str = "dairy-screen", source: str | None = None) -> None:
+        self.sock = socket.socket()
+        if source is not None:
+            self.sock.bind((source, 0))
+        self.sock.settimeout(10)
+        self.sock.connect((host, port))
+        self.sock.sendall(f"GET /api/screens/{screen}/stream HTTP/1.1\r\nHost: x\r\n"
+                          "Accept: text/event-stream\r\n\r\n".encode())
+        self.buf = b""
+        assert self._read(b"\r\n\r\n", 0, 10), f"no response head within 10 s: {self.buf[:300]!r}"
+        head = self.buf.split(b"\r\n\r\n", 1)[0]
+        self.status = int(head.split(b" ", 2)[1])
+        self.head = head.decode("latin-1")
+
+    def _read(self, needle: bytes, start: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while needle not in self.buf[start:] and time.monotonic() < deadline:
+            self.sock.settimeout(max(0.05, deadline - time.monotonic()))
+            try:
+                chunk = self.sock.recv(65536)
+            except TimeoutError:
+                continue
+            if not chunk:
+                break
+            self.buf += chunk
+        return needle in self.buf[start:]
+
+    def wait_for(self, needle: bytes, timeout: float = 10) -> bool:
+        """``needle`` anywhere in what was read, reading on for up to ``timeout`` seconds."""
+        return self._read(needle, 0, timeout)
+
+    def more(self, needle: bytes, timeout: float = 10) -> bool:
+        """``needle`` in what arrives from now on, within ``timeout`` seconds."""
+        return self._read(needle, len(self.buf), timeout)
+
+    def refused_body(self) -> bytes:
+        """The rest of a refused response, until the server closes the connection."""
+        self.sock.settimeout(10)
+        while chunk := self.sock.recv(65536):
+            self.buf += chunk
+        return self.buf.split(b"\r\n\r\n", 1)[1]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def sse_stream() -> Iterator[Callable[..., SseStream]]:
+    """``sse_stream(host, port, screen="dairy-screen", source=None)``: a screen's live stream on a raw socket
+    (``status``, ``head``, ``buf``, ``wait_for(needle)``, ``more(needle)``, ``refused_body()``, ``close()``);
+    any left open are closed at the end."""
+    opened: list[SseStream] = []
+
+    def open_stream(host: str, port: int, screen: str = "dairy-screen", source: str | None = None) -> SseStream:
+        st = SseStream(host, port, screen, source)
+        opened.append(st)
+        return st
+
+    yield open_stream
+    for st in opened:
+        st.close()
+
+
 def demo_config(tmp: Path, mqtt_url: str | None = None, extra_screens: tuple[dict[str, Any], ...] = (),
                 **signage: Any) -> NodeConfig:
     raw = parse_config(resources.files("edge").joinpath("data/demo_store.yaml").read_text()).model_dump(by_alias=True)

@@ -62,31 +62,6 @@ def _wait(pred: Callable[[], bool], timeout: float = 10) -> bool:
     return pred()
 
 
-class Stream:
-    """A screen's SSE stream on a raw socket; ``frames`` counts the recommendation frames read so far."""
-
-    def __init__(self, host: str, port: int, source: str | None = None) -> None:
-        self.sock = _connect(host, port, source)
-        self.sock.sendall(f"GET /api/screens/{SCREEN}/stream HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-        self.buf = b""
-        assert self.more(b"event: recommendations"), self.buf[:300]
-        assert self.buf.startswith(b"HTTP/1.1 200"), self.buf[:300]
-
-    def more(self, needle: bytes, timeout: float = 10) -> bool:
-        deadline = time.monotonic() + timeout
-        start = len(self.buf)
-        while needle not in self.buf[start:] and time.monotonic() < deadline:
-            self.sock.settimeout(max(0.05, deadline - time.monotonic()))
-            try:
-                chunk = self.sock.recv(65536)
-            except TimeoutError:
-                continue
-            if not chunk:
-                break
-            self.buf += chunk
-        return needle in self.buf[start:]
-
-
 def _http(url: str, method: str = "GET", headers: dict[str, str] | None = None) -> tuple[int, str]:
     req = urllib.request.Request(url, method=method, headers=headers or {}, data=b"" if method == "POST" else None)
     try:
@@ -114,14 +89,16 @@ def _fds(pid: int) -> int:
 
 def test_a_flood_of_idle_sockets_from_one_device_is_capped_and_the_screens_keep_updating(
         tmp_path: Path, node_process: Any, lan: str, monkeypatch: pytest.MonkeyPatch,
-        free_port: Callable[[], int]) -> None:
+        free_port: Callable[[], int], sse_stream: Any) -> None:
     monkeypatch.setitem(node_process.env, "SC_CONN_TOKEN", TOKEN)
     port = free_port()
     p = node_process.start(_node_config(tmp_path, port, max_connections_per_ip=24))
     node_process.wait_running(p)
     assert _wait(lambda: _http(f"http://127.0.0.1:{port}/api/health")[0] == 200, timeout=30)
-    screen_lan = Stream(lan, port, source=lan)  # a screen on the store network, connected before the flood
-    screen_local = Stream("127.0.0.1", port)  # the node's own kiosk
+    screen_lan = sse_stream(lan, port, source=lan)  # a screen on the store network, connected before the flood
+    screen_local = sse_stream("127.0.0.1", port)  # the node's own kiosk
+    for st in (screen_lan, screen_local):
+        assert st.status == 200 and st.wait_for(b"event: recommendations"), st.buf[:300]
     base = _fds(p.pid)
 
     # one device opens 400 sockets that never send a byte (the node answers nothing until a request is whole)

@@ -24,56 +24,12 @@ TOKEN = "limits-token-3c9d1a7e5b"
 SCREEN = "dairy-screen"
 
 
-def _recv_until(s: socket.socket, sep: bytes, timeout: float = 10) -> bytes:
-    s.settimeout(timeout)
-    buf = b""
-    while sep not in buf:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        buf += chunk
-    return buf
-
-
 def _recv_all(s: socket.socket, timeout: float = 10) -> bytes:
     s.settimeout(timeout)
     buf = b""
     while chunk := s.recv(65536):
         buf += chunk
     return buf
-
-
-class Stream:
-    """A screen's SSE stream on a raw socket (HTTP/1.1, chunked: the frames are read as plain text)."""
-
-    def __init__(self, host: str, port: int, screen: str = SCREEN) -> None:
-        self.sock = socket.create_connection((host, port), timeout=10)
-        self.sock.sendall(f"GET /api/screens/{screen}/stream HTTP/1.1\r\nHost: x\r\n"
-                          "Accept: text/event-stream\r\n\r\n".encode())
-        self.buf = _recv_until(self.sock, b"\r\n\r\n")
-        head = self.buf.split(b"\r\n\r\n", 1)[0]
-        self.status = int(head.split(b" ", 2)[1])
-        self.head = head.decode("latin-1")
-
-    def wait_for(self, needle: bytes, timeout: float = 10) -> bool:
-        deadline = time.monotonic() + timeout
-        while needle not in self.buf and time.monotonic() < deadline:
-            self.sock.settimeout(max(0.05, deadline - time.monotonic()))
-            try:
-                chunk = self.sock.recv(65536)
-            except TimeoutError:
-                continue
-            if not chunk:
-                break
-            self.buf += chunk
-        return needle in self.buf
-
-    def refused_body(self) -> bytes:
-        """The rest of a refused response, until the server closes the connection."""
-        return (self.buf + _recv_all(self.sock)).split(b"\r\n\r\n", 1)[1]
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def _wait(pred: Callable[[], bool], timeout: float = 10) -> bool:
@@ -84,12 +40,12 @@ def _wait(pred: Callable[[], bool], timeout: float = 10) -> bool:
 
 
 def test_streams_past_the_total_cap_are_a_503_and_the_connected_screens_keep_working(
-        make_node: Callable[..., Any]) -> None:
+        make_node: Callable[..., Any], sse_stream: Any) -> None:
     n = make_node(max_streams=3)
-    streams = [Stream("127.0.0.1", n.port) for _ in range(3)]
+    streams = [sse_stream("127.0.0.1", n.port) for _ in range(3)]
     assert [s.status for s in streams] == [200, 200, 200]
     assert all(s.wait_for(b"event: recommendations") for s in streams)
-    over = Stream("127.0.0.1", n.port)
+    over = sse_stream("127.0.0.1", n.port)
     assert over.status == 503, over.head
     assert "Retry-After:" in over.head
     body = over.refused_body().decode()  # the server closes the refused connection: this returns
@@ -105,7 +61,7 @@ def test_streams_past_the_total_cap_are_a_503_and_the_connected_screens_keep_wor
     # a screen that goes away frees its slot
     streams.pop().close()
     assert _wait(lambda: n.sync(n.node.signage.hub.count) == 2)
-    again = Stream("127.0.0.1", n.port)
+    again = sse_stream("127.0.0.1", n.port)
     assert again.status == 200
     for s in (*streams, again, over):
         s.close()
@@ -119,27 +75,29 @@ def test_streams_past_the_total_cap_are_a_503_and_the_connected_screens_keep_wor
     assert n.sync(lambda: hub.per_peer) == {}
 
 
-def test_a_stream_closed_right_after_its_headers_frees_its_slot_at_once(make_node: Callable[..., Any]) -> None:
+def test_a_stream_closed_right_after_its_headers_frees_its_slot_at_once(make_node: Callable[..., Any],
+                                                                        sse_stream: Any) -> None:
     # asyncio.wait_for on 3.11 lost the cancellation of a client gone during its first frame: it stayed counted
     # (and held a slot) until the next ping, 15 s later
     n = make_node(max_streams=3)
     for _ in range(30):
-        s = Stream("127.0.0.1", n.port)
+        s = sse_stream("127.0.0.1", n.port)
         assert s.status == 200
         s.close()
     assert _wait(lambda: n.sync(n.node.signage.hub.count) == 0, timeout=3), n.sync(n.node.signage.hub.count)
-    again = [Stream("127.0.0.1", n.port) for _ in range(3)]
+    again = [sse_stream("127.0.0.1", n.port) for _ in range(3)]
     assert [s.status for s in again] == [200, 200, 200]
     for s in again:
         s.close()
 
 
-def test_a_flood_of_streams_past_the_cap_leaves_the_node_bounded(make_node: Callable[..., Any]) -> None:
+def test_a_flood_of_streams_past_the_cap_leaves_the_node_bounded(make_node: Callable[..., Any],
+                                                                 sse_stream: Any) -> None:
     n = make_node(max_streams=5)
-    held = [Stream("127.0.0.1", n.port) for _ in range(5)]
+    held = [sse_stream("127.0.0.1", n.port) for _ in range(5)]
     refused = 0
     for _ in range(300):  # each refused attempt is answered and closed by the server, nothing is kept
-        s = Stream("127.0.0.1", n.port)
+        s = sse_stream("127.0.0.1", n.port)
         refused += s.status == 503
         s.close()
     assert refused == 300
@@ -153,11 +111,11 @@ def test_a_flood_of_streams_past_the_cap_leaves_the_node_bounded(make_node: Call
 
 
 def test_streams_per_client_address_are_capped_but_the_node_itself_is_not(make_node: Callable[..., Any],
-                                                                         lan: str) -> None:
+                                                                         sse_stream: Any, lan: str) -> None:
     n = make_node(host=lan, max_streams=20, max_streams_per_ip=2)
-    ok = [Stream(lan, n.port) for _ in range(2)]
+    ok = [sse_stream(lan, n.port) for _ in range(2)]
     assert [s.status for s in ok] == [200, 200]
-    over = Stream(lan, n.port)
+    over = sse_stream(lan, n.port)
     assert over.status == 503 and "Retry-After:" in over.head
     body = over.refused_body().decode()
     assert "signage.max_streams_per_ip" in body and f"{lan} already has 2 live" in body, body
@@ -166,7 +124,7 @@ def test_streams_per_client_address_are_capped_but_the_node_itself_is_not(make_n
         s.close()
     # loopback (the node's own kiosk, `shelfcast bench`) counts only towards the total
     local = make_node(max_streams=20, max_streams_per_ip=2)
-    mine = [Stream("127.0.0.1", local.port) for _ in range(6)]
+    mine = [sse_stream("127.0.0.1", local.port) for _ in range(6)]
     assert [s.status for s in mine] == [200] * 6
     for s in mine:
         s.close()
