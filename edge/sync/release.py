@@ -75,6 +75,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from pydantic import BaseModel, ValidationError
 
 from edge.sync.canary import CanaryOptions, CanarySet, run_canary
+from edge.sync.prune import prune_models
 from edge.sync.schemas import SNAPSHOTS, ChunkHeader, ReleaseManifest, describe_error
 from edge.sync.topics import RELEASE_KINDS, Topics
 
@@ -441,6 +442,7 @@ class ReleaseManager:
         self.models_dir.mkdir(parents=True, exist_ok=True)
         self._done = self._load_done()
         self.marks: dict[str, Mark] = self._load_marks()
+        self.keep_models: set[Path] = set()  # more model dirs the prune keeps (the configured model.path)
 
     # -- bookkeeping of what was already handled -------------------------------------------
     def _done_path(self) -> Path:
@@ -1107,6 +1109,7 @@ class ReleaseManager:
             shutil.rmtree(path, ignore_errors=True)
             raise ReleaseError(f"canary failed: {result.detail}")
         self._swap(ModelSlot(m.version, path, new), m.sha256)
+        prune_models(self.models_dir, self.keep_models)  # on this worker: nothing unpacks; never raises
 
     def _serving_version(self) -> str:
         cur = self.get_model()
