@@ -33,6 +33,7 @@ from edge.sync.canary import CanaryOptions, CanarySet
 from edge.sync.ha import discovery_messages
 from edge.sync.link import LinkSettings, MqttLink, settings_from_broker
 from edge.sync.outbox import DrainOptions, OutboxDrainer, evict
+from edge.sync.prune import prune_models
 from edge.sync.release import CandidateLoader, ReleaseError, ReleaseManager
 from edge.sync.schemas import (
     DELTAS,
@@ -186,6 +187,10 @@ class SyncRoom:
         served = await asyncio.to_thread(self.releases.activate_on_boot)
         if served is not None:
             log.info("serving released model %s", served)
+        if config_path := self.config.model.path:  # a model a technician put under data_dir/models stays
+            self.releases.keep_models.add(Path(config_path))
+        # before any release is handled (resume below): nothing unpacks, so leftover .tmp dirs go too
+        await asyncio.to_thread(prune_models, self.releases.models_dir, self.releases.keep_models)
         self._refresh_state()
         self.releases.resume()
         self.link.start()
