@@ -208,7 +208,9 @@ def test_an_upgrade_from_the_layout_before_moves_the_old_venv_aside(tmp_path: Pa
     assert p.returncode == 0, p.stdout + p.stderr
     assert venv.is_symlink() and (served(root) / SITE / "edge/_upgrade_probe.py").exists()
     (moved,) = [d for d in (root / "opt/shelfcast/venvs").iterdir() if d != served(root)]
-    assert moved.name.startswith("0.2.0-"), moved.name
+    from edge import __version__
+
+    assert moved.name.startswith(f"{__version__}-"), moved.name  # named for the version it holds
     assert snapshot(moved) == before  # the old venv, moved whole: the previous one for a rollback
     # what shelfcast.service and a technician run, by the paths they use
     unit = (root / "etc/systemd/system/shelfcast.service").read_text()
