@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -233,3 +235,30 @@ def start_node(fakes: ModuleType) -> Iterator[Callable[..., Running]]:
     yield start
     for r in reversed(started):
         r.close()
+
+
+class Harness:
+    """``node_harness.py`` as a real node process (its own Python, the fake model): ``start`` one on a config,
+    read the status file it keeps (``status``)."""
+
+    @staticmethod
+    def start(config: NodeConfig, tmp: Path, st: Path) -> subprocess.Popen[bytes]:
+        """Write ``config`` to ``tmp/node-config.json`` and start the node on it, its status going to ``st``."""
+        cfg = tmp / "node-config.json"
+        cfg.write_text(config.model_dump_json(by_alias=True))
+        return subprocess.Popen([sys.executable, str(HERE / "node_harness.py"), str(cfg), "--status", str(st),
+                                 "--fake-model"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    @staticmethod
+    def status(path: Path) -> dict[str, Any]:
+        """The node's last status (``{}`` while there is none, or it is being rewritten)."""
+        try:
+            return json.loads(path.read_text())  # type: ignore[no-any-return]
+        except (OSError, ValueError):
+            return {}
+
+
+@pytest.fixture
+def harness() -> type[Harness]:
+    """``harness.start(config, tmp_path, st)``: a real node process (``node_harness.py``); ``harness.status(st)``."""
+    return Harness

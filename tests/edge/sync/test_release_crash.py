@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -18,37 +17,22 @@ from edge.sync.link import LinkSettings
 from edge.sync.publish import build_release, publish_release
 from edge.sync.topics import Topics
 
-HERE = Path(__file__).parent
 TOPICS = Topics("shelfcast/v1", "s1", "node-1")
 
 
-def start_harness(config: Any, tmp: Path, st: Path) -> subprocess.Popen[bytes]:
-    cfg = tmp / "node-config.json"
-    cfg.write_text(config.model_dump_json(by_alias=True))
-    return subprocess.Popen([sys.executable, str(HERE / "node_harness.py"), str(cfg), "--status", str(st),
-                             "--fake-model"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def status(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())  # type: ignore[no-any-return]
-    except (OSError, ValueError):
-        return {}
-
-
-def watch(st: Path, proc: subprocess.Popen[bytes], pred: Any, timeout: float, what: str,
+def watch(harness: Any, st: Path, proc: subprocess.Popen[bytes], pred: Any, timeout: float, what: str,
           seen: list[dict[str, Any]]) -> dict[str, Any]:
     """Poll the node's status; every status it reports must be a complete, answering model."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        s = status(st)
+        s = harness.status(st)
         if s.get("pid") == proc.pid:
             seen.append(s)
             assert s["answers"] and s["model"] in ("v1", "v2", "v3"), s
             if pred(s):
                 return s
         time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}; last status {status(st)}")
+    raise AssertionError(f"timed out waiting for {what}; last status {harness.status(st)}")
 
 
 def kill9(p: subprocess.Popen[bytes]) -> None:
@@ -58,12 +42,12 @@ def kill9(p: subprocess.Popen[bytes]) -> None:
 
 @pytest.mark.slow
 def test_kill9_during_chunk_staging_resumes_and_installs(mosquitto: Any, node_config: Any, keys: Any, fakes: Any,
-                                                          tmp_path: Path) -> None:
+                                                          tmp_path: Path, harness: Any) -> None:
     config = node_config(mosquitto.url, public_key=keys.public_path)
     st = tmp_path / "status.json"
     seen: list[dict[str, Any]] = []
-    node = start_harness(config, tmp_path, st)
-    watch(st, node, lambda s: s["connected"] and s["model"] == "v1", 30, "node up on v1", seen)
+    node = harness.start(config, tmp_path, st)
+    watch(harness, st, node, lambda s: s["connected"] and s["model"] == "v1", 30, "node up on v1", seen)
     rel = build_release("model", fakes.write_model(tmp_path / "v2", "v2"), None, keys.private, chunk_size=4096)
     assert rel.manifest["chunks"] > 60
     pub = threading.Thread(target=publish_release, args=(LinkSettings(url=mosquitto.url, client_id="pub"), TOPICS,
@@ -81,11 +65,11 @@ def test_kill9_during_chunk_staging_resumes_and_installs(mosquitto: Any, node_co
     kill9(node)
     pub.join(60)
     assert len(list(staging.glob("*.chunk"))) >= staged_before  # what was staged stayed on disk
-    node = start_harness(config, tmp_path, st)
+    node = harness.start(config, tmp_path, st)
     try:
-        first = watch(st, node, lambda s: True, 30, "restart", seen)
+        first = watch(harness, st, node, lambda s: True, 30, "restart", seen)
         assert first["model"] == "v1"  # the old model serves while the release completes
-        watch(st, node, lambda s: s["model"] == "v2", 30, "v2 to be installed after the restart", seen)
+        watch(harness, st, node, lambda s: s["model"] == "v2", 30, "v2 to be installed after the restart", seen)
     finally:
         node.send_signal(signal.SIGTERM)
         node.wait(20)
@@ -94,12 +78,13 @@ def test_kill9_during_chunk_staging_resumes_and_installs(mosquitto: Any, node_co
 
 @pytest.mark.slow
 def test_kill9_during_a_model_swap_never_leaves_a_broken_model(mosquitto: Any, node_config: Any, keys: Any,
-                                                               fakes: Any, tmp_path: Path) -> None:
+                                                               fakes: Any, tmp_path: Path,
+                                                               harness: Any) -> None:
     config = node_config(mosquitto.url, public_key=keys.public_path)
     st = tmp_path / "status.json"
     seen: list[dict[str, Any]] = []
-    node = start_harness(config, tmp_path, st)
-    watch(st, node, lambda s: s["connected"] and s["model"] == "v1", 30, "node up on v1", seen)
+    node = harness.start(config, tmp_path, st)
+    watch(harness, st, node, lambda s: s["connected"] and s["model"] == "v1", 30, "node up on v1", seen)
     rel = build_release("model", fakes.write_model(tmp_path / "v3", "v3", load_delay_s=1.5), None, keys.private)
     publish_release(LinkSettings(url=mosquitto.url, client_id="pub"), TOPICS, rel)
     installed = Path(config.node.data_dir) / "models" / "v3"
@@ -109,24 +94,24 @@ def test_kill9_during_a_model_swap_never_leaves_a_broken_model(mosquitto: Any, n
     assert installed.exists()
     time.sleep(0.3)  # inside the (slow) load + canary, before the swap
     kill9(node)
-    assert status(st)["model"] == "v1"
-    node = start_harness(config, tmp_path, st)
+    assert harness.status(st)["model"] == "v1"
+    node = harness.start(config, tmp_path, st)
     try:
-        watch(st, node, lambda s: s["model"] == "v3", 40, "the interrupted release to finish", seen)
+        watch(harness, st, node, lambda s: s["model"] == "v3", 40, "the interrupted release to finish", seen)
     finally:
         kill9(node)  # and once more, right after the swap
-    node = start_harness(config, tmp_path, st)
+    node = harness.start(config, tmp_path, st)
     try:
-        first = watch(st, node, lambda s: True, 30, "restart", seen)
+        first = watch(harness, st, node, lambda s: True, 30, "restart", seen)
         assert first["model"] == "v3"  # active.json pointed at the new, complete model
     finally:
         node.send_signal(signal.SIGTERM)
         node.wait(20)
     # a damaged install is never served: corrupt v3 on disk, restart, the previous (v1) serves
     (installed / "model.tflite").write_bytes(b"{broken")
-    node = start_harness(config, tmp_path, st)
+    node = harness.start(config, tmp_path, st)
     try:
-        first = watch(st, node, lambda s: True, 30, "restart on a damaged install", seen)
+        first = watch(harness, st, node, lambda s: True, 30, "restart on a damaged install", seen)
         assert first["model"] == "v1"
     finally:
         node.send_signal(signal.SIGTERM)

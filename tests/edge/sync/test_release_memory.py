@@ -24,7 +24,6 @@ from edge.sync.link import LinkSettings
 from edge.sync.publish import build_release, publish_release
 from edge.sync.topics import Topics
 
-HERE = Path(__file__).parent
 TOPICS = Topics("shelfcast/v1", "s1", "node-1")
 MB = 1 << 20
 
@@ -54,32 +53,19 @@ def big_model_dir(fakes: Any, d: Path, version: str, size_mb: int) -> tuple[Path
     return d, h.hexdigest()
 
 
-def start_harness(config: Any, tmp: Path, st: Path) -> subprocess.Popen[bytes]:
-    cfg = tmp / "node-config.json"
-    cfg.write_text(config.model_dump_json(by_alias=True))
-    return subprocess.Popen([sys.executable, str(HERE / "node_harness.py"), str(cfg), "--status", str(st),
-                             "--fake-model"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def status(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())  # type: ignore[no-any-return]
-    except (OSError, ValueError):
-        return {}
-
-
-def watch(st: Path, proc: subprocess.Popen[bytes], pred: Any, timeout: float, what: str) -> dict[str, Any]:
+def watch(harness: Any, st: Path, proc: subprocess.Popen[bytes], pred: Any, timeout: float,
+          what: str) -> dict[str, Any]:
     """Poll the node's status until ``pred``; every status it reports must be a model that answers."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, f"the node exited ({proc.returncode}) waiting for {what}"
-        s = status(st)
+        s = harness.status(st)
         if s.get("pid") == proc.pid:
             assert s["answers"] and s["model"] in ("v1", "v2"), s
             if pred(s):
                 return s
         time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}; last status {status(st)}")
+    raise AssertionError(f"timed out waiting for {what}; last status {harness.status(st)}")
 
 
 def vm_hwm(pid: int) -> int:
@@ -107,20 +93,21 @@ def publish(mosquitto: Any, rel: Any) -> None:
 
 @pytest.mark.slow
 def test_installing_a_100mb_model_release_grows_peak_rss_by_less_than_32mb(
-        mosquitto: Any, node_config: Any, keys: Any, fakes: Any, tmp_path: Path, big_dir: Path) -> None:
+        mosquitto: Any, node_config: Any, keys: Any, fakes: Any, tmp_path: Path, big_dir: Path,
+        harness: Any) -> None:
     config = node_config(mosquitto.url, public_key=keys.public_path)
     st = tmp_path / "status.json"
     src, weights = big_model_dir(fakes, big_dir / "v2", "v2", 100)
     rel = build_release("model", src, "v2", keys.private)
     assert rel.manifest["size"] > 100 * MB and rel.manifest["format"] == "tar"
-    node = start_harness(config, tmp_path, st)
+    node = harness.start(config, tmp_path, st)
     try:
-        watch(st, node, lambda s: s["connected"] and s["model"] == "v1", 30, "node up on v1")
+        watch(harness, st, node, lambda s: s["connected"] and s["model"] == "v1", 30, "node up on v1")
         time.sleep(1.0)
         before = vm_hwm(node.pid)
         publish(mosquitto, rel)
         del rel
-        watch(st, node, lambda s: s["model"] == "v2", 240, "the 100 MB release to be installed")
+        watch(harness, st, node, lambda s: s["model"] == "v2", 240, "the 100 MB release to be installed")
         grew = vm_hwm(node.pid) - before
     finally:
         stop(node)
@@ -134,20 +121,21 @@ def test_installing_a_100mb_model_release_grows_peak_rss_by_less_than_32mb(
 
 @pytest.mark.slow
 def test_kill9_while_assembling_leaves_the_old_model_serving_and_installs_after_restart(
-        mosquitto: Any, node_config: Any, keys: Any, fakes: Any, tmp_path: Path, big_dir: Path) -> None:
+        mosquitto: Any, node_config: Any, keys: Any, fakes: Any, tmp_path: Path, big_dir: Path,
+        harness: Any) -> None:
     config = node_config(mosquitto.url, public_key=keys.public_path)
     st = tmp_path / "status.json"
     src, weights = big_model_dir(fakes, big_dir / "v2", "v2", 60)
     rel = build_release("model", src, "v2", keys.private)
     staging = Path(config.node.data_dir) / "sync" / "staging" / "model" / "v2"
     part = staging / "release.assembled"
-    node = start_harness(config, tmp_path, st)
+    node = harness.start(config, tmp_path, st)
     try:
-        watch(st, node, lambda s: s["connected"] and s["model"] == "v1", 30, "node up on v1")
+        watch(harness, st, node, lambda s: s["connected"] and s["model"] == "v1", 30, "node up on v1")
         publish(mosquitto, rel)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not (part.exists() and part.stat().st_size > 0):
-            assert status(st).get("model") == "v1", "installed before the kill could land mid-assembly"
+            assert harness.status(st).get("model") == "v1", "installed before the kill could land mid-assembly"
             time.sleep(0.005)
         assert part.exists(), "the node never assembled the release into one file on disk"
         node.send_signal(signal.SIGKILL)
@@ -155,10 +143,10 @@ def test_kill9_while_assembling_leaves_the_old_model_serving_and_installs_after_
         assert 0 < part.stat().st_size < rel.manifest["size"], "the kill did not land mid-assembly"
         assert len(list(staging.glob("*.chunk"))) == rel.manifest["chunks"]  # the staging stays, to resume
         assert not (Path(config.node.data_dir) / "models" / "active.json").exists()
-        node = start_harness(config, tmp_path, st)
-        first = watch(st, node, lambda s: True, 30, "restart")
+        node = harness.start(config, tmp_path, st)
+        first = watch(harness, st, node, lambda s: True, 30, "restart")
         assert first["model"] == "v1"  # the old model serves while the release is assembled again
-        watch(st, node, lambda s: s["model"] == "v2", 120, "v2 to be installed after the restart")
+        watch(harness, st, node, lambda s: s["model"] == "v2", 120, "v2 to be installed after the restart")
     finally:
         stop(node)
     with open(Path(config.node.data_dir) / "models" / "v2" / "weights.bin", "rb") as f:
