@@ -239,7 +239,7 @@ def start_node(fakes: ModuleType) -> Iterator[Callable[..., Running]]:
 
 class Harness:
     """``node_harness.py`` as a real node process (its own Python, the fake model): ``start`` one on a config,
-    read the status file it keeps (``status``)."""
+    read the status file it keeps (``status``), wait until that status shows something (``wait_status``)."""
 
     @staticmethod
     def start(config: NodeConfig, tmp: Path, st: Path) -> subprocess.Popen[bytes]:
@@ -257,8 +257,24 @@ class Harness:
         except (OSError, ValueError):
             return {}
 
+    @staticmethod
+    def wait_status(st: Path, proc: subprocess.Popen[bytes], pred: Callable[[dict[str, Any]], Any], timeout: float,
+                    what: str) -> dict[str, Any]:
+        """Poll ``st`` every 50 ms until a status written by ``proc`` (its ``pid``) satisfies ``pred``, and return
+        it; fails at once if ``proc`` exits meanwhile, and after ``timeout`` with the last status seen."""
+        deadline = time.monotonic() + timeout
+        s: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, f"the node exited ({proc.returncode}) waiting for {what}"
+            s = Harness.status(st)
+            if s.get("pid") == proc.pid and pred(s):
+                return s
+            time.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what}; last status {s}")
+
 
 @pytest.fixture
 def harness() -> type[Harness]:
-    """``harness.start(config, tmp_path, st)``: a real node process (``node_harness.py``); ``harness.status(st)``."""
+    """``harness.start(config, tmp_path, st)``: a real node process (``node_harness.py``); ``harness.status(st)``;
+    ``harness.wait_status(st, proc, pred, timeout, what)``."""
     return Harness

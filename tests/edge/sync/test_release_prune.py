@@ -202,21 +202,6 @@ def start_node_process(config: Any, tmp: Path, st: Path, mode: str, flag: Path) 
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=str(HERE.parents[2]))
 
 
-def wait_status(st: Path, proc: subprocess.Popen[bytes], pred: Any, timeout: float, what: str) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    s: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"the node exited ({proc.returncode}) waiting for {what}"
-        try:
-            s = json.loads(st.read_text())
-        except (OSError, ValueError):
-            s = {}
-        if s.get("pid") == proc.pid and pred(s):
-            return s
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}; last status {s}")
-
-
 def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
     if proc.poll() is None:
         proc.send_signal(sig)
@@ -229,13 +214,13 @@ def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
 
 def test_a_tmp_left_by_kill9_mid_unpack_is_gone_at_the_next_start(
         mosquitto: Any, node_config: Any, keys: Any, fakes: Any, upstream: Any, publish: Any,
-        tmp_path: Path) -> None:
+        tmp_path: Path, harness: Any) -> None:
     config = node_config(mosquitto.url, public_key=keys.public_path)
     models = Path(config.node.data_dir) / "models"
     st, paused, go = tmp_path / "status.json", tmp_path / "paused", tmp_path / "go"
     proc = start_node_process(config, tmp_path, st, "pause-unpack", paused)
     try:
-        wait_status(st, proc, lambda s: s["connected"] and s["model"] == "v1", 30, "node up on v1")
+        harness.wait_status(st, proc, lambda s: s["connected"] and s["model"] == "v1", 30, "node up on v1")
         publish(release(fakes, keys, tmp_path, 1))
         deadline = time.monotonic() + 30
         while not paused.exists() and time.monotonic() < deadline:
@@ -250,10 +235,10 @@ def test_a_tmp_left_by_kill9_mid_unpack_is_gone_at_the_next_start(
     # restart: the staged release resumes, held back until the start has been looked at
     proc = start_node_process(config, tmp_path, st, "hold-releases", go)
     try:
-        wait_status(st, proc, lambda s: s["connected"], 30, "node up again")
+        harness.wait_status(st, proc, lambda s: s["connected"], 30, "node up again")
         assert not tmp_dir.exists(), listing(models)  # gone at start, before any release is handled
         go.write_text("go")
-        wait_status(st, proc, lambda s: s["model"] == "2026.12.01-v1", 30, "the resumed v1 to swap in")
+        harness.wait_status(st, proc, lambda s: s["model"] == "2026.12.01-v1", 30, "the resumed v1 to swap in")
         assert listing(models) == {"active.json", "2026.12.01-v1"}, listing(models)
     finally:
         stop(proc)

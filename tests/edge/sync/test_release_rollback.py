@@ -110,36 +110,22 @@ def start_harness(config: Any, tmp: Path, st: Path) -> subprocess.Popen[bytes]:
                              "--fake-model"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def wait_status(st: Path, proc: subprocess.Popen[bytes], pred: Any, timeout: float, what: str) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    s: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        try:
-            s = json.loads(st.read_text())
-        except (OSError, ValueError):
-            s = {}
-        if s.get("pid") == proc.pid and pred(s):
-            return s
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}; last status {s}")
-
-
 def test_the_mark_survives_kill9_the_rollback_command_works_and_a_newer_release_follows(
         mosquitto: Any, node_config: Any, keys: Any, fakes: Any, upstream: Any, publish: Any,
-        steps: Any, tmp_path: Path) -> None:
+        steps: Any, tmp_path: Path, harness: Any) -> None:
     config = node_config(mosquitto.url, public_key=keys.public_path)
     st = tmp_path / "status.json"
     proc = start_harness(config, tmp_path, st)
     try:
-        wait_status(st, proc, lambda s: s["connected"] and s["model"] == "v1", 30, "node up on v1")
+        harness.wait_status(st, proc, lambda s: s["connected"] and s["model"] == "v1", 30, "node up on v1")
         publish(build_release("model", model_dir(fakes, tmp_path, "2026.11.30-v5", NOV30), None,
                                          keys.private))
-        wait_status(st, proc, lambda s: s["model"] == "2026.11.30-v5", 30, "2026.11.30-v5 to swap in")
+        harness.wait_status(st, proc, lambda s: s["model"] == "2026.11.30-v5", 30, "2026.11.30-v5 to swap in")
         # the local rollback (the `rollback` command) is not blocked by the mark: back to the bundled v1
         mosquitto_cmd(mosquitto, {"id": "rb1", "command": "rollback"})
         res = upstream.wait_for(lambda: [r for r in upstream.of("/cmd/result") if r.get("cmd") == "rb1"])
         assert res and res[0]["ok"], res
-        wait_status(st, proc, lambda s: s["model"] == "v1", 10, "the rollback to v1")
+        harness.wait_status(st, proc, lambda s: s["model"] == "v1", 10, "the rollback to v1")
         proc.send_signal(signal.SIGKILL)  # a power cut right after: no clean shutdown
         proc.wait(10)
     finally:
@@ -151,7 +137,7 @@ def test_the_mark_survives_kill9_the_rollback_command_works_and_a_newer_release_
     assert marks["model"]["version"] == "2026.11.30-v5" and marks["model"]["created_text"] == NOV30
     proc = start_harness(config, tmp_path, st)
     try:
-        wait_status(st, proc, lambda s: s["connected"] and s["model"] == "v1", 30, "the restart on v1")
+        harness.wait_status(st, proc, lambda s: s["connected"] and s["model"] == "v1", 30, "the restart on v1")
         # serving v1 now (older than the mark): last month's signed release is still refused
         publish(build_release("model", model_dir(fakes, tmp_path, "2026.10.01", OCT01), None,
                                          keys.private))
@@ -161,7 +147,7 @@ def test_the_mark_survives_kill9_the_rollback_command_works_and_a_newer_release_
         # a newer release after the rollback is accepted
         publish(build_release("model", model_dir(fakes, tmp_path, "2026.12.02", "2026-12-02T06:00:00Z"),
                                          None, keys.private))
-        wait_status(st, proc, lambda s: s["model"] == "2026.12.02", 30, "2026.12.02 to swap in")
+        harness.wait_status(st, proc, lambda s: s["model"] == "2026.12.02", 30, "2026.12.02 to swap in")
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(20)
