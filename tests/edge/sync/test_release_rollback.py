@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -103,19 +101,12 @@ def test_an_older_snapshot_is_refused_and_the_store_keeps_the_newer_one(
     assert node.store.product("sku-1").name == "newer"  # type: ignore[union-attr]
 
 
-def start_harness(config: Any, tmp: Path, st: Path) -> subprocess.Popen[bytes]:
-    cfg = tmp / "node-config.json"
-    cfg.write_text(config.model_dump_json(by_alias=True))
-    return subprocess.Popen([sys.executable, str(HERE / "node_harness.py"), str(cfg), "--status", str(st),
-                             "--fake-model"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
 def test_the_mark_survives_kill9_the_rollback_command_works_and_a_newer_release_follows(
         mosquitto: Any, node_config: Any, keys: Any, fakes: Any, upstream: Any, publish: Any,
         steps: Any, tmp_path: Path, harness: Any) -> None:
     config = node_config(mosquitto.url, public_key=keys.public_path)
     st = tmp_path / "status.json"
-    proc = start_harness(config, tmp_path, st)
+    proc = harness.start(config, tmp_path, st)
     try:
         harness.wait_status(st, proc, lambda s: s["connected"] and s["model"] == "v1", 30, "node up on v1")
         publish(build_release("model", model_dir(fakes, tmp_path, "2026.11.30-v5", NOV30), None,
@@ -135,7 +126,7 @@ def test_the_mark_survives_kill9_the_rollback_command_works_and_a_newer_release_
     assert not (Path(config.node.data_dir) / "models" / "active.json").exists()  # no pointer: the bundled model
     marks = json.loads((Path(config.node.data_dir) / "sync" / "release_marks.json").read_text())
     assert marks["model"]["version"] == "2026.11.30-v5" and marks["model"]["created_text"] == NOV30
-    proc = start_harness(config, tmp_path, st)
+    proc = harness.start(config, tmp_path, st)
     try:
         harness.wait_status(st, proc, lambda s: s["connected"] and s["model"] == "v1", 30, "the restart on v1")
         # serving v1 now (older than the mark): last month's signed release is still refused
