@@ -15,18 +15,12 @@ import socket
 import stat
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
-INSTALL = REPO / "deploy" / "install.sh"
-FAST = ["--python", sys.executable, "--venv-options", "--without-pip",  # as tests/deploy/test_install.py
-        "--inherit-site", sysconfig.get_paths()["purelib"],
-        "--pip-options", "--no-deps --no-build-isolation --no-index"]
 
 PASSWORD = "br1dge-S3cret-0xC0FFEE"
 CONFIG = f"""node:
@@ -48,7 +42,7 @@ mqtt:
 """
 
 
-def test_render_writes_the_broker_config_private(tmp_path: Path) -> None:
+def test_render_writes_the_broker_config_private(tmp_path: Path, deploy: Any) -> None:
     cfg = tmp_path / "node.yaml"
     cfg.write_text(CONFIG)
     out = tmp_path / "out"
@@ -57,20 +51,20 @@ def test_render_writes_the_broker_config_private(tmp_path: Path) -> None:
     os.chmod(out / "mosquitto.conf", 0o644)  # a file from an earlier render: narrowed, not kept 0644
     for _ in range(2):
         r = subprocess.run([sys.executable, "-m", "edge.deployment", "render", "--config", str(cfg),
-                            "--out-dir", str(out)], capture_output=True, text=True, timeout=120, cwd=REPO,
-                           env={**os.environ, "PYTHONPATH": str(REPO)})
+                            "--out-dir", str(out)], capture_output=True, text=True, timeout=120,
+                           cwd=deploy.REPO,
+                           env={**os.environ, "PYTHONPATH": str(deploy.REPO)})
         assert r.returncode == 0, r.stderr
         conf = out / "mosquitto.conf"
         assert f"remote_password {PASSWORD}" in conf.read_text()  # mosquitto needs it, so it is there
         assert stat.S_IMODE(conf.stat().st_mode) & 0o077 == 0, oct(conf.stat().st_mode)
 
 
-def test_install_puts_the_bridge_password_in_a_0640_root_mosquitto_file(tmp_path: Path) -> None:
+def test_install_puts_the_bridge_password_in_a_0640_root_mosquitto_file(tmp_path: Path, deploy: Any) -> None:
     cfg = tmp_path / "node.yaml"
     cfg.write_text(CONFIG)
     root = tmp_path / "root"
-    r = subprocess.run(["bash", str(INSTALL), "--destdir", str(root), *FAST, "--config", str(cfg), "--no-kiosk"],
-                       capture_output=True, text=True, timeout=300)
+    r = deploy.install(root, "--config", str(cfg), "--no-kiosk")
     assert r.returncode == 0, r.stdout + r.stderr
     conf = root / "etc/mosquitto/conf.d/shelfcast.conf"
     assert f"remote_password {PASSWORD}" in conf.read_text()
@@ -92,7 +86,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_mosquitto_user_reads_the_installed_0640_file_others_cannot(tmp_path: Path) -> None:
+def test_mosquitto_user_reads_the_installed_0640_file_others_cannot(tmp_path: Path, deploy: Any) -> None:
     """The recorded `chown root:mosquitto` applied, a real mosquitto run as the mosquitto user loads the bridge
     config (on a free loopback port instead of 1883); run as nobody it cannot open it."""
     if os.geteuid() != 0 or shutil.which("mosquitto") is None:
@@ -105,8 +99,7 @@ def test_mosquitto_user_reads_the_installed_0640_file_others_cannot(tmp_path: Pa
     cfg = tmp_path / "node.yaml"
     cfg.write_text(CONFIG)
     root = tmp_path / "root"
-    r = subprocess.run(["bash", str(INSTALL), "--destdir", str(root), *FAST, "--config", str(cfg), "--no-kiosk"],
-                       capture_output=True, text=True, timeout=300)
+    r = deploy.install(root, "--config", str(cfg), "--no-kiosk")
     assert r.returncode == 0, r.stdout + r.stderr
     port = _free_port()
     conf_dir = Path(tempfile.mkdtemp(prefix="shelfcast-conf.d-", dir="/tmp"))  # pytest's tmp is root-only (0700)

@@ -18,36 +18,24 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
-import sysconfig
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
-INSTALL = REPO / "deploy" / "install.sh"
-UNINSTALL = REPO / "deploy" / "uninstall.sh"
-FAST = ["--python", sys.executable, "--venv-options", "--without-pip",
-        "--inherit-site", sysconfig.get_paths()["purelib"],
-        "--pip-options", "--no-deps --no-build-isolation --no-index"]
 UNITS = ("shelfcast.service", "shelfcast-kiosk.service", "shelfcast-firstboot.service")
 
 
-def install(root: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["bash", str(INSTALL), "--destdir", str(root), *FAST, *extra], capture_output=True,
-                          text=True, timeout=300)
-
-
 @pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def root(tmp_path_factory: pytest.TempPathFactory, deploy: Any) -> Iterator[Path]:
     had_user = _user_exists("shelfcast")
     host_unit = Path("/etc/systemd/system/shelfcast.service")
     host_unit_before = host_unit.stat().st_mtime if host_unit.exists() else None
     r = tmp_path_factory.mktemp("destdir")
-    p = install(r)
+    p = deploy.install(r)
     assert p.returncode == 0, p.stdout + p.stderr
     # no effect outside the destdir
     assert _user_exists("shelfcast") == had_user
@@ -242,11 +230,11 @@ def test_doctor_from_the_install(root: Path, tmp_path: Path) -> None:
     assert checks["shelves"]["status"] == "warn" and checks["shelves"]["fix"]
 
 
-def test_rerun_is_idempotent_and_keeps_the_config(root: Path) -> None:
+def test_rerun_is_idempotent_and_keeps_the_config(root: Path, deploy: Any) -> None:
     cfg = root / "etc/shelfcast/shelfcast.yaml"
     cfg.write_text(cfg.read_text().replace("node_id: node-1", "node_id: node-7"))
     before = {p: p.stat().st_mtime_ns for p in (root / "etc").rglob("*") if p.is_file()}
-    p = install(root)
+    p = deploy.install(root)
     assert p.returncode == 0, p.stderr
     assert "wrote" not in p.stdout, p.stdout  # nothing that was right was rewritten
     assert "node_id: node-7" in cfg.read_text()
@@ -391,26 +379,28 @@ def test_firstboot_bundle_then_bridge(root: Path, tmp_path: Path) -> None:
     assert p.returncode == 0 and "nothing to do" in p.stdout
 
 
-def test_uninstall_keeps_data_unless_purged(tmp_path_factory: pytest.TempPathFactory, root: Path) -> None:
+def test_uninstall_keeps_data_unless_purged(tmp_path_factory: pytest.TempPathFactory, root: Path,
+                                            deploy: Any) -> None:
     r2 = tmp_path_factory.mktemp("copy")
     shutil.copytree(root, r2, symlinks=True, dirs_exist_ok=True)
     (r2 / "var/lib/shelfcast/shelfcast.db").write_bytes(b"keep me")
-    p = subprocess.run(["bash", str(UNINSTALL), "--destdir", str(r2)], capture_output=True, text=True, timeout=60)
+    p = subprocess.run(["bash", str(deploy.UNINSTALL), "--destdir", str(r2)], capture_output=True, text=True,
+                       timeout=60)
     assert p.returncode == 0, p.stderr
     assert not (r2 / "opt/shelfcast").exists() and not (r2 / "etc/systemd/system/shelfcast.service").exists()
     assert not (r2 / "etc/udev/rules.d/99-shelfcast.rules").exists()
     assert (r2 / "var/lib/shelfcast/shelfcast.db").read_bytes() == b"keep me"
     assert (r2 / "etc/shelfcast/shelfcast.yaml").exists()
-    p = subprocess.run(["bash", str(UNINSTALL), "--destdir", str(r2), "--purge"], capture_output=True, text=True,
-                       timeout=60)
+    p = subprocess.run(["bash", str(deploy.UNINSTALL), "--destdir", str(r2), "--purge"], capture_output=True,
+                       text=True, timeout=60)
     assert p.returncode == 0 and not (r2 / "var/lib/shelfcast").exists() and not (r2 / "etc/shelfcast").exists()
     assert "userdel shelfcast" in (r2 / "var/log/shelfcast-uninstall-actions.log").read_text()
 
 
-def test_bad_usage(tmp_path: Path) -> None:
-    p = subprocess.run(["bash", str(INSTALL), "--frobnicate"], capture_output=True, text=True, timeout=30)
+def test_bad_usage(tmp_path: Path, deploy: Any) -> None:
+    p = subprocess.run(["bash", str(deploy.INSTALL), "--frobnicate"], capture_output=True, text=True, timeout=30)
     assert p.returncode == 2 and "unknown option" in p.stderr
-    p = subprocess.run(["bash", str(INSTALL), "--destdir", str(tmp_path), "--prefix", "relative"],
+    p = subprocess.run(["bash", str(deploy.INSTALL), "--destdir", str(tmp_path), "--prefix", "relative"],
                        capture_output=True, text=True, timeout=30)
     assert p.returncode == 2 and "absolute" in p.stderr
 

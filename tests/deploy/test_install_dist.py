@@ -6,14 +6,8 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
-import sysconfig
 from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[2]
-FAST = ["--python", sys.executable, "--venv-options", "--without-pip",
-        "--inherit-site", sysconfig.get_paths()["purelib"],
-        "--pip-options", "--no-deps --no-build-isolation --no-index"]
+from typing import Any
 
 
 def rerun(root: Path) -> None:
@@ -23,10 +17,9 @@ def rerun(root: Path) -> None:
     assert p.returncode == 0, p.stdout + p.stderr
 
 
-def test_the_dist_template_goes_once_the_config_matches_it(tmp_path: Path) -> None:
+def test_the_dist_template_goes_once_the_config_matches_it(tmp_path: Path, deploy: Any) -> None:
     root = tmp_path / "root"
-    p = subprocess.run(["bash", str(REPO / "deploy/install.sh"), "--destdir", str(root), "--no-kiosk", *FAST],
-                       capture_output=True, text=True, timeout=300)
+    p = deploy.install(root, "--no-kiosk")
     assert p.returncode == 0, p.stdout + p.stderr
     cfg = root / "etc/shelfcast/shelfcast.yaml"
     dist = cfg.with_name("shelfcast.yaml.dist")

@@ -8,37 +8,14 @@ c31f3ee -> f568f4e needed: a token the installed version accepted and the new on
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
-INSTALL = REPO / "deploy" / "install.sh"
-FAST = ["--python", sys.executable, "--venv-options", "--without-pip",
-        "--inherit-site", sysconfig.get_paths()["purelib"],
-        "--pip-options", "--no-deps --no-build-isolation --no-index"]
 PROBE = f"opt/shelfcast/venv/lib/python3.{sys.version_info.minor}/site-packages/edge/_upgrade_probe.py"
-
-
-def install(root: Path, *extra: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["bash", str(INSTALL), "--destdir", str(root), *FAST, *extra], capture_output=True,
-                          text=True, timeout=300, cwd=cwd)
-
-
-def newer_source(dest: Path) -> Path:
-    """This checkout's tracked files (as they are in the working tree) plus a module only the 'new' one has."""
-    files = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z"], capture_output=True, check=True).stdout
-    for name in files.decode().split("\0"):
-        src = REPO / name
-        if name and src.is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / name)
-    (dest / "edge" / "_upgrade_probe.py").write_text('"""only in the newer ShelfCast of tests/deploy/test_upgrade"""\n')
-    return dest
 
 
 def set_token(cfg: Path, token: str) -> None:
@@ -47,18 +24,20 @@ def set_token(cfg: Path, token: str) -> None:
     cfg.write_text(yaml.safe_dump(c))
 
 
-def test_upgrade_refused_before_the_venv_is_replaced_when_the_new_code_refuses_the_config(tmp_path: Path) -> None:
+def test_upgrade_refused_before_the_venv_is_replaced_when_the_new_code_refuses_the_config(
+        tmp_path: Path, deploy: Any) -> None:
     root = tmp_path / "root"
-    p = install(root)
+    p = deploy.install(root)
     assert p.returncode == 0, p.stdout + p.stderr
     cfg = root / "etc/shelfcast/shelfcast.yaml"
     # a config the installed node ran with; the newer ShelfCast's rule (>= 16 characters) refuses it. The rule
     # exists in both here, so the "installed" node is simulated by editing after its install.
     set_token(cfg, "shelf-admin1")
-    newer_source(tmp_path / "new")  # used as a relative --source from tmp_path below
+    deploy.newer_source(tmp_path / "new")  # used as a relative --source from tmp_path below
     assert not (root / PROBE).exists()
 
-    p = install(root, "--source", "new", cwd=tmp_path)  # a relative --source, as `sudo ./deploy/install.sh` types
+    # a relative --source, as `sudo ./deploy/install.sh` types
+    p = deploy.install(root, "--source", "new", cwd=tmp_path)
     assert p.returncode == 1, p.stdout + p.stderr
     assert "signage.admin_token" in p.stderr and "openssl rand -hex 16" in p.stderr, p.stderr
     assert "nothing was replaced" in p.stderr and "Traceback" not in p.stderr, p.stderr
@@ -68,7 +47,7 @@ def test_upgrade_refused_before_the_venv_is_replaced_when_the_new_code_refuses_t
     assert "systemctl restart shelfcast.service" not in actions, actions
 
     set_token(cfg, "0123456789abcdef0123")
-    p = install(root, "--source", "new", cwd=tmp_path)
+    p = deploy.install(root, "--source", "new", cwd=tmp_path)
     assert p.returncode == 0, p.stdout + p.stderr
     assert (root / PROBE).exists()
     actions = (root / "opt/shelfcast/install-actions.log").read_text().splitlines()
@@ -86,18 +65,18 @@ def test_upgrade_refused_before_the_venv_is_replaced_when_the_new_code_refuses_t
                                                                      and "restart" in a], actions
 
 
-def test_upgrade_from_a_wheel_checks_the_config_first(tmp_path: Path) -> None:
+def test_upgrade_from_a_wheel_checks_the_config_first(tmp_path: Path, deploy: Any) -> None:
     root = tmp_path / "root"
-    p = install(root)
+    p = deploy.install(root)
     assert p.returncode == 0, p.stdout + p.stderr
     set_token(root / "etc/shelfcast/shelfcast.yaml", "short")
-    new = newer_source(tmp_path / "new")
+    new = deploy.newer_source(tmp_path / "new")
     wheels = tmp_path / "wheels"
     w = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
                         "--no-index", "-w", str(wheels), str(new)], capture_output=True, text=True, timeout=300)
     assert w.returncode == 0, w.stderr
     (wheel,) = wheels.glob("shelfcast-*.whl")
-    p = install(root, "--source", str(wheel))
+    p = deploy.install(root, "--source", str(wheel))
     assert p.returncode == 1, p.stdout + p.stderr
     assert "signage.admin_token" in p.stderr and "nothing was replaced" in p.stderr, p.stderr
     assert "cannot be imported before it is installed" not in p.stdout, p.stdout  # checked from the wheel itself

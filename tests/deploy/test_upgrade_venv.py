@@ -18,40 +18,17 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-import sysconfig
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from edge.store import SCHEMA_VERSION
 
-REPO = Path(__file__).resolve().parents[2]
-INSTALL = REPO / "deploy" / "install.sh"
-UNINSTALL = REPO / "deploy" / "uninstall.sh"
-FAST = ["--python", sys.executable, "--venv-options", "--without-pip",
-        "--inherit-site", sysconfig.get_paths()["purelib"],
-        "--pip-options", "--no-deps --no-build-isolation --no-index"]
 SITE = f"lib/python3.{sys.version_info.minor}/site-packages"
 # the installer of the session start: its layout (a real directory at /opt/shelfcast/venv) is what stores have
 LAYOUT_BEFORE = "96e0b90"
-
-
-def install(root: Path, *extra: str, installer: Path = INSTALL) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["bash", str(installer), "--destdir", str(root), *FAST, "--no-kiosk", *extra],
-                          capture_output=True, text=True, timeout=300)
-
-
-def newer_source(dest: Path, marker: str = "_upgrade_probe") -> Path:
-    """This checkout's tracked files (as they are in the working tree) plus a module only the 'new' one has."""
-    files = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z"], capture_output=True, check=True).stdout
-    for name in files.decode().split("\0"):
-        src = REPO / name
-        if name and src.is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / name)
-    (dest / "edge" / f"{marker}.py").write_text('"""only in a newer ShelfCast of tests/deploy/test_upgrade_venv"""\n')
-    return dest
 
 
 def served(root: Path) -> Path:
@@ -88,9 +65,9 @@ def version_from(root: Path) -> str:
     return str(json.loads(r.stdout)["shelfcast"])
 
 
-def test_an_upgrade_builds_beside_the_served_venv_and_switches_the_link(tmp_path: Path) -> None:
+def test_an_upgrade_builds_beside_the_served_venv_and_switches_the_link(tmp_path: Path, deploy: Any) -> None:
     root = tmp_path / "root"
-    p = install(root)
+    p = deploy.install(root, "--no-kiosk")
     assert p.returncode == 0, p.stdout + p.stderr
     link = root / "opt/shelfcast/venv"
     assert link.is_symlink(), "the venv is not a link to switch: pip would replace it in place under the node"
@@ -99,8 +76,8 @@ def test_an_upgrade_builds_beside_the_served_venv_and_switches_the_link(tmp_path
     before = snapshot(first)
     assert f"{SITE}/edge/doctor.py" in before
 
-    new = newer_source(tmp_path / "new")
-    p = install(root, "--source", str(new))
+    new = deploy.newer_source(tmp_path / "new")
+    p = deploy.install(root, "--no-kiosk", "--source", str(new))
     assert p.returncode == 0, p.stdout + p.stderr
     second = served(root)
     assert second != first and second.parent == first.parent
@@ -124,7 +101,7 @@ def test_an_upgrade_builds_beside_the_served_venv_and_switches_the_link(tmp_path
     assert version_from(root) == __version__
 
     # a third ShelfCast: the one before the previous is removed, two stay
-    p = install(root, "--source", str(newer_source(tmp_path / "newer", "_upgrade_probe2")))
+    p = deploy.install(root, "--no-kiosk", "--source", str(deploy.newer_source(tmp_path / "newer", "_upgrade_probe2")))
     assert p.returncode == 0, p.stdout + p.stderr
     third = served(root)
     assert sorted(d.name for d in third.parent.iterdir()) == sorted([second.name, third.name])
@@ -132,19 +109,19 @@ def test_an_upgrade_builds_beside_the_served_venv_and_switches_the_link(tmp_path
     assert (third / SITE / "edge/_upgrade_probe2.py").exists()
 
 
-def test_a_failed_pip_leaves_the_served_venv_and_says_what_failed(tmp_path: Path) -> None:
+def test_a_failed_pip_leaves_the_served_venv_and_says_what_failed(tmp_path: Path, deploy: Any) -> None:
     root = tmp_path / "root"
-    p = install(root)
+    p = deploy.install(root, "--no-kiosk")
     assert p.returncode == 0, p.stdout + p.stderr
     first = served(root)
     before = snapshot(first)
-    broken = newer_source(tmp_path / "broken")
+    broken = deploy.newer_source(tmp_path / "broken")
     # a newer ShelfCast that needs a package this node cannot get (offline, no wheel for it): pip stops
     pyproject = broken / "pyproject.toml"
     pyproject.write_text(pyproject.read_text().replace("dependencies = [\n",
                                                        'dependencies = [\n    "shelfcast-test-unavailable>=1",\n', 1))
     # with its dependencies this time (the others are there, through --inherit-site), from no index
-    p = install(root, "--source", str(broken), "--pip-options", "--no-build-isolation --no-index")
+    p = deploy.install(root, "--no-kiosk", "--source", str(broken), "--pip-options", "--no-build-isolation --no-index")
     assert p.returncode == 1, p.stdout + p.stderr
     assert served(root) == first and snapshot(first) == before
     assert f"pip could not install {broken}" in p.stderr, p.stderr
@@ -155,15 +132,15 @@ def test_a_failed_pip_leaves_the_served_venv_and_says_what_failed(tmp_path: Path
     assert not [a for a in actions(root) if "shelfcast.service" in a and a.split()[1] in ("stop", "start", "restart")]
 
 
-def test_a_config_the_new_code_refuses_after_pip_leaves_the_served_venv(tmp_path: Path) -> None:
+def test_a_config_the_new_code_refuses_after_pip_leaves_the_served_venv(tmp_path: Path, deploy: Any) -> None:
     """The config is checked after pip when the new ShelfCast cannot be imported from its source (it needs a package
     the installed one lacks): that check now happens before the switch, so a refusal replaces nothing."""
     root = tmp_path / "root"
-    p = install(root)
+    p = deploy.install(root, "--no-kiosk")
     assert p.returncode == 0, p.stdout + p.stderr
     first = served(root)
     before = snapshot(first)
-    new = newer_source(tmp_path / "new")
+    new = deploy.newer_source(tmp_path / "new")
     # importable only once installed: the new code imports a module its wheel adds at build time (a stand-in for
     # a new dependency), so the installer's pre-pip check cannot run it and checks after pip
     (new / "edge" / "deployment.py").write_text("import edge._built_only  # noqa: F401\n"
@@ -178,7 +155,7 @@ def test_a_config_the_new_code_refuses_after_pip_leaves_the_served_venv(tmp_path
     raw.setdefault("signage", {})["admin_token"] = "short-token"  # the new code's rule: >= 16 characters
     cfg.write_text(yaml.safe_dump(raw))
 
-    p = install(root, "--source", str(new))
+    p = deploy.install(root, "--no-kiosk", "--source", str(new))
     assert p.returncode == 1, p.stdout + p.stderr
     assert "cannot be imported before it is installed" in p.stdout, p.stdout  # the check after pip ran
     assert served(root) == first and snapshot(first) == before, "pip replaced the venv the node runs"
@@ -186,25 +163,25 @@ def test_a_config_the_new_code_refuses_after_pip_leaves_the_served_venv(tmp_path
     assert [d.name for d in (root / "opt/shelfcast/venvs").iterdir()] == [first.name]
 
 
-def test_an_upgrade_from_the_layout_before_moves_the_old_venv_aside(tmp_path: Path) -> None:
+def test_an_upgrade_from_the_layout_before_moves_the_old_venv_aside(tmp_path: Path, deploy: Any) -> None:
     """A node installed by the installer stores run today (a real directory at /opt/shelfcast/venv) upgrades to
     the link layout; its venv becomes the previous one, unchanged; units, `shelfcast` on PATH and uninstall work."""
     old = tmp_path / "old"
     old.mkdir()
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", LAYOUT_BEFORE, "deploy", "pyproject.toml"],
+    archive = subprocess.run(["git", "-C", str(deploy.REPO), "archive", LAYOUT_BEFORE, "deploy", "pyproject.toml"],
                              capture_output=True, timeout=60)
     assert archive.returncode == 0, (f"this test needs commit {LAYOUT_BEFORE} (the installer stores have): "
                                      f"git fetch --unshallow; {archive.stderr.decode()}")
     subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True, timeout=60)
     root = tmp_path / "root"
-    p = install(root, "--source", str(REPO), installer=old / "deploy/install.sh")
+    p = deploy.install(root, "--no-kiosk", "--source", str(deploy.REPO), installer=old / "deploy/install.sh")
     assert p.returncode == 0, p.stdout + p.stderr
     venv = root / "opt/shelfcast/venv"
     assert venv.is_dir() and not venv.is_symlink()  # the layout before
     before = snapshot(venv)
     (root / "var/lib/shelfcast/shelfcast.db").write_bytes(b"the store's data")
 
-    p = install(root, "--source", str(newer_source(tmp_path / "new")))
+    p = deploy.install(root, "--no-kiosk", "--source", str(deploy.newer_source(tmp_path / "new")))
     assert p.returncode == 0, p.stdout + p.stderr
     assert venv.is_symlink() and (served(root) / SITE / "edge/_upgrade_probe.py").exists()
     (moved,) = [d for d in (root / "opt/shelfcast/venvs").iterdir() if d != served(root)]
@@ -234,17 +211,18 @@ def test_an_upgrade_from_the_layout_before_moves_the_old_venv_aside(tmp_path: Pa
         assert [json.loads(v)["shelfcast"] for v in r.stdout.splitlines()] == [__version__] * 2, r.stdout
 
     # uninstall removes the program, both venvs and the link; the data and config stay
-    p = subprocess.run(["bash", str(UNINSTALL), "--destdir", str(root)], capture_output=True, text=True, timeout=60)
+    p = subprocess.run(["bash", str(deploy.UNINSTALL), "--destdir", str(root)], capture_output=True, text=True,
+                       timeout=60)
     assert p.returncode == 0, p.stdout + p.stderr
     assert not (root / "opt/shelfcast").exists() and not (root / "usr/local/bin/shelfcast").is_symlink()
     assert (root / "var/lib/shelfcast/shelfcast.db").read_bytes() == b"the store's data"
     assert (root / "etc/shelfcast/shelfcast.yaml").exists()
 
 
-def test_a_rerun_without_a_new_shelfcast_keeps_the_venv(tmp_path: Path) -> None:
+def test_a_rerun_without_a_new_shelfcast_keeps_the_venv(tmp_path: Path, deploy: Any) -> None:
     """The installer's own copy re-run (a config change): no new venv, the node restarted once, nothing pruned."""
     root = tmp_path / "root"
-    p = install(root)
+    p = deploy.install(root, "--no-kiosk")
     assert p.returncode == 0, p.stdout + p.stderr
     first = served(root)
     p = subprocess.run(["bash", str(root / "opt/shelfcast/lib/install.sh"), "--destdir", str(root)],
@@ -260,14 +238,14 @@ def rollback(root: Path) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=300)
 
 
-def test_rollback_switches_back_to_the_previous_venv_and_forward_again(tmp_path: Path) -> None:
+def test_rollback_switches_back_to_the_previous_venv_and_forward_again(tmp_path: Path, deploy: Any) -> None:
     root = tmp_path / "root"
-    p = install(root)
+    p = deploy.install(root, "--no-kiosk")
     assert p.returncode == 0, p.stdout + p.stderr
     p = rollback(root)  # a first install has nothing to go back to
     assert p.returncode == 1 and "no previous venv to go back to" in p.stderr and "section 8" in p.stderr, p.stderr
     first = served(root)
-    p = install(root, "--source", str(newer_source(tmp_path / "new")))
+    p = deploy.install(root, "--no-kiosk", "--source", str(deploy.newer_source(tmp_path / "new")))
     assert p.returncode == 0, p.stdout + p.stderr
     second = served(root)
     assert (root / "opt/shelfcast/venv.previous").resolve() == first
@@ -299,6 +277,6 @@ def test_rollback_switches_back_to_the_previous_venv_and_forward_again(tmp_path:
     assert p.returncode == 0, p.stdout + p.stderr
     assert served(root) == second and (root / "opt/shelfcast/venv" / SITE / "edge/_upgrade_probe.py").exists()
     # the next upgrade keeps the one it replaces and the venv it is built from, removes the other
-    p = install(root, "--source", str(newer_source(tmp_path / "newer", "_upgrade_probe2")))
+    p = deploy.install(root, "--no-kiosk", "--source", str(deploy.newer_source(tmp_path / "newer", "_upgrade_probe2")))
     assert p.returncode == 0, p.stdout + p.stderr
     assert sorted(d.name for d in served(root).parent.iterdir()) == sorted([second.name, served(root).name])
