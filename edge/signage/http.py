@@ -318,6 +318,18 @@ async def api_stream(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+def _cap_refusal(what: str, fix: str, key: str, last_log: dict[str, float], which: str, subject: str) -> str:
+    """The one-line refusal for a request past a cap (streams or connections), naming the key to raise; logged at
+    most once a minute per cap (an exhaustion attempt is thousands of these; the rest are counted in health)."""
+    msg = (f"refused: {what}; {fix}, or raise {key} in /etc/shelfcast/shelfcast.yaml and run "
+           f"`sudo systemctl restart shelfcast`; retry in {RETRY_AFTER_S} s")
+    now = time.monotonic()
+    if now - last_log.get(which, -1e9) >= 60.0:
+        last_log[which] = now
+        log.warning("%s %s (more are counted in health and /metrics, logged once a minute)", subject, msg)
+    return msg
+
+
 def _refuse_stream(request: web.Request, which: str, peer: str) -> web.Response:
     """A 503 for a stream past a cap: one line naming the limit and the key to raise; the connection is closed."""
     cfg = request.app[ROOM].cfg
@@ -329,14 +341,7 @@ def _refuse_stream(request: web.Request, which: str, peer: str) -> web.Response:
         key, cap = "signage.max_streams_per_ip", cfg.max_streams_per_ip
         what = f"{peer} already has {cap} live screen streams open, the limit per device ({key})"
         fix = "close that device's screen pages that are not in use"
-    msg = (f"refused: {what}; {fix}, or raise {key} in /etc/shelfcast/shelfcast.yaml and run "
-           f"`sudo systemctl restart shelfcast`; retry in {RETRY_AFTER_S} s")
-    last = request.app[REFUSALS]
-    now = time.monotonic()
-    if now - last.get(which, -1e9) >= 60.0:  # an exhaustion attempt is thousands of these: one line a minute
-        last[which] = now
-        log.warning("SSE stream from %s %s (more are counted in health and /metrics, logged once a minute)",
-                    peer, msg)
+    msg = _cap_refusal(what, fix, key, request.app[REFUSALS], which, f"SSE stream from {peer}")
     resp = web.Response(text=msg + "\n", status=503, content_type="text/plain",
                         headers={"Retry-After": str(RETRY_AFTER_S), "Cache-Control": "no-store"})
     resp.force_close()
@@ -543,13 +548,7 @@ class Gate:
             key, cap = "signage.max_connections_per_ip", cfg.max_connections_per_ip
             what = f"{peer} already has {cap} open connections to this node, the limit per device ({key})"
             fix = "close that device's screen pages that are not in use"
-        msg = (f"refused: {what}; {fix}, or raise {key} in /etc/shelfcast/shelfcast.yaml and run "
-               f"`sudo systemctl restart shelfcast`; retry in {RETRY_AFTER_S} s")
-        now = time.monotonic()
-        if now - self.last_log.get(which, -1e9) >= 60.0:  # a flood is thousands of these: one line a minute
-            self.last_log[which] = now
-            log.warning("connection from %s %s (more are counted in health and /metrics, logged once a minute)",
-                        peer, msg)
+        msg = _cap_refusal(what, fix, key, self.last_log, which, f"connection from {peer}")
         body = (msg + "\n").encode()
         return (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
                 b"Content-Length: %d\r\nRetry-After: %d\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n%b"
