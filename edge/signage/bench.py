@@ -62,6 +62,7 @@ class BenchOptions:
     model: bool = True  # False: rank with the popularity fallback only (isolates the rest of the path)
     stage2_skip_after_ms: float | None = None  # None: the config default of model.stage2_skip_after_ms
     samples_path: str | None = None  # write one JSON line per measured pick (its timeline) to this file
+    arrivals: str = "lockstep"  # "staggered": each controller on its own clock phase (edge.signage.benchshelves)
 
 
 def _free_port() -> int:
@@ -242,7 +243,8 @@ async def _run(opts: BenchOptions) -> dict[str, Any]:
         fds = [m for m, _ in pairs]
         ctrl = subprocess.Popen(
             [sys.executable, "-m", "edge.signage.benchshelves", "--fds", ",".join(map(str, fds)),
-             "--units", json.dumps(units_g), "--rate", str(opts.rate), "--duration", str(opts.duration)],
+             "--units", json.dumps(units_g), "--rate", str(opts.rate), "--duration", str(opts.duration),
+             "--arrivals", opts.arrivals],
             pass_fds=fds, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert ctrl.stderr is not None and ctrl.stdin is not None
         line = await asyncio.to_thread(ctrl.stderr.readline)
@@ -380,6 +382,7 @@ async def _run(opts: BenchOptions) -> dict[str, Any]:
                 f.write(json.dumps(rec) + "\n")
     return {
         "rate": opts.rate,
+        "arrivals": opts.arrivals,
         "achieved_rate": round(detected / sent_s, 1) if sent_s else 0.0,
         "events": detected,
         "picks_written": played["picks"],

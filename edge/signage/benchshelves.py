@@ -3,7 +3,11 @@
 Plays protocol v1 on pty masters inherited from the bench (``--fds``): HELLO,
 steady SAMPLES until stdin says ``go``, then the pick schedule (one slot at a
 time loses one unit, ``PERIOD`` frames apart per slot) at the requested rate,
-then steady frames again until stdin closes. Prints the write time
+then steady frames again until stdin closes. ``--arrivals lockstep`` (the default) writes the four
+controllers' frames of one round back to back, so the picks of a round reach the node together (the hardest
+pattern: four shoppers completing a pick within the same 50 ms frame, every pick round); ``staggered`` gives
+each controller its own clock phase (controller i writes i/N of a round later), as independent controllers
+with their own crystals do: the same frames and picks, spread over the round. Prints the write time
 (``perf_counter_ns``: CLOCK_MONOTONIC, shared by every process) of every frame
 of the schedule as JSON on stdout: ``{"picks": N, "writes": [[controller, t_ms, ns], ...]}``.
 """
@@ -61,8 +65,10 @@ class Controllers:
             os.write(fd, frame)
         self.drain()
 
-    def schedule(self, rate: float, duration: float) -> None:
+    def schedule(self, rate: float, duration: float, arrivals: str = "lockstep") -> None:
         dt = 1.0 / (rate / (len(self.fds) * SLOTS / PERIOD))  # wall seconds between frame rounds
+        # staggered: controller i writes i/N of a round after controller 0 (its own clock phase)
+        lag = [i * dt / len(self.fds) if arrivals == "staggered" else 0.0 for i in range(len(self.fds))]
         rounds = int(duration / dt)
         offsets = [j * PERIOD // SLOTS for j in range(SLOTS)]
         t0 = time.perf_counter()
@@ -80,6 +86,10 @@ class Controllers:
                         self.picks += 1
                         if self.stock[i][j] < 20:
                             self.stock[i][j] = 400  # restocked (a big put: detected, not measured)
+                if lag[i]:
+                    delay = target + lag[i] - time.perf_counter()
+                    if delay > 0:
+                        time.sleep(delay)
                 frame = self.frame(i)
                 self.writes.append((i, self.t_ms, time.perf_counter_ns()))
                 os.write(fd, frame)
@@ -93,6 +103,7 @@ def main() -> None:
     p.add_argument("--units", required=True, help="JSON: grams per unit, per controller and slot")
     p.add_argument("--rate", type=float, required=True)
     p.add_argument("--duration", type=float, required=True)
+    p.add_argument("--arrivals", choices=("lockstep", "staggered"), default="lockstep")
     args = p.parse_args()
     fds = [int(x) for x in args.fds.split(",")]
     for fd in fds:  # blocking writes: a node that reads slowly slows the controllers, it never loses a frame
@@ -117,7 +128,7 @@ def main() -> None:
             if not line:
                 break
             if phase == "wait" and b"go" in line:
-                c.schedule(args.rate, args.duration)
+                c.schedule(args.rate, args.duration, args.arrivals)
                 c.recording = True
                 sys.stderr.write(f"done {c.picks}\n")
                 sys.stderr.flush()

@@ -32,6 +32,10 @@ def register(reg: CommandRegistry) -> None:
                         "model's second stage); default: the config default")
     p.add_argument("--samples", type=Path, default=None, metavar="FILE",
                    help="write each measured pick's timeline (write, read, ranked, arrivals; ns) as JSON lines")
+    p.add_argument("--arrivals", choices=("lockstep", "staggered"), default="lockstep",
+                   help="lockstep (default): the 4 controllers' frames of a round back to back, so their picks "
+                        "reach the node together; staggered: each controller on its own clock phase (i/4 of a "
+                        "round later), as independent controllers run")
 
     p = reg.subcommand("bench", "hotpath", "CPU per pick of the node's ranking path alone (no pty, broker or "
                        "screens): compare code versions on a loaded machine", _bench_hotpath)
@@ -79,7 +83,8 @@ def _bench(args: argparse.Namespace) -> int:
         raise UserError("--screens must be between 0 and 500")
     result = run(BenchOptions(rate=args.rate, duration=args.duration, screens=args.screens, mqtt=not args.no_mqtt,
                               model=not args.no_model, stage2_skip_after_ms=args.stage2_skip_after_ms,
-                              samples_path=str(args.samples) if args.samples is not None else None))
+                              samples_path=str(args.samples) if args.samples is not None else None,
+                              arrivals=args.arrivals))
     print_result(result, args.json)
     return 0
 
