@@ -196,6 +196,9 @@ class FusionSection(_Strict):
     handoff_s: float = Field(default=2.0, ge=0, le=30)  # a lost track re-found this soon continues its session
     handoff_m: float = Field(default=1.0, ge=0, le=5)  # ... this close to where it was lost
     anonymous_idle_s: float = Field(default=60.0, gt=0)  # shelf-only session ends after this quiet time
+    # camera down: a checked-in visit takes its zone's free shelves' picks for this long after the check-in (not
+    # extended by picks: another shopper's picks there land on it at most this long); 0: never (docs/vision.md)
+    stand_in_s: float = Field(default=120.0, ge=0, le=3600)
     # chain-wide salt for hashed customer ids: one retailer's secret, the same on all its nodes (the cloud joins
     # check-ins and profiles by the hash); literal, env:NAME or file:PATH. The default is public (DEMO_CUSTOMER_SALT).
     customer_salt: SecretStr = SecretStr(DEMO_CUSTOMER_SALT)
