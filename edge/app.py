@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 from edge import __version__
 from edge.bus import Bus
+from edge.clock import SYSTEM
 from edge.config import NodeConfig
 from edge.events import RecommendationSet
 from edge.recommend import Recommender
@@ -176,6 +177,8 @@ class Node:
         """Rooms that need an open store are built after it starts."""
         self.recommender = Recommender(self.config, self.store, self.bus,
                                        model=load_model_scorer(self.config, self.store))
+        # popularity per zone x hour learns only picks made while the node's clock is synced (edge.ranking.fallback)
+        self.recommender.fallback.watch_clock(SYSTEM)
         # Consumers start before the producers that feed them, so nothing is published into the void
         # while the node comes up; stop() runs this list backwards, so producers stop first and the
         # last events still find their consumers on the way down.
@@ -273,6 +276,8 @@ class Node:
                 rooms[r.name] = r.health()
             except Exception as exc:  # health must never take the node down
                 rooms[r.name] = {"status": "error", "detail": str(exc)}
+        if self.recommender is not None and "recommend" in rooms:  # picks not learned while the clock is unsynced
+            rooms["recommend"].update(self.recommender.fallback.health())
         statuses = {str(h.get("status", "ok")) for h in rooms.values()}
         overall = "failed" if "failed" in statuses else "degraded" if statuses - {"ok", "closed"} else "ok"
         return {
