@@ -13,13 +13,16 @@ the picked items. A check-in links a session to a hashed customer key.
 A check-in (``check_in``; from the bus, ``CheckIn``) always ends on a live visit at that screen: the named session
 if it is active, else the tracked shopper's, else the shopper within 3 m of the screen, else a new visit placed at
 the screen. A visit already linked to another customer is never relinked (a second shopper checking in at the same
-screen gets a visit of their own), and an ended session is never reopened (the check-in opens a new visit). With
+screen gets a visit of their own), and an ended session is never reopened (with a screen the check-in opens a new
+visit there; without one it is refused, ``VisitEnded``: no screen would ever show a visit placed nowhere). With
 the camera down, the checked-in visit also stands in for the anonymous per-shelf sessions of its zone's shelves
-that have none, so the shopper's next picks there land on it (and keep the customer); with the camera on, a visit
-checked in with nobody tracked near the screen is taken by the first new track seen within 3 m of the screen in the
-next 30 s (the shopper walking into view), so their picks are attributed to it. On the bus, fusion sees a
-``CheckIn`` first and, when it bound another session than the event names, publishes the event again (same id)
-with that session: the recommender binds the visit fusion bound, and ignores the first copy (by its id).
+that have none, so the shopper's next picks there land on it (and keep the customer), for ``fusion.stand_in_s``
+after the check-in (picks do not extend it: that bounds how long another shopper's picks there can land on it);
+with the camera on, a visit checked in with nobody tracked near the screen is taken by the first new track seen
+within 3 m of the screen in the next 30 s (the shopper walking into view), so their picks are attributed to it. On
+the bus, fusion sees a ``CheckIn`` first and, when it bound another session than the event names, publishes the
+event again (same id) with that session (``None`` when it refused the check-in): the recommender binds the visit
+fusion bound (nothing for ``None``), and ignores the first copy (by its id).
 
 Without a working camera (disabled, reconnecting, failed), every shelf event
 goes to an anonymous per-shelf session (``attributed=False``), so ranking and
@@ -34,11 +37,13 @@ event loop; they never block and are also guarded by a lock)::
     fusion.on_track(TrackUpdate)
     fusion.on_zone(ZoneEvent)
     fusion.set_camera_status(ok: bool)     # wire to VisionRoom(on_status=...)
-    fusion.check_in(customer_hash, track=None, session=None, screen=None) -> session id (never an ended one)
+    fusion.check_in(customer_hash, track=None, session=None, screen=None) -> session id (never an ended one;
+                                           # raises VisitEnded for an ended session named without a screen)
     fusion.on_check_in(CheckIn)            # same, from a CheckIn event
     fusion.active_sessions() -> list[SessionView]
     fusion.session(session_id) -> SessionView | None
     fusion.session_near(x, y, zone=None, max_m=10.0) -> SessionView | None   # signage: who is at this screen
+    fusion.camera_ok                       # False: the recommender places visits itself (shelves, screens)
     fusion.expire(now=None)                # close idle sessions (call every few seconds)
     fusion.health() -> dict
 
@@ -72,7 +77,7 @@ from edge.config import NodeConfig, Shelf
 from edge.events import CheckIn, ShelfEvent, ShopperEvent, TrackUpdate, ZoneEvent, maker
 from edge.sync.schemas import is_customer_hash
 
-__all__ = ["Fusion", "SessionView", "hash_customer", "shopper_event_id"]
+__all__ = ["Fusion", "SessionView", "VisitEnded", "hash_customer", "shopper_event_id"]
 
 log = logging.getLogger("shelfcast.fusion")
 # (session, sku, action, zone, units, shelf, slot, t, attributed, id): the frozen dataclass __init__ is ~2 µs
@@ -86,6 +91,15 @@ MOTION_PENALTY_S = 0.4  # metres of distance added per m/s of walking speed arou
 CHECK_IN_NEAR_M = 3.0  # a check-in at a screen binds the shopper this close to it
 CLAIM_S = 30.0  # a check-in nobody was tracked near: a new track this soon after, this close to the screen, takes it
 CHECK_INS_KEPT = 256  # check-in event ids seen (a re-published CheckIn is not bound twice)
+
+
+class VisitEnded(LookupError):
+    """A check-in named a visit that has ended and gave no screen (nor a live track) to place a new one at: the
+    shopper must check in again at the screen they stand at. ``session``: the ended visit."""
+
+    def __init__(self, session: str) -> None:
+        super().__init__(f"visit {session} has ended; check in again at the screen the shopper stands at")
+        self.session = session
 
 
 def hash_customer(raw_id: str, salt: str | SecretStr) -> str:
@@ -139,6 +153,7 @@ class _Session:
     lost_at: float | None = None
     tracks: list[int] = field(default_factory=list)
     items: dict[str, int] = field(default_factory=dict)
+    stand_in_until: float = math.inf  # a checked-in visit standing in for shelves (camera down): until then
 
     def view(self) -> SessionView:
         return SessionView(id=self.id, track=self.track, shelf=self.shelf, customer=self.customer, zone=self.zone,
@@ -184,7 +199,7 @@ class Fusion:
         self.stats: dict[str, int] = {k: 0 for k in (
             "shelf_events", "attributed", "unattributed", "ambiguous", "nobody_in_reach", "shelf_only",
             "unknown_shelf", "no_sku", "bad_events", "check_ins", "check_ins_elsewhere", "check_ins_claimed",
-            "handoffs", "sessions_opened", "sessions_closed", "track_updates")}
+            "check_ins_refused", "handoffs", "sessions_opened", "sessions_closed", "track_updates")}
 
     # -- room lifecycle -------------------------------------------------------
     async def start(self) -> None:
@@ -219,15 +234,19 @@ class Fusion:
         self._check_ins_seen[ev.id] = None
         while len(self._check_ins_seen) > CHECK_INS_KEPT:
             self._check_ins_seen.popitem(last=False)
+        sid: str | None
         try:
             sid = self.on_check_in(ev)
+        except VisitEnded:
+            sid = None  # counted and logged in check_in; the recommender binds nothing (below)
         except ValueError:
             self.stats["bad_events"] += 1
             log.warning("fusion: check-in with a customer key that is not a salted hash; ignored")
             return
         if sid != ev.session and self.bus is not None:
             # the event named no session (the screen served nobody), an ended one or another customer's: the
-            # recommender must bind the visit bound here, so it gets the event again (same id) naming it
+            # recommender must bind the visit bound here, so it gets the event again (same id) naming it; None:
+            # refused (an ended visit and no screen), the recommender binds nothing for this id
             self.bus.publish(dataclasses.replace(ev, session=sid))
 
     # -- inputs ---------------------------------------------------------------
@@ -314,8 +333,10 @@ class Fusion:
         In order: ``session`` if active, the ``track``'s visit, the shopper within 3 m of ``screen``; a visit
         linked to another customer is skipped, an ended ``session`` is never reopened. Nobody fits: a new visit,
         at the screen (else where the named session was last seen), with the id ``session`` if that names no
-        visit this node has seen. Without a camera the visit takes over the free shelves of its zone
-        (``_stand_in``) so the shopper's picks there land on it."""
+        visit this node has seen. An ended ``session`` with no ``screen`` (and no live ``track`` visit) raises
+        ``VisitEnded``: a new visit placed nowhere would be shown on no screen. Without a camera the visit takes
+        over the free shelves of its zone for ``fusion.stand_in_s`` (``_stand_in``) so the shopper's picks there
+        land on it."""
         if not is_customer_hash(customer_hash):  # the one check (``$`` let a trailing newline through)
             raise ValueError("check_in takes a hashed customer key (64 hex chars): "
                              "pass hash_customer(raw_id, config.fusion.customer_salt), never the raw id")
@@ -343,6 +364,11 @@ class Fusion:
             if s is None and scr is not None:
                 near = self._near(scr.position[0], scr.position[1], scr.zone, CHECK_IN_NEAR_M, customer_hash)
                 s = self._active.get(near.id) if near is not None else None
+            if s is None and scr is None and named is not None and named.ended is not None:
+                self.stats["check_ins_refused"] += 1
+                log.info("fusion: a check-in named visit %s, which ended %.0f s ago, and no screen: refused (check "
+                         "in again at the screen)", named.id, now - named.ended)
+                raise VisitEnded(named.id)
             if s is None:
                 # a caller's own visit id is kept when it names nothing here (never an ended or taken one)
                 s = self._open(now, sid=session if session is not None and named is None else None)
@@ -355,7 +381,7 @@ class Fusion:
             s.customer = customer_hash
             s.last_seen = max(s.last_seen, now)
             if not self.camera_ok and s.track is None:
-                self._stand_in(s)
+                self._stand_in(s, now)
             self.stats["check_ins"] += 1
             return s.id
 
@@ -376,7 +402,8 @@ class Fusion:
         """The active shopper nearest to (x, y) (e.g. a screen), optionally in ``zone``.
 
         With the camera down, the most recent anonymous shelf session of the
-        nearest shelf (in that zone) stands in for the shopper.
+        nearest shelf (in that zone) stands in for the shopper. (The recommender does not ask then: while
+        ``camera_ok`` is False its own rule decides, as with the camera disabled.)
         """
         with self._lock:
             return self._near(x, y, zone, max_m)
@@ -553,21 +580,27 @@ class Fusion:
             self._track_session[track] = s.id
         return s
 
-    def _stand_in(self, s: _Session) -> None:
+    def _stand_in(self, s: _Session, now: float) -> None:
         """Camera down: ``s`` (a checked-in visit) becomes the anonymous session of each shelf of its zone that has
-        none active, so the shopper's picks there go to it (until it is quiet for ``anonymous_idle_s``)."""
-        if s.zone is None:
+        none active, so the shopper's picks there go to it, for ``fusion.stand_in_s`` after this check-in. Picks do
+        not extend it (they may be anybody's: before, each kept it going, so a busy zone's picks all landed on the
+        checked-in visit); a pause does not end it; checking in again renews it. 0: no stand-in."""
+        if s.zone is None or self.cfg.stand_in_s <= 0:
             return
+        s.stand_in_until = now + self.cfg.stand_in_s
         for sh in self._shelves.values():
             if sh.zone == s.zone:
-                cur = self._anon_by_shelf.get(sh.id)
-                if cur is None or cur not in self._active:
+                sid = self._anon_by_shelf.get(sh.id)
+                cur = self._active.get(sid) if sid else None
+                if cur is None or (cur.shelf != sh.id and cur.stand_in_until < now):  # free, or a stand-in done
                     self._anon_by_shelf[sh.id] = s.id
 
     def _anonymous(self, shelf: str, t: float) -> _Session:
         sid = self._anon_by_shelf.get(shelf)
         s = self._active.get(sid) if sid else None
-        if s is None or t - s.last_seen > self.cfg.anonymous_idle_s:
+        # the shelf's own session ends when quiet; a checked-in visit standing in holds until its stand_in_until
+        if s is None or (t - s.last_seen > self.cfg.anonymous_idle_s if s.shelf == shelf
+                         else t > s.stand_in_until):
             if s is not None and s.shelf == shelf:  # this shelf's own; a checked-in stand-in ends as any visit
                 self._close(s, s.last_seen)
             s = self._open(t, shelf=shelf)

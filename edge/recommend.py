@@ -12,7 +12,15 @@ A check-in (``CheckIn`` with its ``session``, bound by fusion first: see ``edge.
 that visit and places it at the check-in's screen, seen now: the screen serves it from its next set on (the
 customer's profile history from the store cache goes to the model), its later picks keep the customer, and it is
 saved with the customer when it expires like any visit. The check-in is stored and queued upstream once per event
-id (fusion re-publishes an event naming the visit it bound; the first copy is ignored).
+id (fusion re-publishes an event naming the visit it bound; the first copy is ignored). Fusion refuses a check-in
+naming an ended visit without a screen by re-publishing it with no session: nothing is bound or stored for that id
+(``check_in_refused``).
+
+Who a screen serves without a live camera (``_nearest_session``; with it, fusion's tracks answer): the
+nearest visit of its zone that acted (picked, put back, checked in) in the last ``present_s`` (90 s); within half a
+metre the one that acted last. A checked-in visit also keeps its screens after that, for as long as it lives
+(``fusion.session_idle_s``), while it is the last visit to have acted in the zone: a shopper reading a label keeps
+their set, and the screen goes back to the zone's items when the visit ends or once someone else has acted there.
 
 Nobody in front of a screen: the zone's popular items for the hour, with the
 configured promotions (``signage.promotions``) first. A visit long enough to
@@ -97,7 +105,8 @@ class VisitState:
 
 
 class SessionLocator(Protocol):
-    """Who stands nearest a floor point (``edge.fusion`` provides it when the camera is on)."""
+    """Who stands nearest a floor point (``edge.fusion`` provides it when the camera is on). A ``camera_ok``
+    attribute that is False (fusion's, the camera down) makes the recommender use its own rule instead."""
 
     def session_near(self, x: float, y: float, zone: str | None) -> Any:
         """A session id, or an object with ``.id`` (fusion's ``SessionView``), or None."""
@@ -136,6 +145,8 @@ class Recommender:
         self._shelf_at = {sh.id: sh.position for sh in config.layout.shelves}
         self.locator: SessionLocator | None = None  # set by the composition root when fusion runs
         self.present_s = 90.0  # a visit counts as "in front of" screens this long after its last action
+        # ... and a checked-in visit as long as it lives, while it is its zone's last to act (_nearest_session)
+        self.visit_idle_s = config.fusion.session_idle_s
         self._observations: list[tuple[str, str | None, float, int]] = []
         self._observed_at = 0.0
         # a second's observations, fed to the fallback a slice at a time after ranking passes (see _rank_due)
@@ -158,7 +169,7 @@ class Recommender:
         # called after each visit's sets of a coalesced ranking pass are published (signage pushes them at
         # once, not after the other visits of the pass or a loop iteration later)
         self.after_push: list[Callable[[], None]] = []
-        self._check_ins: OrderedDict[str, str] = OrderedDict()  # CheckIn id -> the session it bound
+        self._check_ins: OrderedDict[str, str | None] = OrderedDict()  # CheckIn id -> the visit bound (None: none)
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -185,13 +196,15 @@ class Recommender:
         """Bind ``ev.customer`` to the visit ``ev.session`` (fusion has bound it first and re-publishes an event
         that named no visit, an ended one or another customer's: that first copy comes after and is ignored by its
         id). With ``ev.screen`` the visit is placed at that screen, seen now, so the screen serves it."""
-        if ev.session is None or not is_customer_hash(ev.customer):  # never store a raw id (fusion logs it)
+        if not is_customer_hash(ev.customer):  # never store a raw id (fusion logs it)
             return
         if ev.id in self._check_ins:
             return
         self._check_ins[ev.id] = ev.session
         while len(self._check_ins) > CHECK_INS_KEPT:
             self._check_ins.popitem(last=False)
+        if ev.session is None:  # fusion bound no visit (refused it: ``check_in_refused``), or no fusion runs
+            return
         self._follow_clock()
         now = ev.t
         v = self.visits.get(ev.session)
@@ -207,6 +220,11 @@ class Recommender:
     def check_in_session(self, event_id: str) -> str | None:
         """The visit the check-in ``event_id`` bound (None: not bound, e.g. nobody bound a visit for it)."""
         return self._check_ins.get(event_id)
+
+    def check_in_refused(self, event_id: str) -> bool:
+        """True when the check-in ``event_id`` reached this room naming no visit after fusion: it bound nothing
+        (fusion refuses a check-in naming an ended visit without a screen; ``edge.fusion.VisitEnded``)."""
+        return event_id in self._check_ins and self._check_ins[event_id] is None
 
     def on_shopper_event(self, ev: ShopperEvent) -> None:
         self.stats["events"] += 1
@@ -305,7 +323,9 @@ class Recommender:
         if at is None:
             return None
         (sx, sy), zone = at
-        if self.locator is not None:
+        # a locator whose camera is down (fusion's ``camera_ok``) knows no more than this room (the same picks and
+        # check-ins, at shelves and screens): the rule below answers, the same as with the camera disabled
+        if self.locator is not None and getattr(self.locator, "camera_ok", True):
             try:
                 found = self.locator.session_near(sx, sy, zone)
                 s = found if found is None or isinstance(found, str) else getattr(found, "id", None)
@@ -322,13 +342,23 @@ class Recommender:
         now = self.clock()
         best: VisitState | None = None
         best_d = math.inf
+        last: VisitState | None = None  # the zone's last visit to act
         for v in self.visits.values():
-            if v.zone != zone or (v is not acting and now - v.last_seen > self.present_s):
+            if v.zone != zone:
+                continue
+            if last is None or v.last_seen > last.last_seen:
+                last = v
+            if v is not acting and now - v.last_seen > self.present_s:
                 continue
             d = math.hypot(v.x - sx, v.y - sy) if v.x is not None and v.y is not None else 1e6
             # nearer by more than half a metre wins; within that margin, the one who acted last
             if best is None or d < best_d - 0.5 or (d <= best_d + 0.5 and v.last_seen > best.last_seen):
                 best, best_d = v, d
+        if best is None and last is not None and last.customer is not None and now - last.last_seen <= \
+                self.visit_idle_s:
+            # nobody acted in present_s: a checked-in visit that was the last to act keeps the screen while it
+            # lives (a shopper reading a label); anyone acting after it ends that (below present_s, the rule above)
+            return last.session
         return None if best is None else best.session
 
     def in_stock(self, sku: str) -> bool:
