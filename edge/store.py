@@ -19,6 +19,10 @@ Why it looks like this:
   query. Slower reads use a per-thread read connection.
 - Forward-only migrations keyed on ``PRAGMA user_version``, with a backup copy
   of the file before any migration of an existing database.
+- Check-ins never leave with a reversible hash: at open, told the salt this run hashes with (``demo_salt``, the
+  node passes it), check-ins still in the outbox from a run on the public demo salt, or from a ShelfCast that
+  did not record its salt (0.3.0 and older also queued demo-salt check-ins with a cloud link, and customer keys
+  it had not checked), are removed from the outbox before anything reads it (``_screen_checkins``).
 - ``PRAGMA integrity_check`` at open; a corrupt file is moved aside, reported
   in ``health()`` and replaced by a fresh one so the node keeps serving. Only
   the newest ``KEEP_CORRUPT`` set-aside copies stay (each the database's size;
@@ -140,6 +144,8 @@ MAX_HELD = 50_000  # event rows / ops kept in memory while the disk refuses writ
 RETRY_MIN_S, RETRY_MAX_S = 0.25, 5.0  # backoff between attempts to write what is held
 # errors of the disk, not of one op: the whole batch waits and is retried (sqlite3 result codes)
 _DISK_ERRORS = {10, 13, 14}  # SQLITE_IOERR, SQLITE_FULL, SQLITE_CANTOPEN
+# meta: the salt ("demo" / "retailer") of the run whose check-ins may be in the outbox (see _screen_checkins)
+CHECKIN_SALT_KEY = "outbox.checkin_salt"
 
 
 @dataclass
@@ -160,8 +166,13 @@ class Store:
         max_events: int = 2_000_000,
         max_batch: int = 500,
         clock: Clock = SYSTEM,
+        demo_salt: bool | None = None,
     ) -> None:
+        """``demo_salt``: whether this run hashes customer ids with the public demo salt (the node passes
+        ``fusion.uses_demo_salt()``); given, check-ins queued by a run on the demo salt are removed from the outbox
+        at open (``_screen_checkins``). None (tools, tests): the outbox is left as it is."""
         self.path = Path(path)
+        self._demo_salt = demo_salt
         self.clock = clock  # wall time for stamps and ages; its steps are noticed by the writer (_follow_clock)
         self._wall = clock.wall
         self._jumps = clock.watch()
@@ -202,6 +213,8 @@ class Store:
                 conn = self._connect()
                 try:
                     self._migrate(conn)
+                    if self._demo_salt is not None:
+                        self._screen_checkins(conn, self._demo_salt)
                     self._load_caches(conn)
                     self._since = tuple(int(conn.execute(q).fetchone()[0] or 0) for q in (  # type: ignore[assignment]
                         "SELECT max(seq) FROM outbox", "SELECT max(rowid) FROM events",
@@ -367,6 +380,37 @@ class Store:
                 if old != taken and old.name[len(self.path.name) + 2:-4].isdigit():
                     old.unlink(missing_ok=True)
                     log.info("removed the older migration backup %s (kept %s)", old, taken.name)
+
+    def _screen_checkins(self, conn: sqlite3.Connection, demo_salt: bool) -> int:
+        """Start-up step, before anything reads the outbox: check-ins (their customer hash) queued by a run on the
+        public demo salt, or by a ShelfCast that did not record its salt (``CHECKIN_SALT_KEY`` unset: 0.3.0 and
+        older, which queued demo-salt check-ins even with a cloud link), are removed from the outbox, so they never
+        leave the node; anyone can reverse a demo-salt hash by hashing every loyalty number. A queued hash does not
+        say which salt made it, so all of that run's are removed (those of a retailer-salt node upgraded from 0.3.0
+        with the link down too: once). Their ``events`` rows stay on the node until ``retention_days``. Counted in
+        ``health()["outbox_checkins_dropped"]``, logged once; returns the count."""
+        row = conn.execute("SELECT value FROM meta WHERE key=?", (CHECKIN_SALT_KEY,)).fetchone()
+        before = row[0] if row is not None else None
+        now = "demo" if demo_salt else "retailer"
+        n = 0
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if before != "retailer":
+                n = conn.execute(
+                    "DELETE FROM outbox WHERE payload LIKE '%\"checkin\"%' AND CASE WHEN json_valid(payload) THEN "
+                    "json_extract(payload, '$.type') END = 'checkin'").rowcount
+            if before != now:
+                conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (CHECKIN_SALT_KEY, now))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        self._health["outbox_checkins_dropped"] = n
+        if n:
+            why = "a run on the public demo salt" if before == "demo" else "an earlier ShelfCast (0.3.0 or older)"
+            log.warning("outbox: removed %d check-in(s) queued by %s: a demo-salt customer hash can be reversed, so "
+                        "they never leave this node (their visits' picks still go up)", n, why)
+        return n
 
     def _load_caches(self, conn: sqlite3.Connection) -> None:
         db = sqlite_utils.Database(conn)
