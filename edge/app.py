@@ -106,8 +106,10 @@ class StoreRoom:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         c = config.store
+        # demo_salt: check-ins queued by a run on the public demo salt never leave (Store._screen_checkins)
         self.store = Store(Path(config.node.data_dir) / "shelfcast.db", flush_interval_ms=c.flush_interval_ms,
-                           retention_days=c.retention_days, max_events=c.max_events)
+                           retention_days=c.retention_days, max_events=c.max_events,
+                           demo_salt=config.fusion.uses_demo_salt())
 
     async def start(self) -> None:
         delay = 1.0
