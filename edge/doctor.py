@@ -746,7 +746,8 @@ def _adjtimex_state() -> int | None:
 
 def check_clock(timedatectl: str | None = "timedatectl", *, at: float | None = None) -> Check:
     fix = ("enable time sync: `sudo timedatectl set-ntp true` and allow NTP (UDP 123) out, or set a local NTP "
-           "server in /etc/systemd/timesyncd.conf; a Pi has no battery clock, so TLS fails until time is right")
+           "server in /etc/systemd/timesyncd.conf; a Pi has no battery clock, so TLS fails until time is right, and "
+           "until it syncs the popular items per hour learn no picks (/api/health popular_learning)")
     t = time.time() if at is None else at
     now = datetime.fromtimestamp(t, UTC)
     if looks_unset(t):  # the same floor the rooms use (edge.clock.BUILD_FLOOR), not a year of its own
