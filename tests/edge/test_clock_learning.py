@@ -156,3 +156,10 @@ def test_the_fallback_looks_at_the_sync_state_every_few_seconds_not_per_pick(fak
     assert looks[0] == 2 and r._live[("dairy", 7)]["milk"][0] == pytest.approx(1000)
     r.observe("milk", "dairy", 7, fc.w + 30.0)  # stamped ahead of the clock: not when it is now
     assert r.unsynced_skipped == 1
+
+
+def test_doctor_says_the_popular_items_learn_nothing_until_the_clock_syncs() -> None:
+    from edge.doctor import check_clock
+
+    c = check_clock(None, at=60.0)  # 1970: a FAIL, whatever this machine's NTP state
+    assert c.status == "fail" and "popular items per hour learn no picks" in (c.fix or ""), c
