@@ -281,6 +281,31 @@ class SignageSection(_Strict):
     # most of the unit's LimitNOFILE 4096 to the node. Left out, they stay above raised stream caps.
     max_connections: int = Field(default=1024, ge=16, le=3100)
     max_connections_per_ip: int = Field(default=64, ge=2, le=3100)
+    # addresses or networks (CIDR) left out of the per-device caps (max_streams_per_ip, max_connections_per_ip), not
+    # of the totals: a NAT/VLAN gateway with several screens behind it, one player showing many screens
+    trusted_clients: list[str] = Field(default_factory=list)
+
+    @field_validator("trusted_clients", mode="before")
+    @classmethod
+    def _one_trusted_client(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v  # one address written without a list
+
+    @field_validator("trusted_clients")
+    @classmethod
+    def _trusted_clients(cls, v: list[str]) -> list[str]:
+        import ipaddress
+
+        for i, raw in enumerate(v):
+            try:
+                net = ipaddress.ip_network(raw.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"entry {i} ({raw!r}) is not an IP address or network; write one address "
+                                 "(192.168.10.20) or a network in CIDR form (192.168.10.0/24) per entry") from None
+            if net.prefixlen == 0:
+                raise ValueError(f"entry {i} ({raw!r}) is every address, which turns the per-device caps off for the "
+                                 "whole network; list the gateways or players that need it, or raise "
+                                 "signage.max_connections_per_ip and signage.max_streams_per_ip instead")
+        return [raw.strip() for raw in v]
 
     @model_validator(mode="before")
     @classmethod
