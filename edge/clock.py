@@ -105,3 +105,7 @@ class JumpWatch:
 
 
 SYSTEM = Clock()
+# The host's wall clock, taken as synced: for simulations (``shelfcast demo``, the benches), whose picks are made
+# up on the spot. A demo on a laptop or CI container whose kernel reports NTP unsynced (containers often do)
+# would otherwise stop its popularity learning and warn about NTP; a node in a store uses SYSTEM.
+SIMULATED = Clock(synced=lambda: True)

@@ -164,6 +164,10 @@ async def run_demo(opts: DemoOptions) -> dict[str, Any]:
     t0 = time.monotonic()
     store_error: str | None = None
     await node.start()
+    if node.recommender is not None:  # a simulation: learn its picks whatever the host's NTP state
+        from edge.clock import SIMULATED
+
+        node.recommender.fallback.watch_clock(SIMULATED)
     truth = _GroundTruthBus(node.bus)
     if shelves is not None:
         # fusion attributes the driver's ShelfEvents; the simulator's own attribution is only ground truth

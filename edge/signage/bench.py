@@ -162,6 +162,10 @@ async def _run(opts: BenchOptions) -> dict[str, Any]:
                               opts.stage2_skip_after_ms)
         node = Node(config)
         await node.start()
+        if node.recommender is not None:  # a simulation: learn its picks whatever the host's NTP state
+            from edge.clock import SIMULATED
+
+            node.recommender.fallback.watch_clock(SIMULATED)
         if not opts.model and node.recommender is not None:
             node.recommender.model = None
         model_version = getattr(node.recommender.model if node.recommender else None, "version", None)

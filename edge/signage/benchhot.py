@@ -40,6 +40,10 @@ async def _run(picks: int, model: bool) -> dict[str, Any]:
                                      "signage": cfg.signage.model_copy(update={"enabled": False})})
         node = Node(cfg)
         await node.start()
+        if node.recommender is not None:  # a simulation: learn its picks whatever the host's NTP state
+            from edge.clock import SIMULATED
+
+            node.recommender.fallback.watch_clock(SIMULATED)
         try:
             rec = node.recommender
             assert rec is not None
