@@ -31,6 +31,18 @@ descriptors (LimitNOFILE) the rest of the node needs. A connection whose answer 
 ``request_timeout_s`` (the client stopped reading) is dropped by the kernel (TCP_USER_TIMEOUT). Static files are
 revalidated on every use (``Cache-Control: no-cache`` with their ETag): an upgraded node's screen.js is never
 taken from a stale cache.
+
+The gate also keeps the bytes of requests aiohttp holds before handling them (an unfinished header block, requests
+pipelined behind one being answered) within a budget: ``HEAD_FREE`` per connection, and past that a share of
+``HEAD_POOL`` common to all; a connection that would go past it is closed (its first request gets a 503 saying
+why). Without it, 1024 connections each holding an unfinished 124 KiB header block took ~250 MB of RSS, and 64
+connections pipelining big-header requests without reading ~210 MB. ``signage.trusted_clients`` (addresses or
+networks: a NAT gateway with several screens behind it, a player showing many screens) are left out of the
+per-device caps, not of the totals nor of the header budget.
+
+Every response says ``Server: shelfcast`` (no versions: aiohttp's ``Python/3.11 aiohttp/3.x.y`` told an attacker
+which exploits to try) and ``X-Content-Type-Options: nosniff``, also aiohttp's own 400s for requests it cannot
+parse (their text quotes the offending bytes: plain text, never sniffed as a page).
 """
 
 from __future__ import annotations
@@ -40,20 +52,23 @@ import contextlib
 import hashlib
 import hmac
 import html
+import ipaddress
 import json
 import logging
 import socket
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestHandler
 
 from edge.config import DEMO_SALT_CHECKINS_REFUSED
 from edge.events import CheckIn
-from edge.signage.hub import Client, direct_send
+from edge.signage.hub import Client, direct_send, is_loopback
 from edge.signage.payload import ICONS
 
 if TYPE_CHECKING:
@@ -106,6 +121,13 @@ CHECKIN_SHAPE = '{"customer": "<loyalty id>", "screen": "<screen id>"}'
 KIND_LABEL = {"full": "full screen", "strip": "shelf-edge strip", "shelf_display": "shelf display"}
 LINGER_S = 1.0  # a refused connection: how long its request is read (and dropped) so the 503 is not lost to a reset
 MAX_LINGERING = 64  # refused connections lingering at once; past that one is closed right after its 503
+SERVER = "shelfcast"  # the Server header of every response: no versions (aiohttp sent Python's and its own)
+# Request bytes aiohttp holds before it hands a request to a handler (an unfinished header block, pipelined requests
+# queued behind one being answered; aiohttp's parsed copies take ~2x the bytes in RSS): every connection may have
+# HEAD_FREE in flight, the ones holding more share HEAD_POOL. A kiosk's request is ~600 bytes, one at a time.
+HEAD_FREE = 8 * 1024
+HEAD_POOL = 8 * 1024 * 1024
+_EOH = b"\r\n\r\n"  # the end of a request's header block
 
 
 class BadParam(ValueError):
@@ -179,6 +201,7 @@ def _bad_request(msg: str, as_json: bool) -> web.Response:
 
 @web.middleware
 async def _errors_and_auth(request: web.Request, handler: Any) -> web.StreamResponse:
+    request.app[GATE].started(request.transport)  # its header block left aiohttp's queue: off the budget
     room = request.app[ROOM]
     as_json = request.path.startswith("/api/")
     if request.method not in ("GET", "HEAD", "OPTIONS"):
@@ -394,7 +417,8 @@ async def metrics(request: web.Request) -> web.Response:
     metric("shelfcast_signage_connections_refused_total", "counter",
            "connections refused (503) by the cap named in 'limit'",
            [({"limit": "max_connections"}, hs["refused_max_connections"]),
-            ({"limit": "max_connections_per_ip"}, hs["refused_max_connections_per_ip"])])
+            ({"limit": "max_connections_per_ip"}, hs["refused_max_connections_per_ip"]),
+            ({"limit": "header_budget"}, hs["refused_header_budget"])])
     metric("shelfcast_signage_connections_stalled_total", "counter",
            "connections dropped for not reading their answers (request_timeout_s)", [({}, hs["closed_stalled"])])
     q = room.push_quantiles()
@@ -498,6 +522,7 @@ def build_app(room: SignageRoom) -> web.Application:
     app[GATE] = Gate(room)
     app.cleanup_ctx.append(_lingering)
     app.on_response_prepare.append(_static_headers)
+    app.on_response_prepare.append(_server_headers)
     app.router.add_get("/", index)
     app.router.add_get("/screens/{id}", screen_page)
     app.router.add_get("/api/screens", api_screens)
@@ -512,6 +537,36 @@ def build_app(room: SignageRoom) -> web.Application:
 
 
 # -- connections: the gate in front of aiohttp ---------------------------------------------------------------------
+
+
+async def _server_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Every routed response (pages, JSON, SSE, static files, 404s and 503s): ``Server: shelfcast`` in place of
+    aiohttp's ``Python/3.11 aiohttp/<version>``, and never sniffed as another type. Responses to requests aiohttp
+    could not parse get the same from ``_Handler.handle_error``."""
+    h = response.headers
+    h["Server"] = SERVER
+    h["X-Content-Type-Options"] = "nosniff"
+
+
+class _Handler(RequestHandler):
+    """aiohttp's connection handler; its error answers (a 400 for a request it cannot parse, a 500) carry the same
+    headers as the rest (they are prepared without the app, so ``on_response_prepare`` never sees them)."""
+
+    __slots__ = ()
+
+    def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        resp = super().handle_error(request, status, exc, message)
+        resp.headers.update({"Server": SERVER, "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"})
+        return resp
+
+
+def _handler(server: web.Server) -> RequestHandler:
+    """What ``server()`` makes (``web.Server.__call__``), as a ``_Handler``."""
+    try:
+        return _Handler(server, loop=server._loop, **server._kwargs)
+    except (AttributeError, TypeError):  # an aiohttp that builds its handlers otherwise: its own, headers as it sets
+        return cast(RequestHandler, server())
 
 
 async def _static_headers(request: web.Request, response: web.StreamResponse) -> None:
@@ -535,8 +590,60 @@ class Gate:
     def __init__(self, room: SignageRoom) -> None:
         self.room = room
         self.open: dict[_Conn, None] = {}  # admitted, not yet lost (insertion-ordered set)
+        self.by_transport: dict[asyncio.BaseTransport, _Conn] = {}  # admitted ones, for ``started``
         self.lingering: set[_Conn] = set()
         self.last_log: dict[str, float] = {}
+        self.pooled = 0  # HEAD_POOL bytes taken (connections holding more than HEAD_FREE)
+        self.trusted = [ipaddress.ip_network(t, strict=False) for t in room.cfg.trusted_clients]
+        self._exempt: dict[str, bool] = {}
+        room.hub.per_ip_exempt = self.exempt
+
+    def exempt(self, peer: str) -> bool:
+        """``peer`` is left out of the per-device caps: loopback, or in ``signage.trusted_clients``. Asked only for an
+        address already at a cap; remembered (up to 4096 addresses)."""
+        known = self._exempt.get(peer)
+        if known is not None:
+            return known
+        ok = is_loopback(peer)
+        if not ok and self.trusted:
+            try:
+                ip = ipaddress.ip_address(peer)
+            except ValueError:
+                ip = None
+            if ip is not None:
+                mapped = getattr(ip, "ipv4_mapped", None)
+                ip = mapped or ip
+                ok = any(ip.version == net.version and ip in net for net in self.trusted)
+        if len(self._exempt) >= 4096:
+            self._exempt.clear()
+        self._exempt[peer] = ok
+        return ok
+
+    def started(self, transport: asyncio.BaseTransport | None) -> None:
+        """aiohttp hands a request from ``transport`` to the app: its header block is no longer held in its queue."""
+        conn = self.by_transport.get(transport) if transport is not None else None
+        if conn is not None:
+            conn.started()
+
+    def budget_refusal(self, peer: str) -> bytes:
+        msg = (f"refused: this node already holds {HEAD_POOL // (1024 * 1024)} MiB of unfinished requests, the most "
+               f"it keeps (each connection may send {HEAD_FREE // 1024} KiB at once, a screen's request is well under "
+               f"1 KiB); send smaller requests and fewer at once, or find the device flooding the screens port "
+               f"(logged, and counted in /api/health as sse.refused_header_budget); retry in {RETRY_AFTER_S} s")
+        now = time.monotonic()
+        if now - self.last_log.get("header_budget", -1e9) >= 60.0:
+            self.last_log["header_budget"] = now
+            log.warning("connection from %s %s (more are counted in health and /metrics, logged once a minute)",
+                        peer, msg)
+        return self.answer(503, "Service Unavailable", msg)
+
+    @staticmethod
+    def answer(status: int, reason: str, msg: str) -> bytes:
+        body = (msg + "\n").encode()
+        return (b"HTTP/1.1 %d %b\r\nServer: %b\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                b"X-Content-Type-Options: nosniff\r\nContent-Length: %d\r\nRetry-After: %d\r\n"
+                b"Cache-Control: no-store\r\nConnection: close\r\n\r\n%b"
+                % (status, reason.encode(), SERVER.encode(), len(body), RETRY_AFTER_S, body))
 
     def refusal(self, which: str, peer: str) -> bytes:
         cfg = self.room.cfg
@@ -549,10 +656,7 @@ class Gate:
             what = f"{peer} already has {cap} open connections to this node, the limit per device ({key})"
             fix = "close that device's screen pages that are not in use"
         msg = _cap_refusal(what, fix, key, self.last_log, which, f"connection from {peer}")
-        body = (msg + "\n").encode()
-        return (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
-                b"Content-Length: %d\r\nRetry-After: %d\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n%b"
-                % (len(body), RETRY_AFTER_S, body))
+        return self.answer(503, "Service Unavailable", msg)
 
     def close_all(self) -> None:
         for c in list(self.lingering):
@@ -573,7 +677,8 @@ class _Conn(asyncio.Protocol):
     """One connection: forwards to aiohttp's ``RequestHandler`` when admitted, else answers the 503 and lingers
     (reads and drops the request, up to ``LINGER_S``) so closing does not reset the answer away."""
 
-    __slots__ = ("gate", "inner", "peer", "seen", "server", "timer", "transport")
+    __slots__ = ("carry", "current", "gate", "heads", "held", "inner", "over", "partial", "peer", "requests", "seen",
+                 "server", "timer", "transport")
 
     def __init__(self, gate: Gate, server: web.Server) -> None:
         self.gate, self.server = gate, server
@@ -582,6 +687,13 @@ class _Conn(asyncio.Protocol):
         self.peer = ""
         self.seen = b""
         self.timer: asyncio.TimerHandle | None = None
+        # the header budget: bytes received that aiohttp holds (``held``): the header block of the request being
+        # handled (``current``), the whole ones queued behind it (``heads``; a body counts with the block after it)
+        # and the one arriving (``partial``, its last bytes in ``carry`` to find an end split across reads);
+        # ``over``: HEAD_POOL bytes taken; ``requests``: header blocks seen whole
+        self.heads: deque[int] = deque()
+        self.held = self.current = self.partial = self.over = self.requests = 0
+        self.carry = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         tr = cast(asyncio.Transport, transport)
@@ -596,7 +708,8 @@ class _Conn(asyncio.Protocol):
             if sock is not None and hasattr(socket, "TCP_USER_TIMEOUT"):
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(cfg.request_timeout_s * 1000))
-            self.inner = self.server()
+            gate.by_transport[tr] = self
+            self.inner = _handler(self.server)
             self.inner.connection_made(tr)
             return
         tr.write(gate.refusal(which, self.peer))
@@ -607,8 +720,10 @@ class _Conn(asyncio.Protocol):
         self.timer = asyncio.get_running_loop().call_later(LINGER_S, self.close)
 
     def data_received(self, data: bytes) -> None:
-        if self.inner is not None:
-            self.inner.data_received(data)
+        inner = self.inner
+        if inner is not None:
+            if self.account(data):
+                inner.data_received(data)
             return
         seen = self.seen + data  # the request is read and dropped; its end (a blank line) ends the linger
         if b"\r\n\r\n" in seen:
@@ -628,6 +743,56 @@ class _Conn(asyncio.Protocol):
         if self.inner is not None:
             self.inner.resume_writing()
 
+    def account(self, data: bytes) -> bool:
+        """Counts ``data`` as held until the request it belongs to starts; False when that would take the connection
+        past its budget: then it is refused (a 503 if it has not sent a whole request yet) and closed."""
+        n = len(data)
+        start, partial, carry, whole_before = 0, self.partial, self.carry, self.requests
+        if carry:  # an end of headers split across two reads
+            j = (carry + data[:3]).find(_EOH)
+            if j >= 0:
+                start = j + 4 - len(carry)
+                self.heads.append(partial + start)
+                partial = 0
+                self.requests += 1
+        i = data.find(_EOH, start)
+        while i >= 0:
+            end = i + 4
+            self.heads.append(partial + end - start)
+            partial, start = 0, end
+            self.requests += 1
+            i = data.find(_EOH, end)
+        self.partial = partial + n - start
+        self.carry = (carry + data[-3:])[-3:] if start == 0 else data[start:][-3:]
+        self.held += n
+        over = self.held - HEAD_FREE
+        if over <= self.over:
+            return True
+        gate = self.gate
+        if gate.pooled + over - self.over <= HEAD_POOL:
+            gate.pooled += over - self.over
+            self.over = over
+            return True
+        gate.room.hub.stats["refused_header_budget"] += 1
+        answer = gate.budget_refusal(self.peer)
+        if self.transport is not None:
+            if whole_before == 0:  # aiohttp has no whole request of it, so has not answered: this is the answer
+                self.transport.write(answer)
+            self.transport.close()
+        return False
+
+    def started(self) -> None:
+        """aiohttp handed one of this connection's requests to a handler: the one before it is answered (a
+        connection's requests are handled in turn), its header block is no longer held; this one's is, until the next
+        starts or the connection closes (a screen's stream holds its ~600 bytes for as long as it is open)."""
+        if self.heads:
+            self.held -= self.current
+            self.current = self.heads.popleft()
+            over = max(0, self.held - HEAD_FREE)
+            if over != self.over:
+                self.gate.pooled += over - self.over
+                self.over = over
+
     def close(self) -> None:
         if self.timer is not None:
             self.timer.cancel()
@@ -642,6 +807,10 @@ class _Conn(asyncio.Protocol):
             self.timer = None
         gate.lingering.discard(self)
         if self.inner is not None:
+            gate.pooled -= self.over
+            self.over = 0
+            if self.transport is not None:
+                gate.by_transport.pop(self.transport, None)
             if gate.open.pop(self, 0) is None:
                 hub = gate.room.hub
                 hub.connection_closed(self.peer)

@@ -17,6 +17,8 @@ Admission: ``refuse`` says whether one more live stream would pass a cap — in 
 check is a dict look-up at connect time; ``offer`` does not see it. ``refuse_connection`` does the same one level
 down, for every TCP connection to the screens port (a stream holds one; so do pages, JSON, health and idle
 keep-alive ones), counted by ``connection_opened``/``connection_closed``; loopback is never refused there.
+``per_ip_exempt`` says which addresses the per-address caps leave out (loopback, and ``signage.trusted_clients``
+once the HTTP server sets it); it is asked only when an address is already at a cap.
 """
 
 from __future__ import annotations
@@ -85,8 +87,9 @@ class Hub:
         self.stats = {"connected_total": 0, "dropped_slow": 0, "disconnected": 0, "frames_sent": 0,
                       "direct": 0, "superseded": 0, "refused_max_streams": 0, "refused_max_streams_per_ip": 0,
                       "connections": 0, "refused_max_connections": 0, "refused_max_connections_per_ip": 0,
-                      "closed_stalled": 0}
+                      "closed_stalled": 0, "refused_header_budget": 0}
         self.conn_per_peer: dict[str, int] = {}  # peer -> open TCP connections to the port (no entry at 0)
+        self.per_ip_exempt: Callable[[str], bool] = is_loopback  # left out of the per-address caps (not the totals)
 
     def count(self, screen: str | None = None) -> int:
         if screen is not None:
@@ -99,7 +102,7 @@ class Hub:
         if self.live >= max_total:
             self.stats["refused_max_streams"] += 1
             return "total"
-        if self.per_peer.get(peer, 0) >= max_per_peer and not is_loopback(peer):
+        if self.per_peer.get(peer, 0) >= max_per_peer and not self.per_ip_exempt(peer):
             self.stats["refused_max_streams_per_ip"] += 1
             return "per_ip"
         return None
@@ -114,7 +117,7 @@ class Hub:
                 return None
             stats["refused_max_connections"] += 1
             return "total"
-        if self.conn_per_peer.get(peer, 0) >= max_per_peer and not is_loopback(peer):
+        if self.conn_per_peer.get(peer, 0) >= max_per_peer and not self.per_ip_exempt(peer):
             stats["refused_max_connections_per_ip"] += 1
             return "per_ip"
         return None
