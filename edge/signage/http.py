@@ -490,6 +490,11 @@ async def checkin(request: web.Request) -> web.Response:
     ev = CheckIn(customer=hash_customer(salt, body["customer"].strip()), session=session, screen=screen,
                  t=time.time())
     room.bus.publish(ev)
+    if session is not None and room.recommender.check_in_refused(ev.id):  # fusion: an ended visit, and no screen
+        screens = ", ".join(s.id for s in room.screens.values() if s.kind != "shelf_display")
+        return web.json_response({"error": f"visit {session[:40]} has ended; check in again at the screen the shopper "
+                                           f'stands at: POST /api/checkin with {{"customer": ..., "screen": "<id>"}} '
+                                           f"(screens: {screens})"}, status=410)
     session = room.recommender.check_in_session(ev.id) or session  # the visit fusion bound (maybe a new one)
     if screen in room.screens:
         room.bus.publish(room.recommender.refresh(screen))
