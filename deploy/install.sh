@@ -15,7 +15,9 @@
 # and the node's caches on tmpfs; the systemd units. Running it again changes nothing that is already
 # right and never overwrites an existing config (a newer template lands beside it as *.dist). A new
 # ShelfCast goes into a new venv, $PREFIX/venvs/<version>-<time>, beside the one the node runs;
-# $PREFIX/venv (a symlink) is switched to it at the node's restart, the replaced one kept for --rollback.
+# $PREFIX/venv (a symlink) is switched to it at the node's restart, the replaced one kept for --rollback. The
+# systemd units and the kiosk launcher a run installs are kept with the venv they were installed for
+# ($PREFIX/venvs/<id>/shelfcast-system/), so --rollback puts back the ones of the version it goes back to.
 #
 # --destdir DIR: every file goes under DIR; apt-get, useradd, usermod, chown, systemctl and udevadm are
 # not run but recorded, one per line, in DIR/<prefix>/install-actions.log (an image builder replays them
@@ -60,8 +62,9 @@ Options:
   --no-kiosk           do not install or enable the Chromium kiosk unit
   --no-apt             do not install Debian packages (they are there already)
   --firstboot          consume the provisioning bundle on the boot partition, then exit
-  --rollback           switch the node back to the venv before the last upgrade (kept as $PREFIX/venv.previous),
-                       restart it, then exit; run again to go forward
+  --rollback           switch the node back to the venv before the last upgrade (kept as $PREFIX/venv.previous)
+                       and put back the systemd units and kiosk launcher installed with it, restart it, then
+                       exit; run again to go forward
   --boot-dir DIR       the mounted boot partition (default $BOOT_DIR)
 EOF
 }
@@ -69,9 +72,11 @@ EOF
 die() { echo "install.sh: $*" >&2; exit 1; }
 NEW=""        # the new venv being built, until it is switched in
 SWITCHED=0
+BUILD_DIR=""  # pip's private build directory, while it builds
 # a run that stops before the switch (pip failed, a config the new code refuses, any step) removes the venv it was
 # building: the node keeps the one it runs, and nothing half-built is left on the card
-trap 'rc=$?; if [ "$rc" != 0 ] && [ -n "$NEW" ] && [ "$SWITCHED" = 0 ] && [ -e "$NEW" ]; then
+trap 'rc=$?; [ -z "$BUILD_DIR" ] || rm -rf "$BUILD_DIR"
+    if [ "$rc" != 0 ] && [ -n "$NEW" ] && [ "$SWITCHED" = 0 ] && [ -e "$NEW" ]; then
     rm -rf "$NEW"; echo "install.sh: removed the unfinished new venv; $VENV is the one the node ran before" >&2; fi' EXIT
 # a system command that fails (apt-get, useradd, systemctl, a full disk...) stops the script under set -e with
 # only that command's own words; say where it stopped and that a re-run after the fix is the way on
@@ -283,6 +288,79 @@ prune_venvs() {
     done
 }
 
+# The systemd units and the kiosk launcher their ExecStart runs belong to the ShelfCast they were installed with:
+# an older program under a newer unit (new ExecStart flags, limits, sandboxing, a unit it does not know) is not
+# what was tested. Each run keeps a copy of the ones it installed in the venv it installed them for,
+# <venv>/$SYSTEM_COPY/<the file's path>; --rollback puts that copy back. A re-run that keeps the installed ShelfCast
+# (--source -, the installer's own copy) installs them from that copy too, so a re-run after a rollback (a new
+# config: `shelfcast provision` asks for one) does not bring the newer units back.
+SYSTEM_COPY=shelfcast-system
+UNITS="shelfcast.service shelfcast-firstboot.service"  # the units this run installs (deploy/systemd/)
+[ "$WITH_KIOSK" = 0 ] || UNITS="$UNITS shelfcast-kiosk.service"
+system_files() {  # system_files UNIT...: the files kept with a venv (final paths): these units and the launcher
+    local u
+    for u in "$@"; do echo "/etc/systemd/system/$u"; done
+    echo "$PREFIX/bin/shelfcast-kiosk"
+}
+# keep_system_files VENVDIR FILE...: copy the installed FILEs into VENVDIR/$SYSTEM_COPY, replacing the copy there
+# (a new tree renamed over the old: a copy that came by hard link from the previous venv is never written through)
+keep_system_files() {
+    local dir="$1/$SYSTEM_COPY" f
+    shift
+    rm -rf "$dir.new"
+    mkdir -p "$dir.new"
+    for f in "$@"; do
+        [ -f "$R$f" ] || continue
+        mkdir -p "$dir.new$(dirname "$f")"
+        cp -p "$R$f" "$dir.new$f"
+    done
+    rm -rf "$dir"
+    mv -T "$dir.new" "$dir"
+}
+# restore_system_files VENVDIR: put back the units and launcher kept with VENVDIR (the venv --rollback goes back
+# to); units of ours it did not install are stopped, disabled and removed, units it installed that are not there
+# now are enabled; systemd reloads them. Says what it changed.
+restore_system_files() {
+    local kept="$1/$SYSTEM_COPY" name="venvs/$(basename "$1")" f dest changed=0 removed=0 unit
+    say "systemd units and kiosk launcher of $name"
+    if ! [ -d "$kept" ]; then
+        echo "    note: $name keeps no copy of its units (installed by an installer before 0.3.1): the units stay" \
+             "as the newer installer wrote them; for the old version's units run its installer (technician" \
+             "guide, section 8)"
+        return 0
+    fi
+    local added=""
+    while IFS= read -r -d '' f; do
+        dest="${f#"$kept"}"
+        if [ -f "$R$dest" ] && cmp -s "$f" "$R$dest" && [ "$(stat -c %a "$f")" = "$(stat -c %a "$R$dest")" ]; then
+            continue
+        fi
+        case "$dest" in /etc/systemd/system/*) [ -e "$R$dest" ] || added="$added $(basename "$dest")" ;; esac
+        put "$f" "$dest" "$(stat -c %a "$f")"
+        changed=$((changed + 1))
+    done < <(find "$kept" -type f -print0 | sort -z)
+    for f in "$R"/etc/systemd/system/shelfcast*.service "$R"/etc/systemd/system/shelfcast*.timer; do
+        [ -f "$f" ] || continue
+        unit="$(basename "$f")"
+        [ ! -e "$kept/etc/systemd/system/$unit" ] || continue
+        run systemctl disable --now "$unit"
+        rm -f "$f"
+        echo "    removed /etc/systemd/system/$unit ($name did not install it; stopped and disabled)"
+        removed=$((removed + 1))
+    done
+    if [ "$changed" = 0 ] && [ "$removed" = 0 ]; then
+        echo "    the installed units and launcher are $name's already"
+        return 0
+    fi
+    run systemctl daemon-reload
+    for unit in $added; do
+        run systemctl enable "$unit"
+    done
+    local gone=""
+    [ "$removed" = 0 ] || gone=", removed $removed unit(s)"
+    echo "    put back $changed file(s) as $name installed them$gone; systemctl daemon-reload${added:+; enabled$added}"
+}
+
 if [ "$FIRSTBOOT" = 1 ]; then
     BUNDLE="$R$BOOT_DIR/shelfcast"
     [ -f "$BUNDLE/firstboot.json" ] || { say "no first-boot bundle in $BUNDLE; nothing to do"; exit 0; }
@@ -303,8 +381,9 @@ if [ "$FIRSTBOOT" = 1 ]; then
 fi
 
 if [ "$ROLLBACK" = 1 ]; then
-    # the program only: units, udev rules, the broker config and these helper scripts stay as the last run wrote
-    # them (for those, run the old version's installer: technician guide, section 8)
+    # the program, with the systemd units and kiosk launcher installed with it; udev rules, the broker config and
+    # these helper scripts stay as the last run wrote them (for those, run the old version's installer: technician
+    # guide, section 8)
     if ! [ -L "$R$VENV" ] || ! [ -L "$R$VENV.previous" ] || ! [ -x "$R$VENV.previous/bin/python" ]; then
         die "no previous venv to go back to ($VENV.previous): only an upgrade by this installer keeps one. Roll" \
             "back by running the old version's installer (sudo ./deploy/install.sh in its checkout, or --source" \
@@ -341,6 +420,14 @@ if version > SCHEMA_VERSION:
           f"{final} && sudo rm -f {final}-wal {final}-shm", file=sys.stderr)
     sys.exit(1)
 PYEOF
+    # the venv left keeps the units it runs under now (one installed before 0.3.1 has no copy yet): what going
+    # forward again puts back
+    CUR_DIR="$(readlink -f "$R$VENV")"
+    if ! [ -d "$CUR_DIR/$SYSTEM_COPY" ]; then
+        # shellcheck disable=SC2046
+        keep_system_files "$CUR_DIR" $(system_files $UNITS)  # (those not installed are skipped)
+    fi
+    restore_system_files "$(readlink -f "$R$VENV.previous")"
     run systemctl stop shelfcast.service
     switch_venv
     run systemctl start shelfcast.service
@@ -421,8 +508,9 @@ if [ "$SOURCE" != - ] && [ -f "$R$CONFIG" ] && [ -x "$PY" ]; then
     probe='import os, sys, edge, edge.deployment
 r = os.path.realpath
 sys.exit(not r(edge.__file__).startswith(r(sys.argv[1]) + "/"))'
-    if PYTHONPATH="$SOURCE" "$PY" -P -c "$probe" "$SOURCE" >/dev/null 2>&1; then
-        PYTHONPATH="$SOURCE" "$PY" -P -m edge.deployment validate --config "$R$CONFIG" >/dev/null \
+    if PYTHONPATH="$SOURCE" PYTHONDONTWRITEBYTECODE=1 "$PY" -P -c "$probe" "$SOURCE" >/dev/null 2>&1; then
+        PYTHONPATH="$SOURCE" PYTHONDONTWRITEBYTECODE=1 "$PY" -P -m edge.deployment validate --config "$R$CONFIG" \
+            >/dev/null \
             || die "the config $CONFIG is not valid for the ShelfCast in $SOURCE (listed above); nothing was" \
                    "replaced: the installed ShelfCast and the running node are as they were. Fix what is listed" \
                    "(the installed \`shelfcast config validate\` still passes it: the rule is new), then run the" \
@@ -449,13 +537,28 @@ inherit_site() {
     printf '%s\n' "$INHERIT_SITE" >"$site/shelfcast-inherit.pth.new"
     mv -f "$site/shelfcast-inherit.pth.new" "$site/shelfcast-inherit.pth"
 }
+# copy_source DIR DEST: the files of the checkout DIR that a build reads, into DEST (a new directory)
+copy_source() {
+    local src="$1" dest="$2" git=(git -c safe.directory="$1" -C "$1")
+    mkdir -p "$dest"
+    if command -v git >/dev/null 2>&1 && "${git[@]}" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+        # tracked files as they are in the working tree, and files git does not ignore (a new module)
+        "${git[@]}" ls-files -z --cached --others --exclude-standard \
+            | tar -C "$src" --null -T - --ignore-failed-read -cf - 2>/dev/null | tar -C "$dest" -xf - || return 1
+        if [ -f "$dest/pyproject.toml" ] || [ -f "$dest/setup.py" ]; then return 0; fi
+        rm -rf "$dest"; mkdir -p "$dest"  # not the project git knows (a copy inside another checkout): all of it
+    fi
+    tar -C "$src" --exclude-vcs --exclude=./build --exclude=./dist --exclude='*.egg-info' --exclude=__pycache__ \
+        --exclude=./.venv --exclude=./venv --exclude='./.*_cache' --exclude=./.hypothesis --exclude=./models/work \
+        -cf - . | tar -C "$dest" -xf -
+}
 NEW_ID=""
 if [ "$SOURCE" = - ]; then
     inherit_site "$PY"
     echo "    keeping the installed ShelfCast (--source PATH to upgrade)"
 else
     # <version>-<UTC time>: `ls $VENVS` tells a technician which is which
-    ver="$(PYTHONPATH="$SOURCE" "$PYTHON" -P -c 'import edge; print(edge.__version__)' 2>/dev/null | tr -cd 'A-Za-z0-9.+_-' || true)"
+    ver="$(PYTHONPATH="$SOURCE" PYTHONDONTWRITEBYTECODE=1 "$PYTHON" -P -c 'import edge; print(edge.__version__)' 2>/dev/null | tr -cd 'A-Za-z0-9.+_-' || true)"
     NEW_ID="${ver:+$ver-}$(date -u +%Y%m%dT%H%M%SZ)"
     n=1; base="$NEW_ID"
     while [ -e "$R$VENVS/$NEW_ID" ]; do n=$((n + 1)); NEW_ID="$base-$n"; done
@@ -473,12 +576,27 @@ else
     fi
     PY="$NEW/bin/python"  # from here on the new ShelfCast; the node runs the installed one until the switch
     inherit_site "$PY"
+    # A checkout is built by setuptools in the checkout itself (build/, shelfcast.egg-info): two installs from one
+    # checkout at once (two scratch roots, an image builder beside a technician) wrote and removed the same files,
+    # and one could get a wheel with files missing. pip builds a private copy instead (what git tracks plus new
+    # files it does not ignore; without git, all but build output, caches and venvs), and nothing is written
+    # into the checkout.
+    PIP_SOURCE="$SOURCE"
+    if [ -d "$SOURCE" ]; then
+        BUILD_DIR="$(mktemp -d "${TMPDIR:-/tmp}/shelfcast-build.XXXXXX")" \
+            || die "cannot make a build directory in ${TMPDIR:-/tmp} (df -h ${TMPDIR:-/tmp})"
+        copy_source "$SOURCE" "$BUILD_DIR/src" \
+            || die "cannot copy $SOURCE to the build directory $BUILD_DIR/src (disk full? df -h ${TMPDIR:-/tmp});" \
+                   "nothing was replaced"
+        PIP_SOURCE="$BUILD_DIR/src"
+    fi
     # shellcheck disable=SC2086
     "$PY" -m pip install --quiet --disable-pip-version-check --no-warn-script-location --no-compile $PIP_OPTS \
-        "$SOURCE" \
+        "$PIP_SOURCE" \
         || die "pip could not install $SOURCE (its words are above); nothing was replaced: the node keeps running" \
                "the installed ShelfCast. Check the network (or pass --pip-options '--no-index --find-links DIR'" \
                "with the wheels) and free space (df -h $PREFIX), then run the installer again"
+    rm -rf "$BUILD_DIR"; BUILD_DIR=""
     make_paths_final "$NEW"
 fi
 "$PY" -c 'import importlib.util as u, sys; sys.exit(u.find_spec("tensorflow") is not None and not __import__("os").environ.get("SHELFCAST_ALLOW_TF"))' \
@@ -510,12 +628,23 @@ else
         || die "the config $CONFIG is not valid; fix what is listed above, then run the installer again"
 fi
 
+# a re-run that keeps the installed ShelfCast installs the units and launcher kept with it (after a --rollback:
+# the older ones)
+KEPT=""
+if [ "$SOURCE" = - ] && [ -d "$(readlink -f "$R$VENV")/$SYSTEM_COPY" ]; then
+    KEPT="$(readlink -f "$R$VENV")/$SYSTEM_COPY"
+fi
+
 say "helper scripts and docs"
 # the installer keeps a copy of itself and what it installs from, so `$PREFIX/lib/install.sh` re-runs it
 put "$HERE/install.sh" "$PREFIX/lib/install.sh" 755
 put "$HERE/uninstall.sh" "$PREFIX/lib/uninstall.sh" 755
 put "$HERE/shelfcast-kiosk" "$PREFIX/lib/shelfcast-kiosk" 755
-put "$HERE/shelfcast-kiosk" "$PREFIX/bin/shelfcast-kiosk" 755
+if [ -n "$KEPT" ] && [ -f "$KEPT$PREFIX/bin/shelfcast-kiosk" ]; then
+    put "$KEPT$PREFIX/bin/shelfcast-kiosk" "$PREFIX/bin/shelfcast-kiosk" 755
+else
+    put "$HERE/shelfcast-kiosk" "$PREFIX/bin/shelfcast-kiosk" 755
+fi
 for f in "$HERE"/systemd/*.service "$HERE"/etc/*; do
     put "$f" "$PREFIX/lib/${f#"$HERE"/}" 644
 done
@@ -531,12 +660,19 @@ put "$HERE/etc/journald-shelfcast.conf" /etc/systemd/journald.conf.d/shelfcast.c
 run systemctl enable /usr/share/systemd/tmp.mount  # /tmp on tmpfs (Debian ships the unit, disabled)
 
 say "systemd units"
-for u in shelfcast.service shelfcast-firstboot.service; do
-    unit_text "$HERE/systemd/$u" | put_text "/etc/systemd/system/$u" 644
+INSTALLED_UNITS=""
+for u in $UNITS; do
+    if [ -n "$KEPT" ] && [ -f "$KEPT/etc/systemd/system/$u" ]; then
+        put "$KEPT/etc/systemd/system/$u" "/etc/systemd/system/$u" 644
+    elif [ -n "$KEPT" ] && [ "$u" != shelfcast-kiosk.service ]; then
+        continue  # a unit the installed ShelfCast did not install (after a --rollback: one only the newer has)
+    else
+        unit_text "$HERE/systemd/$u" | put_text "/etc/systemd/system/$u" 644
+    fi
+    INSTALLED_UNITS="$INSTALLED_UNITS $u"
 done
-if [ "$WITH_KIOSK" = 1 ]; then
-    unit_text "$HERE/systemd/shelfcast-kiosk.service" | put_text /etc/systemd/system/shelfcast-kiosk.service 644
-fi
+# shellcheck disable=SC2046,SC2086
+keep_system_files "${NEW:-$(readlink -f "$R$VENV")}" $(system_files $INSTALLED_UNITS)
 run systemctl daemon-reload
 run systemctl restart systemd-journald.service
 run systemctl enable mosquitto.service shelfcast-firstboot.service shelfcast.service
