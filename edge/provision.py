@@ -696,6 +696,52 @@ def support_bundle(config_path: Path, out: Path, since: str = "-2d", log_files: 
     return out
 
 
+# The bundles `support-bundle` writes under its default name pile up where a technician runs it (their home
+# directory on the node's SD card: up to a few MB each, one per visit). After writing one, the newest KEEP_BUNDLES
+# of this node's default-named bundles in that directory stay and older ones go. Only files this command wrote
+# are candidates: a regular file named shelfcast-support-<this node>-<YYYYmmddTHHMMSS>.tar.gz whose first member
+# is in a shelfcast-support-<time>/ folder. Renamed bundles, other nodes' bundles, links, anything else stays.
+KEEP_BUNDLES = 5
+_BUNDLE_TIME = re.compile(r"\d{8}T\d{6}")
+_BUNDLE_FOLDER = re.compile(r"shelfcast-support-\d{8}T\d{6}/")
+
+
+def bundle_name(node_id: str, stamp: str) -> str:
+    return f"shelfcast-support-{node_id}-{stamp}.tar.gz"
+
+
+def _written_by_us(path: Path) -> bool:
+    try:
+        if path.is_symlink() or not path.is_file():
+            return False
+        with tarfile.open(path, "r:gz") as tar:
+            first = tar.next()
+    except (OSError, tarfile.TarError, EOFError):
+        return False
+    return first is not None and _BUNDLE_FOLDER.match(first.name) is not None
+
+
+def prune_support_bundles(directory: Path, node_id: str, keep: int = KEEP_BUNDLES) -> list[Path]:
+    """Remove all but the newest ``keep`` (by the time in the name) of the bundles this command wrote for
+    ``node_id`` under its default name in ``directory``; the removed paths. ``keep`` 0 keeps them all."""
+    if keep <= 0:
+        return []
+    prefix, suffix = f"shelfcast-support-{node_id}-", ".tar.gz"
+    found = []
+    with contextlib.suppress(OSError):
+        for p in directory.iterdir():
+            stamp = p.name[len(prefix):-len(suffix)] if p.name.startswith(prefix) and p.name.endswith(suffix) else ""
+            if _BUNDLE_TIME.fullmatch(stamp) and _written_by_us(p):
+                found.append((stamp, p))
+    found.sort(reverse=True)
+    removed = []
+    for _, p in found[keep:]:
+        with contextlib.suppress(OSError):  # gone already, or not ours to delete (another user's directory)
+            p.unlink()
+            removed.append(p)
+    return removed
+
+
 # -- CLI -----------------------------------------------------------------------------------------------
 
 
@@ -746,6 +792,20 @@ def register(reg: CommandRegistry) -> None:
                    "value starting with '-' is joined with '=': --since=-6h")
     p.add_argument("--log-file", type=Path, action="append", default=[], metavar="FILE",
                    help="also include this log file (repeatable)")
+    p.add_argument("--keep", type=_keep_count, default=KEEP_BUNDLES, metavar="N",
+                   help=f"after writing, keep the newest N bundles of this node under the default name "
+                   f"(shelfcast-support-<node>-<time>.tar.gz) in the bundle's directory and remove older ones "
+                   f"(default {KEEP_BUNDLES}; 0 keeps them all); other files are never removed")
+
+
+def _keep_count(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"--keep wants a whole number >= 0 (0 keeps every bundle), not {value!r}")
+    return n
 
 
 def _readable(path: Path, how: str) -> bool:
@@ -870,17 +930,22 @@ def _support_bundle(args: argparse.Namespace) -> int:
     if not _readable(config_path, "support-bundle"):
         raise UserError(f"config {config_path} not found; pass --config FILE")
     out = args.out
+    node = "node"
+    with contextlib.suppress(Exception):
+        node = load_config(config_path).node.node_id
     if out is None:
-        node = "node"
-        with contextlib.suppress(Exception):
-            node = load_config(config_path).node.node_id
-        out = Path.cwd() / f"shelfcast-support-{node}-{time.strftime('%Y%m%dT%H%M%S')}.tar.gz"
+        out = Path.cwd() / bundle_name(node, time.strftime('%Y%m%dT%H%M%S'))
     try:
         path = support_bundle(config_path, out, args.since, args.log_file)
     except PermissionError as exc:
         raise UserError(f"cannot write {exc.filename}: permission denied; pick another --out") from None
     _give_to_sudo_user(path)
     print(f"{path} ({path.stat().st_size / 1024:.0f} KiB): send it to ShelfCast support")
+    removed = prune_support_bundles(path.parent, node, args.keep)
+    if removed:
+        print(f"removed {len(removed)} older support bundle(s) of {node} from {path.parent} (the newest {args.keep} "
+              f"stay; --keep 0 keeps all, a renamed bundle is never removed): "
+              + ", ".join(p.name for p in removed))
     return 0
 
 
