@@ -290,7 +290,19 @@ class Node:
             "uptime_s": round(time.time() - (self.started_at or time.time()), 1),
             "rooms": rooms,
             "bus": self.bus.health(),
+            "process": _process_health(),
         }
+
+
+def _process_health() -> dict[str, int | None]:
+    """Gauges a long run watches for leaks (``shelfcast bench soak``): asyncio tasks (None off the loop), threads."""
+    import threading
+
+    try:
+        tasks: int | None = len(asyncio.all_tasks())
+    except RuntimeError:  # asked from another thread (no running loop there)
+        tasks = None
+    return {"asyncio_tasks": tasks, "threads": threading.active_count()}
 
 
 def load_model_scorer(config: NodeConfig, store: Store | None = None) -> Any:
