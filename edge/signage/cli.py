@@ -1,4 +1,4 @@
-"""Signage commands: ``shelfcast report``, ``shelfcast bench e2e`` and ``shelfcast bench hotpath``."""
+"""Signage commands: ``shelfcast report``, ``shelfcast bench e2e``, ``bench hotpath`` and ``bench soak``."""
 
 from __future__ import annotations
 
@@ -42,6 +42,15 @@ def register(reg: CommandRegistry) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--picks", type=int, default=10000, metavar="N", help="measured pick-ups (default 10000)")
     p.add_argument("--no-model", action="store_true", help="rank with the popularity fallback")
+
+    p = reg.subcommand("bench", "soak", "a real node under a busy store's load for N minutes (shelf simulators, "
+                       "camera, cloud outages, screen churn, check-ins, releases): what grows per hour", _bench_soak)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--minutes", type=float, default=45.0, metavar="N", help="how long to run (default 45)")
+    p.add_argument("--interval", type=float, default=30.0, metavar="SECONDS",
+                   help="seconds between samples (default 30)")
+    p.add_argument("--keep", type=Path, default=None, metavar="DIR",
+                   help="keep the run's files (node data dir, node log, broker) in DIR")
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -97,3 +106,22 @@ def _bench_hotpath(args: argparse.Namespace) -> int:
     result = run_hotpath(args.picks, model=not args.no_model)
     print_result(result, args.json)
     return 0
+
+
+def _bench_soak(args: argparse.Namespace) -> int:
+    import shutil
+
+    from edge.soak import SoakOptions, run_soak
+
+    if not 0 < args.minutes <= 60 * 24 * 14:
+        raise UserError("--minutes must be above 0 and at most 20160 (14 days)")
+    if not 1 <= args.interval <= 3600:
+        raise UserError("--interval must be between 1 and 3600 seconds")
+    if shutil.which("mosquitto") is None:
+        raise UserError("the soak runs a local Mosquitto as the node's cloud link; install it: "
+                        "`sudo apt-get install -y mosquitto`")
+    if args.keep is not None and args.keep.exists() and any(args.keep.iterdir()):
+        raise UserError(f"--keep {args.keep} is not empty; name a new or empty directory")
+    result = run_soak(SoakOptions(minutes=args.minutes, interval_s=args.interval, keep_dir=args.keep))
+    print_result(result, args.json)
+    return 0 if result["node_exited_cleanly"] else 1
