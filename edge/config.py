@@ -400,6 +400,9 @@ class SyncSection(_Strict):
     outbox_max_age_s: float = Field(default=14 * 86400.0, gt=0)  # older upstream events are evicted (counted)
     state_interval_s: float = Field(default=60.0, gt=0)
     backoff_max_s: float = Field(default=30.0, gt=0)
+    # a catalogue/planogram/stock/profiles snapshot's JSON, decompressed: larger ones are refused (parsed whole,
+    # they take ~10x their size in RAM; the full Complete Journey catalogue is 23 MB)
+    max_snapshot_mb: int = Field(default=32, ge=1, le=1024)
     homeassistant: bool = False  # publish Home Assistant MQTT discovery for the node, screens and shelves
     homeassistant_prefix: str = "homeassistant"
 
