@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.sync.link import LinkSettings, MqttLink
-from edge.sync.outbox import decode_payload
+from edge.sync.outbox import PayloadTooLarge, decode_payload
 
 __all__ = ["Ingest", "MissingDependency", "require_pyarrow"]
 
@@ -73,7 +73,7 @@ class Ingest:
         self._files = 0
         self._lock = threading.Lock()
         self.stats = {"received": 0, "unique": 0, "duplicates": 0, "written": 0, "messages": 0, "bad": 0,
-                      "other": 0, "files": 0}
+                      "other": 0, "files": 0, "too_large": 0}
         self._load_seen()
 
     def _load_seen(self) -> None:
@@ -105,6 +105,12 @@ class Ingest:
         self.stats["messages"] += 1
         try:
             env = decode_payload(payload, getattr(msg, "properties", None))
+        except PayloadTooLarge as exc:  # a zlib bomb (or a broken node): dropped, counted, said
+            self.stats["too_large"] += 1
+            log.warning("dropped a message on %s: %s; if a node sends batches that big, lower its "
+                        "mqtt.sync.batch_max_events", topic, exc)
+            self._acks.append((msg.mid, msg.qos))
+            return
         except ValueError:  # availability, state, downstream traffic: not ours to store
             self.stats["other"] += 1
             self._acks.append((msg.mid, msg.qos))

@@ -38,7 +38,7 @@ from paho.mqtt.properties import Properties
 from edge.clock import BUILD_FLOOR, SYSTEM, Clock
 from edge.store import Store
 
-__all__ = ["DrainOptions", "OutboxDrainer", "decode_payload", "encode_batch"]
+__all__ = ["DrainOptions", "OutboxDrainer", "PayloadTooLarge", "decode_payload", "encode_batch"]
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +82,16 @@ def encode_batch(store_id: str, node_id: str, boot: str, rows: list[tuple[int, s
     return raw, False
 
 
-def decode_payload(payload: bytes, properties: Any = None) -> dict[str, Any]:
-    """The envelope dict from a message (zlib or plain JSON); raises ValueError on garbage."""
+MAX_DECODED_BYTES = 64 << 20  # a batch's JSON, decompressed (a node's are ~1 MB at most: 128 KB messages)
+
+
+class PayloadTooLarge(ValueError):
+    """A message that decompresses to more than the limit."""
+
+
+def decode_payload(payload: bytes, properties: Any = None, *, max_bytes: int = MAX_DECODED_BYTES) -> dict[str, Any]:
+    """The envelope dict from a message (zlib or plain JSON); raises ValueError on garbage, and on a message that
+    decompresses to more than ``max_bytes`` (a zlib bomb: a 1 MB message can inflate to GBs)."""
     compressed = False
     if properties is not None:
         for k, v in getattr(properties, "UserProperty", []) or []:
@@ -92,8 +100,18 @@ def decode_payload(payload: bytes, properties: Any = None) -> dict[str, Any]:
     if not compressed and payload[:1] == b"\x78":  # zlib header, for brokers that drop user properties
         compressed = True
     try:
-        data = zlib.decompress(payload) if compressed else payload
+        if compressed:
+            z = zlib.decompressobj()
+            data = z.decompress(payload, max_bytes + 1)  # max_length: never more than the limit + 1 in RAM
+            if len(data) > max_bytes:
+                raise PayloadTooLarge(f"more than {max_bytes >> 20} MB decompressed (the limit)")
+            if not z.eof:
+                raise zlib.error("incomplete or truncated stream")
+        else:
+            data = payload
         obj = json.loads(data)
+    except PayloadTooLarge:
+        raise
     except (zlib.error, ValueError) as exc:
         raise ValueError(f"not a batch envelope: {exc}") from None
     if not isinstance(obj, dict) or obj.get("schema") != ENVELOPE or not isinstance(obj.get("items"), list):

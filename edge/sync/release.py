@@ -12,10 +12,13 @@ The path of a release, each step reported upstream (``…/release/status``):
    disk (temp file, fsync, rename) *before* the broker's PUBACK goes out, so a
    ``kill -9`` loses nothing: staged chunks stay on disk and unacknowledged
    ones are re-sent by the broker (persistent session). Staging resumes.
-3. ``verified``: the chunks are joined, size and sha256 checked, and the
-   Ed25519 signature over (kind, version, sha256, size) checked against the key
-   provisioned on the node (``model.public_key``). Unsigned, other key, wrong
-   hash, truncated: refused.
+3. ``verified``: the chunks are read in order as one file (hard links, never
+   joined on disk), size and sha256 checked, and the Ed25519 signature over
+   (kind, version, sha256, size) checked against the key provisioned on the
+   node (``model.public_key``). Unsigned, other key, wrong hash, truncated:
+   refused. What a release unpacks to is capped (a snapshot's JSON by
+   ``mqtt.sync.max_snapshot_mb``, a model archive by ``MAX_MODEL_MEMBERS`` and
+   ``MAX_MODEL_UNPACKED``): a signed release must not exhaust RAM or card either.
 4. models: unpacked into ``models/<version>/`` (temp dir, then one rename),
    ``loaded`` beside the serving model by the candidate loader (which refuses
    wrong input shapes), ``canary`` run (``edge.sync.canary``), then
@@ -50,8 +53,10 @@ release carrying the old content.
 from __future__ import annotations
 
 import base64
+import bisect
 import errno
 import hashlib
+import io
 import json
 import logging
 import os
@@ -197,8 +202,24 @@ def _tree_digest(root: Path) -> dict[str, str]:
     return out
 
 
-ASSEMBLED = "release.assembled"  # the chunks joined into one file, in the release's staging dir
+ASSEMBLED = "release.assembled"  # the chunks joined into one file: only where the data dir has no hard links
+WORK = ".work"  # hard links to the staged chunks a release is verified and installed from (see ``_assemble``)
 _READ = 1 << 20  # read / decompress buffer: what a release costs in RAM while it is assembled and unpacked
+# what a release may unpack to (the release is signed, but a bad cloud build or a stolen key must not fill the
+# node's RAM or card): a snapshot's JSON (decompressed) is capped by ``max_snapshot_bytes`` (mqtt.sync.max_snapshot_mb);
+# a model archive by these
+MAX_SNAPSHOT_BYTES = 32 << 20
+MAX_MODEL_MEMBERS = 1000  # files and dirs in a model archive (a real one holds 4)
+MAX_MODEL_UNPACKED = 512 << 20  # what a model archive's files add up to (the manifest's own size cap)
+MAX_MODEL_MANIFEST = 16 << 20  # the manifest.json inside it, read whole (the shipped one is 161 KB)
+# releases remembered in releases.json: the ones whose signature checked out, and apart from them (so that a flood
+# of junk can only push out junk) the ones refused for a missing or bad signature, which anyone can send
+REMEMBER_SIGNED = 500
+REMEMBER_UNSIGNED = 200
+
+
+class TooLarge(ValueError):
+    """What a release unpacks to is above its limit."""
 
 
 # -- anti-rollback: is a release newer than what the node accepted / serves? ----------------
@@ -285,18 +306,28 @@ def _manifest_mark(version: str, sha256: str, man: Any) -> Mark:
     return Mark(version, sha256, created, text, weights)
 
 
-def _archived_manifest(path: Path) -> Any:
-    """The ``manifest.json`` inside a (verified) model tar file, or None. Reads the tar headers and that member
-    only, never the archive whole."""
+def _archived_manifest(parts: list[Path]) -> Any:
+    """The ``manifest.json`` inside a (verified) model tar, read from its staged chunks, or None. Reads the tar
+    headers (at most ``MAX_MODEL_MEMBERS``) and that member only, never the archive whole."""
     try:
-        with tarfile.open(path) as tf:
-            for member in tf.getmembers():
-                if member.isfile() and member.name.removeprefix("./") == "manifest.json" and member.size <= 64 << 20:
+        with _open_parts(parts) as raw, tarfile.open(fileobj=raw) as tf:
+            for n, member in enumerate(_members(tf)):
+                if n >= MAX_MODEL_MEMBERS:
+                    return None
+                if member.isfile() and member.name.removeprefix("./") == "manifest.json" \
+                        and member.size <= MAX_MODEL_MANIFEST:
                     f = tf.extractfile(member)
                     return json.loads(f.read()) if f is not None else None
-    except (tarfile.TarError, ValueError, OSError):
+    except (tarfile.TarError, ValueError, OSError, EOFError):
         return None
     return None
+
+
+def _members(tf: tarfile.TarFile) -> Any:
+    """A tar's members one at a time (``getmembers()`` reads every header first: a tar of a million empty files
+    would cost hundreds of MB of RAM before anything is checked)."""
+    while (member := tf.next()) is not None:
+        yield member
 
 
 def order_refusal(cand: Mark, ref: Mark, what: str) -> str | None:
@@ -391,7 +422,7 @@ class ReleaseManager:
                  mono: Callable[[], float] = time.monotonic, topics: Topics | None = None,
                  subscribe: Callable[[list[str]], Any] | None = None,
                  unsubscribe: Callable[[list[str]], Any] | None = None,
-                 reserve_bytes: int = 16 << 20) -> None:
+                 reserve_bytes: int = 16 << 20, max_snapshot_bytes: int = MAX_SNAPSHOT_BYTES) -> None:
         self.root = Path(data_dir)
         self.staging = self.root / "sync" / "staging"
         self.models_dir = self.root / "models"
@@ -417,7 +448,7 @@ class ReleaseManager:
         self.previous: ModelSlot | None = None
         self.current: ModelSlot | None = None
         self.stats = {"chunks": 0, "chunks_skipped": 0, "refused": 0, "applied": 0, "rollbacks": 0,
-                      "older_refused": 0, "not_downloaded": 0}
+                      "older_refused": 0, "not_downloaded": 0, "too_large": 0}
         # chunk topics are listened to only while a release that passed the checks at its announcement is being
         # staged (subscribe / unsubscribe on the link; the room wires them): a release refused there, or
         # accepted before, costs its manifest and not a byte of its chunks
@@ -428,6 +459,7 @@ class ReleaseManager:
         self._listening: set[str] = set()
         self._connected = False
         self.reserve_bytes = reserve_bytes  # kept free beside a download (the store keeps writing)
+        self.max_snapshot_bytes = max_snapshot_bytes  # a snapshot's JSON, decompressed (it is parsed whole)
         self._space_reported: set[str] = set()
         # chunk writes per staged release, and the count a truncated / wrong-hash refusal saw: that staging stays
         # (and listened to) and is checked again once a chunk changes (the publisher's re-upload; its chunks may
@@ -456,10 +488,18 @@ class ReleaseManager:
 
     def _mark_done(self, kind: str, version: str, sha: str, outcome: str, **extra: Any) -> None:
         with self._lock:
-            self._done[f"{kind}/{version}/{sha}"] = {"outcome": outcome, "t": time.time(), **extra}
-            if len(self._done) > 200:
-                for k in sorted(self._done, key=lambda k: self._done[k]["t"])[:-200]:
-                    del self._done[k]
+            key, rec = f"{kind}/{version}/{sha}", {"outcome": outcome, "t": time.time(), **extra}
+            if not _claims(rec) and key in self._done and _claims(self._done[key]):
+                return  # a copy of a signed release with a bad signature: what was decided for the signed one stays
+            self._done[key] = rec
+            # two pools, each keeping its newest: a release that failed the signature check (anyone who can publish
+            # can send one) never pushes out one that passed it, so a flood of junk manifests cannot make the node
+            # forget a refused release and download it again
+            for signed, cap in ((True, REMEMBER_SIGNED), (False, REMEMBER_UNSIGNED)):
+                pool = [k for k, rec in self._done.items() if _claims(rec) == signed]
+                if len(pool) > cap:
+                    for k in sorted(pool, key=lambda k: float(self._done[k].get("t") or 0))[:-cap]:
+                        del self._done[k]
             _atomic_write(self._done_path(), json.dumps(self._done).encode())
 
     def _seen(self, kind: str, version: str, sha: str | None = None) -> bool:
@@ -541,8 +581,8 @@ class ReleaseManager:
             man = getattr(getattr(model, "ranker", None), "manifest", None)
         return _manifest_mark(str(version), "", man)
 
-    def _candidate(self, m: ReleaseManifest, assembled: Path) -> Mark:
-        man = _archived_manifest(assembled) if m.kind == "model" and m.format == "tar" else None
+    def _candidate(self, m: ReleaseManifest, parts: list[Path]) -> Mark:
+        man = _archived_manifest(parts) if m.kind == "model" and m.format == "tar" else None
         return _manifest_mark(m.version, m.sha256, man)
 
     def _check_order(self, cand: Mark, kind: str, *, announced: bool = False) -> bool:
@@ -635,7 +675,7 @@ class ReleaseManager:
         self.stats["refused"] += 1
         self.stats["not_downloaded"] += 1
         detail = f"{exc} (refused at its announcement: nothing was downloaded)"
-        log.warning("release %s %s refused: %s", m.kind, m.version, detail)
+        log.debug("release %s %s refused: %s", m.kind, m.version, detail)  # the report is the log line
         self.report(m.kind, m.version, "refused", False, detail)
         self._mark_done(m.kind, m.version, m.sha256, f"refused: {exc}", sig=m.signature or "",
                         key=self._trusted_key(), claims=not exc.unsigned)
@@ -643,13 +683,14 @@ class ReleaseManager:
             self.on_registered(m.version, "", m.sha256, "refused", False, str(exc)[:500])
 
     def _room_for(self, m: ReleaseManifest) -> bool:
-        """Whether the data dir has room for the release (its chunks; the file they are assembled into; a model
-        tar unpacked beside them: a single-file model is the assembled file, moved) and ``reserve_bytes`` more.
-        If not, it is not downloaded: reported once, not remembered (free space, then re-publish)."""
+        """Whether the data dir has room for the release (its chunks; a model installed beside them: a tar
+        unpacked, a single file copied, straight from the chunks) and ``reserve_bytes`` more. A snapshot is read
+        from its chunks into RAM. If not, it is not downloaded: reported once, not remembered (free space, then
+        re-publish)."""
         d = self.staging / m.kind / m.version
         have = sum(p.stat().st_size for p in d.glob("*.chunk")) if d.is_dir() else 0
-        unpack = m.size if m.kind == "model" and m.format == "tar" else 0
-        need = max(0, m.size - have) + m.size + unpack + self.reserve_bytes
+        install = m.size if m.kind == "model" else 0
+        need = max(0, m.size - have) + install + self.reserve_bytes
         try:
             free = shutil.disk_usage(self.staging).free
         except OSError:
@@ -664,8 +705,9 @@ class ReleaseManager:
             mb = 1 << 20
             self.report(m.kind, m.version, "refused", False,
                         f"no room: {m.kind} {m.version} needs {need / mb:.0f} MB free in {self.root} ("
-                        f"{m.size / mb:.1f} MB of chunks, as much again to assemble them"
-                        f"{' and again to unpack' if unpack else ''}, {self.reserve_bytes / mb:.0f} MB kept for "
+                        f"{m.size / mb:.1f} MB of chunks"
+                        f"{', as much again to install the model' if install else ''}, "
+                        f"{self.reserve_bytes / mb:.0f} MB kept for "
                         f"the store), there are {free / mb:.0f} MB; "
                         "not downloaded: free some space (old backups, logs), then re-publish the release to retry")
         return False
@@ -905,19 +947,19 @@ class ReleaseManager:
             m, _ = self.staged(kind, version)
             assert m is not None
             self._check_signature(m)  # before a byte is assembled; checked again after (the key may change)
-            assembled, digest = self._assemble(d, m)
+            parts, digest = self._assemble(d, m)
             self._verify(m, digest)
             self.report(kind, version, "verified", True, f"sha256 {m.sha256[:12]}…, signed by {m.key_id or '?'}")
-            cand = self._candidate(m, assembled)
+            cand = self._candidate(m, parts)
             if not self._check_order(cand, kind):
                 log.info("release %s %s (sha256 %s…) was accepted before; nothing to do", kind, version,
                          m.sha256[:12])
                 self._mark_done(kind, version, m.sha256, "applied")
                 return
             if kind == "model":
-                self._install_model(m, assembled)
+                self._install_model(m, parts)
             else:
-                self._apply(m, assembled)
+                self._apply(m, parts)
             self.stats["applied"] += 1
             try:  # bookkeeping after the fact: the release is applied (a model: serving) whatever happens here
                 self._set_mark(kind, cand)
@@ -931,11 +973,12 @@ class ReleaseManager:
                             "older releases must be refused")
         except ReleaseError as exc:
             self.stats["refused"] += 1
-            log.warning("release %s %s refused: %s", kind, version, exc)
+            log.debug("release %s %s refused: %s", kind, version, exc)  # the report is the log line (room)
             self.report(kind, version, "refused", False, str(exc) + (" (re-publish the release to retry)"
                                                                      if exc.retry else ""))
             if exc.retry:
-                (d / ASSEMBLED).unlink(missing_ok=True)  # the chunks stay (and are assembled again), not the file
+                (d / ASSEMBLED).unlink(missing_ok=True)  # the chunks stay (and are read again), not the file
+                shutil.rmtree(d / WORK, ignore_errors=True)
                 self._staging_reported.discard((kind, version))
                 keep = True
                 self._failed_gen[(kind, version)] = gen0
@@ -963,15 +1006,51 @@ class ReleaseManager:
             else:
                 self._unlisten(kind, version)
 
-    def _assemble(self, d: Path, m: ReleaseManifest) -> tuple[Path, str]:
-        """Join the staged chunks into one file (``release.assembled`` in the staging dir) and its sha256,
-        hashed as it is written: the release is never in RAM (``_READ`` bytes at a time). The chunks stay until
-        the release is handled, so a ``kill -9`` here loses nothing: the next start assembles again from them
-        (the file is rewritten)."""
+    def _assemble(self, d: Path, m: ReleaseManifest) -> tuple[list[Path], str]:
+        """The files the release is read from, in order, and its sha256 (hashed ``_READ`` bytes at a time: the
+        release is never in RAM, and never joined into one file on disk).
+
+        They are hard links to the staged chunks, taken first, in ``.work/`` of the staging dir: a chunk the
+        link thread stages meanwhile (another copy of that number) replaces the name, not the file linked, so
+        what is installed is what was hashed; and a link costs no room, so a model takes its chunks plus its
+        installed copy on disk (a tar is unpacked straight from the chunks), not three times its size. The
+        chunks stay until the release is handled: a ``kill -9`` here loses nothing (the next start reads them
+        again)."""
         parts = [_chunk_path(d, i) for i in range(m.chunks)]
         have = sum(1 for p in parts if p.exists())
         if have != m.chunks:
             raise ReleaseError(f"truncated: {have} of {m.chunks} chunks staged", retry=True)
+        work = d / WORK
+        shutil.rmtree(work, ignore_errors=True)
+        try:
+            work.mkdir()
+            linked = []
+            for p in parts:
+                os.link(p, work / p.name)
+                linked.append(work / p.name)
+        except OSError as exc:
+            shutil.rmtree(work, ignore_errors=True)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise ReleaseError(f"no room to read {m.kind} {m.version} in {d}: {exc.strerror}; free some space "
+                                   "(old backups, logs), then re-publish the release to retry", retry=True) from None
+            log.info("no hard links in %s (%s): joining the chunks of %s %s into one file", d, exc, m.kind,
+                     m.version)
+            return self._join(d, m, parts)
+        size = sum(p.stat().st_size for p in linked)
+        if size != m.size:
+            shutil.rmtree(work, ignore_errors=True)
+            raise ReleaseError(f"truncated: the chunks add up to {'more than ' if size > m.size else ''}{size} "
+                               f"bytes, the manifest says {m.size}", retry=True)
+        h = hashlib.sha256()
+        with _open_parts(linked) as f:
+            while block := f.read(_READ):
+                h.update(block)
+        return linked, h.hexdigest()
+
+    def _join(self, d: Path, m: ReleaseManifest, parts: list[Path]) -> tuple[list[Path], str]:
+        """Where the data dir has no hard links: the staged chunks joined into one file (``release.assembled``)
+        and its sha256, hashed as it is written (``_READ`` bytes at a time; the file is rewritten after a
+        ``kill -9``). A model then takes its size three times on disk while it is installed."""
         out = d / ASSEMBLED
         h = hashlib.sha256()
         size = 0
@@ -1002,7 +1081,7 @@ class ReleaseManager:
             out.unlink(missing_ok=True)
             raise ReleaseError(f"truncated: the chunks add up to {'more than ' if size > m.size else ''}{size} "
                                f"bytes, the manifest says {m.size}", retry=True)
-        return out, h.hexdigest()
+        return [out], h.hexdigest()
 
     def _verify(self, m: ReleaseManifest, digest: str) -> None:
         """``digest``: the sha256 ``_assemble`` computed while it wrote the assembled file (only this worker
@@ -1033,15 +1112,26 @@ class ReleaseManager:
             raise ReleaseError(f"bad signature: not signed by the provisioned key{other}", unsigned=True) from None
 
     # -- snapshots -----------------------------------------------------------------------------
-    def _apply(self, m: ReleaseManifest, assembled: Path) -> None:
+    def _apply(self, m: ReleaseManifest, parts: list[Path]) -> None:
         schema = SNAPSHOTS.get(m.kind)
         if schema is None:
             raise ReleaseError(f"unknown release kind {m.kind!r}")
+        limit = self.max_snapshot_bytes
         try:
-            # the compressed release is streamed from its file; the JSON it holds is parsed whole (the snapshot
-            # schema validates one document)
-            data = _inflate(assembled) if m.format == "json+zlib" else assembled.read_bytes()
+            # the compressed release is streamed from its chunks; the JSON it holds is parsed whole (the snapshot
+            # schema validates one document), so it is capped: a zlib bomb (a 1 MB message can inflate to GBs)
+            # stops at the limit, not when the RAM is gone
+            data = _inflate(parts, limit) if m.format == "json+zlib" else _read_all(parts, limit)
             snap = schema.model_validate_json(data)
+        except TooLarge:
+            self.stats["too_large"] += 1
+            mb = 1 << 20
+            raise ReleaseError(
+                f"{m.kind} snapshot {m.version} is larger than {limit / mb:.0f} MB as JSON (the limit, "
+                "mqtt.sync.max_snapshot_mb): not applied, the store keeps what it has; publish it in parts "
+                "(catalogue and profiles snapshots add to what the node has) or as deltas, or raise "
+                "mqtt.sync.max_snapshot_mb on a node with the RAM for it (parsing takes about 10 times the size) "
+                "and re-publish it under a new version") from None
         except (zlib.error, ValidationError) as exc:
             detail = describe_error(exc) if isinstance(exc, ValidationError) else str(exc)
             raise ReleaseError(f"{m.kind} snapshot does not match its schema: {detail}") from None
@@ -1051,24 +1141,32 @@ class ReleaseManager:
         self.report(m.kind, m.version, "applied", True, "snapshot applied")
 
     # -- models --------------------------------------------------------------------------------
-    def _unpack(self, m: ReleaseManifest, assembled: Path) -> Path:
+    def _unpack(self, m: ReleaseManifest, parts: list[Path]) -> Path:
         final = self.models_dir / m.version
         if final.exists() and self._intact(final):
             return final
         tmp = self.models_dir / f".{m.version}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        if m.format == "tar":
-            try:
-                with tarfile.open(assembled) as tf:  # read from the file, member by member, in blocks
-                    for member in tf.getmembers():
-                        if not (member.isfile() or member.isdir()):
-                            raise ReleaseError(f"model archive holds a non-file entry {member.name!r}")
-                    tf.extractall(tmp, filter="data")
-            except tarfile.TarError as exc:
-                raise ReleaseError(f"model archive unreadable: {exc}") from None
-        else:  # the assembled file is the model: moved, not copied
-            _move(assembled, tmp / "model.tflite")
+        try:
+            if m.format == "tar":
+                try:
+                    self._untar(m, parts, tmp)
+                except ReleaseError:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    raise
+            elif len(parts) == 1 and parts[0].name == ASSEMBLED:  # joined (no hard links): moved, not copied
+                _move(parts[0], tmp / "model.tflite")
+            else:  # copied from the chunks, a block at a time
+                with _open_parts(parts) as src, open(tmp / "model.tflite", "wb") as dst:
+                    shutil.copyfileobj(src, dst, _READ)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise ReleaseError(f"no room to install {m.kind} {m.version} in {self.models_dir}: "
+                                   f"{exc.strerror}; free some space (old backups, logs), then re-publish the "
+                                   "release to retry", retry=True) from None
+            raise
         files = _tree_digest(tmp)
         (tmp / "files.json").write_text(json.dumps({"version": m.version, "sha256": m.sha256, "files": files}))
         for p in tmp.rglob("*"):
@@ -1079,6 +1177,42 @@ class ReleaseManager:
         os.replace(tmp, final)
         _fsync_dir(self.models_dir)
         return final
+
+    def _untar(self, m: ReleaseManifest, parts: list[Path], tmp: Path) -> None:
+        """Unpack a model archive into ``tmp`` straight from its chunks, member by member, in blocks. Checked
+        first, from the headers: files and directories only (no links, devices or sparse files), at most
+        ``MAX_MODEL_MEMBERS`` of them, adding up to at most ``MAX_MODEL_UNPACKED`` (and, for a compressed tar,
+        to what the disk has room for); ``filter="data"`` keeps every path inside ``tmp``."""
+        mb = 1 << 20
+        try:
+            with _open_parts(parts) as raw, tarfile.open(fileobj=raw) as tf:
+                members: list[tarfile.TarInfo] = []
+                total = 0
+                for member in _members(tf):
+                    if len(members) >= MAX_MODEL_MEMBERS:
+                        raise ReleaseError(f"model archive holds more than {MAX_MODEL_MEMBERS} entries (a model "
+                                           "is a few files): not installed; publish the model directory as "
+                                           "`shelfcast model export` writes it")
+                    if not (member.isfile() or member.isdir()):
+                        raise ReleaseError(f"model archive holds a non-file entry {member.name!r}")
+                    if member.issparse():
+                        raise ReleaseError(f"model archive holds a sparse file {member.name!r}: not installed; "
+                                           "publish it as a plain file")
+                    total += member.size
+                    if total > MAX_MODEL_UNPACKED:
+                        raise ReleaseError(f"model archive unpacks to more than {MAX_MODEL_UNPACKED / mb:.0f} MB "
+                                           "(the limit): not installed")
+                    members.append(member)
+                if total > m.size:  # a compressed archive: more than the room check counted
+                    free = shutil.disk_usage(self.models_dir).free
+                    if free < total + self.reserve_bytes:
+                        raise ReleaseError(f"no room to unpack {m.kind} {m.version}: it unpacks to "
+                                           f"{total / mb:.0f} MB, there are {free / mb:.0f} MB free in "
+                                           f"{self.models_dir}; free some space, then re-publish the release to "
+                                           "retry", retry=True)
+                tf.extractall(tmp, members=members, filter="data")
+        except (tarfile.TarError, EOFError, zlib.error) as exc:
+            raise ReleaseError(f"model archive unreadable: {exc}") from None
 
     @staticmethod
     def _intact(path: Path) -> bool:
@@ -1096,8 +1230,8 @@ class ReleaseManager:
         except Exception as exc:
             raise ReleaseError(f"the model does not load: {exc}") from None
 
-    def _install_model(self, m: ReleaseManifest, assembled: Path) -> None:
-        path = self._unpack(m, assembled)
+    def _install_model(self, m: ReleaseManifest, parts: list[Path]) -> None:
+        path = self._unpack(m, parts)
         self.report("model", m.version, "staged", True, f"unpacked to {path.name}")
         new = self._load(path)
         self.report("model", m.version, "loaded", True, f"loaded beside {self._serving_version()}")
@@ -1215,18 +1349,91 @@ class ReleaseManager:
                 "marks": {k: v.version for k, v in sorted(self.marks.items())}, **self.stats}
 
 
-def _inflate(path: Path) -> bytearray:
-    """A zlib-compressed file, decompressed reading ``_READ`` bytes at a time (the compressed copy is never whole
-    in RAM)."""
+class _Parts(io.RawIOBase):
+    """Files read one after another as one seekable file: a release's staged chunks, never joined on disk."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        super().__init__()
+        self._paths = paths
+        self._ends: list[int] = []
+        end = 0
+        for p in paths:
+            end += p.stat().st_size
+            self._ends.append(end)
+        self._pos = 0
+        self._i = -1
+        self._f: io.BufferedReader | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._ends[-1] if self._ends else 0}[whence]
+        if base + offset < 0:
+            raise ValueError("negative seek position")
+        self._pos = base + offset
+        return self._pos
+
+    def readinto(self, b: Any) -> int:
+        i = bisect.bisect_right(self._ends, self._pos)
+        if i >= len(self._paths):
+            return 0
+        if i != self._i:
+            if self._f is not None:
+                self._f.close()
+            self._f, self._i = open(self._paths[i], "rb"), i  # noqa: SIM115 - kept open across reads
+        assert self._f is not None
+        self._f.seek(self._pos - (self._ends[i - 1] if i else 0))
+        view = memoryview(b)
+        n = self._f.readinto(view[:self._ends[i] - self._pos])
+        if not n:
+            raise OSError(f"{self._paths[i]} is shorter than when the release was read")
+        self._pos += n
+        return n
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+        super().close()
+
+
+def _open_parts(parts: list[Path]) -> io.BufferedReader:
+    return io.BufferedReader(_Parts(parts), 1 << 16)
+
+
+def _inflate(parts: list[Path], limit: int) -> bytearray:
+    """A zlib-compressed release, decompressed from its chunks ``_READ`` bytes at a time (the compressed copy is
+    never whole in RAM), at most ``limit`` bytes of it (``TooLarge`` past that: a zlib bomb stops there)."""
     z = zlib.decompressobj()
     out = bytearray()
-    with open(path, "rb") as f:
+    with _open_parts(parts) as f:
         while block := f.read(_READ):
-            out += z.decompress(block)
+            while block and not z.eof:
+                out += z.decompress(block, limit + 1 - len(out))  # max_length: never more than the limit + 1
+                if len(out) > limit:
+                    raise TooLarge(f"more than {limit} bytes decompressed")
+                block = z.unconsumed_tail
     out += z.flush()
+    if len(out) > limit:
+        raise TooLarge(f"more than {limit} bytes decompressed")
     if not z.eof:
         raise zlib.error("incomplete or truncated stream")
     return out  # not copied to bytes: pydantic parses a bytearray as it is
+
+
+def _read_all(parts: list[Path], limit: int) -> bytes:
+    """An uncompressed release, whole, if it is at most ``limit`` bytes."""
+    if sum(p.stat().st_size for p in parts) > limit:
+        raise TooLarge(f"more than {limit} bytes")
+    with _open_parts(parts) as f:
+        return f.read()
 
 
 def _move(src: Path, dest: Path) -> None:

@@ -73,6 +73,7 @@ class SyncOptions:
     homeassistant: bool = False
     homeassistant_prefix: str = "homeassistant"
     backoff_max_s: float = 30.0
+    max_snapshot_mb: int = 32  # a snapshot's JSON, decompressed: larger ones are refused (they are parsed whole)
 
     @classmethod
     def from_config(cls, config: NodeConfig) -> SyncOptions:
@@ -145,7 +146,7 @@ class SyncRoom:
             get_model=self._get_model, set_model=self._set_model, report=self._report, canary=self.canary,
             canary_options=CanaryOptions(k=max(10, config.model.k)), apply_snapshot=self._apply_snapshot,
             on_registered=self._registered, topics=self.topics, subscribe=self.link.subscribe,
-            unsubscribe=self.link.unsubscribe)
+            unsubscribe=self.link.unsubscribe, max_snapshot_bytes=self.o.max_snapshot_mb << 20)
         self.errors = 0
         self.evicted = int(store.meta_get("sync.evicted", "0") or 0)
         self._state: dict[str, Any] = {}

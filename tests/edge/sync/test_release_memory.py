@@ -1,8 +1,9 @@
 """Installing a release never holds it in RAM: a real node process (``node_harness.py``, real Mosquitto, real
 Ed25519 keys) installs a 100 MB model release and its peak RSS (``/proc/<pid>/status`` VmHWM) grows by about a
-chunk, not by the release; ``kill -9`` in the middle of assembling the chunks into one file leaves the old model
-serving and the release is installed after the restart; the room check at the announcement counts the assembled
-file. Big files go to ``tmp_path`` (on disk, not tmpfs) and are removed at the end."""
+chunk, not by the release; ``kill -9`` in the middle of unpacking it from its chunks leaves the old model serving
+and the release is installed after the restart; on disk it takes its chunks and its unpacked copy, no third copy,
+and the room check at the announcement counts just that. Big files go to ``tmp_path`` (on disk, not tmpfs) and
+are removed at the end."""
 
 from __future__ import annotations
 
@@ -120,7 +121,7 @@ def test_installing_a_100mb_model_release_grows_peak_rss_by_less_than_32mb(
 
 
 @pytest.mark.slow
-def test_kill9_while_assembling_leaves_the_old_model_serving_and_installs_after_restart(
+def test_kill9_while_unpacking_from_the_chunks_leaves_the_old_model_serving_and_installs_after_restart(
         mosquitto: Any, node_config: Any, keys: Any, fakes: Any, tmp_path: Path, big_dir: Path,
         harness: Any) -> None:
     config = node_config(mosquitto.url, public_key=keys.public_path)
@@ -128,24 +129,25 @@ def test_kill9_while_assembling_leaves_the_old_model_serving_and_installs_after_
     src, weights = big_model_dir(fakes, big_dir / "v2", "v2", 60)
     rel = build_release("model", src, "v2", keys.private)
     staging = Path(config.node.data_dir) / "sync" / "staging" / "model" / "v2"
-    part = staging / "release.assembled"
+    part = Path(config.node.data_dir) / "models" / ".v2.tmp" / "weights.bin"  # unpacked straight from the chunks
     node = harness.start(config, tmp_path, st)
     try:
         watch(harness, st, node, lambda s: s["connected"] and s["model"] == "v1", 30, "node up on v1")
         publish(mosquitto, rel)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not (part.exists() and part.stat().st_size > 0):
-            assert harness.status(st).get("model") == "v1", "installed before the kill could land mid-assembly"
+            assert harness.status(st).get("model") == "v1", "installed before the kill could land mid-unpack"
             time.sleep(0.005)
-        assert part.exists(), "the node never assembled the release into one file on disk"
+        assert part.exists(), "the node never unpacked the release"
         node.send_signal(signal.SIGKILL)
         node.wait(10)
-        assert 0 < part.stat().st_size < rel.manifest["size"], "the kill did not land mid-assembly"
+        assert 0 < part.stat().st_size < 60 * MB, "the kill did not land mid-unpack"
         assert len(list(staging.glob("*.chunk"))) == rel.manifest["chunks"]  # the staging stays, to resume
+        assert not (staging / "release.assembled").exists()  # never joined into a third copy
         assert not (Path(config.node.data_dir) / "models" / "active.json").exists()
         node = harness.start(config, tmp_path, st)
         first = watch(harness, st, node, lambda s: True, 30, "restart")
-        assert first["model"] == "v1"  # the old model serves while the release is assembled again
+        assert first["model"] == "v1"  # the old model serves while the release is read again
         watch(harness, st, node, lambda s: s["model"] == "v2", 120, "v2 to be installed after the restart")
     finally:
         stop(node)
@@ -156,25 +158,57 @@ def test_kill9_while_assembling_leaves_the_old_model_serving_and_installs_after_
     assert pointer["version"] == "v2"
 
 
-def test_the_room_check_at_the_announcement_counts_the_assembled_file(tmp_path: Path, keys: Any, fakes: Any,
-                                                                     tiny_disk: Path) -> None:
-    """On a real 2 MB tmpfs: a 0.8 MB model tar needs its chunks, the assembled file and the unpacked copy
-    (2.4 MB): it does not fit, and is refused at its announcement ("no room"), not failed half-way."""
+def tiny_manager(disk: Path, keys: Any, fakes: Any, reports: list[Any]) -> Any:
     from edge.sync.release import ReleaseManager
 
+    serving: list[Any] = [fakes.FakeScorer("v1")]
+    return ReleaseManager(disk, public_key=keys.public_path, loader=fakes.load, get_model=lambda: serving[-1],
+                          set_model=serving.append, report=lambda *a: reports.append(a), reserve_bytes=0)
+
+
+def test_a_model_tar_takes_its_chunks_and_its_unpacked_copy_on_disk_not_three_copies(
+        tmp_path: Path, keys: Any, fakes: Any, tiny_disk: Path) -> None:
+    """On a real 2 MB tmpfs: a 0.8 MB model tar is unpacked straight from its staged chunks, so installing it
+    takes 1.6 MB (chunks + unpacked copy), which fits. Before, the chunks were first joined into one more file
+    (2.4 MB in all): refused at its announcement ("no room"), and let through, ENOSPC half-way."""
     reports: list[tuple[str, str, str, bool, str]] = []
-    rm = ReleaseManager(tiny_disk, public_key=keys.public_path, loader=fakes.load, get_model=lambda: None,
-                        set_model=lambda m: None, report=lambda *a: reports.append(a), reserve_bytes=0)
+    rm = tiny_manager(tiny_disk, keys, fakes, reports)
     try:
         d = fakes.write_model(tmp_path / "v2", "v2")
-        (d / "weights.bin").write_bytes(os.urandom(500_000))
+        weights = os.urandom(500_000)
+        (d / "weights.bin").write_bytes(weights)
         rel = build_release("model", d, "v2", keys.private)
         size = rel.manifest["size"]
         free = shutil.disk_usage(tiny_disk).free
-        assert 2 * size < free < 3 * size, (size, free)  # chunks + unpacked fit; + the assembled file does not
+        assert 2 * size < free < 3 * size, (size, free)  # chunks + unpacked fit; + an assembled file does not
+        rm.on_manifest("model", json.dumps(rel.manifest).encode(), source=TOPICS.release_manifest("model"))
+        for i, chunk in enumerate(rel.iter_chunks()):
+            rm.on_chunk("model", i, chunk)
+        rm.wait_idle()
+        assert [r[2] for r in reports][-1] == "swapped", reports
+        assert (tiny_disk / "models" / "v2" / "weights.bin").read_bytes() == weights
+        assert not (tiny_disk / "sync" / "staging" / "model" / "v2").exists()  # the chunks are gone after
+    finally:
+        rm.close()
+
+
+def test_the_room_check_at_the_announcement_counts_the_chunks_and_the_unpacked_copy(
+        tmp_path: Path, keys: Any, fakes: Any, tiny_disk: Path) -> None:
+    """On a real 2 MB tmpfs: a 1.1 MB model tar needs 2.2 MB (its chunks and its unpacked copy): refused at its
+    announcement, saying how much it needs and why, not failed half-way."""
+    reports: list[tuple[str, str, str, bool, str]] = []
+    rm = tiny_manager(tiny_disk, keys, fakes, reports)
+    try:
+        d = fakes.write_model(tmp_path / "v2", "v2")
+        (d / "weights.bin").write_bytes(os.urandom(800_000))
+        rel = build_release("model", d, "v2", keys.private)
+        size = rel.manifest["size"]
+        free = shutil.disk_usage(tiny_disk).free
+        assert size < free < 2 * size, (size, free)
         rm.on_manifest("model", json.dumps(rel.manifest).encode(), source=TOPICS.release_manifest("model"))
         refused = [r for r in reports if r[2] == "refused"]
-        assert refused and "no room" in refused[0][4] and "assemble" in refused[0][4], reports
+        assert refused and "no room" in refused[0][4] and "as much again to install the model" in refused[0][4], \
+            reports
         assert not (tiny_disk / "sync" / "staging" / "model" / "v2").exists()
     finally:
         rm.close()

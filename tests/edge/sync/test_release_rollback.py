@@ -106,17 +106,25 @@ def test_the_mark_survives_kill9_the_rollback_command_works_and_a_newer_release_
         steps: Any, tmp_path: Path, harness: Any) -> None:
     config = node_config(mosquitto.url, public_key=keys.public_path)
     st = tmp_path / "status.json"
+
+    def wait(proc: Any, pred: Any, timeout: float, what: str) -> dict[str, Any]:
+        """``harness.wait_status``, and the status it returns is checked here too: each step below must really
+        have happened (a wait that returned early would let a later step pass on the wrong model)."""
+        s = harness.wait_status(st, proc, pred, timeout, what)
+        assert pred(s) and s["answers"], f"waiting for {what}: got {s}"
+        return s  # type: ignore[no-any-return]
+
     proc = harness.start(config, tmp_path, st)
     try:
-        harness.wait_status(st, proc, lambda s: s["connected"] and s["model"] == "v1", 30, "node up on v1")
+        wait(proc, lambda s: s["connected"] and s["model"] == "v1", 30, "node up on v1")
         publish(build_release("model", model_dir(fakes, tmp_path, "2026.11.30-v5", NOV30), None,
                                          keys.private))
-        harness.wait_status(st, proc, lambda s: s["model"] == "2026.11.30-v5", 30, "2026.11.30-v5 to swap in")
+        wait(proc, lambda s: s["model"] == "2026.11.30-v5", 30, "2026.11.30-v5 to swap in")
         # the local rollback (the `rollback` command) is not blocked by the mark: back to the bundled v1
         mosquitto_cmd(mosquitto, {"id": "rb1", "command": "rollback"})
         res = upstream.wait_for(lambda: [r for r in upstream.of("/cmd/result") if r.get("cmd") == "rb1"])
         assert res and res[0]["ok"], res
-        harness.wait_status(st, proc, lambda s: s["model"] == "v1", 10, "the rollback to v1")
+        wait(proc, lambda s: s["model"] == "v1", 10, "the rollback to v1")
         proc.send_signal(signal.SIGKILL)  # a power cut right after: no clean shutdown
         proc.wait(10)
     finally:
@@ -128,17 +136,18 @@ def test_the_mark_survives_kill9_the_rollback_command_works_and_a_newer_release_
     assert marks["model"]["version"] == "2026.11.30-v5" and marks["model"]["created_text"] == NOV30
     proc = harness.start(config, tmp_path, st)
     try:
-        harness.wait_status(st, proc, lambda s: s["connected"] and s["model"] == "v1", 30, "the restart on v1")
+        wait(proc, lambda s: s["connected"] and s["model"] == "v1", 30, "the restart on v1")
         # serving v1 now (older than the mark): last month's signed release is still refused
         publish(build_release("model", model_dir(fakes, tmp_path, "2026.10.01", OCT01), None,
                                          keys.private))
         detail = upstream.wait_step("2026.10.01", "refused", 30)[-1][2]
         assert "older than the newest accepted 2026.11.30-v5" in detail, detail
-        assert json.loads(st.read_text())["model"] == "v1"
+        wait(proc, lambda s: s["model"] == "v1", 5, "v1 still serving")
         # a newer release after the rollback is accepted
         publish(build_release("model", model_dir(fakes, tmp_path, "2026.12.02", "2026-12-02T06:00:00Z"),
                                          None, keys.private))
-        harness.wait_status(st, proc, lambda s: s["model"] == "2026.12.02", 30, "2026.12.02 to swap in")
+        wait(proc, lambda s: s["model"] == "2026.12.02", 30, "2026.12.02 to swap in")
+        assert json.loads(st.read_text())["model"] == "2026.12.02"  # and still serving it just before the stop
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(20)
