@@ -422,6 +422,7 @@ class ReleaseManager:
                  mono: Callable[[], float] = time.monotonic, topics: Topics | None = None,
                  subscribe: Callable[[list[str]], Any] | None = None,
                  unsubscribe: Callable[[list[str]], Any] | None = None,
+                 resubscribe: Callable[[list[str]], Any] | None = None,
                  reserve_bytes: int = 16 << 20, max_snapshot_bytes: int = MAX_SNAPSHOT_BYTES) -> None:
         self.root = Path(data_dir)
         self.staging = self.root / "sync" / "staging"
@@ -448,13 +449,14 @@ class ReleaseManager:
         self.previous: ModelSlot | None = None
         self.current: ModelSlot | None = None
         self.stats = {"chunks": 0, "chunks_skipped": 0, "refused": 0, "applied": 0, "rollbacks": 0,
-                      "older_refused": 0, "not_downloaded": 0, "too_large": 0}
+                      "older_refused": 0, "not_downloaded": 0, "too_large": 0, "chunks_unexpected": 0}
         # chunk topics are listened to only while a release that passed the checks at its announcement is being
         # staged (subscribe / unsubscribe on the link; the room wires them): a release refused there, or
         # accepted before, costs its manifest and not a byte of its chunks
         self.topics = topics
         self._subscribe = subscribe
         self._unsubscribe = unsubscribe
+        self._resubscribe = resubscribe  # subscribe again, the broker sending the retained messages anew
         self._want: dict[tuple[str, str], set[str]] = {}
         self._listening: set[str] = set()
         self._connected = False
@@ -668,7 +670,13 @@ class ReleaseManager:
         _atomic_write(d / "manifest.json", payload)
         self._man[(kind, m.version)] = m
         self.report(kind, m.version, "manifest", True, f"{m.size} bytes in {m.chunks} chunks")
+        with self._lock:
+            held = filters & self._listening  # subscribed already (another release of this kind is staging)
         self._listen(kind, m.version, filters)
+        if held and self._resubscribe is not None:
+            # its chunks may have come before its manifest (publishers send them first) and were not staged:
+            # subscribe again with the retained messages sent, so the broker sends this release's chunks
+            self._resubscribe(sorted(held))
         self._maybe_complete(kind, m.version)
 
     def _refuse_announced(self, m: ReleaseManifest, exc: ReleaseError) -> None:
@@ -796,6 +804,13 @@ class ReleaseManager:
         if self._seen(kind, header.version):
             self.stats["chunks_skipped"] += 1
             return
+        m = self._staged_manifest(kind, header.version)
+        if m is None or index >= m.chunks:
+            # not a chunk of a release announced and accepted here (its manifest staged): anyone who can publish
+            # can send chunks of made-up versions or numbers, and each one written would stay on the card. Not
+            # written; a release's own chunks come again when its manifest is accepted (``on_manifest``).
+            self.stats["chunks_unexpected"] += 1
+            return
         d = self.staging / kind / header.version
         d.mkdir(parents=True, exist_ok=True)
         self._activity[(kind, header.version)] = self._mono()
@@ -813,6 +828,18 @@ class ReleaseManager:
                 self._staging_reported.add((kind, header.version))
                 self.report(kind, header.version, "staging", True, f"staging {header.count} chunks to disk")
         self._maybe_complete(kind, header.version)
+
+    def _staged_manifest(self, kind: str, version: str) -> ReleaseManifest | None:
+        """The manifest of ``kind``/``version`` if it was accepted at its announcement (staged), else None."""
+        m = self._man.get((kind, version))
+        if m is None and (self.staging / kind / version / "manifest.json").exists():
+            try:
+                m, _ = self.staged(kind, version)
+            except (OSError, ValueError):
+                return None
+            if m is not None:
+                self._man[(kind, version)] = m
+        return m
 
     def _prune_staging(self, kind: str, keep: str) -> None:
         """Drop staging dirs of releases already handled, or untouched for a day (superseded, never completed)."""

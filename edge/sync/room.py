@@ -146,7 +146,8 @@ class SyncRoom:
             get_model=self._get_model, set_model=self._set_model, report=self._report, canary=self.canary,
             canary_options=CanaryOptions(k=max(10, config.model.k)), apply_snapshot=self._apply_snapshot,
             on_registered=self._registered, topics=self.topics, subscribe=self.link.subscribe,
-            unsubscribe=self.link.unsubscribe, max_snapshot_bytes=self.o.max_snapshot_mb << 20)
+            unsubscribe=self.link.unsubscribe, resubscribe=lambda f: self.link.subscribe(f, if_new=False),
+            max_snapshot_bytes=self.o.max_snapshot_mb << 20)
         self.errors = 0
         self.evicted = int(store.meta_get("sync.evicted", "0") or 0)
         self._state: dict[str, Any] = {}

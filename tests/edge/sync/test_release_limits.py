@@ -1,8 +1,8 @@
 """What the cloud sends can never exhaust a node's memory or card: a snapshot that decompresses past
 ``mqtt.sync.max_snapshot_mb`` (a zlib bomb), a model archive of too many entries or that unpacks past its limit, a
-batch that decompresses past the ingest's limit, and a flood of junk manifests that would make the node forget a
-refused release (and download it again). Real Mosquitto, real Ed25519 signatures, real files; the release that
-follows each refusal is still installed."""
+batch that decompresses past the ingest's limit, a flood of junk manifests that would make the node forget a
+refused release (and download it again), and chunks of made-up versions sent while the node listens for chunks.
+Real Mosquitto, real Ed25519 signatures, real files; the release that follows each refusal is still installed."""
 
 from __future__ import annotations
 
@@ -192,3 +192,40 @@ def test_a_flood_of_junk_manifests_does_not_make_the_node_download_a_refused_rel
     remembered = json.loads((Path(node.room.data_dir) / "sync" / "releases.json").read_text())
     assert f"model/2026.10.01/{old.manifest['sha256']}" in remembered
     assert len(remembered) <= 200 + 500
+
+
+def test_chunks_of_releases_not_announced_are_not_written_and_a_release_whose_chunks_came_first_still_installs(
+        node: Any, mosquitto: Any, upstream: Any, publish: Any, keys: Any, fakes: Any, tmp_path: Path) -> None:
+    """While a release is staged (here: one whose upload stopped half-way, listened to for up to a day) the node
+    listens to its kind's chunk topics: anyone who can publish there could make it write chunks of made-up
+    versions to the card, 128 KB each, kept until the staging area is pruned. Only chunks of a release whose
+    manifest was accepted, numbered below its count, are written now."""
+    import paho.mqtt.publish as mqtt_publish
+
+    from edge.sync.release import pack_chunk
+
+    half = build_release("model", fakes.write_model(tmp_path / "v2", "v2"), "2026.12.01-v2", keys.private,
+                         chunk_size=64 * 1024)
+    publish(half, chunks=half.chunks()[:2])  # the upload stops after 2 chunks: staged, listened to
+    rm = node.room.releases
+    assert upstream.wait_for(lambda: rm.stats["chunks"] >= 2 and rm.listening(), 10), rm.stats
+    staging = Path(node.room.data_dir) / "sync" / "staging" / "model"
+    junk = [{"topic": TOPICS.release_chunk("model", i % 8),
+             "payload": pack_chunk("model", f"2026.12.01-junk{i:03d}", i % 8, 8, bytes(16_000)), "qos": 1}
+            for i in range(300)]
+    junk.append({"topic": TOPICS.release_chunk("model", 40),  # the staged release's version, a number past it
+                 "payload": pack_chunk("model", "2026.12.01-v2", 40, 41, bytes(16_000)), "qos": 1})
+    mqtt_publish.multiple(junk, hostname="127.0.0.1", port=mosquitto.port, protocol=mqtt.MQTTv5)
+    upstream.wait_for(lambda: rm.stats.get("chunks_unexpected", 0) >= 301 or len(list(staging.iterdir())) > 300, 20)
+    dirs = sorted(p.name for p in staging.iterdir())
+    assert dirs == ["2026.12.01-v2"], f"{len(dirs)} staging dirs"  # before: 301 with the junk, 4.8 MB
+    assert rm.stats["chunks_unexpected"] == 301, rm.stats
+    assert sorted(p.name for p in (staging / "2026.12.01-v2").glob("*.chunk")) == ["000000.chunk", "000001.chunk"]
+    # a newer release of the kind, published as `shelfcast model publish` does (its chunks first, then its
+    # manifest) while the node still listens for the stalled one's chunks: its chunks came before its manifest
+    # and were not written; accepting its manifest has the broker send them again
+    newer = build_release("model", fakes.write_model(tmp_path / "v3", "v3"), "2026.12.01-v3", keys.private,
+                          chunk_size=64 * 1024)
+    publish(newer)
+    upstream.wait_step("2026.12.01-v3", "swapped", 30)
+    assert node.rec.model.version == "v3"
