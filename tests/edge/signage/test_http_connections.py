@@ -223,6 +223,11 @@ def test_header_blocks_are_bounded_and_bad_requests_are_one_log_line(make_node: 
     # aiohttp held up to 128 headers of 8 KiB while a request was unfinished: ~1.9 MB of RSS per connection for
     # request_timeout_s (60 such connections of one device: +111 MB), and logged each bad request as an ERROR
     # with a traceback
+    from edge.signage.http import HTTP_LOG, _ClientFaults
+
+    for f in HTTP_LOG.filters:  # its once-a-minute line may have gone to an earlier test in this process
+        if isinstance(f, _ClientFaults):
+            f.last, f.left_out = -1e9, 0
     n = make_node()
     ok = _connect("127.0.0.1", n.port)
     ok.sendall(b"GET /api/screens HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: %s\r\n" % (i, b"v" * 900)
