@@ -489,6 +489,12 @@ class SyncRoom:
             ev = CheckIn(customer=ev.customer, session=v.session if v is not None else None, screen=ev.screen,
                          t=ev.t, id=ev.id)
         self.bus.publish(ev)
+        if ev.session is not None and self.recommender is not None and self.recommender.check_in_refused(ev.id):
+            # fusion refused it (an ended visit, no screen: VisitEnded); as the HTTP 410, nothing was bound
+            screens = ", ".join(s.id for s in self.config.layout.screens if s.kind != "shelf_display")
+            done(False, f"visit {ev.session[:40]} has ended; check in again at the screen the shopper stands at: "
+                        f'args {{"customer": ..., "screen": "<id>"}} (screens: {screens})')
+            return
         bound = self.recommender.check_in_session(ev.id) if self.recommender is not None else None
         if ev.screen is not None and self.recommender is not None:
             self.bus.publish(self.recommender.refresh(ev.screen))
