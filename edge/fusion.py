@@ -14,12 +14,15 @@ A check-in (``check_in``; from the bus, ``CheckIn``) always ends on a live visit
 if it is active, else the tracked shopper's, else the shopper within 3 m of the screen, else a new visit placed at
 the screen. A visit already linked to another customer is never relinked (a second shopper checking in at the same
 screen gets a visit of their own), and an ended session is never reopened (with a screen the check-in opens a new
-visit there; without one it is refused, ``VisitEnded``: no screen would ever show a visit placed nowhere). With
+visit there; without one it is refused, ``VisitEnded``: no screen would ever show a visit placed nowhere; the same
+for another customer's live visit named without a screen, ``VisitOfAnotherCustomer``). A shelf's anonymous visit a
+check-in binds becomes a checked-in visit (it lives ``session_idle_s``, not ``anonymous_idle_s``). With
 the camera down, the checked-in visit also stands in for the anonymous per-shelf sessions of its zone's shelves
 that have none, so the shopper's next picks there land on it (and keep the customer), for ``fusion.stand_in_s``
 after the check-in (picks do not extend it: that bounds how long another shopper's picks there can land on it);
 with the camera on, a visit checked in with nobody tracked near the screen is taken by the first new track seen
-within 3 m of the screen in the next 30 s (the shopper walking into view), so their picks are attributed to it. On
+within 3 m of the screen in the next 30 s (the shopper walking into view), so their picks are attributed to it;
+unclaimed after those 30 s it no longer holds its screen against tracked shoppers (``session_near``). On
 the bus, fusion sees a ``CheckIn`` first and, when it bound another session than the event names, publishes the
 event again (same id) with that session (``None`` when it refused the check-in): the recommender binds the visit
 fusion bound (nothing for ``None``), and ignores the first copy (by its id).
@@ -31,14 +34,15 @@ signage keep working on shelf data alone.
 Integration surface (stable; plain methods, call them from one thread, the
 event loop; they never block and are also guarded by a lock)::
 
-    fusion = Fusion(config, on_shopper_event, on_session=None, bus=None)
+    fusion = Fusion(config, on_shopper_event, on_session=None, bus=None)   # on_session: a visit opened/ended
     await fusion.start(); await fusion.stop()   # a room: with ``bus`` it subscribes itself
     fusion.on_shelf_event(ShelfEvent)      # -> on_shopper_event(ShopperEvent) once per event with a SKU
     fusion.on_track(TrackUpdate)
     fusion.on_zone(ZoneEvent)
     fusion.set_camera_status(ok: bool)     # wire to VisionRoom(on_status=...)
     fusion.check_in(customer_hash, track=None, session=None, screen=None) -> session id (never an ended one;
-                                           # raises VisitEnded for an ended session named without a screen)
+                                           # raises VisitEnded / VisitOfAnotherCustomer (CheckInRefused) for
+                                           # an ended / another customer's session named without a screen)
     fusion.on_check_in(CheckIn)            # same, from a CheckIn event
     fusion.active_sessions() -> list[SessionView]
     fusion.session(session_id) -> SessionView | None
@@ -77,7 +81,8 @@ from edge.config import NodeConfig, Shelf
 from edge.events import CheckIn, ShelfEvent, ShopperEvent, TrackUpdate, ZoneEvent, maker
 from edge.sync.schemas import is_customer_hash
 
-__all__ = ["Fusion", "SessionView", "VisitEnded", "hash_customer", "shopper_event_id"]
+__all__ = ["CheckInRefused", "Fusion", "SessionView", "VisitEnded", "VisitOfAnotherCustomer", "hash_customer",
+           "shopper_event_id"]
 
 log = logging.getLogger("shelfcast.fusion")
 # (session, sku, action, zone, units, shelf, slot, t, attributed, id): the frozen dataclass __init__ is ~2 µs
@@ -93,13 +98,28 @@ CLAIM_S = 30.0  # a check-in nobody was tracked near: a new track this soon afte
 CHECK_INS_KEPT = 256  # check-in event ids seen (a re-published CheckIn is not bound twice)
 
 
-class VisitEnded(LookupError):
-    """A check-in named a visit that has ended and gave no screen (nor a live track) to place a new one at: the
-    shopper must check in again at the screen they stand at. ``session``: the ended visit."""
+class CheckInRefused(LookupError):
+    """A check-in named a visit it cannot bind and gave no screen (nor a live track) to place a new one at: a new
+    visit placed nowhere would be shown on no screen, so the shopper must check in again at the screen they stand
+    at. ``session``: the visit named."""
+
+    def __init__(self, session: str, why: str) -> None:
+        super().__init__(f"visit {session} {why}; check in again at the screen the shopper stands at")
+        self.session = session
+
+
+class VisitEnded(CheckInRefused):
+    """The named visit has ended (it is never reopened)."""
 
     def __init__(self, session: str) -> None:
-        super().__init__(f"visit {session} has ended; check in again at the screen the shopper stands at")
-        self.session = session
+        super().__init__(session, "has ended")
+
+
+class VisitOfAnotherCustomer(CheckInRefused):
+    """The named visit is live and linked to another customer (never relinked)."""
+
+    def __init__(self, session: str) -> None:
+        super().__init__(session, "is another customer's")
 
 
 def hash_customer(raw_id: str, salt: str | SecretStr) -> str:
@@ -194,6 +214,7 @@ class Fusion:
         self._closed: OrderedDict[str, _Session] = OrderedDict()
         self._anon_by_shelf: dict[str, str] = {}
         self._check_ins_seen: OrderedDict[str, None] = OrderedDict()  # CheckIn ids handled (bus re-publish)
+        self._zone_seen: dict[str, float] = {}  # zone -> when the camera last saw a tracked shopper in it
         self._now = 0.0
         self._last_sweep = 0.0
         self.stats: dict[str, int] = {k: 0 for k in (
@@ -237,7 +258,7 @@ class Fusion:
         sid: str | None
         try:
             sid = self.on_check_in(ev)
-        except VisitEnded:
+        except CheckInRefused:
             sid = None  # counted and logged in check_in; the recommender binds nothing (below)
         except ValueError:
             self.stats["bad_events"] += 1
@@ -246,7 +267,7 @@ class Fusion:
         if sid != ev.session and self.bus is not None:
             # the event named no session (the screen served nobody), an ended one or another customer's: the
             # recommender must bind the visit bound here, so it gets the event again (same id) naming it; None:
-            # refused (an ended visit and no screen), the recommender binds nothing for this id
+            # refused (an ended visit or another customer's, and no screen), the recommender binds nothing for it
             self.bus.publish(dataclasses.replace(ev, session=sid))
 
     # -- inputs ---------------------------------------------------------------
@@ -282,6 +303,8 @@ class Fusion:
             s.x, s.y, s.last_seen = u.x, u.y, max(s.last_seen, u.t)
             if u.zone is not None or s.zone is None:
                 s.zone = u.zone
+            if s.zone is not None:
+                self._zone_seen[s.zone] = u.t  # a tracked shopper acts in the zone (session_near)
 
     def on_zone(self, ev: ZoneEvent) -> None:
         with self._lock:
@@ -332,9 +355,11 @@ class Fusion:
 
         In order: ``session`` if active, the ``track``'s visit, the shopper within 3 m of ``screen``; a visit
         linked to another customer is skipped, an ended ``session`` is never reopened. Nobody fits: a new visit,
-        at the screen (else where the named session was last seen), with the id ``session`` if that names no
-        visit this node has seen. An ended ``session`` with no ``screen`` (and no live ``track`` visit) raises
-        ``VisitEnded``: a new visit placed nowhere would be shown on no screen. Without a camera the visit takes
+        at the screen, with the id ``session`` if that names no visit this node has seen. An ended ``session``
+        with no ``screen`` (and no live ``track`` visit) raises ``VisitEnded``, another customer's live one
+        ``VisitOfAnotherCustomer``: a new visit not placed at a screen would be shown on no screen (before, another
+        customer's got one placed where theirs was, which the recommender never placed). A shelf's anonymous visit
+        becomes a checked-in visit (lives ``session_idle_s``, owns no shelf). Without a camera the visit takes
         over the free shelves of its zone for ``fusion.stand_in_s`` (``_stand_in``) so the shopper's picks there
         land on it."""
         if not is_customer_hash(customer_hash):  # the one check (``$`` let a trailing newline through)
@@ -364,18 +389,28 @@ class Fusion:
             if s is None and scr is not None:
                 near = self._near(scr.position[0], scr.position[1], scr.zone, CHECK_IN_NEAR_M, customer_hash)
                 s = self._active.get(near.id) if near is not None else None
-            if s is None and scr is None and named is not None and named.ended is not None:
+            if s is None and scr is None and named is not None:
+                # nothing to bind and nowhere to place a new visit a screen would show: refused, nothing bound
                 self.stats["check_ins_refused"] += 1
-                log.info("fusion: a check-in named visit %s, which ended %.0f s ago, and no screen: refused (check "
-                         "in again at the screen)", named.id, now - named.ended)
-                raise VisitEnded(named.id)
+                if named.ended is not None:
+                    log.info("fusion: a check-in named visit %s, which ended %.0f s ago, and no screen: refused "
+                             "(check in again at the screen)", named.id, now - named.ended)
+                    raise VisitEnded(named.id)
+                log.info("fusion: a check-in named visit %s, another customer's, and no screen: refused (check in "
+                         "at the screen)", named.id)
+                raise VisitOfAnotherCustomer(named.id)
+            if s is not None and s.shelf is not None:
+                # a shelf's anonymous visit (camera off; camera on, an unattributed pick) becomes the customer's
+                # visit: it lives fusion.session_idle_s like any checked-in visit, not anonymous_idle_s (before, it
+                # ended 60 s after its last pick while its screen kept serving it), and no longer owns the shelf
+                if self._anon_by_shelf.get(s.shelf) == s.id:
+                    del self._anon_by_shelf[s.shelf]
+                s.shelf = None
             if s is None:
                 # a caller's own visit id is kept when it names nothing here (never an ended or taken one)
                 s = self._open(now, sid=session if session is not None and named is None else None)
-                if scr is not None:
+                if scr is not None:  # (a named visit that could not be bound without a screen was refused above)
                     s.x, s.y, s.zone = scr.position[0], scr.position[1], scr.zone
-                elif named is not None:
-                    s.x, s.y, s.zone = named.x, named.y, named.zone
             elif scr is not None and s.track is None and s.shelf is None:
                 s.x, s.y, s.zone = scr.position[0], scr.position[1], scr.zone  # an untracked visit: at the screen
             s.customer = customer_hash
@@ -399,14 +434,20 @@ class Fusion:
             return s.view() if s is not None else None
 
     def session_near(self, x: float, y: float, zone: str | None = None, max_m: float = 10.0) -> SessionView | None:
-        """The active shopper nearest to (x, y) (e.g. a screen), optionally in ``zone``.
+        """The active shopper nearest to (x, y) (e.g. a screen), optionally in ``zone``: who a screen serves.
+
+        Camera on, who is acting: a tracked shopper while the camera sees them; a visit it does not see (a check-in
+        nobody was tracked near, a shelf's visit of an unattributed pick) for ``CLAIM_S`` (30 s) after its last
+        action, counted 0.5 m farther than it is. After that an untracked checked-in visit holds the screen only as
+        its zone's last to act: while no tracked shopper has been seen in the zone since its last action (the
+        camera-off rule of ``edge.recommend``, with being seen as acting); an anonymous one no longer at all.
 
         With the camera down, the most recent anonymous shelf session of the
         nearest shelf (in that zone) stands in for the shopper. (The recommender does not ask then: while
         ``camera_ok`` is False its own rule decides, as with the camera disabled.)
         """
         with self._lock:
-            return self._near(x, y, zone, max_m)
+            return self._near(x, y, zone, max_m, serving=self.camera_ok)
 
     def expire(self, now: float | None = None) -> None:
         """Close idle and lost sessions; cheap, call it every few seconds."""
@@ -436,6 +477,8 @@ class Fusion:
         log.info("fusion: the wall clock stepped by %+.1f s; visits keep their idle time", d)
         self._now += d
         self._last_sweep += d
+        for z in self._zone_seen:
+            self._zone_seen[z] += d
         for tr, h in self._hist.items():
             self._hist[tr] = deque(((t + d, x, y) for t, x, y in h), maxlen=h.maxlen)
         for s in itertools.chain(self._active.values(), self._closed.values()):
@@ -611,10 +654,14 @@ class Fusion:
         return s
 
     def _near(self, x: float, y: float, zone: str | None, max_m: float,
-              customer: str | None = None) -> SessionView | None:
-        """``customer``: skip visits linked to another customer (a check-in never relinks them)."""
+              customer: str | None = None, serving: bool = False) -> SessionView | None:
+        """``customer``: skip visits linked to another customer (a check-in never relinks them). ``serving``
+        (camera on, a screen asks): untracked visits count for ``CLAIM_S`` after their last action, then only a
+        checked-in one as its zone's last to act (``session_near``)."""
         best: tuple[float, _Session] | None = None
+        held: _Session | None = None  # serving: an untracked checked-in visit past CLAIM_S, its zone's last to act
         fresh = self._now - 2.0
+        grace = max(self._now, self._last_sweep) - CLAIM_S  # the sweep's time: no track updates in an empty room
         for s in self._active.values():
             if s.x is None or s.y is None or s.lost_at is not None:
                 continue
@@ -627,8 +674,16 @@ class Fusion:
                 continue
             d = math.hypot(s.x - x, s.y - y)
             if s.track is None:
+                if serving and s.last_seen < grace:
+                    # past its grace: only a checked-in visit, only if nobody tracked was seen in its zone since
+                    if (s.customer is not None and d <= max_m and self._zone_seen.get(s.zone or "", -math.inf)
+                            <= s.last_seen and (held is None or s.last_seen > held.last_seen)):
+                        held = s
+                    continue
                 d += 0.5  # a live tracked shopper beats a shelf-only stand-in at the same distance
             # the same distance (two check-ins at one screen): the one seen last
             if d <= max_m and (best is None or d < best[0] or (d == best[0] and s.last_seen > best[1].last_seen)):
                 best = (d, s)
-        return best[1].view() if best is not None else None
+        if best is None:
+            return held.view() if held is not None else None
+        return best[1].view()

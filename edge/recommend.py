@@ -17,8 +17,9 @@ naming an ended visit without a screen by re-publishing it with no session: noth
 (``check_in_refused``).
 
 Who a screen serves without a live camera (``_nearest_session``; with it, fusion's tracks answer): the
-nearest visit of its zone that acted (picked, put back, checked in) in the last ``present_s`` (90 s); within half a
-metre the one that acted last. A checked-in visit also keeps its screens after that, for as long as it lives
+nearest visit of its zone that acted (picked, put back, checked in) in the last ``present_s`` (90 s) and has not
+ended (fusion's ``on_session``: an anonymous visit ends 60 s after its last pick); within half a metre the one that
+acted last. A checked-in visit also keeps its screens after that, for as long as it lives
 (``fusion.session_idle_s``), while it is the last visit to have acted in the zone: a shopper reading a label keeps
 their set, and the screen goes back to the zone's items when the visit ends or once someone else has acted there.
 
@@ -102,6 +103,7 @@ class VisitState:
     capped: set[str] = field(default_factory=set)  # skus shown repeat_cap times (kept in step with ``shown``)
     x: float | None = None  # last known floor position (metres): the shelf touched last, or fusion's
     y: float | None = None
+    ended: bool = False  # fusion ended the visit (``Recommender.on_session``): no screen serves it any more
 
 
 class SessionLocator(Protocol):
@@ -216,6 +218,17 @@ class Recommender:
         if at is not None:  # the shopper stands at this screen now: it serves them (``_nearest_session``)
             (v.x, v.y), v.zone = at
         self.store.append_event(ev, upstream=self.upstream_topic)
+
+    def on_session(self, view: Any) -> None:
+        """Fusion's ``on_session`` hook (a visit opened or ended; the composition root wires it): an ended visit
+        is served by no screen from now on, the screen goes back to the zone's items (before, an anonymous visit
+        fusion ended after ``fusion.anonymous_idle_s``, 60 s, stayed on its screen for ``present_s``, 90 s). It is
+        still saved when it expires here (``expire_visits``)."""
+        if getattr(view, "ended", None) is None:
+            return
+        v = self.visits.get(view.id)
+        if v is not None:
+            v.ended = True
 
     def check_in_session(self, event_id: str) -> str | None:
         """The visit the check-in ``event_id`` bound (None: not bound, e.g. nobody bound a visit for it)."""
@@ -348,14 +361,14 @@ class Recommender:
                 continue
             if last is None or v.last_seen > last.last_seen:
                 last = v
-            if v is not acting and now - v.last_seen > self.present_s:
+            if v is not acting and (v.ended or now - v.last_seen > self.present_s):
                 continue
             d = math.hypot(v.x - sx, v.y - sy) if v.x is not None and v.y is not None else 1e6
             # nearer by more than half a metre wins; within that margin, the one who acted last
             if best is None or d < best_d - 0.5 or (d <= best_d + 0.5 and v.last_seen > best.last_seen):
                 best, best_d = v, d
-        if best is None and last is not None and last.customer is not None and now - last.last_seen <= \
-                self.visit_idle_s:
+        if best is None and last is not None and last.customer is not None and not last.ended and \
+                now - last.last_seen <= self.visit_idle_s:
             # nobody acted in present_s: a checked-in visit that was the last to act keeps the screen while it
             # lives (a shopper reading a label); anyone acting after it ends that (below present_s, the rule above)
             return last.session
