@@ -212,7 +212,9 @@ class Node:
         session (anonymous per-shelf sessions without a working camera) and publishes ShopperEvent."""
         from edge.fusion import Fusion
 
-        self.fusion = Fusion(self.config, self.bus.publish, bus=self.bus)
+        # a visit fusion ends is served by no screen from then on (Recommender.on_session)
+        self.fusion = Fusion(self.config, self.bus.publish, bus=self.bus,
+                             on_session=self.recommender.on_session if self.recommender is not None else None)
         self.rooms.append(self.fusion)  # before the camera and shelves that feed it
         cam = self.config.camera
         if cam.enabled and cam.source == "synthetic" and self.synthetic_scene is None:
