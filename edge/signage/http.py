@@ -490,11 +490,14 @@ async def checkin(request: web.Request) -> web.Response:
     ev = CheckIn(customer=hash_customer(salt, body["customer"].strip()), session=session, screen=screen,
                  t=time.time())
     room.bus.publish(ev)
-    if session is not None and room.recommender.check_in_refused(ev.id):  # fusion: an ended visit, and no screen
+    if session is not None and room.recommender.check_in_refused(ev.id):  # fusion: ended/another's, and no screen
         screens = ", ".join(s.id for s in room.screens.values() if s.kind != "shelf_display")
-        return web.json_response({"error": f"visit {session[:40]} has ended; check in again at the screen the shopper "
-                                           f'stands at: POST /api/checkin with {{"customer": ..., "screen": "<id>"}} '
-                                           f"(screens: {screens})"}, status=410)
+        fix = (f'check in again at the screen the shopper stands at: POST /api/checkin with {{"customer": ..., '
+               f'"screen": "<id>"}} (screens: {screens})')
+        named = room.recommender.visits.get(session)
+        if named is not None and not named.ended and named.customer not in (None, ev.customer):
+            return web.json_response({"error": f"visit {session[:40]} is another customer's; {fix}"}, status=409)
+        return web.json_response({"error": f"visit {session[:40]} has ended; {fix}"}, status=410)
     session = room.recommender.check_in_session(ev.id) or session  # the visit fusion bound (maybe a new one)
     if screen in room.screens:
         room.bus.publish(room.recommender.refresh(screen))

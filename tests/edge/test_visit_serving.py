@@ -1,0 +1,228 @@
+"""Who a screen serves, the same in every case: a real ``edge.app.Node`` in this process (the demo layout, the bundled
+model and catalogue, real SQLite), events on its bus, the recommender's clock a fake one; the check-in refusal
+through the real ``POST /api/checkin``.
+
+Old code:
+- camera on, a check-in nobody was tracked near held its screen for its whole life (300 s) against any tracked
+  shopper standing more than 0.5 m farther away: a shopper who checked in and walked off kept the screen from the
+  next one standing right in front of it;
+- camera off, an anonymous visit fusion had ended (``anonymous_idle_s``, 60 s) stayed on its screen until
+  ``Recommender.present_s`` (90 s); a shelf's anonymous visit that a check-in at the screen bound ended 60 s after
+  its last pick (its screen kept serving it, the shopper's next pick went to a new anonymous visit);
+- a check-in naming another customer's live visit without a screen opened a new visit no screen showed (200)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import Awaitable, Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from edge.app import Node
+from edge.config import NodeConfig, parse_config
+from edge.events import CheckIn, ShelfEvent, ShopperEvent, TrackUpdate
+from edge.fusion import hash_customer
+
+SALT = "acme-visit-salt-0f3a9c1e7d5b2468"
+A = hash_customer("CARD-A", SALT)
+SCREEN = "dairy-screen"  # at (12, 4.6)
+TOKEN = "tok-visit-serving-0123456789abcd"
+
+
+def _config(tmp: Path, **signage: Any) -> NodeConfig:
+    raw = parse_config(resources.files("edge").joinpath("data/demo_store.yaml").read_text()).model_dump(by_alias=True)
+    raw["node"]["data_dir"] = str(tmp / "data")
+    raw["camera"]["enabled"] = False  # the tests set fusion as the locator and its camera status themselves
+    raw["shelves"]["enabled"] = False  # shelf events go on the bus directly
+    raw["signage"]["enabled"] = bool(signage)
+    raw["signage"].update(signage)
+    raw["mqtt"]["local"]["url"] = None
+    raw["store"]["flush_interval_ms"] = 20
+    raw["fusion"].update(customer_salt=SALT)
+    return NodeConfig.model_validate(raw)
+
+
+def _run(cfg: NodeConfig, fake_clock: Any, camera: str,
+         scenario: Callable[[Node, Any, list[ShopperEvent]], Awaitable[None]]) -> None:
+    """``camera``: "disabled" (no locator), "down" (fusion the locator, camera_ok False), "on" (camera_ok True)."""
+    async def main() -> None:
+        node = Node(cfg)
+        await node.start()
+        try:
+            fc = fake_clock()
+            rec = node.recommender
+            assert rec is not None and node.fusion is not None
+            rec.clock = lambda: fc.w
+            if camera != "disabled":
+                rec.locator = node.fusion
+            node.fusion.set_camera_status(camera == "on")
+            picks: list[ShopperEvent] = []
+            node.bus.subscribe(ShopperEvent, picks.append)
+            await scenario(node, fc, picks)
+        finally:
+            await node.stop()
+
+    asyncio.run(main())
+
+
+def _pick(node: Node, fc: Any, shelf: str, slot: int = 0) -> None:
+    node.bus.publish(ShelfEvent(shelf=shelf, slot=slot, sku=None, delta_units=-1, t=fc.w))
+
+
+def _stand(node: Node, fc: Any, track: int, x: float, y: float, secs: float) -> None:
+    """A tracked shopper standing at (x, y) in the dairy zone for ``secs`` (15 updates a second; time passes)."""
+    for _ in range(int(secs * 15)):
+        node.bus.publish(TrackUpdate(track=track, x=x, y=y, zone="dairy", t=fc.w))
+        fc.elapse(1 / 15)
+
+
+def _wait(node: Node, fc: Any, secs: float) -> None:
+    fc.elapse(secs)
+    node.fusion.expire(fc.w)
+    node.housekeep_once()
+
+
+def _served(node: Node) -> str | None:
+    """The visit the screen serves now (signage asks this every second) and the session of the set it would push."""
+    rec = node.recommender
+    assert rec is not None
+    v = rec.serving(SCREEN)
+    rs = rec.refresh(SCREEN)
+    assert rs.session == (v.session if v is not None else None) and rs.items
+    return rs.session
+
+
+def test_camera_on_a_check_in_nobody_walked_into_view_holds_the_screen_30_s(tmp_path: Path, fake_clock: Any) -> None:
+    async def scenario(node: Node, fc: Any, picks: list[ShopperEvent]) -> None:
+        f = node.fusion
+        node.bus.publish(CheckIn(customer=A, screen=SCREEN, t=fc.w))  # nobody tracked near the screen
+        a = _served(node)
+        assert a is not None and f.session(a).track is None
+        # B walks up 3.6 m from the screen (too far to take A's visit), within A's 30 s: A keeps the screen
+        _stand(node, fc, 1, 12.0, 1.0, 10.0)
+        b = f.session_near(12.0, 1.0, "dairy").id
+        assert b != a and _served(node) == a
+        _stand(node, fc, 1, 12.0, 1.0, 21.0)  # 31 s after the check-in, nobody took A's visit
+        assert _served(node) == b, "an unclaimed check-in kept the screen from the shopper standing in front of it"
+        # B leaves: A walked off too (B was seen in the zone after A's check-in): the zone's items, not A's
+        _wait(node, fc, 5.0)
+        assert f.session(b).ended is not None
+        assert _served(node) is None, "the screen went back to a check-in whose shopper the camera never saw"
+        # A scans again: theirs again; still nobody seen in the zone after 100 s: A keeps it while the visit lives
+        node.bus.publish(CheckIn(customer=A, session=a, screen=SCREEN, t=fc.w))
+        assert _served(node) == a
+        _wait(node, fc, 100.0)
+        assert _served(node) == a
+        # a tracked shopper in the zone past the 30 s, even at the far end (9 m away): they serve it
+        _stand(node, fc, 2, 16.0, -3.5, 1.0)
+        c = f.session_near(16.0, -3.5, "dairy").id
+        assert _served(node) == c
+        # ... and a check-in in its first 30 s still beats a tracked shopper more than 0.5 m farther
+        node.bus.publish(CheckIn(customer=A, session=a, screen=SCREEN, t=fc.w))
+        _stand(node, fc, 2, 16.0, -3.5, 1.0)
+        assert _served(node) == a
+
+    _run(_config(tmp_path), fake_clock, "on", scenario)
+
+
+@pytest.mark.parametrize("camera", ["disabled", "down"])
+def test_an_anonymous_visit_leaves_its_screen_when_fusion_ends_it(tmp_path: Path, fake_clock: Any,
+                                                                  camera: str) -> None:
+    async def scenario(node: Node, fc: Any, picks: list[ShopperEvent]) -> None:
+        _pick(node, fc, "dairy-1")
+        anon = picks[-1].session
+        assert _served(node) == anon
+        _wait(node, fc, 59.0)
+        assert _served(node) == anon and node.fusion.session(anon).ended is None
+        _wait(node, fc, 2.0)  # fusion.anonymous_idle_s (60 s) without a pick: fusion ends the visit
+        assert node.fusion.session(anon).ended is not None
+        assert _served(node) is None, "the screen kept serving a visit fusion had ended (present_s 90 s)"
+        assert anon in node.recommender.visits  # still saved when it expires (session_idle_s)
+        _pick(node, fc, "dairy-1")  # the next shopper there: a new visit, on the screen at once
+        assert picks[-1].session != anon and _served(node) == picks[-1].session
+
+    _run(_config(tmp_path), fake_clock, camera, scenario)
+
+
+def test_a_shelf_visit_checked_in_at_the_screen_lives_as_a_checked_in_visit(tmp_path: Path, fake_clock: Any) -> None:
+    async def scenario(node: Node, fc: Any, picks: list[ShopperEvent]) -> None:
+        _pick(node, fc, "dairy-1")
+        anon = picks[-1].session
+        fc.elapse(5.0)
+        # at the screen, which serves that visit: the check-in binds it (what POST /api/checkin and the cloud's
+        # cmd do: the session the screen serves)
+        served = node.recommender.serving(SCREEN)
+        assert served is not None and served.session == anon
+        node.bus.publish(CheckIn(customer=A, session=anon, screen=SCREEN, t=fc.w))
+        assert _served(node) == anon and node.recommender.visits[anon].customer == A
+        _wait(node, fc, 100.0)  # reads a label: past anonymous_idle_s (60 s), within stand_in_s (120 s)
+        assert node.fusion.session(anon).ended is None, "the checked-in visit ended after anonymous_idle_s"
+        assert _served(node) == anon
+        _pick(node, fc, "dairy-1", 1)
+        assert picks[-1].session == anon, "the shopper's pick after a pause went to a new anonymous visit"
+        _pick(node, fc, "dairy-2")  # their zone's other shelf too (the stand-in)
+        assert picks[-1].session == anon and node.fusion.session(anon).customer == A
+        _wait(node, fc, 301.0)  # it ends as a visit does (fusion.session_idle_s), saved with the customer
+        assert node.fusion.session(anon).ended is not None and _served(node) is None
+
+    _run(_config(tmp_path), fake_clock, "disabled", scenario)
+
+
+def test_a_check_in_naming_another_customers_visit_without_a_screen_is_refused(tmp_path: Path) -> None:
+    cfg = _config(tmp_path, host="127.0.0.1", port=0, admin_token=TOKEN)
+
+    async def main() -> dict[str, str]:
+        node = Node(cfg)
+        await node.start()
+        try:
+            assert node.signage is not None and node.recommender is not None and node.fusion is not None
+            url = f"http://127.0.0.1:{node.signage.port}/api/checkin"
+            auth = {"Authorization": f"Bearer {TOKEN}"}
+            async with aiohttp.ClientSession() as http:
+                async def check_in(body: dict[str, Any]) -> tuple[int, Any]:
+                    async with http.post(url, json=body, headers=auth) as r:
+                        return r.status, await r.json()
+
+                status, first = await check_in({"customer": "CARD-A", "screen": SCREEN})
+                assert status == 200 and first["session"], first
+                a = first["session"]
+                visits = {s.id for s in node.fusion.active_sessions()}
+
+                status, refused = await check_in({"customer": "CARD-B", "session": a})
+                assert status == 409, (status, refused)
+                err = refused["error"]
+                assert a in err and "another customer" in err and '"screen"' in err and SCREEN in err, err
+                assert "CARD-B" not in json.dumps(refused)
+                # nothing bound: no new visit in fusion or the recommender, A's visit still A's, on its screen
+                assert {s.id for s in node.fusion.active_sessions()} == visits
+                assert [v.customer for v in node.recommender.visits.values()] == [hash_customer("CARD-A", SALT)]
+                served = node.recommender.serving(SCREEN)
+                assert served is not None and served.session == a
+                assert node.fusion.health()["check_ins_refused"] == 1
+
+                # A naming their own visit is still bound; B at the screen gets a visit of their own it serves
+                status, own = await check_in({"customer": "CARD-A", "session": a})
+                assert status == 200 and own["session"] == a, own
+                status, b = await check_in({"customer": "CARD-B", "session": a, "screen": SCREEN})
+                assert status == 200 and b["session"] not in (None, a), b
+                served = node.recommender.serving(SCREEN)
+                assert served is not None and served.session == b["session"]
+                return {"a": a, "b": b["session"]}
+        finally:
+            await node.stop()
+
+    ids = asyncio.run(main())
+    conn = sqlite3.connect(cfg.node.data_dir / "shelfcast.db")
+    try:
+        stored = [(s, json.loads(p)["customer"]) for s, p in
+                  conn.execute("SELECT session, payload FROM events WHERE type = 'checkin' ORDER BY t")]
+    finally:
+        conn.close()
+    ha, hb = hash_customer("CARD-A", SALT), hash_customer("CARD-B", SALT)
+    assert stored == [(ids["a"], ha), (ids["a"], ha), (ids["b"], hb)], "the refused check-in was stored"
