@@ -51,7 +51,7 @@ class SoakOptions:
     interval_s: float = 30.0  # between samples (shorter runs sample at least 6 times)
     shoppers: int = 8  # simulated shoppers at once; each acts every ~1.5 s: ~5 picks/s
     screen_clients: int = 6  # SSE clients in churn (plus one that never reads)
-    outage_every_s: float = 240.0  # a cloud outage starts this often (shorter runs: one in the middle third)
+    outage_every_s: float = 240.0  # a cloud outage starts this often (shorter runs: one, at the middle)
     outage_s: float = 45.0
     checkin_every_s: float = 300.0
     checkin_burst: int = 40
@@ -182,6 +182,18 @@ def node_main(config: str) -> int:
 
     app.Node.__init__ = init  # type: ignore[method-assign, assignment]
     app.Node.start = start  # type: ignore[method-assign]
+    trace = os.environ.get("SHELFCAST_SOAK_TRACEMALLOC")
+    if trace:  # diagnosis: where does the memory go? each SIGUSR1 writes a tracemalloc snapshot to TRACE.N
+        import tracemalloc
+
+        tracemalloc.start(8)
+        dumps = [0]
+
+        def dump(_sig: int, _frame: Any) -> None:
+            dumps[0] += 1
+            tracemalloc.take_snapshot().dump(f"{trace}.{dumps[0]}")
+
+        signal.signal(signal.SIGUSR1, dump)
     return cli_main(["run", "--config", config])
 
 
@@ -399,6 +411,7 @@ def _publish_release(tmp: Path, key_path: Path, broker: _Broker, version: str) -
 
 _LEVEL = re.compile(r"\b(WARNING|ERROR|CRITICAL)\b|Traceback")
 _NUMS = re.compile(r"\d+(\.\d+)?")
+_RUNNING = re.compile(rb"node \S+ running$", re.M)  # shelfcast run's line once every room has started
 
 
 def _log_problems(log: Path) -> dict[str, Any]:
@@ -453,7 +466,8 @@ async def _run(opts: SoakOptions) -> dict[str, Any]:
     t_start = time.monotonic()
     try:
         deadline = time.monotonic() + 90
-        while not _wait_port(port, 0.5):
+        # serving: every room started (the "running" line comes after node.start()), not only the HTTP port
+        while not (_wait_port(port, 0.5) and _RUNNING.search(log_path.read_bytes())):
             if node.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the soak node did not start serving; its log: {log_path}\n"
                                    + log_path.read_text(errors="replace")[-3000:])
@@ -466,13 +480,15 @@ async def _run(opts: SoakOptions) -> dict[str, Any]:
         sim = ShopperSim(layout_cfg, heat, n=opts.shoppers, seed=opts.seed)
         t0 = time.monotonic()
         end = t0 + total_s
-        # outage cycles: every outage_every_s (a short run: one, in its middle third)
+        # outage cycles: every outage_every_s (a short run: one, at its middle)
         if total_s >= 2 * opts.outage_every_s:
             outages = [(t, t + opts.outage_s) for t in
                        _frange(opts.outage_every_s * 0.75, total_s - opts.outage_s - 30, opts.outage_every_s)]
         else:
-            outages = [(total_s / 3, total_s / 3 + min(opts.outage_s, total_s / 6))]
-        release_at = [total_s * (i + 1) / (opts.releases + 1) for i in range(opts.releases)]
+            outages = [(total_s / 2, total_s / 2 + min(opts.outage_s, total_s / 6))]  # after the releases
+        # releases in the first half (at 1/6, 2/6 of the run for two): the second half, where the growth is fitted,
+        # is steady state; what one release adds is reported per release (rss_step_mb)
+        release_at = [total_s / 2 * (i + 1) / (opts.releases + 1) for i in range(opts.releases)]
         checkin_at = list(_frange(min(20.0, total_s / 4), total_s - 5, opts.checkin_every_s))
         next_sample = t0
         pending: list[asyncio.Task[Any]] = []
@@ -503,8 +519,8 @@ async def _run(opts: SoakOptions) -> dict[str, Any]:
                     broker.start()
             if release_at and el >= release_at[0] and broker.up:
                 release_at.pop(0)
-                version = f"soak-{len(c.releases) + 1}-{int(time.time())}"
-                pending.append(asyncio.create_task(_release_task(tmp, key_path, broker, version, c)))
+                version = f"soak-{opts.releases - len(release_at)}-{int(time.time())}"
+                pending.append(asyncio.create_task(_release_task(tmp, key_path, broker, version, c, el)))
             if checkin_at and el >= checkin_at[0]:
                 checkin_at.pop(0)
                 pending.append(asyncio.create_task(_checkins(port, rng, screens, opts.checkin_burst, c)))
@@ -546,6 +562,7 @@ async def _run(opts: SoakOptions) -> dict[str, Any]:
         slope = fit_per_hour(pts)
         series[m] = {"start": pts[0][1], "end": pts[-1][1], "max": max(v for _, v in pts),
                      "per_hour": round(slope, 3) if slope is not None else None}
+    _release_steps(c.releases, samples)
     problems = _log_problems(log_path)
     result: dict[str, Any] = {
         "minutes": round(elapsed / 60, 2),
@@ -569,11 +586,21 @@ async def _run(opts: SoakOptions) -> dict[str, Any]:
     return result
 
 
-async def _release_task(tmp: Path, key: Path, broker: _Broker, version: str, c: _Counters) -> None:
+async def _release_task(tmp: Path, key: Path, broker: _Broker, version: str, c: _Counters, at: float) -> None:
     try:
-        c.releases.append(await asyncio.to_thread(_publish_release, tmp, key, broker, version))
+        rel = await asyncio.to_thread(_publish_release, tmp, key, broker, version)
     except Exception as exc:
-        c.releases.append({"version": version, "error": str(exc)})
+        rel = {"version": version, "error": str(exc)}
+    c.releases.append({**rel, "at_s": round(at, 1)})
+
+
+def _release_steps(releases: list[dict[str, Any]], samples: list[dict[str, Any]]) -> None:
+    """Each release's RSS step: the last sample before it was published to the first one 20 s or more after."""
+    for rel in releases:
+        at = rel["at_s"]
+        before = [s["rss_mb"] for s in samples if s["t"] <= at and s.get("rss_mb") is not None]
+        after = [s["rss_mb"] for s in samples if s["t"] >= at + 20 and s.get("rss_mb") is not None]
+        rel["rss_step_mb"] = round(after[0] - before[-1], 1) if before and after else None
 
 
 def _catalogue() -> list[Any]:

@@ -51,6 +51,7 @@ def test_bench_soak_short_run_reports_every_metric_and_the_node_exits_cleanly(tm
     assert load["checkins"] > 0 and load["checkin_errors"] == 0
     assert load["outages"] == 1
     assert load["releases"] and all("error" not in rel for rel in load["releases"]), load["releases"]
+    assert all("rss_step_mb" in rel and rel["at_s"] < 0.3 * 60 / 2 for rel in load["releases"])  # first half
     assert out["errors"] == [], out["errors"]
     assert (tmp_path / "run" / "node.log").stat().st_size > 0
 
