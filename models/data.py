@@ -4,7 +4,9 @@ Generic input schema (a directory with three tables, Parquet or CSV):
 
 ``transactions``: household_id, store_id, basket_id, product_id, quantity,
 sales_value, timestamp (UTC, naive or aware), optional week (1-based, Monday
-start in local time; computed from the timestamp when absent).
+start in local time; computed from the timestamp when absent), optional
+clock_unsynced (true: the node's clock was not synced, as ``shelfcast cloud
+ingest`` marks rows; such rows are dropped, their hour and weekday are unknown).
 
 ``products``: product_id, department, category, product_type, brand.
 
@@ -190,6 +192,10 @@ def clean(tables: dict[str, pd.DataFrame], cfg: SplitConfig) -> tuple[pd.DataFra
     t = t[t["quantity"] > 0]
     stats["dropped_quantity0"] = n - len(t)
     t["store_id"] = t["store_id"].fillna("unknown")
+    if "clock_unsynced" in t:  # rows `shelfcast cloud ingest` marked: a node clock not synced, hour/weekday unknown
+        n = len(t)
+        t = t[~_truthy(t["clock_unsynced"].fillna(False))].drop(columns=["clock_unsynced"])
+        stats["dropped_clock_unsynced"] = n - len(t)
 
     p["product_id"] = p["product_id"].astype("string").str.strip()
     for col in ("department", "category", "product_type", "brand"):

@@ -6,7 +6,13 @@ in ``DIR``), and writes new items to Parquet. Messages are acknowledged to
 the broker only after the Parquet file holding them is written, so a crash
 of this process loses nothing either (the broker re-sends; dedupe absorbs it).
 On exit (SIGTERM included) it prints one JSON line: ``received``, ``unique``,
-``duplicates``, ``written``, ``messages``, ``bad``, ``other``, ``files``.
+``duplicates``, ``written``, ``messages``, ``bad``, ``other``, ``files``, ``clock_unsynced``, ``clock_shifted``.
+
+Time: ``t`` is when the event happened, the node's stamp plus the item's ``clock_shift`` (a step of the node's
+wall clock after the event was stamped; the payload keeps the item as sent, ``clock_shift`` is its own column).
+``clock_unsynced`` is true for items of a batch the node flagged ``"clock_unsynced": true`` (NTP not synced when
+it left) and for items whose time is before ``edge.clock.BUILD_FLOOR`` (an unset clock): their hour and weekday
+are not to be trusted, and ``models/data.py`` drops such rows from a transactions table that carries the column.
 
 Parquet needs ``pyarrow``, which the node install (``pip install -e .``) leaves
 out on purpose (heavy, and the Pi never runs this): the ``cloud`` extra brings
@@ -24,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from edge.clock import looks_unset
 from edge.sync.link import LinkSettings, MqttLink
 from edge.sync.outbox import PayloadTooLarge, decode_payload
 
@@ -73,7 +80,7 @@ class Ingest:
         self._files = 0
         self._lock = threading.Lock()
         self.stats = {"received": 0, "unique": 0, "duplicates": 0, "written": 0, "messages": 0, "bad": 0,
-                      "other": 0, "files": 0, "too_large": 0}
+                      "other": 0, "files": 0, "too_large": 0, "clock_unsynced": 0, "clock_shifted": 0}
         self._load_seen()
 
     def _load_seen(self) -> None:
@@ -116,6 +123,7 @@ class Ingest:
             self._acks.append((msg.mid, msg.qos))
             return
         now = time.time()
+        unsynced = env.get("clock_unsynced") is True  # the node's clock was not NTP-synced when the batch left
         with self._lock:
             for item in env["items"]:
                 if not isinstance(item, dict) or not isinstance(item.get("id"), str):
@@ -125,6 +133,8 @@ class Ingest:
                     t = float(item.get("t") or 0.0)
                 except (TypeError, ValueError):
                     t = 0.0
+                shift = item.get("clock_shift")
+                shift = float(shift) if isinstance(shift, int | float) and not isinstance(shift, bool) else 0.0
                 self.stats["received"] += 1
                 iid = item["id"]
                 if iid in self.run_ids:
@@ -135,8 +145,12 @@ class Ingest:
                 if iid in self.seen:
                     continue
                 self.seen.add(iid)
+                bad_clock = unsynced or looks_unset(t + shift)
+                self.stats["clock_unsynced"] += bad_clock
+                self.stats["clock_shifted"] += shift != 0.0
                 self._buffer.append({
-                    "id": iid, "type": str(item.get("type", "")), "t": t,
+                    "id": iid, "type": str(item.get("type", "")), "t": t + shift, "clock_shift": shift,
+                    "clock_unsynced": bad_clock,
                     "session": None if item.get("session") is None else str(item.get("session")),
                     "topic": topic, "store": str(env.get("store", "")), "node": str(env.get("node", "")),
                     "boot": str(env.get("boot", "")), "payload": json.dumps(item, separators=(",", ":")),
@@ -167,7 +181,8 @@ class Ingest:
         schema = pa.schema([("id", pa.string()), ("type", pa.string()), ("t", pa.float64()),
                             ("session", pa.string()), ("topic", pa.string()), ("store", pa.string()),
                             ("node", pa.string()), ("boot", pa.string()), ("payload", pa.string()),
-                            ("received_at", pa.float64())])
+                            ("received_at", pa.float64()), ("clock_shift", pa.float64()),
+                            ("clock_unsynced", pa.bool_())])
         table = pa.Table.from_pylist(rows, schema=schema)  # one schema for every file: they read as one dataset
         self._files += 1
         name = self.out / f"events-{time.strftime('%Y%m%dT%H%M%S')}-{self._files:06d}.parquet"
