@@ -490,9 +490,13 @@ class SyncRoom:
                          t=ev.t, id=ev.id)
         self.bus.publish(ev)
         if ev.session is not None and self.recommender is not None and self.recommender.check_in_refused(ev.id):
-            # fusion refused it (an ended visit, no screen: VisitEnded); as the HTTP 410, nothing was bound
+            # fusion refused it (an ended visit or another customer's, no screen: CheckInRefused); as the HTTP
+            # 410 / 409, nothing was bound
             screens = ", ".join(s.id for s in self.config.layout.screens if s.kind != "shelf_display")
-            done(False, f"visit {ev.session[:40]} has ended; check in again at the screen the shopper stands at: "
+            named = self.recommender.visits.get(ev.session)
+            why = ("is another customer's" if named is not None and not named.ended
+                   and named.customer not in (None, ev.customer) else "has ended")
+            done(False, f"visit {ev.session[:40]} {why}; check in again at the screen the shopper stands at: "
                         f'args {{"customer": ..., "screen": "<id>"}} (screens: {screens})')
             return
         bound = self.recommender.check_in_session(ev.id) if self.recommender is not None else None

@@ -1,6 +1,6 @@
-"""The cloud's ``cmd`` ``check_in`` naming an ended visit without a screen is refused like ``POST /api/checkin``'s
-410: the ``cmd/result`` says ``ok: false`` with the fix (check in again at the screen, the screen ids), and nothing
-is bound. A real ``edge.app.Node`` in this process (demo layout, camera off, real SQLite) linked to a real
+"""The cloud's ``cmd`` ``check_in`` naming an ended visit (or another customer's live one) without a screen is
+refused like ``POST /api/checkin``'s 410 (409): the ``cmd/result`` says ``ok: false`` with the fix (check in again
+at the screen, the screen ids), and nothing is bound. A real ``edge.app.Node`` in this process (demo layout, camera off, real SQLite) linked to a real
 Mosquitto; the commands go in and the results come out through the broker.
 
 Old code: fusion refused it (``VisitEnded``) but the result said ``ok: true, "session <id>"``."""
@@ -48,7 +48,7 @@ def test_a_cloud_check_in_naming_an_ended_visit_without_a_screen_is_refused(
                         protocol=mqtt.MQTTv5)
     cloud.connect("127.0.0.1", mosquitto.port)
     cloud.loop_start()
-    h = hash_customer("CARD-A", SALT)
+    h, hb = hash_customer("CARD-A", SALT), hash_customer("CARD-B", SALT)
 
     def result(cmd_id: str) -> dict[str, Any]:
         got = wait_for(lambda: [r for r in upstream.of("/cmd/result") if r.get("cmd") == cmd_id], 15)
@@ -88,6 +88,13 @@ def test_a_cloud_check_in_naming_an_ended_visit_without_a_screen_is_refused(
             # the fix it names: the same check-in at the screen opens a new visit there
             again = await command({"customer": h, "session": a, "screen": "dairy-screen"})
             assert again["ok"] is True and again["detail"] not in (f"session {a}", ""), again
+
+            # another customer's live visit named without a screen (the HTTP 409): refused too, B keeps it
+            b = (await command({"customer": hb, "screen": "bakery-screen"}))["detail"].removeprefix("session ")
+            taken = await command({"customer": h, "session": b})
+            assert taken["ok"] is False and b in taken["detail"] and "another customer's" in taken["detail"] \
+                and "bakery-screen" in taken["detail"], taken
+            assert node.recommender.visits[b].customer == hb
         finally:
             await node.stop()
 
