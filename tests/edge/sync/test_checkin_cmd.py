@@ -1,7 +1,8 @@
 """The cloud's ``cmd`` ``check_in`` naming an ended visit (or another customer's live one) without a screen is
 refused like ``POST /api/checkin``'s 410 (409): the ``cmd/result`` says ``ok: false`` with the fix (check in again
-at the screen, the screen ids), and nothing is bound. A real ``edge.app.Node`` in this process (demo layout, camera off, real SQLite) linked to a real
-Mosquitto; the commands go in and the results come out through the broker.
+at the screen, the screen ids), and nothing is bound. A real ``edge.app.Node`` in this process (demo layout,
+camera off, real SQLite) linked to a real Mosquitto; the commands go in and the results come out through the
+broker.
 
 Old code: fusion refused it (``VisitEnded``) but the result said ``ok: true, "session <id>"``."""
 
