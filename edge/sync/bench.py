@@ -9,7 +9,12 @@ for the outbox to drain; stop the ingest with SIGTERM and compare the ids it
 wrote to Parquet with the ids the store accepted.
 
 The broker and the ingest are stopped on every way out (an error, the ingest
-dying or not subscribing in time, Ctrl-C; the CLI turns SIGTERM into Ctrl-C).
+dying or not subscribing in time, Ctrl-C, SIGTERM: the event loop's own signal
+handlers cancel the run, and ``run_bench`` raises ``KeyboardInterrupt``). SIGTERM
+works even when SIGINT is ignored, as in a job a non-interactive shell starts
+with ``&`` (a SIGINT the process inherited as ignored stays ignored). Waits that
+run in threads are bounded to about a second each, so an interrupted run never
+waits on a thread for long when the event loop closes.
 ``pyarrow`` (the ingest's Parquet) is checked before anything starts.
 """
 
@@ -27,6 +32,7 @@ import tempfile
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -201,9 +207,44 @@ def run_bench(*, events_per_s: float = 500.0, outage_s: float = 30.0, before_s: 
         workdir = Path(tmp.name)
     try:
         return asyncio.run(_run(events_per_s, outage_s, before_s, after_s, progress, workdir, ordered_ids))
+    except asyncio.CancelledError:  # SIGINT / SIGTERM (``_on_signals``): cleaned up, say "interrupted"
+        raise KeyboardInterrupt from None
     finally:
         if tmp is not None:
             tmp.cleanup()
+
+
+def _on_signals() -> None:
+    """Cancel the running task (the bench) on SIGTERM, and on SIGINT unless this process inherited it ignored.
+
+    Through the loop (``add_signal_handler``), not a Python-level handler: the old CLI handler turned SIGTERM into
+    ``raise_signal(SIGINT)`` for asyncio's own SIGINT handler, which asyncio installs only when SIGINT has Python's
+    default handler; a bench started with SIGINT ignored (``shelfcast bench sync &`` in a script, a test runner
+    started that way) then ignored SIGTERM too and ran to its end. A second signal does nothing more: the
+    cleanup is bounded."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    fired = [False]
+
+    def interrupt() -> None:
+        if not fired[0]:
+            fired[0] = True
+            task.cancel()
+
+    loop.add_signal_handler(signal.SIGTERM, interrupt)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        loop.add_signal_handler(signal.SIGINT, interrupt)
+
+
+async def _bounded(fn: Callable[..., Any], timeout: float, *args: Any) -> Any:
+    """``fn(*args, step)`` in a thread, in steps of at most 1 s until it returns something truthy or ``timeout``
+    passes: a cancelled run leaves no thread waiting for long (the loop's close waits for its threads)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = await asyncio.to_thread(fn, *args, max(0.05, min(1.0, deadline - time.monotonic())))
+        if got or time.monotonic() >= deadline:
+            return got
 
 
 def _say(progress: TextIO | None, msg: str) -> None:
@@ -219,6 +260,7 @@ async def _run(rate: float, outage_s: float, before_s: float, after_s: float, pr
     from edge.store import Store
     from edge.sync.room import SyncOptions, SyncRoom
 
+    _on_signals()
     broker = BrokerProcess(workdir / "broker")
     ingest: IngestProcess | None = None
     store: Store | None = None
@@ -236,12 +278,12 @@ async def _run(rate: float, outage_s: float, before_s: float, after_s: float, pr
         node_room.link.s.backoff_min_s = 0.2
         await node_room.start()
         room = node_room  # started: the cleanup stops it
-        await asyncio.to_thread(room.link.wait_connected, 10)
-        await asyncio.to_thread(ingest.wait_subscribed, 20.0)
+        await _bounded(room.link.wait_connected, 10)
+        await asyncio.to_thread(ingest.wait_subscribed, 20.0)  # returns at once when the cleanup kills the ingest
         # the SIGKILL must not land before the broker has saved the ingest's session (autosave every 1 s):
         # a broker restarted without it drops what the node sends until the ingest has subscribed again,
         # which with a short --before-s showed up as "lost" events that were the bench's doing (2 of 8 runs)
-        await asyncio.to_thread(broker.wait_saved, time.time())
+        await _bounded(broker.wait_saved, 5.0, time.time())
         accepted: list[str] = []
         failed = 0
         topic = room.topics.events
@@ -301,7 +343,7 @@ async def _run(rate: float, outage_s: float, before_s: float, after_s: float, pr
                 accepted.append(eid)
             except Exception:
                 failed += 1
-        ok = await asyncio.to_thread(room.drain, 120.0)
+        ok = await _bounded(room.drain, 120.0)
         t_end = time.monotonic()
         if drained_at is None:
             drained_at = t_end
@@ -312,7 +354,7 @@ async def _run(rate: float, outage_s: float, before_s: float, after_s: float, pr
         await node_room.stop()
         store.close()
         acc = set(accepted)
-        received_ids = await asyncio.to_thread(_wait_ingested, out, acc, 60.0)
+        await _bounded(lambda t: _wait_ingested(out, acc, t) >= acc, 60.0)
         summary = ingest.stop()
         broker.kill()
         received_ids = _read_ids(out)

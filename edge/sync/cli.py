@@ -222,9 +222,13 @@ def _bench(args: argparse.Namespace) -> int:
 
     if args.outage_s < 0 or args.events_per_s <= 0:
         raise UserError("--outage-s must be ≥ 0 and --events-per-s > 0")
-    # SIGTERM (kill, timeout(1), systemd) ends the run like Ctrl-C: asyncio cancels the bench, whose cleanup
-    # stops the broker and the ingest it started (the default SIGTERM action would leave both running)
-    prev = signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
+    # SIGTERM (kill, timeout(1), systemd) ends the run like Ctrl-C (exit 130): the bench's event loop cancels it,
+    # and its cleanup stops the broker and the ingest it started (edge.sync.bench._on_signals); until that loop
+    # runs (the pyarrow check) SIGTERM is Ctrl-C here, whether or not SIGINT was inherited ignored
+    def before_loop(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    prev = signal.signal(signal.SIGTERM, before_loop)
     try:
         res = run_bench(events_per_s=args.events_per_s, outage_s=args.outage_s, before_s=args.before_s,
                         after_s=args.after_s, progress=None if args.json else sys.stderr,
