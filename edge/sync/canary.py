@@ -12,7 +12,10 @@ Pass rules (all must hold):
 - it answers: no exception, and a non-empty list for ≥ 95 % of requests;
 - quality: with ≥ ``min_labelled`` labelled requests, its hit rate is at least
   ``quality_ratio`` × the serving model's (minus a small tolerance for noise);
-- latency: p95 ≤ max(``max_p95_ms``, ``latency_ratio`` × the serving model's p95).
+- latency: p95 ≤ max(``max_p95_ms``, ``latency_ratio`` × the serving model's p95). A node busy with something
+  else while the new model is timed (a soak's parallel jobs did it twice) would refuse a good model for good, so a
+  miss is timed again, both models interleaved request by request so they see the same machine, up to
+  ``latency_tries`` measurements in all; the model is refused only if every one misses.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ class CanaryOptions:
     max_p95_ms: float = 5.0
     latency_ratio: float = 4.0
     min_answer_share: float = 0.95
+    latency_tries: int = 3  # measurements before "too slow" (the first, then interleaved re-timings)
 
 
 @dataclass
@@ -171,6 +175,23 @@ def _evaluate(scorer: Any, reqs: list[CanaryRequest], k: int) -> dict[str, Any]:
             "p95_ms": round(_p(lat, 0.95), 4)}
 
 
+def _retime(old: Any, new: Any, reqs: list[CanaryRequest], k: int) -> tuple[float, float | None]:
+    """p95 (ms) of the new and the serving model, timed request by request in alternating order."""
+    lat_new: list[float] = []
+    lat_old: list[float] = []
+    for i, r in enumerate(reqs):
+        when = datetime.fromtimestamp(r.t, UTC)
+        pair = ((new, lat_new), (old, lat_old)) if i % 2 == 0 else ((old, lat_old), (new, lat_new))
+        for scorer, lat in pair:
+            if scorer is None:
+                continue
+            visit = VisitState(r.session, zone=r.zone, customer=r.customer, picked=list(r.picked))
+            t0 = time.perf_counter()
+            scorer.score(visit, when, k, set(r.picked))
+            lat.append((time.perf_counter() - t0) * 1000.0)
+    return round(_p(lat_new, 0.95), 4), (round(_p(lat_old, 0.95), 4) if lat_old else None)
+
+
 def run_canary(old: Any, new: Any, reqs: list[CanaryRequest], opts: CanaryOptions | None = None) -> CanaryResult:
     o = opts or CanaryOptions()
     if not reqs:
@@ -185,7 +206,7 @@ def run_canary(old: Any, new: Any, reqs: list[CanaryRequest], opts: CanaryOption
             m_old = _evaluate(old, reqs, o.k)
         except Exception as exc:  # the serving model misbehaving is no reason to refuse a new one
             log.warning("serving model failed the canary itself: %s", exc)
-    metrics = {"new": m_new, "old": m_old}
+    metrics: dict[str, Any] = {"new": m_new, "old": m_old}
     if m_new["answered"] < o.min_answer_share * m_new["n"]:
         return CanaryResult(False, f"the new model returned nothing for {m_new['n'] - m_new['answered']} of "
                                    f"{m_new['n']} canary requests", metrics)
@@ -196,9 +217,23 @@ def run_canary(old: Any, new: Any, reqs: list[CanaryRequest], opts: CanaryOption
                                        f"{floor:.3f} (serving model {m_old['hit_rate']:.3f}, "
                                        f"{m_new['labelled']} labelled requests)", metrics)
     lat_floor = o.max_p95_ms if m_old is None else max(o.max_p95_ms, o.latency_ratio * m_old["p95_ms"])
-    if m_new["p95_ms"] > lat_floor:
-        return CanaryResult(False, f"too slow on the canary: p95 {m_new['p95_ms']:.3f} ms over the "
-                                   f"{lat_floor:.3f} ms floor", metrics)
+    tries = 1
+    new_p95 = m_new["p95_ms"]
+    while new_p95 > lat_floor and tries < o.latency_tries:
+        tries += 1
+        try:
+            new_p95, old_p95 = _retime(None if m_old is None else old, new, reqs, o.k)
+        except Exception as exc:  # it answered all of them a moment ago: report, do not crash the worker
+            return CanaryResult(False, f"the new model failed to answer a canary request: {type(exc).__name__}: "
+                                       f"{exc}", metrics)
+        lat_floor = o.max_p95_ms if old_p95 is None else max(o.max_p95_ms, o.latency_ratio * old_p95)
+        log.info("canary: p95 timed again (%d of %d): new %.3f ms, floor %.3f ms", tries, o.latency_tries,
+                 new_p95, lat_floor)
+    metrics["latency_tries"] = tries
+    if new_p95 > lat_floor:
+        return CanaryResult(False, f"too slow on the canary: p95 {new_p95:.3f} ms over the "
+                                   f"{lat_floor:.3f} ms floor ({tries} measurement{'s' if tries > 1 else ''})",
+                            metrics)
     return CanaryResult(True, f"passed: {m_new['answered']}/{m_new['n']} answered, hit@{o.k} "
                               f"{m_new['hit_rate'] if m_new['hit_rate'] is not None else 'n/a'}, "
                               f"p95 {m_new['p95_ms']} ms", metrics)
