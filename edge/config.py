@@ -196,6 +196,8 @@ class FusionSection(_Strict):
     handoff_s: float = Field(default=2.0, ge=0, le=30)  # a lost track re-found this soon continues its session
     handoff_m: float = Field(default=1.0, ge=0, le=5)  # ... this close to where it was lost
     anonymous_idle_s: float = Field(default=60.0, gt=0)  # shelf-only session ends after this quiet time
+    # ... and at its first pick after this long (a busy shelf is never 60 s quiet: its visit took hours of shoppers)
+    anonymous_max_s: float = Field(default=180.0, gt=0, le=3600)
     # camera down: a checked-in visit takes its zone's free shelves' picks for this long after the check-in (not
     # extended by picks: another shopper's picks there land on it at most this long); 0: never (docs/vision.md)
     stand_in_s: float = Field(default=120.0, ge=0, le=3600)
