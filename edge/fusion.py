@@ -29,7 +29,8 @@ fusion bound (nothing for ``None``), and ignores the first copy (by its id).
 
 Without a working camera (disabled, reconnecting, failed), every shelf event
 goes to an anonymous per-shelf session (``attributed=False``), so ranking and
-signage keep working on shelf data alone.
+signage keep working on shelf data alone. A shelf's anonymous session ends after ``anonymous_idle_s`` without
+a pick, and at its first pick more than ``anonymous_max_s`` after it started (that pick opens a new one).
 
 Integration surface (stable; plain methods, call them from one thread, the
 event loop; they never block and are also guarded by a lock)::
@@ -641,9 +642,10 @@ class Fusion:
     def _anonymous(self, shelf: str, t: float) -> _Session:
         sid = self._anon_by_shelf.get(shelf)
         s = self._active.get(sid) if sid else None
-        # the shelf's own session ends when quiet; a checked-in visit standing in holds until its stand_in_until
-        if s is None or (t - s.last_seen > self.cfg.anonymous_idle_s if s.shelf == shelf
-                         else t > s.stand_in_until):
+        # the shelf's own session ends when quiet, or at its first pick past anonymous_max_s (a busy shelf is never
+        # quiet: before, its one visit took hours of shoppers' picks); a stand-in holds until its stand_in_until
+        if s is None or ((t - s.last_seen > self.cfg.anonymous_idle_s or t - s.started > self.cfg.anonymous_max_s)
+                         if s.shelf == shelf else t > s.stand_in_until):
             if s is not None and s.shelf == shelf:  # this shelf's own; a checked-in stand-in ends as any visit
                 self._close(s, s.last_seen)
             s = self._open(t, shelf=shelf)

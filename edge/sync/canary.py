@@ -36,6 +36,9 @@ __all__ = ["CanaryOptions", "CanaryRequest", "CanaryResult", "CanarySet", "run_c
 
 log = logging.getLogger(__name__)
 META_KEY = "sync.canary"
+# picks a request uses: the model sees up to SESSION_LEN (16, edge.ranking.features) and ranks the next one; a visit
+# keeps at most twice this (trimmed in one step, so a pick costs O(1)): before, every pick of its life
+PICKS_KEPT = 17
 
 
 @dataclass(frozen=True)
@@ -89,13 +92,16 @@ class CanarySet:
         else:
             self._visits.move_to_end(ev.session)
         v["zone"] = ev.zone or v["zone"]
-        v["picked"].append(ev.sku)
+        picked = v["picked"]
+        picked.append(ev.sku)
+        if len(picked) > 2 * PICKS_KEPT:
+            del picked[:-PICKS_KEPT]
         v["t"] = ev.t
 
     def _fresh(self) -> list[CanaryRequest]:
         out = []
         for session, v in reversed(self._visits.items()):
-            picked = v["picked"][-17:]
+            picked = v["picked"][-PICKS_KEPT:]
             if len(picked) >= 2:
                 out.append(CanaryRequest(session, v["zone"], v["customer"], tuple(picked[:-1]), v["t"], picked[-1]))
             elif picked:
