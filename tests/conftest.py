@@ -251,6 +251,68 @@ def fake_clock() -> type[FakeClock]:
     return FakeClock
 
 
+VISIT_SALT = "acme-visit-salt-0f3a9c1e7d5b2468"
+
+
+def _visit_config(tmp: Path, *, signage: dict[str, Any] | None = None, **fusion: Any) -> Any:
+    """The demo store for an in-process visit test: camera, shelves and MQTT off (shelf events go on the bus; the
+    test sets fusion's camera status), signage off unless ``signage`` gives its keys, the store flushing every
+    20 ms, fusion with a retailer salt and ``fusion`` keys set."""
+    from importlib import resources
+
+    from edge.config import NodeConfig, parse_config
+
+    raw = parse_config(resources.files("edge").joinpath("data/demo_store.yaml").read_text()).model_dump(by_alias=True)
+    raw["node"]["data_dir"] = str(tmp / "data")
+    raw["camera"]["enabled"] = False
+    raw["shelves"]["enabled"] = False
+    raw["signage"]["enabled"] = signage is not None
+    raw["signage"].update(signage or {})
+    raw["mqtt"]["local"]["url"] = None
+    raw["store"]["flush_interval_ms"] = 20
+    raw["fusion"].update(customer_salt=VISIT_SALT, **fusion)
+    return NodeConfig.model_validate(raw)
+
+
+@pytest.fixture
+def visit_config() -> Callable[..., Any]:
+    """``visit_config(tmp, signage=None, **fusion)``: a NodeConfig of the demo store for in-process visit tests."""
+    return _visit_config
+
+
+def _visit_run(cfg: Any, camera: str, scenario: Callable[[Any, FakeClock, list[Any]], Any]) -> None:
+    """``await scenario(node, clock, picks)`` on a started in-process Node whose recommender runs on a FakeClock.
+    ``camera``: "disabled" (no locator), "down" (fusion the locator, camera_ok False), "on" (camera_ok True)."""
+    from edge.app import Node
+    from edge.events import ShopperEvent
+
+    async def main() -> None:
+        node = Node(cfg)
+        await node.start()
+        try:
+            fc = FakeClock()
+            rec = node.recommender
+            assert rec is not None and node.fusion is not None
+            rec.clock = lambda: fc.w
+            if camera != "disabled":
+                rec.locator = node.fusion
+            node.fusion.set_camera_status(camera == "on")
+            picks: list[ShopperEvent] = []
+            node.bus.subscribe(ShopperEvent, picks.append)
+            await scenario(node, fc, picks)
+        finally:
+            await node.stop()
+
+    asyncio.run(main())
+
+
+@pytest.fixture
+def visit_run() -> Callable[..., None]:
+    """``visit_run(cfg, camera, scenario)``: ``await scenario(node, clock, picks)`` on a started in-process node
+    (camera "disabled", "down" or "on"), stopped afterwards."""
+    return _visit_run
+
+
 def _demo_yaml(d: Path, **sections: Any) -> Path:
     """``d/shelfcast.yaml``: the bundled demo store's config (``edge/data/demo_store.yaml``) with its data dir on
     ``d/data`` and each section given replaced whole (``camera={"enabled": False}``, ``node={...}``)."""

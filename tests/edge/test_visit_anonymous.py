@@ -20,27 +20,16 @@ from typing import Any
 import pytest
 
 from edge.app import Node
-from edge.config import ConfigError, NodeConfig, parse_config
+from edge.config import ConfigError, parse_config
 from edge.events import ShelfEvent, ShopperEvent
 
 SCREEN = "dairy-screen"
 
 
-def _config(tmp: Path) -> NodeConfig:
-    raw = parse_config(resources.files("edge").joinpath("data/demo_store.yaml").read_text()).model_dump(by_alias=True)
-    raw["node"]["data_dir"] = str(tmp / "data")
-    raw["camera"]["enabled"] = False  # fusion's camera status is set below
-    raw["shelves"]["enabled"] = False  # shelf events go on the bus directly
-    raw["signage"]["enabled"] = False
-    raw["mqtt"]["local"]["url"] = None
-    raw["store"]["flush_interval_ms"] = 20
-    return NodeConfig.model_validate(raw)
-
-
 @pytest.mark.parametrize("camera", ["down", "on_nobody_in_reach"])
 def test_a_shelf_picked_every_10_s_gets_a_new_anonymous_visit_after_anonymous_max_s(
-        tmp_path: Path, fake_clock: Any, camera: str) -> None:
-    cfg = _config(tmp_path)
+        tmp_path: Path, fake_clock: Any, visit_config: Any, camera: str) -> None:
+    cfg = visit_config(tmp_path)
     assert cfg.fusion.anonymous_max_s == 180.0
 
     async def main() -> list[str]:

@@ -11,34 +11,20 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from edge.app import Node
-from edge.config import NodeConfig, parse_config
 from edge.fusion import hash_customer
 
-SALT = "acme-visit-salt-0f3a9c1e7d5b2468"
+SALT = "acme-visit-salt-0f3a9c1e7d5b2468"  # the salt visit_config sets (tests/conftest.py VISIT_SALT)
 TOKEN = "tok-visit-ended-0123456789abcdef"
 
 
-def _config(tmp: Path) -> NodeConfig:
-    raw = parse_config(resources.files("edge").joinpath("data/demo_store.yaml").read_text()).model_dump(by_alias=True)
-    raw["node"]["data_dir"] = str(tmp / "data")
-    raw["camera"]["enabled"] = False
-    raw["shelves"]["enabled"] = False
-    raw["mqtt"]["local"]["url"] = None
-    raw["signage"].update(host="127.0.0.1", port=0, admin_token=TOKEN)
-    raw["store"]["flush_interval_ms"] = 20
-    raw["fusion"].update(customer_salt=SALT, session_idle_s=1.0)
-    return NodeConfig.model_validate(raw)
-
-
-def test_a_check_in_naming_an_ended_visit_without_a_screen_is_refused(tmp_path: Path) -> None:
-    cfg = _config(tmp_path)
+def test_a_check_in_naming_an_ended_visit_without_a_screen_is_refused(tmp_path: Path, visit_config: Any) -> None:
+    cfg = visit_config(tmp_path, signage={"host": "127.0.0.1", "port": 0, "admin_token": TOKEN}, session_idle_s=1.0)
 
     async def main() -> dict[str, Any]:
         node = Node(cfg)

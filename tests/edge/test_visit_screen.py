@@ -10,56 +10,18 @@ visit took every pick of its zone's free shelves for as long as picks kept comin
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from edge.app import Node
-from edge.config import NodeConfig, parse_config
 from edge.events import CheckIn, ShelfEvent, ShopperEvent
 from edge.fusion import hash_customer
 
-SALT = "acme-visit-salt-0f3a9c1e7d5b2468"
+SALT = "acme-visit-salt-0f3a9c1e7d5b2468"  # the salt visit_config sets (tests/conftest.py VISIT_SALT)
 A = hash_customer("CARD-A", SALT)
 SCREEN = "dairy-screen"
-
-
-def _config(tmp: Path, **fusion: Any) -> NodeConfig:
-    raw = parse_config(resources.files("edge").joinpath("data/demo_store.yaml").read_text()).model_dump(by_alias=True)
-    raw["node"]["data_dir"] = str(tmp / "data")
-    raw["camera"]["enabled"] = False
-    raw["shelves"]["enabled"] = False  # shelf events go on the bus directly
-    raw["signage"]["enabled"] = False  # the test asks the recommender what a screen serves, as signage does
-    raw["mqtt"]["local"]["url"] = None
-    raw["fusion"].update(customer_salt=SALT, **fusion)
-    return NodeConfig.model_validate(raw)
-
-
-def _run(cfg: NodeConfig, fake_clock: Any, locator: bool,
-         scenario: Callable[[Node, Any, list[ShopperEvent]], Awaitable[None]]) -> None:
-    """``scenario(node, clock, picks)`` on a started node; ``locator``: as with the camera enabled but down."""
-    async def main() -> None:
-        node = Node(cfg)
-        await node.start()
-        try:
-            fc = fake_clock()
-            rec = node.recommender
-            assert rec is not None and node.fusion is not None
-            rec.clock = lambda: fc.w
-            if locator:  # the camera enabled (the node sets fusion as the locator) and down (no frames)
-                rec.locator = node.fusion
-            assert not node.fusion.camera_ok
-            picks: list[ShopperEvent] = []
-            node.bus.subscribe(ShopperEvent, picks.append)
-            await scenario(node, fc, picks)
-        finally:
-            await node.stop()
-
-    asyncio.run(main())
 
 
 def _pick(node: Node, fc: Any, shelf: str, slot: int = 0) -> None:
@@ -78,7 +40,7 @@ def _served(node: Node) -> str | None:
 
 @pytest.mark.parametrize("locator", [False, True], ids=["camera_disabled", "camera_down"])
 def test_the_checked_in_visit_keeps_its_screen_while_it_lives_and_nobody_else_acts(
-        tmp_path: Path, fake_clock: Any, locator: bool) -> None:
+        tmp_path: Path, visit_config: Any, visit_run: Any, locator: bool) -> None:
     async def scenario(node: Node, fc: Any, picks: list[ShopperEvent]) -> None:
         assert _served(node) is None  # nobody there: the zone's popular items
         node.bus.publish(CheckIn(customer=A, screen=SCREEN, t=fc.w))
@@ -123,10 +85,11 @@ def test_the_checked_in_visit_keeps_its_screen_while_it_lives_and_nobody_else_ac
         assert _served(node) is None
         assert node.fusion.session(a).ended is not None and a not in node.recommender.visits  # type: ignore
 
-    _run(_config(tmp_path), fake_clock, locator, scenario)
+    visit_run(visit_config(tmp_path), "down" if locator else "disabled", scenario)
 
 
-def test_the_stand_in_is_bounded_by_stand_in_s_and_off_at_0(tmp_path: Path, fake_clock: Any) -> None:
+def test_the_stand_in_is_bounded_by_stand_in_s_and_off_at_0(tmp_path: Path, visit_config: Any,
+                                                            visit_run: Any) -> None:
     async def scenario(node: Node, fc: Any, picks: list[ShopperEvent]) -> None:
         node.bus.publish(CheckIn(customer=A, screen=SCREEN, t=fc.w))
         a = _served(node)
@@ -143,7 +106,7 @@ def test_the_stand_in_is_bounded_by_stand_in_s_and_off_at_0(tmp_path: Path, fake
         _pick(node, fc, "dairy-2")  # the other shelf is no longer the checked-in visit's either
         assert picks[-1].session not in (a, picks[-2].session)
 
-    _run(_config(tmp_path, stand_in_s=70.0), fake_clock, False, scenario)
+    visit_run(visit_config(tmp_path, stand_in_s=70.0), "disabled", scenario)
 
     async def off(node: Node, fc: Any, picks: list[ShopperEvent]) -> None:
         node.bus.publish(CheckIn(customer=A, screen=SCREEN, t=fc.w))
@@ -154,4 +117,4 @@ def test_the_stand_in_is_bounded_by_stand_in_s_and_off_at_0(tmp_path: Path, fake
         assert node.fusion.session(a).customer == A  # type: ignore[union-attr]  # still bound
         assert _served(node) == a  # at the screen (it scanned there) and nearer than the shelf's anonymous visit
 
-    _run(_config(tmp_path / "off", stand_in_s=0.0), fake_clock, False, off)
+    visit_run(visit_config(tmp_path / "off", stand_in_s=0.0), "disabled", off)

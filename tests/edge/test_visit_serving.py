@@ -16,8 +16,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import Awaitable, Callable
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -25,50 +23,13 @@ import aiohttp
 import pytest
 
 from edge.app import Node
-from edge.config import NodeConfig, parse_config
 from edge.events import CheckIn, ShelfEvent, ShopperEvent, TrackUpdate
 from edge.fusion import hash_customer
 
-SALT = "acme-visit-salt-0f3a9c1e7d5b2468"
+SALT = "acme-visit-salt-0f3a9c1e7d5b2468"  # the salt visit_config sets (tests/conftest.py VISIT_SALT)
 A = hash_customer("CARD-A", SALT)
 SCREEN = "dairy-screen"  # at (12, 4.6)
 TOKEN = "tok-visit-serving-0123456789abcd"
-
-
-def _config(tmp: Path, **signage: Any) -> NodeConfig:
-    raw = parse_config(resources.files("edge").joinpath("data/demo_store.yaml").read_text()).model_dump(by_alias=True)
-    raw["node"]["data_dir"] = str(tmp / "data")
-    raw["camera"]["enabled"] = False  # the tests set fusion as the locator and its camera status themselves
-    raw["shelves"]["enabled"] = False  # shelf events go on the bus directly
-    raw["signage"]["enabled"] = bool(signage)
-    raw["signage"].update(signage)
-    raw["mqtt"]["local"]["url"] = None
-    raw["store"]["flush_interval_ms"] = 20
-    raw["fusion"].update(customer_salt=SALT)
-    return NodeConfig.model_validate(raw)
-
-
-def _run(cfg: NodeConfig, fake_clock: Any, camera: str,
-         scenario: Callable[[Node, Any, list[ShopperEvent]], Awaitable[None]]) -> None:
-    """``camera``: "disabled" (no locator), "down" (fusion the locator, camera_ok False), "on" (camera_ok True)."""
-    async def main() -> None:
-        node = Node(cfg)
-        await node.start()
-        try:
-            fc = fake_clock()
-            rec = node.recommender
-            assert rec is not None and node.fusion is not None
-            rec.clock = lambda: fc.w
-            if camera != "disabled":
-                rec.locator = node.fusion
-            node.fusion.set_camera_status(camera == "on")
-            picks: list[ShopperEvent] = []
-            node.bus.subscribe(ShopperEvent, picks.append)
-            await scenario(node, fc, picks)
-        finally:
-            await node.stop()
-
-    asyncio.run(main())
 
 
 def _pick(node: Node, fc: Any, shelf: str, slot: int = 0) -> None:
@@ -98,7 +59,8 @@ def _served(node: Node) -> str | None:
     return rs.session
 
 
-def test_camera_on_a_check_in_nobody_walked_into_view_holds_the_screen_30_s(tmp_path: Path, fake_clock: Any) -> None:
+def test_camera_on_a_check_in_nobody_walked_into_view_holds_the_screen_30_s(
+        tmp_path: Path, visit_config: Any, visit_run: Any) -> None:
     async def scenario(node: Node, fc: Any, picks: list[ShopperEvent]) -> None:
         f = node.fusion
         node.bus.publish(CheckIn(customer=A, screen=SCREEN, t=fc.w))  # nobody tracked near the screen
@@ -128,11 +90,11 @@ def test_camera_on_a_check_in_nobody_walked_into_view_holds_the_screen_30_s(tmp_
         _stand(node, fc, 2, 16.0, -3.5, 1.0)
         assert _served(node) == a
 
-    _run(_config(tmp_path), fake_clock, "on", scenario)
+    visit_run(visit_config(tmp_path), "on", scenario)
 
 
 @pytest.mark.parametrize("camera", ["disabled", "down"])
-def test_an_anonymous_visit_leaves_its_screen_when_fusion_ends_it(tmp_path: Path, fake_clock: Any,
+def test_an_anonymous_visit_leaves_its_screen_when_fusion_ends_it(tmp_path: Path, visit_config: Any, visit_run: Any,
                                                                   camera: str) -> None:
     async def scenario(node: Node, fc: Any, picks: list[ShopperEvent]) -> None:
         _pick(node, fc, "dairy-1")
@@ -147,10 +109,11 @@ def test_an_anonymous_visit_leaves_its_screen_when_fusion_ends_it(tmp_path: Path
         _pick(node, fc, "dairy-1")  # the next shopper there: a new visit, on the screen at once
         assert picks[-1].session != anon and _served(node) == picks[-1].session
 
-    _run(_config(tmp_path), fake_clock, camera, scenario)
+    visit_run(visit_config(tmp_path), camera, scenario)
 
 
-def test_a_shelf_visit_checked_in_at_the_screen_lives_as_a_checked_in_visit(tmp_path: Path, fake_clock: Any) -> None:
+def test_a_shelf_visit_checked_in_at_the_screen_lives_as_a_checked_in_visit(
+        tmp_path: Path, visit_config: Any, visit_run: Any) -> None:
     async def scenario(node: Node, fc: Any, picks: list[ShopperEvent]) -> None:
         _pick(node, fc, "dairy-1")
         anon = picks[-1].session
@@ -171,11 +134,12 @@ def test_a_shelf_visit_checked_in_at_the_screen_lives_as_a_checked_in_visit(tmp_
         _wait(node, fc, 301.0)  # it ends as a visit does (fusion.session_idle_s), saved with the customer
         assert node.fusion.session(anon).ended is not None and _served(node) is None
 
-    _run(_config(tmp_path), fake_clock, "disabled", scenario)
+    visit_run(visit_config(tmp_path), "disabled", scenario)
 
 
-def test_a_check_in_naming_another_customers_visit_without_a_screen_is_refused(tmp_path: Path) -> None:
-    cfg = _config(tmp_path, host="127.0.0.1", port=0, admin_token=TOKEN)
+def test_a_check_in_naming_another_customers_visit_without_a_screen_is_refused(tmp_path: Path,
+                                                                              visit_config: Any) -> None:
+    cfg = visit_config(tmp_path, signage={"host": "127.0.0.1", "port": 0, "admin_token": TOKEN})
 
     async def main() -> dict[str, str]:
         node = Node(cfg)
