@@ -158,18 +158,23 @@ def _p(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
+def _timed(scorer: Any, r: CanaryRequest, k: int) -> tuple[list[Any], float]:
+    """The scorer's answer to ``r`` and how long it took (ms): the one way the canary asks a model."""
+    visit = VisitState(r.session, zone=r.zone, customer=r.customer, picked=list(r.picked))
+    when = datetime.fromtimestamp(r.t, UTC)
+    t0 = time.perf_counter()
+    out = scorer.score(visit, when, k, set(r.picked))
+    return out, (time.perf_counter() - t0) * 1000.0
+
+
 def _evaluate(scorer: Any, reqs: list[CanaryRequest], k: int) -> dict[str, Any]:
     lat: list[float] = []
     answered = hits = labelled = 0
     for r in reqs[:3]:  # warm-up: first calls allocate
-        scorer.score(VisitState(r.session, zone=r.zone, customer=r.customer, picked=list(r.picked)),
-                     datetime.fromtimestamp(r.t, UTC), k, set(r.picked))
+        _timed(scorer, r, k)
     for r in reqs:
-        visit = VisitState(r.session, zone=r.zone, customer=r.customer, picked=list(r.picked))
-        when = datetime.fromtimestamp(r.t, UTC)
-        t0 = time.perf_counter()
-        out = scorer.score(visit, when, k, set(r.picked))
-        lat.append((time.perf_counter() - t0) * 1000.0)
+        out, ms = _timed(scorer, r, k)
+        lat.append(ms)
         if out:
             answered += 1
         if r.target is not None:
@@ -186,15 +191,10 @@ def _retime(old: Any, new: Any, reqs: list[CanaryRequest], k: int) -> tuple[floa
     lat_new: list[float] = []
     lat_old: list[float] = []
     for i, r in enumerate(reqs):
-        when = datetime.fromtimestamp(r.t, UTC)
         pair = ((new, lat_new), (old, lat_old)) if i % 2 == 0 else ((old, lat_old), (new, lat_new))
         for scorer, lat in pair:
-            if scorer is None:
-                continue
-            visit = VisitState(r.session, zone=r.zone, customer=r.customer, picked=list(r.picked))
-            t0 = time.perf_counter()
-            scorer.score(visit, when, k, set(r.picked))
-            lat.append((time.perf_counter() - t0) * 1000.0)
+            if scorer is not None:
+                lat.append(_timed(scorer, r, k)[1])
     return round(_p(lat_new, 0.95), 4), (round(_p(lat_old, 0.95), 4) if lat_old else None)
 
 
