@@ -198,6 +198,9 @@ class FusionSection(_Strict):
     anonymous_idle_s: float = Field(default=60.0, gt=0)  # shelf-only session ends after this quiet time
     # ... and at its first pick after this long (a busy shelf is never 60 s quiet: its visit took hours of shoppers)
     anonymous_max_s: float = Field(default=180.0, gt=0, le=3600)
+    # any other visit (a track, a check-in) ends at this age: a track kept for hours (staff restocking, a mannequin)
+    # made one visit of hours of picks; 2 h is past any real grocery trip (docs/vision.md)
+    visit_max_s: float = Field(default=7200.0, ge=60, le=86400)
     # camera down: a checked-in visit takes its zone's free shelves' picks for this long after the check-in (not
     # extended by picks: another shopper's picks there land on it at most this long); 0: never (docs/vision.md)
     stand_in_s: float = Field(default=120.0, ge=0, le=3600)
