@@ -37,6 +37,7 @@ from paho.mqtt.properties import Properties
 
 from edge.clock import BUILD_FLOOR, SYSTEM, Clock
 from edge.store import Store
+from edge.sync.inflate import InflateLimit, inflate_bounded
 
 __all__ = ["DrainOptions", "OutboxDrainer", "PayloadTooLarge", "decode_payload", "encode_batch"]
 
@@ -100,15 +101,12 @@ def decode_payload(payload: bytes, properties: Any = None, *, max_bytes: int = M
     if not compressed and payload[:1] == b"\x78":  # zlib header, for brokers that drop user properties
         compressed = True
     try:
+        data: bytes | bytearray = payload
         if compressed:
-            z = zlib.decompressobj()
-            data = z.decompress(payload, max_bytes + 1)  # max_length: never more than the limit + 1 in RAM
-            if len(data) > max_bytes:
-                raise PayloadTooLarge(f"more than {max_bytes >> 20} MB decompressed (the limit)")
-            if not z.eof:
-                raise zlib.error("incomplete or truncated stream")
-        else:
-            data = payload
+            try:
+                data = inflate_bounded((payload,), max_bytes)  # never more than the limit + 1 in RAM
+            except InflateLimit:
+                raise PayloadTooLarge(f"more than {max_bytes >> 20} MB decompressed (the limit)") from None
         obj = json.loads(data)
     except PayloadTooLarge:
         raise

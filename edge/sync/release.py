@@ -80,6 +80,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from pydantic import BaseModel, ValidationError
 
 from edge.sync.canary import CanaryOptions, CanarySet, run_canary
+from edge.sync.inflate import InflateLimit, inflate_bounded
 from edge.sync.prune import prune_models
 from edge.sync.schemas import SNAPSHOTS, ChunkHeader, ReleaseManifest, describe_error
 from edge.sync.topics import RELEASE_KINDS, Topics
@@ -1438,21 +1439,11 @@ def _open_parts(parts: list[Path]) -> io.BufferedReader:
 def _inflate(parts: list[Path], limit: int) -> bytearray:
     """A zlib-compressed release, decompressed from its chunks ``_READ`` bytes at a time (the compressed copy is
     never whole in RAM), at most ``limit`` bytes of it (``TooLarge`` past that: a zlib bomb stops there)."""
-    z = zlib.decompressobj()
-    out = bytearray()
     with _open_parts(parts) as f:
-        while block := f.read(_READ):
-            while block and not z.eof:
-                out += z.decompress(block, limit + 1 - len(out))  # max_length: never more than the limit + 1
-                if len(out) > limit:
-                    raise TooLarge(f"more than {limit} bytes decompressed")
-                block = z.unconsumed_tail
-    out += z.flush()
-    if len(out) > limit:
-        raise TooLarge(f"more than {limit} bytes decompressed")
-    if not z.eof:
-        raise zlib.error("incomplete or truncated stream")
-    return out  # not copied to bytes: pydantic parses a bytearray as it is
+        try:
+            return inflate_bounded(iter(lambda: f.read(_READ), b""), limit)  # a bytearray: pydantic parses it as is
+        except InflateLimit:
+            raise TooLarge(f"more than {limit} bytes decompressed") from None
 
 
 def _read_all(parts: list[Path], limit: int) -> bytes:
