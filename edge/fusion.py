@@ -32,6 +32,13 @@ goes to an anonymous per-shelf session (``attributed=False``), so ranking and
 signage keep working on shelf data alone. A shelf's anonymous session ends after ``anonymous_idle_s`` without
 a pick, and at its first pick more than ``anonymous_max_s`` after it started (that pick opens a new one).
 
+Every other visit (a track's, a checked-in one) ends once it is ``fusion.visit_max_s`` old (2 h: past any real
+grocery trip), at the next sweep or at a pick past it, as an idle one ends (``on_session`` told, saved by the
+recommender): a track the camera keeps for hours (staff restocking, a mannequin) otherwise made one visit of hours
+of picks. The track's next update or pick opens a new visit for it. A checked-in visit ends the same way and the
+check-in does not carry over (a shopper who checked in 2 h ago is not still shopping; the new visit is anonymous
+until they check in again).
+
 Integration surface (stable; plain methods, call them from one thread, the
 event loop; they never block and are also guarded by a lock)::
 
@@ -175,6 +182,7 @@ class _Session:
     tracks: list[int] = field(default_factory=list)
     items: dict[str, int] = field(default_factory=dict)
     stand_in_until: float = math.inf  # a checked-in visit standing in for shelves (camera down): until then
+    aged_out: bool = False  # ended at ``fusion.visit_max_s``: its tracks start new visits
 
     def view(self) -> SessionView:
         return SessionView(id=self.id, track=self.track, shelf=self.shelf, customer=self.customer, zone=self.zone,
@@ -221,7 +229,8 @@ class Fusion:
         self.stats: dict[str, int] = {k: 0 for k in (
             "shelf_events", "attributed", "unattributed", "ambiguous", "nobody_in_reach", "shelf_only",
             "unknown_shelf", "no_sku", "bad_events", "check_ins", "check_ins_elsewhere", "check_ins_claimed",
-            "check_ins_refused", "handoffs", "sessions_opened", "sessions_closed", "track_updates")}
+            "check_ins_refused", "handoffs", "sessions_opened", "sessions_closed", "sessions_aged_out",
+            "track_updates")}
 
     # -- room lifecycle -------------------------------------------------------
     async def start(self) -> None:
@@ -532,6 +541,9 @@ class Fusion:
                 if now - s.last_seen > self.cfg.anonymous_idle_s:
                     self._close(s, s.last_seen)
                 continue
+            if now - s.started > self.cfg.visit_max_s:
+                self._age_out(s)
+                continue
             if s.track is not None:
                 h = self._hist.get(s.track)
                 last = h[-1][0] if h else s.last_seen
@@ -545,6 +557,17 @@ class Fusion:
                 continue
             if now - s.last_seen > self.cfg.session_idle_s:
                 self._close(s, s.last_seen)
+
+    def _age_out(self, s: _Session) -> None:
+        """End a visit ``fusion.visit_max_s`` old (a track kept for hours, staff restocking): closed as an idle one
+        (``on_session``), its tracks no longer lead to it, so their next update or pick opens a new visit; the
+        check-in stays with the ended visit."""
+        s.aged_out = True
+        for tr in s.tracks:
+            if self._track_session.get(tr) == s.id:
+                del self._track_session[tr]
+        self.stats["sessions_aged_out"] += 1
+        self._close(s, s.last_seen)
 
     def _handoff(self, u: TrackUpdate) -> _Session | None:
         """A new track where a tracked shopper was just lost continues that shopper's session."""
@@ -619,6 +642,9 @@ class Fusion:
         track = cands[0][1]
         sid = self._track_session.get(track)
         s = (self._active.get(sid) or self._closed.get(sid)) if sid else None
+        if s is not None and s.ended is None and t - s.started > self.cfg.visit_max_s:
+            self._age_out(s)  # a pick past the limit before the sweep saw it: it opens the new visit
+            s = None
         if s is None:
             s = self._open(t, track=track)
             self._track_session[track] = s.id
