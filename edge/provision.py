@@ -634,8 +634,11 @@ def _journal(since: str, units: list[str]) -> str:
     return r.stdout[-5_000_000:] + (r.stderr and f"\n[journalctl stderr]\n{r.stderr}")
 
 
-def support_bundle(config_path: Path, out: Path, since: str = "-2d", log_files: list[Path] | None = None) -> Path:
-    """A tar.gz for remote support. Never: the database file, keys, raw shopper rows."""
+def support_bundle(config_path: Path, out: Path, since: str = "-2d", log_files: list[Path] | None = None, *,
+                   folder: str | None = None) -> Path:
+    """A tar.gz for remote support, written over ``out``. Never: the database file, keys, raw shopper rows.
+    ``folder``: the one folder its files are in (default ``shelfcast-support-<now>``; the CLI gives the default
+    name's stamp and suffix, so that two bundles of one second unpack side by side)."""
     from edge.doctor import database_stats, render, run_checks
 
     members: dict[str, bytes] = {}
@@ -683,8 +686,7 @@ def support_bundle(config_path: Path, out: Path, since: str = "-2d", log_files: 
     members["README.txt"] = (b"ShelfCast support bundle: config (secrets masked), doctor output, versions, database "
                              b"row counts and recent logs. It holds no database, no keys and no shopper data.\n")
     out.parent.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%dT%H%M%S")
-    prefix = f"shelfcast-support-{stamp}"
+    prefix = folder or f"shelfcast-support-{time.strftime('%Y%m%dT%H%M%S')}"
     with tarfile.open(out, "w:gz") as tar:
         for name, data in members.items():
             info = tarfile.TarInfo(f"{prefix}/{name}")
@@ -699,15 +701,34 @@ def support_bundle(config_path: Path, out: Path, since: str = "-2d", log_files: 
 # The bundles `support-bundle` writes under its default name pile up where a technician runs it (their home
 # directory on the node's SD card: up to a few MB each, one per visit). After writing one, the newest KEEP_BUNDLES
 # of this node's default-named bundles in that directory stay and older ones go. Only files this command wrote
-# are candidates: a regular file named shelfcast-support-<this node>-<YYYYmmddTHHMMSS>.tar.gz whose first member
-# is in a shelfcast-support-<time>/ folder. Renamed bundles, other nodes' bundles, links, anything else stays.
+# are candidates: a regular file named shelfcast-support-<this node>-<YYYYmmddTHHMMSS>[-N].tar.gz whose first
+# member is in a shelfcast-support-<time>[-N]/ folder. Renamed bundles, other nodes' bundles, links, anything else
+# stays. -N (2, 3, ...): the second, third... bundle of the same second (a script, or a technician running it
+# twice quickly): the default name is created exclusively, never over an existing file; N orders them.
 KEEP_BUNDLES = 5
-_BUNDLE_TIME = re.compile(r"\d{8}T\d{6}")
-_BUNDLE_FOLDER = re.compile(r"shelfcast-support-\d{8}T\d{6}/")
+_BUNDLE_TIME = re.compile(r"(\d{8}T\d{6})(?:-([1-9]\d{0,5}))?")
+_BUNDLE_FOLDER = re.compile(r"shelfcast-support-\d{8}T\d{6}(?:-[1-9]\d{0,5})?/")
+_BUNDLE_MAX_SAME_SECOND = 1000
 
 
 def bundle_name(node_id: str, stamp: str) -> str:
     return f"shelfcast-support-{node_id}-{stamp}.tar.gz"
+
+
+def create_bundle_file(directory: Path, node_id: str, stamp: str) -> tuple[Path, str]:
+    """Create (empty, 0600, O_EXCL) the first default name of ``stamp`` that does not exist yet in ``directory``:
+    ``bundle_name(node_id, stamp)``, else with ``-2``, ``-3``...; that path and its stamp with the suffix. Made at
+    once, before the bundle's seconds of work, so a second run (or a link planted at the name) never shares it."""
+    for n in range(1, _BUNDLE_MAX_SAME_SECOND + 1):
+        tag = stamp if n == 1 else f"{stamp}-{n}"
+        path = directory / bundle_name(node_id, tag)
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            continue
+        return path, tag
+    raise UserError(f"{directory} already holds {_BUNDLE_MAX_SAME_SECOND} support bundles of {node_id} made at "
+                    f"{stamp}: remove some, or pass --out FILE")
 
 
 def _written_by_us(path: Path) -> bool:
@@ -731,11 +752,12 @@ def prune_support_bundles(directory: Path, node_id: str, keep: int = KEEP_BUNDLE
     with contextlib.suppress(OSError):
         for p in directory.iterdir():
             stamp = p.name[len(prefix):-len(suffix)] if p.name.startswith(prefix) and p.name.endswith(suffix) else ""
-            if _BUNDLE_TIME.fullmatch(stamp) and _written_by_us(p):
-                found.append((stamp, p))
+            m = _BUNDLE_TIME.fullmatch(stamp)
+            if m is not None and _written_by_us(p):
+                found.append((m[1], int(m[2] or 1), p))  # a second's -2 after its first, -10 after its -9
     found.sort(reverse=True)
     removed = []
-    for _, p in found[keep:]:
+    for _, _, p in found[keep:]:
         with contextlib.suppress(OSError):  # gone already, or not ours to delete (another user's directory)
             p.unlink()
             removed.append(p)
@@ -787,7 +809,8 @@ def register(reg: CommandRegistry) -> None:
                     "statistics into a tar.gz (no shopper data)", _support_bundle)
     p.add_argument("--config", type=Path, default=None, metavar="FILE")
     p.add_argument("--out", type=Path, default=None, metavar="FILE",
-                   help="output file (default: ./shelfcast-support-<node>-<time>.tar.gz)")
+                   help="output file, written over if it exists (default: ./shelfcast-support-<node>-<time>.tar.gz, "
+                   "with -2, -3... for a second bundle of the same second: the default name never overwrites)")
     p.add_argument("--since", default="-2d", help="journal window, journalctl --since syntax (default -2d); a "
                    "value starting with '-' is joined with '=': --since=-6h")
     p.add_argument("--log-file", type=Path, action="append", default=[], metavar="FILE",
@@ -933,10 +956,16 @@ def _support_bundle(args: argparse.Namespace) -> int:
     node = "node"
     with contextlib.suppress(Exception):
         node = load_config(config_path).node.node_id
-    if out is None:
-        out = Path.cwd() / bundle_name(node, time.strftime('%Y%m%dT%H%M%S'))
     try:
-        path = support_bundle(config_path, out, args.since, args.log_file)
+        if out is None:  # a new file, never one there already (two runs in one second: -2)
+            out, tag = create_bundle_file(Path.cwd(), node, time.strftime("%Y%m%dT%H%M%S"))
+            try:
+                path = support_bundle(config_path, out, args.since, args.log_file, folder=f"shelfcast-support-{tag}")
+            except BaseException:
+                out.unlink(missing_ok=True)  # not left empty under a bundle's name
+                raise
+        else:  # the user's own name: written over, as always
+            path = support_bundle(config_path, out, args.since, args.log_file)
     except PermissionError as exc:
         raise UserError(f"cannot write {exc.filename}: permission denied; pick another --out") from None
     _give_to_sudo_user(path)
