@@ -30,7 +30,12 @@ instead of getting an empty screen.
 
 Scoring goes through the model ranker when one is loaded (``edge.ranking``)
 and falls back to popularity by zone × hour (``edge.ranking.fallback``)
-otherwise, or when the model has nothing to say.
+otherwise, or when the model has nothing to say. The fallback learns the picks once a second: after the ranking
+that crosses the second, and from the room's tick (``_learn``) when no ranking comes (a quiet node).
+
+A visit keeps fewer than ``2 x PICKS_KEPT`` picks (512; a real trip has at most ~160), its latest: what the ranker maps
+per visit and what is saved stay bounded for a bench or a restocking run (fusion also ends any visit at
+``fusion.visit_max_s``).
 """
 
 from __future__ import annotations
@@ -63,7 +68,14 @@ _rec_item = maker(RecItem)  # (sku, name, price, score, reason, category, depart
 _rec_set = maker(RecommendationSet)  # (screen, session, items, model_version, zone, t, seq, id)
 SPARE = 3  # items asked of the model beyond k (see ``_score``)
 OBS_SLICE = 64  # staged popularity observations fed to the fallback after one ranking pass (~50-80 µs)
+LEARN_EVERY_S = 1.0  # the room's tick: picks not yet fed to the fallback are fed then (``_learn``)
 CHECK_INS_KEPT = 256  # check-in event ids bound (fusion re-publishes an event: the copy is not bound twice)
+# a visit's picks kept (``VisitState.picked``: what ranking uses and what is saved): once it holds twice this many,
+# its last PICKS_KEPT. More than any real trip (the Complete Journey's 155,848 baskets: p99 59 lines, max 161), so
+# only a bench or a restocking run is cut; the model reads only the last 16 distinct (SESSION_LEN), but the ranker
+# also leaves out everything picked in the visit, so a cut to the canary's 17 would show a shopper items they picked
+# 18 picks ago (16 % of those baskets have more than 17 lines)
+PICKS_KEPT = 256
 
 
 def display_family(p: Any) -> str:
@@ -95,7 +107,7 @@ class VisitState:
     session: str
     zone: str | None = None
     customer: str | None = None
-    picked: list[str] = field(default_factory=list)
+    picked: list[str] = field(default_factory=list)  # appended to; at 2 x PICKS_KEPT replaced by its last PICKS_KEPT
     put_back: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.time)
     last_seen: float = field(default_factory=time.time)
@@ -159,7 +171,7 @@ class Recommender:
         self._id_base = new_id()[:24]  # set ids: random per process + seq (no urandom syscall per set)
         self.stats = {"events": 0, "recommendations": 0, "model": 0, "fallback": 0, "unknown_sku": 0,
                       "cap_resets": 0, "coalesced": 0, "stage2_skipped": 0, "same_name_dropped": 0,
-                      "filled_from_popular": 0}
+                      "filled_from_popular": 0, "picks_cut": 0}
         self.upstream_topic = f"{config.mqtt.topic_prefix}/{config.node.store_id}/{config.node.node_id}/events"
         # bursts coalesce: visits with new picks wait here for the end of this loop iteration, then rank once
         # (the visit, perf_counter when it first became due: the overload guard's wait)
@@ -172,18 +184,44 @@ class Recommender:
         # once, not after the other visits of the pass or a loop iteration later)
         self.after_push: list[Callable[[], None]] = []
         self._check_ins: OrderedDict[str, str | None] = OrderedDict()  # CheckIn id -> the visit bound (None: none)
+        self._learn_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self.bus.subscribe(ShopperEvent, self.on_shopper_event)
         self.bus.subscribe(CheckIn, self.on_check_in)
+        self._learn_task = asyncio.create_task(self._learn(), name="recommend-learn")
 
     async def stop(self) -> None:
         self.bus.unsubscribe(ShopperEvent, self.on_shopper_event)
         self.bus.unsubscribe(CheckIn, self.on_check_in)
+        if self._learn_task is not None:
+            self._learn_task.cancel()
+            try:
+                await self._learn_task
+            except asyncio.CancelledError:
+                pass
+            self._learn_task = None
         self._rank_due()  # what was due still goes out
         self._loop = None
+
+    async def _learn(self) -> None:
+        """The room's tick: every ``LEARN_EVERY_S`` the picks not yet fed to the popularity fallback are fed to it,
+        ``OBS_SLICE`` at a time with the loop free between slices (a burst's sets go out first). Before, only a
+        ranking (``recommend``) fed them, at most once a second: on a quiet node a pick was learned up to a minute
+        late (the idle screens' refresh), or never if nobody was served. Nothing is added per pick."""
+        while True:
+            await asyncio.sleep(LEARN_EVERY_S)
+            try:
+                if self._observations:
+                    self._observed_at = self.clock()
+                    self._stage_observations()
+                while self._obs_staged:
+                    self._apply_staged(OBS_SLICE)
+                    await asyncio.sleep(0)
+            except Exception:  # a bad pick must not stop learning for good
+                log.exception("feeding picks to the popularity fallback failed")
 
     def health(self) -> dict[str, Any]:
         return {
@@ -257,12 +295,20 @@ class Recommender:
         if self.store.product(ev.sku) is None:
             self.stats["unknown_sku"] += 1
         if ev.action == "pick":
-            v.picked.append(ev.sku)
+            picked = v.picked
+            picked.append(ev.sku)
+            if len(picked) >= 2 * PICKS_KEPT:
+                # a new list, not cut in place: the ranker sees it is no longer the list it has mapped and maps the
+                # kept picks again (once per PICKS_KEPT picks), so what it uses per visit stays bounded
+                v.picked = picked[-PICKS_KEPT:]
+                self.stats["picks_cut"] += len(picked) - PICKS_KEPT
             # popularity learns in batches (once a second): observing invalidates the ranked cache of
             # that zone and hour, and re-sorting the catalogue per pick would dominate the hot path
             self._observations.append((ev.sku, ev.zone, ev.t, ev.units))
         else:
             v.put_back.append(ev.sku)
+            if len(v.put_back) >= 2 * PICKS_KEPT:  # read by nobody here but kept as the visit's: bounded the same
+                del v.put_back[:-PICKS_KEPT]
         loop = self._loop
         if loop is None or threading.get_ident() != self._loop_thread:  # no loop (tools, tests): rank now
             self._push(v)

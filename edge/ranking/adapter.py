@@ -99,8 +99,10 @@ class RankerScorer:
             if p is not None:
                 history, profile = p.history, (p.demographics or None)
         picked = getattr(visit, "picked", ())
-        # the room's visit list only ever grows (``VisitState.picked.append``): handed over as it is, so the
-        # ranker maps just the new picks instead of copying and comparing the whole visit per request
+        # the room's visit list grows by appends (``VisitState.picked.append``): handed over as it is, so the
+        # ranker maps just the new picks instead of copying and comparing the whole visit per request. At
+        # 2 x ``PICKS_KEPT`` the room replaces it by a new list of its last picks: not the list the ranker mapped,
+        # so it maps that one afresh (``Ranker._session_state``)
         own = type(picked) is list
         req = RecRequest(history=history, session=picked if own else list(picked), store_id=self.store_id,
                          zone=getattr(visit, "zone", None), when=when, profile=profile, exclude=exclude,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import datetime
 from importlib import resources
 from pathlib import Path
 
@@ -113,3 +114,54 @@ def test_store_nudge_starts_a_slice_early(tmp_path: Path, monkeypatch: pytest.Mo
         t = time.monotonic()
         store.close()
         assert time.monotonic() - t < 1.0  # the open 3 s batch was committed at close, not at its deadline
+
+
+def test_a_pick_on_a_quiet_node_is_learned_by_the_room_s_tick(tmp_path: Path) -> None:
+    """A pick less than a second after the one before waits for the next ranking a second later; on a quiet node
+    no ranking comes (nobody else picks, the idle screens refresh once a minute, or no screen at all). The room's
+    tick (``LEARN_EVERY_S``) feeds it to the fallback. Old code: never learned here (the clock stands still, as if
+    nobody asked)."""
+    config = _config(tmp_path)
+    store = Store(tmp_path / "sc.db", flush_interval_ms=5).open()
+    try:
+        catalogue = bundled_catalogue()
+        store.upsert_products(catalogue).result(5)
+        t0 = time.time()
+        rec = Recommender(config, store, Bus(), clock=lambda: t0 + 0.5)
+        sh = config.layout.shelves[2]
+        zone = sh.zone
+        skus = [sl.sku for sl in sh.slots if sl.sku is not None]
+        hour = datetime.fromtimestamp(t0, rec.tz).hour
+
+        def learned() -> set[str]:
+            top = rec.fallback.top(zone, hour, len(catalogue))
+            return {i.sku for i in top if i.reason == "popular here at this hour"}
+
+        seen: list[set[str]] = []
+
+        async def run() -> None:
+            await rec.start()
+            try:
+                assert rec._learn_task is not None
+                rec.on_shopper_event(ShopperEvent(session="v", sku=skus[0], action="pick", zone=zone, shelf=sh.id,
+                                                  slot=0, t=t0, id="p0"))
+                await asyncio.sleep(0.05)  # its ranking passes: the first ranking crosses the second, it is fed
+                rec.on_shopper_event(ShopperEvent(session="v", sku=skus[1], action="pick", zone=zone, shelf=sh.id,
+                                                  slot=1, t=t0 + 0.1, id="p1"))
+                await asyncio.sleep(0.05)  # its ranking passes: within the second, it is not fed
+                seen.append(learned())
+                for _ in range(100):  # the tick comes within LEARN_EVERY_S; give it 10 s on a loaded machine
+                    await asyncio.sleep(0.1)
+                    if skus[1] in learned():
+                        break
+                seen.append(learned())
+                assert not rec._observations and not rec._obs_staged
+            finally:
+                await rec.stop()
+
+        asyncio.run(run())
+        assert seen[0] == {skus[0]}, seen
+        assert seen[1] == {skus[0], skus[1]}, seen
+        assert rec.stats["recommendations"] == 2  # no other ranking fed it
+    finally:
+        store.close()
