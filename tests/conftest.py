@@ -21,6 +21,13 @@
 - ``doctor_json``: ``checks = doctor_json(config_path)``, the real ``shelfcast doctor --json`` in a subprocess, its
   checks by name.
 - ``free_port``: ``free_port()``, a loopback TCP port free right now.
+- ``visit_config`` / ``visit_run``: the demo store in-process for visit tests, a started node on a FakeClock;
+  ``screen_session(node, screen="dairy-screen")``, the visit a screen serves (None: the zone's popular items);
+  ``async with checkin_node(cfg, token) as (node, check_in)``, a started node and ``POST /api/checkin`` with the
+  admin token (``await check_in(body)``: status, JSON).
+- ``admin_node_yaml``: ``admin_node_yaml(d, port=, cloud=, token=, salt=None)``, the demo store for a real
+  ``shelfcast run`` with the screens port and an admin token; ``admin_http(port, path, body=None, token=)``, a GET
+  (or POST of ``body`` with the token) to it: status, raw answer.
 
 Fixtures skip only when the binary is missing on a developer's machine; CI sets
 ``SHELFCAST_REQUIRE_SERVICES=1`` which turns that skip into a failure.
@@ -40,8 +47,10 @@ import sys
 import threading
 import time
 import tty
+import urllib.error
+import urllib.request
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -313,6 +322,56 @@ def visit_run() -> Callable[..., None]:
     return _visit_run
 
 
+def _screen_session(node: Any, screen: str = "dairy-screen") -> str | None:
+    """The visit the screen serves now (signage asks this every second) and the session of the set it would push:
+    the two agree and the set has items (asserted)."""
+    rec = node.recommender
+    assert rec is not None
+    v = rec.serving(screen)
+    rs = rec.refresh(screen)
+    assert rs.session == (v.session if v is not None else None) and rs.items
+    return rs.session
+
+
+@pytest.fixture
+def screen_session() -> Callable[..., str | None]:
+    """``screen_session(node, screen="dairy-screen")``: the session the screen serves (None: popular items)."""
+    return _screen_session
+
+
+CheckInHttp = Callable[[dict[str, Any]], Awaitable[tuple[int, Any]]]
+
+
+@contextlib.asynccontextmanager
+async def _checkin_node(cfg: Any, token: str) -> AsyncIterator[tuple[Any, CheckInHttp]]:
+    """A started in-process Node of ``cfg`` (signage on, ``token`` its admin token) and ``check_in(body)``: the
+    real ``POST /api/checkin`` with the token, (status, JSON answer). The node is stopped on leaving."""
+    import aiohttp
+
+    from edge.app import Node
+
+    node = Node(cfg)
+    await node.start()
+    try:
+        assert node.signage is not None and node.recommender is not None and node.fusion is not None
+        url = f"http://127.0.0.1:{node.signage.port}/api/checkin"
+        auth = {"Authorization": f"Bearer {token}"}
+        async with aiohttp.ClientSession() as http:
+            async def check_in(body: dict[str, Any]) -> tuple[int, Any]:
+                async with http.post(url, json=body, headers=auth) as r:
+                    return r.status, await r.json()
+
+            yield node, check_in
+    finally:
+        await node.stop()
+
+
+@pytest.fixture
+def checkin_node() -> Callable[..., contextlib.AbstractAsyncContextManager[tuple[Any, CheckInHttp]]]:
+    """``async with checkin_node(cfg, token) as (node, check_in)``: a started node, ``await check_in(body)``."""
+    return _checkin_node
+
+
 def _demo_yaml(d: Path, **sections: Any) -> Path:
     """``d/shelfcast.yaml``: the bundled demo store's config (``edge/data/demo_store.yaml``) with its data dir on
     ``d/data`` and each section given replaced whole (``camera={"enabled": False}``, ``node={...}``)."""
@@ -330,6 +389,48 @@ def _demo_yaml(d: Path, **sections: Any) -> Path:
 def demo_yaml() -> Callable[..., Path]:
     """``demo_yaml(d, **sections)``: the demo store's config written to ``d/shelfcast.yaml`` (data on ``d/data``)."""
     return _demo_yaml
+
+
+def _admin_node_yaml(d: Path, *, port: int, cloud: str | None, token: str, salt: str | None = None) -> Path:
+    """The demo store for a real ``shelfcast run`` on ``d`` (store s1, node n1, camera and shelves off): the screens
+    on 127.0.0.1:``port`` with ``token`` as admin token (``d/token``), fusion.customer_salt ``salt`` (``d/salt``;
+    None: the demo salt) and a cloud link to ``cloud`` (None: no cloud link)."""
+    (d / "token").write_text(token + "\n")
+    sections: dict[str, Any] = {}
+    if salt is not None:
+        (d / "salt").write_text(salt + "\n")
+        sections["fusion"] = {"customer_salt": f"file:{d / 'salt'}"}
+    if cloud is not None:
+        sections["mqtt"] = {"cloud": {"url": cloud}}
+    return _demo_yaml(d, node={"store_id": "s1", "node_id": "n1", "data_dir": str(d / "data")},
+                      camera={"enabled": False}, shelves={"enabled": False},
+                      signage={"host": "127.0.0.1", "port": port, "admin_token": f"file:{d / 'token'}"}, **sections)
+
+
+@pytest.fixture
+def admin_node_yaml() -> Callable[..., Path]:
+    """``admin_node_yaml(d, port=, cloud=, token=, salt=None)``: the demo store's config with screens and a token."""
+    return _admin_node_yaml
+
+
+def _admin_http(port: int, path: str, body: dict[str, Any] | None = None, *, token: str) -> tuple[int, bytes]:
+    """A GET of ``path`` on the screens port, or with ``body`` a POST of it as JSON with the admin token: the
+    status and the raw answer (an error status too)."""
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=None if body is None else
+                                 json.dumps(body).encode(), method="GET" if body is None else "POST",
+                                 headers={} if body is None else {"Authorization": f"Bearer {token}",
+                                                                   "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, bytes(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+@pytest.fixture
+def admin_http() -> Callable[..., tuple[int, bytes]]:
+    """``admin_http(port, path, body=None, token=)``: (status, raw answer) of a GET, or a POST with the token."""
+    return _admin_http
 
 
 class MqttSpy:
