@@ -15,8 +15,6 @@ import os
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -33,32 +31,12 @@ TOKEN = "tok-demo-salt-0123456789abcdef"
 FIX = "shelfcast provision --customer-salt FILE"
 
 
-def node_config(demo_yaml: Any, d: Path, port: int, cloud: str | None) -> Path:
-    """The demo store, no fusion.customer_salt (the demo salt), an admin token, and a cloud link or none."""
-    (d / "token").write_text(TOKEN + "\n")
-    return demo_yaml(d, node={"store_id": "s1", "node_id": "n1", "data_dir": str(d / "data")},
-                     camera={"enabled": False}, shelves={"enabled": False},
-                     signage={"host": "127.0.0.1", "port": port, "admin_token": f"file:{d / 'token'}"},
-                     mqtt={"cloud": {"url": cloud}} if cloud is not None else {})
-
-
-def http(port: int, path: str, body: dict[str, Any] | None = None) -> tuple[int, bytes]:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=None if body is None else
-                                 json.dumps(body).encode(), method="GET" if body is None else "POST",
-                                 headers={} if body is None else {"Authorization": f"Bearer {TOKEN}",
-                                                                   "Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, bytes(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-
-
 def test_with_a_cloud_link_raw_checkins_are_refused_and_the_rest_works(tmp_path: Path, mosquitto: Any,
-                                                                       node_process: Any, demo_yaml: Any,
-                                                                       mqtt_spy: Any, free_port: Any) -> None:
+                                                                       node_process: Any, admin_node_yaml: Any,
+                                                                       mqtt_spy: Any, free_port: Any,
+                                                                       admin_http: Any) -> None:
     port = free_port()
-    cfg = node_config(demo_yaml, tmp_path, port, mosquitto.url)
+    cfg = admin_node_yaml(tmp_path, port=port, cloud=mosquitto.url, token=TOKEN)
     spy = mqtt_spy(mosquitto.port)
     reversible = hash_customer(RAW_ID, DEMO_CUSTOMER_SALT)
     from_cloud = hash_customer(RAW_ID, "the-retailers-salt-on-the-cloud-side")  # hashed where the salt is
@@ -66,13 +44,14 @@ def test_with_a_cloud_link_raw_checkins_are_refused_and_the_rest_works(tmp_path:
     out = ""
     try:
         out = node_process.wait_running(p)
-        status, body = http(port, "/api/checkin", {"customer": RAW_ID, "screen": "dairy-screen"})
+        status, body = admin_http(port, "/api/checkin", {"customer": RAW_ID, "screen": "dairy-screen"},
+                                  token=TOKEN)
         assert status == 409, (status, body)
         err = json.loads(body)["error"]
         assert FIX in err and "demo salt" in err and "mqtt.cloud.url" in err, err
         assert RAW_ID.encode() not in body and reversible.encode() not in body
         # the screens keep working
-        status, rec = http(port, "/api/screens/dairy-screen/recommendations")
+        status, rec = admin_http(port, "/api/screens/dairy-screen/recommendations", token=TOKEN)
         assert status == 200 and json.loads(rec)["items"], rec
         # the cloud's check-in, already hashed, still links a visit and goes up
         time.sleep(1.0)  # the node's cloud link subscribes after 'running'
@@ -103,13 +82,14 @@ def test_with_a_cloud_link_raw_checkins_are_refused_and_the_rest_works(tmp_path:
     assert len(warn) == 1 and "WARNING" in warn[0] and "refused" in warn[0] and FIX in warn[0], out
 
 
-def test_without_a_cloud_link_a_checkin_works_as_before(tmp_path: Path, node_process: Any, demo_yaml: Any,
-                                                        free_port: Any) -> None:
+def test_without_a_cloud_link_a_checkin_works_as_before(tmp_path: Path, node_process: Any, admin_node_yaml: Any,
+                                                        free_port: Any, admin_http: Any) -> None:
     port = free_port()
-    p = node_process.start(node_config(demo_yaml, tmp_path, port, None))
+    p = node_process.start(admin_node_yaml(tmp_path, port=port, cloud=None, token=TOKEN))
     try:
         node_process.wait_running(p)
-        status, body = http(port, "/api/checkin", {"customer": RAW_ID, "screen": "dairy-screen"})
+        status, body = admin_http(port, "/api/checkin", {"customer": RAW_ID, "screen": "dairy-screen"},
+                                  token=TOKEN)
     finally:
         out = node_process.stop(p)
     assert status == 200, (status, body)
@@ -117,18 +97,19 @@ def test_without_a_cloud_link_a_checkin_works_as_before(tmp_path: Path, node_pro
     assert "refused" not in out
 
 
-def test_doctor_says_checkins_are_refused(tmp_path: Path, demo_yaml: Any, doctor_json: Any) -> None:
-    c = doctor_json(node_config(demo_yaml, tmp_path, 8080, "mqtts://cloud.example.com:8883"))["customer_salt"]
+def test_doctor_says_checkins_are_refused(tmp_path: Path, admin_node_yaml: Any, doctor_json: Any) -> None:
+    cfg = admin_node_yaml(tmp_path, port=8080, cloud="mqtts://cloud.example.com:8883", token=TOKEN)
+    c = doctor_json(cfg)["customer_salt"]
     assert c["status"] == "warn", c  # the node still serves and syncs: a warning, as without the cloud link
     assert "POST /api/checkin" in c["detail"] and "refused" in c["detail"], c
     assert FIX in c["fix"], c
     (tmp_path / "b").mkdir()
-    c = doctor_json(node_config(demo_yaml, tmp_path / "b", 8080, None))["customer_salt"]
+    c = doctor_json(admin_node_yaml(tmp_path / "b", port=8080, cloud=None, token=TOKEN))["customer_salt"]
     assert c["status"] == "warn" and "refused" not in c["detail"], c  # no cloud link: check-ins still work
 
 
-def test_config_checks_say_it_before_a_restart(tmp_path: Path, demo_yaml: Any) -> None:
-    cfg = node_config(demo_yaml, tmp_path, 8080, "mqtts://cloud.example.com:8883")
+def test_config_checks_say_it_before_a_restart(tmp_path: Path, admin_node_yaml: Any) -> None:
+    cfg = admin_node_yaml(tmp_path, port=8080, cloud="mqtts://cloud.example.com:8883", token=TOKEN)
     for argv in (["-m", "edge.deployment", "validate", "--config", str(cfg)],  # what the installer runs
                  ["-m", "edge", "config", "validate", str(cfg)]):
         r = subprocess.run([sys.executable, "-P", *argv], capture_output=True, text=True, timeout=120, env=ENV,
@@ -138,7 +119,7 @@ def test_config_checks_say_it_before_a_restart(tmp_path: Path, demo_yaml: Any) -
         assert "POST /api/checkin" in r.stderr and "refused" in r.stderr and FIX in r.stderr, (argv, r.stderr)
         assert "Traceback" not in r.stderr
     (tmp_path / "b").mkdir()
-    quiet = node_config(demo_yaml, tmp_path / "b", 8080, None)
+    quiet = admin_node_yaml(tmp_path / "b", port=8080, cloud=None, token=TOKEN)
     r = subprocess.run([sys.executable, "-m", "edge.deployment", "validate", "--config", str(quiet)],
                        capture_output=True, text=True, timeout=120, env=ENV, cwd=ROOT)
     assert r.returncode == 0 and "refused" not in r.stderr, r.stderr

@@ -15,8 +15,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -28,28 +26,6 @@ from edge.store import Store
 TOKEN = "tok-queued-checkins-0123456789ab"
 RETAILER_SALT = "the-retailers-salt-9f1c2e7a5b3d"
 EVENTS = "shelfcast/v1/s1/n1/events"
-
-
-def _config(demo_yaml: Any, d: Path, *, port: int, cloud: str | None, retailer: bool) -> Path:
-    (d / "token").write_text(TOKEN + "\n")
-    (d / "salt").write_text(RETAILER_SALT + "\n")
-    return demo_yaml(d, node={"store_id": "s1", "node_id": "n1", "data_dir": str(d / "data")},
-                     camera={"enabled": False}, shelves={"enabled": False},
-                     signage={"host": "127.0.0.1", "port": port, "admin_token": f"file:{d / 'token'}"},
-                     fusion={"customer_salt": f"file:{d / 'salt'}"} if retailer else {},
-                     mqtt={"cloud": {"url": cloud}} if cloud is not None else {})
-
-
-def _http(port: int, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=None if body is None else
-                                 json.dumps(body).encode(), method="GET" if body is None else "POST",
-                                 headers={} if body is None else {"Authorization": f"Bearer {TOKEN}",
-                                                                   "Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
 
 
 def _queued_checkins(db: Path) -> list[str]:
@@ -71,8 +47,9 @@ def _wait_up(spy: Any, needle: bytes, timeout: float = 30.0) -> bytes:
 
 
 def test_checkins_queued_by_the_old_node_never_leave_after_the_upgrade(tmp_path: Path, mosquitto: Any,
-                                                                        node_process: Any, demo_yaml: Any,
-                                                                        mqtt_spy: Any, free_port: Any) -> None:
+                                                                        node_process: Any, admin_node_yaml: Any,
+                                                                        mqtt_spy: Any, free_port: Any,
+                                                                        admin_http: Any) -> None:
     # the database as 0.3.0 left it: its node opened the store without a salt state and queued through
     # Store.append_event (the recommender's and fusion's path, unchanged), its fusion took `hash + "\n"` too
     (tmp_path / "data").mkdir()
@@ -88,16 +65,17 @@ def test_checkins_queued_by_the_old_node_never_leave_after_the_upgrade(tmp_path:
 
     port = free_port()
     spy = mqtt_spy(mosquitto.port)
-    p = node_process.start(_config(demo_yaml, tmp_path, port=port, cloud=mosquitto.url, retailer=True))
+    p = node_process.start(admin_node_yaml(tmp_path, port=port, cloud=mosquitto.url, token=TOKEN,
+                                           salt=RETAILER_SALT))
     try:
         out = node_process.wait_running(p)
         up = _wait_up(spy, pick.id.encode())
-        status, health = _http(port, "/api/health")
+        status, health = admin_http(port, "/api/health", token=TOKEN)
     finally:
         out += node_process.stop(p)
     for ev in checkins:
         assert ev.id.encode() not in up and ev.customer.strip().encode() not in up, "a queued check-in went up"
-    assert status == 200 and health["rooms"]["store"]["outbox_checkins_dropped"] == 2, health
+    assert status == 200 and json.loads(health)["rooms"]["store"]["outbox_checkins_dropped"] == 2, health
     said = [ln for ln in out.splitlines() if "check-in" in ln and "removed" in ln]
     assert len(said) == 1 and "WARNING" in said[0] and "removed 2 check-in(s)" in said[0], out
     assert "earlier ShelfCast" in said[0] and demo not in out
@@ -107,21 +85,25 @@ def test_checkins_queued_by_the_old_node_never_leave_after_the_upgrade(tmp_path:
 
 
 def test_demo_salt_checkins_stay_on_the_node_and_a_retailer_salt_one_goes_up(tmp_path: Path, mosquitto: Any,
-                                                                             node_process: Any, demo_yaml: Any,
-                                                                             mqtt_spy: Any, free_port: Any) -> None:
+                                                                             node_process: Any, admin_node_yaml: Any,
+                                                                             mqtt_spy: Any, free_port: Any,
+                                                                             admin_http: Any) -> None:
     db = tmp_path / "data" / "shelfcast.db"
     port = free_port()
     dead = f"mqtt://127.0.0.1:{free_port()}"  # a cloud link that is down: the check-in stays queued
 
     def run(cloud: str | None, retailer: bool, raw_id: str | None, spy: Any = None) -> tuple[str, Any, bytes]:
-        p = node_process.start(_config(demo_yaml, tmp_path, port=port, cloud=cloud, retailer=retailer))
+        p = node_process.start(admin_node_yaml(tmp_path, port=port, cloud=cloud, token=TOKEN,
+                                               salt=RETAILER_SALT if retailer else None))
         body: Any = None
         up = b""
         try:
             out = node_process.wait_running(p)
             if raw_id is not None:
-                status, body = _http(port, "/api/checkin", {"customer": raw_id, "screen": "dairy-screen"})
+                status, body = admin_http(port, "/api/checkin", {"customer": raw_id, "screen": "dairy-screen"},
+                                          token=TOKEN)
                 assert status == 200, (status, body)
+                body = json.loads(body)
             if spy is not None:
                 up = _wait_up(spy, hash_customer("LOYALTY-2000002", RETAILER_SALT).encode())
         finally:

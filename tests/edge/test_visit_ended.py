@@ -14,61 +14,47 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
-from edge.app import Node
 from edge.fusion import hash_customer
 
 SALT = "acme-visit-salt-0f3a9c1e7d5b2468"  # the salt visit_config sets (tests/conftest.py VISIT_SALT)
 TOKEN = "tok-visit-ended-0123456789abcdef"
 
 
-def test_a_check_in_naming_an_ended_visit_without_a_screen_is_refused(tmp_path: Path, visit_config: Any) -> None:
+def test_a_check_in_naming_an_ended_visit_without_a_screen_is_refused(tmp_path: Path, visit_config: Any,
+                                                                       checkin_node: Any) -> None:
     cfg = visit_config(tmp_path, signage={"host": "127.0.0.1", "port": 0, "admin_token": TOKEN}, session_idle_s=1.0)
 
     async def main() -> dict[str, Any]:
-        node = Node(cfg)
-        await node.start()
-        try:
-            assert node.signage is not None and node.recommender is not None and node.fusion is not None
-            url = f"http://127.0.0.1:{node.signage.port}/api/checkin"
-            auth = {"Authorization": f"Bearer {TOKEN}"}
-            async with aiohttp.ClientSession() as http:
-                async def check_in(body: dict[str, Any]) -> tuple[int, Any]:
-                    async with http.post(url, json=body, headers=auth) as r:
-                        return r.status, await r.json()
+        async with checkin_node(cfg, TOKEN) as (node, check_in):
+            status, first = await check_in({"customer": "CARD-A", "screen": "dairy-screen"})
+            assert status == 200 and first["session"], first
+            a = first["session"]
+            await asyncio.sleep(1.2)  # fusion.session_idle_s is 1 s: the visit ends
+            node.fusion.expire()
+            node.housekeep_once()
+            assert node.fusion.session(a).ended is not None and a not in node.recommender.visits
+            visits = {s.id for s in node.fusion.active_sessions()}
 
-                status, first = await check_in({"customer": "CARD-A", "screen": "dairy-screen"})
-                assert status == 200 and first["session"], first
-                a = first["session"]
-                await asyncio.sleep(1.2)  # fusion.session_idle_s is 1 s: the visit ends
-                node.fusion.expire()
-                node.housekeep_once()
-                assert node.fusion.session(a).ended is not None and a not in node.recommender.visits
-                visits = {s.id for s in node.fusion.active_sessions()}
+            status, refused = await check_in({"customer": "CARD-A", "session": a})
+            assert status == 410, (status, refused)
+            err = refused["error"]
+            assert a in err and "ended" in err and '"screen"' in err and "dairy-screen" in err, err
+            assert "CARD-A" not in json.dumps(refused)
+            # nothing was bound: no new visit in fusion, none in the recommender, the ended one stays ended
+            assert {s.id for s in node.fusion.active_sessions()} == visits
+            assert not [v for v in node.recommender.visits.values() if v.customer is not None]
+            assert node.fusion.health()["check_ins_refused"] == 1
 
-                status, refused = await check_in({"customer": "CARD-A", "session": a})
-                assert status == 410, (status, refused)
-                err = refused["error"]
-                assert a in err and "ended" in err and '"screen"' in err and "dairy-screen" in err, err
-                assert "CARD-A" not in json.dumps(refused)
-                # nothing was bound: no new visit in fusion, none in the recommender, the ended one stays ended
-                assert {s.id for s in node.fusion.active_sessions()} == visits
-                assert not [v for v in node.recommender.visits.values() if v.customer is not None]
-                assert node.fusion.health()["check_ins_refused"] == 1
+            # the fix the answer names: the same check-in at the screen opens a new visit there
+            status, again = await check_in({"customer": "CARD-A", "session": a, "screen": "dairy-screen"})
+            assert status == 200 and again["session"] not in (None, a), again
+            served = node.recommender.serving("dairy-screen")
+            assert served is not None and served.session == again["session"] and served.customer
 
-                # the fix the answer names: the same check-in at the screen opens a new visit there
-                status, again = await check_in({"customer": "CARD-A", "session": a, "screen": "dairy-screen"})
-                assert status == 200 and again["session"] not in (None, a), again
-                served = node.recommender.serving("dairy-screen")
-                assert served is not None and served.session == again["session"] and served.customer
-
-                # a visit id this node has never seen is the caller's own (an app's): still bound
-                status, own = await check_in({"customer": "CARD-B", "session": "app-visit-7"})
-                assert status == 200 and own["session"] == "app-visit-7", own
-                return {"a": a, "again": again["session"]}
-        finally:
-            await node.stop()
+            # a visit id this node has never seen is the caller's own (an app's): still bound
+            status, own = await check_in({"customer": "CARD-B", "session": "app-visit-7"})
+            assert status == 200 and own["session"] == "app-visit-7", own
+            return {"a": a, "again": again["session"]}
 
     ids = asyncio.run(main())
     conn = sqlite3.connect(cfg.node.data_dir / "shelfcast.db")

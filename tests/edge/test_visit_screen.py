@@ -28,23 +28,13 @@ def _pick(node: Node, fc: Any, shelf: str, slot: int = 0) -> None:
     node.bus.publish(ShelfEvent(shelf=shelf, slot=slot, sku=None, delta_units=-1, t=fc.w))
 
 
-def _served(node: Node) -> str | None:
-    """The visit the screen serves now (signage asks this every second) and the session of the set it would push."""
-    rec = node.recommender
-    assert rec is not None
-    v = rec.serving(SCREEN)
-    rs = rec.refresh(SCREEN)
-    assert rs.session == (v.session if v is not None else None) and rs.items
-    return rs.session
-
-
 @pytest.mark.parametrize("locator", [False, True], ids=["camera_disabled", "camera_down"])
 def test_the_checked_in_visit_keeps_its_screen_while_it_lives_and_nobody_else_acts(
-        tmp_path: Path, visit_config: Any, visit_run: Any, locator: bool) -> None:
+        tmp_path: Path, visit_config: Any, visit_run: Any, locator: bool, screen_session: Any) -> None:
     async def scenario(node: Node, fc: Any, picks: list[ShopperEvent]) -> None:
-        assert _served(node) is None  # nobody there: the zone's popular items
+        assert screen_session(node) is None  # nobody there: the zone's popular items
         node.bus.publish(CheckIn(customer=A, screen=SCREEN, t=fc.w))
-        a = _served(node)
+        a = screen_session(node)
         assert a is not None and node.recommender.visits[a].customer == A  # type: ignore[union-attr]
         fc.elapse(5.0)
         _pick(node, fc, "dairy-1")
@@ -52,25 +42,25 @@ def test_the_checked_in_visit_keeps_its_screen_while_it_lives_and_nobody_else_ac
         fc.elapse(100.0)  # reads a label: longer than 90 s and than anonymous_idle_s, well within the visit's 300 s
         node.fusion.expire(fc.w)
         node.housekeep_once()
-        assert _served(node) == a, "the screen went back to popular items while the shopper's visit lives"
+        assert screen_session(node) == a, "the screen went back to popular items while the shopper's visit lives"
         _pick(node, fc, "dairy-2")  # picks again: still within fusion.stand_in_s (120 s) of the check-in
         assert picks[-1].session == a, "the shopper's pick after a pause went to an anonymous visit"
-        assert _served(node) == a
+        assert screen_session(node) == a
         # someone else picks there after the stand-in's 120 s: their own visit, and the screen serves them
         fc.elapse(20.0)
         _pick(node, fc, "dairy-2", 1)
         other = picks[-1].session
         assert other != a, "another shopper's pick 130 s after the check-in landed on the checked-in visit"
-        assert _served(node) == other, "the screen kept the checked-in visit while someone else acted there"
+        assert screen_session(node) == other, "the screen kept the checked-in visit while someone else acted there"
         # both quiet: the other visit is no longer present after 90 s, and the checked-in one no longer holds the
         # screen (someone acted there after it): the zone's popular items
         fc.elapse(95.0)
         node.fusion.expire(fc.w)
         node.housekeep_once()
-        assert _served(node) is None
+        assert screen_session(node) is None
         # the checked-in shopper scans again: their visit, theirs again (and the stand-in renewed)
         node.bus.publish(CheckIn(customer=A, session=a, screen=SCREEN, t=fc.w))
-        assert _served(node) == a
+        assert screen_session(node) == a
         fc.elapse(10.0)
         _pick(node, fc, "dairy-1", 2)
         assert picks[-1].session == a
@@ -78,21 +68,21 @@ def test_the_checked_in_visit_keeps_its_screen_while_it_lives_and_nobody_else_ac
         fc.elapse(299.0)
         node.fusion.expire(fc.w)
         node.housekeep_once()
-        assert _served(node) == a and node.fusion.session(a).ended is None  # type: ignore[union-attr]
+        assert screen_session(node) == a and node.fusion.session(a).ended is None  # type: ignore[union-attr]
         fc.elapse(2.0)
         node.fusion.expire(fc.w)
         node.housekeep_once()
-        assert _served(node) is None
+        assert screen_session(node) is None
         assert node.fusion.session(a).ended is not None and a not in node.recommender.visits  # type: ignore
 
     visit_run(visit_config(tmp_path), "down" if locator else "disabled", scenario)
 
 
 def test_the_stand_in_is_bounded_by_stand_in_s_and_off_at_0(tmp_path: Path, visit_config: Any,
-                                                            visit_run: Any) -> None:
+                                                            visit_run: Any, screen_session: Any) -> None:
     async def scenario(node: Node, fc: Any, picks: list[ShopperEvent]) -> None:
         node.bus.publish(CheckIn(customer=A, screen=SCREEN, t=fc.w))
-        a = _served(node)
+        a = screen_session(node)
         # picks every 20 s keep the zone busy: before, each kept the checked-in visit taking the zone's picks
         for _ in range(3):
             fc.elapse(20.0)
@@ -110,11 +100,11 @@ def test_the_stand_in_is_bounded_by_stand_in_s_and_off_at_0(tmp_path: Path, visi
 
     async def off(node: Node, fc: Any, picks: list[ShopperEvent]) -> None:
         node.bus.publish(CheckIn(customer=A, screen=SCREEN, t=fc.w))
-        a = _served(node)
+        a = screen_session(node)
         fc.elapse(1.0)
         _pick(node, fc, "dairy-1")
         assert picks[-1].session != a  # stand_in_s 0: no stand-in at all
         assert node.fusion.session(a).customer == A  # type: ignore[union-attr]  # still bound
-        assert _served(node) == a  # at the screen (it scanned there) and nearer than the shelf's anonymous visit
+        assert screen_session(node) == a  # at the screen (it scanned there) and nearer than the shelf's anonymous visit
 
     visit_run(visit_config(tmp_path / "off", stand_in_s=0.0), "disabled", off)
