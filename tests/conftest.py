@@ -24,7 +24,7 @@
 - ``visit_config`` / ``visit_run``: the demo store in-process for visit tests, a started node on a FakeClock;
   ``screen_session(node, screen="dairy-screen")``, the visit a screen serves (None: the zone's popular items);
   ``async with checkin_node(cfg, token) as (node, check_in)``, a started node and ``POST /api/checkin`` with the
-  admin token (``await check_in(body)``: status, JSON).
+  admin token (``await check_in(body)``: status, JSON); ``stored_checkins(cfg)``, the check-ins the node stored.
 - ``admin_node_yaml``: ``admin_node_yaml(d, port=, cloud=, token=, salt=None)``, the demo store for a real
   ``shelfcast run`` with the screens port and an admin token; ``admin_http(port, path, body=None, token=)``, a GET
   (or POST of ``body`` with the token) to it: status, raw answer.
@@ -370,6 +370,22 @@ async def _checkin_node(cfg: Any, token: str) -> AsyncIterator[tuple[Any, CheckI
 def checkin_node() -> Callable[..., contextlib.AbstractAsyncContextManager[tuple[Any, CheckInHttp]]]:
     """``async with checkin_node(cfg, token) as (node, check_in)``: a started node, ``await check_in(body)``."""
     return _checkin_node
+
+
+def _stored_checkins(cfg: Any) -> list[tuple[str, str]]:
+    """(session, customer) of every check-in in the events table of ``cfg``'s database, oldest first (read with
+    plain sqlite3, after the node stopped)."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(Path(cfg.node.data_dir) / "shelfcast.db")) as conn:
+        return [(s, json.loads(p)["customer"]) for s, p in
+                conn.execute("SELECT session, payload FROM events WHERE type = 'checkin' ORDER BY t")]
+
+
+@pytest.fixture
+def stored_checkins() -> Callable[[Any], list[tuple[str, str]]]:
+    """``stored_checkins(cfg)``: [(session, customer)] of the check-ins the node of ``cfg`` stored, oldest first."""
+    return _stored_checkins
 
 
 def _demo_yaml(d: Path, **sections: Any) -> Path:
