@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ TOKEN = "tok-visit-ended-0123456789abcdef"
 
 
 def test_a_check_in_naming_an_ended_visit_without_a_screen_is_refused(tmp_path: Path, visit_config: Any,
-                                                                       checkin_node: Any) -> None:
+                                                                       checkin_node: Any, stored_checkins: Any) -> None:
     cfg = visit_config(tmp_path, signage={"host": "127.0.0.1", "port": 0, "admin_token": TOKEN}, session_idle_s=1.0)
 
     async def main() -> dict[str, Any]:
@@ -57,12 +56,7 @@ def test_a_check_in_naming_an_ended_visit_without_a_screen_is_refused(tmp_path: 
             return {"a": a, "again": again["session"]}
 
     ids = asyncio.run(main())
-    conn = sqlite3.connect(cfg.node.data_dir / "shelfcast.db")
-    try:
-        stored = [(s, json.loads(p)["customer"]) for s, p in
-                  conn.execute("SELECT session, payload FROM events WHERE type = 'checkin' ORDER BY t")]
-    finally:
-        conn.close()
+    stored = stored_checkins(cfg)
     h = hash_customer("CARD-A", SALT)
     assert stored == [(ids["a"], h), (ids["again"], h), ("app-visit-7", hash_customer("CARD-B", SALT))], \
         "the refused check-in was stored (and queued upstream)"

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -127,8 +126,8 @@ def test_a_shelf_visit_checked_in_at_the_screen_lives_as_a_checked_in_visit(
     visit_run(visit_config(tmp_path), "disabled", scenario)
 
 
-def test_a_check_in_naming_another_customers_visit_without_a_screen_is_refused(tmp_path: Path, visit_config: Any,
-                                                                              checkin_node: Any) -> None:
+def test_a_check_in_naming_another_customers_visit_without_a_screen_is_refused(
+        tmp_path: Path, visit_config: Any, checkin_node: Any, stored_checkins: Any) -> None:
     cfg = visit_config(tmp_path, signage={"host": "127.0.0.1", "port": 0, "admin_token": TOKEN})
 
     async def main() -> dict[str, str]:
@@ -160,11 +159,6 @@ def test_a_check_in_naming_another_customers_visit_without_a_screen_is_refused(t
             return {"a": a, "b": b["session"]}
 
     ids = asyncio.run(main())
-    conn = sqlite3.connect(cfg.node.data_dir / "shelfcast.db")
-    try:
-        stored = [(s, json.loads(p)["customer"]) for s, p in
-                  conn.execute("SELECT session, payload FROM events WHERE type = 'checkin' ORDER BY t")]
-    finally:
-        conn.close()
+    stored = stored_checkins(cfg)
     ha, hb = hash_customer("CARD-A", SALT), hash_customer("CARD-B", SALT)
     assert stored == [(ids["a"], ha), (ids["a"], ha), (ids["b"], hb)], "the refused check-in was stored"
