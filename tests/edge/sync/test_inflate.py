@@ -76,3 +76,31 @@ def test_any_split_gives_the_same_bytes_and_trailing_data_is_ignored() -> None:
     # one byte over the limit, found in the middle of many 1-byte blocks
     with pytest.raises(InflateLimit):
         inflate_bounded(_blocks(packed, 1, [0]), len(data) - 1)
+
+
+def _peak(blocks: list[bytes], limit: int) -> tuple[int, bytearray | None]:
+    """The most memory traced while inflating, and the output (None: refused as too large)."""
+    tracemalloc.start()
+    try:
+        try:
+            out: bytearray | None = inflate_bounded(blocks, limit)
+        except InflateLimit:
+            out = None
+        return tracemalloc.get_traced_memory()[1], out
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_stream_in_one_piece_is_held_about_once() -> None:
+    """One MQTT message (the cloud ingest's decode_payload) or one 1 MB block of a release: zlib joins a call's
+    output at its end (twice that output in RAM for a moment), so one call of up to limit + 1 bytes held twice the
+    limit (128 MB for the ingest's 64 MB). In 1 MB steps: the limit and about 2 MB, for a bomb or a real stream."""
+    data = b'{"items":[' + b" " * (8 * MB - 12) + b"]}"
+    packed = zlib.compress(data, 9)
+    peak, out = _peak([packed], 8 * MB)
+    assert out == data
+    assert peak < 8 * MB + 3 * MB, f"{peak / MB:.1f} MB held for an 8 MB stream in one piece"
+    del out
+    peak, out = _peak([zlib.compress(bytes(64 * MB), 9)], 8 * MB)
+    assert out is None
+    assert peak < 8 * MB + 3 * MB, f"{peak / MB:.1f} MB held for a bomb in one piece, limit 8 MB"
