@@ -2,7 +2,7 @@
 # ShelfCast node installer for Raspberry Pi OS Bookworm 64-bit and Debian 12.
 #
 #   sudo deploy/install.sh                      # install or upgrade this checkout (idempotent)
-#   sudo deploy/install.sh --source shelfcast-0.3.1-py3-none-any.whl
+#   sudo deploy/install.sh --source shelfcast-0.3.2-py3-none-any.whl
 #   deploy/install.sh --destdir /tmp/root       # into a scratch root; nothing outside it is touched
 #   sudo /opt/shelfcast/lib/install.sh --firstboot [--boot-dir /boot/firmware]
 #   sudo /opt/shelfcast/lib/install.sh --rollback   # back to the ShelfCast before the last upgrade

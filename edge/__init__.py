@@ -1,3 +1,3 @@
 """ShelfCast edge node runtime."""
 
-__version__ = "0.3.1"
+__version__ = "0.3.2"
