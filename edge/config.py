@@ -289,6 +289,27 @@ class SignageSection(_Strict):
     # addresses or networks (CIDR) left out of the per-device caps (max_streams_per_ip, max_connections_per_ip), not
     # of the totals: a NAT/VLAN gateway with several screens behind it, one player showing many screens
     trusted_clients: list[str] = Field(default_factory=list)
+    # opt-in HTTPS (docs/privacy.md, check-ins): a second listener on tls_port with these PEM files (both or neither),
+    # same routes and caps; admin_tls_only refuses admin requests (POST...) on the plain port unless from loopback
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_port: int = Field(default=8443, ge=1, le=65535)
+    admin_tls_only: bool = False
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> SignageSection:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            have, missing = ("tls_cert", "tls_key") if self.tls_key is None else ("tls_key", "tls_cert")
+            raise ValueError(f"signage.{have} is set but signage.{missing} is not: HTTPS needs both signage.tls_cert "
+                             "(the certificate, PEM) and signage.tls_key (its private key, PEM); set both, or neither")
+        if self.admin_tls_only and self.tls_cert is None:
+            raise ValueError("signage.admin_tls_only is true but no certificate is set: admin requests would be "
+                             "refused everywhere but loopback; set signage.tls_cert and signage.tls_key, or remove "
+                             "admin_tls_only")
+        if self.tls_cert is not None and self.tls_port == self.port:
+            raise ValueError(f"signage.tls_port ({self.tls_port}) is signage.port: HTTPS needs its own port; set "
+                             "tls_port to another one (8443 by default)")
+        return self
 
     @field_validator("trusted_clients", mode="before")
     @classmethod
