@@ -63,6 +63,7 @@ __all__ = [
     "check_serial_permissions",
     "check_shelves",
     "check_signage",
+    "check_signage_tls",
     "exit_code",
     "render",
     "run_checks",
@@ -902,6 +903,62 @@ def check_signage(cfg: NodeConfig, timeout_s: float = 2.0) -> Check:
     return _ok("signage", detail + "; the kiosk unit shows the page on the attached screen")
 
 
+def _service_user_reads(path: Path, user: str) -> bool | None:
+    """Whether ``user`` may read ``path`` by its permission bits (None: no such user here, or no stat)."""
+    try:
+        pw = pwd.getpwnam(user)
+        st = path.stat()
+    except (KeyError, OSError):
+        return None
+    if st.st_uid == pw.pw_uid:
+        return bool(st.st_mode & 0o400)
+    try:
+        group = grp.getgrgid(st.st_gid).gr_name
+    except KeyError:
+        group = None
+    if group is not None and group in (_service_user_groups(user) or set()):
+        return bool(st.st_mode & 0o040)
+    return bool(st.st_mode & 0o004)
+
+
+def check_signage_tls(cfg: NodeConfig, *, service_user: str = SERVICE_USER) -> Check:
+    """``signage.tls_cert``/``tls_key`` (HTTPS for check-ins): they load and match, the service user can read them,
+    and the certificate is not expired (FAIL) or within 30 days of it (WARN)."""
+    from edge.signage.http import tls_context
+
+    sg = cfg.signage
+    name = "signage_tls"
+    if sg.tls_cert is None or sg.tls_key is None:
+        return Check(name, "skip", "signage.tls_cert is not set (HTTPS off)", "")
+    cert, key = Path(sg.tls_cert), Path(sg.tls_key)
+    files = f"signage.tls_cert {cert}, signage.tls_key {key}"
+    try:
+        tls_context(sg)
+    except ValueError as exc:
+        return Check(name, "fail", str(exc), "fix the file named, then `sudo systemctl restart shelfcast`; until then "
+                     "the node serves plain HTTP only" + (" and refuses admin requests from other devices"
+                                                          if sg.admin_tls_only else ""))
+    for what, path in (("signage.tls_key", key), ("signage.tls_cert", cert)):
+        if _service_user_reads(path, service_user) is False:
+            return Check(name, "fail", f"{what} {path} loads for {_whoami()} but the service user {service_user} "
+                         "cannot read it: the node would serve no HTTPS",
+                         f"`sudo chown root:{service_user} {path} && sudo chmod 640 {path}`, then "
+                         "`sudo systemctl restart shelfcast`")
+    days = _cert_expiry_days(cert)
+    if days is None:
+        return Check(name, "fail", f"{files}: the certificate's dates cannot be read",
+                     "replace signage.tls_cert with the PEM certificate issued for this node")
+    renew = (f"have a new certificate issued for this node (the retailer's CA), put it at {cert} (its key at {key}) "
+             "and `sudo systemctl restart shelfcast`; the check-in devices keep trusting the same CA")
+    if days <= 0:
+        return Check(name, "fail", f"{files}: the certificate expired {-days:.0f} d ago; check-in devices refuse it",
+                     renew)
+    port = f"HTTPS on port {sg.tls_port}" + (", admin requests HTTPS-only" if sg.admin_tls_only else "")
+    if days < 30:
+        return Check(name, "warn", f"{files}: the certificate expires in {days:.0f} d ({port})", renew)
+    return _ok(name, f"{files}: load and match, valid {days:.0f} d more ({port})")
+
+
 KIOSK_UNIT = "shelfcast-kiosk.service"
 KIOSK_ENV = Path("/etc/shelfcast/kiosk.env")
 
@@ -983,6 +1040,8 @@ def run_checks(config_path: Path, *, access: Callable[[str, int], bool] = os.acc
         checks += _guard("camera", lambda: check_camera(cfg))
         checks += _guard("brokers", lambda: check_brokers(cfg, broker_timeout_s))
         checks += _guard("signage", lambda: check_signage(cfg))
+        if cfg.signage.tls_cert is not None:
+            checks += _guard("signage_tls", lambda: check_signage_tls(cfg))
     checks += _guard("kiosk", lambda: check_kiosk(cfg, root))
     checks += _guard("clock", check_clock)
     checks += _guard("power", lambda: check_power(throttle_sysfs))

@@ -55,7 +55,9 @@ import html
 import ipaddress
 import json
 import logging
+import os
 import socket
+import ssl
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -72,9 +74,10 @@ from edge.signage.hub import Client, direct_send, is_loopback
 from edge.signage.payload import ICONS
 
 if TYPE_CHECKING:
+    from edge.config import SignageSection
     from edge.signage.room import SignageRoom
 
-__all__ = ["ScreensRunner", "build_app"]
+__all__ = ["ScreensRunner", "build_app", "tls_context"]
 
 log = logging.getLogger("shelfcast.signage")
 
@@ -205,6 +208,9 @@ async def _errors_and_auth(request: web.Request, handler: Any) -> web.StreamResp
     room = request.app[ROOM]
     as_json = request.path.startswith("/api/")
     if request.method not in ("GET", "HEAD", "OPTIONS"):
+        if room.cfg.admin_tls_only and not request.secure and not is_loopback(str(request.remote)):
+            # before the token is looked at: a token sent in clear over the store network is never accepted
+            return web.json_response({"error": _tls_only_refusal(request, room.cfg.tls_port)}, status=403)
         token = room.cfg.admin_token
         if token is None:
             return web.json_response({"error": "admin actions are disabled on this node; set signage.admin_token "
@@ -242,6 +248,59 @@ async def _errors_and_auth(request: web.Request, handler: Any) -> web.StreamResp
             return web.json_response({"error": f"no such endpoint {request.path}; see GET /"}, status=404)
         return _page("Not found", "<h1>Not found</h1><p>Nothing here. The screens:</p>" + _screen_list_html(room),
                      status=404)
+
+
+def _tls_only_refusal(request: web.Request, tls_port: int) -> str:
+    host = request.url.host or request.app[ROOM].cfg.host
+    host = f"[{host}]" if ":" in host else host
+    return (f"admin requests are refused on plain HTTP from other devices on this node (signage.admin_tls_only): "
+            f"the admin token and loyalty ids would cross the store network in clear; send it to "
+            f"https://{host}:{tls_port}{request.rel_url} (the node's certificate trusted by this device), "
+            f"or set signage.admin_tls_only: false")
+
+
+def tls_context(cfg: SignageSection) -> ssl.SSLContext:
+    """The server context of ``signage.tls_cert``/``tls_key`` (TLS 1.2 or later); ValueError naming the key and the
+    fix when a file is missing, unreadable (the service user must read the key), not PEM, or the pair does not
+    match."""
+    assert cfg.tls_cert is not None and cfg.tls_key is not None
+    for key, path, begin in (("tls_cert", cfg.tls_cert, b"-----BEGIN CERTIFICATE-----"),
+                             ("tls_key", cfg.tls_key, b"PRIVATE KEY-----")):
+        try:
+            data = Path(path).read_bytes()
+        except FileNotFoundError:
+            raise ValueError(f"signage.{key} {path} does not exist; put the PEM file there or fix the path") from None
+        except PermissionError:
+            raise ValueError(f"signage.{key} {path} cannot be read by the user the node runs as ({_user()}); let "
+                             f"the service group read it: `sudo chown root:shelfcast {path} && sudo chmod 640 "
+                             f"{path}`") from None
+        except OSError as exc:
+            raise ValueError(f"signage.{key} {path} cannot be read: {exc.strerror}") from None
+        if begin not in data:
+            what = "a certificate" if key == "tls_cert" else "a private key"
+            raise ValueError(f"signage.{key} {path} is not {what} in PEM form (no {begin.decode().strip('-')} "
+                             f"block); convert it: `openssl x509 -in FILE -out {path}` (certificate) or "
+                             f"`openssl pkey -in FILE -out {path}` (key)")
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(str(cfg.tls_cert), str(cfg.tls_key))
+    except ssl.SSLError as exc:
+        hint = ("the key is not the certificate's (signage.tls_key must be the private key signage.tls_cert was "
+                "issued for)" if "MISMATCH" in str(exc).upper() else
+                "check that signage.tls_cert is a PEM certificate and signage.tls_key its unencrypted PEM key")
+        raise ValueError(f"signage.tls_cert {cfg.tls_cert} / signage.tls_key {cfg.tls_key} do not load: "
+                         f"{exc.reason or exc}; {hint}") from None
+    return ctx
+
+
+def _user() -> str:
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except (ImportError, KeyError):
+        return str(os.geteuid())
 
 
 async def index(request: web.Request) -> web.Response:

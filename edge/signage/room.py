@@ -89,6 +89,9 @@ class SignageRoom:
         self.serve_http = serve_http
         self.port: int | None = None  # the bound port (config port 0 picks a free one)
         self.http_error: str | None = None
+        self.tls_port: int | None = None  # the bound HTTPS port (signage.tls_cert set and listening)
+        self.tls_error: str | None = None
+        self._tls_site: web.TCPSite | None = None
         self._dirty: dict[str, RecommendationSet] = {}
         self._dirty_t: dict[str, float] = {}
         self._scheduled = False
@@ -142,6 +145,10 @@ class SignageRoom:
     async def stop_http(self) -> None:
         """Close the HTTP side (clients see the link drop; MQTT and displays go on)."""
         self.hub.close_all()
+        if self._tls_site is not None:  # mirror order: HTTPS was opened after the plain port
+            await self._tls_site.stop()
+            self._tls_site = None
+            self.tls_port = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -177,7 +184,43 @@ class SignageRoom:
         self.port = socks[0].getsockname()[1] if socks else want
         self.http_error = None
         log.info("signage on http://%s:%s/", self.cfg.host, self.port)
+        if self.cfg.tls_cert is not None and not await self._try_tls(runner):
+            log.error("%s; the screens stay on plain HTTP%s", self.tls_error,
+                      ", admin requests from other devices are refused (signage.admin_tls_only)"
+                      if self.cfg.admin_tls_only else "")
+            if self.tls_error and self.tls_error.startswith("cannot listen"):
+                self._tasks.append(asyncio.create_task(self._retry_tls(runner), name="signage-https-retry"))
         return True
+
+    async def _try_tls(self, runner: web.AppRunner) -> bool:
+        """A second site on the same runner (same app, routes, gate and caps) speaking TLS on signage.tls_port."""
+        from edge.signage.http import tls_context
+
+        try:
+            ctx = tls_context(self.cfg)
+        except ValueError as exc:
+            self.tls_error = str(exc)
+            return False
+        site = web.TCPSite(runner, self.cfg.host, self.cfg.tls_port, ssl_context=ctx, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            with contextlib.suppress(Exception):
+                await site.stop()
+            self.tls_error = (f"cannot listen for HTTPS on {self.cfg.host}:{self.cfg.tls_port}: {exc.strerror}; pick "
+                              "a free signage.tls_port or stop what uses it (`ss -ltnp`)")
+            return False
+        self._tls_site, self.tls_port, self.tls_error = site, self.cfg.tls_port, None
+        log.info("signage on https://%s:%s/", self.cfg.host, self.tls_port)
+        return True
+
+    async def _retry_tls(self, runner: web.AppRunner) -> None:
+        delay = 1.0
+        while self._runner is runner and self._tls_site is None:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+            if self._runner is runner and await self._try_tls(runner):
+                return
 
     async def _retry_http(self, port: int | None) -> None:
         delay = 1.0
@@ -340,11 +383,15 @@ class SignageRoom:
         http_ok = self._runner is not None and self.http_error is None
         mq = self.mqtt.health()
         status = "ok"
-        if (self.serve_http and self.cfg.enabled and not http_ok) or mq["status"] == "degraded":
+        tls_on = self._tls_site is not None
+        tls_down = self.cfg.tls_cert is not None and not tls_on  # configured, but its files or port failed
+        if (self.serve_http and self.cfg.enabled and (not http_ok or tls_down)) or mq["status"] == "degraded":
             status = "degraded"
         return {
             "status": status,
-            "http": {"listening": http_ok, "host": self.cfg.host, "port": self.port, "error": self.http_error},
+            "http": {"listening": http_ok, "host": self.cfg.host, "port": self.port, "error": self.http_error,
+                     "tls": tls_on, "tls_port": self.tls_port, "tls_error": self.tls_error,
+                     "admin_tls_only": self.cfg.admin_tls_only},
             "sse": {"clients": self.hub.count(), **self.hub.stats},
             "mqtt": mq,
             "feedback": self.feedback.health(),
