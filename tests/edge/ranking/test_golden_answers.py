@@ -12,7 +12,17 @@ rules, diversity on and off, k 4 and 10, stage 2 on and off, frequency caps, new
 (``catalogue_only``) and both fallbacks (model popularity, ``PopularityRanker``).
 
 Regenerate (only from a ranker known to be right): ``.venv/bin/python tests/edge/ranking/test_golden_answers.py
---write``.
+--write`` (``answers.json``), or ``--write-here`` on another kind of machine (``answers-<fingerprint>.json``).
+
+Floats are only bit-comparable on machines whose numeric kernels round alike (``environment_fingerprint``), so
+there is one golden file per kind of machine the answers were checked on: ``answers.json`` (the first, made from
+1a92bf0's ranker) and ``answers-<fingerprint>.json`` (``answers-8fada33d6eaf7eff2add.json``: an AMD EPYC VM, made
+2026-12-01 from 68d1a87's ranker, which was bit-identical to ``answers.json`` on the first machine). The
+bit-identity test uses the file of this machine's fingerprint and skips, saying so, where there is none. The
+answers themselves must hold on every machine: ``test_answers_match_the_golden_file_on_any_machine`` (never
+skipped) checks every request's skus and order against ``answers.json`` and its 4-decimal scores within one unit
+of the last decimal (on the EPYC VM: 1,084 of 1,084 requests the same skus in the same order, 8 with a score one
+unit off in the 4th decimal).
 """
 
 from __future__ import annotations
@@ -33,6 +43,7 @@ from edge.ranking import Ranker, RecRequest, RerankConfig
 from edge.ranking.fallback import PopularityRanker
 
 GOLDEN = Path(__file__).parent / "golden" / "answers.json"
+SCORE_TOLERANCE = 1.5e-4  # one unit of the answers' 4th decimal (a float rounded the other way), and no more
 T0 = 1_700_000_000.0
 DAY = 86400.0
 TZ = ZoneInfo("America/New_York")
@@ -310,11 +321,46 @@ def environment_fingerprint() -> str:
     return h.hexdigest()[:20]
 
 
-def test_answers_are_bit_identical_to_the_golden_file() -> None:
+def _golden_here(fingerprint: str) -> Path | None:
+    """The golden file made on a machine of this fingerprint, if there is one."""
+    for path in sorted(GOLDEN.parent.glob("answers*.json")):
+        if json.loads(path.read_text()).get("env", {}).get("fingerprint") == fingerprint:
+            return path
+    return None
+
+
+def _answer(a: str) -> list[tuple[str, float, str]]:
+    """(sku, score, reason code) of one request's answer string (``sku score code;...``)."""
+    return [(p[0], float(p[1]), p[2]) for p in (t.split() for t in a.split(";") if t)]
+
+
+def test_answers_match_the_golden_file_on_any_machine() -> None:
+    """On any machine: the same skus in the same order with the same reasons for every request, scores within one
+    unit of the 4th decimal (kernels that round differently move a score's last bit, not an answer)."""
     want = json.loads(GOLDEN.read_text())
-    if want.get("env", {}).get("fingerprint") != environment_fingerprint():
-        pytest.skip("golden file made on a machine whose numeric kernels round differently (see "
-                    "environment_fingerprint): regenerate it there from a known-good ranker with --write")
+    want.pop("env")
+    got = json.loads(json.dumps(run_scenarios()))
+    assert set(got) == set(want)
+    for name in want:
+        w, g = want[name]["requests"], got[name]["requests"]
+        assert len(g) == len(w), name
+        for n, (a, b) in enumerate(zip(w, g, strict=True)):
+            wa, ga = _answer(a["a"]), _answer(b["a"])
+            assert [(s, c) for s, _, c in ga] == [(s, c) for s, _, c in wa], f"{name} request {n}: {a['a']} != {b['a']}"
+            worst = max((abs(x[1] - y[1]) for x, y in zip(wa, ga, strict=True)), default=0.0)
+            assert worst <= SCORE_TOLERANCE, f"{name} request {n}: a score moved by {worst}: {a['a']} != {b['a']}"
+        assert got[name]["stats"] == want[name]["stats"], name
+    assert got["reasons"]["table"] == want["reasons"]["table"]
+
+
+def test_answers_are_bit_identical_to_the_golden_file() -> None:
+    fingerprint = environment_fingerprint()
+    path = _golden_here(fingerprint)
+    if path is None:
+        pytest.skip(f"no golden file made on a machine of this kind (fingerprint {fingerprint}; numeric kernels "
+                    "that round differently): make one from a known-good ranker with --write-here "
+                    "(test_answers_match_the_golden_file_on_any_machine still checks the answers here)")
+    want = json.loads(path.read_text())
     want.pop("env")
     got = json.loads(json.dumps(run_scenarios()))
     assert set(got) == set(want)
@@ -328,10 +374,13 @@ def test_answers_are_bit_identical_to_the_golden_file() -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] != ["--write"]:
-        sys.exit("usage: test_golden_answers.py --write   (overwrites the golden file)")
+    if sys.argv[1:] not in (["--write"], ["--write-here"]):
+        sys.exit("usage: test_golden_answers.py --write        (overwrites answers.json)\n"
+                 "       test_golden_answers.py --write-here   (answers-<this machine's fingerprint>.json)")
     GOLDEN.parent.mkdir(exist_ok=True)
     res = run_scenarios()
-    res["env"] = {"fingerprint": environment_fingerprint(), "numpy": np.__version__}
-    GOLDEN.write_text(json.dumps(res, indent=0, separators=(",", ":"), sort_keys=True) + "\n")
-    print(GOLDEN, GOLDEN.stat().st_size, "bytes")
+    fp = environment_fingerprint()
+    res["env"] = {"fingerprint": fp, "numpy": np.__version__}
+    out = GOLDEN if sys.argv[1] == "--write" else GOLDEN.parent / f"answers-{fp}.json"
+    out.write_text(json.dumps(res, indent=0, separators=(",", ":"), sort_keys=True) + "\n")
+    print(out, out.stat().st_size, "bytes")
