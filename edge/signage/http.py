@@ -77,7 +77,7 @@ if TYPE_CHECKING:
     from edge.config import SignageSection
     from edge.signage.room import SignageRoom
 
-__all__ = ["ScreensRunner", "build_app", "tls_context"]
+__all__ = ["ScreensRunner", "TLSSite", "build_app", "tls_context"]
 
 log = logging.getLogger("shelfcast.signage")
 
@@ -907,3 +907,25 @@ class ScreensRunner(web.AppRunner):
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
         return cast(web.Server, _GatedServer(server, self.app[GATE]))
+
+
+class TLSSite(web.TCPSite):
+    """``web.TCPSite`` for HTTPS whose TLS handshake must be done within ``handshake_timeout_s``
+    (``signage.request_timeout_s``; asyncio's default is 60 s). The gate sees a TLS connection only once its
+    handshake is done, so a device opening connections that never say hello is bounded by this, not by the caps."""
+
+    def __init__(self, runner: web.BaseRunner, host: str, port: int, *, ssl_context: ssl.SSLContext,
+                 handshake_timeout_s: float, reuse_address: bool = True) -> None:
+        super().__init__(runner, host, port, ssl_context=ssl_context, reuse_address=reuse_address)
+        self.handshake_timeout_s = handshake_timeout_s
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # registers the site with the runner, as TCPSite.start does
+        server = self._runner.server
+        assert server is not None
+        self._server = await asyncio.get_running_loop().create_server(
+            server, self._host, self._port, ssl=self._ssl_context, backlog=self._backlog,
+            reuse_address=self._reuse_address, reuse_port=self._reuse_port,
+            ssl_handshake_timeout=self.handshake_timeout_s)
+        socks = self._server.sockets
+        self._bound_port = socks[0].getsockname()[1] if socks else self._port

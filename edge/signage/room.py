@@ -91,7 +91,7 @@ class SignageRoom:
         self.http_error: str | None = None
         self.tls_port: int | None = None  # the bound HTTPS port (signage.tls_cert set and listening)
         self.tls_error: str | None = None
-        self._tls_site: web.TCPSite | None = None
+        self._tls_site: web.BaseSite | None = None
         self._dirty: dict[str, RecommendationSet] = {}
         self._dirty_t: dict[str, float] = {}
         self._scheduled = False
@@ -194,14 +194,15 @@ class SignageRoom:
 
     async def _try_tls(self, runner: web.AppRunner) -> bool:
         """A second site on the same runner (same app, routes, gate and caps) speaking TLS on signage.tls_port."""
-        from edge.signage.http import tls_context
+        from edge.signage.http import TLSSite, tls_context
 
         try:
             ctx = tls_context(self.cfg)
         except ValueError as exc:
             self.tls_error = str(exc)
             return False
-        site = web.TCPSite(runner, self.cfg.host, self.cfg.tls_port, ssl_context=ctx, reuse_address=True)
+        site = TLSSite(runner, self.cfg.host, self.cfg.tls_port, ssl_context=ctx,
+                       handshake_timeout_s=self.cfg.request_timeout_s)
         try:
             await site.start()
         except OSError as exc:

@@ -203,3 +203,22 @@ def test_bad_pem_files_are_a_clear_error_and_the_screens_keep_plain_http(
             assert needle in h["http"]["tls_error"], (i, h["http"]["tls_error"])
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", tls_port), timeout=2).close()
+
+
+def test_a_connection_that_never_says_hello_is_closed_after_the_request_timeout(
+        make_node: Callable[..., Any], free_port: Callable[[], int], tmp_path: Path) -> None:
+    """The gate counts a TLS connection once its handshake is done; one that never starts it is closed after
+    ``signage.request_timeout_s`` (asyncio's own default would hold it 60 s), as a silent plain one is."""
+    cert, key = _cert(tmp_path)
+    tls_port = free_port()
+    n = make_node(tls_cert=str(cert), tls_key=str(key), tls_port=tls_port, request_timeout_s=1)
+    s = socket.create_connection(("127.0.0.1", tls_port), timeout=20)
+    try:
+        try:
+            got = s.recv(1024)
+        except ConnectionResetError:
+            got = b""
+        assert got == b""  # closed by the node (a recv timeout here: still held)
+    finally:
+        s.close()
+    assert n.json("/api/health")["rooms"]["signage"]["http"]["tls"] is True  # the site itself goes on
