@@ -480,6 +480,14 @@ async def metrics(request: web.Request) -> web.Response:
             ({"limit": "header_budget"}, hs["refused_header_budget"])])
     metric("shelfcast_signage_connections_stalled_total", "counter",
            "connections dropped for not reading their answers (request_timeout_s)", [({}, hs["closed_stalled"])])
+    tls_on = room.tls_port is not None  # the HTTPS site is listening
+    metric("shelfcast_signage_tls_enabled", "gauge", "1 when HTTPS (signage.tls_port) is listening",
+           [({}, 1 if tls_on else 0)])
+    if tls_on and room.tls_not_after is not None:
+        metric("shelfcast_signage_tls_cert_expiry_seconds", "gauge",
+               "notAfter of the HTTPS certificate in use, Unix time", [({}, int(room.tls_not_after))])
+    metric("shelfcast_signage_tls_reloads_total", "counter",
+           "renewed HTTPS certificates switched to without a restart", [({}, room.tls_reloads)])
     q = room.push_quantiles()
     metric("shelfcast_signage_push_latency_seconds", "summary", "set accepted to SSE transport write",
            [({"quantile": "0.5"}, (q["p50_ms"] or 0) / 1e3), ({"quantile": "0.99"}, (q["p99_ms"] or 0) / 1e3)])

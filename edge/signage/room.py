@@ -20,7 +20,9 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import socket
+import ssl
 import threading
 import time
 from collections import deque
@@ -47,6 +49,11 @@ __all__ = ["SignageRoom"]
 log = logging.getLogger("shelfcast.signage")
 
 HEARTBEAT = b"event: ping\ndata: {}\n\n"
+TLS_CHECK_S = 30.0
+"""How often a running HTTPS site looks for a renewed signage.tls_cert/tls_key pair (a renewal job writes over the
+same paths; the files' mtime, size and inode tell). A module constant, not a config key; tests make it short."""
+
+_TlsStamp = tuple[tuple[int, int, int] | None, tuple[int, int, int] | None]
 
 
 class SignageRoom:
@@ -92,6 +99,10 @@ class SignageRoom:
         self.tls_port: int | None = None  # the bound HTTPS port (signage.tls_cert set and listening)
         self.tls_error: str | None = None
         self._tls_site: web.BaseSite | None = None
+        self._tls_live: ssl.SSLContext | None = None  # what new handshakes use (a renewal replaces it)
+        self._tls_stamp: _TlsStamp | None = None  # the files of the pair in use
+        self.tls_not_after: float | None = None  # the certificate in use: its notAfter, Unix time
+        self.tls_reloads = 0  # renewed pairs switched to without a restart
         self._dirty: dict[str, RecommendationSet] = {}
         self._dirty_t: dict[str, float] = {}
         self._scheduled = False
@@ -149,6 +160,7 @@ class SignageRoom:
             await self._tls_site.stop()
             self._tls_site = None
             self.tls_port = None
+            self._tls_live = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -196,11 +208,13 @@ class SignageRoom:
         """A second site on the same runner (same app, routes, gate and caps) speaking TLS on signage.tls_port."""
         from edge.signage.http import TLSSite, tls_context
 
+        stamp = self._tls_files_stamp()  # before loading: a renewal written meanwhile is seen at the next check
         try:
             ctx = tls_context(self.cfg)
         except ValueError as exc:
             self.tls_error = str(exc)
             return False
+        ctx.sni_callback = self._tls_pick
         site = TLSSite(runner, self.cfg.host, self.cfg.tls_port, ssl_context=ctx,
                        handshake_timeout_s=self.cfg.request_timeout_s)
         try:
@@ -212,8 +226,75 @@ class SignageRoom:
                               "a free signage.tls_port or stop what uses it (`ss -ltnp`)")
             return False
         self._tls_site, self.tls_port, self.tls_error = site, self.cfg.tls_port, None
+        self._tls_live, self._tls_stamp, self.tls_not_after = ctx, stamp, self._cert_not_after()
         log.info("signage on https://%s:%s/", self.cfg.host, self.tls_port)
+        self._tasks.append(asyncio.create_task(self._watch_tls(runner), name="signage-https-renewal"))
         return True
+
+    def _tls_pick(self, sslobj: ssl.SSLObject, _server_name: str | None, ctx: ssl.SSLContext) -> None:
+        """The site's context's SNI callback (called on every handshake, with or without SNI): a handshake starts
+        on the context the site was started with and switches to the pair in use now (a renewal replaces it
+        whole, so a half-written pair never reaches a handshake). Connections already open keep theirs."""
+        live = self._tls_live
+        if live is not None and live is not ctx:
+            sslobj.context = live
+
+    def _tls_files_stamp(self) -> _TlsStamp:
+        def one(path: object) -> tuple[int, int, int] | None:
+            try:
+                st = os.stat(str(path))
+            except OSError:
+                return None
+            return st.st_mtime_ns, st.st_size, st.st_ino
+
+        return one(self.cfg.tls_cert), one(self.cfg.tls_key)
+
+    def _cert_not_after(self) -> float | None:
+        try:
+            from cryptography import x509
+
+            with open(str(self.cfg.tls_cert), "rb") as f:
+                return x509.load_pem_x509_certificate(f.read()).not_valid_after_utc.timestamp()
+        except (OSError, ValueError):
+            return None
+
+    def check_tls_files(self) -> bool:
+        """Switch new HTTPS handshakes to a renewed signage.tls_cert/tls_key when the files changed and the pair
+        loads (one INFO naming its expiry). A pair that does not load (the key not yet written, a mismatch) keeps
+        the one in use: one WARNING per problem, http.tls_error, tried again at the next check. True on a switch."""
+        from edge.signage.http import tls_context
+
+        if self._tls_site is None or self._tls_live is None:
+            return False
+        stamp = self._tls_files_stamp()
+        if stamp == self._tls_stamp:
+            return False
+        try:
+            ctx = tls_context(self.cfg)
+        except ValueError as exc:
+            err = f"a renewed HTTPS certificate is not used yet: {exc}; HTTPS keeps the certificate in use"
+            if err != self.tls_error:
+                log.warning("%s (checked again every %.0f s)", err, TLS_CHECK_S)
+            self.tls_error = err
+            return False
+        self._tls_live, self._tls_stamp, self.tls_error = ctx, stamp, None
+        self.tls_not_after = self._cert_not_after()
+        self.tls_reloads += 1
+        until = (time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.tls_not_after))
+                 if self.tls_not_after is not None else "unknown")
+        log.info("signage HTTPS: renewed certificate %s in use for new connections (valid until %s)",
+                 self.cfg.tls_cert, until)
+        return True
+
+    async def _watch_tls(self, runner: web.AppRunner) -> None:
+        """Every TLS_CHECK_S while this runner's HTTPS site runs: ``check_tls_files`` (off the hot path)."""
+        while self._runner is runner and self._tls_site is not None:
+            await asyncio.sleep(TLS_CHECK_S)
+            if self._runner is runner and self._tls_site is not None:
+                try:
+                    self.check_tls_files()
+                except Exception:  # never let the watch die: the next check tries again
+                    log.exception("signage HTTPS: checking the certificate files failed")
 
     async def _retry_tls(self, runner: web.AppRunner) -> None:
         delay = 1.0
