@@ -948,8 +948,10 @@ def check_signage_tls(cfg: NodeConfig, *, service_user: str = SERVICE_USER) -> C
     if days is None:
         return Check(name, "fail", f"{files}: the certificate's dates cannot be read",
                      "replace signage.tls_cert with the PEM certificate issued for this node")
-    renew = (f"have a new certificate issued for this node (the retailer's CA), put it at {cert} (its key at {key}) "
-             "and `sudo systemctl restart shelfcast`; the check-in devices keep trusting the same CA")
+    renew = (f"have a new certificate issued for this node (the retailer's CA), put it at {cert} (its key at {key}): "
+             "a node serving HTTPS uses it for new connections within 30 s, no restart needed (its log says "
+             "'renewed certificate'; a node whose HTTPS did not start needs `sudo systemctl restart shelfcast`); the "
+             "check-in devices keep trusting the same CA")
     if days <= 0:
         return Check(name, "fail", f"{files}: the certificate expired {-days:.0f} d ago; check-in devices refuse it",
                      renew)
