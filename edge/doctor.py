@@ -612,13 +612,10 @@ def _tls_context(b: BrokerSection) -> ssl.SSLContext:
 
 
 def _cert_expiry_days(cert_file: Path) -> float | None:
-    try:
-        from cryptography import x509
+    from edge.signage.http import cert_not_after
 
-        cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
-    except (OSError, ValueError):
-        return None
-    return (cert.not_valid_after_utc - datetime.now(UTC)).total_seconds() / 86400
+    not_after = cert_not_after(cert_file)
+    return None if not_after is None else (not_after - datetime.now(UTC).timestamp()) / 86400
 
 
 def check_broker(name: str, b: BrokerSection, timeout_s: float = 3.0) -> Check:

@@ -77,7 +77,7 @@ if TYPE_CHECKING:
     from edge.config import SignageSection
     from edge.signage.room import SignageRoom
 
-__all__ = ["ScreensRunner", "TLSSite", "build_app", "tls_context"]
+__all__ = ["ScreensRunner", "TLSSite", "build_app", "cert_not_after", "tls_context"]
 
 log = logging.getLogger("shelfcast.signage")
 
@@ -257,6 +257,17 @@ def _tls_only_refusal(request: web.Request, tls_port: int) -> str:
             f"the admin token and loyalty ids would cross the store network in clear; send it to "
             f"https://{host}:{tls_port}{request.rel_url} (the node's certificate trusted by this device), "
             f"or set signage.admin_tls_only: false")
+
+
+def cert_not_after(cert_file: str | os.PathLike[str]) -> float | None:
+    """A PEM certificate's notAfter as a Unix time (None: unreadable or not a certificate): the node's renewal
+    watch and ``shelfcast doctor``'s expiry checks read it the same way."""
+    try:
+        from cryptography import x509
+
+        return x509.load_pem_x509_certificate(Path(cert_file).read_bytes()).not_valid_after_utc.timestamp()
+    except (OSError, ValueError):
+        return None
 
 
 def tls_context(cfg: SignageSection) -> ssl.SSLContext:

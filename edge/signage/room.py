@@ -250,13 +250,9 @@ class SignageRoom:
         return one(self.cfg.tls_cert), one(self.cfg.tls_key)
 
     def _cert_not_after(self) -> float | None:
-        try:
-            from cryptography import x509
+        from edge.signage.http import cert_not_after
 
-            with open(str(self.cfg.tls_cert), "rb") as f:
-                return x509.load_pem_x509_certificate(f.read()).not_valid_after_utc.timestamp()
-        except (OSError, ValueError):
-            return None
+        return None if self.cfg.tls_cert is None else cert_not_after(self.cfg.tls_cert)
 
     def check_tls_files(self) -> bool:
         """Switch new HTTPS handshakes to a renewed signage.tls_cert/tls_key when the files changed and the pair
