@@ -38,7 +38,9 @@ pipelined behind one being answered) within a budget: ``HEAD_FREE`` per connecti
 why). Without it, 1024 connections each holding an unfinished 124 KiB header block took ~250 MB of RSS, and 64
 connections pipelining big-header requests without reading ~210 MB. ``signage.trusted_clients`` (addresses or
 networks: a NAT gateway with several screens behind it, a player showing many screens) are left out of the
-per-device caps, not of the totals nor of the header budget.
+per-device caps, not of the totals nor of the header budget. The HTTPS site (``signage.tls_port``) goes through
+the same gate at TCP accept, before its TLS handshake (``TLSSite``): a connection that never says hello counts
+against the caps like a silent plain one, and one past a cap is closed at once.
 
 Every response says ``Server: shelfcast`` (no versions: aiohttp's ``Python/3.11 aiohttp/3.x.y`` told an attacker
 which exploits to try) and ``X-Content-Type-Options: nosniff``, also aiohttp's own 400s for requests it cannot
@@ -59,8 +61,9 @@ import os
 import socket
 import ssl
 import time
+from asyncio import sslproto
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -732,6 +735,11 @@ class Gate:
                 % (status, reason.encode(), SERVER.encode(), len(body), RETRY_AFTER_S, body))
 
     def refusal(self, which: str, peer: str) -> bytes:
+        return self.answer(503, "Service Unavailable", self.refusal_text(which, peer, f"connection from {peer}"))
+
+    def refusal_text(self, which: str, peer: str, subject: str) -> str:
+        """The line saying which cap ``peer`` is past and the key to raise (logged once a minute per cap, both
+        ports together)."""
         cfg = self.room.cfg
         if which == "total":
             key, cap = "signage.max_connections", cfg.max_connections
@@ -741,8 +749,7 @@ class Gate:
             key, cap = "signage.max_connections_per_ip", cfg.max_connections_per_ip
             what = f"{peer} already has {cap} open connections to this node, the limit per device ({key})"
             fix = "close that device's screen pages that are not in use"
-        msg = _cap_refusal(what, fix, key, self.last_log, which, f"connection from {peer}")
-        return self.answer(503, "Service Unavailable", msg)
+        return _cap_refusal(what, fix, key, self.last_log, which, subject)
 
     def close_all(self) -> None:
         for c in list(self.lingering):
@@ -906,6 +913,86 @@ class _Conn(asyncio.Protocol):
         self.transport = None
 
 
+class _TLSConn(_Conn):
+    """An HTTPS connection once its handshake is done: ``_TLSAccept`` admitted and counted it at TCP accept, so
+    here it is only handed to aiohttp (the header budget and the release at ``connection_lost`` are ``_Conn``'s)."""
+
+    __slots__ = ()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        tr = cast(asyncio.Transport, transport)  # the TLS transport asyncio's SSLProtocol gives its app
+        self.transport = tr
+        self.gate.by_transport[tr] = self
+        self.inner = _handler(self.server)
+        self.inner.connection_made(tr)
+
+    def handshake_lost(self) -> None:
+        """The TCP connection ended before its handshake was done (no hello within ``request_timeout_s``, a failed
+        handshake, the client left): its place under the caps is given back. Once aiohttp has it, ``connection_lost``
+        does that."""
+        if self.inner is None and self.gate.open.pop(self, 0) is None:
+            self.gate.room.hub.connection_closed(self.peer)
+
+
+class _TLSProtocol(sslproto.SSLProtocol):
+    """asyncio's own server-side TLS protocol (what ``create_server(ssl=...)`` uses), told when the TCP connection
+    under it is lost, which its app never hears of before the handshake is done.
+
+    ``max_size``: asyncio reads the socket into a buffer of this size that every connection allocates at once and
+    zero-fills, 256 KiB, so each connection still in its handshake held 256 KiB of RSS. A TLS record is at most
+    16 KiB + 256 bytes; 32 KiB reads two at a time (a check-in, a page: one or two records)."""
+
+    max_size = 32 * 1024
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, conn: _TLSConn, ctx: ssl.SSLContext,
+                 handshake_timeout_s: float) -> None:
+        # no waiter (a future failed by every handshake that fails, logged when nobody reads it); typeshed wants
+        # one, and the timeout as an int (asyncio takes any positive number, as create_server does)
+        super().__init__(loop, conn, ctx, None, server_side=True,  # type: ignore[arg-type]
+                         ssl_handshake_timeout=handshake_timeout_s)  # type: ignore[arg-type]
+        self.conn = conn
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        super().connection_lost(exc)  # schedules the app's connection_lost if its handshake was done
+        self.conn.handshake_lost()
+
+
+class _TLSAccept(asyncio.Protocol):
+    """Every TCP connection to the HTTPS port, at accept, before any TLS work: through the same caps as the plain
+    port (``signage.max_connections``, ``max_connections_per_ip``; loopback and ``trusted_clients`` as there) and
+    counted from now, so a device opening silent connections that never say hello is held to its cap instead of
+    the descriptor limit. A refused one is closed at once (no TLS yet to carry a 503; the refusal is counted and
+    logged once a minute as on the plain port); an admitted one is handed to ``_TLSProtocol`` (the handshake within
+    ``request_timeout_s``), which hands it to the gate's ``_TLSConn`` once the handshake is done."""
+
+    __slots__ = ("ctx", "gate", "handshake_timeout_s", "server")
+
+    def __init__(self, gate: Gate, server: web.Server, ctx: ssl.SSLContext, handshake_timeout_s: float) -> None:
+        self.gate, self.server, self.ctx, self.handshake_timeout_s = gate, server, ctx, handshake_timeout_s
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        tr = cast(asyncio.Transport, transport)
+        peer = _peer(tr)
+        gate = self.gate
+        cfg, hub = gate.room.cfg, gate.room.hub
+        which = hub.refuse_connection(peer, cfg.max_connections, cfg.max_connections_per_ip)
+        if which is not None:
+            gate.refusal_text(which, peer, f"HTTPS connection from {peer} closed before its TLS handshake:")
+            tr.close()
+            return
+        hub.connection_opened(peer)
+        conn = _TLSConn(gate, self.server)
+        conn.peer = peer
+        gate.open[conn] = None
+        sock = tr.get_extra_info("socket")
+        if sock is not None and hasattr(socket, "TCP_USER_TIMEOUT"):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(cfg.request_timeout_s * 1000))
+        proto = _TLSProtocol(asyncio.get_running_loop(), conn, self.ctx, self.handshake_timeout_s)
+        tr.set_protocol(proto)  # as ``loop.start_tls`` does: the socket's bytes go to TLS from now on
+        proto.connection_made(tr)
+
+
 class _GatedServer:
     """aiohttp's ``Server`` (the protocol factory ``loop.create_server`` calls) with the gate in front; the rest
     (shutdown, connections) is the server's own."""
@@ -919,6 +1006,11 @@ class _GatedServer:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._server, name)
 
+    def tls(self, ctx: ssl.SSLContext, handshake_timeout_s: float) -> Callable[[], _TLSAccept]:
+        """The protocol factory of an HTTPS site on this server: the gate at TCP accept, then TLS."""
+        gate, server = self._gate, self._server
+        return lambda: _TLSAccept(gate, server, ctx, handshake_timeout_s)
+
 
 class ScreensRunner(web.AppRunner):
     """``web.AppRunner`` whose sites accept connections through the app's gate (``build_app``)."""
@@ -929,9 +1021,10 @@ class ScreensRunner(web.AppRunner):
 
 
 class TLSSite(web.TCPSite):
-    """``web.TCPSite`` for HTTPS whose TLS handshake must be done within ``handshake_timeout_s``
-    (``signage.request_timeout_s``; asyncio's default is 60 s). The gate sees a TLS connection only once its
-    handshake is done, so a device opening connections that never say hello is bounded by this, not by the caps."""
+    """``web.TCPSite`` for HTTPS on a ``ScreensRunner``: every TCP connection goes through the gate at accept
+    (``_TLSAccept``: the connection caps count it from then on, not from the end of its handshake), and the TLS
+    handshake must be done within ``handshake_timeout_s`` (``signage.request_timeout_s``; asyncio's default is
+    60 s)."""
 
     def __init__(self, runner: web.BaseRunner, host: str, port: int, *, ssl_context: ssl.SSLContext,
                  handshake_timeout_s: float, reuse_address: bool = True) -> None:
@@ -941,10 +1034,11 @@ class TLSSite(web.TCPSite):
     async def start(self) -> None:
         await web.BaseSite.start(self)  # registers the site with the runner, as TCPSite.start does
         server = self._runner.server
-        assert server is not None
+        assert isinstance(server, _GatedServer), "TLSSite needs a ScreensRunner (the gate)"
+        assert self._ssl_context is not None
+        # no ssl= here: TLS starts in _TLSAccept, after the gate (asyncio would start it before any protocol runs)
         self._server = await asyncio.get_running_loop().create_server(
-            server, self._host, self._port, ssl=self._ssl_context, backlog=self._backlog,
-            reuse_address=self._reuse_address, reuse_port=self._reuse_port,
-            ssl_handshake_timeout=self.handshake_timeout_s)
+            server.tls(self._ssl_context, self.handshake_timeout_s), self._host, self._port, backlog=self._backlog,
+            reuse_address=self._reuse_address, reuse_port=self._reuse_port)
         socks = self._server.sockets
         self._bound_port = socks[0].getsockname()[1] if socks else self._port
