@@ -51,7 +51,8 @@ log = logging.getLogger("shelfcast.signage")
 HEARTBEAT = b"event: ping\ndata: {}\n\n"
 TLS_CHECK_S = 30.0
 """How often a running HTTPS site looks for a renewed signage.tls_cert/tls_key pair (a renewal job writes over the
-same paths; the files' mtime, size and inode tell). A module constant, not a config key; tests make it short."""
+same paths; the files' mtime, size and inode tell), and how often an HTTPS site whose files did not load is tried
+again. A module constant, not a config key; tests make it short."""
 
 _TlsStamp = tuple[tuple[int, int, int] | None, tuple[int, int, int] | None]
 
@@ -197,14 +198,19 @@ class SignageRoom:
         self.http_error = None
         log.info("signage on http://%s:%s/", self.cfg.host, self.port)
         if self.cfg.tls_cert is not None and not await self._try_tls(runner):
-            log.error("%s; the screens stay on plain HTTP%s", self.tls_error,
-                      ", admin requests from other devices are refused (signage.admin_tls_only)"
-                      if self.cfg.admin_tls_only else "")
-            if self.tls_error and self.tls_error.startswith("cannot listen"):
-                self._tasks.append(asyncio.create_task(self._retry_tls(runner), name="signage-https-retry"))
+            log.error("%s; the screens stay on plain HTTP%s; HTTPS is tried again %s, no restart needed",
+                      self.tls_error, ", admin requests from other devices are refused (signage.admin_tls_only)"
+                      if self.cfg.admin_tls_only else "", self._tls_retry_when())
+            self._tasks.append(asyncio.create_task(self._retry_tls(runner), name="signage-https-retry"))
         return True
 
-    async def _try_tls(self, runner: web.AppRunner) -> bool:
+    def _tls_port_error(self) -> bool:
+        return bool(self.tls_error and self.tls_error.startswith("cannot listen"))
+
+    def _tls_retry_when(self) -> str:
+        return "with backoff (up to 10 s)" if self._tls_port_error() else f"every {TLS_CHECK_S:.0f} s"
+
+    async def _try_tls(self, runner: web.AppRunner, retried: bool = False) -> bool:
         """A second site on the same runner (same app, routes, gate and caps) speaking TLS on signage.tls_port."""
         from edge.signage.http import TLSSite, tls_context
 
@@ -227,7 +233,9 @@ class SignageRoom:
             return False
         self._tls_site, self.tls_port, self.tls_error = site, self.cfg.tls_port, None
         self._tls_live, self._tls_stamp, self.tls_not_after = ctx, stamp, self._cert_not_after()
-        log.info("signage on https://%s:%s/", self.cfg.host, self.tls_port)
+        log.info("signage on https://%s:%s/%s", self.cfg.host, self.tls_port,
+                 " (HTTPS started on a retry: its files load and its port is free now, no restart needed)"
+                 if retried else "")
         self._tasks.append(asyncio.create_task(self._watch_tls(runner), name="signage-https-renewal"))
         return True
 
@@ -293,12 +301,28 @@ class SignageRoom:
                     log.exception("signage HTTPS: checking the certificate files failed")
 
     async def _retry_tls(self, runner: web.AppRunner) -> None:
+        """HTTPS did not start: try again while this runner serves, until it does. Its port in use: with backoff
+        (1 s up to 10 s, as the plain port). Its files not loading (a node that booted before the certificate was
+        copied, a key the service user cannot read yet): every TLS_CHECK_S, as the renewal watch looks. A problem
+        that changes is one WARNING, the same one again nothing; the start is ``_try_tls``'s one INFO."""
         delay = 1.0
         while self._runner is runner and self._tls_site is None:
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
-            if self._runner is runner and await self._try_tls(runner):
+            if self._tls_port_error():
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+            else:
+                await asyncio.sleep(TLS_CHECK_S)
+            if self._runner is not runner:
                 return
+            before = self.tls_error
+            try:
+                if await self._try_tls(runner, retried=True):
+                    return
+            except Exception:  # never let the retry die: the next try goes on
+                log.exception("signage HTTPS: starting it again failed")
+                continue
+            if self.tls_error != before:
+                log.warning("%s; HTTPS is still off, tried again %s", self.tls_error, self._tls_retry_when())
 
     async def _retry_http(self, port: int | None) -> None:
         delay = 1.0
@@ -457,6 +481,15 @@ class SignageRoom:
         return {"p50_ms": round(xs[len(xs) // 2] * 1e3, 3), "p99_ms": round(xs[min(len(xs) - 1, int(len(xs) * .99))]
                 * 1e3, 3), "max_ms": round(xs[-1] * 1e3, 3)}
 
+    def _tls_expiry(self, tls_on: bool) -> dict[str, Any]:
+        """The certificate HTTPS serves now: its notAfter (ISO-8601 UTC) and the days left (negative once
+        expired); null when HTTPS is off or its dates cannot be read (the same as /metrics' expiry gauge)."""
+        t = self.tls_not_after if tls_on else None
+        if t is None:
+            return {"tls_cert_not_after": None, "tls_cert_expires_in_days": None}
+        return {"tls_cert_not_after": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t)),
+                "tls_cert_expires_in_days": round((t - time.time()) / 86400, 1)}
+
     def health(self) -> dict[str, Any]:
         http_ok = self._runner is not None and self.http_error is None
         mq = self.mqtt.health()
@@ -469,7 +502,7 @@ class SignageRoom:
             "status": status,
             "http": {"listening": http_ok, "host": self.cfg.host, "port": self.port, "error": self.http_error,
                      "tls": tls_on, "tls_port": self.tls_port, "tls_error": self.tls_error,
-                     "admin_tls_only": self.cfg.admin_tls_only},
+                     "admin_tls_only": self.cfg.admin_tls_only, **self._tls_expiry(tls_on)},
             "sse": {"clients": self.hub.count(), **self.hub.stats},
             "mqtt": mq,
             "feedback": self.feedback.health(),
