@@ -12,9 +12,12 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge.cli import CommandRegistry, UserError, print_json
+
+if TYPE_CHECKING:
+    from models.train import TrainConfig
 
 log = logging.getLogger("shelfcast.models")
 
@@ -76,18 +79,27 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The ``TrainConfig`` of a ``model train`` / ``model all`` command line: the flags' defaults are the
+    dataclass's, so a run without them builds what it built before the flags existed."""
+    from models.train import TrainConfig
+
+    return TrainConfig(epochs=args.epochs, lr=args.lr, seed=args.seed, dim=args.dim, hidden=args.hidden,
+                       per_household=args.per_household, p_cold=args.p_cold,
+                       p_cold_no_profile=args.p_cold_no_profile, p_session=args.p_session)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     import numpy as np
 
     from models.data import Prepared
     from models.dataset import build_examples
-    from models.train import TrainConfig, save_weights, train
+    from models.train import save_weights, train
 
     work = _work(args)
     _need(work / "prepared.npz", "prepare")
     prep = Prepared.load(work)
-    cfg = TrainConfig(epochs=args.epochs, seed=args.seed, dim=args.dim, per_household=args.per_household,
-                      p_cold=args.p_cold, p_cold_no_profile=args.p_cold_no_profile, p_session=args.p_session)
+    cfg = train_config(args)
     last = prep.split.train_last_week - (6 if args.validation else 0)
     t = time.time()
     bar = _progress(args.progress)
@@ -245,7 +257,10 @@ def _prepare_args(p: argparse.ArgumentParser) -> None:
 
 def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--lr", type=float, default=4e-3, help="Adam learning rate of stage 1")
     p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--hidden", type=int, default=256,
+                   help="width of the shopper tower's first dense layer (the second is half of it)")
     p.add_argument("--per-household", type=int, default=30)
     p.add_argument("--p-cold", type=float, default=0.5,
                    help="share of training examples with the history dropped (cold shoppers)")
