@@ -932,23 +932,23 @@ def check_signage_tls(cfg: NodeConfig, *, service_user: str = SERVICE_USER) -> C
     try:
         tls_context(sg)
     except ValueError as exc:
-        return Check(name, "fail", str(exc), "fix the file named, then `sudo systemctl restart shelfcast`; until then "
-                     "the node serves plain HTTP only" + (" and refuses admin requests from other devices"
+        return Check(name, "fail", str(exc), "fix the file named: a running node tries the files again every 30 s and "
+                     "starts HTTPS once they load, no restart needed; until then it serves plain HTTP only" + (" and refuses admin requests from other devices"
                                                           if sg.admin_tls_only else ""))
     for what, path in (("signage.tls_key", key), ("signage.tls_cert", cert)):
         if _service_user_reads(path, service_user) is False:
             return Check(name, "fail", f"{what} {path} loads for {_whoami()} but the service user {service_user} "
                          "cannot read it: the node would serve no HTTPS",
-                         f"`sudo chown root:{service_user} {path} && sudo chmod 640 {path}`, then "
-                         "`sudo systemctl restart shelfcast`")
+                         f"`sudo chown root:{service_user} {path} && sudo chmod 640 {path}`; a running node "
+                         "tries again every 30 s and starts HTTPS once it can read them, no restart needed")
     days = _cert_expiry_days(cert)
     if days is None:
         return Check(name, "fail", f"{files}: the certificate's dates cannot be read",
                      "replace signage.tls_cert with the PEM certificate issued for this node")
     renew = (f"have a new certificate issued for this node (the retailer's CA), put it at {cert} (its key at {key}): "
-             "a node serving HTTPS uses it for new connections within 30 s, no restart needed (its log says "
-             "'renewed certificate'; a node whose HTTPS did not start needs `sudo systemctl restart shelfcast`); the "
-             "check-in devices keep trusting the same CA")
+             "a running node uses it for new connections within 30 s, no restart needed (its log says "
+             "'renewed certificate', or that HTTPS started where it had not); the check-in devices keep trusting "
+             "the same CA")
     if days <= 0:
         return Check(name, "fail", f"{files}: the certificate expired {-days:.0f} d ago; check-in devices refuse it",
                      renew)
