@@ -10,9 +10,11 @@ shipped model re-versioned, ``edge.sync.publish``) are published at 1/3 and 2/3 
 
 Every ``interval`` seconds it samples the node process: RSS, PSS (``/proc/PID/smaps_rollup``, if readable), open
 fds, threads, asyncio tasks (``/api/health``), the SQLite database and WAL sizes, outbox rows, the data dir's
-size and the bytes the node logged. The result gives each one's start and end value and its growth per hour, a
-least-squares line over the second half of the run (start-up warm-up excluded), plus every WARNING/ERROR line
-the node logged (counted by message) and how the node exited.
+size and the bytes the node logged; and what a model release leaves in RAM, which the node child writes every
+2 s: its anonymous memory, the ``Ranker`` objects alive (``models_in_ram``: serving + previous at most) and the
+bytes glibc's malloc holds free (``malloc_free_mb``). The result gives each one's start and end value and its
+growth per hour, a least-squares line over the second half of the run (start-up warm-up excluded), plus every
+WARNING/ERROR line the node logged (counted by message) and how the node exited.
 """
 
 from __future__ import annotations
@@ -41,7 +43,10 @@ __all__ = ["SoakOptions", "fit_per_hour", "run_soak"]
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "models" / "shipped"
 METRICS = ("rss_mb", "pss_mb", "fds", "threads", "asyncio_tasks", "db_mb", "wal_mb", "outbox_rows",
-           "data_dir_mb", "log_bytes", "active_visits", "profiles_in_ram")
+           "data_dir_mb", "log_bytes", "active_visits", "profiles_in_ram", "anon_mb", "models_in_ram",
+           "malloc_free_mb")
+MEMORY_ENV = "SHELFCAST_SOAK_MEMORY"  # where the node child writes what it holds in RAM (``_memory_watch``)
+MEMORY_EVERY_S = 2.0
 ADMIN_TOKEN = "soak-admin-token-0123456789"
 
 
@@ -182,6 +187,9 @@ def node_main(config: str) -> int:
 
     app.Node.__init__ = init  # type: ignore[method-assign, assignment]
     app.Node.start = start  # type: ignore[method-assign]
+    memory = os.environ.get(MEMORY_ENV)
+    if memory:
+        _memory_watch(Path(memory))
     trace = os.environ.get("SHELFCAST_SOAK_TRACEMALLOC")
     if trace:  # diagnosis: where does the memory go? each SIGUSR1 writes a tracemalloc snapshot to TRACE.N
         import tracemalloc
@@ -195,6 +203,62 @@ def node_main(config: str) -> int:
 
         signal.signal(signal.SIGUSR1, dump)
     return cli_main(["run", "--config", config])
+
+
+def _memory_watch(path: Path) -> None:
+    """(The node child.) Every ``MEMORY_EVERY_S`` write to ``path`` what a release leaves in RAM: the ``Ranker``
+    objects alive (a model dropped by a swap must be gone: not held by a reference) and the bytes glibc's
+    ``malloc`` holds free (``mallinfo2``: a dropped model's memory the allocator kept instead of returning it)."""
+    import ctypes
+    import threading
+    import weakref
+
+    try:
+        from edge.ranking.ranker import Ranker
+    except ImportError:  # no model runtime: nothing to count
+        return
+    alive: weakref.WeakSet[Any] = weakref.WeakSet()
+    orig = Ranker.__init__
+
+    def init(self: Any, *a: Any, **kw: Any) -> None:
+        orig(self, *a, **kw)
+        alive.add(self)
+
+    Ranker.__init__ = init  # type: ignore[method-assign]
+
+    class _Mallinfo2(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                    "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+    try:
+        mallinfo2 = ctypes.CDLL(None).mallinfo2
+        mallinfo2.restype = _Mallinfo2
+    except (OSError, AttributeError):  # not glibc >= 2.33
+        mallinfo2 = None
+
+    def watch() -> None:
+        while True:
+            versions = sorted(str(getattr(r, "version", "?")) for r in list(alive))
+            free = mallinfo2().fordblks / (1 << 20) if mallinfo2 is not None else None
+            anon = None
+            with contextlib.suppress(OSError, ValueError):
+                for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
+                    if line.startswith("Anonymous:"):
+                        anon = int(line.split()[1]) / 1024
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(json.dumps({"models": versions, "malloc_free_mb": free, "anon_mb": anon}))
+            os.replace(tmp, path)
+            time.sleep(MEMORY_EVERY_S)
+
+    threading.Thread(target=watch, name="soak-memory", daemon=True).start()
+
+
+def _memory(path: Path) -> dict[str, Any]:
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return d if isinstance(d, dict) else {}
 
 
 # -- sampling --------------------------------------------------------------------------------------------------
@@ -255,8 +319,10 @@ async def _http_json(port: int, path: str) -> Any:
         return await r.json()
 
 
-async def _sample(pid: int, port: int, data_dir: Path, log: Path) -> dict[str, float | None]:
+async def _sample(pid: int, port: int, data_dir: Path, log: Path,
+                  memory: Path | None = None) -> dict[str, float | None]:
     st = _proc_status(pid)
+    mem = _memory(memory) if memory is not None else {}
     pss = _pss_kb(pid)
     try:
         fds: int | None = len(os.listdir(f"/proc/{pid}/fd"))
@@ -286,6 +352,10 @@ async def _sample(pid: int, port: int, data_dir: Path, log: Path) -> dict[str, f
         "log_bytes": _size(log),
         "active_visits": visits,
         "profiles_in_ram": profiles,
+        "anon_mb": round(mem["anon_mb"], 1) if isinstance(mem.get("anon_mb"), int | float) else None,
+        "models_in_ram": len(mem["models"]) if isinstance(mem.get("models"), list) else None,
+        "malloc_free_mb": round(mem["malloc_free_mb"], 1) if isinstance(mem.get("malloc_free_mb"), int | float)
+        else None,
     }
 
 
@@ -455,7 +525,9 @@ async def _run(opts: SoakOptions) -> dict[str, Any]:
     data_dir = tmp / "data"
     log_path = tmp / "node.log"
     logf = log_path.open("wb")
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    memory = tmp / "memory.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           MEMORY_ENV: str(memory)}
     node = subprocess.Popen([sys.executable, "-m", "edge.soak", "--node", str(cfg_path)], stdout=logf,
                             stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True)
     c = _Counters()
@@ -496,7 +568,7 @@ async def _run(opts: SoakOptions) -> dict[str, Any]:
             now = time.monotonic()
             el = now - t0
             if now >= next_sample or now >= end:
-                s = await _sample(node.pid, port, data_dir, log_path)
+                s = await _sample(node.pid, port, data_dir, log_path, memory)
                 s["t"] = round(el, 1)
                 samples.append(s)
                 next_sample += interval
@@ -601,6 +673,9 @@ def _release_steps(releases: list[dict[str, Any]], samples: list[dict[str, Any]]
         before = [s["rss_mb"] for s in samples if s["t"] <= at and s.get("rss_mb") is not None]
         after = [s["rss_mb"] for s in samples if s["t"] >= at + 20 and s.get("rss_mb") is not None]
         rel["rss_step_mb"] = round(after[0] - before[-1], 1) if before and after else None
+        rel["rss_after_mb"] = after[0] if after else None
+        models = [s["models_in_ram"] for s in samples if s["t"] >= at + 20 and s.get("models_in_ram") is not None]
+        rel["models_in_ram_after"] = models[0] if models else None
 
 
 def _catalogue() -> list[Any]:
