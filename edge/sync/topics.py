@@ -13,7 +13,7 @@ from dataclasses import dataclass
 __all__ = ["ALL_NODES", "RELEASE_KINDS", "Topics"]
 
 ALL_NODES = "_all"
-RELEASE_KINDS: tuple[str, ...] = ("model", "catalogue", "planogram", "stock", "profiles")
+RELEASE_KINDS: tuple[str, ...] = ("model", "catalogue", "planogram", "stock", "profiles", "promotions")
 DELTA_KINDS: tuple[str, ...] = ("catalogue", "planogram", "stock", "profiles")
 
 
