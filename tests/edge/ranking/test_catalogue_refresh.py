@@ -88,9 +88,11 @@ def test_a_new_variant_of_a_shown_line_does_not_show_twice(tmp_path: Path) -> No
         sibling = rec.recommend(v0, "screen-x").items[-1].sku  # the line the answer shows last
         line = node.store.product(sibling)
         assert line is not None
-        # a new pack of that line, one the model ranks far higher: it should stand for the line, alone
+        # a new pack of that line, one the model ranks far higher: it should stand for the line, alone. It carries
+        # the line's name and pack size, as a catalogue lists a line's variants (display_family strips the size
+        # from the name only when package_size names it: "Store Eggs - X-Large 1 DZ" with "1 DZ")
         node.store.upsert_products([Product(new_sku, line.name, line.department, line.category,
-                                            line.product_type, line.brand, line.price)])
+                                            line.product_type, line.brand, line.price, line.package_size)])
         node.store.set_stock({new_sku: 20})
         node.housekeep_once()
         ranker = getattr(rec.model, "ranker", None)
