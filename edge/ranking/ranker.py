@@ -493,6 +493,16 @@ class Ranker:
             self._in[n] = (d["index"], buf, float(scale), int(zp))
             self._it.set_tensor(d["index"], buf)  # defined inputs before the first request
         V = len(self.vocabulary)
+        # the node fills the history and session inputs to its own widths: a release trained for others (e.g.
+        # `model train` with a longer history) would load and then fail every request at set_tensor
+        for n, width, const in (("hist_items", HIST_LEN, "HIST_LEN"), ("hist_weights", HIST_LEN, "HIST_LEN"),
+                                ("session_items", SESSION_LEN, "SESSION_LEN"),
+                                ("session_weights", SESSION_LEN, "SESSION_LEN")):
+            got = self._in[n][1].shape[-1]
+            if got != width:
+                raise ModelError(f"input {n!r} is {got} wide but this node fills {width} ({const} in "
+                                 "edge/ranking/features.py): the release was built for another node version; "
+                                 "publish one built by this version's `shelfcast model`")
         if self._in["context"][1].shape[-1] != self.context_spec.size:
             raise ModelError(f"input 'context' has {self._in['context'][1].shape[-1]} values but the context "
                              f"spec describes {self.context_spec.size}")

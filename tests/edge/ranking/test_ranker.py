@@ -237,6 +237,20 @@ def test_refuses_vocabulary_mismatch(tmp_path: Path) -> None:
         Ranker.load(d)
 
 
+def test_refuses_a_release_whose_history_input_is_not_the_nodes_width(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A release trained with another history length (the v12 round's 64-wide experiment) used to load and then
+    fail every request with "Cannot set tensor: Dimension mismatch"; the node must refuse it at load instead."""
+    import edge.ranking.ranker as ranker_mod
+
+    monkeypatch.setattr(ranker_mod, "HIST_LEN", 64)  # this node fills 64; the shipped model's input is 32 wide
+    with pytest.raises(ModelError, match=r"input 'hist_items' is 32 wide but this node fills 64 \(HIST_LEN"):
+        Ranker.load()
+    monkeypatch.setattr(ranker_mod, "HIST_LEN", 32)
+    monkeypatch.setattr(ranker_mod, "SESSION_LEN", 8)
+    with pytest.raises(ModelError, match=r"input 'session_items' is 16 wide but this node fills 8 \(SESSION_LEN"):
+        Ranker.load()
+
+
 def test_refuses_missing_or_broken_manifest(tmp_path: Path) -> None:
     d = _copy_release(tmp_path)
     (d / "manifest.json").write_text("{not json")
