@@ -45,10 +45,12 @@ import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 import sqlite_utils
@@ -135,6 +137,13 @@ MIGRATIONS: list[list[str]] = [
     ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
+# Tables added after 0.3.2 that an older ShelfCast never reads: created at open (IF NOT EXISTS) without a
+# user_version step, so an upgrade takes no backup copy for them and a downgrade still opens the file.
+ADDITIVE_TABLES = [
+    """CREATE TABLE IF NOT EXISTS promotions (
+        sku TEXT NOT NULL, display INTEGER NOT NULL, mailer INTEGER NOT NULL, start TEXT NOT NULL,
+        "end" TEXT NOT NULL)""",
+]
 
 _STOP = object()
 APPLY_SLICE_S = 0.02  # the writer runs queued ops this often inside the open batch (see _write_loop)
@@ -190,6 +199,10 @@ class Store:
         self._stock: dict[str, int] = {}
         self._planogram: dict[tuple[str, int], str | None] = {}
         self._profiles: dict[str, Profile] = {}
+        # the promotion plan: (sku, display, mailer, start, end) rows, replaced whole; the plan of one day is cached
+        # as ((rows, day), mapping) so the hot path is one tuple compare (see promotion_plan)
+        self._promotions: tuple[tuple[str, bool, bool, date, date], ...] = ()
+        self._plan: tuple[tuple[Any, date | None], Mapping[str, str] | None] = (((), None), None)
         self._health: dict[str, Any] = {"status": "closed", "recovered_from": None, "migrated_from": None}
         self._counters = {"batches": 0, "ops": 0, "errors": 0, "dropped": 0}
         self._held: collections.deque[Any] = collections.deque()  # writer thread only (see _write_loop)
@@ -213,6 +226,8 @@ class Store:
                 conn = self._connect()
                 try:
                     self._migrate(conn)
+                    for stmt in ADDITIVE_TABLES:
+                        conn.execute(stmt)
                     if self._demo_salt is not None:
                         self._screen_checkins(conn, self._demo_salt)
                     self._load_caches(conn)
@@ -422,6 +437,10 @@ class Store:
             self._planogram[(r["shelf"], int(r["slot"]))] = r["sku"]
         for r in db.query("SELECT * FROM profiles"):
             self._profiles[r["customer"]] = _profile_from_row(r)
+        self._promotions = tuple(
+            (r["sku"], bool(r["display"]), bool(r["mailer"]), date.fromisoformat(r["start"]),
+             date.fromisoformat(r["end"]))
+            for r in db.query('SELECT sku, display, mailer, start, "end" FROM promotions ORDER BY rowid'))
 
     # -- the single writer -------------------------------------------------
     def _write_loop(self, conn: sqlite3.Connection) -> None:
@@ -754,6 +773,48 @@ class Store:
         self._stock[sku] = units
         return (units, time.time(), sku)
 
+    # -- promotions (the store's plan: display / mailer, by store-local day) ------------------------
+    def set_promotions(self, entries: Iterable[tuple[str, bool, bool, date, date]]) -> Future[int]:
+        """Replace the whole plan (a promotions snapshot): the rows go in one transaction (one op of the writer);
+        the in-memory plan, and so ``promotion_plan``, changes at once."""
+        rows = tuple((str(sku), bool(d), bool(m), start, end) for sku, d, m, start, end in entries)
+        self._promotions = rows
+
+        def write(conn: sqlite3.Connection) -> int:
+            conn.execute("DELETE FROM promotions")
+            conn.executemany('INSERT INTO promotions (sku, display, mailer, start, "end") VALUES (?, ?, ?, ?, ?)',
+                             [(sku, int(d), int(m), a.isoformat(), b.isoformat()) for sku, d, m, a, b in rows])
+            return len(rows)
+
+        return self.submit(write)
+
+    def promotions(self) -> tuple[tuple[str, bool, bool, date, date], ...]:
+        """Every entry of the plan: (sku, display, mailer, start, end), dates inclusive."""
+        return self._promotions
+
+    def promotion_plan(self, day: date) -> Mapping[str, str] | None:
+        """The entries active on ``day`` (store-local) as sku -> "display" / "mailer" / "both", or None when none
+        is. The same object until the plan or the day changes: the ranker converts a plan once per object
+        (``RecRequest.promotions``), so a request pays a tuple compare here, no SQL. Read-only (shared)."""
+        key, plan = self._plan
+        rows = self._promotions
+        if key[0] is rows and key[1] == day:
+            return plan
+        out: dict[str, str] = {}
+        for sku, d, m, start, end in rows:
+            if start <= day <= end:
+                was = out.get(sku)
+                d = d or was in ("display", "both")
+                m = m or was in ("mailer", "both")
+                out[sku] = "both" if d and m else "display" if d else "mailer"
+        plan = MappingProxyType(out) if out else None
+        self._plan = ((rows, day), plan)  # one assignment: a reader on another thread sees the old or the new pair
+        return plan
+
+    def promotions_active(self, day: date) -> int:
+        """How many entries of the plan are active on ``day`` (store-local)."""
+        return sum(1 for _, _, _, start, end in self._promotions if start <= day <= end)
+
     # -- profiles --------------------------------------------------------------
     def profile(self, customer: str) -> Profile | None:
         return self._profiles.get(customer)
@@ -943,6 +1004,10 @@ class Store:
         h["held"] = len(self._held)
         h["products"] = len(self._products)
         h["profiles"] = len(self._profiles)
+        # entries active on the store-local day the recommend path last asked about (``promotion_plan``), else on
+        # this machine's local date
+        (_, day), _ = self._plan
+        h["promotions_active"] = self.promotions_active(day or date.today())
         try:
             h["size_bytes"] = self.path.stat().st_size + (
                 Path(str(self.path) + "-wal").stat().st_size if Path(str(self.path) + "-wal").exists() else 0)

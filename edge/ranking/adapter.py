@@ -107,7 +107,9 @@ class RankerScorer:
         req = RecRequest(history=history, session=picked if own else list(picked), store_id=self.store_id,
                          zone=getattr(visit, "zone", None), when=when, profile=profile, exclude=exclude,
                          k=k, session_id=getattr(visit, "session", None), session_append_only=own,
-                         second_stage=second_stage)
+                         second_stage=second_stage,
+                         promotions=None if self.store is None or when is None else self.store.promotion_plan(
+                             when.date()))
         return self.ranker.recommend_tuples(req)
 
 

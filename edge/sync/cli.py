@@ -46,7 +46,9 @@ def register(reg: CommandRegistry) -> None:
     p.add_argument("--node", default="_all", help="node id, or _all for every node of the store (default)")
     p.add_argument("--model", type=Path, required=True, metavar="PATH",
                    help="model directory (model.tflite + manifest.json), a .tflite file, or a JSON snapshot")
-    p.add_argument("--kind", default="model", choices=["model", "catalogue", "planogram", "stock", "profiles"])
+    p.add_argument("--kind", default="model",
+                   choices=["model", "catalogue", "planogram", "stock", "profiles", "promotions"],
+                   help="what --model holds: a model, or a JSON snapshot of that kind (docs/mqtt.md has the formats)")
     p.add_argument("--version", default=None,
                    help="release version; nodes refuse one older than what they accepted (default: the model "
                         "manifest's, else the UTC time YYYY.MM.DD-HHMMSS). A model directory published under "

@@ -46,6 +46,7 @@ from edge.sync.schemas import (
     ProfileIn,
     ProfilesDelta,
     ProfilesSnapshot,
+    PromotionsSnapshot,
     StockDelta,
     StockSnapshot,
     describe_error,
@@ -429,6 +430,8 @@ class SyncRoom:
                 s.upsert_profiles([_profile(p) for p in m.profiles])
             if isinstance(m, ProfilesDelta) and m.delete:
                 s.delete_profiles(m.delete)
+        elif isinstance(m, PromotionsSnapshot):  # the whole plan: what it does not list is not promoted
+            s.set_promotions([(e.sku, e.display, e.mailer, e.start, e.end) for e in m.entries])
         else:  # pragma: no cover - the schema tables and this switch go together
             raise ValueError(f"no handler for {kind}")
 

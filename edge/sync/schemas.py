@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from datetime import date
 from typing import Annotated, Any, Literal, TypeGuard
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -26,6 +27,8 @@ __all__ = [
     "PlanogramSnapshot",
     "ProfilesDelta",
     "ProfilesSnapshot",
+    "PromotionEntry",
+    "PromotionsSnapshot",
     "ReleaseManifest",
     "StockDelta",
     "StockSnapshot",
@@ -45,6 +48,11 @@ Sku = Annotated[str, Field(min_length=1, max_length=64)]
 MsgId = Annotated[str, Field(min_length=1, max_length=128)]
 
 
+# what a release can carry (edge.sync.topics.RELEASE_KINDS lists the same)
+ReleaseKind = Literal["model", "catalogue", "planogram", "stock", "profiles", "promotions"]
+MAX_PROMOTIONS = 50_000  # entries in one promotions snapshot: a store's plan is a few thousand at most
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -53,7 +61,7 @@ class _Strict(BaseModel):
 class ReleaseManifest(_Strict):
     """``…/release/<kind>/manifest`` (retained): what the chunks add up to, signed."""
 
-    kind: Literal["model", "catalogue", "planogram", "stock", "profiles"]
+    kind: ReleaseKind
     version: Annotated[str, Field(pattern=VERSION_RE)]
     sha256: Sha256
     size: int = Field(ge=1, le=512 * 1024 * 1024)
@@ -72,7 +80,7 @@ class ReleaseManifest(_Strict):
 class ChunkHeader(_Strict):
     """The JSON header in front of each chunk's bytes (``…/release/<kind>/chunk/<i>``)."""
 
-    kind: Literal["model", "catalogue", "planogram", "stock", "profiles"]
+    kind: ReleaseKind
     version: Annotated[str, Field(pattern=VERSION_RE)]
     index: int = Field(ge=0)
     count: int = Field(ge=1)
@@ -180,6 +188,34 @@ class ProfilesSnapshot(_Strict):
     profiles: list[ProfileIn]
 
 
+class PromotionEntry(_Strict):
+    """One sku's promotion: on display and/or in the mailer from ``start`` to ``end`` (store-local dates,
+    both inclusive)."""
+
+    sku: Sku
+    display: bool = False
+    mailer: bool = False
+    start: date
+    end: date
+
+    @model_validator(mode="after")
+    def _sane(self) -> PromotionEntry:
+        if not (self.display or self.mailer):
+            raise ValueError(f"promotion of {self.sku!r}: set display and/or mailer to true (an entry with neither "
+                             "promotes nothing; leave the sku out instead)")
+        if self.end < self.start:
+            raise ValueError(f"promotion of {self.sku!r}: end {self.end} is before start {self.start} (both dates "
+                             "are inclusive, YYYY-MM-DD)")
+        return self
+
+
+class PromotionsSnapshot(_Strict):
+    """The store's promotion plan (release kind ``promotions``): replaces the node's whole plan; a second stage
+    trained with promotion columns reads the entries active on the request's day."""
+
+    entries: list[PromotionEntry] = Field(max_length=MAX_PROMOTIONS)
+
+
 # -- commands / config ------------------------------------------------------------
 class Command(_Strict):
     """``…/cmd``: one command; the result goes to ``…/cmd/result`` with the same id."""
@@ -240,6 +276,7 @@ SCHEMAS: dict[str, type[BaseModel]] = {
     "planogram_snapshot": PlanogramSnapshot,
     "stock_snapshot": StockSnapshot,
     "profiles_snapshot": ProfilesSnapshot,
+    "promotions_snapshot": PromotionsSnapshot,
     "command": Command,
     "config_update": ConfigUpdate,
     "batch_envelope": BatchEnvelope,
@@ -252,6 +289,7 @@ SNAPSHOTS: dict[str, type[BaseModel]] = {
     "planogram": PlanogramSnapshot,
     "stock": StockSnapshot,
     "profiles": ProfilesSnapshot,
+    "promotions": PromotionsSnapshot,
 }
 DELTAS: dict[str, type[BaseModel]] = {
     "catalogue": CatalogueDelta,
