@@ -932,9 +932,10 @@ def check_signage_tls(cfg: NodeConfig, *, service_user: str = SERVICE_USER) -> C
     try:
         tls_context(sg)
     except ValueError as exc:
-        return Check(name, "fail", str(exc), "fix the file named: a running node tries the files again every 30 s and "
-                     "starts HTTPS once they load, no restart needed; until then it serves plain HTTP only" + (" and refuses admin requests from other devices"
-                                                          if sg.admin_tls_only else ""))
+        return Check(name, "fail", str(exc),
+                     "fix the file named: a running node tries the files again every 30 s and starts HTTPS once they "
+                     "load, no restart needed; until then it serves plain HTTP only"
+                     + (" and refuses admin requests from other devices" if sg.admin_tls_only else ""))
     for what, path in (("signage.tls_key", key), ("signage.tls_cert", cert)):
         if _service_user_reads(path, service_user) is False:
             return Check(name, "fail", f"{what} {path} loads for {_whoami()} but the service user {service_user} "
