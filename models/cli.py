@@ -53,9 +53,9 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
     cfg = SplitConfig(train_last_week=args.train_last_week, test_first_week=args.train_last_week + 1,
                       test_last_week=args.test_last_week, vocab_size=args.vocab_size, timezone=args.timezone)
-    # the promotions table feeds only a stage 2 built with promotion columns: read it when asked for or when
-    # this run builds one (`model all --stage2-promotions`), not on every prepare
-    promotions = args.promotions if args.promotions is not None else bool(getattr(args, "stage2_promotions", False))
+    # the promotions table feeds only a stage 2 built with promotion columns (the default since v7): read it unless
+    # asked not to or this run builds a stage 2 without them (`--no-stage2-promotions`)
+    promotions = args.promotions if args.promotions is not None else bool(getattr(args, "stage2_promotions", True))
     if args.input:
         src = Path(args.input)
         if not src.is_dir():
@@ -247,12 +247,13 @@ def _prepare_args(p: argparse.ArgumentParser) -> None:
                         "default: Complete Journey")
     p.add_argument("--train-last-week", type=int, default=47)
     p.add_argument("--test-last-week", type=int, default=53)
-    p.add_argument("--vocab-size", type=int, default=10_000)
+    # literal (models.data.SplitConfig.vocab_size; test_stage2 checks they agree): 20,000 since v6, was 10,000
+    p.add_argument("--vocab-size", type=int, default=20_000)
     p.add_argument("--timezone", default="America/New_York")
     p.add_argument("--promotions", action=argparse.BooleanOptionalAction, default=None,
-                   help="read and encode the optional promotions table (default: only when this run builds a "
-                        "stage 2 with --stage2-promotions; Complete Journey's makes prepare 29 s / 3.8 GB peak instead "
-                        "of 6 s / 0.9 GB)")
+                   help="read and encode the optional promotions table (default: yes, unless this run builds "
+                        "stage 2 with --no-stage2-promotions; Complete Journey's makes prepare 29 s / 3.8 GB peak "
+                        "instead of 6 s / 0.9 GB)")
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
@@ -319,7 +320,7 @@ def _stage2_args(p: argparse.ArgumentParser) -> None:
                    help="seeds averaged (one wider MLP) in the no-picks weight set n_")
     p.add_argument("--stage2-window-sets", default="sn",
                    help="weight sets (s: with picks, n: without) that also learn from windows beyond the first")
-    p.add_argument("--stage2-promotions", action=argparse.BooleanOptionalAction, default=False,
+    p.add_argument("--stage2-promotions", action=argparse.BooleanOptionalAction, default=True,
                    help="the store's weekly promotion plan (on display / in the mailer) as two stage-2 columns; "
                         "needs a promotions table in the input (without one: built without them)")
 

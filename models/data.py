@@ -52,7 +52,9 @@ class SplitConfig:
     test_first_week: int = 48
     test_last_week: int = 53
     holdout_mod: int = 10  # household_id % holdout_mod == 0 never enters training
-    vocab_size: int = 10_000
+    # v6/v7 (2026-12-01): 20,000 (was 10,000): personal top-frequency limited to the 10k vocabulary lost 2.7 % of its
+    # validation P1 NDCG (1.4 % on test) on repeat items outside it; 20k covers 87.8 % of test lines (10k: 75.6 %)
+    vocab_size: int = 20_000
     n_stores: int = 31
     timezone: str = "America/New_York"
 

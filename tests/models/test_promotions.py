@@ -59,16 +59,17 @@ def test_prepare_writes_the_table_and_the_plan_is_per_store_week(tmp_path: Path)
 
 def test_prepare_reads_promotions_only_when_asked(tmp_path: Path) -> None:
     """The table feeds only a stage 2 with promotion columns (Complete Journey's costs ~35 s and ~4.8 GB in
-    prepare): a plain ``model prepare`` leaves it out, ``--promotions`` reads it."""
+    prepare). Since v7 such a stage 2 is the default, so a plain ``model prepare`` reads it (the name is older):
+    ``--no-promotions`` leaves it out."""
     from edge.cli import main
 
     data = make_synthetic(tmp_path / "in", households=8, weeks=12)
     _promos().to_csv(data / "promotions.csv", index=False)
     assert "promotions" not in load_directory(data, promotions=False)
     common = ["--input", str(data), "--vocab-size", "100", "--train-last-week", "8", "--test-last-week", "12"]
-    assert main(["model", "prepare", "--work", str(tmp_path / "plain"), *common]) == 0
+    assert main(["model", "prepare", "--work", str(tmp_path / "plain"), "--no-promotions", *common]) == 0
     assert not (tmp_path / "plain" / PROMO_FILE).exists()
     assert Prepared.load(tmp_path / "plain").promo is None
-    assert main(["model", "prepare", "--work", str(tmp_path / "asked"), "--promotions", *common]) == 0
+    assert main(["model", "prepare", "--work", str(tmp_path / "asked"), *common]) == 0
     assert (tmp_path / "asked" / PROMO_FILE).exists()
     assert Prepared.load(tmp_path / "asked").promo is not None

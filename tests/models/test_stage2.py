@@ -52,7 +52,7 @@ def test_fit_is_deterministic_and_learns_the_informative_feature() -> None:
 
 def test_saved_file_holds_the_weight_sets_the_node_reads() -> None:
     data = _lists(n=200)
-    cfg = Stage2Config(epochs=1, batch=32, hidden=4, pool=30)
+    cfg = Stage2Config(epochs=1, batch=32, hidden=4, pool=30, promotions=False)  # these lists have no promo columns
     p, _ = fit(data, cfg, holdout=0.0)
     with np.load(io.BytesIO(save({"s_": p}, cfg))) as z:
         assert tuple(z["features"].tolist()) == FEATURES
@@ -124,3 +124,20 @@ def test_cli_stage2_defaults_are_the_config_defaults() -> None:
     d = Stage2Config()
     assert (a.stage2_windows, a.stage2_window_sets, a.stage2_n_ensemble) == (d.windows, d.window_sets, d.n_ensemble)
     assert a.stage2_promotions == d.promotions
+
+
+def test_cli_split_defaults_are_the_config_defaults() -> None:
+    """``model prepare|all`` spell the split's defaults out too; the shipped model (v7) was built with them, so
+    ``model all`` without flags rebuilds it: vocabulary 20,000 and promotions read for stage 2."""
+    import argparse
+
+    from models.cli import _prepare_args
+    from models.data import SplitConfig
+
+    p = argparse.ArgumentParser()
+    _prepare_args(p)
+    a = p.parse_args([])
+    d = SplitConfig()
+    assert (a.vocab_size, a.train_last_week, a.test_last_week, a.timezone) == \
+        (d.vocab_size, d.train_last_week, d.test_last_week, d.timezone) == (20_000, 47, 53, "America/New_York")
+    assert a.promotions is None and Stage2Config().promotions  # None: read them because stage 2 uses them

@@ -1,6 +1,6 @@
 """Bit-identity guard for ranking speed-ups: a fixed, seeded set of varied requests through the shipped model
-must give exactly the answers recorded in ``golden/answers.json`` (made from the ranker of 1a92bf0, before the
-issue-#6 ranker work).
+must give exactly the answers recorded in ``golden/answers.json`` (first made from the ranker of 1a92bf0, before the
+issue-#6 ranker work; made again for the shipped model 2026.12.01-v7 on 2026-12-01, see below).
 
 Per request the golden file holds the answer (sku, the returned score's ``repr``, which round-trips exactly, and
 a code for the reason, looked up in the file's ``reasons`` table) and a sha256 of
@@ -15,15 +15,16 @@ Regenerate (only from a ranker known to be right): ``.venv/bin/python tests/edge
 --write`` (``answers.json``), or ``--write-here`` on another kind of machine (``answers-<fingerprint>.json``).
 
 Floats are only bit-comparable on machines whose numeric kernels round alike (``environment_fingerprint``), so
-there is one golden file per kind of machine the answers were checked on: ``answers.json`` (the first, made from
-1a92bf0's ranker) and ``answers-<fingerprint>.json`` (``answers-8fada33d6eaf7eff2add.json``: an AMD EPYC VM, made
-2026-12-01 from 68d1a87's ranker, which was bit-identical to ``answers.json`` on the first machine). The
+there can be one golden file per kind of machine the answers were checked on (the fingerprint hashes the shipped
+model's raw output too, so a new model starts a new set): ``answers.json`` is the shipped model 2026.12.01-v7's,
+made on the AMD EPYC VM from 64fd828's ranker (the v5 files, ``answers.json`` from 1a92bf0 and the EPYC
+``answers-8fada33d6eaf7eff2add.json``, went with v5), and ``answers-<fingerprint>.json`` is for other kinds. The
 bit-identity test uses the file of this machine's fingerprint; where there is none it warns and checks the answers
 within the tolerance (it never skips: CI counts a skip as a failure). The
 answers themselves must hold on every machine: ``test_answers_match_the_golden_file_on_any_machine`` (never
 skipped) checks every request's skus and order against ``answers.json`` and its 4-decimal scores within one unit
-of the last decimal (on the EPYC VM: 1,084 of 1,084 requests the same skus in the same order, 8 with a score one
-unit off in the 4th decimal).
+of the last decimal (with v5, on the EPYC VM against the first machine's file: 1,084 of 1,084 requests the same
+skus in the same order, 8 with a score one unit off in the 4th decimal).
 """
 
 from __future__ import annotations

@@ -103,8 +103,9 @@ def test_node_answers_with_the_plan_as_trained(tmp_path: Path, stage2_weights: W
 def test_a_release_without_promotion_columns_ignores_the_plan(tmp_path: Path, stage2_weights: Weights,
                                                               stage2_npz: Npz, stage2_release: Release,
                                                               stage2_request: Request) -> None:
-    """The shipped v5 (and any stage 2 without the columns): bit-identical answers and scores with a plan."""
-    for path in (DEFAULT_MODEL_DIR, stage2_release(tmp_path, stage2_npz(stage2_weights(), FEATURES))):
+    """A stage 2 without the columns (v5, or any release trained with --no-stage2-promotions): bit-identical answers
+    and scores with a plan. (The shipped v7 has them: test_the_shipped_release_reads_the_plan.)"""
+    for path in (stage2_release(tmp_path, stage2_npz(stage2_weights(), FEATURES)),):
         r = Ranker.load(path, rerank=RerankConfig(diversity=0.0, repeat_cap=10**9))
         assert r._stage2 is None or not r._stage2.promo
         for session, hist in (([5, 17], [3, 40, 77, 123]), ([], [8, 9, 10])):
@@ -120,3 +121,17 @@ def test_other_feature_lists_are_refused(tmp_path: Path, stage2_weights: Weights
     p = _promo_weights(stage2_weights)
     with pytest.raises(ModelError, match="on_display"):
         Ranker.load(stage2_release(tmp_path, stage2_npz(p, (*FEATURES, "in_mailer", "on_display"))))
+
+
+def test_the_shipped_release_reads_the_plan(stage2_request: Request) -> None:
+    """The bundled 2026.12.01-v7 was trained with the promotion columns: a plan changes some answers, and a request
+    without one is served as if nothing were promoted."""
+    r = Ranker.load(DEFAULT_MODEL_DIR, rerank=RerankConfig(diversity=0.0, repeat_cap=10**9))
+    assert r._stage2 is not None and r._stage2.promo
+    moved = 0
+    for session, hist in (([5, 17], [3, 40, 77, 123]), ([], [8, 9, 10]), ([2500, 31, 4000], [])):
+        base = stage2_request(r, session, hist)
+        req = RecRequest(history=base.history, session=base.session, store_id=base.store_id, when=base.when,
+                         k=10, promotions=_plan(r, base))
+        moved += [x.sku for x in r.recommend(base)] != [x.sku for x in r.recommend(req)]
+    assert moved >= 1
