@@ -388,6 +388,24 @@ def stored_checkins() -> Callable[[Any], list[tuple[str, str]]]:
     return _stored_checkins
 
 
+def _node_cert(d: Path, *ips: str) -> tuple[Path, Path]:
+    """A self-signed EC certificate for ``ips`` (and 127.0.0.1) and its key, PEM, in ``d`` (made by openssl, as a
+    technician would)."""
+    d.mkdir(parents=True, exist_ok=True)
+    cert, key = d / "node.crt", d / "node.key"
+    san = ",".join(f"IP:{ip}" for ip in ("127.0.0.1", *ips))
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "90", "-subj", "/CN=shelfcast-node",
+                    "-addext", f"subjectAltName={san}"], check=True, capture_output=True)
+    return cert, key
+
+
+@pytest.fixture
+def node_cert() -> Callable[..., tuple[Path, Path]]:
+    """``node_cert(dir, *lan_ips) -> (cert, key)``: the HTTPS tests' certificate."""
+    return _node_cert
+
+
 def _demo_yaml(d: Path, **sections: Any) -> Path:
     """``d/shelfcast.yaml``: the bundled demo store's config (``edge/data/demo_store.yaml``) with its data dir on
     ``d/data`` and each section given replaced whole (``camera={"enabled": False}``, ``node={...}``)."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import socket
 import ssl
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -31,14 +30,6 @@ TOKEN = "https-test-token-000042"
 CHECKIN = {"customer": "loyalty-7", "screen": "dairy-screen"}
 
 
-def _cert(d: Path, *ips: str) -> tuple[Path, Path]:
-    """A self-signed EC certificate for ``ips`` (and 127.0.0.1) and its key, PEM, in ``d``."""
-    cert, key = d / "node.crt", d / "node.key"
-    san = ",".join(f"IP:{ip}" for ip in ("127.0.0.1", *ips))
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                    "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "90", "-subj", "/CN=shelfcast-node",
-                    "-addext", f"subjectAltName={san}"], check=True, capture_output=True)
-    return cert, key
 
 
 def _client_ctx(cert: Path) -> ssl.SSLContext:
@@ -80,8 +71,9 @@ def _customer(n: Any, session: str) -> Any:
 
 
 def test_a_check_in_over_https_works_and_is_stored(make_node: Callable[..., Any], free_port: Callable[[], int],
-                                                  tmp_path: Path, stored_checkins: Callable[[Any], Any]) -> None:
-    cert, key = _cert(tmp_path)
+                                                  tmp_path: Path, stored_checkins: Callable[[Any], Any],
+        node_cert: Callable[..., tuple[Path, Path]]) -> None:
+    cert, key = node_cert(tmp_path)
     tls_port = free_port()
     n = make_node(admin_token=TOKEN, tls_cert=str(cert), tls_key=str(key), tls_port=tls_port)
     http = n.json("/api/health")["rooms"]["signage"]["http"]
@@ -103,8 +95,9 @@ def test_a_check_in_over_https_works_and_is_stored(make_node: Callable[..., Any]
 
 
 def test_admin_tls_only_refuses_plain_admin_requests_from_other_devices(
-        make_node: Callable[..., Any], free_port: Callable[[], int], tmp_path: Path, lan: str) -> None:
-    cert, key = _cert(tmp_path, lan)
+        make_node: Callable[..., Any], free_port: Callable[[], int], tmp_path: Path, lan: str,
+        node_cert: Callable[..., tuple[Path, Path]]) -> None:
+    cert, key = node_cert(tmp_path, lan)
     tls_port = free_port()
     n = make_node(host="0.0.0.0", admin_token=TOKEN, tls_cert=str(cert), tls_key=str(key), tls_port=tls_port,
                   admin_tls_only=True)
@@ -129,10 +122,11 @@ def test_admin_tls_only_refuses_plain_admin_requests_from_other_devices(
 
 
 def test_the_sse_stream_over_https_gets_correct_frames_after_a_push(
-        make_node: Callable[..., Any], free_port: Callable[[], int], tmp_path: Path) -> None:
+        make_node: Callable[..., Any], free_port: Callable[[], int], tmp_path: Path,
+        node_cert: Callable[..., tuple[Path, Path]]) -> None:
     """The hub's raw socket send is for plain TCP only: had it written a frame into the TLS stream, the client
     would see a bad record (an SSL error) instead of the pushed frame."""
-    cert, key = _cert(tmp_path)
+    cert, key = node_cert(tmp_path)
     tls_port = free_port()
     n = make_node(tls_cert=str(cert), tls_key=str(key), tls_port=tls_port)
     raw = socket.create_connection(("127.0.0.1", tls_port), timeout=10)
@@ -184,10 +178,11 @@ def test_config_mistakes_are_refused_naming_the_keys(keys: dict[str, Any], named
 
 
 def test_bad_pem_files_are_a_clear_error_and_the_screens_keep_plain_http(
-        make_node: Callable[..., Any], free_port: Callable[[], int], tmp_path: Path) -> None:
-    cert, key = _cert(tmp_path)
+        make_node: Callable[..., Any], free_port: Callable[[], int], tmp_path: Path,
+        node_cert: Callable[..., tuple[Path, Path]]) -> None:
+    cert, key = node_cert(tmp_path)
     (tmp_path / "other").mkdir()
-    _, other_key = _cert(tmp_path / "other")  # a valid key, but not this certificate's
+    _, other_key = node_cert(tmp_path / "other")  # a valid key, but not this certificate's
     junk = tmp_path / "junk.pem"
     junk.write_text("not a key\n")
     cases = [(cert, junk, ["signage.tls_key", "not a private key in PEM form"]),
@@ -206,10 +201,11 @@ def test_bad_pem_files_are_a_clear_error_and_the_screens_keep_plain_http(
 
 
 def test_a_connection_that_never_says_hello_is_closed_after_the_request_timeout(
-        make_node: Callable[..., Any], free_port: Callable[[], int], tmp_path: Path) -> None:
+        make_node: Callable[..., Any], free_port: Callable[[], int], tmp_path: Path,
+        node_cert: Callable[..., tuple[Path, Path]]) -> None:
     """The gate counts a TLS connection once its handshake is done; one that never starts it is closed after
     ``signage.request_timeout_s`` (asyncio's own default would hold it 60 s), as a silent plain one is."""
-    cert, key = _cert(tmp_path)
+    cert, key = node_cert(tmp_path)
     tls_port = free_port()
     n = make_node(tls_cert=str(cert), tls_key=str(key), tls_port=tls_port, request_timeout_s=1)
     s = socket.create_connection(("127.0.0.1", tls_port), timeout=20)

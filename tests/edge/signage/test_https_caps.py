@@ -16,7 +16,6 @@ import logging
 import select
 import socket
 import ssl
-import subprocess
 import time
 import urllib.request
 from collections.abc import Callable
@@ -28,14 +27,6 @@ import pytest
 HANDSHAKE_S = 60  # signage.request_timeout_s here: the node would hold a silent connection this long
 
 
-def _cert(d: Path, *ips: str) -> tuple[Path, Path]:
-    """A self-signed EC certificate for ``ips`` (and 127.0.0.1) and its key, PEM, in ``d``."""
-    cert, key = d / "node.crt", d / "node.key"
-    san = ",".join(f"IP:{ip}" for ip in ("127.0.0.1", *ips))
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                    "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "90", "-subj", "/CN=shelfcast-node",
-                    "-addext", f"subjectAltName={san}"], check=True, capture_output=True)
-    return cert, key
 
 
 def _silent(host: str, port: int, source: str) -> socket.socket:
@@ -86,8 +77,9 @@ def _wait(pred: Callable[[], bool], timeout: float = 10) -> bool:
 
 def test_silent_connections_past_a_devices_cap_are_closed_at_once_and_others_still_get_https(
         make_node: Callable[..., Any], free_port: Callable[[], int], tmp_path: Path, lan: str,
-        caplog: pytest.LogCaptureFixture) -> None:
-    cert, key = _cert(tmp_path, lan)
+        caplog: pytest.LogCaptureFixture,
+        node_cert: Callable[..., tuple[Path, Path]]) -> None:
+    cert, key = node_cert(tmp_path, lan)
     tls_port, cap, extra = free_port(), 4, 6
     n = make_node(host="0.0.0.0", tls_cert=str(cert), tls_key=str(key), tls_port=tls_port,
                   request_timeout_s=HANDSHAKE_S, max_streams=4, max_streams_per_ip=2, max_connections=20,
@@ -126,10 +118,11 @@ def test_silent_connections_past_a_devices_cap_are_closed_at_once_and_others_sti
 
 
 def test_a_trusted_device_is_held_by_the_total_on_https_and_loopback_never_is(
-        make_node: Callable[..., Any], free_port: Callable[[], int], tmp_path: Path, lan: str) -> None:
+        make_node: Callable[..., Any], free_port: Callable[[], int], tmp_path: Path, lan: str,
+        node_cert: Callable[..., tuple[Path, Path]]) -> None:
     """``signage.trusted_clients`` leaves a device out of the per-device cap, not out of ``max_connections``: past
     the total its silent connections are closed at once, and the node's own clients still get HTTPS."""
-    cert, key = _cert(tmp_path, lan)
+    cert, key = node_cert(tmp_path, lan)
     tls_port, total, extra = free_port(), 20, 5
     n = make_node(host="0.0.0.0", tls_cert=str(cert), tls_key=str(key), tls_port=tls_port,
                   request_timeout_s=HANDSHAKE_S, max_streams=4, max_streams_per_ip=2, max_connections=total,
